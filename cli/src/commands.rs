@@ -1,0 +1,482 @@
+//! One function per subcommand.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_engine::archiver::normalize_path;
+use cairn_engine::restorer::find_node;
+use cairn_engine::snapshots::{resolve, split_spec};
+use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
+use cairn_engine::{
+    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard, MasterIndex, Progress,
+    Repository, RestoreOptions, SnapshotFilter,
+};
+use cairn_format::{
+    decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind, Snapshot, Tree,
+};
+use serde_json::{json, Value};
+
+use crate::ui::{human_bytes, Reporter};
+use crate::{BackupArgs, CatArgs, Cli, Command, FilterArgs, KeyCommand, LsArgs, RestoreArgs};
+
+/// Run the parsed command; returns the process exit code.
+pub fn run(cli: &Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Init(a) => init(cli, a),
+        Command::Backup(a) => cmd_backup(cli, a),
+        Command::Snapshots(f) => snapshots(cli, f),
+        Command::Ls(a) => ls(cli, a),
+        Command::Restore(a) => cmd_restore(cli, a),
+        Command::Cat(a) => cat(cli, a),
+        Command::Key(k) => key(cli, k),
+        Command::Unlock(a) => {
+            let repo = open(cli)?;
+            let n = lock::unlock(&repo, a.remove_all)?;
+            if cli.json {
+                println!("{}", json!({"removed": n}));
+            } else {
+                println!("removed {n} lock(s)");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
+    let loc = cli.repo.as_deref().ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
+    let path = loc.strip_prefix("local:").unwrap_or(loc);
+    if path.contains("://") || path.starts_with("s3:") {
+        bail!("unsupported repository location {loc:?}: only local directories are supported by this build");
+    }
+    Ok(Arc::new(LocalBackend::new(path)))
+}
+
+fn open(cli: &Cli) -> Result<Repository> {
+    let be = backend(cli)?;
+    // Fail on a missing or foreign repository before asking for a password.
+    Repository::probe(be.as_ref())?;
+    let pw = cli.password.get("enter password for repository: ", false)?;
+    Ok(Repository::open(be, pw.as_bytes())?)
+}
+
+fn filter(f: &FilterArgs) -> SnapshotFilter {
+    SnapshotFilter { hosts: f.hosts.clone(), tags: f.tags.clone(), paths: f.paths.clone() }
+}
+
+fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
+    let be = backend(cli)?;
+    if be.exists()? && be.stat(FileKind::Config, "config")?.is_some() {
+        return Err(cairn_engine::Error::RepoExists(be.location()).into());
+    }
+    let pw = cli.password.get("enter password for new repository: ", true)?;
+    if pw.is_empty() {
+        bail!("empty password refused");
+    }
+    let opts = InitOptions {
+        compression_level: a.compression_level,
+        pack_size: a.pack_size_mib.saturating_mul(1 << 20),
+        kdf: KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1),
+        ..InitOptions::default()
+    };
+    let repo = Repository::init(be.clone(), pw.as_bytes(), opts)?;
+    if cli.json {
+        println!("{}", json!({"message_type": "initialized", "repository": be.location(), "id": hex::encode(repo.config().repo_id)}));
+    } else {
+        println!("created cairn repository {} at {}", &hex::encode(repo.config().repo_id)[..10], be.location());
+        println!("Keep the password safe: without it the data cannot be recovered.");
+    }
+    Ok(0)
+}
+
+fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
+    if !a.stdin && a.paths.is_empty() {
+        bail!("nothing to back up: give paths or --stdin");
+    }
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, false)?;
+    let time = match &a.time {
+        Some(t) => Some(parse_time(t).ok_or_else(|| anyhow!("cannot parse --time {t:?}"))?),
+        None => None,
+    };
+    let parent = match &a.parent {
+        Some(p) => {
+            let snaps = repo.load_snapshots()?;
+            Some(resolve(&snaps, p, &SnapshotFilter::default())?.0)
+        }
+        None => None,
+    };
+    let stdin: Option<(String, Box<dyn std::io::Read + Send>)> =
+        if a.stdin { Some((a.stdin_filename.clone(), Box::new(std::io::stdin()))) } else { None };
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        stdin,
+        tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        host: a.host.clone(),
+        time,
+        parent,
+        force: a.force,
+        excludes: a.excludes.clone(),
+        one_file_system: a.one_file_system,
+    };
+    let progress = Arc::new(Progress::default());
+    let json = cli.json;
+    let warn = move |msg: &str| {
+        if json {
+            println!("{}", json!({"message_type": "warning", "warning": msg}));
+        }
+        eprintln!("warning: {msg}");
+    };
+    let started = std::time::Instant::now();
+    let res = {
+        let _r = Reporter::start("backup", progress.clone(), cli.json, cli.quiet);
+        backup(&repo, opts, &progress, &warn)?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let s = res.snapshot.summary.clone().unwrap_or_default();
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "message_type": "summary", "snapshot_id": res.id.to_hex(), "parent": res.snapshot.parent.map(|p| p.to_hex()),
+                "files_new": s.files_new, "files_changed": s.files_changed, "files_unmodified": s.files_unmodified,
+                "dirs_new": s.dirs_new, "dirs_changed": s.dirs_changed, "dirs_unmodified": s.dirs_unmodified,
+                "data_blobs": s.data_blobs, "tree_blobs": s.tree_blobs, "data_added": s.data_added,
+                "data_added_packed": s.data_added_packed, "total_files_processed": s.total_files_processed,
+                "total_bytes_processed": s.total_bytes_processed, "total_duration": secs, "errors": s.errors,
+            })
+        );
+    } else if !cli.quiet {
+        if let Some(p) = res.snapshot.parent {
+            println!("using parent snapshot {}", p.short());
+        }
+        println!("Files: {:>8} new, {:>8} changed, {:>8} unmodified", s.files_new, s.files_changed, s.files_unmodified);
+        println!("Dirs:  {:>8} new, {:>8} changed, {:>8} unmodified", s.dirs_new, s.dirs_changed, s.dirs_unmodified);
+        println!(
+            "Added to the repository: {} ({} stored)",
+            human_bytes(s.data_added),
+            human_bytes(s.data_added_packed)
+        );
+        println!(
+            "processed {} files, {} in {:.1}s ({}/s)",
+            s.total_files_processed,
+            human_bytes(s.total_bytes_processed),
+            secs,
+            human_bytes((s.total_bytes_processed as f64 / secs.max(0.001)) as u64)
+        );
+        println!("snapshot {} saved", res.id.short());
+    }
+    if s.errors > 0 {
+        eprintln!("warning: {} path(s) could not be read completely; the snapshot is incomplete", s.errors);
+        return Ok(3);
+    }
+    Ok(0)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
+    json!({
+        "id": id.to_hex(), "short_id": id.short(), "time": rfc3339(&s.time), "parent": s.parent.map(|p| p.to_hex()),
+        "tree": s.tree.to_hex(), "paths": s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
+        "hostname": s.hostname, "username": s.username, "uid": s.uid, "gid": s.gid, "tags": s.tags,
+        "excludes": s.excludes, "program_version": s.program_version, "summary": s.summary,
+    })
+}
+
+fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
+    let repo = open(cli)?;
+    let flt = filter(f);
+    let snaps: Vec<_> = repo.load_snapshots()?.into_iter().filter(|(_, s)| flt.matches(s)).collect();
+    if cli.json {
+        println!("{}", Value::Array(snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect()));
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<9} {:<19} {:<16} {:<20} {:>10}  paths", "ID", "Time", "Host", "Tags", "Size")?;
+    writeln!(out, "{}", "-".repeat(90))?;
+    for (id, s) in &snaps {
+        let size = s.summary.as_ref().map_or(String::new(), |x| human_bytes(x.total_bytes_processed));
+        let paths: Vec<String> = s.paths.iter().map(|p| lossy(p)).collect();
+        writeln!(out, "{:<9} {:<19} {:<16} {:<20} {:>10}  {}", id.short(), format_timestamp(&s.time), s.hostname, s.tags.join(","), size, paths.join(" "))?;
+    }
+    writeln!(out, "{} snapshots", snaps.len())?;
+    Ok(0)
+}
+
+fn mode_string(n: &Node) -> String {
+    let t = match n.kind {
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'l',
+        NodeKind::Fifo => 'p',
+        NodeKind::Socket => 's',
+        NodeKind::CharDevice => 'c',
+        NodeKind::BlockDevice => 'b',
+        NodeKind::File => '-',
+    };
+    let mut s = String::from(t);
+    for shift in [6, 3, 0] {
+        let bits = (n.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn node_json(path: &Path, n: &Node) -> Value {
+    json!({
+        "path": lossy(path.as_os_str().as_bytes()), "name": lossy(&n.name), "type": format!("{:?}", n.kind).to_lowercase(),
+        "mode": n.mode, "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group, "size": n.size,
+        "mtime": cairn_engine::util::rfc3339(&cairn_format::Timestamp { unix_nanos: n.mtime_ns, utc_offset_secs: 0 }),
+        "inode": n.inode, "links": n.links,
+        "link_target": if n.kind == NodeKind::Symlink { Some(lossy(&n.link_target)) } else { None },
+        "content": n.content.len(), "subtree": n.subtree.map(|s| s.to_hex()),
+    })
+}
+
+fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
+    let repo = open(cli)?;
+    let index = repo.load_index()?;
+    let snaps = repo.load_snapshots()?;
+    let (spec, path) = split_spec(&a.snapshot);
+    let (_, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
+    let path = PathBuf::from("/").join(path.trim_start_matches('/'));
+    let root_listing = path == Path::new("/");
+    let (tree, base) = if root_listing {
+        (repo.load_tree(&index, &snap.tree)?, PathBuf::from("/"))
+    } else {
+        let node = find_node(&repo, &index, &snap.tree, &path)?.ok_or_else(|| anyhow!("{} not found in snapshot", path.display()))?;
+        match node.subtree {
+            Some(id) if node.kind == NodeKind::Dir => (repo.load_tree(&index, &id)?, path.clone()),
+            _ => (Tree { nodes: vec![node] }, path.parent().unwrap_or(Path::new("/")).to_path_buf()),
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut items = Vec::new();
+    list_tree(&repo, &index, &tree, &base, a.recursive, &mut |p, n| {
+        if cli.json {
+            items.push(node_json(p, n));
+        } else if a.long {
+            let t = format_timestamp(&cairn_format::Timestamp { unix_nanos: n.mtime_ns, utc_offset_secs: local_offset() });
+            let target = if n.kind == NodeKind::Symlink { format!(" -> {}", lossy(&n.link_target)) } else { String::new() };
+            let _ = writeln!(out, "{} {:>8} {:>8} {:>12} {} {}{}", mode_string(n), user_or_id(&n.user, n.uid), user_or_id(&n.group, n.gid), n.size, t, lossy(p.as_os_str().as_bytes()), target);
+        } else {
+            let _ = out.write_all(p.as_os_str().as_bytes());
+            let _ = out.write_all(b"\n");
+        }
+    })?;
+    if cli.json {
+        writeln!(out, "{}", Value::Array(items))?;
+    }
+    Ok(0)
+}
+
+fn user_or_id(name: &str, id: u32) -> String {
+    if name.is_empty() {
+        id.to_string()
+    } else {
+        name.to_owned()
+    }
+}
+
+fn local_offset() -> i32 {
+    jiff::Zoned::now().offset().seconds()
+}
+
+fn list_tree(
+    repo: &Repository,
+    index: &MasterIndex,
+    tree: &Tree,
+    base: &Path,
+    recursive: bool,
+    f: &mut dyn FnMut(&Path, &Node),
+) -> Result<()> {
+    for n in &tree.nodes {
+        let p = base.join(std::ffi::OsStr::from_bytes(&n.name));
+        f(&p, n);
+        if recursive && n.kind == NodeKind::Dir {
+            if let Some(id) = n.subtree {
+                let sub = repo.load_tree(index, &id)?;
+                list_tree(repo, index, &sub, &p, recursive, f)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, false)?;
+    let index = repo.load_index()?;
+    let snaps = repo.load_snapshots()?;
+    let (spec, path) = split_spec(&a.snapshot);
+    let (id, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
+    let opts = RestoreOptions { target: a.target.clone(), includes: a.includes.clone(), excludes: a.excludes.clone() };
+    let progress = Arc::new(Progress::default());
+    let started = std::time::Instant::now();
+    let res = {
+        let _r = Reporter::start("restore", progress.clone(), cli.json, cli.quiet);
+        restore(&repo, &index, &snap.tree, Path::new(path.trim_start_matches('/')), &opts, &progress)?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    for (p, why) in &res.failed {
+        eprintln!("error: {}: {why}", p.display());
+    }
+    if cli.json {
+        println!(
+            "{}",
+            json!({"message_type": "summary", "snapshot_id": id.to_hex(), "files_restored": res.files, "dirs_restored": res.dirs,
+                   "others_restored": res.others, "bytes_restored": res.bytes, "errors": res.failed.len(), "total_duration": secs})
+        );
+    } else if !cli.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            id.short(),
+            a.target.display(),
+            res.files,
+            res.dirs,
+            human_bytes(res.bytes),
+            secs
+        );
+    }
+    if !res.failed.is_empty() {
+        let total = res.files + res.failed.len() as u64;
+        return Err(cairn_engine::Error::RestoreIncomplete { failed: res.failed.len() as u64, total }.into());
+    }
+    Ok(0)
+}
+
+fn find_object(repo: &Repository, kind: FileKind, prefix: &str) -> Result<Id> {
+    let ids = repo.list_ids(kind)?;
+    let found: Vec<&Id> = ids.iter().filter(|i| i.has_hex_prefix(prefix)).collect();
+    match found.as_slice() {
+        [one] => Ok(**one),
+        [] => bail!("no {} with id {prefix}", kind.name()),
+        _ => bail!("{} id prefix {prefix} is ambiguous", kind.name()),
+    }
+}
+
+fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
+    let repo = open(cli)?;
+    let need_id = || a.id.as_deref().ok_or_else(|| anyhow!("`cat {}` needs an id", a.kind));
+    let v: Value = match a.kind.as_str() {
+        "config" => serde_json::to_value(repo.config())?,
+        "snapshot" => {
+            let snaps = repo.load_snapshots()?;
+            let (id, s) = resolve(&snaps, need_id()?, &SnapshotFilter::default())?;
+            snapshot_json(id, s)
+        }
+        "index" => {
+            let id = find_object(&repo, FileKind::Index, need_id()?)?;
+            serde_json::to_value(repo.load::<IndexFile>(FileKind::Index, &id)?)?
+        }
+        "lock" => {
+            let id = find_object(&repo, FileKind::Lock, need_id()?)?;
+            serde_json::to_value(repo.load::<Lock>(FileKind::Lock, &id)?)?
+        }
+        "key" => {
+            let id = find_object(&repo, FileKind::Key, need_id()?)?;
+            let (_, kf) = repo.list_keys()?.into_iter().find(|(k, _)| *k == id).ok_or_else(|| anyhow!("key vanished"))?;
+            json!({"id": id.to_hex(), "created": rfc3339(&kf.created), "hostname": kf.hostname, "username": kf.username,
+                   "kdf": {"algorithm": "argon2id", "memory_kib": kf.kdf.memory_kib, "iterations": kf.kdf.iterations,
+                           "parallelism": kf.kdf.parallelism, "salt": hex::encode(kf.kdf.salt)}})
+        }
+        "pack" => {
+            let id = find_object(&repo, FileKind::Pack, need_id()?)?;
+            let data = repo.backend().get(FileKind::Pack, &id.to_hex())?;
+            cairn_engine::verify_name(FileKind::Pack, &id.to_hex(), &data)?;
+            serde_json::to_value(decode_pack_header(repo.key(), &data)?)?
+        }
+        "tree" => {
+            let index = repo.load_index()?;
+            let spec = need_id()?;
+            let tree_id = if spec.len() == 64 && !spec.contains(':') {
+                Id::from_hex(spec)?
+            } else {
+                let snaps = repo.load_snapshots()?;
+                let (s, p) = split_spec(spec);
+                let (_, snap) = resolve(&snaps, s, &SnapshotFilter::default())?;
+                let path = Path::new(p.trim_start_matches('/'));
+                if path.as_os_str().is_empty() {
+                    snap.tree
+                } else {
+                    find_node(&repo, &index, &snap.tree, path)?.and_then(|n| n.subtree).ok_or_else(|| anyhow!("{p} is not a directory in the snapshot"))?
+                }
+            };
+            let t = repo.load_tree(&index, &tree_id)?;
+            json!({"id": tree_id.to_hex(), "nodes": t.nodes.iter().map(|n| {
+                let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
+                v["name"] = Value::String(lossy(&n.name));
+                v["link_target"] = Value::String(lossy(&n.link_target));
+                v
+            }).collect::<Vec<_>>()})
+        }
+        "blob" => {
+            let index = repo.load_index()?;
+            let id = Id::from_hex(need_id()?)?;
+            let loc = *index.get(&id).ok_or_else(|| anyhow!("blob {id} not in the index"))?;
+            let data = repo.read_blob(&index, loc.blob_type, &id)?;
+            if loc.blob_type == BlobType::Data && !cli.json {
+                std::io::stdout().write_all(&data)?;
+                return Ok(0);
+            }
+            json!({"id": id.to_hex(), "type": format!("{:?}", loc.blob_type), "pack": index.pack_id(&loc).to_hex(),
+                   "offset": loc.offset, "length": loc.length, "raw_length": loc.raw_length})
+        }
+        "masterkey" => {
+            if std::io::stdout().is_terminal() {
+                eprintln!("warning: printing the master key; anyone with it can read the repository");
+            }
+            json!({"encryption": hex::encode(repo.key().encryption), "id_key": hex::encode(repo.key().id_key), "chunker_seed": repo.key().chunker_seed})
+        }
+        other => bail!("unknown object kind {other:?} (config, snapshot, tree, index, pack, key, lock, blob, masterkey)"),
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
+    let mut repo = open(cli)?;
+    match k {
+        KeyCommand::List => {
+            let keys = repo.list_keys()?;
+            if cli.json {
+                let v: Vec<Value> = keys.iter().map(|(id, kf)| json!({"id": id.to_hex(), "current": *id == repo.key_id(),
+                    "username": kf.username, "hostname": kf.hostname, "created": rfc3339(&kf.created)})).collect();
+                println!("{}", Value::Array(v));
+            } else {
+                println!(" {:<9} {:<12} {:<16} created", "ID", "user", "host");
+                for (id, kf) in keys {
+                    let cur = if id == repo.key_id() { '*' } else { ' ' };
+                    println!("{cur}{:<9} {:<12} {:<16} {}", id.short(), kf.username, kf.hostname, format_timestamp(&kf.created));
+                }
+            }
+        }
+        KeyCommand::Add(a) => {
+            let pw = crate::password::new_password(a.new_password_file.as_ref())?;
+            let id = repo.add_key(pw.as_bytes(), KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1))?;
+            println!("added key {}", id.short());
+        }
+        KeyCommand::Remove { id } => {
+            let id = find_object(&repo, FileKind::Key, id)?;
+            repo.remove_key(&id)?;
+            println!("removed key {}", id.short());
+        }
+        KeyCommand::Passwd(a) => {
+            let pw = crate::password::new_password(a.new_password_file.as_ref())?;
+            let id = repo.change_password(pw.as_bytes(), KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1))?;
+            println!("password changed (new key {})", id.short());
+        }
+    }
+    Ok(0)
+}
+
+#[allow(dead_code)]
+fn abs(p: &Path) -> Result<PathBuf> {
+    normalize_path(p).context("resolving path")
+}

@@ -1,0 +1,251 @@
+//! `cairn`: the command-line interface. Parses arguments, asks for passwords, renders
+//! progress and output; all repository work is in `cairn-engine`.
+
+mod commands;
+mod password;
+mod ui;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::password::PasswordArgs;
+
+/// Deduplicating, encrypted backups for K3s clusters and everything else.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Repository location (a directory).
+    #[arg(short = 'r', long = "repo", global = true, env = "CAIRN_REPOSITORY", value_name = "REPO")]
+    pub repo: Option<String>,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up paths (or standard input) into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(FilterArgs),
+    /// List the files of a snapshot: `ls latest:/some/dir`.
+    Ls(LsArgs),
+    /// Restore a snapshot, or a path in it, into a directory.
+    Restore(RestoreArgs),
+    /// Print a decoded repository object as JSON (for debugging).
+    Cat(CatArgs),
+    /// Manage passwords (key files).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Remove stale locks (or all with --remove-all).
+    Unlock(UnlockArgs),
+}
+
+/// `init` options.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// zstd level for the repository (0 = no compression, 1-22).
+    #[arg(long, default_value_t = 3)]
+    pub compression_level: i32,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub pack_size_mib: u32,
+    /// Argon2id memory cost of the first key, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes of the first key.
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+/// Snapshot filters.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with these tags (`a,b` = both; repeat for either).
+    #[arg(long = "tag", value_name = "TAGS")]
+    pub tags: Vec<String>,
+    /// Only snapshots that include this path (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+/// `backup` options.
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up.
+    pub paths: Vec<PathBuf>,
+    /// Read the content of one file from standard input.
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// File name under which standard input is stored.
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_filename: String,
+    /// Tags for the new snapshot (repeatable, or comma-separated).
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Snapshot time to record (`2024-05-01 03:00:00` local, or RFC 3339).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Parent snapshot to compare with (default: latest with the same host and paths).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file even if the parent says it is unchanged.
+    #[arg(long)]
+    pub force: bool,
+    /// Exclude paths matching this glob (repeatable). Without `/`: a base name.
+    #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Stay on the file system of each path.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+}
+
+/// `ls` options.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// `SNAPSHOT[:PATH]`, e.g. `latest:/var/lib`.
+    pub snapshot: String,
+    /// Long listing: mode, owner, size, mtime.
+    #[arg(short = 'l', long)]
+    pub long: bool,
+    /// Descend into subdirectories.
+    #[arg(long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `restore` options.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// `SNAPSHOT[:PATH]`: what to restore; a directory's contents go into the target.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Only restore paths matching this glob (repeatable).
+    #[arg(short = 'i', long = "include", value_name = "GLOB")]
+    pub includes: Vec<String>,
+    /// Skip paths matching this glob (repeatable).
+    #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `cat` options.
+#[derive(Debug, clap::Args)]
+pub struct CatArgs {
+    /// config | snapshot | tree | index | pack | key | lock | blob | masterkey
+    pub kind: String,
+    /// Object id (unique prefix for snapshots); for `tree`, also `SNAPSHOT[:PATH]`.
+    pub id: Option<String>,
+}
+
+/// `key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List key files.
+    List,
+    /// Add a password (asked twice, or from --new-password-file / CAIRN_NEW_PASSWORD).
+    Add(NewKeyArgs),
+    /// Remove a key file (not the last one, not the one in use).
+    Remove {
+        /// Key id (prefix).
+        id: String,
+    },
+    /// Change the password of the key in use.
+    Passwd(NewKeyArgs),
+}
+
+/// New key options.
+#[derive(Debug, clap::Args)]
+pub struct NewKeyArgs {
+    /// Read the new password from this file.
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    /// Argon2id memory cost, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes.
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+/// `unlock` options.
+#[derive(Debug, clap::Args)]
+pub struct UnlockArgs {
+    /// Remove all locks, not only stale ones.
+    #[arg(long)]
+    pub remove_all: bool,
+}
+
+extern "C" fn on_signal(_: libc_int) {
+    cairn_engine::progress::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+#[allow(non_camel_case_types)]
+type libc_int = std::os::raw::c_int;
+
+fn install_signal_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESETHAND, SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe; with
+        // SA_RESETHAND a second signal falls back to the default action and ends the process.
+        let _ = unsafe { sigaction(sig, &act) };
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    install_signal_handlers();
+    match commands::run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<cairn_engine::Error>().map_or(1, cairn_engine::Error::exit_code);
+            let code = if code == 1 {
+                e.chain().find_map(|c| c.downcast_ref::<cairn_engine::Error>()).map_or(1, cairn_engine::Error::exit_code)
+            } else {
+                code
+            };
+            if cli.json {
+                println!("{}", serde_json::json!({"message_type": "error", "error": format!("{e:#}"), "exit_code": code}));
+            }
+            eprintln!("cairn: error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Terminal progress and JSON status lines.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cairn_engine::Progress;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Renders a [`Progress`] until dropped.
+pub struct Reporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    /// Show `progress` as a bar on stderr when it is a terminal, and/or as JSON status lines
+    /// on stdout every second with `json`.
+    pub fn start(what: &'static str, progress: Arc<Progress>, json: bool, quiet: bool) -> Reporter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tty = std::io::stderr().is_terminal() && !quiet;
+        if !tty && !json {
+            return Reporter { stop, thread: None };
+        }
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let bar = if tty {
+                let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                Some(b)
+            } else {
+                None
+            };
+            let start = Instant::now();
+            let mut last_json = Instant::now();
+            while !s2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let files = Progress::get(&progress.files);
+                let bytes = Progress::get(&progress.bytes);
+                let total = Progress::get(&progress.total_bytes);
+                let errors = Progress::get(&progress.errors);
+                let secs = start.elapsed().as_secs_f64().max(0.001);
+                if let Some(b) = &bar {
+                    let pct = if total > 0 { format!(" {:.1}%", 100.0 * bytes as f64 / total as f64) } else { String::new() };
+                    b.set_message(format!(
+                        "{what}: {files} files, {}{pct}, {}/s{}",
+                        human_bytes(bytes),
+                        human_bytes((bytes as f64 / secs) as u64),
+                        if errors > 0 { format!(", {errors} errors") } else { String::new() }
+                    ));
+                    b.tick();
+                }
+                if json && last_json.elapsed() >= Duration::from_secs(1) {
+                    last_json = Instant::now();
+                    let line = serde_json::json!({
+                        "message_type": "status", "action": what, "seconds_elapsed": secs,
+                        "files_done": files, "bytes_done": bytes, "total_bytes": total, "error_count": errors,
+                    });
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+        });
+        Reporter { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}

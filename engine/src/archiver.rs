@@ -1,0 +1,657 @@
+//! Backup: walk, read, chunk, hash, dedup, compress, seal, pack, upload; then trees and the
+//! snapshot.
+//!
+//! Parallelism is rayon work-stealing over directory entries (many small files) *and* over
+//! the chunks of one file (one huge file), nested: an idle core steals whichever is available.
+//! Large files are read in windows of [`window_size`] bytes, cut with the two-stage parallel
+//! chunker, and their chunks sealed in parallel.
+//!
+//! Why `read(2)` windows and not `mmap` for big files: a file truncated by its writer while
+//! mapped raises SIGBUS, which kills the process. Live database files in a PV can do exactly
+//! that; the backup must warn and go on instead. The copy from the page cache costs ~1 % of the
+//! per-byte CPU budget of chunk + hash + seal.
+//!
+//! Memory bound: at most `threads` files are chunked with nested parallelism at once
+//! ([`Archiver::parallel_files`]), each holding one window (`window_size` ≈ 2 × max chunk,
+//! at least 16 MiB); a file that finds all slots taken is processed sequentially on its
+//! thread, which then steals no further work, so it adds one window per thread at most.
+//! Add the packer's packs (see [`crate::packer`]) and the trees of the directories being
+//! walked (one tree per directory level per thread).
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cairn_format::{BlobType, FileKind, Id, Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Tree};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use parking_lot::Mutex;
+use rayon::prelude::*;
+
+use crate::chunker::Chunker;
+use crate::fsmeta::{node_from_meta, NameCache};
+use crate::index::MasterIndex;
+use crate::packer::Packer;
+use crate::progress::{interrupted, Progress};
+use crate::repository::Repository;
+use crate::util::{hostname, now_timestamp, username};
+use crate::{Error, Result};
+
+/// What to back up and how.
+pub struct BackupOptions {
+    /// Absolute paths to back up.
+    pub paths: Vec<PathBuf>,
+    /// Read this stream as one file named `.0` instead of paths.
+    pub stdin: Option<(String, Box<dyn Read + Send>)>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host).
+    pub host: Option<String>,
+    /// Snapshot time (default: now).
+    pub time: Option<Timestamp>,
+    /// Explicit parent; `None` = find the latest with the same host and paths.
+    pub parent: Option<Id>,
+    /// Re-read every file even if a parent says it is unchanged.
+    pub force: bool,
+    /// Exclude glob patterns.
+    pub excludes: Vec<String>,
+    /// Do not cross file-system boundaries.
+    pub one_file_system: bool,
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions").field("paths", &self.paths).field("tags", &self.tags).finish()
+    }
+}
+
+/// What a backup did.
+#[derive(Debug)]
+pub struct BackupResult {
+    /// The new snapshot's id.
+    pub id: Id,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+}
+
+/// Called with each warning (unreadable or changing files).
+pub type WarnFn = dyn Fn(&str) + Send + Sync;
+
+#[derive(Default)]
+struct Counts {
+    files_new: u64,
+    files_changed: u64,
+    files_unmodified: u64,
+    dirs_new: u64,
+    dirs_changed: u64,
+    dirs_unmodified: u64,
+    files: u64,
+    bytes: u64,
+}
+
+/// Bytes per read window for files with `max` chunk size.
+pub fn window_size(max_chunk: usize) -> usize {
+    (2 * max_chunk + (1 << 20)).max(16 << 20)
+}
+
+struct Archiver<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    packer: Packer,
+    chunker: Chunker,
+    excludes: Excludes,
+    names: NameCache,
+    progress: &'a Progress,
+    warn: &'a WarnFn,
+    counts: Mutex<Counts>,
+    errors: AtomicUsize,
+    parallel_files: AtomicUsize,
+    max_parallel_files: usize,
+    one_file_system: bool,
+}
+
+/// Compiled exclude patterns: a pattern without `/` matches a base name, one with `/` the
+/// whole absolute path (a relative one anywhere in it), like restic's.
+#[derive(Debug)]
+pub struct Excludes {
+    set: GlobSet,
+    base: GlobSet,
+}
+
+impl Excludes {
+    /// Compile patterns.
+    pub fn new(patterns: &[String]) -> Result<Excludes> {
+        let mut set = GlobSetBuilder::new();
+        let mut base = GlobSetBuilder::new();
+        for p in patterns {
+            let compile = |pat: &str| {
+                GlobBuilder::new(pat)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("bad pattern {p:?}: {e}")))
+            };
+            if p.contains('/') {
+                let pat = p.trim_end_matches('/');
+                let full = if pat.starts_with('/') { pat.to_owned() } else { format!("**/{pat}") };
+                set.add(compile(&full)?);
+            } else {
+                base.add(compile(p)?);
+            }
+        }
+        Ok(Excludes {
+            set: set.build().map_err(|e| Error::Invalid(e.to_string()))?,
+            base: base.build().map_err(|e| Error::Invalid(e.to_string()))?,
+        })
+    }
+
+    /// Whether `path` (absolute) with base name `name` is excluded.
+    pub fn matches(&self, path: &Path, name: &OsStr) -> bool {
+        self.base.is_match(Path::new(name)) || self.set.is_match(path)
+    }
+
+    /// No patterns at all.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.base.is_empty()
+    }
+}
+
+/// Directories named on the command line, and the path components leading to them.
+enum Target {
+    Real(PathBuf),
+    Virtual(PathBuf, BTreeMap<OsString, Target>),
+}
+
+/// Make `p` absolute and lexically normal (no `.`/`..`), without resolving symlinks: the
+/// snapshot records the path the operator named.
+pub fn normalize_path(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn build_targets(paths: &[PathBuf]) -> BTreeMap<OsString, Target> {
+    let mut root: BTreeMap<OsString, Target> = BTreeMap::new();
+    for p in paths {
+        let comps: Vec<OsString> = p.components().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        }).collect();
+        let mut level = &mut root;
+        let mut cur = PathBuf::from("/");
+        for (i, c) in comps.iter().enumerate() {
+            cur.push(c);
+            if i + 1 == comps.len() {
+                level.insert(c.clone(), Target::Real(cur.clone()));
+                break;
+            }
+            let entry = level.entry(c.clone()).or_insert_with(|| Target::Virtual(cur.clone(), BTreeMap::new()));
+            match entry {
+                Target::Real(_) => break, // an ancestor is backed up whole already
+                Target::Virtual(_, children) => level = children,
+            }
+        }
+    }
+    root
+}
+
+/// Find the newest snapshot of `host` with exactly `paths`.
+pub fn find_parent(snapshots: &[(Id, Snapshot)], host: &str, paths: &[Vec<u8>]) -> Option<Id> {
+    snapshots.iter().rev().find(|(_, s)| s.hostname == host && s.paths == paths).map(|(id, _)| *id)
+}
+
+/// Run a backup. The caller holds a shared lock.
+pub fn backup(
+    repo: &Repository,
+    opts: BackupOptions,
+    progress: &Progress,
+    warn: &WarnFn,
+) -> Result<BackupResult> {
+    let start = now_timestamp();
+    let index = Arc::new(repo.load_index()?);
+    let host = opts.host.clone().unwrap_or_else(hostname);
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Some((name, _)) = &opts.stdin {
+        if !Node::valid_name(name.as_bytes()) {
+            return Err(Error::Invalid(format!("invalid --stdin-filename {name:?}")));
+        }
+        paths.push(PathBuf::from("/").join(name));
+    } else {
+        if opts.paths.is_empty() {
+            return Err(Error::Invalid("nothing to back up: give at least one path".into()));
+        }
+        for p in &opts.paths {
+            let n = normalize_path(p)?;
+            fs::symlink_metadata(&n).map_err(|e| Error::io(&n, e))?;
+            paths.push(n);
+        }
+        paths.sort();
+        paths.dedup();
+    }
+    let path_bytes: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+
+    let parent_id = match opts.parent {
+        Some(id) => Some(id),
+        None if opts.force => None,
+        None => find_parent(&repo.load_snapshots()?, &host, &path_bytes),
+    };
+    let parent_tree = match parent_id {
+        Some(id) if !opts.force => {
+            let s: Snapshot = repo.load(FileKind::Snapshot, &id)?;
+            Some(repo.load_tree(&index, &s.tree)?)
+        }
+        _ => None,
+    };
+
+    let chunker = Chunker::new(&repo.config().chunker, repo.key().chunker_seed);
+    let arch = Archiver {
+        repo,
+        index: &index,
+        packer: Packer::new(repo, index.clone()),
+        chunker,
+        excludes: Excludes::new(&opts.excludes)?,
+        names: NameCache::default(),
+        progress,
+        warn,
+        counts: Mutex::default(),
+        errors: AtomicUsize::new(0),
+        parallel_files: AtomicUsize::new(0),
+        max_parallel_files: rayon::current_num_threads().max(1),
+        one_file_system: opts.one_file_system,
+    };
+
+    let root_tree = if let Some((name, reader)) = opts.stdin {
+        arch.stdin_tree(&name, reader)?
+    } else {
+        let targets = build_targets(&paths);
+        let root_dev = None;
+        arch.targets_tree(&targets, parent_tree.as_ref(), root_dev)?
+    };
+    let root_id = arch.store_tree(root_tree)?;
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
+    arch.packer.finish()?;
+    let stats = arch.packer.stats();
+    let c = arch.counts.into_inner();
+    let errors = arch.errors.load(Ordering::Relaxed) as u64;
+    let end = now_timestamp();
+    let mut tags = opts.tags;
+    tags.sort();
+    tags.dedup();
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let snapshot = Snapshot {
+        time: opts.time.unwrap_or(start),
+        parent: parent_id,
+        tree: root_id,
+        paths: path_bytes,
+        hostname: host,
+        username: username(),
+        uid,
+        gid,
+        tags,
+        excludes: opts.excludes,
+        program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        summary: Some(SnapshotSummary {
+            backup_start: start,
+            backup_end: end,
+            files_new: c.files_new,
+            files_changed: c.files_changed,
+            files_unmodified: c.files_unmodified,
+            dirs_new: c.dirs_new,
+            dirs_changed: c.dirs_changed,
+            dirs_unmodified: c.dirs_unmodified,
+            data_blobs: stats.data_blobs,
+            tree_blobs: stats.tree_blobs,
+            data_added: stats.bytes_added,
+            data_added_packed: stats.bytes_packed,
+            total_files_processed: c.files,
+            total_bytes_processed: c.bytes,
+            errors,
+        }),
+    };
+    // The snapshot goes last: everything it references is indexed and durable by now.
+    let id = repo.save(FileKind::Snapshot, &snapshot)?;
+    Ok(BackupResult { id, snapshot })
+}
+
+impl Archiver<'_> {
+    fn warn(&self, msg: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        Progress::add(&self.progress.errors, 1);
+        (self.warn)(&msg);
+    }
+
+    fn store_tree(&self, mut tree: Tree) -> Result<Id> {
+        tree.canonicalize();
+        let bytes = tree.encode();
+        let id = self.packer.blob_id(&bytes);
+        self.packer.add(BlobType::Tree, id, &bytes)?;
+        Ok(id)
+    }
+
+    fn parent_subtree(&self, parent: Option<&Node>) -> Option<Tree> {
+        let node = parent?;
+        let id = node.subtree?;
+        match self.repo.load_tree(self.index, &id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // A damaged parent only costs speed: files are re-read.
+                tracing::warn!("parent tree {}: {e}; re-reading", id.short());
+                None
+            }
+        }
+    }
+
+    fn targets_tree(&self, targets: &BTreeMap<OsString, Target>, parent: Option<&Tree>, dev: Option<u64>) -> Result<Tree> {
+        let nodes: Vec<Option<Node>> = targets
+            .par_iter()
+            .map(|(name, t)| -> Result<Option<Node>> {
+                let pnode = parent.and_then(|p| p.get(name.as_bytes()));
+                match t {
+                    Target::Real(path) => {
+                        let meta = match fs::symlink_metadata(path) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                self.warn(format!("{}: {e}", path.display()));
+                                return Ok(None);
+                            }
+                        };
+                        self.entry(path, name, &meta, pnode, dev)
+                    }
+                    Target::Virtual(path, children) => {
+                        let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+                        let mut node = node_from_meta(name, path, &meta, &self.names)?;
+                        let sub = self.parent_subtree(pnode);
+                        let tree = self.targets_tree(children, sub.as_ref(), dev)?;
+                        node.subtree = Some(self.store_tree(tree)?);
+                        Ok(Some(node))
+                    }
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Tree { nodes: nodes.into_iter().flatten().collect() })
+    }
+
+    /// One directory entry. `Ok(None)` when it was skipped with a warning.
+    fn entry(&self, path: &Path, name: &OsStr, meta: &fs::Metadata, parent: Option<&Node>, dev: Option<u64>) -> Result<Option<Node>> {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let mut node = match node_from_meta(name, path, meta, &self.names) {
+            Ok(n) => n,
+            Err(e) => {
+                self.warn(format!("{e}"));
+                return Ok(None);
+            }
+        };
+        match node.kind {
+            NodeKind::Dir => {
+                let dev = dev.or(Some(meta.dev()));
+                if self.one_file_system && dev != Some(meta.dev()) {
+                    // A mount point: record it empty, as restic does.
+                    node.subtree = Some(self.store_tree(Tree::default())?);
+                    return Ok(Some(node));
+                }
+                let sub = self.parent_subtree(parent.filter(|p| p.kind == NodeKind::Dir));
+                let tree = match self.dir_tree(path, sub.as_ref(), dev) {
+                    Ok(t) => t,
+                    Err(Error::Io { path, source }) => {
+                        self.warn(format!("{path}: {source}"));
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
+                let id = self.store_tree(tree)?;
+                node.subtree = Some(id);
+                let mut c = self.counts.lock();
+                match parent.and_then(|p| p.subtree) {
+                    None => c.dirs_new += 1,
+                    Some(old) if old == id => c.dirs_unmodified += 1,
+                    Some(_) => c.dirs_changed += 1,
+                }
+                Progress::add(&self.progress.dirs, 1);
+            }
+            NodeKind::File => {
+                if !self.file_content(path, meta, parent, &mut node)? {
+                    return Ok(None);
+                }
+            }
+            _ => {
+                let mut c = self.counts.lock();
+                c.files += 1;
+                Progress::add(&self.progress.files, 1);
+            }
+        }
+        Ok(Some(node))
+    }
+
+    fn dir_tree(&self, path: &Path, parent: Option<&Tree>, dev: Option<u64>) -> Result<Tree> {
+        let rd = fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+        let mut entries: Vec<(OsString, PathBuf)> = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => {
+                    let p = e.path();
+                    let name = e.file_name();
+                    if !self.excludes.is_empty() && self.excludes.matches(&p, &name) {
+                        continue;
+                    }
+                    entries.push((name, p));
+                }
+                Err(e) => self.warn(format!("{}: {e}", path.display())),
+            }
+        }
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let nodes: Vec<Option<Node>> = entries
+            .par_iter()
+            .map(|(name, p)| {
+                let meta = match fs::symlink_metadata(p) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.warn(format!("{}: {e}", p.display()));
+                        return Ok(None);
+                    }
+                };
+                self.entry(p, name, &meta, parent.and_then(|t| t.get(name.as_bytes())), dev)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Tree { nodes: nodes.into_iter().flatten().collect() })
+    }
+
+    /// Fill in `node.content`. Returns false if the file had to be skipped.
+    fn file_content(&self, path: &Path, meta: &fs::Metadata, parent: Option<&Node>, node: &mut Node) -> Result<bool> {
+        if let Some(p) = parent {
+            if p.kind == NodeKind::File
+                && p.size == node.size
+                && p.mtime_ns == node.mtime_ns
+                && p.ctime_ns == node.ctime_ns
+                && p.inode == node.inode
+                && p.content.iter().all(|id| self.packer.has(id))
+            {
+                node.content = p.content.clone();
+                let mut c = self.counts.lock();
+                c.files_unmodified += 1;
+                c.files += 1;
+                c.bytes += node.size;
+                Progress::add(&self.progress.files, 1);
+                Progress::add(&self.progress.bytes, node.size);
+                return Ok(true);
+            }
+        }
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                let what = if e.kind() == ErrorKind::NotFound { "vanished before it could be read".to_owned() } else { e.to_string() };
+                self.warn(format!("{}: {what}", path.display()));
+                return Ok(false);
+            }
+        };
+        let (content, read) = match self.chunk_stream(&mut f, Some(meta.len())) {
+            Ok(v) => v,
+            Err(Error::Io { path: _, source }) => {
+                self.warn(format!("{}: read error: {source}", path.display()));
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let after = f.metadata().map_err(|e| Error::io(path, e))?;
+        if read != meta.len() || after.len() != meta.len() || after.mtime() != meta.mtime() || after.mtime_nsec() != meta.mtime_nsec() {
+            self.warn(format!(
+                "{}: file changed while it was read ({} bytes before, {read} read); stored what was read",
+                path.display(),
+                meta.len()
+            ));
+        }
+        node.size = read;
+        node.content = content;
+        let mut c = self.counts.lock();
+        if parent.is_some_and(|p| p.kind == NodeKind::File) {
+            c.files_changed += 1;
+        } else {
+            c.files_new += 1;
+        }
+        c.files += 1;
+        c.bytes += read;
+        Progress::add(&self.progress.files, 1);
+        Ok(true)
+    }
+
+    /// Chunk and store a stream; returns blob ids and bytes read.
+    fn chunk_stream(&self, r: &mut dyn Read, size_hint: Option<u64>) -> Result<(Vec<Id>, u64)> {
+        let window = window_size(self.chunker.max_size());
+        let cap = size_hint.map_or(window, |s| (s as usize).min(window)).max(1);
+        let mut buf: Vec<u8> = Vec::with_capacity(cap);
+        // Only multi-chunk files compete for a parallel slot; the slot count is released on
+        // every exit path by the guard.
+        let big = size_hint.is_none_or(|s| s as usize > self.chunker.max_size());
+        let parallel = big && self.parallel_files.fetch_add(1, Ordering::AcqRel) < self.max_parallel_files;
+        let _slot = SlotGuard(&self.parallel_files, big);
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        let mut eof = false;
+        loop {
+            if interrupted() {
+                return Err(Error::Interrupted);
+            }
+            while buf.len() < window && !eof {
+                let old = buf.len();
+                let want = (window - old).min(8 << 20);
+                buf.reserve(want);
+                buf.resize(old + want, 0);
+                match r.read(&mut buf[old..]) {
+                    Ok(0) => {
+                        buf.truncate(old);
+                        eof = true;
+                    }
+                    Ok(n) => {
+                        buf.truncate(old + n);
+                        total += n as u64;
+                        Progress::add(&self.progress.bytes, n as u64);
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => buf.truncate(old),
+                    Err(e) => return Err(Error::io("read", e)),
+                }
+            }
+            let ends = if parallel {
+                self.chunker.boundaries_window(&buf, eof, 1 << 20)
+            } else {
+                let mut out = Vec::new();
+                let mut s = 0;
+                while s < buf.len() && (eof || buf.len() - s > self.chunker.max_size()) {
+                    s += self.chunker.cut(&buf[s..]);
+                    out.push(s);
+                }
+                out
+            };
+            let mut spans = Vec::with_capacity(ends.len());
+            let mut s = 0;
+            for &e in &ends {
+                spans.push((s, e));
+                s = e;
+            }
+            let store = |&(a, b): &(usize, usize)| -> Result<Id> {
+                let chunk = &buf[a..b];
+                let id = self.packer.blob_id(chunk);
+                self.packer.add(BlobType::Data, id, chunk)?;
+                Ok(id)
+            };
+            let new: Vec<Id> = if parallel && spans.len() > 1 {
+                spans.par_iter().map(store).collect::<Result<_>>()?
+            } else {
+                spans.iter().map(store).collect::<Result<_>>()?
+            };
+            ids.extend(new);
+            buf.drain(..s);
+            if eof && buf.is_empty() {
+                break;
+            }
+        }
+        Ok((ids, total))
+    }
+
+    fn stdin_tree(&self, name: &str, mut reader: Box<dyn Read + Send>) -> Result<Tree> {
+        let (content, size) = match self.chunk_stream(&mut reader, None) {
+            Ok(v) => v,
+            Err(Error::Io { source, .. }) => return Err(Error::io("standard input", source)),
+            Err(e) => return Err(e),
+        };
+        let now = now_timestamp().unix_nanos;
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        {
+            let mut c = self.counts.lock();
+            c.files_new += 1;
+            c.files += 1;
+            c.bytes += size;
+        }
+        Ok(Tree {
+            nodes: vec![Node {
+                name: name.as_bytes().to_vec(),
+                kind: NodeKind::File,
+                mode: 0o644,
+                uid,
+                gid,
+                user: self.names.user(uid),
+                group: self.names.group(gid),
+                mtime_ns: now,
+                atime_ns: now,
+                ctime_ns: now,
+                size,
+                inode: 0,
+                device: 0,
+                rdev: 0,
+                links: 1,
+                link_target: Vec::new(),
+                xattrs: Vec::new(),
+                content,
+                subtree: None,
+            }],
+        })
+    }
+}
+
+struct SlotGuard<'a>(&'a AtomicUsize, bool);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}

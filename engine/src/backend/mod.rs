@@ -1,0 +1,49 @@
+//! Storage backends. The trait is shaped for object stores: whole-object put, get, ranged get,
+//! list by kind, delete. No rename, no append, no listing-after-write assumptions, so S3
+//! fits behind it without changing the engine.
+
+mod local;
+
+use std::fmt::Debug;
+
+use cairn_format::FileKind;
+
+pub use local::LocalBackend;
+
+use crate::Result;
+
+/// A stored object's name and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Object name (64 hex digits, or `config`).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where a repository's objects live.
+pub trait Backend: Send + Sync + Debug {
+    /// A printable location.
+    fn location(&self) -> String;
+    /// Whether the repository location exists at all.
+    fn exists(&self) -> Result<bool>;
+    /// Prepare an empty repository layout (directories on disk; nothing on S3).
+    fn create(&self) -> Result<()>;
+    /// Store a whole object durably. Objects are immutable: a second put of the same name
+    /// carries the same bytes.
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Read a whole object.
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// Read `len` bytes at `offset`.
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Size of an object, or `None` if absent.
+    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>>;
+    /// All objects of a kind.
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>>;
+    /// Remove an object (absent is not an error).
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// How many requests it pays to run at once against this backend.
+    fn connections(&self) -> usize {
+        2
+    }
+}

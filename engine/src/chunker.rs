@@ -1,0 +1,355 @@
+//! FastCDC v2020 content-defined chunking, sequential and parallel.
+//!
+//! The sequential cutter reproduces the `fastcdc` crate's `v2020` chunker exactly (same
+//! masks, same seeded gear table, same two-bytes-per-step scan), which the property tests
+//! check against the crate itself.
+//!
+//! The parallel cutter is the two-stage scheme of SS-CDC (Ni et al., SYSTOR 2019):
+//!
+//! 1. Every segment of the input is scanned in parallel for *candidate* positions `p` where
+//!    the rolling 64-byte gear hash `H(p) = Σ_{k<64} gear[x[p-k]] << k` satisfies
+//!    `H(p) & mask_s == 0` or `H(p) & mask_l == 0`.
+//! 2. One sequential pass picks the real cut points from those lists.
+//!
+//! Why this is exact: FastCDC restarts its hash at `chunk_start + min_size`; after 63 more
+//! bytes every older contribution has been shifted out of the 64-bit word, so from there on
+//! its hash *is* `H(p)`. The pass recomputes the first 63 positions of each chunk directly and
+//! takes the rest from the candidate lists. Candidates are rare (1 in 2^bits), so stage 2 costs
+//! a couple of binary searches per chunk.
+
+use cairn_format::ChunkerParams;
+use rayon::prelude::*;
+
+/// Masks of the `fastcdc` crate, indexed by `round(log2(avg))`.
+const MASKS: [u64; 26] = [
+    0,
+    0,
+    0,
+    0,
+    0,
+    0x0000000001804110,
+    0x0000000001803110,
+    0x0000000018035100,
+    0x0000001800035300,
+    0x0000019000353000,
+    0x0000590003530000,
+    0x0000d90003530000,
+    0x0000d90103530000,
+    0x0000d90303530000,
+    0x0000d90313530000,
+    0x0000d90f03530000,
+    0x0000d90303537000,
+    0x0000d90703537000,
+    0x0000d90707537000,
+    0x0000d91707537000,
+    0x0000d91747537000,
+    0x0000d91767537000,
+    0x0000d93767537000,
+    0x0000d93777537000,
+    0x0000d93777577000,
+    0x0000db3777577000,
+];
+
+/// The published FastCDC gear table (identical to the `fastcdc` crate's), so chunks match it.
+fn base_gear() -> [u64; 256] {
+    include!("gear_table.in")
+}
+
+/// A configured chunker.
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Box<[u64; 256]>,
+}
+
+/// Below this many bytes the parallel cutter is not worth its fork/join.
+const PARALLEL_MIN: usize = 4 << 20;
+
+impl Chunker {
+    /// A chunker for `params` with the repository's gear seed.
+    pub fn new(params: &ChunkerParams, seed: u64) -> Chunker {
+        let bits = (f64::from(params.avg_size)).log2().round() as usize;
+        let level = usize::from(params.normalization);
+        let mut gear = Box::new(base_gear());
+        for g in gear.iter_mut() {
+            *g ^= seed;
+        }
+        Chunker {
+            min: params.min_size as usize,
+            avg: params.avg_size as usize,
+            max: params.max_size as usize,
+            mask_s: MASKS[(bits + level).min(25)],
+            mask_l: MASKS[bits.saturating_sub(level)],
+            gear,
+        }
+    }
+
+    /// Maximum chunk length.
+    pub fn max_size(&self) -> usize {
+        self.max
+    }
+
+    /// Minimum chunk length.
+    pub fn min_size(&self) -> usize {
+        self.min
+    }
+
+    /// Length of the first chunk of `data` (all of it if no cut is found).
+    pub fn cut(&self, data: &[u8]) -> usize {
+        let Some((center, remaining)) = self.window(data.len()) else { return data.len() };
+        let mut h: u64 = 0;
+        let mut i = self.min;
+        while i < center {
+            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
+            if h & self.mask_s == 0 {
+                return i;
+            }
+            i += 1;
+        }
+        while i < remaining {
+            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
+            if h & self.mask_l == 0 {
+                return i;
+            }
+            i += 1;
+        }
+        self.end_of(data.len())
+    }
+
+    /// The scan window for a chunk with `len` bytes left: positions `[min, center)` use
+    /// `mask_s`, `[center, remaining)` use `mask_l`; both limits rounded down to even, as the
+    /// reference scans two bytes per step. `None` when the rest is one chunk.
+    fn window(&self, len: usize) -> Option<(usize, usize)> {
+        if len <= self.min {
+            return None;
+        }
+        let mut center = self.avg;
+        let mut remaining = len;
+        if remaining > self.max {
+            remaining = self.max;
+        } else if remaining < center {
+            center = remaining;
+        }
+        Some(((center / 2) * 2, (remaining / 2) * 2))
+    }
+
+    fn end_of(&self, len: usize) -> usize {
+        len.min(self.max)
+    }
+
+    /// Cut points of `data` (chunk end offsets), sequentially.
+    pub fn boundaries(&self, data: &[u8]) -> Vec<usize> {
+        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
+        let mut start = 0;
+        while start < data.len() {
+            start += self.cut(&data[start..]);
+            out.push(start);
+        }
+        out
+    }
+
+    /// Complete chunk ends of `data` that do not depend on bytes past its end: chunks whose
+    /// start has at least `max` bytes after it, or all of them at `eof`. Uses the parallel
+    /// cutter for large inputs. Returns chunk end offsets.
+    pub fn boundaries_window(&self, data: &[u8], eof: bool, segment: usize) -> Vec<usize> {
+        if data.len() < PARALLEL_MIN || rayon::current_num_threads() < 2 {
+            let mut out = Vec::new();
+            let mut start = 0;
+            while start < data.len() && (eof || data.len() - start > self.max) {
+                start += self.cut(&data[start..]);
+                out.push(start);
+            }
+            return out;
+        }
+        self.boundaries_parallel(data, eof, segment)
+    }
+
+    /// Stage 1: candidate positions in `[from, to)`, for both masks.
+    fn candidates(&self, data: &[u8], from: usize, to: usize) -> (Vec<usize>, Vec<usize>) {
+        let mut cs = Vec::new();
+        let mut cl = Vec::new();
+        let warm = from.saturating_sub(63);
+        let mut h: u64 = 0;
+        for &b in &data[warm..from] {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
+        }
+        for (i, &b) in data[from..to].iter().enumerate() {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
+            if h & self.mask_l == 0 {
+                cl.push(from + i);
+            }
+            if h & self.mask_s == 0 {
+                cs.push(from + i);
+            }
+        }
+        (cs, cl)
+    }
+
+    /// Two-stage parallel cutting (see the module docs). Same result as
+    /// [`Chunker::boundaries_window`]'s sequential path, always.
+    pub fn boundaries_parallel(&self, data: &[u8], eof: bool, segment: usize) -> Vec<usize> {
+        let segment = segment.max(64 << 10);
+        let nseg = data.len().div_ceil(segment);
+        let parts: Vec<(Vec<usize>, Vec<usize>)> = (0..nseg)
+            .into_par_iter()
+            .map(|s| self.candidates(data, s * segment, ((s + 1) * segment).min(data.len())))
+            .collect();
+        let mut cand_s = Vec::new();
+        let mut cand_l = Vec::new();
+        for (s, l) in parts {
+            cand_s.extend(s);
+            cand_l.extend(l);
+        }
+        let first_in = |list: &[usize], lo: usize, hi: usize| -> Option<usize> {
+            if lo >= hi {
+                return None;
+            }
+            let i = list.partition_point(|&p| p < lo);
+            list.get(i).copied().filter(|&p| p < hi)
+        };
+        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
+        let mut start = 0;
+        while start < data.len() && (eof || data.len() - start > self.max) {
+            let len = data.len() - start;
+            let cut = match self.window(len) {
+                None => len,
+                Some((center, remaining)) => {
+                    // Positions before min+63 carry a hash that differs from H(p): compute them.
+                    let exact_end = (self.min + 63).min(remaining);
+                    let mut h: u64 = 0;
+                    let mut found = None;
+                    for i in self.min..exact_end {
+                        h = (h << 1).wrapping_add(self.gear[data[start + i] as usize]);
+                        let mask = if i < center { self.mask_s } else { self.mask_l };
+                        if h & mask == 0 {
+                            found = Some(i);
+                            break;
+                        }
+                    }
+                    found
+                        .or_else(|| {
+                            first_in(&cand_s, start + exact_end, start + center.max(exact_end)).map(|p| p - start)
+                        })
+                        .or_else(|| {
+                            first_in(&cand_l, start + center.max(exact_end), start + remaining).map(|p| p - start)
+                        })
+                        .unwrap_or_else(|| self.end_of(len))
+                }
+            };
+            start += cut;
+            out.push(start);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(data: &[u8], p: &ChunkerParams, seed: u64) -> Vec<usize> {
+        let level = match p.normalization {
+            0 => fastcdc::v2020::Normalization::Level0,
+            1 => fastcdc::v2020::Normalization::Level1,
+            2 => fastcdc::v2020::Normalization::Level2,
+            _ => fastcdc::v2020::Normalization::Level3,
+        };
+        fastcdc::v2020::FastCDC::with_level_and_seed(
+            data,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            level,
+            seed,
+        )
+        .map(|c| c.offset + c.length)
+        .collect()
+    }
+
+    /// Pseudo-random data with repeated regions and zero runs, so that all code paths
+    /// (small-mask cuts, large-mask cuts, forced max cuts) are exercised.
+    fn data(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 16 {
+                0 => v.extend(std::iter::repeat_n(0u8, (x as usize >> 8) % 5000)),
+                1 if v.len() > 10_000 => {
+                    let from = (x as usize >> 8) % (v.len() - 5000);
+                    let copy = v[from..from + 4000].to_vec();
+                    v.extend(copy);
+                }
+                _ => v.extend_from_slice(&x.to_le_bytes()),
+            }
+        }
+        v.truncate(len);
+        v
+    }
+
+    fn params() -> impl Strategy<Value = ChunkerParams> {
+        (6u32..=12, 0u32..=3, 1u32..=4, 0u8..=3).prop_map(|(min_exp, avg_add, max_mul, norm)| {
+            let min = 1u32 << min_exp;
+            let avg = (min << avg_add).max(256);
+            let max = (avg * max_mul * 2).max(1024);
+            ChunkerParams { min_size: min, avg_size: avg, max_size: max, normalization: norm }
+        })
+        .prop_filter("valid parameters", |p| p.validate().is_ok())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn sequential_matches_fastcdc(seed in any::<u64>(), gseed in any::<u64>(), len in 0usize..200_000, p in params()) {
+            let d = data(seed, len);
+            let c = Chunker::new(&p, gseed);
+            prop_assert_eq!(c.boundaries(&d), reference(&d, &p, gseed));
+        }
+
+        #[test]
+        fn parallel_matches_fastcdc(seed in any::<u64>(), gseed in any::<u64>(), len in 0usize..400_000,
+                                    p in params(), seg in 1usize..50_000) {
+            let d = data(seed, len);
+            let c = Chunker::new(&p, gseed);
+            // Tiny segments (clamped to 64 KiB) and odd ones stress the segment seams.
+            prop_assert_eq!(c.boundaries_parallel(&d, true, seg), reference(&d, &p, gseed));
+        }
+
+        #[test]
+        fn windows_compose(seed in any::<u64>(), len in 0usize..300_000, p in params(), window in 1usize..100_000) {
+            // Feeding data window by window, carrying the incomplete tail, gives the same cuts.
+            let d = data(seed, len);
+            let c = Chunker::new(&p, 42);
+            let mut got = Vec::new();
+            let mut start = 0;
+            let mut avail = 0;
+            while start < d.len() {
+                avail = (avail + window).min(d.len());
+                let eof = avail == d.len();
+                for end in c.boundaries_parallel(&d[start..avail], eof, 1) {
+                    got.push(start + end);
+                }
+                if let Some(&last) = got.last() { start = last; }
+            }
+            prop_assert_eq!(got, reference(&d, &p, 42));
+        }
+    }
+
+    #[test]
+    fn large_default_params_match() {
+        let p = ChunkerParams::default_bulk();
+        let d = data(7, 24 << 20);
+        let c = Chunker::new(&p, 0xdead_beef);
+        let want = reference(&d, &p, 0xdead_beef);
+        assert_eq!(c.boundaries(&d), want);
+        assert_eq!(c.boundaries_parallel(&d, true, 1 << 20), want);
+        assert_eq!(c.boundaries_window(&d, true, 3 << 20), want);
+    }
+}

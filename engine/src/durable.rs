@@ -1,0 +1,42 @@
+//! The one durable-write path: every local repository write goes through [`write_atomic`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rand::RngCore;
+
+use crate::{Error, Result};
+
+/// Write `data` to `path` so that after a crash `path` either does not exist or holds exactly
+/// `data`: write a temp file in the same directory, fsync it, rename it into place, fsync the
+/// directory (the rename itself is only durable once the directory entry is).
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::Invalid(format!("{} has no parent", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("obj");
+    let tmp = dir.join(format!(".tmp-{}-{:016x}", name, rand::rng().next_u64()));
+    let res = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        // Leave no partial temp file behind (a full disk must not leak space).
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// fsync a directory so entries created or removed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}

@@ -1,0 +1,143 @@
+//! File-system metadata: from `lstat` to a tree node, and back onto a restored file.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use cairn_format::{Node, NodeKind, Xattr};
+use parking_lot::Mutex;
+
+use crate::{Error, Result};
+
+/// uid/gid → name caches (NSS lookups are slow and the same few ids repeat).
+#[derive(Debug, Default)]
+pub struct NameCache {
+    users: Mutex<HashMap<u32, String>>,
+    groups: Mutex<HashMap<u32, String>>,
+}
+
+impl NameCache {
+    /// The user name of `uid` ("" if none).
+    pub fn user(&self, uid: u32) -> String {
+        self.users
+            .lock()
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_default()
+            })
+            .clone()
+    }
+
+    /// The group name of `gid` ("" if none).
+    pub fn group(&self, gid: u32) -> String {
+        self.groups
+            .lock()
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name).unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+/// The node kind of `meta`.
+pub fn kind_of(meta: &Metadata) -> NodeKind {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        NodeKind::Dir
+    } else if t.is_symlink() {
+        NodeKind::Symlink
+    } else if t.is_fifo() {
+        NodeKind::Fifo
+    } else if t.is_socket() {
+        NodeKind::Socket
+    } else if t.is_char_device() {
+        NodeKind::CharDevice
+    } else if t.is_block_device() {
+        NodeKind::BlockDevice
+    } else {
+        NodeKind::File
+    }
+}
+
+/// A node for `path` from its `lstat` metadata; content and subtree are filled in later.
+pub fn node_from_meta(name: &OsStr, path: &Path, meta: &Metadata, names: &NameCache) -> Result<Node> {
+    let kind = kind_of(meta);
+    let link_target = if kind == NodeKind::Symlink {
+        std::fs::read_link(path).map_err(|e| Error::io(path, e))?.as_os_str().as_bytes().to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(Node {
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        user: names.user(meta.uid()),
+        group: names.group(meta.gid()),
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        atime_ns: ns(meta.atime(), meta.atime_nsec()),
+        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        size: if kind == NodeKind::File || kind == NodeKind::Symlink { meta.size() } else { 0 },
+        inode: meta.ino(),
+        device: meta.dev(),
+        rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) { meta.rdev() } else { 0 },
+        links: meta.nlink(),
+        link_target,
+        xattrs: read_xattrs(path),
+        content: Vec::new(),
+        subtree: None,
+    })
+}
+
+/// Extended attributes of `path` itself (not of a symlink's target). File systems without
+/// xattr support simply yield none.
+pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let mut out: Vec<Xattr> = names
+        .filter_map(|n| {
+            let v = xattr::get(path, &n).ok().flatten()?;
+            Some(Xattr { name: n.as_bytes().to_vec(), value: v })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether this process may chown (root, or CAP_CHOWN).
+pub fn can_chown() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Apply owner, mode, xattrs and times of `node` to the restored `path`, in that order
+/// (chown clears set-uid bits, so mode comes after; times last because the others touch ctime
+/// but xattr writes may touch mtime on some file systems).
+pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> Result<()> {
+    if chown {
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(|e| Error::io(path, e))?;
+    }
+    if node.kind != NodeKind::Symlink {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        // Some namespaces (trusted.*, security.*) need privileges: best effort, like restic.
+        if let Err(e) = xattr::set(path, name, &x.value) {
+            tracing::debug!("xattr {:?} on {}: {e}", name, path.display());
+        }
+    }
+    let mtime = filetime::FileTime::from_unix_time(node.mtime_ns.div_euclid(1_000_000_000), node.mtime_ns.rem_euclid(1_000_000_000) as u32);
+    let atime = filetime::FileTime::from_unix_time(node.atime_ns.div_euclid(1_000_000_000), node.atime_ns.rem_euclid(1_000_000_000) as u32);
+    filetime::set_symlink_file_times(path, atime, mtime).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The cairn backup engine: everything that does I/O on a repository or a file system.
+//!
+//! - [`backend`]: where objects live ([`LocalBackend`]; the trait is S3-shaped).
+//! - [`Repository`]: keys, config, typed objects and blobs.
+//! - [`chunker`]: FastCDC v2020, sequential and two-stage parallel.
+//! - [`archiver`]: the backup pipeline; [`packer`]: pack assembly and uploads.
+//! - [`restorer`]: parallel restore; [`lock`]: repository locks.
+//!
+//! Only `cairn-format` types are serialized; this crate never defines on-disk structures.
+
+pub mod archiver;
+pub mod backend;
+pub mod chunker;
+mod durable;
+mod error;
+pub mod fsmeta;
+pub mod index;
+pub mod lock;
+pub mod packer;
+pub mod progress;
+mod repository;
+pub mod restorer;
+pub mod snapshots;
+pub mod util;
+
+pub use archiver::{backup, BackupOptions, BackupResult};
+pub use backend::{Backend, LocalBackend, ObjectInfo};
+pub use durable::{sync_dir, write_atomic};
+pub use error::{Error, Result};
+pub use index::MasterIndex;
+pub use lock::LockGuard;
+pub use progress::Progress;
+pub use repository::{verify_name, InitOptions, Repository};
+pub use restorer::{restore, RestoreOptions, RestoreResult};
+pub use snapshots::SnapshotFilter;

@@ -1,0 +1,158 @@
+//! Repository locks: shared for backup/restore/check, exclusive for maintenance.
+//!
+//! A lock is an ordinary immutable object. Refreshing writes a new lock object and deletes the
+//! old one (no rename on object stores). A lock is stale when it was not refreshed for
+//! [`STALE_AFTER`], or when it belongs to this host and its process is gone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cairn_format::{FileKind, Id, Lock};
+use parking_lot::Mutex;
+
+use crate::repository::Repository;
+use crate::util::{hostname, now_timestamp, username};
+use crate::{Error, Result};
+
+/// A lock not refreshed for this long is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// Held locks are rewritten this often.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Whether a lock can be ignored.
+pub fn is_stale(lock: &Lock) -> bool {
+    let now = now_timestamp().unix_nanos;
+    let age = Duration::from_nanos(now.saturating_sub(lock.time.unix_nanos).max(0) as u64);
+    if age > STALE_AFTER {
+        return true;
+    }
+    if lock.hostname == hostname() {
+        // kill(pid, 0): ESRCH means no such process on this host.
+        return matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(lock.pid as i32), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+    }
+    false
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct LockGuard {
+    repo: Repository,
+    current: Arc<Mutex<Id>>,
+    stop: Arc<AtomicBool>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl LockGuard {
+    /// Take a lock, refusing if a conflicting live lock exists.
+    pub fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
+        check_conflicts(repo, exclusive, None)?;
+        let id = write_lock(repo, exclusive)?;
+        // Two processes may have passed the first check at once: look again now that ours is
+        // visible, and back off if we conflict.
+        if let Err(e) = check_conflicts(repo, exclusive, Some(id)) {
+            let _ = repo.backend().delete(FileKind::Lock, &id.to_hex());
+            return Err(e);
+        }
+        let current = Arc::new(Mutex::new(id));
+        let stop = Arc::new(AtomicBool::new(false));
+        let refresher = {
+            let (repo, current, stop) = (repo.clone(), current.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("cairn-lock".into())
+                .spawn(move || {
+                    let mut waited = Duration::ZERO;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(200));
+                        waited += Duration::from_millis(200);
+                        if waited >= REFRESH_EVERY {
+                            waited = Duration::ZERO;
+                            if let Ok(new) = write_lock(&repo, exclusive) {
+                                let old = std::mem::replace(&mut *current.lock(), new);
+                                let _ = repo.backend().delete(FileKind::Lock, &old.to_hex());
+                            }
+                        }
+                    }
+                })
+                .ok()
+        };
+        Ok(LockGuard { repo: repo.clone(), current, stop, refresher })
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        let _ = self.repo.backend().delete(FileKind::Lock, &self.current.lock().to_hex());
+    }
+}
+
+fn write_lock(repo: &Repository, exclusive: bool) -> Result<Id> {
+    let lock = Lock {
+        time: now_timestamp(),
+        exclusive,
+        hostname: hostname(),
+        username: username(),
+        pid: std::process::id(),
+    };
+    repo.save(FileKind::Lock, &lock)
+}
+
+fn check_conflicts(repo: &Repository, exclusive: bool, ours: Option<Id>) -> Result<()> {
+    for (id, lock) in list_locks(repo)? {
+        if Some(id) == ours || is_stale(&lock) {
+            continue;
+        }
+        if exclusive || lock.exclusive {
+            return Err(Error::Locked(format!(
+                "{} lock {} held by {}@{} (pid {}) since {}; if that process is gone, run `cairn unlock`",
+                if lock.exclusive { "exclusive" } else { "shared" },
+                id.short(),
+                lock.username,
+                lock.hostname,
+                lock.pid,
+                crate::util::format_timestamp(&lock.time)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every readable lock. Unreadable ones (a lock being deleted as we list) are skipped.
+pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
+    let mut out = Vec::new();
+    for id in repo.list_ids(FileKind::Lock)? {
+        match repo.load::<Lock>(FileKind::Lock, &id) {
+            Ok(l) => out.push((id, l)),
+            Err(Error::ObjectNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Remove stale locks (or all with `all`); returns how many were removed.
+pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
+    let mut n = 0;
+    for id in repo.list_ids(FileKind::Lock)? {
+        let remove = all
+            || match repo.load::<Lock>(FileKind::Lock, &id) {
+                Ok(l) => is_stale(&l),
+                // A lock that cannot be decoded cannot be honoured either.
+                Err(Error::ObjectNotFound { .. }) => false,
+                Err(_) => true,
+            };
+        if remove {
+            repo.backend().delete(FileKind::Lock, &id.to_hex())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

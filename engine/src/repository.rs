@@ -1,0 +1,266 @@
+//! Opening, creating and reading a repository: keys, config, typed objects, blobs.
+
+use std::sync::Arc;
+
+use cairn_format::{
+    check_preamble, decode_sealed, encode_sealed, open_blob, BlobType, Config, FileKind, FormatError, Id, IndexFile,
+    KdfParams, KeyFile, MasterKey, Snapshot, Tree, NONCE_LEN,
+};
+use rand::RngCore;
+use rayon::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::index::MasterIndex;
+use crate::util::{hostname, now_timestamp, username};
+use crate::{Error, Result};
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Repository config to write (repo id is generated).
+    pub chunker: cairn_format::ChunkerParams,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Target pack size.
+    pub pack_size: u32,
+    /// KDF cost for the first key.
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: cairn_format::ChunkerParams::default_bulk(),
+            compression_level: 3,
+            pack_size: 16 << 20,
+            kdf: KdfParams::new_default(),
+        }
+    }
+}
+
+/// An unlocked repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: Arc<MasterKey>,
+    config: Config,
+    key_id: Id,
+}
+
+impl Repository {
+    /// Create a new repository with one key for `password`.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: InitOptions) -> Result<Repository> {
+        if backend.exists()? && backend.stat(FileKind::Config, "config")?.is_some() {
+            return Err(Error::RepoExists(backend.location()));
+        }
+        let mut repo_id = [0u8; 32];
+        rand::rng().fill_bytes(&mut repo_id);
+        let config = Config {
+            version: cairn_format::FORMAT_VERSION,
+            repo_id,
+            chunker: opts.chunker,
+            compression_level: opts.compression_level,
+            pack_size: opts.pack_size,
+        };
+        config.validate()?;
+        let key = MasterKey::generate();
+        backend.create()?;
+        // Key before config: a crash in between leaves no config, i.e. "not a repository",
+        // and `init` can simply be run again.
+        let key_id = add_key_file(backend.as_ref(), &key, password, opts.kdf)?;
+        backend.put(FileKind::Config, "config", &encode_sealed(&key, FileKind::Config, &config, 3))?;
+        Ok(Repository { backend, key: Arc::new(key), config, key_id })
+    }
+
+    /// Open an existing repository with `password`.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let (config_bytes, keys) = Self::probe(backend.as_ref())?;
+        let mut last_err = Error::Format(FormatError::WrongPassword);
+        for k in keys {
+            let data = backend.get(FileKind::Key, &k.name)?;
+            verify_name(FileKind::Key, &k.name, &data)?;
+            let kf = match KeyFile::decode(&data) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    last_err = e.into();
+                    continue;
+                }
+            };
+            match kf.unwrap_key(password) {
+                Ok(key) => {
+                    let config: Config = decode_sealed(&key, FileKind::Config, &config_bytes)?;
+                    config.validate()?;
+                    let key_id = Id::from_hex(&k.name)?;
+                    return Ok(Repository { backend, key: Arc::new(key), config, key_id });
+                }
+                Err(FormatError::WrongPassword) => {}
+                Err(e) => last_err = e.into(),
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Check that `backend` holds a repository this build can read, before asking for a
+    /// password; returns the config bytes and key list.
+    pub fn probe(backend: &dyn Backend) -> Result<(Vec<u8>, Vec<crate::backend::ObjectInfo>)> {
+        if !backend.exists()? {
+            return Err(Error::RepoNotFound(backend.location()));
+        }
+        let config_bytes = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::ObjectNotFound { .. }) => return Err(Error::NotARepository(backend.location())),
+            Err(e) => return Err(e),
+        };
+        check_preamble(&config_bytes, FileKind::Config)?;
+        let keys = backend.list(FileKind::Key)?;
+        if keys.is_empty() {
+            return Err(Error::NotARepository(format!("{} (no key files)", backend.location())));
+        }
+        Ok((config_bytes, keys))
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key file that unlocked this session.
+    pub fn key_id(&self) -> Id {
+        self.key_id
+    }
+
+    /// Encode, seal and store a typed object; returns its name.
+    pub fn save<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
+        let data = encode_sealed(&self.key, kind, value, self.config.compression_level.max(1));
+        let id = Id::of_object(&data);
+        self.backend.put(kind, &id.to_hex(), &data)?;
+        Ok(id)
+    }
+
+    /// Load, verify and decode a typed object.
+    pub fn load<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
+        let name = id.to_hex();
+        let data = self.backend.get(kind, &name)?;
+        verify_name(kind, &name, &data)?;
+        Ok(decode_sealed(&self.key, kind, &data)?)
+    }
+
+    /// Names of all objects of a kind.
+    pub fn list_ids(&self, kind: FileKind) -> Result<Vec<Id>> {
+        self.backend.list(kind)?.into_iter().map(|o| Ok(Id::from_hex(&o.name)?)).collect()
+    }
+
+    /// Load every index file into a master index.
+    pub fn load_index(&self) -> Result<MasterIndex> {
+        let ids = self.list_ids(FileKind::Index)?;
+        let files: Vec<(Id, IndexFile)> =
+            ids.par_iter().map(|id| Ok((*id, self.load::<IndexFile>(FileKind::Index, id)?))).collect::<Result<_>>()?;
+        let mut idx = MasterIndex::default();
+        for (id, f) in &files {
+            idx.add_file(*id, f);
+        }
+        Ok(idx)
+    }
+
+    /// Load every snapshot, oldest first.
+    pub fn load_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let ids = self.list_ids(FileKind::Snapshot)?;
+        let mut snaps: Vec<(Id, Snapshot)> =
+            ids.par_iter().map(|id| Ok((*id, self.load::<Snapshot>(FileKind::Snapshot, id)?))).collect::<Result<_>>()?;
+        snaps.sort_by(|a, b| a.1.time.unix_nanos.cmp(&b.1.time.unix_nanos).then(a.0.cmp(&b.0)));
+        Ok(snaps)
+    }
+
+    /// Read, authenticate and verify one blob.
+    pub fn read_blob(&self, index: &MasterIndex, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| Error::Integrity(format!("blob {id} is not in the index")))?;
+        if loc.blob_type != blob_type {
+            return Err(Error::Integrity(format!("blob {id} is a {:?} blob, not {blob_type:?}", loc.blob_type)));
+        }
+        let pack = index.pack_id(loc);
+        let sealed =
+            self.backend.get_range(FileKind::Pack, &pack.to_hex(), u64::from(loc.offset), u64::from(loc.length))?;
+        open_blob(&self.key, blob_type, id, &sealed, loc.raw_length)
+            .map_err(|e| Error::Integrity(format!("pack {}: {e}", pack.short())))
+    }
+
+    /// Read and decode a tree blob.
+    pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(index, BlobType::Tree, id)?;
+        Tree::decode(&bytes).map_err(|e| Error::Integrity(format!("tree {}: {e}", id.short())))
+    }
+
+    /// Add a key file for another password.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<Id> {
+        add_key_file(self.backend.as_ref(), &self.key, password, kdf)
+    }
+
+    /// All key files, decoded (envelopes only).
+    pub fn list_keys(&self) -> Result<Vec<(Id, KeyFile)>> {
+        let mut out = Vec::new();
+        for o in self.backend.list(FileKind::Key)? {
+            let data = self.backend.get(FileKind::Key, &o.name)?;
+            verify_name(FileKind::Key, &o.name, &data)?;
+            out.push((Id::from_hex(&o.name)?, KeyFile::decode(&data)?));
+        }
+        Ok(out)
+    }
+
+    /// Remove a key file. Refuses the last key and the key in use.
+    pub fn remove_key(&self, id: &Id) -> Result<()> {
+        let keys = self.list_keys()?;
+        if !keys.iter().any(|(k, _)| k == id) {
+            return Err(Error::not_found(FileKind::Key, &id.to_hex()));
+        }
+        if keys.len() <= 1 {
+            return Err(Error::Invalid("refusing to remove the last key: the repository would be unreadable".into()));
+        }
+        if *id == self.key_id {
+            return Err(Error::Invalid("refusing to remove the key this session is using; use `key passwd` to change it".into()));
+        }
+        self.backend.delete(FileKind::Key, &id.to_hex())
+    }
+
+    /// Replace the current key with one for `password` (add, then remove: never zero keys).
+    pub fn change_password(&mut self, password: &[u8], kdf: KdfParams) -> Result<Id> {
+        let new_id = self.add_key(password, kdf)?;
+        let old = self.key_id;
+        self.key_id = new_id;
+        self.backend.delete(FileKind::Key, &old.to_hex())?;
+        Ok(new_id)
+    }
+}
+
+fn add_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8], kdf: KdfParams) -> Result<Id> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let kf = KeyFile::wrap(key, password, kdf, now_timestamp(), hostname(), username(), nonce)?;
+    let data = kf.encode();
+    let id = Id::of_object(&data);
+    backend.put(FileKind::Key, &id.to_hex(), &data)?;
+    Ok(id)
+}
+
+/// Check that an object's bytes hash to its name (config is named, not hashed).
+pub fn verify_name(kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+    if kind == FileKind::Config {
+        return Ok(());
+    }
+    let actual = Id::of_object(data);
+    if actual.to_hex() != name {
+        return Err(Error::ObjectHashMismatch { kind: kind.name(), name: name.to_owned(), actual: actual.to_hex() });
+    }
+    Ok(())
+}

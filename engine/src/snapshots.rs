@@ -1,0 +1,54 @@
+//! Choosing snapshots: `latest`, id prefixes, and filters by host, tag and path.
+
+use cairn_format::{Id, Snapshot};
+
+use crate::{Error, Result};
+
+/// Filters shared by `snapshots`, `ls`, `restore`, `forget`.
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotFilter {
+    /// Any of these hosts.
+    pub hosts: Vec<String>,
+    /// Any of these tag lists; each list (`a,b`) needs all its tags.
+    pub tags: Vec<String>,
+    /// All of these paths.
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether `s` passes.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| *h == s.hostname))
+            && (self.tags.is_empty()
+                || self.tags.iter().any(|list| list.split(',').filter(|t| !t.is_empty()).all(|t| s.tags.iter().any(|x| x == t))))
+            && self.paths.iter().all(|p| s.paths.iter().any(|x| x.as_slice() == p.trim_end_matches('/').as_bytes()))
+    }
+}
+
+/// Resolve `latest` or an id prefix among `snaps` (oldest first).
+pub fn resolve<'a>(snaps: &'a [(Id, Snapshot)], spec: &str, filter: &SnapshotFilter) -> Result<&'a (Id, Snapshot)> {
+    if spec == "latest" {
+        return snaps
+            .iter()
+            .rev()
+            .find(|(_, s)| filter.matches(s))
+            .ok_or_else(|| Error::Invalid("no snapshot matches".into()));
+    }
+    if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!("{spec:?} is neither `latest` nor a snapshot id")));
+    }
+    let found: Vec<_> = snaps.iter().filter(|(id, _)| id.has_hex_prefix(spec)).collect();
+    match found.len() {
+        1 => Ok(found[0]),
+        0 => Err(Error::Invalid(format!("no snapshot with id {spec}"))),
+        n => Err(Error::Invalid(format!("snapshot id prefix {spec} is ambiguous ({n} matches)"))),
+    }
+}
+
+/// Split `ID[:/path]`.
+pub fn split_spec(spec: &str) -> (&str, &str) {
+    match spec.split_once(':') {
+        Some((id, path)) => (id, path),
+        None => (spec, "/"),
+    }
+}

@@ -1,0 +1,134 @@
+//! The master key, authenticated encryption, blob ids and the password KDF.
+//!
+//! Sealed box layout: `nonce (24) || ciphertext || tag (16)`, XChaCha20-Poly1305, random nonce.
+//! A 192-bit random nonce never repeats in practice, so no counter state has to be kept
+//! across processes or machines that write to the same repository.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::{FormatError, Id};
+
+/// Nonce length of XChaCha20-Poly1305.
+pub const NONCE_LEN: usize = 24;
+/// Poly1305 tag length.
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed box adds to its plaintext.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// The repository master key: created once at `init`, stored only wrapped in key files.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MasterKey {
+    /// XChaCha20-Poly1305 key for every encrypted object and blob.
+    pub encryption: [u8; 32],
+    /// BLAKE3 key for blob ids, so the store cannot test whether it holds a known file.
+    pub id_key: [u8; 32],
+    /// Seed XORed into the FastCDC gear table, so chunk boundaries do not leak known content.
+    pub chunker_seed: u64,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn generate() -> MasterKey {
+        let mut rng = rand::rng();
+        let mut encryption = [0u8; 32];
+        let mut id_key = [0u8; 32];
+        rng.fill_bytes(&mut encryption);
+        rng.fill_bytes(&mut id_key);
+        MasterKey { encryption, id_key, chunker_seed: rng.next_u64() }
+    }
+
+    /// The blob id of `plaintext`: keyed BLAKE3.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// Seal with a fresh random nonce.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        seal_with_nonce(&self.encryption, &nonce, aad, plaintext)
+    }
+
+    /// Open a sealed box; `what` names it in the error.
+    pub fn open(&self, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>, FormatError> {
+        open_with_key(&self.encryption, aad, sealed, what)
+    }
+}
+
+/// Seal with an explicit nonce. Only test vectors and key wrapping call this directly.
+pub fn seal_with_nonce(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(nonce);
+    // Encryption of an in-memory buffer cannot fail for XChaCha20-Poly1305 (no length limit
+    // below 256 GiB), so an error here would be a bug in the AEAD crate.
+    let ct = cipher
+        .encrypt(XNonce::from_slice(nonce), Payload { msg: plaintext, aad })
+        .unwrap_or_default();
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Open `nonce || ciphertext || tag` with `key`.
+pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>, FormatError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(FormatError::Authentication(format!("{what} (too short)")));
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| FormatError::Authentication(what.to_owned()))
+}
+
+/// Argon2id parameters, stored in each key file so they can be raised later without a format change.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+    /// Random salt.
+    pub salt: [u8; 32],
+}
+
+impl KdfParams {
+    /// Default cost: 64 MiB, 3 passes, 1 lane (OWASP's Argon2id recommendation is ≥ 19 MiB, 2 passes).
+    pub fn new_default() -> KdfParams {
+        Self::new(64 * 1024, 3, 1)
+    }
+
+    /// Explicit cost with a fresh salt.
+    pub fn new(memory_kib: u32, iterations: u32, parallelism: u32) -> KdfParams {
+        let mut salt = [0u8; 32];
+        rand::rng().fill_bytes(&mut salt);
+        KdfParams { memory_kib, iterations, parallelism, salt }
+    }
+
+    /// Derive the 32-byte key-wrapping key from a password.
+    pub fn derive(&self, password: &[u8]) -> Result<[u8; 32], FormatError> {
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| FormatError::InvalidParameter(format!("argon2 parameters: {e}")))?;
+        // Refuse absurd costs from a hostile key file before allocating.
+        if self.memory_kib > 4 * 1024 * 1024 || self.iterations > 1000 {
+            return Err(FormatError::InvalidParameter("argon2 cost too high".into()));
+        }
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = [0u8; 32];
+        argon
+            .hash_password_into(password, &self.salt, &mut out)
+            .map_err(|e| FormatError::InvalidParameter(format!("argon2: {e}")))?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,156 @@
+//! The framing shared by every repository file: an 8-byte preamble, then a sealed payload.
+//!
+//! ```text
+//! preamble = "cairn" (5 bytes) || kind (1 ASCII byte) || version (u16 little-endian)
+//! file     = preamble || nonce (24) || ciphertext || tag (16)        (config, snapshot, index, lock)
+//! ```
+//! The preamble is the AEAD associated data, so a snapshot cannot be passed off as an index,
+//! and a version byte cannot be changed without detection.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::compress::{pack_payload, unpack_payload};
+use crate::crypto::MasterKey;
+use crate::FormatError;
+
+/// The magic bytes every cairn file starts with.
+pub const MAGIC: &[u8; 5] = b"cairn";
+/// Length of the preamble.
+pub const PREAMBLE_LEN: usize = 8;
+/// The newest format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Upper bound for a decoded metadata file (index, snapshot, config…): far above any real
+/// one, low enough that a hostile zstd frame cannot exhaust memory.
+pub const MAX_METADATA_LEN: usize = 1 << 30;
+
+/// What a repository file is. The byte is the kind letter in the preamble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileKind {
+    /// `config`: repository parameters.
+    Config,
+    /// `keys/<id>`: a password-wrapped master key.
+    Key,
+    /// `locks/<id>`.
+    Lock,
+    /// `snapshots/<id>`.
+    Snapshot,
+    /// `index/<id>`.
+    Index,
+    /// `data/<xx>/<id>`: a pack.
+    Pack,
+}
+
+impl FileKind {
+    /// All kinds, in the order a repository is listed.
+    pub const ALL: [FileKind; 6] =
+        [FileKind::Config, FileKind::Key, FileKind::Lock, FileKind::Snapshot, FileKind::Index, FileKind::Pack];
+
+    /// The preamble letter.
+    pub fn letter(self) -> u8 {
+        match self {
+            FileKind::Config => b'C',
+            FileKind::Key => b'K',
+            FileKind::Lock => b'L',
+            FileKind::Snapshot => b'S',
+            FileKind::Index => b'I',
+            FileKind::Pack => b'P',
+        }
+    }
+
+    /// Human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key",
+            FileKind::Lock => "lock",
+            FileKind::Snapshot => "snapshot",
+            FileKind::Index => "index",
+            FileKind::Pack => "pack",
+        }
+    }
+
+    /// Directory of this kind inside the repository (`""` for the config file).
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Lock => "locks",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Index => "index",
+            FileKind::Pack => "data",
+        }
+    }
+
+    fn from_letter(b: u8) -> Option<FileKind> {
+        FileKind::ALL.into_iter().find(|k| k.letter() == b)
+    }
+}
+
+/// The 8-byte preamble of a file of `kind` at the current version.
+pub fn preamble(kind: FileKind) -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..5].copy_from_slice(MAGIC);
+    p[5] = kind.letter();
+    p[6..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    p
+}
+
+/// Check the preamble of `data` and return the version and the rest.
+pub fn check_preamble(data: &[u8], kind: FileKind) -> Result<(u16, &[u8]), FormatError> {
+    if data.len() < PREAMBLE_LEN {
+        if data.len() >= 5 && &data[..5] != MAGIC {
+            return Err(FormatError::BadMagic { expected: kind.name() });
+        }
+        return Err(FormatError::Truncated(kind.name()));
+    }
+    if &data[..5] != MAGIC {
+        return Err(FormatError::BadMagic { expected: kind.name() });
+    }
+    if data[5] != kind.letter() {
+        let found = FileKind::from_letter(data[5]).map_or_else(|| format!("unknown ({:#04x})", data[5]), |k| k.name().into());
+        return Err(FormatError::WrongKind { expected: kind.name(), found });
+    }
+    let version = u16::from_le_bytes([data[6], data[7]]);
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion { kind: kind.name(), version, supported: FORMAT_VERSION });
+    }
+    Ok((version, &data[PREAMBLE_LEN..]))
+}
+
+/// Serialize with postcard.
+pub fn to_postcard<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard only fails on types serde cannot express (maps with non-string keys are fine,
+    // unsized sequences are not used here), so an error would be a bug in the type definitions.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Deserialize with postcard, refusing trailing bytes.
+pub fn from_postcard<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| FormatError::Malformed { what, detail: e.to_string() })?;
+    if !rest.is_empty() {
+        return Err(FormatError::Malformed { what, detail: format!("{} trailing bytes", rest.len()) });
+    }
+    Ok(value)
+}
+
+/// Encode a sealed file: preamble, then `seal(aad = preamble, flag || zstd?(postcard(value)))`.
+pub fn encode_sealed<T: Serialize>(key: &MasterKey, kind: FileKind, value: &T, level: i32) -> Vec<u8> {
+    let pre = preamble(kind);
+    let payload = pack_payload(&to_postcard(value), level);
+    let sealed = key.seal(&pre, &payload);
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + sealed.len());
+    out.extend_from_slice(&pre);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Decode a file written by [`encode_sealed`].
+pub fn decode_sealed<T: DeserializeOwned>(key: &MasterKey, kind: FileKind, data: &[u8]) -> Result<T, FormatError> {
+    let (_version, body) = check_preamble(data, kind)?;
+    let payload = key.open(&data[..PREAMBLE_LEN], body, kind.name())?;
+    let plain = unpack_payload(&payload, MAX_METADATA_LEN, kind.name())?;
+    from_postcard(&plain, kind.name())
+}

@@ -1,0 +1,68 @@
+//! `keys/<id>`: the master key wrapped by a key derived from a password.
+//!
+//! ```text
+//! key file = preamble("K") || postcard(KeyFile)
+//! KeyFile.wrapped = seal(argon2id(password, kdf), aad = preamble, postcard(MasterKey))
+//! ```
+//! The envelope is not encrypted (the KDF parameters must be readable before a key exists);
+//! the preamble as associated data stops a wrapped key from being moved into another kind.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{open_with_key, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN};
+use crate::file::{check_preamble, from_postcard, preamble, to_postcard, FileKind, PREAMBLE_LEN};
+use crate::{FormatError, Timestamp};
+
+/// A key file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyFile {
+    /// When the key was added.
+    pub created: Timestamp,
+    /// Host that added it.
+    pub hostname: String,
+    /// User that added it.
+    pub username: String,
+    /// Argon2id parameters.
+    pub kdf: KdfParams,
+    /// The sealed master key.
+    pub wrapped: Vec<u8>,
+}
+
+impl KeyFile {
+    /// Wrap `master` under `password` with the given KDF parameters and nonce source.
+    pub fn wrap(
+        master: &MasterKey,
+        password: &[u8],
+        kdf: KdfParams,
+        created: Timestamp,
+        hostname: String,
+        username: String,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<KeyFile, FormatError> {
+        let kek = kdf.derive(password)?;
+        let wrapped = seal_with_nonce(&kek, &nonce, &preamble(FileKind::Key), &to_postcard(master));
+        Ok(KeyFile { created, hostname, username, kdf, wrapped })
+    }
+
+    /// Unwrap with `password`.
+    pub fn unwrap_key(&self, password: &[u8]) -> Result<MasterKey, FormatError> {
+        let kek = self.kdf.derive(password)?;
+        let plain = open_with_key(&kek, &preamble(FileKind::Key), &self.wrapped, "key file")
+            .map_err(|_| FormatError::WrongPassword)?;
+        from_postcard(&plain, "master key")
+    }
+
+    /// Encode to the bytes stored in `keys/`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = preamble(FileKind::Key).to_vec();
+        out.extend_from_slice(&to_postcard(self));
+        out
+    }
+
+    /// Decode from stored bytes.
+    pub fn decode(data: &[u8]) -> Result<KeyFile, FormatError> {
+        let (_v, body) = check_preamble(data, FileKind::Key)?;
+        debug_assert_eq!(data.len() - body.len(), PREAMBLE_LEN);
+        from_postcard(body, "key file")
+    }
+}

@@ -1,0 +1,49 @@
+//! The cairn repository format: every type that is stored, and its encoding. No I/O.
+//!
+//! A repository is a set of immutable objects, each named by the unkeyed BLAKE3 of its bytes:
+//!
+//! | object        | path                | content                                   |
+//! |---------------|---------------------|-------------------------------------------|
+//! | config        | `config`            | sealed [`Config`]                          |
+//! | key           | `keys/<id>`         | [`KeyFile`]: the master key under a password |
+//! | lock          | `locks/<id>`        | sealed [`Lock`]                            |
+//! | snapshot      | `snapshots/<id>`    | sealed [`Snapshot`]                        |
+//! | index         | `index/<id>`        | sealed [`IndexFile`]                       |
+//! | pack          | `data/<xx>/<id>`    | sealed blobs + sealed [`PackHeader`]       |
+//!
+//! The byte-level specification is `FORMAT.md` next to this crate; `testdata/` holds golden
+//! vectors that the tests check in both directions.
+
+mod compress;
+mod config;
+mod crypto;
+mod error;
+mod file;
+mod id;
+mod index;
+mod key;
+mod lock;
+mod pack;
+mod snapshot;
+mod tree;
+
+pub use compress::{looks_incompressible, pack_payload, unpack_payload, FLAG_RAW, FLAG_ZSTD};
+pub use config::{cdc_limits, ChunkerParams, Config};
+pub use crypto::{open_with_key, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
+pub use error::FormatError;
+pub use file::{
+    check_preamble, decode_sealed, encode_sealed, from_postcard, preamble, to_postcard, FileKind, FORMAT_VERSION, MAGIC,
+    MAX_METADATA_LEN, PREAMBLE_LEN,
+};
+pub use id::Id;
+pub use index::{IndexFile, IndexPack};
+pub use key::KeyFile;
+pub use lock::Lock;
+pub use pack::{
+    blob_aad, decode_pack_header, decode_sealed_header, finish_pack, header_span, open_blob, seal_blob, BlobType,
+    PackEntry, PackHeader,
+};
+pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
+pub use tree::{Node, NodeKind, Tree, Xattr};
+
+pub mod fuzz;

@@ -1,0 +1,137 @@
+//! Packs: many sealed blobs, then a sealed header that lists them, then the header length.
+//!
+//! ```text
+//! pack   = preamble("P") || blob_1 || … || blob_n || header || header_len (u32 LE)
+//! blob_i = seal(aad = blob_aad(type, id), flag || zstd?(plaintext))
+//! header = seal(aad = preamble || "header", flag || zstd?(postcard(PackHeader)))
+//! ```
+//! Blob ids are bound into the associated data, so a blob moved or swapped to another
+//! index entry fails authentication.
+
+use serde::{Deserialize, Serialize};
+
+use crate::compress::{pack_payload, unpack_payload};
+use crate::crypto::{MasterKey, SEAL_OVERHEAD};
+use crate::file::{check_preamble, from_postcard, preamble, to_postcard, FileKind, PREAMBLE_LEN};
+use crate::{FormatError, Id};
+
+/// Data or tree.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BlobType {
+    /// File content.
+    Data,
+    /// A directory's [`crate::Tree`].
+    Tree,
+}
+
+impl BlobType {
+    fn byte(self) -> u8 {
+        match self {
+            BlobType::Data => b'D',
+            BlobType::Tree => b'T',
+        }
+    }
+}
+
+/// One blob's place in a pack.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackEntry {
+    /// Data or tree.
+    pub blob_type: BlobType,
+    /// Keyed BLAKE3 of the plaintext.
+    pub id: Id,
+    /// Offset of the sealed blob from the start of the pack file.
+    pub offset: u32,
+    /// Sealed length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+/// The pack header.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackHeader {
+    /// Entries in file order.
+    pub entries: Vec<PackEntry>,
+}
+
+/// Associated data of a sealed blob: `"cairnB" || version u16 LE || type || id`.
+pub fn blob_aad(blob_type: BlobType, id: &Id) -> [u8; 41] {
+    let mut aad = [0u8; 41];
+    aad[..6].copy_from_slice(b"cairnB");
+    aad[6..8].copy_from_slice(&crate::file::FORMAT_VERSION.to_le_bytes());
+    aad[8] = blob_type.byte();
+    aad[9..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Seal one blob's plaintext. Compression level 0 stores it raw.
+pub fn seal_blob(key: &MasterKey, blob_type: BlobType, id: &Id, plaintext: &[u8], level: i32) -> Vec<u8> {
+    key.seal(&blob_aad(blob_type, id), &pack_payload(plaintext, level))
+}
+
+/// Open a sealed blob and verify that its plaintext hashes to `id`.
+pub fn open_blob(key: &MasterKey, blob_type: BlobType, id: &Id, sealed: &[u8], raw_length: u32) -> Result<Vec<u8>, FormatError> {
+    let what = format!("{blob_type:?} blob {}", id.short());
+    let payload = key.open(&blob_aad(blob_type, id), sealed, &what)?;
+    let plain = unpack_payload(&payload, raw_length as usize, &what)?;
+    let actual = key.blob_id(&plain);
+    if actual != *id || plain.len() != raw_length as usize {
+        return Err(FormatError::IdMismatch { what, expected: id.to_hex(), actual: actual.to_hex() });
+    }
+    Ok(plain)
+}
+
+fn header_aad() -> Vec<u8> {
+    let mut aad = preamble(FileKind::Pack).to_vec();
+    aad.extend_from_slice(b"header");
+    aad
+}
+
+/// Seal a pack header and append it and its length to `pack`, which must already hold the
+/// preamble and the blobs.
+pub fn finish_pack(key: &MasterKey, pack: &mut Vec<u8>, header: &PackHeader) {
+    let sealed = key.seal(&header_aad(), &pack_payload(&to_postcard(header), 3));
+    pack.extend_from_slice(&sealed);
+    pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+}
+
+/// Where the sealed header sits, given the pack's total length and its last 4 bytes.
+pub fn header_span(pack_len: u64, trailer: [u8; 4]) -> Result<(u64, u64), FormatError> {
+    let hlen = u64::from(u32::from_le_bytes(trailer));
+    if hlen < SEAL_OVERHEAD as u64 || hlen + 4 + PREAMBLE_LEN as u64 > pack_len {
+        return Err(FormatError::Malformed { what: "pack", detail: format!("header length {hlen} does not fit a pack of {pack_len} bytes") });
+    }
+    Ok((pack_len - 4 - hlen, hlen))
+}
+
+/// Decode a pack's header from the whole pack bytes, and check every entry fits before it.
+pub fn decode_pack_header(key: &MasterKey, pack: &[u8]) -> Result<PackHeader, FormatError> {
+    check_preamble(pack, FileKind::Pack)?;
+    if pack.len() < PREAMBLE_LEN + 4 {
+        return Err(FormatError::Truncated("pack"));
+    }
+    let mut trailer = [0u8; 4];
+    trailer.copy_from_slice(&pack[pack.len() - 4..]);
+    let (start, len) = header_span(pack.len() as u64, trailer)?;
+    decode_sealed_header(key, &pack[start as usize..(start + len) as usize], start)
+}
+
+/// Decode a sealed header alone (fetched with a range read); `header_start` is its offset,
+/// which every blob must end before.
+pub fn decode_sealed_header(key: &MasterKey, sealed: &[u8], header_start: u64) -> Result<PackHeader, FormatError> {
+    let payload = key.open(&header_aad(), sealed, "pack header")?;
+    let plain = unpack_payload(&payload, crate::file::MAX_METADATA_LEN, "pack header")?;
+    let header: PackHeader = from_postcard(&plain, "pack header")?;
+    let mut expected = PREAMBLE_LEN as u64;
+    for e in &header.entries {
+        if u64::from(e.offset) != expected || (e.length as usize) < SEAL_OVERHEAD + 1 {
+            return Err(FormatError::Malformed { what: "pack header", detail: format!("entry {} at bad offset/length", e.id.short()) });
+        }
+        expected += u64::from(e.length);
+    }
+    if expected != header_start {
+        return Err(FormatError::Malformed { what: "pack header", detail: "entries do not reach the header".into() });
+    }
+    Ok(header)
+}
