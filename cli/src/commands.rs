@@ -32,6 +32,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Restore(a) => cmd_restore(cli, a),
         Command::Cat(a) => cat(cli, a),
         Command::Key(k) => key(cli, k),
+        Command::Forget(a) => crate::maint::forget(cli, a),
+        Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
+        Command::Check(a) => crate::maint::check_cmd(cli, a),
+        Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
         Command::Unlock(a) => {
             let repo = open(cli)?;
             let n = lock::unlock(&repo, a.remove_all)?;
@@ -54,7 +58,7 @@ fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(LocalBackend::new(path)))
 }
 
-fn open(cli: &Cli) -> Result<Repository> {
+pub(crate) fn open(cli: &Cli) -> Result<Repository> {
     let be = backend(cli)?;
     // Fail on a missing or foreign repository before asking for a password.
     Repository::probe(be.as_ref())?;
@@ -62,7 +66,7 @@ fn open(cli: &Cli) -> Result<Repository> {
     Ok(Repository::open(be, pw.as_bytes())?)
 }
 
-fn filter(f: &FilterArgs) -> SnapshotFilter {
+pub(crate) fn filter(f: &FilterArgs) -> SnapshotFilter {
     SnapshotFilter { hosts: f.hosts.clone(), tags: f.tags.clone(), paths: f.paths.clone() }
 }
 
@@ -179,7 +183,7 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
+pub(crate) fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
     json!({
         "id": id.to_hex(), "short_id": id.short(), "time": rfc3339(&s.time), "parent": s.parent.map(|p| p.to_hex()),
         "tree": s.tree.to_hex(), "paths": s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>(),

@@ -2,6 +2,7 @@
 //! progress and output; all repository work is in `cairn-engine`.
 
 mod commands;
+mod maint;
 mod password;
 mod ui;
 
@@ -54,6 +55,113 @@ pub enum Command {
     Key(KeyCommand),
     /// Remove stale locks (or all with --remove-all).
     Unlock(UnlockArgs),
+    /// Remove snapshots by a retention policy (restic's semantics), optionally prune.
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references, repacking partly used packs.
+    Prune(PruneArgs),
+    /// Verify the repository's structure (and with --read-data its contents).
+    Check(CheckArgs),
+    /// Repair repository metadata.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+/// `forget` options.
+#[derive(Debug, clap::Args)]
+pub struct ForgetArgs {
+    /// Snapshot ids to remove explicitly (no policy needed).
+    pub ids: Vec<String>,
+    /// Keep the N newest snapshots (`unlimited` for all).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<String>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<String>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<String>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<String>,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<String>,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<String>,
+    /// Keep snapshots newer than the newest minus DURATION (e.g. 2y5m7d3h).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep hourly snapshots within DURATION of the newest.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_hourly: Option<String>,
+    /// Keep daily snapshots within DURATION of the newest.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_daily: Option<String>,
+    /// Keep weekly snapshots within DURATION of the newest.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_weekly: Option<String>,
+    /// Keep monthly snapshots within DURATION of the newest.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_monthly: Option<String>,
+    /// Keep yearly snapshots within DURATION of the newest.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_yearly: Option<String>,
+    /// Keep snapshots that have all these tags (`a,b`; repeatable).
+    #[arg(long, value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
+    /// Group snapshots by these fields before applying the policy (`host,paths,tags`; "" = one group).
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only show what would be removed.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Run prune afterwards if snapshots were removed.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneOpts,
+}
+
+/// Prune tuning.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneOpts {
+    /// Tolerate this much unused space: a percentage (`5%`) of the repository or a size (`2G`).
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// Repack at most this many bytes (`2G`, `500M`).
+    #[arg(long)]
+    pub max_repack_size: Option<String>,
+}
+
+/// `prune` options.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub opts: PruneOpts,
+    /// Only report what would be done.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+/// `check` options.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Read and verify every blob of every pack.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read a part: `n/t` (deterministic bucket n of t) or `P%` (random).
+    #[arg(long, value_name = "n/t|P%")]
+    pub read_data_subset: Option<String>,
+}
+
+/// `repair` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers.
+    Index,
 }
 
 /// `init` options.

@@ -167,9 +167,14 @@ impl Repository {
         let ids = self.list_ids(FileKind::Index)?;
         let files: Vec<(Id, IndexFile)> =
             ids.par_iter().map(|id| Ok((*id, self.load::<IndexFile>(FileKind::Index, id)?))).collect::<Result<_>>()?;
+        // An index file listed in another's `supersedes` was replaced by prune or repair; a
+        // crash may have left it behind, and it must not resurrect deleted packs.
+        let superseded: std::collections::HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
         let mut idx = MasterIndex::default();
         for (id, f) in &files {
-            idx.add_file(*id, f);
+            if !superseded.contains(id) {
+                idx.add_file(*id, f);
+            }
         }
         Ok(idx)
     }

@@ -1,0 +1,283 @@
+//! `forget`, `prune`, `check`, `repair`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use cairn_engine::forget::{apply_policy, group, parse_count, Duration, GroupBy, Policy};
+use cairn_engine::maintenance::{check, prune, repair_index, PruneOptions, ReadData};
+use cairn_engine::snapshots::resolve;
+use cairn_engine::util::{format_timestamp, now_timestamp};
+use cairn_engine::{LockGuard, Progress, SnapshotFilter};
+use cairn_format::FileKind;
+use serde_json::json;
+
+use crate::commands::{filter, open, snapshot_json};
+use crate::ui::{human_bytes, Reporter};
+use crate::{CheckArgs, Cli, ForgetArgs, PruneOpts};
+
+/// Parse `2G`, `500M`, `1.5T`, `1024` (bytes; binary units).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => bail!("invalid size {s:?} (use K, M, G, T)"),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| anyhow!("invalid size {s:?}"))?;
+    if n < 0.0 {
+        bail!("invalid size {s:?}");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn prune_options(o: &PruneOpts, dry_run: bool, repo_bytes: u64) -> Result<PruneOptions> {
+    let max_unused = if let Some(p) = o.max_unused.strip_suffix('%') {
+        let v: f64 = p.trim().parse().map_err(|_| anyhow!("invalid --max-unused {:?}", o.max_unused))?;
+        if !(0.0..=100.0).contains(&v) {
+            bail!("--max-unused must be between 0% and 100%");
+        }
+        v / 100.0
+    } else if o.max_unused == "unlimited" {
+        f64::INFINITY
+    } else {
+        parse_size(&o.max_unused)? as f64 / repo_bytes.max(1) as f64
+    };
+    let max_repack_bytes = match &o.max_repack_size {
+        Some(s) => parse_size(s)?,
+        None => u64::MAX,
+    };
+    Ok(PruneOptions { max_unused, max_repack_bytes, dry_run })
+}
+
+fn count(o: &Option<String>) -> Result<i64> {
+    o.as_deref().map_or(Ok(0), |s| Ok(parse_count(s)?))
+}
+
+fn dur(o: &Option<String>) -> Result<Duration> {
+    o.as_deref().map_or(Ok(Duration::default()), |s| Ok(Duration::parse(s)?))
+}
+
+pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
+    let policy = Policy {
+        last: count(&a.keep_last)?,
+        hourly: count(&a.keep_hourly)?,
+        daily: count(&a.keep_daily)?,
+        weekly: count(&a.keep_weekly)?,
+        monthly: count(&a.keep_monthly)?,
+        yearly: count(&a.keep_yearly)?,
+        within: dur(&a.keep_within)?,
+        within_hourly: dur(&a.keep_within_hourly)?,
+        within_daily: dur(&a.keep_within_daily)?,
+        within_weekly: dur(&a.keep_within_weekly)?,
+        within_monthly: dur(&a.keep_within_monthly)?,
+        within_yearly: dur(&a.keep_within_yearly)?,
+        tags: a.keep_tag.iter().map(|t| t.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect()).collect(),
+    };
+    if policy.is_empty() && a.ids.is_empty() {
+        bail!("no policy given: use --keep-* options or name snapshot ids (refusing to remove everything)");
+    }
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, true)?;
+    let flt: SnapshotFilter = filter(&a.filter);
+    let all = repo.load_snapshots()?;
+    let mut remove: Vec<cairn_format::Id> = Vec::new();
+    let mut out_groups = Vec::new();
+    if !a.ids.is_empty() {
+        for spec in &a.ids {
+            remove.push(resolve(&all, spec, &SnapshotFilter::default())?.0);
+        }
+    }
+    if !policy.is_empty() {
+        let selected: Vec<_> = all.iter().filter(|(_, s)| flt.matches(s)).cloned().collect();
+        let groups = group(selected, GroupBy::parse(&a.group_by)?);
+        let now = now_timestamp().unix_nanos;
+        for (key, snaps) in groups {
+            let decisions = apply_policy(&snaps, &policy, now);
+            let by_id: std::collections::HashMap<_, _> = snaps.iter().map(|(i, s)| (*i, s)).collect();
+            if !cli.json && !cli.quiet {
+                println!("snapshots for {}:", group_label(&key));
+            }
+            let mut keep_json = Vec::new();
+            let mut remove_json = Vec::new();
+            for d in &decisions {
+                let s = by_id[&d.id];
+                if d.keep {
+                    keep_json.push(json!({"snapshot": snapshot_json(&d.id, s), "matches": d.reasons}));
+                } else {
+                    remove.push(d.id);
+                    remove_json.push(snapshot_json(&d.id, s));
+                }
+                if !cli.json && !cli.quiet {
+                    let verdict = if d.keep { format!("keep    {}", d.reasons.join(", ")) } else { "remove".into() };
+                    println!("  {}  {}  {:<16} {:<20} {}", d.id.short(), format_timestamp(&s.time), s.hostname, s.tags.join(","), verdict);
+                }
+            }
+            out_groups.push(json!({"group": key, "keep": keep_json, "remove": remove_json}));
+        }
+    }
+    let remove: Vec<_> = { let mut seen = HashSet::new(); remove.into_iter().filter(|i| seen.insert(*i)).collect() };
+    if !a.dry_run {
+        for id in &remove {
+            repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
+        }
+    }
+    let mut prune_report = None;
+    if a.prune && !remove.is_empty() {
+        let bytes: u64 = repo.backend().list(FileKind::Pack)?.iter().map(|o| o.size).sum();
+        let opts = prune_options(&a.prune_opts, a.dry_run, bytes)?;
+        let progress = Arc::new(Progress::default());
+        let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
+        // A dry run cannot mark with the removals applied; it reports prune as things stand.
+        prune_report = Some(prune(&repo, &opts, &progress)?);
+    }
+    if cli.json {
+        println!("{}", json!({"message_type": "forget", "dry_run": a.dry_run, "groups": out_groups,
+            "removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(), "prune": prune_report}));
+    } else if !cli.quiet {
+        println!("{} {} snapshot(s)", if a.dry_run { "would remove" } else { "removed" }, remove.len());
+        if let Some(r) = &prune_report {
+            print_prune(r);
+        }
+    }
+    Ok(0)
+}
+
+fn group_label(k: &cairn_engine::forget::GroupKey) -> String {
+    let mut parts = Vec::new();
+    if let Some(h) = &k.host {
+        parts.push(format!("host {h}"));
+    }
+    if let Some(p) = &k.paths {
+        parts.push(format!("paths [{}]", p.join(", ")));
+    }
+    if let Some(t) = &k.tags {
+        parts.push(format!("tags [{}]", t.join(",")));
+    }
+    if parts.is_empty() {
+        "all snapshots".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn print_prune(r: &cairn_engine::maintenance::PruneReport) {
+    println!(
+        "{}: {} packs ({}), {} used / {} unused blobs",
+        if r.dry_run { "prune (dry run)" } else { "prune" },
+        r.packs_total,
+        human_bytes(r.bytes_total),
+        r.blobs_used,
+        r.blobs_unused
+    );
+    println!(
+        "  deleted {} unused and {} unreferenced packs, repacked {} packs ({} copied), freed {}, {} unused left",
+        r.packs_deleted,
+        r.packs_unreferenced,
+        r.packs_repacked,
+        human_bytes(r.bytes_repacked),
+        human_bytes(r.bytes_freed),
+        human_bytes(r.bytes_unused_left)
+    );
+}
+
+pub fn prune_cmd(cli: &Cli, o: &PruneOpts, dry_run: bool) -> Result<u8> {
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, true)?;
+    let bytes: u64 = repo.backend().list(FileKind::Pack)?.iter().map(|o| o.size).sum();
+    let opts = prune_options(o, dry_run, bytes)?;
+    let progress = Arc::new(Progress::default());
+    let r = {
+        let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
+        prune(&repo, &opts, &progress)?
+    };
+    if cli.json {
+        println!("{}", json!({"message_type": "prune", "report": r}));
+    } else if !cli.quiet {
+        print_prune(&r);
+    }
+    Ok(0)
+}
+
+pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
+    let read = if a.read_data {
+        ReadData::All
+    } else if let Some(s) = &a.read_data_subset {
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+            if !(0.0..=100.0).contains(&v) {
+                bail!("--read-data-subset percentage must be 0-100");
+            }
+            ReadData::Fraction(v / 100.0)
+        } else if let Some((n, t)) = s.split_once('/') {
+            let n: u32 = n.parse().map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+            let t: u32 = t.parse().map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+            if t == 0 || n == 0 || n > t || t > 256 {
+                bail!("--read-data-subset n/t needs 1 <= n <= t <= 256");
+            }
+            ReadData::Subset(n, t)
+        } else {
+            bail!("invalid --read-data-subset {s:?}: use n/t or P%");
+        }
+    } else {
+        ReadData::None
+    };
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, false)?;
+    let progress = Arc::new(Progress::default());
+    let r = {
+        let _r = Reporter::start("check", progress.clone(), cli.json, cli.quiet);
+        check(&repo, read, &progress)?
+    };
+    if cli.json {
+        println!("{}", json!({"message_type": "check", "ok": r.errors.is_empty(), "report": r}));
+    } else {
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        if !r.unreferenced_packs.is_empty() && !cli.quiet {
+            println!("{} pack(s) not referenced by any index (left by an interrupted backup; `cairn prune` removes them)", r.unreferenced_packs.len());
+        }
+        if !cli.quiet {
+            println!(
+                "checked {} snapshots, {} trees, {} pack headers; read {} packs ({} blobs)",
+                r.snapshots, r.trees, r.packs_checked, r.packs_read, r.blobs_read
+            );
+        }
+    }
+    if r.errors.is_empty() {
+        if !cli.json && !cli.quiet {
+            println!("no errors were found");
+        }
+        Ok(0)
+    } else {
+        eprintln!("cairn: error: the repository has {} error(s)", r.errors.len());
+        Ok(13)
+    }
+}
+
+pub fn repair_index_cmd(cli: &Cli) -> Result<u8> {
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, true)?;
+    let progress = Arc::new(Progress::default());
+    let r = repair_index(&repo, &progress)?;
+    if cli.json {
+        println!("{}", json!({"message_type": "repair_index", "report": r}));
+    } else {
+        for p in &r.unreadable_packs {
+            eprintln!("warning: pack {p} (not indexed)");
+        }
+        println!("indexed {} packs with {} blobs; replaced {} index file(s)", r.packs, r.blobs, r.index_files_replaced);
+    }
+    Ok(0)
+}
