@@ -1,0 +1,352 @@
+//! Prune crash safety (a backend that fails at every possible write), prune racing backups,
+//! and `check` naming each kind of corruption.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cairn_engine::maintenance::{check, prune, PruneOptions, ReadData};
+use cairn_engine::{
+    backup, restore, Backend, BackupOptions, Error, InitOptions, LocalBackend, LockGuard, ObjectInfo, Progress,
+    Repository, RestoreOptions, Result,
+};
+use cairn_format::{ChunkerParams, FileKind, KdfParams};
+use rand::{Rng, RngCore, SeedableRng};
+
+/// Passes everything through, but fails the `fail_at`-th mutating call (put/delete) and
+/// every one after it, like a process killed at that point.
+#[derive(Debug)]
+struct FailingBackend {
+    inner: LocalBackend,
+    ops: AtomicUsize,
+    fail_at: usize,
+}
+
+impl FailingBackend {
+    fn tick(&self) -> Result<()> {
+        if self.ops.fetch_add(1, Ordering::SeqCst) >= self.fail_at {
+            return Err(Error::Backend("injected failure".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for FailingBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn exists(&self) -> Result<bool> {
+        self.inner.exists()
+    }
+    fn create(&self) -> Result<()> {
+        self.inner.create()
+    }
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        // Locks are not part of the data path; failing them would only stop prune at start.
+        if kind != FileKind::Lock {
+            self.tick()?;
+        }
+        self.inner.put(kind, name, data)
+    }
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
+        self.inner.stat(kind, name)
+    }
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        if kind != FileKind::Lock {
+            self.tick()?;
+        }
+        self.inner.delete(kind, name)
+    }
+}
+
+const PW: &[u8] = b"test";
+
+fn small_repo(dir: &Path) -> Repository {
+    let opts = InitOptions {
+        chunker: ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10, normalization: 1 },
+        compression_level: 1,
+        pack_size: 1 << 20,
+        kdf: KdfParams::new(8 * 1024, 1, 1),
+    };
+    Repository::init(Arc::new(LocalBackend::new(dir)), PW, opts).unwrap()
+}
+
+fn reopen(dir: &Path) -> Repository {
+    Repository::open(Arc::new(LocalBackend::new(dir)), PW).unwrap()
+}
+
+fn write_files(src: &Path, seed: u64, names: std::ops::Range<usize>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in names {
+        let mut data = vec![0u8; rng.random_range(50_000..250_000)];
+        rng.fill_bytes(&mut data);
+        std::fs::write(src.join(format!("f{i:03}")), data).unwrap();
+    }
+}
+
+fn snapshot_of(src: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+fn do_backup(repo: &Repository, src: &Path) -> cairn_format::Id {
+    let opts = BackupOptions {
+        paths: vec![src.to_path_buf()],
+        stdin: None,
+        tags: vec![],
+        host: Some("test".into()),
+        time: None,
+        parent: None,
+        force: false,
+        excludes: vec![],
+        one_file_system: false,
+    };
+    backup(repo, opts, &Progress::default(), &|w| panic!("unexpected warning {w}")).unwrap().id
+}
+
+fn restored(repo: &Repository, snap: &cairn_format::Id, src: &Path, into: &Path) -> BTreeMap<String, Vec<u8>> {
+    let index = repo.load_index().unwrap();
+    let s: cairn_format::Snapshot = repo.load(FileKind::Snapshot, snap).unwrap();
+    let sub = src.strip_prefix("/").unwrap();
+    let opts = RestoreOptions { target: into.to_path_buf(), ..RestoreOptions::default() };
+    let r = restore(repo, &index, &s.tree, sub, &opts, &Progress::default()).unwrap();
+    assert!(r.failed.is_empty(), "restore failures: {:?}", r.failed);
+    snapshot_of(into)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in walk(from) {
+        let rel = e.strip_prefix(from).unwrap();
+        let dst = to.join(rel);
+        if e.is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+        } else {
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&e, &dst).unwrap();
+        }
+    }
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for e in entries {
+            out.extend(walk(&e));
+        }
+    }
+    out
+}
+
+/// A repository with three snapshots where the first two are forgotten, so prune has packs
+/// to delete and packs to repack. Returns (repo dir, src dir, kept snapshot, its content).
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    repo: PathBuf,
+    src: PathBuf,
+    kept: cairn_format::Id,
+    content: BTreeMap<String, Vec<u8>>,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let repo = small_repo(&repo_dir);
+    write_files(&src, 1, 0..40);
+    let a = do_backup(&repo, &src);
+    for i in (0..40).step_by(2) {
+        std::fs::remove_file(src.join(format!("f{i:03}"))).unwrap();
+    }
+    write_files(&src, 2, 40..50);
+    let b = do_backup(&repo, &src);
+    for i in (1..20).step_by(2) {
+        std::fs::remove_file(src.join(format!("f{i:03}"))).unwrap();
+    }
+    write_files(&src, 3, 50..55);
+    let c = do_backup(&repo, &src);
+    repo.backend().delete(FileKind::Snapshot, &a.to_hex()).unwrap();
+    repo.backend().delete(FileKind::Snapshot, &b.to_hex()).unwrap();
+    let content = snapshot_of(&src);
+    Fixture { _tmp: tmp, repo: repo_dir, src, kept: c, content }
+}
+
+fn assert_healthy(repo: &Repository, fx: &Fixture, restore_into: &Path) {
+    let report = check(repo, ReadData::All, &Progress::default()).unwrap();
+    assert!(report.errors.is_empty(), "check errors: {:?}", report.errors);
+    assert_eq!(restored(repo, &fx.kept, &fx.src, restore_into), fx.content);
+}
+
+#[test]
+fn prune_killed_at_every_write_loses_nothing() {
+    let fx = fixture();
+    let opts = PruneOptions { max_unused: 0.0, ..PruneOptions::default() };
+
+    // Count the writes of a complete prune on a copy.
+    let probe = tempfile::tempdir().unwrap();
+    copy_dir(&fx.repo, probe.path());
+    let be = Arc::new(FailingBackend { inner: LocalBackend::new(probe.path()), ops: AtomicUsize::new(0), fail_at: usize::MAX });
+    let repo = Repository::open(be.clone(), PW).unwrap();
+    let report = prune(&repo, &opts, &Progress::default()).unwrap();
+    assert!(report.packs_deleted > 0 && report.packs_repacked > 0, "fixture must exercise delete and repack: {report:?}");
+    let total = be.ops.load(Ordering::SeqCst);
+    assert!(total >= 5, "expected several writes, got {total}");
+
+    for fail_at in 0..total {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("repo");
+        copy_dir(&fx.repo, &dir);
+        let be = Arc::new(FailingBackend { inner: LocalBackend::new(&dir), ops: AtomicUsize::new(0), fail_at });
+        let repo = Repository::open(be, PW).unwrap();
+        let err = prune(&repo, &opts, &Progress::default());
+        assert!(err.is_err(), "prune with failure at write {fail_at} should fail");
+
+        // Interrupted: every snapshot still restores exactly and check passes.
+        let repo = reopen(&dir);
+        assert_healthy(&repo, &fx, &tmp.path().join("r1"));
+        // Re-running prune finishes the job.
+        let again = prune(&repo, &opts, &Progress::default()).unwrap();
+        assert!(!again.dry_run);
+        let after = check(&repo, ReadData::All, &Progress::default()).unwrap();
+        assert!(after.unreferenced_packs.is_empty(), "leftovers after second prune at {fail_at}: {:?}", after.unreferenced_packs);
+        assert_healthy(&repo, &fx, &tmp.path().join("r2"));
+    }
+}
+
+#[test]
+fn prune_and_backups_racing_never_lose_referenced_data() {
+    let fx = fixture();
+    let dir = fx.repo.clone();
+    let src = fx.src.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backups = {
+        let (dir, src, stop) = (dir.clone(), src.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let repo = reopen(&dir);
+            let mut done = 0;
+            let mut round = 100;
+            while !stop.load(Ordering::Relaxed) || done < 3 {
+                write_files(&src, round, round as usize..round as usize + 2);
+                round += 1;
+                match LockGuard::acquire(&repo, false) {
+                    Ok(g) => {
+                        do_backup(&repo, &src);
+                        drop(g);
+                        done += 1;
+                        // Give the pruner a window, as separate nightly jobs do.
+                        std::thread::sleep(std::time::Duration::from_millis(15));
+                    }
+                    Err(Error::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            done
+        })
+    };
+    let repo = reopen(&dir);
+    let mut prunes = 0;
+    let started = std::time::Instant::now();
+    while prunes < 3 && started.elapsed() < std::time::Duration::from_secs(120) {
+        match LockGuard::acquire(&repo, true) {
+            Ok(_g) => {
+                // Forget all but the newest snapshot, then prune.
+                let snaps = repo.load_snapshots().unwrap();
+                for (id, _) in snaps.iter().take(snaps.len().saturating_sub(1)) {
+                    repo.backend().delete(FileKind::Snapshot, &id.to_hex()).unwrap();
+                }
+                prune(&repo, &PruneOptions { max_unused: 0.0, ..PruneOptions::default() }, &Progress::default()).unwrap();
+                prunes += 1;
+            }
+            Err(Error::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(3)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let backups_done = backups.join().unwrap();
+    assert!(prunes > 0 && backups_done >= 3, "both sides must have run: {prunes} prunes, {backups_done} backups");
+
+    let repo = reopen(&dir);
+    let report = check(&repo, ReadData::All, &Progress::default()).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // Every remaining snapshot restores completely.
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (id, _)) in repo.load_snapshots().unwrap().iter().enumerate() {
+        let files = restored(&repo, id, &src, &tmp.path().join(i.to_string()));
+        assert!(!files.is_empty());
+    }
+    // The newest one equals the source as it is now.
+    let (last, _) = repo.load_snapshots().unwrap().pop().unwrap();
+    assert_eq!(restored(&repo, &last, &src, &tmp.path().join("last")), snapshot_of(&src));
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    let at = at.min(b.len() - 1);
+    b[at] ^= 0x40;
+    std::fs::write(path, b).unwrap();
+}
+
+fn first_file(dir: &Path) -> PathBuf {
+    walk(dir).into_iter().find(|p| p.is_file()).unwrap()
+}
+
+#[test]
+fn check_names_each_corrupt_object() {
+    let fx = fixture();
+    let repo = reopen(&fx.repo);
+    assert!(check(&repo, ReadData::All, &Progress::default()).unwrap().errors.is_empty());
+
+    // A pack: only --read-data sees a flipped byte in a blob.
+    let pack = walk(&fx.repo.join("data")).into_iter().find(|p| p.is_file()).unwrap();
+    let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    flip_byte(&pack, 200);
+    let r = check(&repo, ReadData::All, &Progress::default()).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains(&pack_name[..8])), "pack {pack_name} not named: {:?}", r.errors);
+
+    // An index file.
+    let index = first_file(&fx.repo.join("index"));
+    let index_name = index.file_name().unwrap().to_string_lossy().into_owned();
+    flip_byte(&index, 50);
+    let r = check(&repo, ReadData::None, &Progress::default()).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains(&index_name[..8])), "index {index_name} not named: {:?}", r.errors);
+
+    // A snapshot.
+    let snap = first_file(&fx.repo.join("snapshots"));
+    let snap_name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    flip_byte(&snap, 40);
+    let r = check(&repo, ReadData::None, &Progress::default()).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains(&snap_name[..8])), "snapshot {snap_name} not named: {:?}", r.errors);
+}
+
+#[test]
+fn repair_index_rebuilds_a_lost_index() {
+    let fx = fixture();
+    let repo = reopen(&fx.repo);
+    for id in repo.list_ids(FileKind::Index).unwrap() {
+        repo.backend().delete(FileKind::Index, &id.to_hex()).unwrap();
+    }
+    let broken = check(&repo, ReadData::None, &Progress::default()).unwrap();
+    assert!(!broken.errors.is_empty(), "check must notice the missing index");
+    let r = cairn_engine::maintenance::repair_index(&repo, &Progress::default()).unwrap();
+    assert!(r.packs > 0 && r.unreadable_packs.is_empty());
+    let tmp = tempfile::tempdir().unwrap();
+    assert_healthy(&repo, &fx, tmp.path());
+}
