@@ -241,6 +241,10 @@ pub fn backup(
         }
         paths.sort();
         paths.dedup();
+        // `/` covers every other path.
+        if paths.iter().any(|p| p == Path::new("/")) {
+            paths.retain(|p| p == Path::new("/"));
+        }
     }
     let path_bytes: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
 
@@ -276,10 +280,11 @@ pub fn backup(
 
     let root_tree = if let Some((name, reader)) = opts.stdin {
         arch.stdin_tree(&name, reader)?
+    } else if paths.iter().any(|p| p == Path::new("/")) {
+        // The root tree is the listing of `/` itself.
+        arch.dir_tree(Path::new("/"), parent_tree.as_ref(), None)?
     } else {
-        let targets = build_targets(&paths);
-        let root_dev = None;
-        arch.targets_tree(&targets, parent_tree.as_ref(), root_dev)?
+        arch.targets_tree(&build_targets(&paths), parent_tree.as_ref(), None)?
     };
     let root_id = arch.store_tree(root_tree)?;
     if interrupted() {
