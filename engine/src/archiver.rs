@@ -380,7 +380,13 @@ impl Archiver<'_> {
                         self.entry(path, name, &meta, pnode, dev)
                     }
                     Target::Virtual(path, children) => {
-                        let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+                        // A component above a named path is recorded as the directory it
+                        // leads to, even when it is a symlink (`/var/run` → `/run`): the
+                        // snapshot mirrors the path the operator named.
+                        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+                        if !meta.is_dir() {
+                            return Err(Error::Invalid(format!("{} is not a directory", path.display())));
+                        }
                         let mut node = node_from_meta(name, path, &meta, &self.names)?;
                         let sub = self.parent_subtree(pnode);
                         let tree = self.targets_tree(children, sub.as_ref(), dev)?;

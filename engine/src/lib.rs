@@ -16,6 +16,7 @@ mod error;
 pub mod forget;
 pub mod fsmeta;
 pub mod index;
+pub mod job;
 pub mod lock;
 pub mod maintenance;
 pub mod packer;

@@ -337,8 +337,15 @@ pub fn restore(
             Progress::add(&progress.files, 1);
         }
     }
+    let failed_primaries: std::collections::HashSet<PathBuf> = result.failed.iter().map(|(p, _)| p.clone()).collect();
     for (ei, first) in &links {
         let path = target.join(&entries[*ei].rel);
+        if failed_primaries.contains(first) {
+            // The content behind this name is the failed file's: never present it as good.
+            failed_entries[*ei] = true;
+            result.failed.push((path, format!("hard link to {}, which could not be restored", first.display())));
+            continue;
+        }
         let r = remove_non_dir(&path).and_then(|()| fs::hard_link(first, &path).map_err(|e| Error::io(&path, e)));
         match r {
             Ok(()) => result.files += 1,

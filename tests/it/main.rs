@@ -1,1 +1,20 @@
+//! End-to-end tests that drive the real `cairn` binary.
+//!
+//! - `util.rs`: the harness. [`util::Env`] is a temp dir with a repository (cheap KDF);
+//!   `run`/`ok`/`json`/`backup` run `target/<profile>/cairn` with `CAIRN_PASSWORD` set and
+//!   return exit code, stdout and stderr. `assert_trees_equal` compares two trees exactly.
+//!   The first test to need the binary runs `cargo build -p cairn-cli --bin cairn` so that
+//!   `cargo test -p cairn-tests` never tests a stale binary (`CAIRN_TESTS_NO_BUILD=1` skips it).
+//! - The tests run as root (chown, devices, setpriv to an unprivileged user) on a file system
+//!   with sparse files and `user.*` xattrs (ext4, xfs, btrfs, tmpfs).
+#![allow(clippy::unwrap_used)]
 
+mod backup_restore;
+mod crash;
+mod errors;
+mod harness;
+mod incremental;
+mod keys;
+mod listing;
+mod safety;
+mod util;

@@ -1,0 +1,604 @@
+//! `cairn run`: the nightly job described by one TOML file — named sources, each backed up
+//! as its own snapshot with its own tags and retention, then one prune.
+//!
+//! ```toml
+//! [repository]
+//! path = "/srv/backup/repo"
+//! password-file = "/etc/cairn/password"
+//!
+//! [defaults]                       # retention for sources that set none
+//! keep-daily = 7
+//! keep-weekly = 4
+//! keep-monthly = 12
+//!
+//! [[source]]
+//! name = "etcd"
+//! kind = "k3s-etcd"                # newest etcd snapshot + the server token
+//!
+//! [[source]]
+//! name = "manifests"
+//! kind = "command"
+//! command = "kubectl get all -A -o yaml"
+//! filename = "manifests.yaml"
+//!
+//! [[source]]
+//! name = "agent"
+//! kind = "path"
+//! paths = ["/var/lib/rancher/k3s/agent"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use cairn_format::FileKind;
+use serde::{Deserialize, Serialize};
+
+use crate::archiver::{backup, BackupOptions};
+use crate::forget::{apply_policy, Duration, Policy};
+use crate::lock::LockGuard;
+use crate::maintenance::{prune, PruneOptions, PruneReport};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::util::{hostname, now_timestamp};
+use crate::{Error, Result};
+
+/// The tag that marks which source a snapshot came from.
+pub fn source_tag(name: &str) -> String {
+    format!("cairn-source={name}")
+}
+
+/// The whole job file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JobConfig {
+    /// Where to store.
+    pub repository: RepoConfig,
+    /// Retention for sources without their own.
+    #[serde(default)]
+    pub defaults: Retention,
+    /// Sources, backed up in order.
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+    /// Prune settings.
+    #[serde(default)]
+    pub prune: PruneConfig,
+    /// Monitoring output.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// When the job runs (for `cairn schedule`).
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+}
+
+/// `[repository]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Path or URL.
+    pub path: String,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Command printing the password.
+    pub password_command: Option<String>,
+    /// Host name to record (default: this host).
+    pub host: Option<String>,
+}
+
+/// Retention rules (all optional; counts accept a number or "unlimited").
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Retention {
+    /// keep-last.
+    pub keep_last: Option<Count>,
+    /// keep-hourly.
+    pub keep_hourly: Option<Count>,
+    /// keep-daily.
+    pub keep_daily: Option<Count>,
+    /// keep-weekly.
+    pub keep_weekly: Option<Count>,
+    /// keep-monthly.
+    pub keep_monthly: Option<Count>,
+    /// keep-yearly.
+    pub keep_yearly: Option<Count>,
+    /// keep-within.
+    pub keep_within: Option<String>,
+    /// keep-tag (each entry `a,b`).
+    #[serde(default)]
+    pub keep_tag: Vec<String>,
+}
+
+/// A count: number or "unlimited".
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Count {
+    /// N.
+    N(i64),
+    /// "unlimited".
+    Word(String),
+}
+
+impl Count {
+    fn value(&self) -> Result<i64> {
+        match self {
+            Count::N(n) if *n >= -1 => Ok(*n),
+            Count::N(n) => Err(Error::Invalid(format!("invalid count {n}"))),
+            Count::Word(w) => crate::forget::parse_count(w),
+        }
+    }
+}
+
+impl Retention {
+    fn is_set(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_hourly.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.keep_yearly.is_some()
+            || self.keep_within.is_some()
+            || !self.keep_tag.is_empty()
+    }
+
+    /// As a policy.
+    pub fn policy(&self) -> Result<Policy> {
+        let c = |o: &Option<Count>| o.as_ref().map_or(Ok(0), Count::value);
+        Ok(Policy {
+            last: c(&self.keep_last)?,
+            hourly: c(&self.keep_hourly)?,
+            daily: c(&self.keep_daily)?,
+            weekly: c(&self.keep_weekly)?,
+            monthly: c(&self.keep_monthly)?,
+            yearly: c(&self.keep_yearly)?,
+            within: self.keep_within.as_deref().map_or(Ok(Duration::default()), Duration::parse)?,
+            tags: self.keep_tag.iter().map(|t| t.split(',').map(str::to_owned).collect()).collect(),
+            ..Policy::default()
+        })
+    }
+}
+
+/// What a source reads.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// Files and directories.
+    Path,
+    /// A command's standard output, stored as one file.
+    Command,
+    /// The newest K3s etcd snapshot plus the server token.
+    K3sEtcd,
+}
+
+/// `[[source]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique name (also a tag `cairn-source=NAME`).
+    pub name: String,
+    /// Kind.
+    pub kind: SourceKind,
+    /// `path`: what to back up.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// `path`: exclude globs. A path source whose paths include a K3s agent dir excludes
+    /// `agent/containerd` (image layers, re-pullable) unless `include-containerd = true`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `path`: keep the containerd image store in agent dirs.
+    #[serde(default)]
+    pub include_containerd: bool,
+    /// `path`: stay on one file system.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// `command`: shell command whose stdout is stored.
+    pub command: Option<String>,
+    /// `command`: file name for the stored output.
+    pub filename: Option<String>,
+    /// `k3s-etcd`: snapshot directory.
+    pub snapshot_dir: Option<PathBuf>,
+    /// `k3s-etcd`: server token file.
+    pub token_file: Option<PathBuf>,
+    /// `k3s-etcd`: run this first to take a fresh snapshot (e.g.
+    /// `k3s etcd-snapshot save --name cairn`); otherwise the newest existing one is used.
+    pub save_command: Option<String>,
+    /// Extra tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Retention for this source (else `[defaults]`).
+    #[serde(default, flatten)]
+    pub retention: Retention,
+}
+
+/// `[prune]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Run prune after retention (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Tolerated unused share in percent (default 5).
+    #[serde(default = "five")]
+    pub max_unused_percent: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn five() -> f64 {
+    5.0
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig { enabled: true, max_unused_percent: 5.0 }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// node-exporter textfile collector output (`…/cairn.prom`).
+    pub textfile: Option<PathBuf>,
+}
+
+/// `[schedule]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Local time of day, `HH:MM`.
+    #[serde(default = "two_am")]
+    pub at: String,
+    /// Random delay up to this many minutes (systemd only).
+    #[serde(default)]
+    pub randomized_delay_minutes: u32,
+}
+
+fn two_am() -> String {
+    "02:00".into()
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig { at: two_am(), randomized_delay_minutes: 0 }
+    }
+}
+
+const K3S_SNAPSHOT_DIR: &str = "/var/lib/rancher/k3s/server/db/snapshots";
+const K3S_TOKEN: &str = "/var/lib/rancher/k3s/server/token";
+
+impl JobConfig {
+    /// Parse and validate a job file.
+    pub fn parse(text: &str) -> Result<JobConfig> {
+        let cfg: JobConfig = toml::from_str(text).map_err(|e| Error::Invalid(format!("job config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.sources.is_empty() {
+            return Err(Error::Invalid("job config: no [[source]]".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.sources {
+            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(Error::Invalid(format!("source name {:?}: use letters, digits, - _ .", s.name)));
+            }
+            if !names.insert(&s.name) {
+                return Err(Error::Invalid(format!("source {:?} is defined twice", s.name)));
+            }
+            match s.kind {
+                SourceKind::Path if s.paths.is_empty() => {
+                    return Err(Error::Invalid(format!("source {:?}: kind = \"path\" needs paths = [...]", s.name)))
+                }
+                SourceKind::Command if s.command.is_none() || s.filename.is_none() => {
+                    return Err(Error::Invalid(format!("source {:?}: kind = \"command\" needs command and filename", s.name)))
+                }
+                _ => {}
+            }
+            s.retention.policy()?;
+        }
+        self.defaults.policy()?;
+        let (h, m) = self.schedule.at.split_once(':').ok_or_else(|| Error::Invalid("schedule.at must be HH:MM".into()))?;
+        match (h.parse::<u8>(), m.parse::<u8>()) {
+            (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok(()),
+            _ => Err(Error::Invalid("schedule.at must be HH:MM".into())),
+        }
+    }
+}
+
+/// The outcome of one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceResult {
+    /// Source name.
+    pub name: String,
+    /// Succeeded?
+    pub ok: bool,
+    /// Error or warning text.
+    pub message: Option<String>,
+    /// New snapshot id.
+    pub snapshot: Option<String>,
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Bytes read or reused.
+    pub bytes: u64,
+    /// Bytes added to the repository (stored size).
+    pub bytes_added: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Snapshots removed by retention.
+    pub forgotten: u64,
+}
+
+/// The outcome of the whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Per source.
+    pub sources: Vec<SourceResult>,
+    /// Prune, if it ran.
+    pub prune: Option<PruneReport>,
+    /// Error of the retention/prune phase.
+    pub maintenance_error: Option<String>,
+    /// Every source succeeded and maintenance did too.
+    pub ok: bool,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A command's stdout as a reader that fails at EOF if the command failed, so a failed
+/// `kubectl` never becomes a truncated file stored as good.
+struct CommandReader {
+    child: Child,
+    out: std::process::ChildStdout,
+    what: String,
+}
+
+impl Read for CommandReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.out.read(buf)?;
+        if n == 0 {
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!("{} exited with {status}", self.what)));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn spawn_shell(cmd: &str) -> Result<CommandReader> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
+    let out = child.stdout.take().ok_or_else(|| Error::Invalid("no stdout".into()))?;
+    Ok(CommandReader { child, out, what: format!("command {cmd:?}") })
+}
+
+fn run_checked(cmd: &str) -> Result<()> {
+    let status = Command::new("sh").arg("-c").arg(cmd).stdin(Stdio::null()).status().map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("command {cmd:?} exited with {status}")))
+    }
+}
+
+/// The newest etcd snapshot file in `dir` (by mtime, then name). A bbolt file is checked for
+/// its magic so that a half-written snapshot is not stored as if it were good.
+pub fn newest_etcd_snapshot(dir: &Path) -> Result<PathBuf> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let meta = e.metadata().map_err(|err| Error::io(e.path(), err))?;
+        if !meta.is_file() || name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") {
+            continue;
+        }
+        let m = meta.modified().map_err(|err| Error::io(e.path(), err))?;
+        if best.as_ref().is_none_or(|(bm, bp)| (m, e.path()) > (*bm, bp.clone())) {
+            best = Some((m, e.path()));
+        }
+    }
+    let (_, path) = best.ok_or_else(|| Error::Invalid(format!("no etcd snapshot in {}", dir.display())))?;
+    if !path.to_string_lossy().ends_with(".zip") {
+        let mut head = [0u8; 32];
+        let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(&path, e))?;
+        // bbolt meta page: 16-byte page header, then magic 0xED0CDAED (little-endian).
+        if n < 20 || head[16..20] != 0xED0C_DAEDu32.to_le_bytes() {
+            return Err(Error::Invalid(format!("{} is not a bbolt (etcd) snapshot", path.display())));
+        }
+    }
+    Ok(path)
+}
+
+/// Run the job. `password` unlocks the repository in `repo`.
+pub fn run_job(repo: &Repository, cfg: &JobConfig, dry_run: bool, warn: &crate::archiver::WarnFn) -> Result<RunReport> {
+    let started = Instant::now();
+    let host = cfg.repository.host.clone().unwrap_or_else(hostname);
+    let mut results = Vec::new();
+    {
+        let _shared = if dry_run { None } else { Some(LockGuard::acquire(repo, false)?) };
+        for src in &cfg.sources {
+            let t0 = Instant::now();
+            let mut res = SourceResult {
+                name: src.name.clone(),
+                ok: false,
+                message: None,
+                snapshot: None,
+                files: 0,
+                bytes: 0,
+                bytes_added: 0,
+                seconds: 0.0,
+                forgotten: 0,
+            };
+            let outcome = run_source(repo, src, &host, dry_run, warn);
+            res.seconds = t0.elapsed().as_secs_f64();
+            match outcome {
+                Ok(Some(r)) => {
+                    let s = r.snapshot.summary.clone().unwrap_or_default();
+                    res.ok = s.errors == 0;
+                    if s.errors > 0 {
+                        res.message = Some(format!("{} path(s) could not be read completely", s.errors));
+                    }
+                    res.snapshot = Some(r.id.to_hex());
+                    res.files = s.total_files_processed;
+                    res.bytes = s.total_bytes_processed;
+                    res.bytes_added = s.data_added_packed;
+                }
+                Ok(None) => {
+                    res.ok = true;
+                    res.message = Some("dry run".into());
+                }
+                Err(e) => res.message = Some(e.to_string()),
+            }
+            results.push(res);
+            if crate::progress::interrupted() {
+                return Err(Error::Interrupted);
+            }
+        }
+    }
+
+    // Retention per source, then one prune.
+    let mut maintenance_error = None;
+    let mut prune_report = None;
+    let maint = (|| -> Result<()> {
+        let _excl = if dry_run { None } else { Some(LockGuard::acquire(repo, true)?) };
+        let snaps = repo.load_snapshots()?;
+        let now = now_timestamp().unix_nanos;
+        let mut removed_any = false;
+        for (src, res) in cfg.sources.iter().zip(results.iter_mut()) {
+            let retention = if src.retention.is_set() { &src.retention } else { &cfg.defaults };
+            if !retention.is_set() {
+                continue;
+            }
+            let tag = source_tag(&src.name);
+            let group: Vec<_> = snaps.iter().filter(|(_, s)| s.hostname == host && s.tags.contains(&tag)).cloned().collect();
+            for d in apply_policy(&group, &retention.policy()?, now) {
+                if !d.keep {
+                    if !dry_run {
+                        repo.backend().delete(FileKind::Snapshot, &d.id.to_hex())?;
+                    }
+                    res.forgotten += 1;
+                    removed_any = true;
+                }
+            }
+        }
+        if cfg.prune.enabled && removed_any {
+            let opts = PruneOptions { max_unused: cfg.prune.max_unused_percent / 100.0, dry_run, ..PruneOptions::default() };
+            prune_report = Some(prune(repo, &opts, &Progress::default())?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = maint {
+        maintenance_error = Some(e.to_string());
+    }
+    let ok = results.iter().all(|r| r.ok) && maintenance_error.is_none();
+    Ok(RunReport { sources: results, prune: prune_report, maintenance_error, ok, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn run_source(
+    repo: &Repository,
+    src: &SourceConfig,
+    host: &str,
+    dry_run: bool,
+    warn: &crate::archiver::WarnFn,
+) -> Result<Option<crate::archiver::BackupResult>> {
+    let mut tags = vec![source_tag(&src.name)];
+    tags.extend(src.tags.iter().cloned());
+    let mut opts = BackupOptions {
+        paths: Vec::new(),
+        stdin: None,
+        tags,
+        host: Some(host.to_owned()),
+        time: None,
+        parent: None,
+        force: false,
+        excludes: src.exclude.clone(),
+        one_file_system: src.one_file_system,
+    };
+    match src.kind {
+        SourceKind::Path => {
+            opts.paths = src.paths.clone();
+            if !src.include_containerd {
+                for p in &src.paths {
+                    if p.file_name().is_some_and(|n| n == "agent") || p.join("containerd").is_dir() && p.join("etc").is_dir() {
+                        opts.excludes.push(format!("{}/containerd", crate::archiver::normalize_path(p)?.display()));
+                    }
+                }
+            }
+            // Parent lookup needs the previous snapshot of this source, whatever the paths.
+            if dry_run {
+                for p in &opts.paths {
+                    std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+                }
+                return Ok(None);
+            }
+        }
+        SourceKind::Command => {
+            let cmd = src.command.as_deref().unwrap_or_default();
+            if dry_run {
+                return Ok(None);
+            }
+            opts.stdin = Some((src.filename.clone().unwrap_or_default(), Box::new(spawn_shell(cmd)?)));
+        }
+        SourceKind::K3sEtcd => {
+            if let Some(cmd) = &src.save_command {
+                if !dry_run {
+                    run_checked(cmd)?;
+                }
+            }
+            let dir = src.snapshot_dir.clone().unwrap_or_else(|| PathBuf::from(K3S_SNAPSHOT_DIR));
+            let token = src.token_file.clone().unwrap_or_else(|| PathBuf::from(K3S_TOKEN));
+            let snap = newest_etcd_snapshot(&dir)?;
+            std::fs::metadata(&token).map_err(|e| Error::io(&token, e))?;
+            if dry_run {
+                return Ok(None);
+            }
+            opts.paths = vec![snap, token];
+        }
+    }
+    // Find the parent among this source's snapshots (paths of a k3s-etcd source change daily).
+    let snaps = repo.load_snapshots()?;
+    let tag = source_tag(&src.name);
+    opts.parent = snaps.iter().rev().find(|(_, s)| s.hostname == host && s.tags.contains(&tag)).map(|(id, _)| *id);
+    let progress = Progress::default();
+    backup(repo, opts, &progress, warn).map(Some)
+}
+
+/// Prometheus node-exporter textfile content for a run; `last_success` maps each source to
+/// the time (unix seconds) of its newest snapshot in the repository.
+pub fn prometheus_text(report: &RunReport, last_success: &BTreeMap<String, f64>) -> String {
+    let mut s = String::new();
+    s.push_str("# HELP cairn_source_success Whether the last run of the source succeeded.\n# TYPE cairn_source_success gauge\n");
+    for r in &report.sources {
+        s.push_str(&format!("cairn_source_success{{source=\"{}\"}} {}\n", r.name, u8::from(r.ok)));
+    }
+    s.push_str("# HELP cairn_source_last_success_timestamp_seconds Time of the newest snapshot of the source.\n# TYPE cairn_source_last_success_timestamp_seconds gauge\n");
+    for r in &report.sources {
+        if let Some(t) = last_success.get(&r.name) {
+            s.push_str(&format!("cairn_source_last_success_timestamp_seconds{{source=\"{}\"}} {t:.0}\n", r.name));
+        }
+    }
+    s.push_str("# HELP cairn_source_bytes_added Bytes the last run added to the repository.\n# TYPE cairn_source_bytes_added gauge\n");
+    for r in &report.sources {
+        s.push_str(&format!("cairn_source_bytes_added{{source=\"{}\"}} {}\n", r.name, r.bytes_added));
+    }
+    s.push_str("# HELP cairn_source_duration_seconds Wall time of the last run of the source.\n# TYPE cairn_source_duration_seconds gauge\n");
+    for r in &report.sources {
+        s.push_str(&format!("cairn_source_duration_seconds{{source=\"{}\"}} {:.3}\n", r.name, r.seconds));
+    }
+    s.push_str(&format!(
+        "# HELP cairn_run_success Whether the whole last run succeeded.\n# TYPE cairn_run_success gauge\ncairn_run_success {}\n",
+        u8::from(report.ok)
+    ));
+    s.push_str(&format!("cairn_run_timestamp_seconds {}\n", now_timestamp().unix_nanos / 1_000_000_000));
+    s
+}

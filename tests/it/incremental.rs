@@ -1,0 +1,107 @@
+//! Incremental backups: the parent snapshot is found, unchanged files are not re-read.
+
+use std::fs;
+
+use serde_json::Value;
+
+use crate::util::{assert_trees_equal, random_bytes, s, write_file, Env};
+
+const FILES: u64 = 6;
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("summary has no numeric {key:?}: {v}"))
+}
+
+#[test]
+fn incremental_backup_reuses_unchanged_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("a.txt"), b"alpha\n");
+    write_file(&src.join("b.bin"), &random_bytes(300_000, 11));
+    write_file(&src.join("sub/c.txt"), b"gamma\n");
+    write_file(&src.join("sub/d.bin"), &random_bytes(900_000, 12));
+    write_file(&src.join("sub/deeper/e.txt"), b"epsilon\n");
+    write_file(&src.join("f-empty"), b"");
+
+    let first = env.backup(&[s(&src)]);
+    assert_eq!(n(&first, "files_new"), FILES, "{first}");
+    assert_eq!(n(&first, "files_unmodified"), 0, "{first}");
+    assert!(n(&first, "data_added") >= 1_200_000, "{first}");
+    let first_id = first["snapshot_id"].as_str().unwrap().to_owned();
+
+    // Same paths again: the parent is found by itself, nothing is re-read, no data is added.
+    let second = env.backup(&[s(&src)]);
+    assert_eq!(
+        second["parent"].as_str(),
+        Some(first_id.as_str()),
+        "parent not found automatically: {second}"
+    );
+    assert_eq!(n(&second, "files_unmodified"), FILES, "{second}");
+    assert_eq!(n(&second, "files_new"), 0, "{second}");
+    assert_eq!(n(&second, "files_changed"), 0, "{second}");
+    assert_eq!(n(&second, "data_blobs"), 0, "{second}");
+    // Only trees may be new (the directories above src change as the test writes its repo).
+    assert!(
+        n(&second, "data_added") < 16 * 1024,
+        "an unchanged backup added {} bytes: {second}",
+        n(&second, "data_added")
+    );
+    assert_eq!(n(&second, "total_files_processed"), FILES, "{second}");
+    let second_id = second["snapshot_id"].as_str().unwrap().to_owned();
+
+    // One file modified, one added.
+    write_file(&src.join("sub/c.txt"), b"gamma, changed and longer\n");
+    write_file(&src.join("sub/new.txt"), b"a new file\n");
+    let third = env.backup(&[s(&src)]);
+    assert_eq!(
+        third["parent"].as_str(),
+        Some(second_id.as_str()),
+        "{third}"
+    );
+    assert_eq!(n(&third, "files_changed"), 1, "{third}");
+    assert_eq!(n(&third, "files_new"), 1, "{third}");
+    assert_eq!(n(&third, "files_unmodified"), FILES - 1, "{third}");
+    assert_eq!(n(&third, "data_blobs"), 2, "{third}");
+
+    // --force re-reads everything (and finds all the data already stored).
+    let forced = env.backup(&["--force", s(&src)]);
+    assert_eq!(
+        n(&forced, "files_unmodified"),
+        0,
+        "--force still skipped files: {forced}"
+    );
+    assert_eq!(
+        n(&forced, "files_new") + n(&forced, "files_changed"),
+        FILES + 1,
+        "{forced}"
+    );
+    assert_eq!(
+        n(&forced, "data_blobs"),
+        0,
+        "re-reading unchanged files stored new data: {forced}"
+    );
+
+    // A different path set does not pick that parent.
+    let other = env.path("other");
+    write_file(&other.join("x"), b"x");
+    let unrelated = env.backup(&[s(&other)]);
+    assert_eq!(unrelated["parent"], Value::Null, "{unrelated}");
+
+    // And the latest snapshot of src restores exactly.
+    let target = env.path("restored");
+    env.ok(&[
+        "restore",
+        "--path",
+        s(&src),
+        &format!("latest:{}", s(&src)),
+        "--target",
+        s(&target),
+    ]);
+    assert_trees_equal(&src, &target, false);
+    assert_eq!(
+        fs::read(target.join("sub/c.txt")).unwrap(),
+        b"gamma, changed and longer\n"
+    );
+}
