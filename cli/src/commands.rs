@@ -36,6 +36,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
         Command::Check(a) => crate::maint::check_cmd(cli, a),
         Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
+        Command::Run(a) => crate::run::run(cli, a),
+        Command::Schedule(a) => crate::run::schedule(a),
+        Command::K3s(k) => crate::run::k3s(cli, k),
         Command::Unlock(a) => {
             let repo = open(cli)?;
             let n = lock::unlock(&repo, a.remove_all)?;

@@ -3,6 +3,7 @@
 
 mod commands;
 mod maint;
+mod run;
 mod password;
 mod ui;
 
@@ -64,6 +65,55 @@ pub enum Command {
     /// Repair repository metadata.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Run the nightly job described by a TOML file (sources, retention, prune, metrics).
+    Run(RunArgs),
+    /// Print a systemd timer/service pair or a cron line for a job file.
+    Schedule(ScheduleArgs),
+    /// K3s helpers.
+    #[command(subcommand)]
+    K3s(K3sCommand),
+}
+
+/// `run` options.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The job file (see docs/k3s.md).
+    #[arg(short, long, default_value = "/etc/cairn/k3s.toml")]
+    pub config: PathBuf,
+    /// Check the sources and show what retention would remove; store nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+/// `schedule` options.
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// `systemd` or `cron`.
+    #[arg(long)]
+    pub print: String,
+    /// The job file.
+    #[arg(short, long, default_value = "/etc/cairn/k3s.toml")]
+    pub config: PathBuf,
+}
+
+/// `k3s` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum K3sCommand {
+    /// Restore the newest etcd snapshot and server token, and print the cluster-reset command.
+    RestoreEtcd {
+        /// Job file naming the repository (else -r and the password options).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Name of the k3s-etcd source in the job file.
+        #[arg(long, default_value = "etcd")]
+        source: String,
+        /// Directory to restore into.
+        #[arg(short, long)]
+        target: PathBuf,
+        /// A specific snapshot instead of the newest.
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
 }
 
 /// `forget` options.
