@@ -36,6 +36,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
         Command::Check(a) => crate::maint::check_cmd(cli, a),
         Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
+        Command::Stats => stats(cli),
         Command::Run(a) => crate::run::run(cli, a),
         Command::Schedule(a) => crate::run::schedule(a),
         Command::K3s(k) => crate::run::k3s(cli, k),
@@ -246,7 +247,7 @@ fn node_json(path: &Path, n: &Node) -> Value {
     json!({
         "path": lossy(path.as_os_str().as_bytes()), "name": lossy(&n.name), "type": format!("{:?}", n.kind).to_lowercase(),
         "mode": n.mode, "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group, "size": n.size,
-        "mtime": cairn_engine::util::rfc3339(&cairn_format::Timestamp { unix_nanos: n.mtime_ns, utc_offset_secs: 0 }),
+        "mtime": file_time_string(&n.mtime, 0, true),
         "inode": n.inode, "links": n.links,
         "link_target": if n.kind == NodeKind::Symlink { Some(lossy(&n.link_target)) } else { None },
         "content": n.content.len(), "subtree": n.subtree.map(|s| s.to_hex()),
@@ -276,7 +277,7 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
         if cli.json {
             items.push(node_json(p, n));
         } else if a.long {
-            let t = format_timestamp(&cairn_format::Timestamp { unix_nanos: n.mtime_ns, utc_offset_secs: local_offset() });
+            let t = file_time_string(&n.mtime, local_offset(), false);
             let target = if n.kind == NodeKind::Symlink { format!(" -> {}", lossy(&n.link_target)) } else { String::new() };
             let _ = writeln!(out, "{} {:>8} {:>8} {:>12} {} {}{}", mode_string(n), user_or_id(&n.user, n.uid), user_or_id(&n.group, n.gid), n.size, t, lossy(p.as_os_str().as_bytes()), target);
         } else {
@@ -493,4 +494,56 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
 #[allow(dead_code)]
 fn abs(p: &Path) -> Result<PathBuf> {
     normalize_path(p).context("resolving path")
+}
+
+fn stats(cli: &Cli) -> Result<u8> {
+    let repo = open(cli)?;
+    let index = repo.load_index()?;
+    let snapshots = repo.list_ids(FileKind::Snapshot)?.len();
+    let packs = repo.backend().list(FileKind::Pack)?;
+    let pack_bytes: u64 = packs.iter().map(|o| o.size).sum();
+    let (mut data, mut trees, mut raw, mut stored) = (0u64, 0u64, 0u64, 0u64);
+    for (_, loc) in index.iter() {
+        match loc.blob_type {
+            BlobType::Data => data += 1,
+            BlobType::Tree => trees += 1,
+        }
+        raw += u64::from(loc.raw_length);
+        stored += u64::from(loc.length);
+    }
+    // See engine/src/index.rs: one map entry per blob.
+    let index_memory = (data + trees) * 72;
+    if cli.json {
+        println!(
+            "{}",
+            json!({"snapshots": snapshots, "packs": packs.len(), "pack_bytes": pack_bytes, "blobs": data + trees,
+                   "data_blobs": data, "tree_blobs": trees, "raw_bytes": raw, "stored_bytes": stored,
+                   "index_memory_bytes": index_memory})
+        );
+    } else {
+        println!("snapshots:          {snapshots}");
+        println!("packs:              {} ({})", packs.len(), human_bytes(pack_bytes));
+        println!("blobs:              {} data, {} tree", data, trees);
+        println!("unique content:     {} (stored as {})", human_bytes(raw), human_bytes(stored));
+        println!("index memory:       ~{}", human_bytes(index_memory));
+    }
+    Ok(0)
+}
+
+/// A file time in the given offset (`YYYY-MM-DD HH:MM:SS`, or RFC 3339 with `rfc`); times
+/// outside what the calendar library handles print as seconds since the epoch.
+fn file_time_string(t: &cairn_format::FileTime, offset: i32, rfc: bool) -> String {
+    let ts = jiff::Timestamp::new(t.secs, t.nanos as i32).ok();
+    let off = jiff::tz::Offset::from_seconds(offset).ok();
+    match (ts, off) {
+        (Some(ts), Some(off)) => {
+            let z = ts.to_zoned(jiff::tz::TimeZone::fixed(off));
+            if rfc {
+                z.strftime("%Y-%m-%dT%H:%M:%S%.f%:z").to_string()
+            } else {
+                z.strftime("%Y-%m-%d %H:%M:%S").to_string()
+            }
+        }
+        _ => format!("{}.{:09}", t.secs, t.nanos),
+    }
 }

@@ -72,6 +72,8 @@ pub enum Command {
     /// K3s helpers.
     #[command(subcommand)]
     K3s(K3sCommand),
+    /// Repository statistics: snapshots, packs, blobs, sizes, index memory.
+    Stats,
 }
 
 /// `run` options.

@@ -99,11 +99,26 @@ pub fn window_size(max_chunk: usize) -> usize {
     (2 * max_chunk + (1 << 20)).max(16 << 20)
 }
 
+/// How one file is cut.
+#[derive(Clone, Copy)]
+enum Cutter<'a> {
+    Cdc(&'a Chunker),
+    /// One chunk per page of this many bytes.
+    Pages(usize),
+}
+
+/// A page rule of the config, ready to use.
+enum RuleCutter {
+    Cdc(Chunker),
+    Pages,
+}
+
 struct Archiver<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
     packer: Packer,
     chunker: Chunker,
+    page_rules: Vec<(cairn_format::PageFormat, RuleCutter)>,
     excludes: Excludes,
     names: NameCache,
     progress: &'a Progress,
@@ -261,12 +276,26 @@ pub fn backup(
         _ => None,
     };
 
-    let chunker = Chunker::new(&repo.config().chunker, repo.key().chunker_seed);
+    let seed = repo.key().chunker_seed;
+    let chunker = Chunker::new(&repo.config().chunker, seed);
+    let page_rules = repo
+        .config()
+        .page_rules
+        .iter()
+        .map(|r| {
+            let c = match &r.strategy {
+                cairn_format::PageStrategy::Pages => RuleCutter::Pages,
+                cairn_format::PageStrategy::Cdc(p) => RuleCutter::Cdc(Chunker::new(p, seed)),
+            };
+            (r.format, c)
+        })
+        .collect();
     let arch = Archiver {
         repo,
         index: &index,
         packer: Packer::new(repo, index.clone()),
         chunker,
+        page_rules,
         excludes: Excludes::new(&opts.excludes)?,
         names: NameCache::default(),
         progress,
@@ -490,8 +519,8 @@ impl Archiver<'_> {
         if let Some(p) = parent {
             if p.kind == NodeKind::File
                 && p.size == node.size
-                && p.mtime_ns == node.mtime_ns
-                && p.ctime_ns == node.ctime_ns
+                && p.mtime == node.mtime
+                && p.ctime == node.ctime
                 && p.inode == node.inode
                 && p.content.iter().all(|id| self.packer.has(id))
             {
@@ -556,6 +585,7 @@ impl Archiver<'_> {
         let mut ids = Vec::new();
         let mut total = 0u64;
         let mut eof = false;
+        let mut cutter: Option<Cutter<'_>> = None;
         loop {
             if interrupted() {
                 return Err(Error::Interrupted);
@@ -579,16 +609,26 @@ impl Archiver<'_> {
                     Err(e) => return Err(Error::io("read", e)),
                 }
             }
-            let ends = if parallel {
-                self.chunker.boundaries_window(&buf, eof, 1 << 20)
-            } else {
-                let mut out = Vec::new();
-                let mut s = 0;
-                while s < buf.len() && (eof || buf.len() - s > self.chunker.max_size()) {
-                    s += self.chunker.cut(&buf[s..]);
-                    out.push(s);
+            // The first window decides how the whole file is cut (magic bytes at its start).
+            let cut = *cutter.get_or_insert_with(|| self.cutter_for(&buf, size_hint));
+            let ends = match cut {
+                Cutter::Pages(page) => {
+                    let mut out: Vec<usize> = (1..=buf.len() / page).map(|i| i * page).collect();
+                    if eof && buf.len() % page != 0 {
+                        out.push(buf.len());
+                    }
+                    out
                 }
-                out
+                Cutter::Cdc(c) if parallel => c.boundaries_window(&buf, eof, 1 << 20),
+                Cutter::Cdc(c) => {
+                    let mut out = Vec::new();
+                    let mut s = 0;
+                    while s < buf.len() && (eof || buf.len() - s > c.max_size()) {
+                        s += c.cut(&buf[s..]);
+                        out.push(s);
+                    }
+                    out
+                }
             };
             let mut spans = Vec::with_capacity(ends.len());
             let mut s = 0;
@@ -616,13 +656,27 @@ impl Archiver<'_> {
         Ok((ids, total))
     }
 
+    /// The cutter for a file whose first bytes are `head`.
+    fn cutter_for(&self, head: &[u8], len: Option<u64>) -> Cutter<'_> {
+        if let Some((format, page)) = cairn_format::pages::detect(&head[..head.len().min(cairn_format::pages::DETECT_LEN)], len) {
+            if let Some((_, rule)) = self.page_rules.iter().find(|(f, _)| *f == format) {
+                return match rule {
+                    RuleCutter::Pages => Cutter::Pages(page as usize),
+                    RuleCutter::Cdc(c) => Cutter::Cdc(c),
+                };
+            }
+        }
+        Cutter::Cdc(&self.chunker)
+    }
+
     fn stdin_tree(&self, name: &str, mut reader: Box<dyn Read + Send>) -> Result<Tree> {
         let (content, size) = match self.chunk_stream(&mut reader, None) {
             Ok(v) => v,
             Err(Error::Io { source, .. }) => return Err(Error::io("standard input", source)),
             Err(e) => return Err(e),
         };
-        let now = now_timestamp().unix_nanos;
+        let now_ns = now_timestamp().unix_nanos;
+        let now = cairn_format::FileTime { secs: now_ns.div_euclid(1_000_000_000), nanos: now_ns.rem_euclid(1_000_000_000) as u32 };
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
         {
@@ -640,9 +694,9 @@ impl Archiver<'_> {
                 gid,
                 user: self.names.user(uid),
                 group: self.names.group(gid),
-                mtime_ns: now,
-                atime_ns: now,
-                ctime_ns: now,
+                mtime: now,
+                atime: now,
+                ctime: now,
                 size,
                 inode: 0,
                 device: 0,

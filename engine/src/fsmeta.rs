@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use cairn_format::{Node, NodeKind, Xattr};
+use cairn_format::{FileTime, Node, NodeKind, Xattr};
 use parking_lot::Mutex;
 
 use crate::{Error, Result};
@@ -43,8 +43,8 @@ impl NameCache {
     }
 }
 
-fn ns(secs: i64, nsec: i64) -> i64 {
-    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+fn ft(secs: i64, nsec: i64) -> FileTime {
+    FileTime { secs, nanos: nsec.clamp(0, 999_999_999) as u32 }
 }
 
 /// The node kind of `meta`.
@@ -84,9 +84,9 @@ pub fn node_from_meta(name: &OsStr, path: &Path, meta: &Metadata, names: &NameCa
         gid: meta.gid(),
         user: names.user(meta.uid()),
         group: names.group(meta.gid()),
-        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-        atime_ns: ns(meta.atime(), meta.atime_nsec()),
-        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        mtime: ft(meta.mtime(), meta.mtime_nsec()),
+        atime: ft(meta.atime(), meta.atime_nsec()),
+        ctime: ft(meta.ctime(), meta.ctime_nsec()),
         size: if kind == NodeKind::File || kind == NodeKind::Symlink { meta.size() } else { 0 },
         inode: meta.ino(),
         device: meta.dev(),
@@ -136,8 +136,8 @@ pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> Result<()> {
             tracing::debug!("xattr {:?} on {}: {e}", name, path.display());
         }
     }
-    let mtime = filetime::FileTime::from_unix_time(node.mtime_ns.div_euclid(1_000_000_000), node.mtime_ns.rem_euclid(1_000_000_000) as u32);
-    let atime = filetime::FileTime::from_unix_time(node.atime_ns.div_euclid(1_000_000_000), node.atime_ns.rem_euclid(1_000_000_000) as u32);
+    let mtime = filetime::FileTime::from_unix_time(node.mtime.secs, node.mtime.nanos);
+    let atime = filetime::FileTime::from_unix_time(node.atime.secs, node.atime.nanos);
     filetime::set_symlink_file_times(path, atime, mtime).map_err(|e| Error::io(path, e))?;
     Ok(())
 }

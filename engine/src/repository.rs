@@ -27,6 +27,8 @@ pub struct InitOptions {
     pub pack_size: u32,
     /// KDF cost for the first key.
     pub kdf: KdfParams,
+    /// How database files are cut (see `cairn_format::pages`).
+    pub page_rules: Vec<cairn_format::PageRule>,
 }
 
 impl Default for InitOptions {
@@ -36,6 +38,7 @@ impl Default for InitOptions {
             compression_level: 3,
             pack_size: 16 << 20,
             kdf: KdfParams::new_default(),
+            page_rules: cairn_format::default_page_rules(),
         }
     }
 }
@@ -63,6 +66,7 @@ impl Repository {
             chunker: opts.chunker,
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
+            page_rules: opts.page_rules,
         };
         config.validate()?;
         let key = MasterKey::generate();

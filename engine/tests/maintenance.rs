@@ -78,6 +78,7 @@ fn small_repo(dir: &Path) -> Repository {
         compression_level: 1,
         pack_size: 1 << 20,
         kdf: KdfParams::new(8 * 1024, 1, 1),
+        page_rules: cairn_format::default_page_rules(),
     };
     Repository::init(Arc::new(LocalBackend::new(dir)), PW, opts).unwrap()
 }

@@ -7,6 +7,9 @@ pub const FLAG_RAW: u8 = 0;
 /// Flag: the payload that follows is one zstd frame.
 pub const FLAG_ZSTD: u8 = 1;
 
+/// Payloads up to this size are decompressed into one buffer of exactly the limit.
+const BULK_LIMIT: usize = 64 << 20;
+
 /// Compress `data` at `level` (0 = never compress) and prefix the flag byte.
 ///
 /// Data that does not shrink is stored raw, so incompressible media costs one byte, not a
@@ -31,14 +34,31 @@ pub fn pack_payload(data: &[u8], level: i32) -> Vec<u8> {
 /// Undo [`pack_payload`]. `limit` bounds the decompressed size (a hostile frame could
 /// otherwise claim gigabytes).
 pub fn unpack_payload(payload: &[u8], limit: usize, what: &str) -> Result<Vec<u8>, FormatError> {
-    let (&flag, body) = payload.split_first().ok_or(FormatError::Truncated("payload"))?;
+    let (&flag, body) = payload
+        .split_first()
+        .ok_or(FormatError::Truncated("payload"))?;
     match flag {
         FLAG_RAW => Ok(body.to_vec()),
         FLAG_ZSTD => {
-            let size = zstd::bulk::Decompressor::upper_bound(body).unwrap_or(limit).min(limit);
-            zstd::bulk::decompress(body, size).map_err(|_| FormatError::Decompress(what.to_owned()))
+            // Never size a buffer from the frame itself: a hostile frame can claim anything.
+            // Small limits (blobs, whose exact length the index records) decode in one call;
+            // large ones (metadata) stream and stop one byte past the limit.
+            if limit <= BULK_LIMIT {
+                return zstd::bulk::decompress(body, limit).map_err(|_| FormatError::Decompress(what.to_owned()));
+            }
+            let mut out = Vec::new();
+            let dec = zstd::stream::read::Decoder::with_buffer(body).map_err(|_| FormatError::Decompress(what.to_owned()))?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(dec, limit as u64 + 1), &mut out)
+                .map_err(|_| FormatError::Decompress(what.to_owned()))?;
+            if out.len() > limit {
+                return Err(FormatError::Decompress(format!("{what} (larger than {limit} bytes)")));
+            }
+            Ok(out)
         }
-        other => Err(FormatError::Malformed { what: "payload", detail: format!("unknown compression flag {other}") }),
+        other => Err(FormatError::Malformed {
+            what: "payload",
+            detail: format!("unknown compression flag {other}"),
+        }),
     }
 }
 

@@ -37,7 +37,12 @@ pub struct ChunkerParams {
 impl ChunkerParams {
     /// 512 KiB / 1 MiB / 8 MiB, level 1: restic-sized chunks keep the index small on bulk data.
     pub fn default_bulk() -> ChunkerParams {
-        ChunkerParams { min_size: 512 * 1024, avg_size: 1024 * 1024, max_size: 8 * 1024 * 1024, normalization: 1 }
+        ChunkerParams {
+            min_size: 512 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+            normalization: 1,
+        }
     }
 
     /// Reject parameters the chunker cannot honour.
@@ -55,7 +60,9 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(FormatError::InvalidParameter(format!("chunker parameters out of range: {self:?}")))
+            Err(FormatError::InvalidParameter(format!(
+                "chunker parameters out of range: {self:?}"
+            )))
         }
     }
 }
@@ -73,17 +80,41 @@ pub struct Config {
     pub compression_level: i32,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u32,
+    /// How recognised database files are cut (see [`crate::pages`]); other files use
+    /// `chunker`. Empty: every file uses `chunker`.
+    pub page_rules: Vec<crate::PageRule>,
 }
 
 impl Config {
     /// Reject a config that would make the engine misbehave.
     pub fn validate(&self) -> Result<(), FormatError> {
+        if self.version != crate::FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                kind: "config",
+                version: self.version,
+                supported: crate::FORMAT_VERSION,
+            });
+        }
         self.chunker.validate()?;
+        for (i, r) in self.page_rules.iter().enumerate() {
+            if let crate::PageStrategy::Cdc(p) = &r.strategy {
+                p.validate()?;
+            }
+            if self.page_rules[..i].iter().any(|o| o.format == r.format) {
+                return Err(FormatError::InvalidParameter(format!("two page rules for {:?}", r.format)));
+            }
+        }
         if !(0..=22).contains(&self.compression_level) {
-            return Err(FormatError::InvalidParameter(format!("compression level {}", self.compression_level)));
+            return Err(FormatError::InvalidParameter(format!(
+                "compression level {}",
+                self.compression_level
+            )));
         }
         if !(1 << 20..=1 << 30).contains(&self.pack_size) {
-            return Err(FormatError::InvalidParameter(format!("pack size {}", self.pack_size)));
+            return Err(FormatError::InvalidParameter(format!(
+                "pack size {}",
+                self.pack_size
+            )));
         }
         Ok(())
     }

@@ -43,7 +43,11 @@ impl MasterKey {
         let mut id_key = [0u8; 32];
         rng.fill_bytes(&mut encryption);
         rng.fill_bytes(&mut id_key);
-        MasterKey { encryption, id_key, chunker_seed: rng.next_u64() }
+        MasterKey {
+            encryption,
+            id_key,
+            chunker_seed: rng.next_u64(),
+        }
     }
 
     /// The blob id of `plaintext`: keyed BLAKE3.
@@ -53,9 +57,7 @@ impl MasterKey {
 
     /// Seal with a fresh random nonce.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        seal_with_nonce(&self.encryption, &nonce, aad, plaintext)
+        seal_with_nonce(&self.encryption, &random_nonce(), aad, plaintext)
     }
 
     /// Open a sealed box; `what` names it in the error.
@@ -64,22 +66,45 @@ impl MasterKey {
     }
 }
 
+/// A fresh nonce from the operating system's CSPRNG.
+pub(crate) fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    nonce
+}
+
 /// Seal with an explicit nonce. Only test vectors and key wrapping call this directly.
-pub fn seal_with_nonce(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+pub fn seal_with_nonce(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
     out.extend_from_slice(nonce);
     // Encryption of an in-memory buffer cannot fail for XChaCha20-Poly1305 (no length limit
     // below 256 GiB), so an error here would be a bug in the AEAD crate.
     let ct = cipher
-        .encrypt(XNonce::from_slice(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .unwrap_or_default();
     out.extend_from_slice(&ct);
     out
 }
 
 /// Open `nonce || ciphertext || tag` with `key`.
-pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>, FormatError> {
+pub fn open_with_key(
+    key: &[u8; 32],
+    aad: &[u8],
+    sealed: &[u8],
+    what: &str,
+) -> Result<Vec<u8>, FormatError> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(FormatError::Authentication(format!("{what} (too short)")));
     }
@@ -113,18 +138,25 @@ impl KdfParams {
     pub fn new(memory_kib: u32, iterations: u32, parallelism: u32) -> KdfParams {
         let mut salt = [0u8; 32];
         rand::rng().fill_bytes(&mut salt);
-        KdfParams { memory_kib, iterations, parallelism, salt }
+        KdfParams {
+            memory_kib,
+            iterations,
+            parallelism,
+            salt,
+        }
     }
 
     /// Derive the 32-byte key-wrapping key from a password.
     pub fn derive(&self, password: &[u8]) -> Result<[u8; 32], FormatError> {
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| FormatError::InvalidParameter(format!("argon2 parameters: {e}")))?;
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| FormatError::InvalidParameter(format!("argon2 parameters: {e}")))?;
         // Refuse absurd costs from a hostile key file before allocating.
-        if self.memory_kib > 4 * 1024 * 1024 || self.iterations > 1000 {
+        if self.memory_kib > 1024 * 1024 || self.iterations > 100 || self.parallelism > 16 {
             return Err(FormatError::InvalidParameter("argon2 cost too high".into()));
         }
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
         argon
             .hash_password_into(password, &self.salt, &mut out)

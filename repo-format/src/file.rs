@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::compress::{pack_payload, unpack_payload};
-use crate::crypto::MasterKey;
+use crate::crypto::{random_nonce, seal_with_nonce, MasterKey, NONCE_LEN};
 use crate::FormatError;
 
 /// The magic bytes every cairn file starts with.
@@ -44,8 +44,14 @@ pub enum FileKind {
 
 impl FileKind {
     /// All kinds, in the order a repository is listed.
-    pub const ALL: [FileKind; 6] =
-        [FileKind::Config, FileKind::Key, FileKind::Lock, FileKind::Snapshot, FileKind::Index, FileKind::Pack];
+    pub const ALL: [FileKind; 6] = [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Lock,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Pack,
+    ];
 
     /// The preamble letter.
     pub fn letter(self) -> u8 {
@@ -101,20 +107,34 @@ pub fn preamble(kind: FileKind) -> [u8; PREAMBLE_LEN] {
 pub fn check_preamble(data: &[u8], kind: FileKind) -> Result<(u16, &[u8]), FormatError> {
     if data.len() < PREAMBLE_LEN {
         if data.len() >= 5 && &data[..5] != MAGIC {
-            return Err(FormatError::BadMagic { expected: kind.name() });
+            return Err(FormatError::BadMagic {
+                expected: kind.name(),
+            });
         }
         return Err(FormatError::Truncated(kind.name()));
     }
     if &data[..5] != MAGIC {
-        return Err(FormatError::BadMagic { expected: kind.name() });
+        return Err(FormatError::BadMagic {
+            expected: kind.name(),
+        });
     }
     if data[5] != kind.letter() {
-        let found = FileKind::from_letter(data[5]).map_or_else(|| format!("unknown ({:#04x})", data[5]), |k| k.name().into());
-        return Err(FormatError::WrongKind { expected: kind.name(), found });
+        let found = FileKind::from_letter(data[5]).map_or_else(
+            || format!("unknown ({:#04x})", data[5]),
+            |k| k.name().into(),
+        );
+        return Err(FormatError::WrongKind {
+            expected: kind.name(),
+            found,
+        });
     }
     let version = u16::from_le_bytes([data[6], data[7]]);
     if version == 0 || version > FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion { kind: kind.name(), version, supported: FORMAT_VERSION });
+        return Err(FormatError::UnsupportedVersion {
+            kind: kind.name(),
+            version,
+            supported: FORMAT_VERSION,
+        });
     }
     Ok((version, &data[PREAMBLE_LEN..]))
 }
@@ -127,20 +147,46 @@ pub fn to_postcard<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Deserialize with postcard, refusing trailing bytes.
-pub fn from_postcard<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
-    let (value, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| FormatError::Malformed { what, detail: e.to_string() })?;
+pub fn from_postcard<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, FormatError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| FormatError::Malformed {
+        what,
+        detail: e.to_string(),
+    })?;
     if !rest.is_empty() {
-        return Err(FormatError::Malformed { what, detail: format!("{} trailing bytes", rest.len()) });
+        return Err(FormatError::Malformed {
+            what,
+            detail: format!("{} trailing bytes", rest.len()),
+        });
     }
     Ok(value)
 }
 
 /// Encode a sealed file: preamble, then `seal(aad = preamble, flag || zstd?(postcard(value)))`.
-pub fn encode_sealed<T: Serialize>(key: &MasterKey, kind: FileKind, value: &T, level: i32) -> Vec<u8> {
+pub fn encode_sealed<T: Serialize>(
+    key: &MasterKey,
+    kind: FileKind,
+    value: &T,
+    level: i32,
+) -> Vec<u8> {
+    encode_sealed_with_nonce(key, kind, value, level, &random_nonce())
+}
+
+/// [`encode_sealed`] with an explicit nonce, for test vectors and reproducible fixtures.
+///
+/// Never reuse a nonce with the same key for different content: writers use [`encode_sealed`].
+pub fn encode_sealed_with_nonce<T: Serialize>(
+    key: &MasterKey,
+    kind: FileKind,
+    value: &T,
+    level: i32,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
     let pre = preamble(kind);
     let payload = pack_payload(&to_postcard(value), level);
-    let sealed = key.seal(&pre, &payload);
+    let sealed = seal_with_nonce(&key.encryption, nonce, &pre, &payload);
     let mut out = Vec::with_capacity(PREAMBLE_LEN + sealed.len());
     out.extend_from_slice(&pre);
     out.extend_from_slice(&sealed);
@@ -148,7 +194,11 @@ pub fn encode_sealed<T: Serialize>(key: &MasterKey, kind: FileKind, value: &T, l
 }
 
 /// Decode a file written by [`encode_sealed`].
-pub fn decode_sealed<T: DeserializeOwned>(key: &MasterKey, kind: FileKind, data: &[u8]) -> Result<T, FormatError> {
+pub fn decode_sealed<T: DeserializeOwned>(
+    key: &MasterKey,
+    kind: FileKind,
+    data: &[u8],
+) -> Result<T, FormatError> {
     let (_version, body) = check_preamble(data, kind)?;
     let payload = key.open(&data[..PREAMBLE_LEN], body, kind.name())?;
     let plain = unpack_payload(&payload, MAX_METADATA_LEN, kind.name())?;

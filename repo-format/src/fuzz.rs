@@ -1,19 +1,52 @@
 //! Entry points shared by the `fuzz/` targets and the in-tree fuzz-smoke tests: each decodes
 //! arbitrary bytes and must return an error, never panic, hang or allocate without bound.
+//!
+//! Besides "no panic", some entry points check decoder invariants and panic when one breaks
+//! (that is a finding): a decoded value re-encodes and decodes to itself, and every entry of a
+//! decoded pack header lies inside the pack.
+//!
+//! [`seed_corpus`] gives valid encodings (sealed with [`fuzz_key`]) to start fuzzing from.
 
-use crate::{
-    decode_pack_header, decode_sealed, open_blob, unpack_payload, BlobType, Config, FileKind, Id, IndexFile, KeyFile,
-    Lock, MasterKey, Snapshot, Tree,
+use crate::{FileTime, 
+    decode_pack_header, decode_sealed, decode_sealed_header, encode_sealed_with_nonce,
+    finish_pack_with_nonce, header_span, open_blob, preamble, seal_blob_with_nonce, to_postcard,
+    unpack_payload, BlobType, ChunkerParams, Config, FileKind, Id, IndexFile, IndexPack, KdfParams,
+    KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary,
+    Timestamp, Tree, Xattr, NONCE_LEN,
 };
 
 /// A fixed key, so the fuzzer can also reach past authentication when it learns a valid box.
 pub fn fuzz_key() -> MasterKey {
-    MasterKey { encryption: [7; 32], id_key: [9; 32], chunker_seed: 0x5eed }
+    MasterKey {
+        encryption: [7; 32],
+        id_key: [9; 32],
+        chunker_seed: 0x5eed,
+    }
 }
 
-/// Tree decoder.
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+/// Every fuzz target: its name (the file in `fuzz/fuzz_targets/` and the corpus directory)
+/// and its entry point.
+pub const TARGETS: [(&str, Target); 6] = [
+    ("pack_header", pack_header),
+    ("index", index),
+    ("tree", tree),
+    ("snapshot", snapshot),
+    ("key", key),
+    ("config", config),
+];
+
+/// Tree decoder. A tree that decodes must re-encode to a tree that decodes to itself.
 pub fn tree(data: &[u8]) {
-    let _ = Tree::decode(data);
+    if let Ok(t) = Tree::decode(data) {
+        let again = Tree::decode(&t.encode());
+        assert!(
+            matches!(again, Ok(ref u) if *u == t),
+            "decoded tree does not survive re-encoding"
+        );
+    }
 }
 
 /// Key file decoder (envelope only: running Argon2 per input would starve the fuzzer).
@@ -21,20 +54,35 @@ pub fn key_file(data: &[u8]) {
     let _ = KeyFile::decode(data);
 }
 
+/// Key file decoder, plus unwrapping when the KDF parameters are cheap (a few KiB, ≤ 2 passes),
+/// which exercises the Argon2 parameter checks and the wrapped-key path.
+pub fn key(data: &[u8]) {
+    if let Ok(kf) = KeyFile::decode(data) {
+        let again = KeyFile::decode(&kf.encode());
+        assert!(
+            matches!(again, Ok(ref k) if *k == kf),
+            "decoded key file does not survive re-encoding"
+        );
+        if kf.kdf.memory_kib <= 64 && kf.kdf.iterations <= 2 && kf.kdf.parallelism <= 2 {
+            let _ = kf.unwrap_key(b"fuzz");
+        }
+    }
+}
+
 /// Snapshot file decoder.
 pub fn snapshot(data: &[u8]) {
     let _ = decode_sealed::<Snapshot>(&fuzz_key(), FileKind::Snapshot, data);
     // Also the plaintext decoder behind authentication.
-    let _ = crate::from_postcard::<Snapshot>(data, "snapshot");
+    roundtrip::<Snapshot>(data, "snapshot");
 }
 
 /// Index file decoder.
 pub fn index(data: &[u8]) {
     let _ = decode_sealed::<IndexFile>(&fuzz_key(), FileKind::Index, data);
-    let _ = crate::from_postcard::<IndexFile>(data, "index");
+    roundtrip::<IndexFile>(data, "index");
 }
 
-/// Config decoder.
+/// Config decoder (and the lock decoder, the other small sealed file).
 pub fn config(data: &[u8]) {
     if let Ok(c) = decode_sealed::<Config>(&fuzz_key(), FileKind::Config, data) {
         let _ = c.validate();
@@ -43,13 +91,235 @@ pub fn config(data: &[u8]) {
         let _ = c.validate();
     }
     let _ = decode_sealed::<Lock>(&fuzz_key(), FileKind::Lock, data);
+    roundtrip::<Lock>(data, "lock");
 }
 
 /// Pack header and blob decoders.
 pub fn pack(data: &[u8]) {
     let key = fuzz_key();
     let _ = decode_pack_header(&key, data);
-    let _ = crate::from_postcard::<crate::PackHeader>(data, "pack header");
+    let _ = crate::from_postcard::<PackHeader>(data, "pack header");
     let _ = open_blob(&key, BlobType::Data, &Id::default(), data, 1 << 20);
     let _ = unpack_payload(data, 1 << 20, "fuzz");
+}
+
+/// Pack decoder as a reader uses it: header from the whole pack, then every blob it lists.
+/// Every entry of a header that decodes must lie inside the pack, before the header.
+pub fn pack_header(data: &[u8]) {
+    pack(data);
+    let key = fuzz_key();
+    if let Ok(h) = decode_pack_header(&key, data) {
+        let mut trailer = [0u8; 4];
+        trailer.copy_from_slice(&data[data.len() - 4..]);
+        let (start, _) =
+            header_span(data.len() as u64, trailer).expect("header_span refused a decoded pack");
+        for e in &h.entries {
+            let end = u64::from(e.offset) + u64::from(e.length);
+            assert!(
+                end <= start,
+                "pack header entry reaches past the header start"
+            );
+            let sealed = &data[e.offset as usize..end as usize];
+            let _ = open_blob(&key, e.blob_type, &e.id, sealed, e.raw_length);
+        }
+    }
+    // The range-read path: the input taken as a sealed header alone.
+    let _ = decode_sealed_header(&key, data, data.len() as u64);
+}
+
+/// Decode `T` from plaintext postcard; a value that decodes must re-encode and decode to itself.
+fn roundtrip<T>(data: &[u8], what: &'static str)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    if let Ok(v) = crate::from_postcard::<T>(data, what) {
+        let again = crate::from_postcard::<T>(&to_postcard(&v), what);
+        assert!(
+            matches!(again, Ok(ref u) if *u == v),
+            "decoded {what} does not survive re-encoding"
+        );
+    }
+}
+
+fn nonce(tag: u8) -> [u8; NONCE_LEN] {
+    [tag; NONCE_LEN]
+}
+
+fn ts(unix_secs: i64, utc_offset_secs: i32) -> Timestamp {
+    Timestamp {
+        unix_nanos: unix_secs * 1_000_000_000 + 123_456_789,
+        utc_offset_secs,
+    }
+}
+
+fn sample_node(name: &[u8], kind: NodeKind, content: Vec<Id>, subtree: Option<Id>) -> Node {
+    Node {
+        name: name.to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 1000,
+        gid: 100,
+        user: "alice".into(),
+        group: "users".into(),
+        mtime: FileTime { secs: 1_714_532_400, nanos: 0 },
+        atime: FileTime { secs: 1_714_532_401, nanos: 0 },
+        ctime: FileTime { secs: -1, nanos: 999_999_995 },
+        size: 12,
+        inode: 4242,
+        device: 2049,
+        rdev: 0,
+        links: 1,
+        link_target: if kind == NodeKind::Symlink {
+            b"target".to_vec()
+        } else {
+            Vec::new()
+        },
+        xattrs: vec![Xattr {
+            name: b"user.a".to_vec(),
+            value: b"1".to_vec(),
+        }],
+        content,
+        subtree,
+    }
+}
+
+/// Valid encodings, sealed with [`fuzz_key`] and fixed nonces: `(target name, bytes)`, several
+/// per target. Deterministic, so a seed corpus can be rebuilt at any time.
+pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let key = fuzz_key();
+    let mut out: Vec<(&'static str, Vec<u8>)> = Vec::new();
+
+    // A tiny consistent repository: one data blob, one tree, one pack, index, snapshot.
+    let hello = b"hello, fuzzer\n".to_vec();
+    let data_id = key.blob_id(&hello);
+    let mut tree = Tree {
+        nodes: vec![
+            sample_node(b"hello.txt", NodeKind::File, vec![data_id], None),
+            sample_node(b"link", NodeKind::Symlink, Vec::new(), None),
+            sample_node(b"sub", NodeKind::Dir, Vec::new(), Some(Id([3; 32]))),
+            sample_node(b"\xffnot-utf8", NodeKind::Fifo, Vec::new(), None),
+        ],
+    };
+    tree.canonicalize();
+    let tree_bytes = tree.encode();
+    let tree_id = key.blob_id(&tree_bytes);
+    out.push(("tree", tree_bytes.clone()));
+    out.push(("tree", Tree::default().encode()));
+
+    let mut pack = preamble(FileKind::Pack).to_vec();
+    let mut entries = Vec::new();
+    for (i, (t, id, plain, level)) in [
+        (BlobType::Data, data_id, &hello, 0),
+        (BlobType::Tree, tree_id, &tree_bytes, 3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sealed = seal_blob_with_nonce(&key, t, &id, plain, level, &nonce(0x10 + i as u8));
+        entries.push(PackEntry {
+            blob_type: t,
+            id,
+            offset: pack.len() as u32,
+            length: sealed.len() as u32,
+            raw_length: plain.len() as u32,
+        });
+        pack.extend_from_slice(&sealed);
+    }
+    let header = PackHeader {
+        entries: entries.clone(),
+    };
+    finish_pack_with_nonce(&key, &mut pack, &header, &nonce(0x20));
+    let pack_id = Id::of_object(&pack);
+    out.push(("pack_header", pack));
+    out.push(("pack_header", to_postcard(&header)));
+    let mut empty_pack = preamble(FileKind::Pack).to_vec();
+    finish_pack_with_nonce(&key, &mut empty_pack, &PackHeader::default(), &nonce(0x21));
+    out.push(("pack_header", empty_pack));
+
+    let index_file = IndexFile {
+        supersedes: vec![Id([1; 32])],
+        packs: vec![IndexPack {
+            id: pack_id,
+            blobs: entries,
+        }],
+    };
+    out.push((
+        "index",
+        encode_sealed_with_nonce(&key, FileKind::Index, &index_file, 0, &nonce(0x30)),
+    ));
+    out.push((
+        "index",
+        encode_sealed_with_nonce(&key, FileKind::Index, &index_file, 3, &nonce(0x31)),
+    ));
+    out.push(("index", to_postcard(&index_file)));
+
+    let snap = Snapshot {
+        time: ts(1_714_532_400, 7200),
+        parent: Some(Id([2; 32])),
+        tree: tree_id,
+        paths: vec![b"/home/alice".to_vec(), b"/etc".to_vec()],
+        hostname: "fuzzhost".into(),
+        username: "alice".into(),
+        uid: 1000,
+        gid: 100,
+        tags: vec!["daily".into()],
+        excludes: vec!["*.tmp".into()],
+        program_version: "cairn 0.1.0".into(),
+        summary: Some(SnapshotSummary {
+            files_new: 1,
+            data_blobs: 1,
+            tree_blobs: 1,
+            ..SnapshotSummary::default()
+        }),
+    };
+    out.push((
+        "snapshot",
+        encode_sealed_with_nonce(&key, FileKind::Snapshot, &snap, 0, &nonce(0x40)),
+    ));
+    out.push(("snapshot", to_postcard(&snap)));
+
+    let config = Config {
+        version: 1,
+        repo_id: [0xab; 32],
+        chunker: ChunkerParams::default_bulk(),
+        compression_level: 3,
+        pack_size: 16 << 20,
+        page_rules: crate::default_page_rules(),
+    };
+    out.push((
+        "config",
+        encode_sealed_with_nonce(&key, FileKind::Config, &config, 0, &nonce(0x50)),
+    ));
+    out.push(("config", to_postcard(&config)));
+    let lock = Lock {
+        time: ts(1_714_532_400, 0),
+        exclusive: true,
+        hostname: "fuzzhost".into(),
+        username: "alice".into(),
+        pid: 4242,
+    };
+    out.push((
+        "config",
+        encode_sealed_with_nonce(&key, FileKind::Lock, &lock, 0, &nonce(0x51)),
+    ));
+
+    // The cheapest Argon2id cost there is, so the `key` target can unwrap it.
+    let kdf = KdfParams {
+        memory_kib: 8,
+        iterations: 1,
+        parallelism: 1,
+        salt: [0x5a; 32],
+    };
+    if let Ok(kf) = KeyFile::wrap(
+        &key,
+        b"fuzz",
+        kdf,
+        ts(1_714_532_400, 0),
+        "fuzzhost".into(),
+        "alice".into(),
+        nonce(0x60),
+    ) {
+        out.push(("key", kf.encode()));
+    }
+    out
 }

@@ -40,14 +40,22 @@ impl KeyFile {
         nonce: [u8; NONCE_LEN],
     ) -> Result<KeyFile, FormatError> {
         let kek = kdf.derive(password)?;
-        let wrapped = seal_with_nonce(&kek, &nonce, &preamble(FileKind::Key), &to_postcard(master));
-        Ok(KeyFile { created, hostname, username, kdf, wrapped })
+        let aad = key_aad(&created, &hostname, &username, &kdf);
+        let wrapped = seal_with_nonce(&kek, &nonce, &aad, &to_postcard(master));
+        Ok(KeyFile {
+            created,
+            hostname,
+            username,
+            kdf,
+            wrapped,
+        })
     }
 
     /// Unwrap with `password`.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<MasterKey, FormatError> {
         let kek = self.kdf.derive(password)?;
-        let plain = open_with_key(&kek, &preamble(FileKind::Key), &self.wrapped, "key file")
+        let aad = key_aad(&self.created, &self.hostname, &self.username, &self.kdf);
+        let plain = open_with_key(&kek, &aad, &self.wrapped, "key file")
             .map_err(|_| FormatError::WrongPassword)?;
         from_postcard(&plain, "master key")
     }
@@ -65,4 +73,12 @@ impl KeyFile {
         debug_assert_eq!(data.len() - body.len(), PREAMBLE_LEN);
         from_postcard(body, "key file")
     }
+}
+
+/// Associated data of the wrapped master key: the v1 key scheme tag, then the envelope's own
+/// fields, so that editing a key file's creation time, host, user or KDF parameters is detected.
+fn key_aad(created: &Timestamp, hostname: &str, username: &str, kdf: &KdfParams) -> Vec<u8> {
+    let mut aad = b"cairnK\x01\x00".to_vec();
+    aad.extend_from_slice(&to_postcard(&(created, hostname, username, kdf)));
+    aad
 }

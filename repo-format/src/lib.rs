@@ -24,26 +24,31 @@ mod index;
 mod key;
 mod lock;
 mod pack;
+pub mod pages;
 mod snapshot;
 mod tree;
 
 pub use compress::{looks_incompressible, pack_payload, unpack_payload, FLAG_RAW, FLAG_ZSTD};
 pub use config::{cdc_limits, ChunkerParams, Config};
-pub use crypto::{open_with_key, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
+pub use crypto::{
+    open_with_key, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN,
+};
 pub use error::FormatError;
 pub use file::{
-    check_preamble, decode_sealed, encode_sealed, from_postcard, preamble, to_postcard, FileKind, FORMAT_VERSION, MAGIC,
-    MAX_METADATA_LEN, PREAMBLE_LEN,
+    check_preamble, decode_sealed, encode_sealed, encode_sealed_with_nonce, from_postcard,
+    preamble, to_postcard, FileKind, FORMAT_VERSION, MAGIC, MAX_METADATA_LEN, PREAMBLE_LEN,
 };
 pub use id::Id;
 pub use index::{IndexFile, IndexPack};
 pub use key::KeyFile;
 pub use lock::Lock;
 pub use pack::{
-    blob_aad, decode_pack_header, decode_sealed_header, finish_pack, header_span, open_blob, seal_blob, BlobType,
-    PackEntry, PackHeader,
+    blob_aad, decode_pack_header, decode_sealed_header, finish_pack, finish_pack_with_nonce,
+    header_span, open_blob, pack_header_aad, seal_blob, seal_blob_with_nonce, BlobType, PackEntry,
+    PackHeader, PACK_HEADER_LEVEL,
 };
 pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
-pub use tree::{Node, NodeKind, Tree, Xattr};
+pub use pages::{default_page_rules, PageFormat, PageRule, PageStrategy};
+pub use tree::{FileTime, Node, NodeKind, Tree, Xattr};
 
 pub mod fuzz;

@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::compress::{pack_payload, unpack_payload};
-use crate::crypto::{MasterKey, SEAL_OVERHEAD};
-use crate::file::{check_preamble, from_postcard, preamble, to_postcard, FileKind, PREAMBLE_LEN};
+use crate::crypto::{random_nonce, seal_with_nonce, MasterKey, NONCE_LEN, SEAL_OVERHEAD};
+use crate::file::{check_preamble, from_postcard, to_postcard, FileKind, PREAMBLE_LEN};
 use crate::{FormatError, Id};
 
 /// Data or tree.
@@ -59,39 +59,89 @@ pub struct PackHeader {
 pub fn blob_aad(blob_type: BlobType, id: &Id) -> [u8; 41] {
     let mut aad = [0u8; 41];
     aad[..6].copy_from_slice(b"cairnB");
-    aad[6..8].copy_from_slice(&crate::file::FORMAT_VERSION.to_le_bytes());
+    // The version of the blob sealing scheme, fixed at 1: a later format that keeps this
+    // scheme must still build this exact AAD to open v1 blobs.
+    aad[6..8].copy_from_slice(&1u16.to_le_bytes());
     aad[8] = blob_type.byte();
     aad[9..].copy_from_slice(&id.0);
     aad
 }
 
 /// Seal one blob's plaintext. Compression level 0 stores it raw.
-pub fn seal_blob(key: &MasterKey, blob_type: BlobType, id: &Id, plaintext: &[u8], level: i32) -> Vec<u8> {
+pub fn seal_blob(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: &Id,
+    plaintext: &[u8],
+    level: i32,
+) -> Vec<u8> {
     key.seal(&blob_aad(blob_type, id), &pack_payload(plaintext, level))
 }
 
+/// [`seal_blob`] with an explicit nonce, for test vectors and reproducible fixtures.
+pub fn seal_blob_with_nonce(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: &Id,
+    plaintext: &[u8],
+    level: i32,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    seal_with_nonce(
+        &key.encryption,
+        nonce,
+        &blob_aad(blob_type, id),
+        &pack_payload(plaintext, level),
+    )
+}
+
 /// Open a sealed blob and verify that its plaintext hashes to `id`.
-pub fn open_blob(key: &MasterKey, blob_type: BlobType, id: &Id, sealed: &[u8], raw_length: u32) -> Result<Vec<u8>, FormatError> {
+pub fn open_blob(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: &Id,
+    sealed: &[u8],
+    raw_length: u32,
+) -> Result<Vec<u8>, FormatError> {
     let what = format!("{blob_type:?} blob {}", id.short());
     let payload = key.open(&blob_aad(blob_type, id), sealed, &what)?;
     let plain = unpack_payload(&payload, raw_length as usize, &what)?;
     let actual = key.blob_id(&plain);
     if actual != *id || plain.len() != raw_length as usize {
-        return Err(FormatError::IdMismatch { what, expected: id.to_hex(), actual: actual.to_hex() });
+        return Err(FormatError::IdMismatch {
+            what,
+            expected: id.to_hex(),
+            actual: actual.to_hex(),
+        });
     }
     Ok(plain)
 }
 
-fn header_aad() -> Vec<u8> {
-    let mut aad = preamble(FileKind::Pack).to_vec();
-    aad.extend_from_slice(b"header");
-    aad
+/// Associated data of a sealed pack header: the pack preamble followed by `"header"` (14 bytes).
+pub fn pack_header_aad() -> Vec<u8> {
+    // Scheme constant (pack preamble of version 1 + "header"), not derived from the build's
+    // current version, for the same reason as in `blob_aad`.
+    b"cairnP\x01\x00header".to_vec()
 }
+
+/// zstd level of pack headers, whatever the repository's compression setting.
+pub const PACK_HEADER_LEVEL: i32 = 3;
 
 /// Seal a pack header and append it and its length to `pack`, which must already hold the
 /// preamble and the blobs.
 pub fn finish_pack(key: &MasterKey, pack: &mut Vec<u8>, header: &PackHeader) {
-    let sealed = key.seal(&header_aad(), &pack_payload(&to_postcard(header), 3));
+    finish_pack_with_nonce(key, pack, header, &random_nonce());
+}
+
+/// [`finish_pack`] with an explicit nonce, for test vectors and reproducible fixtures.
+pub fn finish_pack_with_nonce(
+    key: &MasterKey,
+    pack: &mut Vec<u8>,
+    header: &PackHeader,
+    nonce: &[u8; NONCE_LEN],
+) {
+    let payload = pack_payload(&to_postcard(header), PACK_HEADER_LEVEL);
+    let sealed = seal_with_nonce(&key.encryption, nonce, &pack_header_aad(), &payload);
     pack.extend_from_slice(&sealed);
     pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
 }
@@ -100,7 +150,10 @@ pub fn finish_pack(key: &MasterKey, pack: &mut Vec<u8>, header: &PackHeader) {
 pub fn header_span(pack_len: u64, trailer: [u8; 4]) -> Result<(u64, u64), FormatError> {
     let hlen = u64::from(u32::from_le_bytes(trailer));
     if hlen < SEAL_OVERHEAD as u64 || hlen + 4 + PREAMBLE_LEN as u64 > pack_len {
-        return Err(FormatError::Malformed { what: "pack", detail: format!("header length {hlen} does not fit a pack of {pack_len} bytes") });
+        return Err(FormatError::Malformed {
+            what: "pack",
+            detail: format!("header length {hlen} does not fit a pack of {pack_len} bytes"),
+        });
     }
     Ok((pack_len - 4 - hlen, hlen))
 }
@@ -119,19 +172,29 @@ pub fn decode_pack_header(key: &MasterKey, pack: &[u8]) -> Result<PackHeader, Fo
 
 /// Decode a sealed header alone (fetched with a range read); `header_start` is its offset,
 /// which every blob must end before.
-pub fn decode_sealed_header(key: &MasterKey, sealed: &[u8], header_start: u64) -> Result<PackHeader, FormatError> {
-    let payload = key.open(&header_aad(), sealed, "pack header")?;
+pub fn decode_sealed_header(
+    key: &MasterKey,
+    sealed: &[u8],
+    header_start: u64,
+) -> Result<PackHeader, FormatError> {
+    let payload = key.open(&pack_header_aad(), sealed, "pack header")?;
     let plain = unpack_payload(&payload, crate::file::MAX_METADATA_LEN, "pack header")?;
     let header: PackHeader = from_postcard(&plain, "pack header")?;
     let mut expected = PREAMBLE_LEN as u64;
     for e in &header.entries {
         if u64::from(e.offset) != expected || (e.length as usize) < SEAL_OVERHEAD + 1 {
-            return Err(FormatError::Malformed { what: "pack header", detail: format!("entry {} at bad offset/length", e.id.short()) });
+            return Err(FormatError::Malformed {
+                what: "pack header",
+                detail: format!("entry {} at bad offset/length", e.id.short()),
+            });
         }
         expected += u64::from(e.length);
     }
     if expected != header_start {
-        return Err(FormatError::Malformed { what: "pack header", detail: "entries do not reach the header".into() });
+        return Err(FormatError::Malformed {
+            what: "pack header",
+            detail: "entries do not reach the header".into(),
+        });
     }
     Ok(header)
 }

@@ -6,7 +6,9 @@ use crate::Id;
 
 /// A point in time with the UTC offset it was recorded in, so that retention buckets
 /// ("the newest snapshot of each local day") mean what the operator saw on the clock.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct Timestamp {
     /// Nanoseconds since 1970-01-01T00:00:00Z.
     pub unix_nanos: i64,

@@ -26,6 +26,16 @@ pub enum NodeKind {
     BlockDevice,
 }
 
+/// A file time: whole seconds since the epoch and nanoseconds. File systems such as ext4
+/// store times far beyond 2262, where nanoseconds in an `i64` would overflow.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileTime {
+    /// Seconds since 1970-01-01T00:00:00Z (negative before).
+    pub secs: i64,
+    /// Nanoseconds, `0..1_000_000_000`.
+    pub nanos: u32,
+}
+
 /// An extended attribute.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Xattr {
@@ -52,12 +62,12 @@ pub struct Node {
     pub user: String,
     /// Group name at backup time.
     pub group: String,
-    /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
+    /// Modification time.
+    pub mtime: FileTime,
     /// Access time.
-    pub atime_ns: i64,
+    pub atime: FileTime,
     /// Status change time.
-    pub ctime_ns: i64,
+    pub ctime: FileTime,
     /// Size in bytes (files: content length; symlinks: target length).
     pub size: u64,
     /// Inode number (change detection, hardlinks).
@@ -81,7 +91,11 @@ pub struct Node {
 impl Node {
     /// Whether `name` is acceptable as one path component.
     pub fn valid_name(name: &[u8]) -> bool {
-        !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+        !name.is_empty()
+            && name != b"."
+            && name != b".."
+            && !name.contains(&b'/')
+            && !name.contains(&0)
     }
 }
 
@@ -111,7 +125,10 @@ impl Tree {
         let tree: Tree = crate::file::from_postcard(bytes, "tree")?;
         for w in tree.nodes.windows(2) {
             if w[0].name >= w[1].name {
-                return Err(FormatError::Malformed { what: "tree", detail: "names not sorted or not unique".into() });
+                return Err(FormatError::Malformed {
+                    what: "tree",
+                    detail: "names not sorted or not unique".into(),
+                });
             }
         }
         for n in &tree.nodes {
@@ -121,8 +138,25 @@ impl Tree {
                     detail: format!("invalid node name {:?}", String::from_utf8_lossy(&n.name)),
                 });
             }
+            for w in n.xattrs.windows(2) {
+                if w[0].name >= w[1].name {
+                    return Err(FormatError::Malformed {
+                        what: "tree",
+                        detail: "xattrs not sorted or not unique".into(),
+                    });
+                }
+            }
+            if [n.mtime, n.atime, n.ctime].iter().any(|t| t.nanos >= 1_000_000_000) {
+                return Err(FormatError::Malformed {
+                    what: "tree",
+                    detail: "file time nanoseconds out of range".into(),
+                });
+            }
             if (n.kind == NodeKind::Dir) != n.subtree.is_some() {
-                return Err(FormatError::Malformed { what: "tree", detail: "subtree on a non-directory or missing".into() });
+                return Err(FormatError::Malformed {
+                    what: "tree",
+                    detail: "subtree on a non-directory or missing".into(),
+                });
             }
         }
         Ok(tree)
@@ -130,6 +164,9 @@ impl Tree {
 
     /// Find a node by name.
     pub fn get(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
+        self.nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
     }
 }
