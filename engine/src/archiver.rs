@@ -592,7 +592,10 @@ impl Archiver<'_> {
             }
             while buf.len() < window && !eof {
                 let old = buf.len();
-                let want = (window - old).min(8 << 20);
+                // Read what the file should still hold (+1 byte to see EOF or growth), not a
+                // whole window: zero-filling 8 MiB for a 4 KiB file costs more than reading it.
+                let expected = size_hint.map_or(usize::MAX, |s| (s.saturating_sub(total) as usize).saturating_add(1));
+                let want = (window - old).min(8 << 20).min(expected.max(1));
                 buf.reserve(want);
                 buf.resize(old + want, 0);
                 match r.read(&mut buf[old..]) {

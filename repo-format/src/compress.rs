@@ -16,7 +16,7 @@ const BULK_LIMIT: usize = 64 << 20;
 /// zstd frame that grew.
 pub fn pack_payload(data: &[u8], level: i32) -> Vec<u8> {
     if level != 0 && data.len() >= 64 && !looks_incompressible(data) {
-        if let Ok(c) = zstd::bulk::compress(data, level) {
+        if let Some(c) = compress_cached(data, level) {
             if c.len() + 1 < data.len() {
                 let mut out = Vec::with_capacity(c.len() + 1);
                 out.push(FLAG_ZSTD);
@@ -29,6 +29,35 @@ pub fn pack_payload(data: &[u8], level: i32) -> Vec<u8> {
     out.push(FLAG_RAW);
     out.extend_from_slice(data);
     out
+}
+
+thread_local! {
+    /// One zstd compression context per thread and level: creating a context costs more than
+    /// compressing a 4 KiB database page, and backups compress hundreds of thousands of those.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_cached(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        slot.as_mut()?.1.compress(data).ok()
+    })
+}
+
+fn decompress_cached(body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().ok()?);
+        }
+        slot.as_mut()?.decompress(body, limit).ok()
+    })
 }
 
 /// Undo [`pack_payload`]. `limit` bounds the decompressed size (a hostile frame could
@@ -44,7 +73,7 @@ pub fn unpack_payload(payload: &[u8], limit: usize, what: &str) -> Result<Vec<u8
             // Small limits (blobs, whose exact length the index records) decode in one call;
             // large ones (metadata) stream and stop one byte past the limit.
             if limit <= BULK_LIMIT {
-                return zstd::bulk::decompress(body, limit).map_err(|_| FormatError::Decompress(what.to_owned()));
+                return decompress_cached(body, limit).ok_or_else(|| FormatError::Decompress(what.to_owned()));
             }
             let mut out = Vec::new();
             let dec = zstd::stream::read::Decoder::with_buffer(body).map_err(|_| FormatError::Decompress(what.to_owned()))?;
