@@ -1,9 +1,10 @@
 //! Pack assembly shared by all backup workers.
 //!
 //! Workers seal blobs in parallel (the CPU-heavy part) and only take a short lock to append
-//! the sealed bytes to the open pack of that blob type. A full pack is handed to uploader
-//! threads over a bounded channel, which is what bounds memory: at most
-//! `2 open packs + QUEUE + uploaders` packs of `pack_size` bytes exist at once.
+//! the sealed bytes to the open pack of that blob type. Open packs are temporary files (in
+//! the repository itself for a local backend), hashed as they are written, so a pack costs
+//! no memory: a finished pack is fsynced and handed to uploader threads over a bounded
+//! channel, and the local backend publishes it with a rename.
 //!
 //! Crash safety comes from ordering: a pack is listed in an index file only after the
 //! backend reported it durable, and the caller writes the snapshot only after [`Packer::finish`]
@@ -27,9 +28,48 @@ const QUEUE: usize = 2;
 /// i.e. that data is re-uploaded by the next backup).
 const PACKS_PER_INDEX: usize = 64;
 
-#[derive(Default)]
 struct OpenPack {
-    buf: Vec<u8>,
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    hasher: blake3::Hasher,
+    len: u64,
+    entries: Vec<PackEntry>,
+}
+
+impl OpenPack {
+    fn create(dir: &std::path::Path) -> Result<OpenPack> {
+        use rand::RngCore;
+        let path = dir.join(format!(".tmp-pack-{:016x}", rand::rng().next_u64()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let mut p = OpenPack { file, path, hasher: blake3::Hasher::new(), len: 0, entries: Vec::new() };
+        p.write(&preamble(FileKind::Pack))?;
+        Ok(p)
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.file.write_all(data).map_err(|e| Error::io(&self.path, e))?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+}
+
+impl Drop for OpenPack {
+    fn drop(&mut self) {
+        // A pack that was never shipped (error, interrupt) leaves no temp file behind.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A finished pack on its way to the backend.
+struct Finished {
+    id: Id,
+    path: std::path::PathBuf,
     entries: Vec<PackEntry>,
 }
 
@@ -87,8 +127,9 @@ pub struct Packer {
     shared: Arc<Shared>,
     known: Arc<MasterIndex>,
     seen: Vec<Mutex<HashSet<Id>>>,
-    open: [Mutex<OpenPack>; 2],
-    tx: Mutex<Option<Sender<(Vec<u8>, Vec<PackEntry>)>>>,
+    open: [Mutex<Option<OpenPack>>; 2],
+    tx: Mutex<Option<Sender<Finished>>>,
+    temp_dir: std::path::PathBuf,
     uploaders: Mutex<Vec<JoinHandle<()>>>,
     pack_size: usize,
     level: i32,
@@ -110,7 +151,7 @@ impl Packer {
             stats: Mutex::default(),
             indexed: Mutex::default(),
         });
-        let (tx, rx) = bounded::<(Vec<u8>, Vec<PackEntry>)>(QUEUE);
+        let (tx, rx) = bounded::<Finished>(QUEUE);
         let uploaders = (0..repo.backend().connections().max(1))
             .map(|i| {
                 let rx = rx.clone();
@@ -118,20 +159,24 @@ impl Packer {
                 std::thread::Builder::new()
                     .name(format!("cairn-upload-{i}"))
                     .spawn(move || {
-                        for (data, entries) in rx {
+                        for f in rx {
+                            let f: Finished = f;
                             if shared.error.lock().is_some() {
+                                let _ = std::fs::remove_file(&f.path);
                                 continue;
                             }
-                            let id = Id::of_object(&data);
-                            match shared.repo.backend().put(FileKind::Pack, &id.to_hex(), &data) {
+                            match shared.repo.backend().put_file(FileKind::Pack, &f.id.to_hex(), &f.path) {
                                 Ok(()) => {
                                     shared.stats.lock().packs += 1;
-                                    shared.done.lock().push(IndexPack { id, blobs: entries });
+                                    shared.done.lock().push(IndexPack { id: f.id, blobs: f.entries });
                                     if let Err(e) = shared.flush_index(false) {
                                         shared.fail(e);
                                     }
                                 }
-                                Err(e) => shared.fail(e),
+                                Err(e) => {
+                                    let _ = std::fs::remove_file(&f.path);
+                                    shared.fail(e);
+                                }
                             }
                         }
                     })
@@ -151,6 +196,7 @@ impl Packer {
             seen: (0..64).map(|_| Mutex::default()).collect(),
             open: [Mutex::default(), Mutex::default()],
             tx: Mutex::new(Some(tx)),
+            temp_dir: repo.backend().temp_dir(),
             uploaders: Mutex::new(uploaders),
             pack_size: repo.config().pack_size as usize,
             level: repo.config().compression_level,
@@ -189,22 +235,16 @@ impl Packer {
         }
         let slot = usize::from(blob_type == BlobType::Tree);
         let full = {
-            let mut p = self.open[slot].lock();
-            if p.buf.is_empty() {
-                p.buf.reserve(self.pack_size.min(64 << 20) + sealed.len());
-                p.buf.extend_from_slice(&preamble(FileKind::Pack));
+            let mut guard = self.open[slot].lock();
+            if guard.is_none() {
+                *guard = Some(OpenPack::create(&self.temp_dir)?);
             }
-            let offset = p.buf.len() as u32;
-            p.buf.extend_from_slice(&sealed);
-            p.entries.push(PackEntry {
-                blob_type,
-                id,
-                offset,
-                length: sealed.len() as u32,
-                raw_length: plaintext.len() as u32,
-            });
-            if p.buf.len() >= self.pack_size {
-                Some(std::mem::take(&mut *p))
+            let p = guard.as_mut().ok_or_else(|| Error::Backend("no open pack".into()))?;
+            let offset = p.len as u32;
+            p.write(&sealed)?;
+            p.entries.push(PackEntry { blob_type, id, offset, length: sealed.len() as u32, raw_length: plaintext.len() as u32 });
+            if p.len >= self.pack_size as u64 {
+                guard.take()
             } else {
                 None
             }
@@ -216,10 +256,18 @@ impl Packer {
     }
 
     fn ship(&self, mut p: OpenPack) -> Result<()> {
-        finish_pack(self.shared.repo.key(), &mut p.buf, &PackHeader { entries: p.entries.clone() });
+        let header = PackHeader { entries: std::mem::take(&mut p.entries) };
+        let mut tail = Vec::new();
+        finish_pack(self.shared.repo.key(), &mut tail, &header);
+        p.write(&tail)?;
+        p.file.sync_all().map_err(|e| Error::io(&p.path, e))?;
+        let id = Id(*p.hasher.finalize().as_bytes());
+        let finished = Finished { id, path: p.path.clone(), entries: header.entries };
+        // Ownership of the temp file passes to the uploader.
+        p.path = std::path::PathBuf::new();
         let tx = self.tx.lock().clone();
         match tx {
-            Some(tx) => tx.send((p.buf, p.entries)).map_err(|_| Error::Backend("upload threads stopped".into())),
+            Some(tx) => tx.send(finished).map_err(|_| Error::Backend("upload threads stopped".into())),
             None => Err(Error::Backend("packer already finished".into())),
         }
     }
@@ -233,9 +281,11 @@ impl Packer {
     /// Returns the packs this run added.
     pub fn finish(&self) -> Result<Vec<IndexPack>> {
         for slot in &self.open {
-            let p = std::mem::take(&mut *slot.lock());
-            if !p.entries.is_empty() {
-                self.ship(p)?;
+            let p = slot.lock().take();
+            if let Some(p) = p {
+                if !p.entries.is_empty() {
+                    self.ship(p)?;
+                }
             }
         }
         drop(self.tx.lock().take());

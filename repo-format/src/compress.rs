@@ -94,7 +94,9 @@ pub fn unpack_payload(payload: &[u8], limit: usize, what: &str) -> Result<Vec<u8
 /// A cheap entropy estimate: compressed media (JPEG, MP4, zstd, gzip) has a near-flat byte
 /// histogram. Sampling 4 KiB costs far less than a zstd attempt on a 1 MiB chunk.
 pub fn looks_incompressible(data: &[u8]) -> bool {
-    if data.len() < 4096 {
+    // Below 64 KiB a zstd attempt is as cheap as the estimate (and database pages, the
+    // commonest small blobs, usually compress).
+    if data.len() < 64 << 10 {
         return false;
     }
     let mut hist = [0u32; 256];

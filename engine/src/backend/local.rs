@@ -85,6 +85,25 @@ impl Backend for LocalBackend {
         write_atomic(&path, data)
     }
 
+    fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
+        // The temp file lives in the repository (see `temp_dir`) and was fsynced by the
+        // writer: a rename and a directory fsync make it durable under its final name.
+        let dest = self.path(kind, name)?;
+        if let Some(parent) = dest.parent() {
+            if !parent.is_dir() {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+        }
+        fs::rename(path, &dest).map_err(|e| Error::io(&dest, e))?;
+        sync_dir(dest.parent().unwrap_or(&self.root))
+    }
+
+    fn temp_dir(&self) -> PathBuf {
+        // Inside the repository, so that publishing a pack is a rename on one file system.
+        // Names start with '.', which listings skip; `prune` removes stale ones.
+        self.root.join("data")
+    }
+
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let path = self.path(kind, name)?;
         fs::read(&path).map_err(|e| map_read_err(kind, name, &path, e))

@@ -42,6 +42,20 @@ pub trait Backend: Send + Sync + Debug {
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>>;
     /// Remove an object (absent is not an error).
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Store an object from a complete, fsynced local file, which is consumed. Backends that
+    /// can do better than reading it back (a rename on the same file system, a streamed
+    /// upload) override this.
+    fn put_file(&self, kind: FileKind, name: &str, path: &std::path::Path) -> Result<()> {
+        let data = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+        self.put(kind, name, &data)?;
+        std::fs::remove_file(path).map_err(|e| crate::Error::io(path, e))
+    }
+
+    /// Where to create temporary files destined for [`Backend::put_file`].
+    fn temp_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+    }
+
     /// How many requests it pays to run at once against this backend.
     fn connections(&self) -> usize {
         2
