@@ -57,7 +57,7 @@ pub enum Command {
     /// Remove stale locks (or all with --remove-all).
     Unlock(UnlockArgs),
     /// Remove snapshots by a retention policy (restic's semantics), optionally prune.
-    Forget(ForgetArgs),
+    Forget(Box<ForgetArgs>),
     /// Delete data no snapshot references, repacking partly used packs.
     Prune(PruneArgs),
     /// Verify the repository's structure (and with --read-data its contents).

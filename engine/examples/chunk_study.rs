@@ -73,10 +73,25 @@ fn dirs_mode(dirs: &[String]) {
         Scheme::Cdc(2 << 10, 8 << 10, 32 << 10),
         Scheme::Cdc(64 << 10, 128 << 10, 512 << 10),
         Scheme::Cdc(512 << 10, 1 << 20, 8 << 20),
+        Scheme::Fixed(4096),
+        Scheme::Fixed(8192),
+        Scheme::Cdc(1 << 10, 4 << 10, 16 << 10),
     ];
     type Pol = fn(&str) -> usize;
-    let policies: [(&str, Pol); 4] = [
+    let policies: [(&str, Pol); 6] = [
         ("all bulk 1M", |_| 2),
+        ("per-format pages", |k| match k {
+            "sqlite" => 3,
+            "postgres" | "pg-wal" => 4,
+            "bbolt" => 0,
+            _ => 2,
+        }),
+        ("per-format pages b1K", |k| match k {
+            "sqlite" => 3,
+            "postgres" | "pg-wal" => 4,
+            "bbolt" => 5,
+            _ => 2,
+        }),
         ("db small, rest bulk", |k| if k == "other" { 2 } else { 0 }),
         ("db small, rest 128K", |k| if k == "other" { 1 } else { 0 }),
         ("all 128K", |_| 1),

@@ -330,6 +330,7 @@ pub fn group(snaps: Vec<(Id, Snapshot)>, by: GroupBy) -> BTreeMap<GroupKey, Vec<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -109,6 +109,8 @@ pub struct PruneReport {
     pub index_files_replaced: u64,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Temporary files of interrupted writes removed.
+    pub temp_files_removed: u64,
 }
 
 struct PackUse {
@@ -226,6 +228,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     if opts.dry_run {
         return Ok(report);
     }
+    // Leftovers of interrupted writes; under the exclusive lock nothing is writing now, and the
+    // age margin covers a clock-skewed NFS server.
+    report.temp_files_removed = repo.backend().remove_stale_temp(std::time::Duration::from_secs(3600))?;
     if delete.is_empty() && repack.is_empty() && unreferenced.is_empty() {
         return Ok(report);
     }

@@ -146,6 +146,11 @@ fn remove_non_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// Where one blob's plaintext goes: (file index, offset in the file).
+type Targets = Vec<(usize, u64)>;
+/// One pack's blobs to restore, sorted by offset.
+type PackJob = (u32, Vec<(Id, BlobLocation, Targets)>);
+
 struct FileJob {
     path: PathBuf,
     size: u64,
@@ -209,7 +214,7 @@ pub fn restore(
     let mut file_entry: Vec<usize> = Vec::new();
     let mut primary: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut links: Vec<(usize, PathBuf)> = Vec::new();
-    let mut jobs: HashMap<u32, HashMap<Id, (BlobLocation, Vec<(usize, u64)>)>> = HashMap::new();
+    let mut jobs: HashMap<u32, HashMap<Id, (BlobLocation, Targets)>> = HashMap::new();
     let mut total_bytes = 0u64;
     for (ei, e) in entries.iter().enumerate() {
         if e.node.kind != NodeKind::File {
@@ -261,7 +266,7 @@ pub fn restore(
     Progress::add(&progress.total_files, files.len() as u64);
 
     // Contents, one pack per task; adjacent blobs are fetched with one ranged read.
-    let mut packs: Vec<(u32, Vec<(Id, BlobLocation, Vec<(usize, u64)>)>)> = jobs
+    let mut packs: Vec<PackJob> = jobs
         .into_iter()
         .map(|(p, m)| {
             let mut v: Vec<_> = m.into_iter().map(|(id, (loc, t))| (id, loc, t)).collect();
@@ -393,7 +398,7 @@ pub fn restore(
         }
     }
     let mut dirs: Vec<&Entry> = entries.iter().filter(|e| e.node.kind == NodeKind::Dir).collect();
-    dirs.sort_by(|a, b| b.depth.cmp(&a.depth));
+    dirs.sort_by_key(|e| std::cmp::Reverse(e.depth));
     for e in dirs {
         let path = target.join(&e.rel);
         if let Err(err) = apply_metadata(&path, &e.node, chown) {

@@ -18,7 +18,7 @@ pub struct SnapshotFilter {
 impl SnapshotFilter {
     /// Whether `s` passes.
     pub fn matches(&self, s: &Snapshot) -> bool {
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| *h == s.hostname))
+        (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
             && (self.tags.is_empty()
                 || self.tags.iter().any(|list| list.split(',').filter(|t| !t.is_empty()).all(|t| s.tags.iter().any(|x| x == t))))
             && self.paths.iter().all(|p| s.paths.iter().any(|x| x.as_slice() == p.trim_end_matches('/').as_bytes()))

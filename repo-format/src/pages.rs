@@ -114,6 +114,7 @@ pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -104,6 +104,29 @@ impl Backend for LocalBackend {
         self.root.join("data")
     }
 
+    fn remove_stale_temp(&self, age: std::time::Duration) -> Result<u64> {
+        let mut dirs = vec![self.root.clone()];
+        for kind in [FileKind::Key, FileKind::Lock, FileKind::Snapshot, FileKind::Index, FileKind::Pack] {
+            dirs.push(self.root.join(kind.dir()));
+        }
+        for i in 0..=255u8 {
+            dirs.push(self.root.join("data").join(format!("{i:02x}")));
+        }
+        let mut removed = 0;
+        let now = std::time::SystemTime::now();
+        for d in dirs {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
+                    && e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|m| now.duration_since(m).ok()).is_some_and(|a| a > age);
+                if stale && fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let path = self.path(kind, name)?;
         fs::read(&path).map_err(|e| map_read_err(kind, name, &path, e))

@@ -56,6 +56,13 @@ pub trait Backend: Send + Sync + Debug {
         std::env::temp_dir()
     }
 
+    /// Remove temporary files left by interrupted writes that are older than `age`; returns
+    /// how many were removed. Only called under an exclusive lock.
+    fn remove_stale_temp(&self, age: std::time::Duration) -> Result<u64> {
+        let _ = age;
+        Ok(0)
+    }
+
     /// How many requests it pays to run at once against this backend.
     fn connections(&self) -> usize {
         2
