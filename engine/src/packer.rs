@@ -66,9 +66,11 @@ impl Drop for OpenPack {
     }
 }
 
-/// A finished pack on its way to the backend.
+/// A finished pack on its way to the backend. The uploader fsyncs it: a flush to disk must
+/// not stall a compute thread.
 struct Finished {
     id: Id,
+    file: std::fs::File,
     path: std::path::PathBuf,
     entries: Vec<PackEntry>,
 }
@@ -165,7 +167,12 @@ impl Packer {
                                 let _ = std::fs::remove_file(&f.path);
                                 continue;
                             }
-                            match shared.repo.backend().put_file(FileKind::Pack, &f.id.to_hex(), &f.path) {
+                            let stored = f
+                                .file
+                                .sync_all()
+                                .map_err(|e| Error::io(&f.path, e))
+                                .and_then(|()| shared.repo.backend().put_file(FileKind::Pack, &f.id.to_hex(), &f.path));
+                            match stored {
                                 Ok(()) => {
                                     shared.stats.lock().packs += 1;
                                     shared.done.lock().push(IndexPack { id: f.id, blobs: f.entries });
@@ -260,9 +267,9 @@ impl Packer {
         let mut tail = Vec::new();
         finish_pack(self.shared.repo.key(), &mut tail, &header);
         p.write(&tail)?;
-        p.file.sync_all().map_err(|e| Error::io(&p.path, e))?;
         let id = Id(*p.hasher.finalize().as_bytes());
-        let finished = Finished { id, path: p.path.clone(), entries: header.entries };
+        let file = p.file.try_clone().map_err(|e| Error::io(&p.path, e))?;
+        let finished = Finished { id, file, path: p.path.clone(), entries: header.entries };
         // Ownership of the temp file passes to the uploader.
         p.path = std::path::PathBuf::new();
         let tx = self.tx.lock().clone();
