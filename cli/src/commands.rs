@@ -11,11 +11,12 @@ use cairn_engine::restorer::find_node;
 use cairn_engine::snapshots::{resolve, split_spec};
 use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
 use cairn_engine::{
-    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard, MasterIndex, Progress,
-    Repository, RestoreOptions, SnapshotFilter,
+    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard,
+    MasterIndex, Progress, Repository, RestoreOptions, SnapshotFilter,
 };
 use cairn_format::{
-    decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind, Snapshot, Tree,
+    decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind,
+    Snapshot, Tree,
 };
 use serde_json::{json, Value};
 
@@ -54,7 +55,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
 }
 
 fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
-    let loc = cli.repo.as_deref().ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
+    let loc = cli
+        .repo
+        .as_deref()
+        .ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
     let path = loc.strip_prefix("local:").unwrap_or(loc);
     if path.contains("://") || path.starts_with("s3:") {
         bail!("unsupported repository location {loc:?}: only local directories are supported by this build");
@@ -71,7 +75,11 @@ pub(crate) fn open(cli: &Cli) -> Result<Repository> {
 }
 
 pub(crate) fn filter(f: &FilterArgs) -> SnapshotFilter {
-    SnapshotFilter { hosts: f.hosts.clone(), tags: f.tags.clone(), paths: f.paths.clone() }
+    SnapshotFilter {
+        hosts: f.hosts.clone(),
+        tags: f.tags.clone(),
+        paths: f.paths.clone(),
+    }
 }
 
 fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
@@ -79,7 +87,9 @@ fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     if be.exists()? && be.stat(FileKind::Config, "config")?.is_some() {
         return Err(cairn_engine::Error::RepoExists(be.location()).into());
     }
-    let pw = cli.password.get("enter password for new repository: ", true)?;
+    let pw = cli
+        .password
+        .get("enter password for new repository: ", true)?;
     if pw.is_empty() {
         bail!("empty password refused");
     }
@@ -91,9 +101,16 @@ fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     };
     let repo = Repository::init(be.clone(), pw.as_bytes(), opts)?;
     if cli.json {
-        println!("{}", json!({"message_type": "initialized", "repository": be.location(), "id": hex::encode(repo.config().repo_id)}));
+        println!(
+            "{}",
+            json!({"message_type": "initialized", "repository": be.location(), "id": hex::encode(repo.config().repo_id)})
+        );
     } else {
-        println!("created cairn repository {} at {}", &hex::encode(repo.config().repo_id)[..10], be.location());
+        println!(
+            "created cairn repository {} at {}",
+            &hex::encode(repo.config().repo_id)[..10],
+            be.location()
+        );
         println!("Keep the password safe: without it the data cannot be recovered.");
     }
     Ok(0)
@@ -116,8 +133,11 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
         }
         None => None,
     };
-    let stdin: Option<(String, Box<dyn std::io::Read + Send>)> =
-        if a.stdin { Some((a.stdin_filename.clone(), Box::new(std::io::stdin()))) } else { None };
+    let stdin: Option<(String, Box<dyn std::io::Read + Send>)> = if a.stdin {
+        Some((a.stdin_filename.clone(), Box::new(std::io::stdin())))
+    } else {
+        None
+    };
     let opts = BackupOptions {
         paths: a.paths.clone(),
         stdin,
@@ -160,8 +180,14 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
         if let Some(p) = res.snapshot.parent {
             println!("using parent snapshot {}", p.short());
         }
-        println!("Files: {:>8} new, {:>8} changed, {:>8} unmodified", s.files_new, s.files_changed, s.files_unmodified);
-        println!("Dirs:  {:>8} new, {:>8} changed, {:>8} unmodified", s.dirs_new, s.dirs_changed, s.dirs_unmodified);
+        println!(
+            "Files: {:>8} new, {:>8} changed, {:>8} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        );
+        println!(
+            "Dirs:  {:>8} new, {:>8} changed, {:>8} unmodified",
+            s.dirs_new, s.dirs_changed, s.dirs_unmodified
+        );
         println!(
             "Added to the repository: {} ({} stored)",
             human_bytes(s.data_added),
@@ -177,7 +203,10 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
         println!("snapshot {} saved", res.id.short());
     }
     if s.errors > 0 {
-        eprintln!("warning: {} path(s) could not be read completely; the snapshot is incomplete", s.errors);
+        eprintln!(
+            "warning: {} path(s) could not be read completely; the snapshot is incomplete",
+            s.errors
+        );
         return Ok(3);
     }
     Ok(0)
@@ -199,18 +228,41 @@ pub(crate) fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
 fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
     let repo = open(cli)?;
     let flt = filter(f);
-    let snaps: Vec<_> = repo.load_snapshots()?.into_iter().filter(|(_, s)| flt.matches(s)).collect();
+    let snaps: Vec<_> = repo
+        .load_snapshots()?
+        .into_iter()
+        .filter(|(_, s)| flt.matches(s))
+        .collect();
     if cli.json {
-        println!("{}", Value::Array(snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect()));
+        println!(
+            "{}",
+            Value::Array(snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect())
+        );
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<9} {:<19} {:<16} {:<20} {:>10}  paths", "ID", "Time", "Host", "Tags", "Size")?;
+    writeln!(
+        out,
+        "{:<9} {:<19} {:<16} {:<20} {:>10}  paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    )?;
     writeln!(out, "{}", "-".repeat(90))?;
     for (id, s) in &snaps {
-        let size = s.summary.as_ref().map_or(String::new(), |x| human_bytes(x.total_bytes_processed));
+        let size = s
+            .summary
+            .as_ref()
+            .map_or(String::new(), |x| human_bytes(x.total_bytes_processed));
         let paths: Vec<String> = s.paths.iter().map(|p| lossy(p)).collect();
-        writeln!(out, "{:<9} {:<19} {:<16} {:<20} {:>10}  {}", id.short(), format_timestamp(&s.time), s.hostname, s.tags.join(","), size, paths.join(" "))?;
+        writeln!(
+            out,
+            "{:<9} {:<19} {:<16} {:<20} {:>10}  {}",
+            id.short(),
+            format_timestamp(&s.time),
+            s.hostname,
+            s.tags.join(","),
+            size,
+            paths.join(" ")
+        )?;
     }
     writeln!(out, "{} snapshots", snaps.len())?;
     Ok(0)
@@ -228,7 +280,11 @@ fn mode_string(n: &Node) -> String {
     };
     let mut s = String::from(t);
     // (shift, special bit, letter when executable too, letter when not): setuid, setgid, sticky.
-    for (shift, special, with_x, without_x) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, with_x, without_x) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (n.mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
@@ -265,10 +321,14 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let (tree, base) = if root_listing {
         (repo.load_tree(&index, &snap.tree)?, PathBuf::from("/"))
     } else {
-        let node = find_node(&repo, &index, &snap.tree, &path)?.ok_or_else(|| anyhow!("{} not found in snapshot", path.display()))?;
+        let node = find_node(&repo, &index, &snap.tree, &path)?
+            .ok_or_else(|| anyhow!("{} not found in snapshot", path.display()))?;
         match node.subtree {
             Some(id) if node.kind == NodeKind::Dir => (repo.load_tree(&index, &id)?, path.clone()),
-            _ => (Tree { nodes: vec![node] }, path.parent().unwrap_or(Path::new("/")).to_path_buf()),
+            _ => (
+                Tree { nodes: vec![node] },
+                path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            ),
         }
     };
     let mut out = std::io::stdout().lock();
@@ -278,8 +338,22 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             items.push(node_json(p, n));
         } else if a.long {
             let t = file_time_string(&n.mtime, local_offset(), false);
-            let target = if n.kind == NodeKind::Symlink { format!(" -> {}", lossy(&n.link_target)) } else { String::new() };
-            let _ = writeln!(out, "{} {:>8} {:>8} {:>12} {} {}{}", mode_string(n), user_or_id(&n.user, n.uid), user_or_id(&n.group, n.gid), n.size, t, lossy(p.as_os_str().as_bytes()), target);
+            let target = if n.kind == NodeKind::Symlink {
+                format!(" -> {}", lossy(&n.link_target))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "{} {:>8} {:>8} {:>12} {} {}{}",
+                mode_string(n),
+                user_or_id(&n.user, n.uid),
+                user_or_id(&n.group, n.gid),
+                n.size,
+                t,
+                lossy(p.as_os_str().as_bytes()),
+                target
+            );
         } else {
             let _ = out.write_all(p.as_os_str().as_bytes());
             let _ = out.write_all(b"\n");
@@ -331,12 +405,23 @@ fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let snaps = repo.load_snapshots()?;
     let (spec, path) = split_spec(&a.snapshot);
     let (id, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
-    let opts = RestoreOptions { target: a.target.clone(), includes: a.includes.clone(), excludes: a.excludes.clone() };
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
+    };
     let progress = Arc::new(Progress::default());
     let started = std::time::Instant::now();
     let res = {
         let _r = Reporter::start("restore", progress.clone(), cli.json, cli.quiet);
-        restore(&repo, &index, &snap.tree, Path::new(path.trim_start_matches('/')), &opts, &progress)?
+        restore(
+            &repo,
+            &index,
+            &snap.tree,
+            Path::new(path.trim_start_matches('/')),
+            &opts,
+            &progress,
+        )?
     };
     let secs = started.elapsed().as_secs_f64();
     for (p, why) in &res.failed {
@@ -361,7 +446,11 @@ fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     }
     if !res.failed.is_empty() {
         let total = res.files + res.failed.len() as u64;
-        return Err(cairn_engine::Error::RestoreIncomplete { failed: res.failed.len() as u64, total }.into());
+        return Err(cairn_engine::Error::RestoreIncomplete {
+            failed: res.failed.len() as u64,
+            total,
+        }
+        .into());
     }
     Ok(0)
 }
@@ -378,7 +467,10 @@ fn find_object(repo: &Repository, kind: FileKind, prefix: &str) -> Result<Id> {
 
 fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
     let repo = open(cli)?;
-    let need_id = || a.id.as_deref().ok_or_else(|| anyhow!("`cat {}` needs an id", a.kind));
+    let need_id = || {
+        a.id.as_deref()
+            .ok_or_else(|| anyhow!("`cat {}` needs an id", a.kind))
+    };
     let v: Value = match a.kind.as_str() {
         "config" => serde_json::to_value(repo.config())?,
         "snapshot" => {
@@ -468,13 +560,22 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
                 println!(" {:<9} {:<12} {:<16} created", "ID", "user", "host");
                 for (id, kf) in keys {
                     let cur = if id == repo.key_id() { '*' } else { ' ' };
-                    println!("{cur}{:<9} {:<12} {:<16} {}", id.short(), kf.username, kf.hostname, format_timestamp(&kf.created));
+                    println!(
+                        "{cur}{:<9} {:<12} {:<16} {}",
+                        id.short(),
+                        kf.username,
+                        kf.hostname,
+                        format_timestamp(&kf.created)
+                    );
                 }
             }
         }
         KeyCommand::Add(a) => {
             let pw = crate::password::new_password(a.new_password_file.as_ref())?;
-            let id = repo.add_key(pw.as_bytes(), KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1))?;
+            let id = repo.add_key(
+                pw.as_bytes(),
+                KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1),
+            )?;
             println!("added key {}", id.short());
         }
         KeyCommand::Remove { id } => {
@@ -484,7 +585,10 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
         }
         KeyCommand::Passwd(a) => {
             let pw = crate::password::new_password(a.new_password_file.as_ref())?;
-            let id = repo.change_password(pw.as_bytes(), KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1))?;
+            let id = repo.change_password(
+                pw.as_bytes(),
+                KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1),
+            )?;
             println!("password changed (new key {})", id.short());
         }
     }
@@ -522,9 +626,17 @@ fn stats(cli: &Cli) -> Result<u8> {
         );
     } else {
         println!("snapshots:          {snapshots}");
-        println!("packs:              {} ({})", packs.len(), human_bytes(pack_bytes));
+        println!(
+            "packs:              {} ({})",
+            packs.len(),
+            human_bytes(pack_bytes)
+        );
         println!("blobs:              {} data, {} tree", data, trees);
-        println!("unique content:     {} (stored as {})", human_bytes(raw), human_bytes(stored));
+        println!(
+            "unique content:     {} (stored as {})",
+            human_bytes(raw),
+            human_bytes(stored)
+        );
         println!("index memory:       ~{}", human_bytes(index_memory));
     }
     Ok(0)

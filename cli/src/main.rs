@@ -3,8 +3,8 @@
 
 mod commands;
 mod maint;
-mod run;
 mod password;
+mod run;
 mod ui;
 
 use std::path::PathBuf;
@@ -19,7 +19,13 @@ use crate::password::PasswordArgs;
 #[command(name = "cairn", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Repository location (a directory).
-    #[arg(short = 'r', long = "repo", global = true, env = "CAIRN_REPOSITORY", value_name = "REPO")]
+    #[arg(
+        short = 'r',
+        long = "repo",
+        global = true,
+        env = "CAIRN_REPOSITORY",
+        value_name = "REPO"
+    )]
     pub repo: Option<String>,
     #[command(flatten)]
     pub password: PasswordArgs,
@@ -369,7 +375,11 @@ type libc_int = std::os::raw::c_int;
 
 fn install_signal_handlers() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESETHAND, SigSet::empty());
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESETHAND,
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe; with
         // SA_RESETHAND a second signal falls back to the default action and ends the process.
@@ -386,7 +396,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
         .without_time()
@@ -395,14 +406,21 @@ fn main() -> ExitCode {
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = e.downcast_ref::<cairn_engine::Error>().map_or(1, cairn_engine::Error::exit_code);
+            let code = e
+                .downcast_ref::<cairn_engine::Error>()
+                .map_or(1, cairn_engine::Error::exit_code);
             let code = if code == 1 {
-                e.chain().find_map(|c| c.downcast_ref::<cairn_engine::Error>()).map_or(1, cairn_engine::Error::exit_code)
+                e.chain()
+                    .find_map(|c| c.downcast_ref::<cairn_engine::Error>())
+                    .map_or(1, cairn_engine::Error::exit_code)
             } else {
                 code
             };
             if cli.json {
-                println!("{}", serde_json::json!({"message_type": "error", "error": format!("{e:#}"), "exit_code": code}));
+                println!(
+                    "{}",
+                    serde_json::json!({"message_type": "error", "error": format!("{e:#}"), "exit_code": code})
+                );
             }
             eprintln!("cairn: error: {e:#}");
             ExitCode::from(code as u8)

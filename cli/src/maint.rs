@@ -34,7 +34,10 @@ pub fn parse_size(s: &str) -> Result<u64> {
         }
         None => (s, 1),
     };
-    let n: f64 = num.trim().parse().map_err(|_| anyhow!("invalid size {s:?}"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("invalid size {s:?}"))?;
     if n < 0.0 {
         bail!("invalid size {s:?}");
     }
@@ -43,7 +46,10 @@ pub fn parse_size(s: &str) -> Result<u64> {
 
 fn prune_options(o: &PruneOpts, dry_run: bool, repo_bytes: u64) -> Result<PruneOptions> {
     let max_unused = if let Some(p) = o.max_unused.strip_suffix('%') {
-        let v: f64 = p.trim().parse().map_err(|_| anyhow!("invalid --max-unused {:?}", o.max_unused))?;
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("invalid --max-unused {:?}", o.max_unused))?;
         if !(0.0..=100.0).contains(&v) {
             bail!("--max-unused must be between 0% and 100%");
         }
@@ -57,7 +63,11 @@ fn prune_options(o: &PruneOpts, dry_run: bool, repo_bytes: u64) -> Result<PruneO
         Some(s) => parse_size(s)?,
         None => u64::MAX,
     };
-    Ok(PruneOptions { max_unused, max_repack_bytes, dry_run })
+    Ok(PruneOptions {
+        max_unused,
+        max_repack_bytes,
+        dry_run,
+    })
 }
 
 fn count(o: &Option<String>) -> Result<i64> {
@@ -65,7 +75,8 @@ fn count(o: &Option<String>) -> Result<i64> {
 }
 
 fn dur(o: &Option<String>) -> Result<Duration> {
-    o.as_deref().map_or(Ok(Duration::default()), |s| Ok(Duration::parse(s)?))
+    o.as_deref()
+        .map_or(Ok(Duration::default()), |s| Ok(Duration::parse(s)?))
 }
 
 pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
@@ -82,7 +93,16 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         within_weekly: dur(&a.keep_within_weekly)?,
         within_monthly: dur(&a.keep_within_monthly)?,
         within_yearly: dur(&a.keep_within_yearly)?,
-        tags: a.keep_tag.iter().map(|t| t.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect()).collect(),
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|t| {
+                t.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect(),
     };
     if policy.is_empty() && a.ids.is_empty() {
         bail!("no policy given: use --keep-* options or name snapshot ids (refusing to remove everything)");
@@ -99,12 +119,17 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         }
     }
     if !policy.is_empty() {
-        let selected: Vec<_> = all.iter().filter(|(_, s)| flt.matches(s)).cloned().collect();
+        let selected: Vec<_> = all
+            .iter()
+            .filter(|(_, s)| flt.matches(s))
+            .cloned()
+            .collect();
         let groups = group(selected, GroupBy::parse(&a.group_by)?);
         let now = now_timestamp().unix_nanos;
         for (key, snaps) in groups {
             let decisions = apply_policy(&snaps, &policy, now);
-            let by_id: std::collections::HashMap<_, _> = snaps.iter().map(|(i, s)| (*i, s)).collect();
+            let by_id: std::collections::HashMap<_, _> =
+                snaps.iter().map(|(i, s)| (*i, s)).collect();
             if !cli.json && !cli.quiet {
                 println!("snapshots for {}:", group_label(&key));
             }
@@ -113,20 +138,35 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
             for d in &decisions {
                 let s = by_id[&d.id];
                 if d.keep {
-                    keep_json.push(json!({"snapshot": snapshot_json(&d.id, s), "matches": d.reasons}));
+                    keep_json
+                        .push(json!({"snapshot": snapshot_json(&d.id, s), "matches": d.reasons}));
                 } else {
                     remove.push(d.id);
                     remove_json.push(snapshot_json(&d.id, s));
                 }
                 if !cli.json && !cli.quiet {
-                    let verdict = if d.keep { format!("keep    {}", d.reasons.join(", ")) } else { "remove".into() };
-                    println!("  {}  {}  {:<16} {:<20} {}", d.id.short(), format_timestamp(&s.time), s.hostname, s.tags.join(","), verdict);
+                    let verdict = if d.keep {
+                        format!("keep    {}", d.reasons.join(", "))
+                    } else {
+                        "remove".into()
+                    };
+                    println!(
+                        "  {}  {}  {:<16} {:<20} {}",
+                        d.id.short(),
+                        format_timestamp(&s.time),
+                        s.hostname,
+                        s.tags.join(","),
+                        verdict
+                    );
                 }
             }
             out_groups.push(json!({"group": key, "keep": keep_json, "remove": remove_json}));
         }
     }
-    let remove: Vec<_> = { let mut seen = HashSet::new(); remove.into_iter().filter(|i| seen.insert(*i)).collect() };
+    let remove: Vec<_> = {
+        let mut seen = HashSet::new();
+        remove.into_iter().filter(|i| seen.insert(*i)).collect()
+    };
     if !a.dry_run {
         for id in &remove {
             repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
@@ -134,7 +174,12 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     }
     let mut prune_report = None;
     if a.prune && !remove.is_empty() {
-        let bytes: u64 = repo.backend().list(FileKind::Pack)?.iter().map(|o| o.size).sum();
+        let bytes: u64 = repo
+            .backend()
+            .list(FileKind::Pack)?
+            .iter()
+            .map(|o| o.size)
+            .sum();
         let opts = prune_options(&a.prune_opts, a.dry_run, bytes)?;
         let progress = Arc::new(Progress::default());
         let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
@@ -142,10 +187,17 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         prune_report = Some(prune(&repo, &opts, &progress)?);
     }
     if cli.json {
-        println!("{}", json!({"message_type": "forget", "dry_run": a.dry_run, "groups": out_groups,
-            "removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(), "prune": prune_report}));
+        println!(
+            "{}",
+            json!({"message_type": "forget", "dry_run": a.dry_run, "groups": out_groups,
+            "removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(), "prune": prune_report})
+        );
     } else if !cli.quiet {
-        println!("{} {} snapshot(s)", if a.dry_run { "would remove" } else { "removed" }, remove.len());
+        println!(
+            "{} {} snapshot(s)",
+            if a.dry_run { "would remove" } else { "removed" },
+            remove.len()
+        );
         if let Some(r) = &prune_report {
             print_prune(r);
         }
@@ -174,7 +226,11 @@ fn group_label(k: &cairn_engine::forget::GroupKey) -> String {
 fn print_prune(r: &cairn_engine::maintenance::PruneReport) {
     println!(
         "{}: {} packs ({}), {} used / {} unused blobs",
-        if r.dry_run { "prune (dry run)" } else { "prune" },
+        if r.dry_run {
+            "prune (dry run)"
+        } else {
+            "prune"
+        },
         r.packs_total,
         human_bytes(r.bytes_total),
         r.blobs_used,
@@ -194,7 +250,12 @@ fn print_prune(r: &cairn_engine::maintenance::PruneReport) {
 pub fn prune_cmd(cli: &Cli, o: &PruneOpts, dry_run: bool) -> Result<u8> {
     let repo = open(cli)?;
     let _lock = LockGuard::acquire(&repo, true)?;
-    let bytes: u64 = repo.backend().list(FileKind::Pack)?.iter().map(|o| o.size).sum();
+    let bytes: u64 = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .iter()
+        .map(|o| o.size)
+        .sum();
     let opts = prune_options(o, dry_run, bytes)?;
     let progress = Arc::new(Progress::default());
     let r = {
@@ -214,14 +275,21 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         ReadData::All
     } else if let Some(s) = &a.read_data_subset {
         if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
             if !(0.0..=100.0).contains(&v) {
                 bail!("--read-data-subset percentage must be 0-100");
             }
             ReadData::Fraction(v / 100.0)
         } else if let Some((n, t)) = s.split_once('/') {
-            let n: u32 = n.parse().map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
-            let t: u32 = t.parse().map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+            let n: u32 = n
+                .parse()
+                .map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+            let t: u32 = t
+                .parse()
+                .map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
             if t == 0 || n == 0 || n > t || t > 256 {
                 bail!("--read-data-subset n/t needs 1 <= n <= t <= 256");
             }
@@ -240,7 +308,10 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         check(&repo, read, &progress)?
     };
     if cli.json {
-        println!("{}", json!({"message_type": "check", "ok": r.errors.is_empty(), "report": r}));
+        println!(
+            "{}",
+            json!({"message_type": "check", "ok": r.errors.is_empty(), "report": r})
+        );
     } else {
         for e in &r.errors {
             eprintln!("error: {e}");
@@ -261,7 +332,10 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         }
         Ok(0)
     } else {
-        eprintln!("cairn: error: the repository has {} error(s)", r.errors.len());
+        eprintln!(
+            "cairn: error: the repository has {} error(s)",
+            r.errors.len()
+        );
         Ok(13)
     }
 }
@@ -277,7 +351,10 @@ pub fn repair_index_cmd(cli: &Cli) -> Result<u8> {
         for p in &r.unreadable_packs {
             eprintln!("warning: pack {p} (not indexed)");
         }
-        println!("indexed {} packs with {} blobs; replaced {} index file(s)", r.packs, r.blobs, r.index_files_replaced);
+        println!(
+            "indexed {} packs with {} blobs; replaced {} index file(s)",
+            r.packs, r.blobs, r.index_files_replaced
+        );
     }
     Ok(0)
 }

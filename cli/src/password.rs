@@ -14,7 +14,12 @@ pub struct PasswordArgs {
     #[arg(long, global = true, env = "CAIRN_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Run this shell command and use the first line of its output as the password.
-    #[arg(long, global = true, env = "CAIRN_PASSWORD_COMMAND", value_name = "CMD")]
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_PASSWORD_COMMAND",
+        value_name = "CMD"
+    )]
     pub password_command: Option<String>,
 }
 
@@ -39,14 +44,17 @@ fn from_command(cmd: &str) -> Result<String> {
     if !out.status.success() {
         bail!("password command {cmd:?} failed with {}", out.status);
     }
-    Ok(first_line(String::from_utf8(out.stdout).context("password command printed non-UTF-8")?))
+    Ok(first_line(
+        String::from_utf8(out.stdout).context("password command printed non-UTF-8")?,
+    ))
 }
 
 impl PasswordArgs {
     /// The repository password.
     pub fn get(&self, prompt: &str, confirm: bool) -> Result<String> {
         if let Some(f) = &self.password_file {
-            let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+            let s = std::fs::read_to_string(f)
+                .with_context(|| format!("reading password file {}", f.display()))?;
             return Ok(first_line(s));
         }
         if let Some(c) = &self.password_command {
@@ -66,7 +74,8 @@ pub fn ask(prompt: &str, confirm: bool) -> Result<String> {
     }
     let p = rpassword::prompt_password(prompt).context("reading password")?;
     if confirm {
-        let again = rpassword::prompt_password("enter the password again: ").context("reading password")?;
+        let again =
+            rpassword::prompt_password("enter the password again: ").context("reading password")?;
         if again != p {
             bail!("passwords do not match");
         }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_engine::job::{prometheus_text, run_job, source_tag, JobConfig};
 use cairn_engine::restorer::find_node;
-use cairn_engine::{restore, write_atomic, LocalBackend, LockGuard, Progress, Repository, RestoreOptions};
+use cairn_engine::{
+    restore, write_atomic, LocalBackend, LockGuard, Progress, Repository, RestoreOptions,
+};
 use cairn_format::NodeKind;
 use serde_json::json;
 
@@ -17,16 +19,28 @@ use crate::ui::human_bytes;
 use crate::{Cli, K3sCommand, RunArgs, ScheduleArgs};
 
 fn load_config(path: &Path) -> Result<JobConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(JobConfig::parse(&text)?)
 }
 
 /// Open the job's repository: `-r`/password options on the command line win over the file.
 fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
-    let location = cli.repo.clone().unwrap_or_else(|| cfg.repository.path.clone());
+    let location = cli
+        .repo
+        .clone()
+        .unwrap_or_else(|| cfg.repository.path.clone());
     let pw_args = PasswordArgs {
-        password_file: cli.password.password_file.clone().or_else(|| cfg.repository.password_file.clone()),
-        password_command: cli.password.password_command.clone().or_else(|| cfg.repository.password_command.clone()),
+        password_file: cli
+            .password
+            .password_file
+            .clone()
+            .or_else(|| cfg.repository.password_file.clone()),
+        password_command: cli
+            .password
+            .password_command
+            .clone()
+            .or_else(|| cfg.repository.password_command.clone()),
     };
     let path = location.strip_prefix("local:").unwrap_or(&location);
     if path.contains("://") || path.starts_with("s3:") {
@@ -62,11 +76,15 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
                 }
             }
             let text = prometheus_text(&report, &last);
-            write_atomic(path, text.as_bytes()).with_context(|| format!("writing metrics to {}", path.display()))?;
+            write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing metrics to {}", path.display()))?;
         }
     }
     if cli.json {
-        println!("{}", json!({"message_type": "run", "dry_run": a.dry_run, "report": report}));
+        println!(
+            "{}",
+            json!({"message_type": "run", "dry_run": a.dry_run, "report": report})
+        );
     } else {
         for s in &report.sources {
             let status = if s.ok { "ok  " } else { "FAIL" };
@@ -77,7 +95,11 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
                     s.files,
                     human_bytes(s.bytes),
                     human_bytes(s.bytes_added),
-                    if s.forgotten > 0 { format!(", {} old removed", s.forgotten) } else { String::new() },
+                    if s.forgotten > 0 {
+                        format!(", {} old removed", s.forgotten)
+                    } else {
+                        String::new()
+                    },
                     msg.as_ref().map(|m| format!(" — {m}")).unwrap_or_default()
                 ),
                 (None, Some(m)) => m.clone(),
@@ -86,7 +108,12 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
             println!("{status} {:<14} {:>6.1}s  {detail}", s.name, s.seconds);
         }
         if let Some(p) = &report.prune {
-            println!("prune: freed {}, {} packs deleted, {} repacked", human_bytes(p.bytes_freed), p.packs_deleted, p.packs_repacked);
+            println!(
+                "prune: freed {}, {} packs deleted, {} repacked",
+                human_bytes(p.bytes_freed),
+                p.packs_deleted,
+                p.packs_repacked
+            );
         }
         if let Some(e) = &report.maintenance_error {
             eprintln!("error: retention/prune: {e}");
@@ -98,8 +125,15 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
 pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
     let cfg = load_config(&a.config)?;
     let config = std::path::absolute(&a.config).unwrap_or_else(|_| a.config.clone());
-    let exe = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok()).unwrap_or_else(|| PathBuf::from("/usr/local/bin/cairn"));
-    let (h, m) = cfg.schedule.at.split_once(':').ok_or_else(|| anyhow!("schedule.at must be HH:MM"))?;
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/cairn"));
+    let (h, m) = cfg
+        .schedule
+        .at
+        .split_once(':')
+        .ok_or_else(|| anyhow!("schedule.at must be HH:MM"))?;
     let (h, m): (u8, u8) = (h.parse()?, m.parse()?);
     match a.print.as_str() {
         "systemd" => {
@@ -110,15 +144,24 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
             println!("[Unit]\nDescription=Run cairn nightly backup at {h:02}:{m:02}\n");
             println!("[Timer]\nOnCalendar=*-*-* {h:02}:{m:02}:00\nPersistent=true");
             if cfg.schedule.randomized_delay_minutes > 0 {
-                println!("RandomizedDelaySec={}m", cfg.schedule.randomized_delay_minutes);
+                println!(
+                    "RandomizedDelaySec={}m",
+                    cfg.schedule.randomized_delay_minutes
+                );
             }
             println!("\n[Install]\nWantedBy=timers.target");
             println!("\n# Enable with: systemctl daemon-reload && systemctl enable --now cairn-backup.timer");
         }
         "cron" => {
             println!("# /etc/cron.d/cairn-backup");
-            println!("SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-            println!("{m} {h} * * * root {} run --config {} --quiet >> /var/log/cairn-backup.log 2>&1", exe.display(), config.display());
+            println!(
+                "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            );
+            println!(
+                "{m} {h} * * * root {} run --config {} --quiet >> /var/log/cairn-backup.log 2>&1",
+                exe.display(),
+                config.display()
+            );
         }
         other => bail!("unknown --print {other:?}: use systemd or cron"),
     }
@@ -127,7 +170,12 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
 
 pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
     match k {
-        K3sCommand::RestoreEtcd { config, source, target, snapshot } => {
+        K3sCommand::RestoreEtcd {
+            config,
+            source,
+            target,
+            snapshot,
+        } => {
             let repo = match config {
                 Some(c) => open_job_repo(cli, &load_config(c)?)?,
                 None => crate::commands::open(cli)?,
@@ -137,15 +185,29 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
             let snaps = repo.load_snapshots()?;
             let tag = source_tag(source);
             let (id, snap) = match snapshot {
-                Some(spec) => cairn_engine::snapshots::resolve(&snaps, spec, &cairn_engine::SnapshotFilter::default())?,
+                Some(spec) => cairn_engine::snapshots::resolve(
+                    &snaps,
+                    spec,
+                    &cairn_engine::SnapshotFilter::default(),
+                )?,
                 None => snaps
                     .iter()
                     .rev()
                     .find(|(_, s)| s.tags.contains(&tag))
                     .ok_or_else(|| anyhow!("no snapshot of source {source:?} (tag {tag})"))?,
             };
-            let opts = RestoreOptions { target: target.clone(), ..RestoreOptions::default() };
-            let res = restore(&repo, &index, &snap.tree, Path::new(""), &opts, &Progress::default())?;
+            let opts = RestoreOptions {
+                target: target.clone(),
+                ..RestoreOptions::default()
+            };
+            let res = restore(
+                &repo,
+                &index,
+                &snap.tree,
+                Path::new(""),
+                &opts,
+                &Progress::default(),
+            )?;
             if !res.failed.is_empty() {
                 for (p, why) in &res.failed {
                     eprintln!("error: {}: {why}", p.display());
@@ -155,7 +217,9 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
             let mut etcd = None;
             let mut token = None;
             for p in &snap.paths {
-                let rel = String::from_utf8_lossy(p).trim_start_matches('/').to_owned();
+                let rel = String::from_utf8_lossy(p)
+                    .trim_start_matches('/')
+                    .to_owned();
                 let node = find_node(&repo, &index, &snap.tree, Path::new(&rel))?;
                 if node.as_ref().is_some_and(|n| n.kind == NodeKind::File) {
                     let restored = target.join(&rel);
@@ -166,12 +230,21 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     }
                 }
             }
-            let etcd = etcd.ok_or_else(|| anyhow!("snapshot {} holds no etcd snapshot file", id.short()))?;
+            let etcd =
+                etcd.ok_or_else(|| anyhow!("snapshot {} holds no etcd snapshot file", id.short()))?;
             let etcd = std::path::absolute(&etcd).unwrap_or(etcd);
-            println!("restored snapshot {} ({}) into {}", id.short(), cairn_engine::util::format_timestamp(&snap.time), target.display());
+            println!(
+                "restored snapshot {} ({}) into {}",
+                id.short(),
+                cairn_engine::util::format_timestamp(&snap.time),
+                target.display()
+            );
             println!("  etcd snapshot: {}", etcd.display());
             if let Some(t) = &token {
-                println!("  server token:  {}", std::path::absolute(t).unwrap_or(t.clone()).display());
+                println!(
+                    "  server token:  {}",
+                    std::path::absolute(t).unwrap_or(t.clone()).display()
+                );
             }
             println!("\nOn the server to restore (k3s stopped on every server first):\n");
             println!("  systemctl stop k3s");
@@ -181,7 +254,10 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     etcd.display(),
                     std::path::absolute(t).unwrap_or(t.clone()).display()
                 ),
-                None => println!("  k3s server --cluster-reset --cluster-reset-restore-path={}", etcd.display()),
+                None => println!(
+                    "  k3s server --cluster-reset --cluster-reset-restore-path={}",
+                    etcd.display()
+                ),
             }
             println!("  systemctl start k3s");
             Ok(0)

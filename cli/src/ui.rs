@@ -46,12 +46,20 @@ impl Reporter {
                 let errors = Progress::get(&progress.errors);
                 let secs = start.elapsed().as_secs_f64().max(0.001);
                 if let Some(b) = &bar {
-                    let pct = if total > 0 { format!(" {:.1}%", 100.0 * bytes as f64 / total as f64) } else { String::new() };
+                    let pct = if total > 0 {
+                        format!(" {:.1}%", 100.0 * bytes as f64 / total as f64)
+                    } else {
+                        String::new()
+                    };
                     b.set_message(format!(
                         "{what}: {files} files, {}{pct}, {}/s{}",
                         human_bytes(bytes),
                         human_bytes((bytes as f64 / secs) as u64),
-                        if errors > 0 { format!(", {errors} errors") } else { String::new() }
+                        if errors > 0 {
+                            format!(", {errors} errors")
+                        } else {
+                            String::new()
+                        }
                     ));
                     b.tick();
                 }
@@ -69,7 +77,10 @@ impl Reporter {
                 b.finish_and_clear();
             }
         });
-        Reporter { stop, thread: Some(thread) }
+        Reporter {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

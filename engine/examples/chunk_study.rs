@@ -20,7 +20,15 @@ fn cuts(s: &Scheme, data: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     match s {
         Scheme::Cdc(min, avg, max) => {
-            let c = Chunker::new(&ChunkerParams { min_size: *min, avg_size: *avg, max_size: *max, normalization: 1 }, 0x1234);
+            let c = Chunker::new(
+                &ChunkerParams {
+                    min_size: *min,
+                    avg_size: *avg,
+                    max_size: *max,
+                    normalization: 1,
+                },
+                0x1234,
+            );
             let mut start = 0;
             for e in c.boundaries(data) {
                 out.push((start, e));
@@ -55,7 +63,10 @@ fn detect(h: &[u8], len: u64) -> &'static str {
 }
 
 fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    let mut v: Vec<_> = std::fs::read_dir(dir).expect("dir").map(|e| e.expect("e").path()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("e").path())
+        .collect();
     v.sort();
     for p in v {
         let m = std::fs::symlink_metadata(&p).expect("meta");
@@ -113,14 +124,28 @@ fn dirs_mode(dirs: &[String]) {
                 for (a, b) in cuts(pol(kind), &data) {
                     let h = *blake3::hash(&data[a..b]).as_bytes();
                     if seen.insert(h) && d > 0 {
-                        let c = zstd::bulk::compress(&data[a..b], std::env::var("STUDY_LEVEL").ok().and_then(|l| l.parse().ok()).unwrap_or(3)).map(|c| c.len()).unwrap_or(b - a).min(b - a) + 97;
+                        let c = zstd::bulk::compress(
+                            &data[a..b],
+                            std::env::var("STUDY_LEVEL")
+                                .ok()
+                                .and_then(|l| l.parse().ok())
+                                .unwrap_or(3),
+                        )
+                        .map(|c| c.len())
+                        .unwrap_or(b - a)
+                        .min(b - a)
+                            + 97;
                         day_stored += c;
                         blobs += 1;
                         per_kind.entry(kind).or_default().1 += c;
-                        if std::env::var_os("STUDY_BY_DIR").is_some() && name.starts_with("db small, rest 128K") {
+                        if std::env::var_os("STUDY_BY_DIR").is_some()
+                            && name.starts_with("db small, rest 128K")
+                        {
                             let rel = f.strip_prefix(dir).unwrap_or(&f);
                             let key: std::path::PathBuf = rel.components().take(2).collect();
-                            *by_dir.entry(format!("{kind}:{}", key.display())).or_default() += c;
+                            *by_dir
+                                .entry(format!("{kind}:{}", key.display()))
+                                .or_default() += c;
                         }
                     }
                 }
@@ -139,7 +164,10 @@ fn dirs_mode(dirs: &[String]) {
         for (k, v) in dirs.iter().take(15) {
             println!("    {k:<60} {:.1} MB", *v as f64 / 1e6);
         }
-        let kinds: Vec<String> = per_kind.iter().map(|(k, (r, s))| format!("{k} {:.1}%", 100.0 * *s as f64 / (*r).max(1) as f64)).collect();
+        let kinds: Vec<String> = per_kind
+            .iter()
+            .map(|(k, (r, s))| format!("{k} {:.1}%", 100.0 * *s as f64 / (*r).max(1) as f64))
+            .collect();
         println!(
             "{name:<22} raw {:.0} MB stored {:.1} MB ({:.2} %) blobs {blobs} per day MB [{}] by kind: {}",
             raw as f64 / 1e6,
@@ -156,10 +184,16 @@ fn main() {
     if files.first().is_some_and(|f| f == "--dirs") {
         return dirs_mode(&files[1..]);
     }
-    let days: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).expect("read")).collect();
+    let days: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
     let schemes = [
         ("cdc 512K/1M/8M", Scheme::Cdc(512 << 10, 1 << 20, 8 << 20)),
-        ("cdc 64K/128K/512K", Scheme::Cdc(64 << 10, 128 << 10, 512 << 10)),
+        (
+            "cdc 64K/128K/512K",
+            Scheme::Cdc(64 << 10, 128 << 10, 512 << 10),
+        ),
         ("cdc 8K/32K/128K", Scheme::Cdc(8 << 10, 32 << 10, 128 << 10)),
         ("cdc 4K/16K/64K", Scheme::Cdc(4 << 10, 16 << 10, 64 << 10)),
         ("cdc 2K/8K/32K", Scheme::Cdc(2 << 10, 8 << 10, 32 << 10)),
@@ -170,7 +204,11 @@ fn main() {
         ("fixed 64K", Scheme::Fixed(65536)),
     ];
     let raw: usize = days.iter().skip(1).map(Vec::len).sum();
-    println!("{} files, days 2..N raw {:.1} MB", days.len(), raw as f64 / 1e6);
+    println!(
+        "{} files, days 2..N raw {:.1} MB",
+        days.len(),
+        raw as f64 / 1e6
+    );
     for (name, s) in &schemes {
         let mut seen: HashSet<[u8; 32]> = HashSet::new();
         let (mut new_total, mut comp_total, mut blobs_total) = (0usize, 0usize, 0usize);
@@ -184,7 +222,16 @@ fn main() {
                     blobs += 1;
                     // Stored size: zstd-3 unless it does not shrink, plus the 41 bytes of
                     // flag + nonce + tag and ~56 bytes of pack header + index entry.
-                    let c = zstd::bulk::compress(&data[a..b], std::env::var("STUDY_LEVEL").ok().and_then(|l| l.parse().ok()).unwrap_or(3)).map(|c| c.len()).unwrap_or(b - a).min(b - a);
+                    let c = zstd::bulk::compress(
+                        &data[a..b],
+                        std::env::var("STUDY_LEVEL")
+                            .ok()
+                            .and_then(|l| l.parse().ok())
+                            .unwrap_or(3),
+                    )
+                    .map(|c| c.len())
+                    .unwrap_or(b - a)
+                    .min(b - a);
                     comp += c + 41 + 56;
                 }
             }

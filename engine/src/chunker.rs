@@ -100,7 +100,9 @@ impl Chunker {
 
     /// Length of the first chunk of `data` (all of it if no cut is found).
     pub fn cut(&self, data: &[u8]) -> usize {
-        let Some((center, remaining)) = self.window(data.len()) else { return data.len() };
+        let Some((center, remaining)) = self.window(data.len()) else {
+            return data.len();
+        };
         let mut h: u64 = 0;
         let mut i = self.min;
         while i < center {
@@ -232,10 +234,12 @@ impl Chunker {
                     }
                     found
                         .or_else(|| {
-                            first_in(&cand_s, start + exact_end, start + center.max(exact_end)).map(|p| p - start)
+                            first_in(&cand_s, start + exact_end, start + center.max(exact_end))
+                                .map(|p| p - start)
                         })
                         .or_else(|| {
-                            first_in(&cand_l, start + center.max(exact_end), start + remaining).map(|p| p - start)
+                            first_in(&cand_l, start + center.max(exact_end), start + remaining)
+                                .map(|p| p - start)
                         })
                         .unwrap_or_else(|| self.end_of(len))
                 }
@@ -296,13 +300,19 @@ mod tests {
     }
 
     fn params() -> impl Strategy<Value = ChunkerParams> {
-        (6u32..=12, 0u32..=3, 1u32..=4, 0u8..=3).prop_map(|(min_exp, avg_add, max_mul, norm)| {
-            let min = 1u32 << min_exp;
-            let avg = (min << avg_add).max(256);
-            let max = (avg * max_mul * 2).max(1024);
-            ChunkerParams { min_size: min, avg_size: avg, max_size: max, normalization: norm }
-        })
-        .prop_filter("valid parameters", |p| p.validate().is_ok())
+        (6u32..=12, 0u32..=3, 1u32..=4, 0u8..=3)
+            .prop_map(|(min_exp, avg_add, max_mul, norm)| {
+                let min = 1u32 << min_exp;
+                let avg = (min << avg_add).max(256);
+                let max = (avg * max_mul * 2).max(1024);
+                ChunkerParams {
+                    min_size: min,
+                    avg_size: avg,
+                    max_size: max,
+                    normalization: norm,
+                }
+            })
+            .prop_filter("valid parameters", |p| p.validate().is_ok())
     }
 
     proptest! {

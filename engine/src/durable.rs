@@ -13,7 +13,9 @@ use crate::{Error, Result};
 /// `data`: write a temp file in the same directory, fsync it, rename it into place, fsync the
 /// directory (the rename itself is only durable once the directory entry is).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Invalid(format!("{} has no parent", path.display())))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("{} has no parent", path.display())))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("obj");
     let tmp = dir.join(format!(".tmp-{}-{:016x}", name, rand::rng().next_u64()));
     let res = (|| -> Result<()> {
@@ -38,5 +40,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// fsync a directory so entries created or removed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }

@@ -77,12 +77,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 
     /// The object is missing.
     pub fn not_found(kind: FileKind, name: &str) -> Error {
-        Error::ObjectNotFound { kind: kind.name(), name: name.to_owned() }
+        Error::ObjectNotFound {
+            kind: kind.name(),
+            name: name.to_owned(),
+        }
     }
 
     /// Exit codes, documented in README.md:

@@ -48,18 +48,26 @@ impl Duration {
                 num.push(c);
                 continue;
             }
-            let n: i32 = num.parse().map_err(|_| Error::Invalid(format!("invalid duration {s:?}: expected e.g. 2y5m7d3h")))?;
+            let n: i32 = num.parse().map_err(|_| {
+                Error::Invalid(format!("invalid duration {s:?}: expected e.g. 2y5m7d3h"))
+            })?;
             num.clear();
             match c {
                 'y' => d.years = n,
                 'm' => d.months = n,
                 'd' => d.days = n,
                 'h' => d.hours = n,
-                _ => return Err(Error::Invalid(format!("invalid duration {s:?}: unknown unit {c:?} (use y, m, d, h)"))),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "invalid duration {s:?}: unknown unit {c:?} (use y, m, d, h)"
+                    )))
+                }
             }
         }
         if !num.is_empty() {
-            return Err(Error::Invalid(format!("invalid duration {s:?}: number {num} has no unit")));
+            return Err(Error::Invalid(format!(
+                "invalid duration {s:?}: number {num} has no unit"
+            )));
         }
         Ok(d)
     }
@@ -73,7 +81,12 @@ impl Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut any = false;
-        for (n, u) in [(self.years, 'y'), (self.months, 'm'), (self.days, 'd'), (self.hours, 'h')] {
+        for (n, u) in [
+            (self.years, 'y'),
+            (self.months, 'm'),
+            (self.days, 'd'),
+            (self.hours, 'h'),
+        ] {
             if n != 0 {
                 write!(f, "{n}{u}")?;
                 any = true;
@@ -145,7 +158,9 @@ pub fn parse_count(s: &str) -> Result<i64> {
         Ok(n) if n >= 0 => Ok(n),
         // restic accepts -1 for unlimited too.
         Ok(-1) => Ok(-1),
-        _ => Err(Error::Invalid(format!("invalid count {s:?}: a number or `unlimited`"))),
+        _ => Err(Error::Invalid(format!(
+            "invalid count {s:?}: a number or `unlimited`"
+        ))),
     }
 }
 
@@ -172,8 +187,15 @@ enum Bucket {
 
 /// The bucket value of `t` in its own UTC offset.
 fn bucket(kind: Bucket, t: &Timestamp, nr: usize) -> i64 {
-    let Some(z) = to_zoned(t) else { return nr as i64 };
-    let (y, m, d, h) = (i64::from(z.year()), i64::from(z.month()), i64::from(z.day()), i64::from(z.hour()));
+    let Some(z) = to_zoned(t) else {
+        return nr as i64;
+    };
+    let (y, m, d, h) = (
+        i64::from(z.year()),
+        i64::from(z.month()),
+        i64::from(z.day()),
+        i64::from(z.hour()),
+    );
     match kind {
         Bucket::Always => nr as i64,
         Bucket::Hour => y * 1_000_000 + m * 10_000 + d * 100 + h,
@@ -190,16 +212,24 @@ fn bucket(kind: Bucket, t: &Timestamp, nr: usize) -> i64 {
 /// `t − d` with Go `AddDate` normalization (day overflow rolls over), in `t`'s own offset,
 /// as nanoseconds since the epoch.
 fn sub_duration(t: &Timestamp, d: &Duration) -> i64 {
-    let Some(z) = to_zoned(t) else { return t.unix_nanos };
+    let Some(z) = to_zoned(t) else {
+        return t.unix_nanos;
+    };
     let mut year = i64::from(z.year()) - i64::from(d.years);
     let mut month0 = i64::from(z.month()) - 1 - i64::from(d.months);
     year += month0.div_euclid(12);
     month0 = month0.rem_euclid(12);
     let day_offset = i64::from(z.day()) - 1 - i64::from(d.days);
-    let Ok(first) = jiff::civil::Date::new(year as i16, (month0 + 1) as i8, 1) else { return i64::MIN };
-    let Ok(date) = first.checked_add(jiff::Span::new().days(day_offset)) else { return i64::MIN };
+    let Ok(first) = jiff::civil::Date::new(year as i16, (month0 + 1) as i8, 1) else {
+        return i64::MIN;
+    };
+    let Ok(date) = first.checked_add(jiff::Span::new().days(day_offset)) else {
+        return i64::MIN;
+    };
     let dt = date.to_datetime(z.time());
-    let Ok(zz) = dt.to_zoned(z.time_zone().clone()) else { return i64::MIN };
+    let Ok(zz) = dt.to_zoned(z.time_zone().clone()) else {
+        return i64::MIN;
+    };
     let nanos = zz.timestamp().as_nanosecond() as i64;
     nanos.saturating_sub(i64::from(d.hours) * 3_600_000_000_000)
 }
@@ -208,16 +238,31 @@ fn sub_duration(t: &Timestamp, d: &Duration) -> i64 {
 /// `now_nanos` bounds "latest" (a snapshot from the future does not move the window).
 pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &Policy, now_nanos: i64) -> Vec<Decision> {
     let mut list: Vec<&(Id, Snapshot)> = snaps.iter().collect();
-    list.sort_by(|a, b| b.1.time.unix_nanos.cmp(&a.1.time.unix_nanos).then(b.0.cmp(&a.0)));
+    list.sort_by(|a, b| {
+        b.1.time
+            .unix_nanos
+            .cmp(&a.1.time.unix_nanos)
+            .then(b.0.cmp(&a.0))
+    });
     if policy.is_empty() {
-        return list.iter().map(|(id, _)| Decision { id: *id, keep: true, reasons: vec!["policy is empty".into()] }).collect();
+        return list
+            .iter()
+            .map(|(id, _)| Decision {
+                id: *id,
+                keep: true,
+                reasons: vec!["policy is empty".into()],
+            })
+            .collect();
     }
     let latest = list
         .iter()
         .filter(|(_, s)| s.time.unix_nanos < now_nanos)
         .map(|(_, s)| s.time)
         .max_by_key(|t| t.unix_nanos)
-        .unwrap_or(Timestamp { unix_nanos: i64::MIN, utc_offset_secs: 0 });
+        .unwrap_or(Timestamp {
+            unix_nanos: i64::MIN,
+            utc_offset_secs: 0,
+        });
     let mut buckets = [
         (policy.last, Bucket::Always, None::<i64>, "last snapshot"),
         (policy.hourly, Bucket::Hour, None, "hourly snapshot"),
@@ -227,7 +272,12 @@ pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &Policy, now_nanos: i64) -
         (policy.yearly, Bucket::Year, None, "yearly snapshot"),
     ];
     let mut within = [
-        (policy.within_hourly, Bucket::Hour, None::<i64>, "hourly within"),
+        (
+            policy.within_hourly,
+            Bucket::Hour,
+            None::<i64>,
+            "hourly within",
+        ),
         (policy.within_daily, Bucket::Day, None, "daily within"),
         (policy.within_weekly, Bucket::Week, None, "weekly within"),
         (policy.within_monthly, Bucket::Month, None, "monthly within"),
@@ -242,7 +292,10 @@ pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &Policy, now_nanos: i64) -
                 reasons.push(format!("has tags {}", tags.join(",")));
             }
         }
-        if !policy.within.is_zero() && latest.unix_nanos != i64::MIN && s.time.unix_nanos > sub_duration(&latest, &policy.within) {
+        if !policy.within.is_zero()
+            && latest.unix_nanos != i64::MIN
+            && s.time.unix_nanos > sub_duration(&latest, &policy.within)
+        {
             reasons.push(format!("within {}", policy.within));
         }
         for b in &mut buckets {
@@ -250,7 +303,11 @@ pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &Policy, now_nanos: i64) -
                 let val = bucket(b.1, &s.time, nr);
                 let oldest = nr == n - 1;
                 if Some(val) != b.2 || oldest {
-                    let reason = if Some(val) == b.2 { format!("oldest {}", b.3) } else { b.3.to_owned() };
+                    let reason = if Some(val) == b.2 {
+                        format!("oldest {}", b.3)
+                    } else {
+                        b.3.to_owned()
+                    };
                     b.2 = Some(val);
                     if b.0 > 0 {
                         b.0 -= 1;
@@ -260,7 +317,10 @@ pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &Policy, now_nanos: i64) -
             }
         }
         for b in &mut within {
-            if !b.0.is_zero() && latest.unix_nanos != i64::MIN && s.time.unix_nanos > sub_duration(&latest, &b.0) {
+            if !b.0.is_zero()
+                && latest.unix_nanos != i64::MIN
+                && s.time.unix_nanos > sub_duration(&latest, &b.0)
+            {
                 let val = bucket(b.1, &s.time, nr);
                 if Some(val) != b.2 {
                     b.2 = Some(val);
@@ -268,7 +328,11 @@ pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &Policy, now_nanos: i64) -
                 }
             }
         }
-        out.push(Decision { id: *id, keep: !reasons.is_empty(), reasons });
+        out.push(Decision {
+            id: *id,
+            keep: !reasons.is_empty(),
+            reasons,
+        });
     }
     out
 }
@@ -293,7 +357,11 @@ impl GroupBy {
                 "host" => g.host = true,
                 "paths" => g.paths = true,
                 "tags" => g.tags = true,
-                other => return Err(Error::Invalid(format!("unknown --group-by field {other:?} (host, paths, tags)"))),
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown --group-by field {other:?} (host, paths, tags)"
+                    )))
+                }
             }
         }
         Ok(g)
@@ -315,7 +383,11 @@ pub struct GroupKey {
 pub fn group(snaps: Vec<(Id, Snapshot)>, by: GroupBy) -> BTreeMap<GroupKey, Vec<(Id, Snapshot)>> {
     let mut out: BTreeMap<GroupKey, Vec<(Id, Snapshot)>> = BTreeMap::new();
     for (id, s) in snaps {
-        let mut paths: Vec<String> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        let mut paths: Vec<String> = s
+            .paths
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
         paths.sort();
         let mut tags = s.tags.clone();
         tags.sort();
@@ -336,7 +408,15 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(Duration::parse("2y5m7d3h").unwrap(), Duration { years: 2, months: 5, days: 7, hours: 3 });
+        assert_eq!(
+            Duration::parse("2y5m7d3h").unwrap(),
+            Duration {
+                years: 2,
+                months: 5,
+                days: 7,
+                hours: 3
+            }
+        );
         assert_eq!(Duration::parse("36h").unwrap().hours, 36);
         assert!(Duration::parse("5").is_err());
         assert!(Duration::parse("5w").is_err());
@@ -347,7 +427,13 @@ mod tests {
     fn go_add_date_normalization() {
         // 2024-03-31 minus 1 month is 2024-03-02 in Go (Feb 31 normalizes to Mar 2 in a leap year).
         let t = crate::util::parse_time("2024-03-31T12:00:00+00:00[UTC]").unwrap();
-        let got = sub_duration(&t, &Duration { months: 1, ..Duration::default() });
+        let got = sub_duration(
+            &t,
+            &Duration {
+                months: 1,
+                ..Duration::default()
+            },
+        );
         let want = crate::util::parse_time("2024-03-02T12:00:00+00:00[UTC]").unwrap();
         assert_eq!(got, want.unix_nanos);
     }

@@ -26,7 +26,11 @@ impl NameCache {
             .lock()
             .entry(uid)
             .or_insert_with(|| {
-                nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_default()
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default()
             })
             .clone()
     }
@@ -37,14 +41,21 @@ impl NameCache {
             .lock()
             .entry(gid)
             .or_insert_with(|| {
-                nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name).unwrap_or_default()
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_default()
             })
             .clone()
     }
 }
 
 fn ft(secs: i64, nsec: i64) -> FileTime {
-    FileTime { secs, nanos: nsec.clamp(0, 999_999_999) as u32 }
+    FileTime {
+        secs,
+        nanos: nsec.clamp(0, 999_999_999) as u32,
+    }
 }
 
 /// The node kind of `meta`.
@@ -69,10 +80,19 @@ pub fn kind_of(meta: &Metadata) -> NodeKind {
 }
 
 /// A node for `path` from its `lstat` metadata; content and subtree are filled in later.
-pub fn node_from_meta(name: &OsStr, path: &Path, meta: &Metadata, names: &NameCache) -> Result<Node> {
+pub fn node_from_meta(
+    name: &OsStr,
+    path: &Path,
+    meta: &Metadata,
+    names: &NameCache,
+) -> Result<Node> {
     let kind = kind_of(meta);
     let link_target = if kind == NodeKind::Symlink {
-        std::fs::read_link(path).map_err(|e| Error::io(path, e))?.as_os_str().as_bytes().to_vec()
+        std::fs::read_link(path)
+            .map_err(|e| Error::io(path, e))?
+            .as_os_str()
+            .as_bytes()
+            .to_vec()
     } else {
         Vec::new()
     };
@@ -87,10 +107,18 @@ pub fn node_from_meta(name: &OsStr, path: &Path, meta: &Metadata, names: &NameCa
         mtime: ft(meta.mtime(), meta.mtime_nsec()),
         atime: ft(meta.atime(), meta.atime_nsec()),
         ctime: ft(meta.ctime(), meta.ctime_nsec()),
-        size: if kind == NodeKind::File || kind == NodeKind::Symlink { meta.size() } else { 0 },
+        size: if kind == NodeKind::File || kind == NodeKind::Symlink {
+            meta.size()
+        } else {
+            0
+        },
         inode: meta.ino(),
         device: meta.dev(),
-        rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) { meta.rdev() } else { 0 },
+        rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+            meta.rdev()
+        } else {
+            0
+        },
         links: meta.nlink(),
         link_target,
         xattrs: read_xattrs(path),
@@ -102,11 +130,16 @@ pub fn node_from_meta(name: &OsStr, path: &Path, meta: &Metadata, names: &NameCa
 /// Extended attributes of `path` itself (not of a symlink's target). File systems without
 /// xattr support simply yield none.
 pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
     let mut out: Vec<Xattr> = names
         .filter_map(|n| {
             let v = xattr::get(path, &n).ok().flatten()?;
-            Some(Xattr { name: n.as_bytes().to_vec(), value: v })
+            Some(Xattr {
+                name: n.as_bytes().to_vec(),
+                value: v,
+            })
         })
         .collect();
     out.sort();
@@ -123,7 +156,8 @@ pub fn can_chown() -> bool {
 /// but xattr writes may touch mtime on some file systems).
 pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> Result<()> {
     if chown {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(|e| Error::io(path, e))?;
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
+            .map_err(|e| Error::io(path, e))?;
     }
     if node.kind != NodeKind::Symlink {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))

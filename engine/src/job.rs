@@ -152,8 +152,15 @@ impl Retention {
             weekly: c(&self.keep_weekly)?,
             monthly: c(&self.keep_monthly)?,
             yearly: c(&self.keep_yearly)?,
-            within: self.keep_within.as_deref().map_or(Ok(Duration::default()), Duration::parse)?,
-            tags: self.keep_tag.iter().map(|t| t.split(',').map(str::to_owned).collect()).collect(),
+            within: self
+                .keep_within
+                .as_deref()
+                .map_or(Ok(Duration::default()), Duration::parse)?,
+            tags: self
+                .keep_tag
+                .iter()
+                .map(|t| t.split(',').map(str::to_owned).collect())
+                .collect(),
             ..Policy::default()
         })
     }
@@ -232,7 +239,10 @@ fn five() -> f64 {
 
 impl Default for PruneConfig {
     fn default() -> Self {
-        PruneConfig { enabled: true, max_unused_percent: 5.0 }
+        PruneConfig {
+            enabled: true,
+            max_unused_percent: 5.0,
+        }
     }
 }
 
@@ -262,7 +272,10 @@ fn two_am() -> String {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        ScheduleConfig { at: two_am(), randomized_delay_minutes: 0 }
+        ScheduleConfig {
+            at: two_am(),
+            randomized_delay_minutes: 0,
+        }
     }
 }
 
@@ -272,7 +285,8 @@ const K3S_TOKEN: &str = "/var/lib/rancher/k3s/server/token";
 impl JobConfig {
     /// Parse and validate a job file.
     pub fn parse(text: &str) -> Result<JobConfig> {
-        let cfg: JobConfig = toml::from_str(text).map_err(|e| Error::Invalid(format!("job config: {e}")))?;
+        let cfg: JobConfig =
+            toml::from_str(text).map_err(|e| Error::Invalid(format!("job config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -283,25 +297,46 @@ impl JobConfig {
         }
         let mut names = std::collections::HashSet::new();
         for s in &self.sources {
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return Err(Error::Invalid(format!("source name {:?}: use letters, digits, - _ .", s.name)));
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Error::Invalid(format!(
+                    "source name {:?}: use letters, digits, - _ .",
+                    s.name
+                )));
             }
             if !names.insert(&s.name) {
-                return Err(Error::Invalid(format!("source {:?} is defined twice", s.name)));
+                return Err(Error::Invalid(format!(
+                    "source {:?} is defined twice",
+                    s.name
+                )));
             }
             match s.kind {
                 SourceKind::Path if s.paths.is_empty() => {
-                    return Err(Error::Invalid(format!("source {:?}: kind = \"path\" needs paths = [...]", s.name)))
+                    return Err(Error::Invalid(format!(
+                        "source {:?}: kind = \"path\" needs paths = [...]",
+                        s.name
+                    )))
                 }
                 SourceKind::Command if s.command.is_none() || s.filename.is_none() => {
-                    return Err(Error::Invalid(format!("source {:?}: kind = \"command\" needs command and filename", s.name)))
+                    return Err(Error::Invalid(format!(
+                        "source {:?}: kind = \"command\" needs command and filename",
+                        s.name
+                    )))
                 }
                 _ => {}
             }
             s.retention.policy()?;
         }
         self.defaults.policy()?;
-        let (h, m) = self.schedule.at.split_once(':').ok_or_else(|| Error::Invalid("schedule.at must be HH:MM".into()))?;
+        let (h, m) = self
+            .schedule
+            .at
+            .split_once(':')
+            .ok_or_else(|| Error::Invalid("schedule.at must be HH:MM".into()))?;
         match (h.parse::<u8>(), m.parse::<u8>()) {
             (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok(()),
             _ => Err(Error::Invalid("schedule.at must be HH:MM".into())),
@@ -361,7 +396,10 @@ impl Read for CommandReader {
         if n == 0 {
             let status = self.child.wait()?;
             if !status.success() {
-                return Err(std::io::Error::other(format!("{} exited with {status}", self.what)));
+                return Err(std::io::Error::other(format!(
+                    "{} exited with {status}",
+                    self.what
+                )));
             }
         }
         Ok(n)
@@ -377,16 +415,30 @@ fn spawn_shell(cmd: &str) -> Result<CommandReader> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
-    let out = child.stdout.take().ok_or_else(|| Error::Invalid("no stdout".into()))?;
-    Ok(CommandReader { child, out, what: format!("command {cmd:?}") })
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Invalid("no stdout".into()))?;
+    Ok(CommandReader {
+        child,
+        out,
+        what: format!("command {cmd:?}"),
+    })
 }
 
 fn run_checked(cmd: &str) -> Result<()> {
-    let status = Command::new("sh").arg("-c").arg(cmd).stdin(Stdio::null()).status().map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
     if status.success() {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("command {cmd:?} exited with {status}")))
+        Err(Error::Invalid(format!(
+            "command {cmd:?} exited with {status}"
+        )))
     }
 }
 
@@ -399,33 +451,55 @@ pub fn newest_etcd_snapshot(dir: &Path) -> Result<PathBuf> {
         let name = e.file_name();
         let name = name.to_string_lossy();
         let meta = e.metadata().map_err(|err| Error::io(e.path(), err))?;
-        if !meta.is_file() || name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") {
+        if !meta.is_file()
+            || name.starts_with('.')
+            || name.ends_with(".tmp")
+            || name.ends_with(".part")
+        {
             continue;
         }
         let m = meta.modified().map_err(|err| Error::io(e.path(), err))?;
-        if best.as_ref().is_none_or(|(bm, bp)| (m, e.path()) > (*bm, bp.clone())) {
+        if best
+            .as_ref()
+            .is_none_or(|(bm, bp)| (m, e.path()) > (*bm, bp.clone()))
+        {
             best = Some((m, e.path()));
         }
     }
-    let (_, path) = best.ok_or_else(|| Error::Invalid(format!("no etcd snapshot in {}", dir.display())))?;
+    let (_, path) =
+        best.ok_or_else(|| Error::Invalid(format!("no etcd snapshot in {}", dir.display())))?;
     if !path.to_string_lossy().ends_with(".zip") {
         let mut head = [0u8; 32];
-        let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(&path, e))?;
+        let n = std::fs::File::open(&path)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(|e| Error::io(&path, e))?;
         // bbolt meta page: 16-byte page header, then magic 0xED0CDAED (little-endian).
         if n < 20 || head[16..20] != 0xED0C_DAEDu32.to_le_bytes() {
-            return Err(Error::Invalid(format!("{} is not a bbolt (etcd) snapshot", path.display())));
+            return Err(Error::Invalid(format!(
+                "{} is not a bbolt (etcd) snapshot",
+                path.display()
+            )));
         }
     }
     Ok(path)
 }
 
 /// Run the job. `password` unlocks the repository in `repo`.
-pub fn run_job(repo: &Repository, cfg: &JobConfig, dry_run: bool, warn: &crate::archiver::WarnFn) -> Result<RunReport> {
+pub fn run_job(
+    repo: &Repository,
+    cfg: &JobConfig,
+    dry_run: bool,
+    warn: &crate::archiver::WarnFn,
+) -> Result<RunReport> {
     let started = Instant::now();
     let host = cfg.repository.host.clone().unwrap_or_else(hostname);
     let mut results = Vec::new();
     {
-        let _shared = if dry_run { None } else { Some(LockGuard::acquire(repo, false)?) };
+        let _shared = if dry_run {
+            None
+        } else {
+            Some(LockGuard::acquire(repo, false)?)
+        };
         for src in &cfg.sources {
             let t0 = Instant::now();
             let mut res = SourceResult {
@@ -446,7 +520,8 @@ pub fn run_job(repo: &Repository, cfg: &JobConfig, dry_run: bool, warn: &crate::
                     let s = r.snapshot.summary.clone().unwrap_or_default();
                     res.ok = s.errors == 0;
                     if s.errors > 0 {
-                        res.message = Some(format!("{} path(s) could not be read completely", s.errors));
+                        res.message =
+                            Some(format!("{} path(s) could not be read completely", s.errors));
                     }
                     res.snapshot = Some(r.id.to_hex());
                     res.files = s.total_files_processed;
@@ -470,17 +545,29 @@ pub fn run_job(repo: &Repository, cfg: &JobConfig, dry_run: bool, warn: &crate::
     let mut maintenance_error = None;
     let mut prune_report = None;
     let maint = (|| -> Result<()> {
-        let _excl = if dry_run { None } else { Some(LockGuard::acquire(repo, true)?) };
+        let _excl = if dry_run {
+            None
+        } else {
+            Some(LockGuard::acquire(repo, true)?)
+        };
         let snaps = repo.load_snapshots()?;
         let now = now_timestamp().unix_nanos;
         let mut removed_any = false;
         for (src, res) in cfg.sources.iter().zip(results.iter_mut()) {
-            let retention = if src.retention.is_set() { &src.retention } else { &cfg.defaults };
+            let retention = if src.retention.is_set() {
+                &src.retention
+            } else {
+                &cfg.defaults
+            };
             if !retention.is_set() {
                 continue;
             }
             let tag = source_tag(&src.name);
-            let group: Vec<_> = snaps.iter().filter(|(_, s)| s.hostname == host && s.tags.contains(&tag)).cloned().collect();
+            let group: Vec<_> = snaps
+                .iter()
+                .filter(|(_, s)| s.hostname == host && s.tags.contains(&tag))
+                .cloned()
+                .collect();
             for d in apply_policy(&group, &retention.policy()?, now) {
                 if !d.keep {
                     if !dry_run {
@@ -492,7 +579,11 @@ pub fn run_job(repo: &Repository, cfg: &JobConfig, dry_run: bool, warn: &crate::
             }
         }
         if cfg.prune.enabled && removed_any {
-            let opts = PruneOptions { max_unused: cfg.prune.max_unused_percent / 100.0, dry_run, ..PruneOptions::default() };
+            let opts = PruneOptions {
+                max_unused: cfg.prune.max_unused_percent / 100.0,
+                dry_run,
+                ..PruneOptions::default()
+            };
             prune_report = Some(prune(repo, &opts, &Progress::default())?);
         }
         Ok(())
@@ -501,7 +592,13 @@ pub fn run_job(repo: &Repository, cfg: &JobConfig, dry_run: bool, warn: &crate::
         maintenance_error = Some(e.to_string());
     }
     let ok = results.iter().all(|r| r.ok) && maintenance_error.is_none();
-    Ok(RunReport { sources: results, prune: prune_report, maintenance_error, ok, seconds: started.elapsed().as_secs_f64() })
+    Ok(RunReport {
+        sources: results,
+        prune: prune_report,
+        maintenance_error,
+        ok,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn run_source(
@@ -529,8 +626,13 @@ fn run_source(
             opts.paths = src.paths.clone();
             if !src.include_containerd {
                 for p in &src.paths {
-                    if p.file_name().is_some_and(|n| n == "agent") || p.join("containerd").is_dir() && p.join("etc").is_dir() {
-                        opts.excludes.push(format!("{}/containerd", crate::archiver::normalize_path(p)?.display()));
+                    if p.file_name().is_some_and(|n| n == "agent")
+                        || p.join("containerd").is_dir() && p.join("etc").is_dir()
+                    {
+                        opts.excludes.push(format!(
+                            "{}/containerd",
+                            crate::archiver::normalize_path(p)?.display()
+                        ));
                     }
                 }
             }
@@ -547,7 +649,10 @@ fn run_source(
             if dry_run {
                 return Ok(None);
             }
-            opts.stdin = Some((src.filename.clone().unwrap_or_default(), Box::new(spawn_shell(cmd)?)));
+            opts.stdin = Some((
+                src.filename.clone().unwrap_or_default(),
+                Box::new(spawn_shell(cmd)?),
+            ));
         }
         SourceKind::K3sEtcd => {
             if let Some(cmd) = &src.save_command {
@@ -555,8 +660,14 @@ fn run_source(
                     run_checked(cmd)?;
                 }
             }
-            let dir = src.snapshot_dir.clone().unwrap_or_else(|| PathBuf::from(K3S_SNAPSHOT_DIR));
-            let token = src.token_file.clone().unwrap_or_else(|| PathBuf::from(K3S_TOKEN));
+            let dir = src
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(K3S_SNAPSHOT_DIR));
+            let token = src
+                .token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(K3S_TOKEN));
             let snap = newest_etcd_snapshot(&dir)?;
             std::fs::metadata(&token).map_err(|e| Error::io(&token, e))?;
             if dry_run {
@@ -568,7 +679,11 @@ fn run_source(
     // Find the parent among this source's snapshots (paths of a k3s-etcd source change daily).
     let snaps = repo.load_snapshots()?;
     let tag = source_tag(&src.name);
-    opts.parent = snaps.iter().rev().find(|(_, s)| s.hostname == host && s.tags.contains(&tag)).map(|(id, _)| *id);
+    opts.parent = snaps
+        .iter()
+        .rev()
+        .find(|(_, s)| s.hostname == host && s.tags.contains(&tag))
+        .map(|(id, _)| *id);
     let progress = Progress::default();
     backup(repo, opts, &progress, warn).map(Some)
 }
@@ -579,26 +694,42 @@ pub fn prometheus_text(report: &RunReport, last_success: &BTreeMap<String, f64>)
     let mut s = String::new();
     s.push_str("# HELP cairn_source_success Whether the last run of the source succeeded.\n# TYPE cairn_source_success gauge\n");
     for r in &report.sources {
-        s.push_str(&format!("cairn_source_success{{source=\"{}\"}} {}\n", r.name, u8::from(r.ok)));
+        s.push_str(&format!(
+            "cairn_source_success{{source=\"{}\"}} {}\n",
+            r.name,
+            u8::from(r.ok)
+        ));
     }
     s.push_str("# HELP cairn_source_last_success_timestamp_seconds Time of the newest snapshot of the source.\n# TYPE cairn_source_last_success_timestamp_seconds gauge\n");
     for r in &report.sources {
         if let Some(t) = last_success.get(&r.name) {
-            s.push_str(&format!("cairn_source_last_success_timestamp_seconds{{source=\"{}\"}} {t:.0}\n", r.name));
+            s.push_str(&format!(
+                "cairn_source_last_success_timestamp_seconds{{source=\"{}\"}} {t:.0}\n",
+                r.name
+            ));
         }
     }
     s.push_str("# HELP cairn_source_bytes_added Bytes the last run added to the repository.\n# TYPE cairn_source_bytes_added gauge\n");
     for r in &report.sources {
-        s.push_str(&format!("cairn_source_bytes_added{{source=\"{}\"}} {}\n", r.name, r.bytes_added));
+        s.push_str(&format!(
+            "cairn_source_bytes_added{{source=\"{}\"}} {}\n",
+            r.name, r.bytes_added
+        ));
     }
     s.push_str("# HELP cairn_source_duration_seconds Wall time of the last run of the source.\n# TYPE cairn_source_duration_seconds gauge\n");
     for r in &report.sources {
-        s.push_str(&format!("cairn_source_duration_seconds{{source=\"{}\"}} {:.3}\n", r.name, r.seconds));
+        s.push_str(&format!(
+            "cairn_source_duration_seconds{{source=\"{}\"}} {:.3}\n",
+            r.name, r.seconds
+        ));
     }
     s.push_str(&format!(
         "# HELP cairn_run_success Whether the whole last run succeeded.\n# TYPE cairn_run_success gauge\ncairn_run_success {}\n",
         u8::from(report.ok)
     ));
-    s.push_str(&format!("cairn_run_timestamp_seconds {}\n", now_timestamp().unix_nanos / 1_000_000_000));
+    s.push_str(&format!(
+        "cairn_run_timestamp_seconds {}\n",
+        now_timestamp().unix_nanos / 1_000_000_000
+    ));
     s
 }

@@ -80,7 +80,12 @@ impl LockGuard {
                 })
                 .ok()
         };
-        Ok(LockGuard { repo: repo.clone(), current, stop, refresher })
+        Ok(LockGuard {
+            repo: repo.clone(),
+            current,
+            stop,
+            refresher,
+        })
     }
 }
 
@@ -90,7 +95,10 @@ impl Drop for LockGuard {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
-        let _ = self.repo.backend().delete(FileKind::Lock, &self.current.lock().to_hex());
+        let _ = self
+            .repo
+            .backend()
+            .delete(FileKind::Lock, &self.current.lock().to_hex());
     }
 }
 

@@ -21,8 +21,8 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_format::{
-    decode_pack_header, decode_sealed_header, header_span, open_blob, BlobType, FileKind, Id, IndexFile, IndexPack,
-    PackEntry, Snapshot, Tree,
+    decode_pack_header, decode_sealed_header, header_span, open_blob, BlobType, FileKind, Id,
+    IndexFile, IndexPack, PackEntry, Snapshot, Tree,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -41,12 +41,19 @@ const PACKS_PER_INDEX_FILE: usize = 256;
 /// Memory: one 32-byte id (plus hash-set overhead, ~48 bytes) per used blob.
 pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Result<HashSet<Id>> {
     let mut used: HashSet<Id> = HashSet::new();
-    let mut frontier: Vec<Id> = roots.iter().copied().filter(|id| used.insert(*id)).collect();
+    let mut frontier: Vec<Id> = roots
+        .iter()
+        .copied()
+        .filter(|id| used.insert(*id))
+        .collect();
     while !frontier.is_empty() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        let trees: Vec<Tree> = frontier.par_iter().map(|id| repo.load_tree(index, id)).collect::<Result<_>>()?;
+        let trees: Vec<Tree> = frontier
+            .par_iter()
+            .map(|id| repo.load_tree(index, id))
+            .collect::<Result<_>>()?;
         let mut next = Vec::new();
         for t in &trees {
             for n in &t.nodes {
@@ -78,7 +85,11 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { max_unused: 0.05, max_repack_bytes: u64::MAX, dry_run: false }
+        PruneOptions {
+            max_unused: 0.05,
+            max_repack_bytes: u64::MAX,
+            dry_run: false,
+        }
     }
 }
 
@@ -135,7 +146,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         }
     }
 
-    let stored: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
+    let stored: HashMap<String, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
     let mut packs: HashMap<Id, PackUse> = HashMap::new();
     for pid in index.packs() {
         let Some(&size) = stored.get(&pid.to_hex()) else {
@@ -143,7 +159,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
                 "pack {pid} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
             )));
         };
-        packs.insert(*pid, PackUse { id: *pid, size, used_bytes: 0, unused_bytes: 0, used_blobs: Vec::new() });
+        packs.insert(
+            *pid,
+            PackUse {
+                id: *pid,
+                size,
+                used_bytes: 0,
+                unused_bytes: 0,
+                used_blobs: Vec::new(),
+            },
+        );
     }
     // Walk the index files themselves (not the merged map) so that duplicate copies of a blob
     // in a second pack count as unused there.
@@ -159,9 +184,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         if !seen_pack.insert(pid) {
             continue;
         }
-        let Some(pu) = packs.get_mut(&pid) else { continue };
+        let Some(pu) = packs.get_mut(&pid) else {
+            continue;
+        };
         for e in entries {
-            let canonical = index.get(&e.id).is_some_and(|l| index.pack_id(l) == pid && l.offset == e.offset);
+            let canonical = index
+                .get(&e.id)
+                .is_some_and(|l| index.pack_id(l) == pid && l.offset == e.offset);
             if canonical && used.contains(&e.id) {
                 pu.used_bytes += u64::from(e.length);
                 pu.used_blobs.push(e);
@@ -181,8 +210,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         ..PruneReport::default()
     };
     let indexed: HashSet<String> = index.packs().iter().map(Id::to_hex).collect();
-    let unreferenced: Vec<(String, u64)> =
-        stored.iter().filter(|(n, _)| !indexed.contains(*n)).map(|(n, s)| (n.clone(), *s)).collect();
+    let unreferenced: Vec<(String, u64)> = stored
+        .iter()
+        .filter(|(n, _)| !indexed.contains(*n))
+        .map(|(n, s)| (n.clone(), *s))
+        .collect();
     report.packs_unreferenced = unreferenced.len() as u64;
 
     let mut delete: Vec<Id> = Vec::new();
@@ -201,8 +233,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         let rb = b.unused_bytes as f64 / b.size.max(1) as f64;
         rb.total_cmp(&ra).then(a.id.cmp(&b.id))
     });
-    let kept_size: u64 =
-        packs.values().filter(|p| !p.used_blobs.is_empty()).map(|p| p.size).sum();
+    let kept_size: u64 = packs
+        .values()
+        .filter(|p| !p.used_blobs.is_empty())
+        .map(|p| p.size)
+        .sum();
     let mut unused_left: u64 = partial.iter().map(|p| p.unused_bytes).sum();
     let mut repack: Vec<&PackUse> = Vec::new();
     let mut repack_bytes = 0u64;
@@ -230,7 +265,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     }
     // Leftovers of interrupted writes; under the exclusive lock nothing is writing now, and the
     // age margin covers a clock-skewed NFS server.
-    report.temp_files_removed = repo.backend().remove_stale_temp(std::time::Duration::from_secs(3600))?;
+    report.temp_files_removed = repo
+        .backend()
+        .remove_stale_temp(std::time::Duration::from_secs(3600))?;
     if delete.is_empty() && repack.is_empty() && unreferenced.is_empty() {
         return Ok(report);
     }
@@ -242,7 +279,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     let mut kept_packs: Vec<IndexPack> = Vec::new();
     for (_, f) in index_files_in_force(repo)? {
         for p in f.packs {
-            if repack_ids.contains(&p.id) || delete_ids.contains(&p.id) || kept_packs.iter().any(|k| k.id == p.id) {
+            if repack_ids.contains(&p.id)
+                || delete_ids.contains(&p.id)
+                || kept_packs.iter().any(|k| k.id == p.id)
+            {
                 continue;
             }
             kept.add_pack(&p);
@@ -258,9 +298,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         verify_name(FileKind::Pack, &p.id.to_hex(), &data)?;
         for e in &p.used_blobs {
             let a = e.offset as usize;
-            let sealed = data.get(a..a + e.length as usize).ok_or_else(|| Error::Integrity(format!("pack {} truncated", p.id)))?;
-            let plain = open_blob(repo.key(), e.blob_type, &e.id, sealed, e.raw_length)
-                .map_err(|err| Error::Integrity(format!("pack {}: {err}; refusing to repack (run `cairn check --read-data`)", p.id.short())))?;
+            let sealed = data
+                .get(a..a + e.length as usize)
+                .ok_or_else(|| Error::Integrity(format!("pack {} truncated", p.id)))?;
+            let plain =
+                open_blob(repo.key(), e.blob_type, &e.id, sealed, e.raw_length).map_err(|err| {
+                    Error::Integrity(format!(
+                        "pack {}: {err}; refusing to repack (run `cairn check --read-data`)",
+                        p.id.short()
+                    ))
+                })?;
             packer.add(e.blob_type, e.id, &plain)?;
             Progress::add(&progress.bytes, u64::from(e.raw_length));
         }
@@ -272,14 +319,21 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
 
     // 2. The complete new index; the last file supersedes every older one.
     let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
-    let mut chunks: Vec<Vec<IndexPack>> = kept_packs.chunks(PACKS_PER_INDEX_FILE).map(<[IndexPack]>::to_vec).collect();
+    let mut chunks: Vec<Vec<IndexPack>> = kept_packs
+        .chunks(PACKS_PER_INDEX_FILE)
+        .map(<[IndexPack]>::to_vec)
+        .collect();
     if chunks.is_empty() {
         chunks.push(Vec::new());
     }
     let last = chunks.len() - 1;
     let mut new_files = HashSet::new();
     for (i, packs) in chunks.into_iter().enumerate() {
-        let supersedes = if i == last { old_files.clone() } else { Vec::new() };
+        let supersedes = if i == last {
+            old_files.clone()
+        } else {
+            Vec::new()
+        };
         new_files.insert(repo.save(FileKind::Index, &IndexFile { supersedes, packs })?);
     }
     report.index_files_replaced = old_files.len() as u64;
@@ -303,10 +357,18 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
 /// Index files that are not superseded by another existing index file.
 pub fn index_files_in_force(repo: &Repository) -> Result<Vec<(Id, IndexFile)>> {
     let ids = repo.list_ids(FileKind::Index)?;
-    let files: Vec<(Id, IndexFile)> =
-        ids.par_iter().map(|id| Ok((*id, repo.load::<IndexFile>(FileKind::Index, id)?))).collect::<Result<_>>()?;
-    let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
-    Ok(files.into_iter().filter(|(id, _)| !superseded.contains(id)).collect())
+    let files: Vec<(Id, IndexFile)> = ids
+        .par_iter()
+        .map(|id| Ok((*id, repo.load::<IndexFile>(FileKind::Index, id)?)))
+        .collect::<Result<_>>()?;
+    let superseded: HashSet<Id> = files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .collect();
+    Ok(files
+        .into_iter()
+        .filter(|(id, _)| !superseded.contains(id))
+        .collect())
 }
 
 /// Which packs `check` reads completely.
@@ -350,7 +412,9 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     for o in repo.backend().list(FileKind::Key)? {
         match repo.backend().get(FileKind::Key, &o.name) {
             Ok(d) => {
-                if let Err(e) = verify_name(FileKind::Key, &o.name, &d).and_then(|()| Ok(cairn_format::KeyFile::decode(&d)?)) {
+                if let Err(e) = verify_name(FileKind::Key, &o.name, &d)
+                    .and_then(|()| Ok(cairn_format::KeyFile::decode(&d)?))
+                {
                     err(format!("key {}: {e}", o.name));
                 }
             }
@@ -362,8 +426,15 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     let mut index = MasterIndex::default();
     let mut entries_by_pack: HashMap<Id, Vec<PackEntry>> = HashMap::new();
     let ids = repo.list_ids(FileKind::Index)?;
-    let loaded: Vec<(Id, Result<IndexFile>)> = ids.par_iter().map(|id| (*id, repo.load::<IndexFile>(FileKind::Index, id))).collect();
-    let superseded: HashSet<Id> = loaded.iter().filter_map(|(_, r)| r.as_ref().ok()).flat_map(|f| f.supersedes.iter().copied()).collect();
+    let loaded: Vec<(Id, Result<IndexFile>)> = ids
+        .par_iter()
+        .map(|id| (*id, repo.load::<IndexFile>(FileKind::Index, id)))
+        .collect();
+    let superseded: HashSet<Id> = loaded
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flat_map(|f| f.supersedes.iter().copied())
+        .collect();
     for (id, r) in loaded {
         match r {
             Ok(f) if !superseded.contains(&id) => {
@@ -378,9 +449,18 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     }
 
     // Packs: every indexed pack exists, its header agrees with the index, its size matches.
-    let stored: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
+    let stored: HashMap<String, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
     let indexed: HashSet<String> = entries_by_pack.keys().map(Id::to_hex).collect();
-    report.unreferenced_packs = stored.keys().filter(|n| !indexed.contains(*n)).cloned().collect();
+    report.unreferenced_packs = stored
+        .keys()
+        .filter(|n| !indexed.contains(*n))
+        .cloned()
+        .collect();
     report.unreferenced_packs.sort();
     let pack_list: Vec<(&Id, &Vec<PackEntry>)> = entries_by_pack.iter().collect();
     pack_list.par_iter().for_each(|(pid, entries)| {
@@ -393,9 +473,13 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
             if size < 12 {
                 return Err(Error::Integrity("too short".into()));
             }
-            let tail = repo.backend().get_range(FileKind::Pack, &name, size - 4, 4)?;
+            let tail = repo
+                .backend()
+                .get_range(FileKind::Pack, &name, size - 4, 4)?;
             let (start, len) = header_span(size, [tail[0], tail[1], tail[2], tail[3]])?;
-            let sealed = repo.backend().get_range(FileKind::Pack, &name, start, len)?;
+            let sealed = repo
+                .backend()
+                .get_range(FileKind::Pack, &name, start, len)?;
             Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
         })();
         match header {
@@ -403,7 +487,11 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
                 let by_id: HashMap<Id, &PackEntry> = h.iter().map(|e| (e.id, e)).collect();
                 for e in entries.iter() {
                     if by_id.get(&e.id).is_none_or(|x| **x != *e) {
-                        err(format!("pack {}: index entry for blob {} does not match the pack header", pid.short(), e.id.short()));
+                        err(format!(
+                            "pack {}: index entry for blob {} does not match the pack header",
+                            pid.short(),
+                            e.id.short()
+                        ));
                     }
                 }
             }
@@ -427,7 +515,21 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     let mut seen: HashSet<Id> = HashSet::new();
     let mut frontier: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| seen.insert(*t)).collect();
     while !frontier.is_empty() {
-        let results: Vec<(Id, Result<Tree>)> = frontier.par_iter().map(|(snap, t)| (*snap, repo.load_tree(&index, t).map_err(|e| Error::Integrity(format!("tree {} (snapshot {}): {e}", t.short(), snap.short()))))).collect();
+        let results: Vec<(Id, Result<Tree>)> = frontier
+            .par_iter()
+            .map(|(snap, t)| {
+                (
+                    *snap,
+                    repo.load_tree(&index, t).map_err(|e| {
+                        Error::Integrity(format!(
+                            "tree {} (snapshot {}): {e}",
+                            t.short(),
+                            snap.short()
+                        ))
+                    }),
+                )
+            })
+            .collect();
         let mut next = Vec::new();
         for (snap, r) in results {
             match r {
@@ -437,7 +539,12 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
                         for c in &n.content {
                             match index.get(c) {
                                 Some(l) if l.blob_type == BlobType::Data => {}
-                                _ => err(format!("snapshot {}: file {:?}: data blob {} is not indexed", snap.short(), String::from_utf8_lossy(&n.name), c.short())),
+                                _ => err(format!(
+                                    "snapshot {}: file {:?}: data blob {} is not indexed",
+                                    snap.short(),
+                                    String::from_utf8_lossy(&n.name),
+                                    c.short()
+                                )),
                             }
                         }
                         if let Some(s) = n.subtree {
@@ -473,8 +580,14 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
             let header = decode_pack_header(repo.key(), &data)?;
             for e in &header.entries {
                 let a = e.offset as usize;
-                open_blob(repo.key(), e.blob_type, &e.id, &data[a..a + e.length as usize], e.raw_length)
-                    .map_err(|x| Error::Integrity(format!("blob {}: {x}", e.id.short())))?;
+                open_blob(
+                    repo.key(),
+                    e.blob_type,
+                    &e.id,
+                    &data[a..a + e.length as usize],
+                    e.raw_length,
+                )
+                .map_err(|x| Error::Integrity(format!("blob {}: {x}", e.id.short())))?;
                 blobs_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Progress::add(&progress.bytes, data.len() as u64);
@@ -514,9 +627,13 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
                 if o.size < 12 {
                     return Err(Error::Integrity("too short".into()));
                 }
-                let tail = repo.backend().get_range(FileKind::Pack, &o.name, o.size - 4, 4)?;
+                let tail = repo
+                    .backend()
+                    .get_range(FileKind::Pack, &o.name, o.size - 4, 4)?;
                 let (start, len) = header_span(o.size, [tail[0], tail[1], tail[2], tail[3]])?;
-                let sealed = repo.backend().get_range(FileKind::Pack, &o.name, start, len)?;
+                let sealed = repo
+                    .backend()
+                    .get_range(FileKind::Pack, &o.name, start, len)?;
                 Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
             })();
             Progress::add(&progress.files, 1);
@@ -530,21 +647,37 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
             Ok(entries) => {
                 report.packs += 1;
                 report.blobs += entries.len() as u64;
-                packs.push(IndexPack { id: Id::from_hex(&name)?, blobs: entries });
+                packs.push(IndexPack {
+                    id: Id::from_hex(&name)?,
+                    blobs: entries,
+                });
             }
             Err(e) => report.unreadable_packs.push(format!("{name}: {e}")),
         }
     }
     let old_files = repo.list_ids(FileKind::Index)?;
-    let mut chunks: Vec<Vec<IndexPack>> = packs.chunks(PACKS_PER_INDEX_FILE).map(<[IndexPack]>::to_vec).collect();
+    let mut chunks: Vec<Vec<IndexPack>> = packs
+        .chunks(PACKS_PER_INDEX_FILE)
+        .map(<[IndexPack]>::to_vec)
+        .collect();
     if chunks.is_empty() {
         chunks.push(Vec::new());
     }
     let last = chunks.len() - 1;
     let mut new_files = HashSet::new();
     for (i, p) in chunks.into_iter().enumerate() {
-        let supersedes = if i == last { old_files.clone() } else { Vec::new() };
-        new_files.insert(repo.save(FileKind::Index, &IndexFile { supersedes, packs: p })?);
+        let supersedes = if i == last {
+            old_files.clone()
+        } else {
+            Vec::new()
+        };
+        new_files.insert(repo.save(
+            FileKind::Index,
+            &IndexFile {
+                supersedes,
+                packs: p,
+            },
+        )?);
     }
     for id in &old_files {
         if !new_files.contains(id) {

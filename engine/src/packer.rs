@@ -14,7 +14,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use cairn_format::{finish_pack, preamble, seal_blob, BlobType, FileKind, Id, IndexFile, IndexPack, PackEntry, PackHeader};
+use cairn_format::{
+    finish_pack, preamble, seal_blob, BlobType, FileKind, Id, IndexFile, IndexPack, PackEntry,
+    PackHeader,
+};
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
 
@@ -45,14 +48,22 @@ impl OpenPack {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let mut p = OpenPack { file, path, hasher: blake3::Hasher::new(), len: 0, entries: Vec::new() };
+        let mut p = OpenPack {
+            file,
+            path,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        };
         p.write(&preamble(FileKind::Pack))?;
         Ok(p)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<()> {
         use std::io::Write;
-        self.file.write_all(data).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .write_all(data)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.hasher.update(data);
         self.len += data.len() as u64;
         Ok(())
@@ -116,7 +127,10 @@ impl Shared {
             }
             std::mem::take(&mut *done)
         };
-        let file = IndexFile { supersedes: Vec::new(), packs };
+        let file = IndexFile {
+            supersedes: Vec::new(),
+            packs,
+        };
         self.repo.save(FileKind::Index, &file)?;
         self.stats.lock().index_files += 1;
         self.indexed.lock().extend(file.packs);
@@ -139,7 +153,9 @@ pub struct Packer {
 
 impl std::fmt::Debug for Packer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Packer").field("pack_size", &self.pack_size).finish()
+        f.debug_struct("Packer")
+            .field("pack_size", &self.pack_size)
+            .finish()
     }
 }
 
@@ -171,11 +187,20 @@ impl Packer {
                                 .file
                                 .sync_all()
                                 .map_err(|e| Error::io(&f.path, e))
-                                .and_then(|()| shared.repo.backend().put_file(FileKind::Pack, &f.id.to_hex(), &f.path));
+                                .and_then(|()| {
+                                    shared.repo.backend().put_file(
+                                        FileKind::Pack,
+                                        &f.id.to_hex(),
+                                        &f.path,
+                                    )
+                                });
                             match stored {
                                 Ok(()) => {
                                     shared.stats.lock().packs += 1;
-                                    shared.done.lock().push(IndexPack { id: f.id, blobs: f.entries });
+                                    shared.done.lock().push(IndexPack {
+                                        id: f.id,
+                                        blobs: f.entries,
+                                    });
                                     if let Err(e) = shared.flush_index(false) {
                                         shared.fail(e);
                                     }
@@ -229,7 +254,11 @@ impl Packer {
             return Ok(false);
         }
         // Trees are small and compress well at any level; data follows the repository setting.
-        let level = if blob_type == BlobType::Tree { self.level.max(1) } else { self.level };
+        let level = if blob_type == BlobType::Tree {
+            self.level.max(1)
+        } else {
+            self.level
+        };
         let sealed = seal_blob(self.shared.repo.key(), blob_type, &id, plaintext, level);
         {
             let mut st = self.shared.stats.lock();
@@ -246,10 +275,18 @@ impl Packer {
             if guard.is_none() {
                 *guard = Some(OpenPack::create(&self.temp_dir)?);
             }
-            let p = guard.as_mut().ok_or_else(|| Error::Backend("no open pack".into()))?;
+            let p = guard
+                .as_mut()
+                .ok_or_else(|| Error::Backend("no open pack".into()))?;
             let offset = p.len as u32;
             p.write(&sealed)?;
-            p.entries.push(PackEntry { blob_type, id, offset, length: sealed.len() as u32, raw_length: plaintext.len() as u32 });
+            p.entries.push(PackEntry {
+                blob_type,
+                id,
+                offset,
+                length: sealed.len() as u32,
+                raw_length: plaintext.len() as u32,
+            });
             if p.len >= self.pack_size as u64 {
                 guard.take()
             } else {
@@ -263,18 +300,27 @@ impl Packer {
     }
 
     fn ship(&self, mut p: OpenPack) -> Result<()> {
-        let header = PackHeader { entries: std::mem::take(&mut p.entries) };
+        let header = PackHeader {
+            entries: std::mem::take(&mut p.entries),
+        };
         let mut tail = Vec::new();
         finish_pack(self.shared.repo.key(), &mut tail, &header);
         p.write(&tail)?;
         let id = Id(*p.hasher.finalize().as_bytes());
         let file = p.file.try_clone().map_err(|e| Error::io(&p.path, e))?;
-        let finished = Finished { id, file, path: p.path.clone(), entries: header.entries };
+        let finished = Finished {
+            id,
+            file,
+            path: p.path.clone(),
+            entries: header.entries,
+        };
         // Ownership of the temp file passes to the uploader.
         p.path = std::path::PathBuf::new();
         let tx = self.tx.lock().clone();
         match tx {
-            Some(tx) => tx.send(finished).map_err(|_| Error::Backend("upload threads stopped".into())),
+            Some(tx) => tx
+                .send(finished)
+                .map_err(|_| Error::Backend("upload threads stopped".into())),
             None => Err(Error::Backend("packer already finished".into())),
         }
     }
@@ -298,7 +344,8 @@ impl Packer {
         drop(self.tx.lock().take());
         for h in self.uploaders.lock().drain(..) {
             if h.join().is_err() {
-                self.shared.fail(Error::Backend("an upload thread panicked".into()));
+                self.shared
+                    .fail(Error::Backend("an upload thread panicked".into()));
             }
         }
         if let Some(e) = self.shared.error.lock().take() {

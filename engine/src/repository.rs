@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use cairn_format::{
-    check_preamble, decode_sealed, encode_sealed, open_blob, BlobType, Config, FileKind, FormatError, Id, IndexFile,
-    KdfParams, KeyFile, MasterKey, Snapshot, Tree, NONCE_LEN,
+    check_preamble, decode_sealed, encode_sealed, open_blob, BlobType, Config, FileKind,
+    FormatError, Id, IndexFile, KdfParams, KeyFile, MasterKey, Snapshot, Tree, NONCE_LEN,
 };
 use rand::RngCore;
 use rayon::prelude::*;
@@ -54,7 +54,11 @@ pub struct Repository {
 
 impl Repository {
     /// Create a new repository with one key for `password`.
-    pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: InitOptions) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        opts: InitOptions,
+    ) -> Result<Repository> {
         if backend.exists()? && backend.stat(FileKind::Config, "config")?.is_some() {
             return Err(Error::RepoExists(backend.location()));
         }
@@ -74,8 +78,17 @@ impl Repository {
         // Key before config: a crash in between leaves no config, i.e. "not a repository",
         // and `init` can simply be run again.
         let key_id = add_key_file(backend.as_ref(), &key, password, opts.kdf)?;
-        backend.put(FileKind::Config, "config", &encode_sealed(&key, FileKind::Config, &config, 3))?;
-        Ok(Repository { backend, key: Arc::new(key), config, key_id })
+        backend.put(
+            FileKind::Config,
+            "config",
+            &encode_sealed(&key, FileKind::Config, &config, 3),
+        )?;
+        Ok(Repository {
+            backend,
+            key: Arc::new(key),
+            config,
+            key_id,
+        })
     }
 
     /// Open an existing repository with `password`.
@@ -97,7 +110,12 @@ impl Repository {
                     let config: Config = decode_sealed(&key, FileKind::Config, &config_bytes)?;
                     config.validate()?;
                     let key_id = Id::from_hex(&k.name)?;
-                    return Ok(Repository { backend, key: Arc::new(key), config, key_id });
+                    return Ok(Repository {
+                        backend,
+                        key: Arc::new(key),
+                        config,
+                        key_id,
+                    });
                 }
                 Err(FormatError::WrongPassword) => {}
                 Err(e) => last_err = e.into(),
@@ -114,13 +132,18 @@ impl Repository {
         }
         let config_bytes = match backend.get(FileKind::Config, "config") {
             Ok(b) => b,
-            Err(Error::ObjectNotFound { .. }) => return Err(Error::NotARepository(backend.location())),
+            Err(Error::ObjectNotFound { .. }) => {
+                return Err(Error::NotARepository(backend.location()))
+            }
             Err(e) => return Err(e),
         };
         check_preamble(&config_bytes, FileKind::Config)?;
         let keys = backend.list(FileKind::Key)?;
         if keys.is_empty() {
-            return Err(Error::NotARepository(format!("{} (no key files)", backend.location())));
+            return Err(Error::NotARepository(format!(
+                "{} (no key files)",
+                backend.location()
+            )));
         }
         Ok((config_bytes, keys))
     }
@@ -163,17 +186,26 @@ impl Repository {
 
     /// Names of all objects of a kind.
     pub fn list_ids(&self, kind: FileKind) -> Result<Vec<Id>> {
-        self.backend.list(kind)?.into_iter().map(|o| Ok(Id::from_hex(&o.name)?)).collect()
+        self.backend
+            .list(kind)?
+            .into_iter()
+            .map(|o| Ok(Id::from_hex(&o.name)?))
+            .collect()
     }
 
     /// Load every index file into a master index.
     pub fn load_index(&self) -> Result<MasterIndex> {
         let ids = self.list_ids(FileKind::Index)?;
-        let files: Vec<(Id, IndexFile)> =
-            ids.par_iter().map(|id| Ok((*id, self.load::<IndexFile>(FileKind::Index, id)?))).collect::<Result<_>>()?;
+        let files: Vec<(Id, IndexFile)> = ids
+            .par_iter()
+            .map(|id| Ok((*id, self.load::<IndexFile>(FileKind::Index, id)?)))
+            .collect::<Result<_>>()?;
         // An index file listed in another's `supersedes` was replaced by prune or repair; a
         // crash may have left it behind, and it must not resurrect deleted packs.
-        let superseded: std::collections::HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        let superseded: std::collections::HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
         let mut idx = MasterIndex::default();
         for (id, f) in &files {
             if !superseded.contains(id) {
@@ -186,21 +218,37 @@ impl Repository {
     /// Load every snapshot, oldest first.
     pub fn load_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let ids = self.list_ids(FileKind::Snapshot)?;
-        let mut snaps: Vec<(Id, Snapshot)> =
-            ids.par_iter().map(|id| Ok((*id, self.load::<Snapshot>(FileKind::Snapshot, id)?))).collect::<Result<_>>()?;
-        snaps.sort_by(|a, b| a.1.time.unix_nanos.cmp(&b.1.time.unix_nanos).then(a.0.cmp(&b.0)));
+        let mut snaps: Vec<(Id, Snapshot)> = ids
+            .par_iter()
+            .map(|id| Ok((*id, self.load::<Snapshot>(FileKind::Snapshot, id)?)))
+            .collect::<Result<_>>()?;
+        snaps.sort_by(|a, b| {
+            a.1.time
+                .unix_nanos
+                .cmp(&b.1.time.unix_nanos)
+                .then(a.0.cmp(&b.0))
+        });
         Ok(snaps)
     }
 
     /// Read, authenticate and verify one blob.
     pub fn read_blob(&self, index: &MasterIndex, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
-        let loc = index.get(id).ok_or_else(|| Error::Integrity(format!("blob {id} is not in the index")))?;
+        let loc = index
+            .get(id)
+            .ok_or_else(|| Error::Integrity(format!("blob {id} is not in the index")))?;
         if loc.blob_type != blob_type {
-            return Err(Error::Integrity(format!("blob {id} is a {:?} blob, not {blob_type:?}", loc.blob_type)));
+            return Err(Error::Integrity(format!(
+                "blob {id} is a {:?} blob, not {blob_type:?}",
+                loc.blob_type
+            )));
         }
         let pack = index.pack_id(loc);
-        let sealed =
-            self.backend.get_range(FileKind::Pack, &pack.to_hex(), u64::from(loc.offset), u64::from(loc.length))?;
+        let sealed = self.backend.get_range(
+            FileKind::Pack,
+            &pack.to_hex(),
+            u64::from(loc.offset),
+            u64::from(loc.length),
+        )?;
         open_blob(&self.key, blob_type, id, &sealed, loc.raw_length)
             .map_err(|e| Error::Integrity(format!("pack {}: {e}", pack.short())))
     }
@@ -234,10 +282,15 @@ impl Repository {
             return Err(Error::not_found(FileKind::Key, &id.to_hex()));
         }
         if keys.len() <= 1 {
-            return Err(Error::Invalid("refusing to remove the last key: the repository would be unreadable".into()));
+            return Err(Error::Invalid(
+                "refusing to remove the last key: the repository would be unreadable".into(),
+            ));
         }
         if *id == self.key_id {
-            return Err(Error::Invalid("refusing to remove the key this session is using; use `key passwd` to change it".into()));
+            return Err(Error::Invalid(
+                "refusing to remove the key this session is using; use `key passwd` to change it"
+                    .into(),
+            ));
         }
         self.backend.delete(FileKind::Key, &id.to_hex())
     }
@@ -252,10 +305,23 @@ impl Repository {
     }
 }
 
-fn add_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8], kdf: KdfParams) -> Result<Id> {
+fn add_key_file(
+    backend: &dyn Backend,
+    key: &MasterKey,
+    password: &[u8],
+    kdf: KdfParams,
+) -> Result<Id> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
-    let kf = KeyFile::wrap(key, password, kdf, now_timestamp(), hostname(), username(), nonce)?;
+    let kf = KeyFile::wrap(
+        key,
+        password,
+        kdf,
+        now_timestamp(),
+        hostname(),
+        username(),
+        nonce,
+    )?;
     let data = kf.encode();
     let id = Id::of_object(&data);
     backend.put(FileKind::Key, &id.to_hex(), &data)?;
@@ -269,7 +335,11 @@ pub fn verify_name(kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
     }
     let actual = Id::of_object(data);
     if actual.to_hex() != name {
-        return Err(Error::ObjectHashMismatch { kind: kind.name(), name: name.to_owned(), actual: actual.to_hex() });
+        return Err(Error::ObjectHashMismatch {
+            kind: kind.name(),
+            name: name.to_owned(),
+            actual: actual.to_hex(),
+        });
     }
     Ok(())
 }

@@ -58,7 +58,12 @@ struct Entry {
 }
 
 /// Where a node sits in a snapshot.
-pub fn find_node(repo: &Repository, index: &MasterIndex, root: &Id, path: &Path) -> Result<Option<Node>> {
+pub fn find_node(
+    repo: &Repository,
+    index: &MasterIndex,
+    root: &Id,
+    path: &Path,
+) -> Result<Option<Node>> {
     let mut tree = repo.load_tree(index, root)?;
     let comps: Vec<&[u8]> = path
         .components()
@@ -68,7 +73,9 @@ pub fn find_node(repo: &Repository, index: &MasterIndex, root: &Id, path: &Path)
         })
         .collect();
     for (i, c) in comps.iter().enumerate() {
-        let Some(node) = tree.get(c).cloned() else { return Ok(None) };
+        let Some(node) = tree.get(c).cloned() else {
+            return Ok(None);
+        };
         if i + 1 == comps.len() {
             return Ok(Some(node));
         }
@@ -90,7 +97,9 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn included(&self, snap_path: &Path) -> bool {
-        self.includes.as_ref().is_none_or(|g| snap_path.ancestors().any(|a| g.is_match(a)))
+        self.includes
+            .as_ref()
+            .is_none_or(|g| snap_path.ancestors().any(|a| g.is_match(a)))
     }
 
     /// Add `tree`'s nodes below `rel`; returns whether anything was added.
@@ -105,7 +114,11 @@ impl Planner<'_> {
             let rel_path = rel.join(name);
             if node.kind == NodeKind::Dir {
                 let pos = self.entries.len();
-                self.entries.push(Entry { rel: rel_path.clone(), node: node.clone(), depth });
+                self.entries.push(Entry {
+                    rel: rel_path.clone(),
+                    node: node.clone(),
+                    depth,
+                });
                 let sub = match node.subtree {
                     Some(id) => self.repo.load_tree(self.index, &id)?,
                     None => Tree::default(),
@@ -117,7 +130,11 @@ impl Planner<'_> {
                     self.entries.truncate(pos);
                 }
             } else if self.included(&snap_path) {
-                self.entries.push(Entry { rel: rel_path, node: node.clone(), depth });
+                self.entries.push(Entry {
+                    rel: rel_path,
+                    node: node.clone(),
+                    depth,
+                });
                 any = true;
             }
         }
@@ -140,7 +157,10 @@ fn ensure_real_dir(path: &Path) -> Result<()> {
 
 fn remove_non_dir(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::Invalid(format!("{}: a directory is in the way", path.display()))),
+        Ok(m) if m.is_dir() => Err(Error::Invalid(format!(
+            "{}: a directory is in the way",
+            path.display()
+        ))),
         Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, e)),
         Err(_) => Ok(()),
     }
@@ -172,20 +192,33 @@ pub fn restore(
     } else {
         let mut b = GlobSetBuilder::new();
         for p in &opts.includes {
-            let pat = if p.starts_with('/') { p.clone() } else { format!("**/{p}") };
+            let pat = if p.starts_with('/') {
+                p.clone()
+            } else {
+                format!("**/{p}")
+            };
             b.add(Glob::new(&pat).map_err(|e| Error::Invalid(format!("bad pattern {p:?}: {e}")))?);
         }
         Some(b.build().map_err(|e| Error::Invalid(e.to_string()))?)
     };
-    let mut planner = Planner { repo, index, includes, excludes: Excludes::new(&opts.excludes)?, entries: Vec::new() };
+    let mut planner = Planner {
+        repo,
+        index,
+        includes,
+        excludes: Excludes::new(&opts.excludes)?,
+        entries: Vec::new(),
+    };
     let sub_abs = Path::new("/").join(sub);
-    let is_root = sub.components().all(|c| !matches!(c, std::path::Component::Normal(_)));
+    let is_root = sub
+        .components()
+        .all(|c| !matches!(c, std::path::Component::Normal(_)));
     if is_root {
         let tree = repo.load_tree(index, root)?;
         planner.walk(&tree, Path::new(""), Path::new("/"), 0)?;
     } else {
-        let node = find_node(repo, index, root, sub)?
-            .ok_or_else(|| Error::Invalid(format!("path {} not found in snapshot", sub_abs.display())))?;
+        let node = find_node(repo, index, root, sub)?.ok_or_else(|| {
+            Error::Invalid(format!("path {} not found in snapshot", sub_abs.display()))
+        })?;
         if node.kind == NodeKind::Dir {
             let tree = repo.load_tree(index, &node.subtree.unwrap_or_default())?;
             planner.walk(&tree, Path::new(""), &sub_abs, 0)?;
@@ -198,8 +231,14 @@ pub fn restore(
 
     let target = &opts.target;
     fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
-    if !fs::metadata(target).map_err(|e| Error::io(target, e))?.is_dir() {
-        return Err(Error::Invalid(format!("{} is not a directory", target.display())));
+    if !fs::metadata(target)
+        .map_err(|e| Error::io(target, e))?
+        .is_dir()
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not a directory",
+            target.display()
+        )));
     }
     let mut result = RestoreResult::default();
 
@@ -230,7 +269,11 @@ pub fn restore(
             primary.insert(key, path.clone());
         }
         let fi = files.len();
-        files.push(FileJob { path: path.clone(), size: e.node.size, failed: Mutex::new(None) });
+        files.push(FileJob {
+            path: path.clone(),
+            size: e.node.size,
+            failed: Mutex::new(None),
+        });
         file_entry.push(ei);
         let created = remove_non_dir(&path).and_then(|()| {
             let f = OpenOptions::new()
@@ -251,11 +294,17 @@ pub fn restore(
         for id in &e.node.content {
             match index.get(id) {
                 Some(loc) if loc.blob_type == BlobType::Data => {
-                    jobs.entry(loc.pack).or_default().entry(*id).or_insert_with(|| (*loc, Vec::new())).1.push((fi, off));
+                    jobs.entry(loc.pack)
+                        .or_default()
+                        .entry(*id)
+                        .or_insert_with(|| (*loc, Vec::new()))
+                        .1
+                        .push((fi, off));
                     off += u64::from(loc.raw_length);
                 }
                 _ => {
-                    *files[fi].failed.lock() = Some(format!("data blob {id} is missing from the index"));
+                    *files[fi].failed.lock() =
+                        Some(format!("data blob {id} is missing from the index"));
                     break;
                 }
             }
@@ -287,16 +336,30 @@ pub fn restore(
             let start = blobs[i].1.offset;
             let mut j = i;
             let mut end = start + blobs[i].1.length;
-            while j + 1 < blobs.len() && blobs[j + 1].1.offset <= end + (256 << 10) && end - start < (32 << 20) {
+            while j + 1 < blobs.len()
+                && blobs[j + 1].1.offset <= end + (256 << 10)
+                && end - start < (32 << 20)
+            {
                 j += 1;
                 end = end.max(blobs[j].1.offset + blobs[j].1.length);
             }
-            let span = repo.backend().get_range(FileKind::Pack, &pack_id.to_hex(), u64::from(start), u64::from(end - start));
+            let span = repo.backend().get_range(
+                FileKind::Pack,
+                &pack_id.to_hex(),
+                u64::from(start),
+                u64::from(end - start),
+            );
             for (id, loc, targets) in &blobs[i..=j] {
                 let plain = span.as_ref().map_err(|e| e.to_string()).and_then(|buf| {
                     let a = (loc.offset - start) as usize;
-                    open_blob(repo.key(), BlobType::Data, id, &buf[a..a + loc.length as usize], loc.raw_length)
-                        .map_err(|e| format!("pack {}: {e}", pack_id.short()))
+                    open_blob(
+                        repo.key(),
+                        BlobType::Data,
+                        id,
+                        &buf[a..a + loc.length as usize],
+                        loc.raw_length,
+                    )
+                    .map_err(|e| format!("pack {}: {e}", pack_id.short()))
                 });
                 for &(fi, off) in targets {
                     let job = &files[fi];
@@ -314,7 +377,8 @@ pub fn restore(
                                     .map_err(|e| format!("{}: {e}", job.path.display()))?,
                             ),
                         };
-                        write_sparse(f, &data, off).map_err(|e| format!("{}: {e}", job.path.display()))?;
+                        write_sparse(f, &data, off)
+                            .map_err(|e| format!("{}: {e}", job.path.display()))?;
                         Progress::add(&progress.bytes, data.len() as u64);
                         Ok(())
                     });
@@ -342,16 +406,24 @@ pub fn restore(
             Progress::add(&progress.files, 1);
         }
     }
-    let failed_primaries: std::collections::HashSet<PathBuf> = result.failed.iter().map(|(p, _)| p.clone()).collect();
+    let failed_primaries: std::collections::HashSet<PathBuf> =
+        result.failed.iter().map(|(p, _)| p.clone()).collect();
     for (ei, first) in &links {
         let path = target.join(&entries[*ei].rel);
         if failed_primaries.contains(first) {
             // The content behind this name is the failed file's: never present it as good.
             failed_entries[*ei] = true;
-            result.failed.push((path, format!("hard link to {}, which could not be restored", first.display())));
+            result.failed.push((
+                path,
+                format!(
+                    "hard link to {}, which could not be restored",
+                    first.display()
+                ),
+            ));
             continue;
         }
-        let r = remove_non_dir(&path).and_then(|()| fs::hard_link(first, &path).map_err(|e| Error::io(&path, e)));
+        let r = remove_non_dir(&path)
+            .and_then(|()| fs::hard_link(first, &path).map_err(|e| Error::io(&path, e)));
         match r {
             Ok(()) => result.files += 1,
             Err(e) => {
@@ -367,15 +439,26 @@ pub fn restore(
         let made = match e.node.kind {
             NodeKind::Dir | NodeKind::File | NodeKind::Socket => continue,
             NodeKind::Symlink => remove_non_dir(&path).and_then(|()| {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&e.node.link_target), &path).map_err(|err| Error::io(&path, err))
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&e.node.link_target), &path)
+                    .map_err(|err| Error::io(&path, err))
             }),
             NodeKind::Fifo => remove_non_dir(&path).and_then(|()| {
-                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.node.mode)).map_err(|err| Error::io(&path, err.into()))
+                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.node.mode))
+                    .map_err(|err| Error::io(&path, err.into()))
             }),
             NodeKind::CharDevice | NodeKind::BlockDevice => remove_non_dir(&path).and_then(|()| {
-                let kind = if e.node.kind == NodeKind::CharDevice { nix::sys::stat::SFlag::S_IFCHR } else { nix::sys::stat::SFlag::S_IFBLK };
-                nix::sys::stat::mknod(&path, kind, nix::sys::stat::Mode::from_bits_truncate(e.node.mode), e.node.rdev as libc::dev_t)
-                    .map_err(|err| Error::io(&path, err.into()))
+                let kind = if e.node.kind == NodeKind::CharDevice {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else {
+                    nix::sys::stat::SFlag::S_IFBLK
+                };
+                nix::sys::stat::mknod(
+                    &path,
+                    kind,
+                    nix::sys::stat::Mode::from_bits_truncate(e.node.mode),
+                    e.node.rdev as libc::dev_t,
+                )
+                .map_err(|err| Error::io(&path, err.into()))
             }),
         };
         match made {
@@ -397,7 +480,10 @@ pub fn restore(
             result.failed.push((path, format!("metadata: {err}")));
         }
     }
-    let mut dirs: Vec<&Entry> = entries.iter().filter(|e| e.node.kind == NodeKind::Dir).collect();
+    let mut dirs: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.node.kind == NodeKind::Dir)
+        .collect();
     dirs.sort_by_key(|e| std::cmp::Reverse(e.depth));
     for e in dirs {
         let path = target.join(&e.rel);

@@ -20,13 +20,25 @@ impl SnapshotFilter {
     pub fn matches(&self, s: &Snapshot) -> bool {
         (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
             && (self.tags.is_empty()
-                || self.tags.iter().any(|list| list.split(',').filter(|t| !t.is_empty()).all(|t| s.tags.iter().any(|x| x == t))))
-            && self.paths.iter().all(|p| s.paths.iter().any(|x| x.as_slice() == p.trim_end_matches('/').as_bytes()))
+                || self.tags.iter().any(|list| {
+                    list.split(',')
+                        .filter(|t| !t.is_empty())
+                        .all(|t| s.tags.iter().any(|x| x == t))
+                }))
+            && self.paths.iter().all(|p| {
+                s.paths
+                    .iter()
+                    .any(|x| x.as_slice() == p.trim_end_matches('/').as_bytes())
+            })
     }
 }
 
 /// Resolve `latest` or an id prefix among `snaps` (oldest first).
-pub fn resolve<'a>(snaps: &'a [(Id, Snapshot)], spec: &str, filter: &SnapshotFilter) -> Result<&'a (Id, Snapshot)> {
+pub fn resolve<'a>(
+    snaps: &'a [(Id, Snapshot)],
+    spec: &str,
+    filter: &SnapshotFilter,
+) -> Result<&'a (Id, Snapshot)> {
     if spec == "latest" {
         return snaps
             .iter()
@@ -35,13 +47,20 @@ pub fn resolve<'a>(snaps: &'a [(Id, Snapshot)], spec: &str, filter: &SnapshotFil
             .ok_or_else(|| Error::Invalid("no snapshot matches".into()));
     }
     if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Invalid(format!("{spec:?} is neither `latest` nor a snapshot id")));
+        return Err(Error::Invalid(format!(
+            "{spec:?} is neither `latest` nor a snapshot id"
+        )));
     }
-    let found: Vec<_> = snaps.iter().filter(|(id, _)| id.has_hex_prefix(spec)).collect();
+    let found: Vec<_> = snaps
+        .iter()
+        .filter(|(id, _)| id.has_hex_prefix(spec))
+        .collect();
     match found.len() {
         1 => Ok(found[0]),
         0 => Err(Error::Invalid(format!("no snapshot with id {spec}"))),
-        n => Err(Error::Invalid(format!("snapshot id prefix {spec} is ambiguous ({n} matches)"))),
+        n => Err(Error::Invalid(format!(
+            "snapshot id prefix {spec} is ambiguous ({n} matches)"
+        ))),
     }
 }
 

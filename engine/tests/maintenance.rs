@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use cairn_engine::maintenance::{check, prune, PruneOptions, ReadData};
 use cairn_engine::{
-    backup, restore, Backend, BackupOptions, Error, InitOptions, LocalBackend, LockGuard, ObjectInfo, Progress,
-    Repository, RestoreOptions, Result,
+    backup, restore, Backend, BackupOptions, Error, InitOptions, LocalBackend, LockGuard,
+    ObjectInfo, Progress, Repository, RestoreOptions, Result,
 };
 use cairn_format::{ChunkerParams, FileKind, KdfParams};
 use rand::{Rng, RngCore, SeedableRng};
@@ -74,7 +74,12 @@ const PW: &[u8] = b"test";
 
 fn small_repo(dir: &Path) -> Repository {
     let opts = InitOptions {
-        chunker: ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10, normalization: 1 },
+        chunker: ChunkerParams {
+            min_size: 16 << 10,
+            avg_size: 64 << 10,
+            max_size: 256 << 10,
+            normalization: 1,
+        },
         compression_level: 1,
         pack_size: 1 << 20,
         kdf: KdfParams::new(8 * 1024, 1, 1),
@@ -101,7 +106,10 @@ fn snapshot_of(src: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
         })
         .collect()
 }
@@ -118,14 +126,26 @@ fn do_backup(repo: &Repository, src: &Path) -> cairn_format::Id {
         excludes: vec![],
         one_file_system: false,
     };
-    backup(repo, opts, &Progress::default(), &|w| panic!("unexpected warning {w}")).unwrap().id
+    backup(repo, opts, &Progress::default(), &|w| {
+        panic!("unexpected warning {w}")
+    })
+    .unwrap()
+    .id
 }
 
-fn restored(repo: &Repository, snap: &cairn_format::Id, src: &Path, into: &Path) -> BTreeMap<String, Vec<u8>> {
+fn restored(
+    repo: &Repository,
+    snap: &cairn_format::Id,
+    src: &Path,
+    into: &Path,
+) -> BTreeMap<String, Vec<u8>> {
     let index = repo.load_index().unwrap();
     let s: cairn_format::Snapshot = repo.load(FileKind::Snapshot, snap).unwrap();
     let sub = src.strip_prefix("/").unwrap();
-    let opts = RestoreOptions { target: into.to_path_buf(), ..RestoreOptions::default() };
+    let opts = RestoreOptions {
+        target: into.to_path_buf(),
+        ..RestoreOptions::default()
+    };
     let r = restore(repo, &index, &s.tree, sub, &opts, &Progress::default()).unwrap();
     assert!(r.failed.is_empty(), "restore failures: {:?}", r.failed);
     snapshot_of(into)
@@ -147,7 +167,10 @@ fn copy_dir(from: &Path, to: &Path) {
 fn walk(p: &Path) -> Vec<PathBuf> {
     let mut out = vec![p.to_path_buf()];
     if p.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for e in entries {
             out.extend(walk(&e));
@@ -184,30 +207,54 @@ fn fixture() -> Fixture {
     }
     write_files(&src, 3, 50..55);
     let c = do_backup(&repo, &src);
-    repo.backend().delete(FileKind::Snapshot, &a.to_hex()).unwrap();
-    repo.backend().delete(FileKind::Snapshot, &b.to_hex()).unwrap();
+    repo.backend()
+        .delete(FileKind::Snapshot, &a.to_hex())
+        .unwrap();
+    repo.backend()
+        .delete(FileKind::Snapshot, &b.to_hex())
+        .unwrap();
     let content = snapshot_of(&src);
-    Fixture { _tmp: tmp, repo: repo_dir, src, kept: c, content }
+    Fixture {
+        _tmp: tmp,
+        repo: repo_dir,
+        src,
+        kept: c,
+        content,
+    }
 }
 
 fn assert_healthy(repo: &Repository, fx: &Fixture, restore_into: &Path) {
     let report = check(repo, ReadData::All, &Progress::default()).unwrap();
-    assert!(report.errors.is_empty(), "check errors: {:?}", report.errors);
+    assert!(
+        report.errors.is_empty(),
+        "check errors: {:?}",
+        report.errors
+    );
     assert_eq!(restored(repo, &fx.kept, &fx.src, restore_into), fx.content);
 }
 
 #[test]
 fn prune_killed_at_every_write_loses_nothing() {
     let fx = fixture();
-    let opts = PruneOptions { max_unused: 0.0, ..PruneOptions::default() };
+    let opts = PruneOptions {
+        max_unused: 0.0,
+        ..PruneOptions::default()
+    };
 
     // Count the writes of a complete prune on a copy.
     let probe = tempfile::tempdir().unwrap();
     copy_dir(&fx.repo, probe.path());
-    let be = Arc::new(FailingBackend { inner: LocalBackend::new(probe.path()), ops: AtomicUsize::new(0), fail_at: usize::MAX });
+    let be = Arc::new(FailingBackend {
+        inner: LocalBackend::new(probe.path()),
+        ops: AtomicUsize::new(0),
+        fail_at: usize::MAX,
+    });
     let repo = Repository::open(be.clone(), PW).unwrap();
     let report = prune(&repo, &opts, &Progress::default()).unwrap();
-    assert!(report.packs_deleted > 0 && report.packs_repacked > 0, "fixture must exercise delete and repack: {report:?}");
+    assert!(
+        report.packs_deleted > 0 && report.packs_repacked > 0,
+        "fixture must exercise delete and repack: {report:?}"
+    );
     let total = be.ops.load(Ordering::SeqCst);
     assert!(total >= 5, "expected several writes, got {total}");
 
@@ -215,10 +262,17 @@ fn prune_killed_at_every_write_loses_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("repo");
         copy_dir(&fx.repo, &dir);
-        let be = Arc::new(FailingBackend { inner: LocalBackend::new(&dir), ops: AtomicUsize::new(0), fail_at });
+        let be = Arc::new(FailingBackend {
+            inner: LocalBackend::new(&dir),
+            ops: AtomicUsize::new(0),
+            fail_at,
+        });
         let repo = Repository::open(be, PW).unwrap();
         let err = prune(&repo, &opts, &Progress::default());
-        assert!(err.is_err(), "prune with failure at write {fail_at} should fail");
+        assert!(
+            err.is_err(),
+            "prune with failure at write {fail_at} should fail"
+        );
 
         // Interrupted: every snapshot still restores exactly and check passes.
         let repo = reopen(&dir);
@@ -227,7 +281,11 @@ fn prune_killed_at_every_write_loses_nothing() {
         let again = prune(&repo, &opts, &Progress::default()).unwrap();
         assert!(!again.dry_run);
         let after = check(&repo, ReadData::All, &Progress::default()).unwrap();
-        assert!(after.unreferenced_packs.is_empty(), "leftovers after second prune at {fail_at}: {:?}", after.unreferenced_packs);
+        assert!(
+            after.unreferenced_packs.is_empty(),
+            "leftovers after second prune at {fail_at}: {:?}",
+            after.unreferenced_packs
+        );
         assert_healthy(&repo, &fx, &tmp.path().join("r2"));
     }
 }
@@ -255,7 +313,9 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
                         // Give the pruner a window, as separate nightly jobs do.
                         std::thread::sleep(std::time::Duration::from_millis(15));
                     }
-                    Err(Error::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    Err(Error::Locked(_)) => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -271,9 +331,19 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
                 // Forget all but the newest snapshot, then prune.
                 let snaps = repo.load_snapshots().unwrap();
                 for (id, _) in snaps.iter().take(snaps.len().saturating_sub(1)) {
-                    repo.backend().delete(FileKind::Snapshot, &id.to_hex()).unwrap();
+                    repo.backend()
+                        .delete(FileKind::Snapshot, &id.to_hex())
+                        .unwrap();
                 }
-                prune(&repo, &PruneOptions { max_unused: 0.0, ..PruneOptions::default() }, &Progress::default()).unwrap();
+                prune(
+                    &repo,
+                    &PruneOptions {
+                        max_unused: 0.0,
+                        ..PruneOptions::default()
+                    },
+                    &Progress::default(),
+                )
+                .unwrap();
                 prunes += 1;
             }
             Err(Error::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(3)),
@@ -282,7 +352,10 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
     }
     stop.store(true, Ordering::Relaxed);
     let backups_done = backups.join().unwrap();
-    assert!(prunes > 0 && backups_done >= 3, "both sides must have run: {prunes} prunes, {backups_done} backups");
+    assert!(
+        prunes > 0 && backups_done >= 3,
+        "both sides must have run: {prunes} prunes, {backups_done} backups"
+    );
 
     let repo = reopen(&dir);
     let report = check(&repo, ReadData::All, &Progress::default()).unwrap();
@@ -295,7 +368,10 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
     }
     // The newest one equals the source as it is now.
     let (last, _) = repo.load_snapshots().unwrap().pop().unwrap();
-    assert_eq!(restored(&repo, &last, &src, &tmp.path().join("last")), snapshot_of(&src));
+    assert_eq!(
+        restored(&repo, &last, &src, &tmp.path().join("last")),
+        snapshot_of(&src)
+    );
 }
 
 fn flip_byte(path: &Path, at: usize) {
@@ -313,28 +389,46 @@ fn first_file(dir: &Path) -> PathBuf {
 fn check_names_each_corrupt_object() {
     let fx = fixture();
     let repo = reopen(&fx.repo);
-    assert!(check(&repo, ReadData::All, &Progress::default()).unwrap().errors.is_empty());
+    assert!(check(&repo, ReadData::All, &Progress::default())
+        .unwrap()
+        .errors
+        .is_empty());
 
     // A pack: only --read-data sees a flipped byte in a blob.
-    let pack = walk(&fx.repo.join("data")).into_iter().find(|p| p.is_file()).unwrap();
+    let pack = walk(&fx.repo.join("data"))
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap();
     let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
     flip_byte(&pack, 200);
     let r = check(&repo, ReadData::All, &Progress::default()).unwrap();
-    assert!(r.errors.iter().any(|e| e.contains(&pack_name[..8])), "pack {pack_name} not named: {:?}", r.errors);
+    assert!(
+        r.errors.iter().any(|e| e.contains(&pack_name[..8])),
+        "pack {pack_name} not named: {:?}",
+        r.errors
+    );
 
     // An index file.
     let index = first_file(&fx.repo.join("index"));
     let index_name = index.file_name().unwrap().to_string_lossy().into_owned();
     flip_byte(&index, 50);
     let r = check(&repo, ReadData::None, &Progress::default()).unwrap();
-    assert!(r.errors.iter().any(|e| e.contains(&index_name[..8])), "index {index_name} not named: {:?}", r.errors);
+    assert!(
+        r.errors.iter().any(|e| e.contains(&index_name[..8])),
+        "index {index_name} not named: {:?}",
+        r.errors
+    );
 
     // A snapshot.
     let snap = first_file(&fx.repo.join("snapshots"));
     let snap_name = snap.file_name().unwrap().to_string_lossy().into_owned();
     flip_byte(&snap, 40);
     let r = check(&repo, ReadData::None, &Progress::default()).unwrap();
-    assert!(r.errors.iter().any(|e| e.contains(&snap_name[..8])), "snapshot {snap_name} not named: {:?}", r.errors);
+    assert!(
+        r.errors.iter().any(|e| e.contains(&snap_name[..8])),
+        "snapshot {snap_name} not named: {:?}",
+        r.errors
+    );
 }
 
 #[test]
@@ -342,10 +436,15 @@ fn repair_index_rebuilds_a_lost_index() {
     let fx = fixture();
     let repo = reopen(&fx.repo);
     for id in repo.list_ids(FileKind::Index).unwrap() {
-        repo.backend().delete(FileKind::Index, &id.to_hex()).unwrap();
+        repo.backend()
+            .delete(FileKind::Index, &id.to_hex())
+            .unwrap();
     }
     let broken = check(&repo, ReadData::None, &Progress::default()).unwrap();
-    assert!(!broken.errors.is_empty(), "check must notice the missing index");
+    assert!(
+        !broken.errors.is_empty(),
+        "check must notice the missing index"
+    );
     let r = cairn_engine::maintenance::repair_index(&repo, &Progress::default()).unwrap();
     assert!(r.packs > 0 && r.unreadable_packs.is_empty());
     let tmp = tempfile::tempdir().unwrap();

@@ -73,14 +73,18 @@ pub fn unpack_payload(payload: &[u8], limit: usize, what: &str) -> Result<Vec<u8
             // Small limits (blobs, whose exact length the index records) decode in one call;
             // large ones (metadata) stream and stop one byte past the limit.
             if limit <= BULK_LIMIT {
-                return decompress_cached(body, limit).ok_or_else(|| FormatError::Decompress(what.to_owned()));
+                return decompress_cached(body, limit)
+                    .ok_or_else(|| FormatError::Decompress(what.to_owned()));
             }
             let mut out = Vec::new();
-            let dec = zstd::stream::read::Decoder::with_buffer(body).map_err(|_| FormatError::Decompress(what.to_owned()))?;
+            let dec = zstd::stream::read::Decoder::with_buffer(body)
+                .map_err(|_| FormatError::Decompress(what.to_owned()))?;
             std::io::Read::read_to_end(&mut std::io::Read::take(dec, limit as u64 + 1), &mut out)
                 .map_err(|_| FormatError::Decompress(what.to_owned()))?;
             if out.len() > limit {
-                return Err(FormatError::Decompress(format!("{what} (larger than {limit} bytes)")));
+                return Err(FormatError::Decompress(format!(
+                    "{what} (larger than {limit} bytes)"
+                )));
             }
             Ok(out)
         }

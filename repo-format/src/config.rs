@@ -101,7 +101,10 @@ impl Config {
                 p.validate()?;
             }
             if self.page_rules[..i].iter().any(|o| o.format == r.format) {
-                return Err(FormatError::InvalidParameter(format!("two page rules for {:?}", r.format)));
+                return Err(FormatError::InvalidParameter(format!(
+                    "two page rules for {:?}",
+                    r.format
+                )));
             }
         }
         if !(0..=22).contains(&self.compression_level) {

@@ -7,12 +7,12 @@
 //!
 //! [`seed_corpus`] gives valid encodings (sealed with [`fuzz_key`]) to start fuzzing from.
 
-use crate::{FileTime, 
+use crate::{
     decode_pack_header, decode_sealed, decode_sealed_header, encode_sealed_with_nonce,
     finish_pack_with_nonce, header_span, open_blob, preamble, seal_blob_with_nonce, to_postcard,
-    unpack_payload, BlobType, ChunkerParams, Config, FileKind, Id, IndexFile, IndexPack, KdfParams,
-    KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary,
-    Timestamp, Tree, Xattr, NONCE_LEN,
+    unpack_payload, BlobType, ChunkerParams, Config, FileKind, FileTime, Id, IndexFile, IndexPack,
+    KdfParams, KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot,
+    SnapshotSummary, Timestamp, Tree, Xattr, NONCE_LEN,
 };
 
 /// A fixed key, so the fuzzer can also reach past authentication when it learns a valid box.
@@ -161,9 +161,18 @@ fn sample_node(name: &[u8], kind: NodeKind, content: Vec<Id>, subtree: Option<Id
         gid: 100,
         user: "alice".into(),
         group: "users".into(),
-        mtime: FileTime { secs: 1_714_532_400, nanos: 0 },
-        atime: FileTime { secs: 1_714_532_401, nanos: 0 },
-        ctime: FileTime { secs: -1, nanos: 999_999_995 },
+        mtime: FileTime {
+            secs: 1_714_532_400,
+            nanos: 0,
+        },
+        atime: FileTime {
+            secs: 1_714_532_401,
+            nanos: 0,
+        },
+        ctime: FileTime {
+            secs: -1,
+            nanos: 999_999_995,
+        },
         size: 12,
         inode: 4242,
         device: 2049,

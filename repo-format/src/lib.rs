@@ -47,8 +47,8 @@ pub use pack::{
     header_span, open_blob, pack_header_aad, seal_blob, seal_blob_with_nonce, BlobType, PackEntry,
     PackHeader, PACK_HEADER_LEVEL,
 };
-pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
 pub use pages::{default_page_rules, PageFormat, PageRule, PageStrategy};
+pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
 pub use tree::{FileTime, Node, NodeKind, Tree, Xattr};
 
 pub mod fuzz;

@@ -45,12 +45,29 @@ pub struct PageRule {
 /// The rules new repositories get: chosen by measuring nightly growth on the K3s dataset
 /// (`docs/chunking.md`).
 pub fn default_page_rules() -> Vec<PageRule> {
-    let small = ChunkerParams { min_size: 2 << 10, avg_size: 8 << 10, max_size: 32 << 10, normalization: 1 };
+    let small = ChunkerParams {
+        min_size: 2 << 10,
+        avg_size: 8 << 10,
+        max_size: 32 << 10,
+        normalization: 1,
+    };
     vec![
-        PageRule { format: PageFormat::Sqlite, strategy: PageStrategy::Pages },
-        PageRule { format: PageFormat::PostgresRelation, strategy: PageStrategy::Pages },
-        PageRule { format: PageFormat::Bbolt, strategy: PageStrategy::Cdc(small.clone()) },
-        PageRule { format: PageFormat::PostgresWal, strategy: PageStrategy::Cdc(small) },
+        PageRule {
+            format: PageFormat::Sqlite,
+            strategy: PageStrategy::Pages,
+        },
+        PageRule {
+            format: PageFormat::PostgresRelation,
+            strategy: PageStrategy::Pages,
+        },
+        PageRule {
+            format: PageFormat::Bbolt,
+            strategy: PageStrategy::Cdc(small.clone()),
+        },
+        PageRule {
+            format: PageFormat::PostgresWal,
+            strategy: PageStrategy::Cdc(small),
+        },
     ]
 }
 
@@ -88,7 +105,12 @@ pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
         let seg = le32(head, 32);
         let block = le32(head, 36);
         let len_ok = len.is_none_or(|l| l == u64::from(seg));
-        if block.is_power_of_two() && (1024..=65536).contains(&block) && seg.is_power_of_two() && seg >= block && len_ok {
+        if block.is_power_of_two()
+            && (1024..=65536).contains(&block)
+            && seg.is_power_of_two()
+            && seg >= block
+            && len_ok
+        {
             return Some((PageFormat::PostgresWal, block));
         }
         return None;
@@ -97,7 +119,11 @@ pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
         let size_version = le16(head, 18);
         let page = u32::from(size_version & 0xFF00);
         let version = size_version & 0x00FF;
-        let (lower, upper, special) = (u32::from(le16(head, 12)), u32::from(le16(head, 14)), u32::from(le16(head, 16)));
+        let (lower, upper, special) = (
+            u32::from(le16(head, 12)),
+            u32::from(le16(head, 14)),
+            u32::from(le16(head, 16)),
+        );
         // Page layout version 4 (PostgreSQL ≥ 8.3); the file must be whole pages.
         if version == 4
             && page.is_power_of_two()
@@ -123,7 +149,10 @@ mod tests {
         let mut sqlite = b"SQLite format 3\0".to_vec();
         sqlite.extend_from_slice(&[0x10, 0x00]);
         sqlite.resize(100, 0);
-        assert_eq!(detect(&sqlite, Some(8192)), Some((PageFormat::Sqlite, 4096)));
+        assert_eq!(
+            detect(&sqlite, Some(8192)),
+            Some((PageFormat::Sqlite, 4096))
+        );
         let mut s64 = sqlite.clone();
         s64[16..18].copy_from_slice(&[0, 1]);
         assert_eq!(detect(&s64, None), Some((PageFormat::Sqlite, 65536)));
@@ -132,24 +161,51 @@ mod tests {
         bolt[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
         bolt[20..24].copy_from_slice(&2u32.to_le_bytes());
         bolt[24..28].copy_from_slice(&4096u32.to_le_bytes());
-        assert_eq!(detect(&bolt, Some(1 << 20)), Some((PageFormat::Bbolt, 4096)));
+        assert_eq!(
+            detect(&bolt, Some(1 << 20)),
+            Some((PageFormat::Bbolt, 4096))
+        );
 
         // A PostgreSQL 16 WAL segment header, as written by the K3s dataset generator.
-        let wal = hex::decode("13d10200010000000000001c0300000000000000000000005a4c55df185350650000000100200000").unwrap_or_default();
-        assert_eq!(detect(&wal, Some(16 << 20)), Some((PageFormat::PostgresWal, 8192)));
-        assert_eq!(detect(&wal, Some(1000)), None, "a WAL header on a file of another size is not a segment");
+        let wal = hex::decode(
+            "13d10200010000000000001c0300000000000000000000005a4c55df185350650000000100200000",
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            detect(&wal, Some(16 << 20)),
+            Some((PageFormat::PostgresWal, 8192))
+        );
+        assert_eq!(
+            detect(&wal, Some(1000)),
+            None,
+            "a WAL header on a file of another size is not a segment"
+        );
 
-        let pg = hex::decode("000000002aad5001000000001c01b0010020042000000000").unwrap_or_default();
-        assert_eq!(detect(&pg, Some(8192 * 3)), Some((PageFormat::PostgresRelation, 8192)));
+        let pg =
+            hex::decode("000000002aad5001000000001c01b0010020042000000000").unwrap_or_default();
+        assert_eq!(
+            detect(&pg, Some(8192 * 3)),
+            Some((PageFormat::PostgresRelation, 8192))
+        );
         assert_eq!(detect(&pg, Some(8193)), None);
         assert_eq!(detect(&pg, None), None);
     }
 
     #[test]
     fn ordinary_files_are_not_pages() {
-        assert_eq!(detect(b"hello world, this is text and nothing else at all....", Some(50)), None);
+        assert_eq!(
+            detect(
+                b"hello world, this is text and nothing else at all....",
+                Some(50)
+            ),
+            None
+        );
         assert_eq!(detect(&[0u8; 64], Some(8192)), None);
-        assert_eq!(detect(b"SQLite format 3\0\x03\x00", Some(100)), None, "page size 768 is not a power of two");
+        assert_eq!(
+            detect(b"SQLite format 3\0\x03\x00", Some(100)),
+            None,
+            "page size 768 is not a power of two"
+        );
         assert_eq!(detect(&[], None), None);
     }
 }

@@ -28,7 +28,9 @@ pub enum NodeKind {
 
 /// A file time: whole seconds since the epoch and nanoseconds. File systems such as ext4
 /// store times far beyond 2262, where nanoseconds in an `i64` would overflow.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct FileTime {
     /// Seconds since 1970-01-01T00:00:00Z (negative before).
     pub secs: i64,
@@ -146,7 +148,10 @@ impl Tree {
                     });
                 }
             }
-            if [n.mtime, n.atime, n.ctime].iter().any(|t| t.nanos >= 1_000_000_000) {
+            if [n.mtime, n.atime, n.ctime]
+                .iter()
+                .any(|t| t.nanos >= 1_000_000_000)
+            {
                 return Err(FormatError::Malformed {
                     what: "tree",
                     detail: "file time nanoseconds out of range".into(),

@@ -101,9 +101,18 @@ fn fixture() -> Fx {
             gid: 1000,
             user: "alice".into(),
             group: "alice".into(),
-            mtime: cairn_format::FileTime { secs: 1_714_525_200, nanos: 0 },
-            atime: cairn_format::FileTime { secs: 1_714_525_201, nanos: 500_000_000 },
-            ctime: cairn_format::FileTime { secs: 1_714_525_200, nanos: 0 },
+            mtime: cairn_format::FileTime {
+                secs: 1_714_525_200,
+                nanos: 0,
+            },
+            atime: cairn_format::FileTime {
+                secs: 1_714_525_201,
+                nanos: 500_000_000,
+            },
+            ctime: cairn_format::FileTime {
+                secs: 1_714_525_200,
+                nanos: 0,
+            },
             size: hello.len() as u64,
             inode: 1234,
             device: 2049,
@@ -1029,8 +1038,17 @@ fn dump_config(d: &mut Dump, c: &Config) {
     d.uint("pack_size", "u32", u64::from(c.pack_size));
     d.len("page_rules", c.page_rules.len());
     for (i, r) in c.page_rules.iter().enumerate() {
-        d.pc(format!("page_rules[{i}].format: PageFormat variant = {:?}", r.format), &r.format);
-        d.pc(format!("page_rules[{i}].strategy: PageStrategy = {:?}", r.strategy), &r.strategy);
+        d.pc(
+            format!(
+                "page_rules[{i}].format: PageFormat variant = {:?}",
+                r.format
+            ),
+            &r.format,
+        );
+        d.pc(
+            format!("page_rules[{i}].strategy: PageStrategy = {:?}", r.strategy),
+            &r.strategy,
+        );
     }
 }
 

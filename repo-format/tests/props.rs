@@ -86,7 +86,11 @@ fn config() -> impl Strategy<Value = Config> {
                 chunker,
                 compression_level,
                 pack_size,
-                page_rules: if rules { cairn_format::default_page_rules() } else { Vec::new() },
+                page_rules: if rules {
+                    cairn_format::default_page_rules()
+                } else {
+                    Vec::new()
+                },
             },
         )
 }
@@ -809,5 +813,6 @@ fn preamble_checks() {
 }
 
 fn file_time() -> impl Strategy<Value = cairn_format::FileTime> {
-    (any::<i64>(), 0u32..1_000_000_000).prop_map(|(secs, nanos)| cairn_format::FileTime { secs, nanos })
+    (any::<i64>(), 0u32..1_000_000_000)
+        .prop_map(|(secs, nanos)| cairn_format::FileTime { secs, nanos })
 }

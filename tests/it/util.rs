@@ -707,9 +707,18 @@ impl<'a> Forger<'a> {
             gid: 0,
             user: String::new(),
             group: String::new(),
-            mtime: cairn_format::FileTime { secs: 1_700_000_000, nanos: 0 },
-            atime: cairn_format::FileTime { secs: 1_700_000_000, nanos: 0 },
-            ctime: cairn_format::FileTime { secs: 1_700_000_000, nanos: 0 },
+            mtime: cairn_format::FileTime {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
+            atime: cairn_format::FileTime {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
+            ctime: cairn_format::FileTime {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
             size: 0,
             inode: 0,
             device: 0,

@@ -35,7 +35,11 @@ impl LocalBackend {
             return Err(Error::Invalid(format!("invalid object name {name:?}")));
         }
         let dir = self.root.join(kind.dir());
-        Ok(if kind == FileKind::Pack { dir.join(&name[..2]).join(name) } else { dir.join(name) })
+        Ok(if kind == FileKind::Pack {
+            dir.join(&name[..2]).join(name)
+        } else {
+            dir.join(name)
+        })
     }
 }
 
@@ -62,7 +66,13 @@ impl Backend for LocalBackend {
 
     fn create(&self) -> Result<()> {
         fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        for kind in [FileKind::Key, FileKind::Lock, FileKind::Snapshot, FileKind::Index, FileKind::Pack] {
+        for kind in [
+            FileKind::Key,
+            FileKind::Lock,
+            FileKind::Snapshot,
+            FileKind::Index,
+            FileKind::Pack,
+        ] {
             let d = self.root.join(kind.dir());
             fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
@@ -106,7 +116,13 @@ impl Backend for LocalBackend {
 
     fn remove_stale_temp(&self, age: std::time::Duration) -> Result<u64> {
         let mut dirs = vec![self.root.clone()];
-        for kind in [FileKind::Key, FileKind::Lock, FileKind::Snapshot, FileKind::Index, FileKind::Pack] {
+        for kind in [
+            FileKind::Key,
+            FileKind::Lock,
+            FileKind::Snapshot,
+            FileKind::Index,
+            FileKind::Pack,
+        ] {
             dirs.push(self.root.join(kind.dir()));
         }
         for i in 0..=255u8 {
@@ -118,7 +134,11 @@ impl Backend for LocalBackend {
             let Ok(rd) = fs::read_dir(&d) else { continue };
             for e in rd.flatten() {
                 let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
-                    && e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|m| now.duration_since(m).ok()).is_some_and(|a| a > age);
+                    && e.metadata()
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|m| now.duration_since(m).ok())
+                        .is_some_and(|a| a > age);
                 if stale && fs::remove_file(e.path()).is_ok() {
                     removed += 1;
                 }
@@ -135,9 +155,12 @@ impl Backend for LocalBackend {
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(kind, name)?;
         let mut f = File::open(&path).map_err(|e| map_read_err(kind, name, &path, e))?;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io(&path, e))?;
         let mut buf = Vec::with_capacity(len as usize);
-        f.take(len).read_to_end(&mut buf).map_err(|e| Error::io(&path, e))?;
+        f.take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(&path, e))?;
         if buf.len() as u64 != len {
             return Err(Error::Integrity(format!(
                 "{} {name} is truncated: wanted {len} bytes at offset {offset}, got {}",
@@ -159,7 +182,14 @@ impl Backend for LocalBackend {
 
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         if kind == FileKind::Config {
-            return Ok(self.stat(kind, "config")?.map(|size| ObjectInfo { name: "config".into(), size }).into_iter().collect());
+            return Ok(self
+                .stat(kind, "config")?
+                .map(|size| ObjectInfo {
+                    name: "config".into(),
+                    size,
+                })
+                .into_iter()
+                .collect());
         }
         let dir = self.root.join(kind.dir());
         let mut out = Vec::new();
@@ -188,7 +218,10 @@ impl Backend for LocalBackend {
                     continue;
                 }
                 let size = e.metadata().map_err(|err| Error::io(e.path(), err))?.len();
-                out.push(ObjectInfo { name: name.to_owned(), size });
+                out.push(ObjectInfo {
+                    name: name.to_owned(),
+                    size,
+                });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

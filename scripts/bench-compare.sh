@@ -1,0 +1,460 @@
+#!/usr/bin/env bash
+# bench-compare.sh: cairn vs restic, side by side on the same data.
+#
+# Builds cairn (release), prepares data sets under a work dir, then for R repetitions runs,
+# alternating which tool goes first: first backup (fresh repos), unchanged re-backup, backup
+# after touching 1 % of the files, restore into an empty dir, forget --keep-last 1 --prune
+# (cairn: only when it has `forget`), and measures wall time, CPU, peak RSS (GNU time) and
+# repository size. Prints medians and cairn/restic ratios as a markdown table and writes it
+# to a file.
+#
+# The machine is noisy: only compare ratios measured in one run.
+#
+# Usage: scripts/bench-compare.sh [options]
+#   --data LIST          comma-separated: real, k3s, incompressible, bigfile, speedup (default: real)
+#                        speedup = cairn alone on the bigfile with RAYON_NUM_THREADS=1 vs 2
+#   --work DIR           work dir (default /var/tmp/cairn-bench)
+#   --reps R             repetitions (default 3)
+#   --threads N          RAYON_NUM_THREADS=N for cairn, GOMAXPROCS=N for restic
+#   --real-tree-mb N     size of the `real` tree copy (default 2000)
+#   --mixed-mb N         size of the `real` mixed file (default 1000)
+#   --incompressible-mb N  (default 1000)
+#   --bigfile-mb N       (default 4000)
+#   --speedup-threads "A B"  thread counts for --data speedup (default "1 2")
+#   --pct P              percent of files touched for the "1 %" backup (default 1)
+#   --no-build           do not run cargo; use target/release/cairn as it is
+#   --cairn-bin PATH     benchmark this binary (implies --no-build)
+#   --out FILE           also append the tables to FILE (default WORK/results/<data>-<time>.md)
+#   --regen              regenerate the data sets even if they exist
+#   --prepare-only       only build and prepare the data sets
+#   -h, --help
+
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+HELPER="$SCRIPT_DIR/bench_helper.py"
+
+DATA="real"
+WORK="/var/tmp/cairn-bench"
+REPS=3
+THREADS=""
+REAL_TREE_MB=2000
+MIXED_MB=1000
+INCOMP_MB=1000
+BIG_MB=4000
+SPEEDUP_THREADS="1 2"
+PCT=1
+BUILD=1
+CAIRN_BIN_SRC=""
+OUT=""
+REGEN=0
+PREPARE_ONLY=0
+SHARED="${CAIRN_BENCH_SHARED:-/work/shared}"
+
+usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --data) DATA="$2"; shift 2 ;;
+        --work) WORK="$2"; shift 2 ;;
+        --reps) REPS="$2"; shift 2 ;;
+        --threads) THREADS="$2"; shift 2 ;;
+        --real-tree-mb) REAL_TREE_MB="$2"; shift 2 ;;
+        --mixed-mb) MIXED_MB="$2"; shift 2 ;;
+        --incompressible-mb) INCOMP_MB="$2"; shift 2 ;;
+        --bigfile-mb) BIG_MB="$2"; shift 2 ;;
+        --speedup-threads) SPEEDUP_THREADS="$2"; shift 2 ;;
+        --pct) PCT="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --cairn-bin) CAIRN_BIN_SRC="$2"; BUILD=0; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --regen) REGEN=1; shift ;;
+        --prepare-only) PREPARE_ONLY=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+if [[ ! -x /usr/bin/time ]]; then
+    log "/usr/bin/time missing: installing GNU time"
+    apt-get install -y time >/dev/null || die "cannot install GNU time (apt-get install -y time)"
+fi
+command -v restic >/dev/null || die "restic not found"
+command -v python3 >/dev/null || die "python3 not found"
+
+mkdir -p "$WORK"/{bin,data,repos,restore,results,tmp}
+WORK="$(cd "$WORK" && pwd)"
+STAMP="$(date +%Y%m%d-%H%M%S)"
+RUN_DIR="$WORK/results/run-$STAMP"
+mkdir -p "$RUN_DIR"
+[[ -n "$OUT" ]] || OUT="$WORK/results/${DATA//,/-}-$STAMP.md"
+CMDLOG="$RUN_DIR/commands.log"
+: >"$CMDLOG"
+
+# ---------------------------------------------------------------- cairn binary
+CAIRN="$WORK/bin/cairn"
+if [[ -n "$CAIRN_BIN_SRC" ]]; then
+    cp -p "$CAIRN_BIN_SRC" "$CAIRN.new"
+else
+    if [[ "$BUILD" == 1 ]]; then
+        log "building cairn (cargo build --release -p cairn-cli)"
+        if ! (cd "$REPO_ROOT" && cargo build --release -p cairn-cli) >&2; then
+            [[ -x "$REPO_ROOT/target/release/cairn" ]] || die "cargo build failed"
+            log "WARNING: cargo build failed; benchmarking the existing target/release/cairn" \
+                "(built $(date -r "$REPO_ROOT/target/release/cairn" '+%F %T')); pass --no-build to silence"
+            BUILD_FAILED=1
+        fi
+    fi
+    [[ -x "$REPO_ROOT/target/release/cairn" ]] || die "no $REPO_ROOT/target/release/cairn"
+    cp -p "$REPO_ROOT/target/release/cairn" "$CAIRN.new"
+fi
+# A private copy: the binary in target/ may be rebuilt by others while we measure.
+mv -f "$CAIRN.new" "$CAIRN"
+chmod +x "$CAIRN"
+
+BUILD_FAILED="${BUILD_FAILED:-0}"
+PASSWORD="cairn-bench-password"
+CAIRN_HAS_FORGET=0
+CAIRN_FORGET_MODE=""
+if "$CAIRN" help forget >/dev/null 2>&1; then
+    CAIRN_HAS_FORGET=1
+    if "$CAIRN" help forget 2>/dev/null | grep -q -- '--prune'; then
+        CAIRN_FORGET_MODE="forget-prune"
+    elif "$CAIRN" help prune >/dev/null 2>&1; then
+        CAIRN_FORGET_MODE="forget-then-prune"
+    else
+        CAIRN_FORGET_MODE="forget-only"
+    fi
+fi
+
+# Environment of each tool (threads apply to both).
+cairn_env=(env "CAIRN_PASSWORD=$PASSWORD")
+restic_env=(env "RESTIC_PASSWORD=$PASSWORD" "RESTIC_CACHE_DIR=$WORK/restic-cache")
+if [[ -n "$THREADS" ]]; then
+    cairn_env+=("RAYON_NUM_THREADS=$THREADS")
+    restic_env+=("GOMAXPROCS=$THREADS")
+fi
+
+# ---------------------------------------------------------------- header
+CAIRN_VERSION="$("$CAIRN" --version 2>&1 | head -1)"
+RESTIC_VERSION="$(restic version 2>&1 | head -1)"
+CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+{
+    echo "## cairn vs restic ($STAMP)"
+    echo
+    echo "- cairn: \`$CAIRN_VERSION\` (private copy $CAIRN, sha256 $(sha256sum "$CAIRN" | cut -c1-16)…, binary built $(date -r "$CAIRN" '+%F %T'); source $REPO_ROOT)"
+    [[ "$BUILD_FAILED" == 1 ]] && echo "- **WARNING: cargo build failed; this is an older binary**"
+    if git -C "$REPO_ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
+        echo "- source tree: git HEAD $(git -C "$REPO_ROOT" rev-parse --short HEAD)," \
+            "$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no | wc -l) modified tracked file(s) at run time"
+    fi
+    echo "- restic: \`$RESTIC_VERSION\`"
+    echo "- nproc: $(nproc); CPU: $CPU_MODEL; RAM: $(free -g | awk '/Mem:/{print $2}') GiB; kernel $(uname -r)"
+    echo "- threads: ${THREADS:-default (cairn: rayon = nproc; restic: GOMAXPROCS = nproc)}"
+    echo "- repetitions: $REPS, tools alternate which goes first in each phase; medians reported"
+    echo "- page cache: NOT dropped (cannot be done reliably here). Each data set is read once before"
+    echo "  the first timed run, so both tools read from a warm cache; \`sync\` (untimed) runs before"
+    echo "  every timed command so that one tool's dirty pages are not flushed on the other's clock."
+    echo "- cairn forget/prune: $([[ $CAIRN_HAS_FORGET == 1 ]] && echo "present ($CAIRN_FORGET_MODE)" || echo "absent (n/a)")"
+    echo "- MB = 10^6 bytes; MiB = 2^20 bytes; RSS = GNU time %M (max resident set); CPU = %U + %S;
+  \"cores busy\" = CPU / wall (other load on the machine lowers it for both tools)"
+    echo
+} | tee -a "$OUT"
+
+# ---------------------------------------------------------------- helpers
+CSV=""
+record() { echo "$1,$2,$3,$4" >>"$CSV"; }   # rep tool measurement value
+
+# timed REP TOOL LABEL OUTFILE -- command...  → sets T_WALL T_USER T_SYS T_RSS (KiB) T_VCSW
+# (voluntary context switches: blocking on I/O, fsync, locks) T_RC
+timed() {
+    local rep="$1" tool="$2" label="$3" outfile="$4"
+    shift 5
+    local tf="$RUN_DIR/time.$$"
+    sync
+    printf '%s\t%s\t%s\n' "$tool" "$label" "$(printf '%q ' "$@")" >>"$CMDLOG"
+    set +e
+    /usr/bin/time -f '%e %U %S %M %w' -o "$tf" "$@" >"$outfile" 2>"$outfile.err"
+    T_RC=$?
+    set -e
+    read -r T_WALL T_USER T_SYS T_RSS T_VCSW < <(python3 "$HELPER" parse-time "$tf")
+    rm -f "$tf"
+    if [[ "$T_RC" != 0 && "$T_RC" != 3 ]]; then
+        log "WARNING: $tool $label exited with $T_RC; stderr tail:"
+        tail -5 "$outfile.err" >&2 || true
+        T_WALL=nan; T_USER=nan; T_SYS=nan; T_RSS=nan; T_VCSW=nan
+    elif [[ "$T_RC" == 3 ]]; then
+        log "note: $tool $label exited 3 (some files could not be read)"
+    fi
+    log "  rep $rep $tool $label: ${T_WALL}s wall, ${T_USER}+${T_SYS}s cpu, $((${T_RSS/nan/0} / 1024)) MiB rss"
+}
+
+calc() { python3 -c "import sys; a=[float(x) for x in sys.argv[1:]]; print($1)" "${@:2}" 2>/dev/null || echo nan; }
+
+repo_bytes() { python3 "$HELPER" stats "$1" | awk '{print $2}'; }
+
+tool_init() { # tool repo
+    local tool="$1" repo="$2"
+    rm -rf "$repo"
+    if [[ "$tool" == cairn ]]; then
+        printf '%s\t%s\t%s\n' cairn init "$(printf '%q ' "${cairn_env[@]}" "$CAIRN" -r "$repo" init --kdf-memory-mib 8 --kdf-iterations 1)" >>"$CMDLOG"
+        "${cairn_env[@]}" "$CAIRN" -r "$repo" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+    else
+        printf '%s\t%s\t%s\n' restic init "$(printf '%q ' "${restic_env[@]}" restic -r "$repo" init)" >>"$CMDLOG"
+        "${restic_env[@]}" restic -r "$repo" init >/dev/null
+    fi
+}
+
+tool_cmd() { # tool repo subcommand... → prints nothing; fills CMD array
+    local tool="$1" repo="$2"
+    shift 2
+    if [[ "$tool" == cairn ]]; then
+        CMD=("${cairn_env[@]}" "$CAIRN" -r "$repo" "$@")
+    else
+        CMD=("${restic_env[@]}" restic -r "$repo" "$@")
+    fi
+}
+
+warm_cache() {
+    log "warming the page cache: reading $1 once"
+    find "$1" -type f -print0 | xargs -0 -r cat >/dev/null
+}
+
+# ---------------------------------------------------------------- data sets
+# Sources of the "mixed" files, in order (each file is used once; see bench_helper.py mixed).
+SRC_MIXED=(/opt /usr/bin /usr/sbin /usr/libexec /usr/share /usr/lib)
+
+prepared() { # name params → 0 if already prepared with these params
+    [[ "$REGEN" == 0 && -f "$WORK/data/$1.params" && "$(cat "$WORK/data/$1.params")" == "$2" ]]
+}
+
+prep_real() {
+    local params="tree=$REAL_TREE_MB mixed=$MIXED_MB v2"
+    DATA_PATH="$WORK/data/real"
+    prepared real "$params" && return
+    log "preparing data set 'real': ${REAL_TREE_MB} MB tree (cp -a) + ${MIXED_MB} MB mixed file"
+    rm -rf "$DATA_PATH" "$WORK/data/real.params"
+    mkdir -p "$DATA_PATH"
+    local tc="" d
+    for d in /root/.rustup/toolchains/stable-* /root/.rustup/toolchains/*; do
+        if [[ -d "$d" && ! -L "$d" ]]; then tc="$d"; break; fi
+    done
+    python3 "$HELPER" copy-capped "$DATA_PATH/tree" $((REAL_TREE_MB * 1000000)) \
+        /usr/share/doc:0.06 /usr/share/man:0.04 /usr/lib:0.45 ${tc:+"$tc"} >/dev/null
+    python3 "$HELPER" mixed "$DATA_PATH/mixed.bin" $((MIXED_MB * 1000000)) 1 "${SRC_MIXED[@]}" >/dev/null
+    echo "$params" >"$WORK/data/real.params"
+}
+
+prep_k3s() {
+    local params="k3s days=1 seed=1 scale=medium v1"
+    DATA_PATH="$WORK/data/k3s/day-01"
+    prepared k3s "$params" && return
+    log "preparing data set 'k3s': python3 $SHARED/datasets/k3s-sim.py $WORK/data/k3s --days 1 --seed 1 --scale medium"
+    rm -rf "$WORK/data/k3s" "$WORK/data/k3s.params"
+    python3 "$SHARED/datasets/k3s-sim.py" "$WORK/data/k3s" --days 1 --seed 1 --scale medium --quiet >&2
+    echo "$params" >"$WORK/data/k3s.params"
+}
+
+prep_incompressible() {
+    local params="urandom mb=$INCOMP_MB v1"
+    DATA_PATH="$WORK/data/incompressible"
+    prepared incompressible "$params" && return
+    log "preparing data set 'incompressible': ${INCOMP_MB} MB from /dev/urandom"
+    rm -rf "$DATA_PATH"
+    mkdir -p "$DATA_PATH"
+    head -c $((INCOMP_MB * 1000000)) /dev/urandom >"$DATA_PATH/random.bin"
+    echo "$params" >"$WORK/data/incompressible.params"
+}
+
+prep_bigfile() {
+    local params="mixed mb=$BIG_MB v1"
+    DATA_PATH="$WORK/data/bigfile"
+    prepared bigfile "$params" && return
+    log "preparing data set 'bigfile': one ${BIG_MB} MB mixed file"
+    rm -rf "$DATA_PATH"
+    mkdir -p "$DATA_PATH"
+    python3 "$HELPER" mixed "$DATA_PATH/big.bin" $((BIG_MB * 1000000)) 2 "${SRC_MIXED[@]}" >/dev/null
+    echo "$params" >"$WORK/data/bigfile.params"
+}
+
+# ---------------------------------------------------------------- one comparison
+compare() { # name
+    local name="$1"
+    "prep_$name"
+    local data="$DATA_PATH"
+    read -r NFILES NBYTES < <(python3 "$HELPER" stats "$data")
+    local mb
+    mb="$(calc 'a[0]/1e6' "$NBYTES")"
+    log "data set $name: $data, $NFILES files, $mb MB"
+    CSV="$RUN_DIR/$name.csv"
+    : >"$CSV"
+    warm_cache "$data"
+    local t0=$SECONDS
+    local restore_dir="$WORK/restore"
+    for ((rep = 1; rep <= REPS; rep++)); do
+        local order=(cairn restic)
+        ((rep % 2 == 0)) && order=(restic cairn)
+        log "== $name rep $rep/$REPS (order: ${order[*]})"
+        for t in "${order[@]}"; do tool_init "$t" "$WORK/repos/$t"; done
+        rm -rf "$WORK/restic-cache"
+
+        # 1. first backup
+        for t in "${order[@]}"; do
+            tool_cmd "$t" "$WORK/repos/$t" backup --json "$data"
+            timed "$rep" "$t" "first backup" "$RUN_DIR/$name.$rep.$t.backup1.json" -- "${CMD[@]}"
+            record "$rep" "$t" "first backup: wall s" "$T_WALL"
+            record "$rep" "$t" "first backup: MB/s" "$(calc 'a[0]/1e6/a[1]' "$NBYTES" "$T_WALL")"
+            record "$rep" "$t" "first backup: CPU s (user+sys)" "$(calc 'a[0]+a[1]' "$T_USER" "$T_SYS")"
+            record "$rep" "$t" "first backup: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
+            record "$rep" "$t" "first backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            record "$rep" "$t" "first backup: voluntary context switches" "$T_VCSW"
+            record "$rep" "$t" "first backup: data_added MB (pre-compression)" \
+                "$(calc 'a[0]/1e6' "$(python3 "$HELPER" data-added "$t" "$RUN_DIR/$name.$rep.$t.backup1.json")")"
+        done
+        # 2. unchanged re-backup
+        for t in "${order[@]}"; do
+            tool_cmd "$t" "$WORK/repos/$t" backup --json "$data"
+            timed "$rep" "$t" "unchanged re-backup" "$RUN_DIR/$name.$rep.$t.backup2.json" -- "${CMD[@]}"
+            record "$rep" "$t" "unchanged re-backup: wall s" "$T_WALL"
+            record "$rep" "$t" "unchanged re-backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+        done
+        # 3. backup after touching PCT % of the files
+        local undo="$WORK/tmp/undo-$name.json"
+        python3 "$HELPER" undo "$undo"   # leftovers of an interrupted run
+        read -r nmod ntot modbytes < <(python3 "$HELPER" modify "$data" "$undo" "$rep" "$PCT")
+        log "  modified $nmod of $ntot files ($(calc 'a[0]/1e6' "$modbytes") MB of file content)"
+        for t in "${order[@]}"; do
+            tool_cmd "$t" "$WORK/repos/$t" backup --json "$data"
+            timed "$rep" "$t" "backup after ${PCT}% touched" "$RUN_DIR/$name.$rep.$t.backup3.json" -- "${CMD[@]}"
+            record "$rep" "$t" "${PCT}% touched backup: wall s" "$T_WALL"
+            record "$rep" "$t" "${PCT}% touched backup: data_added MB" \
+                "$(calc 'a[0]/1e6' "$(python3 "$HELPER" data-added "$t" "$RUN_DIR/$name.$rep.$t.backup3.json")")"
+            record "$rep" "$t" "${PCT}% touched backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+        done
+        # 4. restore into an empty dir (the latest snapshot = the modified state)
+        read -r _ want_bytes < <(python3 "$HELPER" stats "$data")
+        for t in "${order[@]}"; do
+            rm -rf "$restore_dir"
+            mkdir -p "$restore_dir"
+            tool_cmd "$t" "$WORK/repos/$t" restore latest --target "$restore_dir"
+            timed "$rep" "$t" "restore" "$RUN_DIR/$name.$rep.$t.restore.out" -- "${CMD[@]}"
+            read -r got_files got_bytes < <(python3 "$HELPER" stats "$restore_dir")
+            if [[ "$got_files" != "$NFILES" || "$got_bytes" != "$want_bytes" ]]; then
+                log "WARNING: $t restore has $got_files files / $got_bytes bytes, expected $NFILES / $want_bytes"
+            fi
+            record "$rep" "$t" "restore: wall s" "$T_WALL"
+            record "$rep" "$t" "restore: MB/s" "$(calc 'a[0]/1e6/a[1]' "$want_bytes" "$T_WALL")"
+            record "$rep" "$t" "restore: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
+            record "$rep" "$t" "restore: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            rm -rf "$restore_dir"
+        done
+        python3 "$HELPER" undo "$undo"
+        # 5. repository size, forget + prune
+        for t in "${order[@]}"; do
+            record "$rep" "$t" "repo size after 3 backups MB" "$(calc 'a[0]/1e6' "$(repo_bytes "$WORK/repos/$t")")"
+        done
+        for t in "${order[@]}"; do
+            local repo="$WORK/repos/$t"
+            if [[ "$t" == restic ]]; then
+                tool_cmd restic "$repo" forget --keep-last 1 --prune
+                timed "$rep" "$t" "forget+prune" "$RUN_DIR/$name.$rep.$t.prune.out" -- "${CMD[@]}"
+            elif [[ "$CAIRN_FORGET_MODE" == forget-prune ]]; then
+                tool_cmd cairn "$repo" forget --keep-last 1 --prune
+                timed "$rep" "$t" "forget+prune" "$RUN_DIR/$name.$rep.$t.prune.out" -- "${CMD[@]}"
+            elif [[ "$CAIRN_FORGET_MODE" == forget-then-prune ]]; then
+                tool_cmd cairn "$repo" forget --keep-last 1
+                local c1
+                c1="$(printf '%q ' "${CMD[@]}")"
+                tool_cmd cairn "$repo" prune
+                timed "$rep" "$t" "forget, then prune" "$RUN_DIR/$name.$rep.$t.prune.out" -- \
+                    bash -c "$c1 && $(printf '%q ' "${CMD[@]}")"
+            else
+                continue   # no forget in this cairn: n/a
+            fi
+            record "$rep" "$t" "forget --keep-last 1 --prune: wall s" "$T_WALL"
+            record "$rep" "$t" "forget --keep-last 1 --prune: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            record "$rep" "$t" "repo size after prune MB" "$(calc 'a[0]/1e6' "$(repo_bytes "$repo")")"
+        done
+        rm -rf "$WORK/repos/cairn" "$WORK/repos/restic"
+    done
+    local took=$((SECONDS - t0))
+    python3 "$HELPER" report "$CSV" "$OUT" \
+        "data set \`$name\`: $data ($NFILES files, $mb MB), ${PCT}% touched, $REPS rep(s), took ${took}s" >/dev/null
+    log "data set $name took ${took}s"
+}
+
+# ---------------------------------------------------------------- single-file chunking speed-up
+speedup() {
+    prep_bigfile
+    local data="$DATA_PATH"
+    read -r NFILES NBYTES < <(python3 "$HELPER" stats "$data")
+    CSV="$RUN_DIR/speedup.csv"
+    : >"$CSV"
+    warm_cache "$data"
+    local t0=$SECONDS
+    local -a ths
+    read -r -a ths <<<"$SPEEDUP_THREADS"
+    for ((rep = 1; rep <= REPS; rep++)); do
+        local order=("${ths[@]}")
+        if ((rep % 2 == 0)); then
+            order=()
+            for ((i = ${#ths[@]} - 1; i >= 0; i--)); do order+=("${ths[i]}"); done
+        fi
+        for th in "${order[@]}"; do
+            local repo="$WORK/repos/cairn-speedup"
+            tool_init cairn "$repo"
+            local label="RAYON_NUM_THREADS=$th"
+            CMD=("${cairn_env[@]}" "RAYON_NUM_THREADS=$th" "$CAIRN" -r "$repo" backup --json "$data")
+            timed "$rep" "$label" "first backup of one file" "$RUN_DIR/speedup.$rep.$th.json" -- "${CMD[@]}"
+            record "$rep" "$label" "first backup: wall s" "$T_WALL"
+            record "$rep" "$label" "first backup: MB/s" "$(calc 'a[0]/1e6/a[1]' "$NBYTES" "$T_WALL")"
+            record "$rep" "$label" "first backup: CPU s (user+sys)" "$(calc 'a[0]+a[1]' "$T_USER" "$T_SYS")"
+            record "$rep" "$label" "first backup: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
+            record "$rep" "$label" "first backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            rm -rf "$repo"
+        done
+    done
+    local took=$((SECONDS - t0))
+    python3 "$HELPER" speedup-report "$CSV" "$OUT" \
+        "cairn single-file chunking speed-up: $data ($(calc 'a[0]/1e6' "$NBYTES") MB, one file), $REPS rep(s), took ${took}s" >/dev/null
+    log "speedup took ${took}s"
+}
+
+# ---------------------------------------------------------------- main
+IFS=',' read -r -a SETS <<<"$DATA"
+if [[ "$PREPARE_ONLY" == 1 ]]; then
+    for s in "${SETS[@]}"; do
+        case "$s" in
+            speedup) prep_bigfile ;;
+            *) "prep_$s" ;;
+        esac
+        read -r n b < <(python3 "$HELPER" stats "$DATA_PATH")
+        log "data set $s ready: $DATA_PATH ($n files, $b bytes)"
+    done
+    exit 0
+fi
+for s in "${SETS[@]}"; do
+    case "$s" in
+        real|k3s|incompressible|bigfile) compare "$s" ;;
+        speedup) speedup ;;
+        *) die "unknown data set $s (real, k3s, incompressible, bigfile, speedup)" ;;
+    esac
+done
+
+{
+    echo "Commands (first of each kind; every command is in $CMDLOG):"
+    echo
+    echo '```'
+    awk -F'\t' '!seen[$1 FS $2]++ {print "# " $1 " " $2; print $3}' "$CMDLOG"
+    echo '```'
+    echo
+} >>"$OUT"
+
+echo
+echo "================================================================ results ($OUT)"
+cat "$OUT"
