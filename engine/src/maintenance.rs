@@ -317,33 +317,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     drop(packer);
     kept_packs.extend(new_packs);
 
-    // 2. The complete new index; the last file supersedes every older one.
-    let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
-    let mut chunks: Vec<Vec<IndexPack>> = kept_packs
-        .chunks(PACKS_PER_INDEX_FILE)
-        .map(<[IndexPack]>::to_vec)
-        .collect();
-    if chunks.is_empty() {
-        chunks.push(Vec::new());
-    }
-    let last = chunks.len() - 1;
-    let mut new_files = HashSet::new();
-    for (i, packs) in chunks.into_iter().enumerate() {
-        let supersedes = if i == last {
-            old_files.clone()
-        } else {
-            Vec::new()
-        };
-        new_files.insert(repo.save(FileKind::Index, &IndexFile { supersedes, packs })?);
-    }
-    report.index_files_replaced = old_files.len() as u64;
-
-    // 3. Old index files.
-    for id in &old_files {
-        if !new_files.contains(id) {
-            repo.backend().delete(FileKind::Index, &id.to_hex())?;
-        }
-    }
+    // 2.+3. The complete new index, then the old index files go.
+    report.index_files_replaced = replace_index(repo, kept_packs)?;
     // 4. Packs nothing names any more.
     for id in delete.iter().chain(repack_ids.iter()) {
         repo.backend().delete(FileKind::Pack, &id.to_hex())?;
@@ -469,19 +444,7 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
             err(format!("pack {name} is indexed but missing"));
             return;
         };
-        let header = (|| -> Result<Vec<PackEntry>> {
-            if size < 12 {
-                return Err(Error::Integrity("too short".into()));
-            }
-            let tail = repo
-                .backend()
-                .get_range(FileKind::Pack, &name, size - 4, 4)?;
-            let (start, len) = header_span(size, [tail[0], tail[1], tail[2], tail[3]])?;
-            let sealed = repo
-                .backend()
-                .get_range(FileKind::Pack, &name, start, len)?;
-            Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
-        })();
+        let header = read_pack_header(repo, &name, size);
         match header {
             Ok(h) => {
                 let by_id: HashMap<Id, &PackEntry> = h.iter().map(|e| (e.id, e)).collect();
@@ -623,19 +586,7 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
     let results: Vec<(String, Result<Vec<PackEntry>>)> = stored
         .par_iter()
         .map(|o| {
-            let r = (|| -> Result<Vec<PackEntry>> {
-                if o.size < 12 {
-                    return Err(Error::Integrity("too short".into()));
-                }
-                let tail = repo
-                    .backend()
-                    .get_range(FileKind::Pack, &o.name, o.size - 4, 4)?;
-                let (start, len) = header_span(o.size, [tail[0], tail[1], tail[2], tail[3]])?;
-                let sealed = repo
-                    .backend()
-                    .get_range(FileKind::Pack, &o.name, start, len)?;
-                Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
-            })();
+            let r = read_pack_header(repo, &o.name, o.size);
             Progress::add(&progress.files, 1);
             (o.name.clone(), r)
         })
@@ -655,7 +606,17 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
             Err(e) => report.unreadable_packs.push(format!("{name}: {e}")),
         }
     }
-    let old_files = repo.list_ids(FileKind::Index)?;
+    report.index_files_replaced = replace_index(repo, packs)?;
+    Ok(report)
+}
+
+/// Replace the whole index by one listing exactly `packs`: write the new index files, the
+/// last one naming every older index file in `supersedes`, then delete the older ones.
+/// A crash before the last new file leaves the old index in force (new files only add
+/// duplicates); a crash after it leaves superseded files that readers ignore. Returns how
+/// many index files were replaced.
+fn replace_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<u64> {
+    let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
     let mut chunks: Vec<Vec<IndexPack>> = packs
         .chunks(PACKS_PER_INDEX_FILE)
         .map(<[IndexPack]>::to_vec)
@@ -665,25 +626,31 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
     }
     let last = chunks.len() - 1;
     let mut new_files = HashSet::new();
-    for (i, p) in chunks.into_iter().enumerate() {
+    for (i, packs) in chunks.into_iter().enumerate() {
         let supersedes = if i == last {
             old_files.clone()
         } else {
             Vec::new()
         };
-        new_files.insert(repo.save(
-            FileKind::Index,
-            &IndexFile {
-                supersedes,
-                packs: p,
-            },
-        )?);
+        new_files.insert(repo.save(FileKind::Index, &IndexFile { supersedes, packs })?);
     }
     for id in &old_files {
         if !new_files.contains(id) {
             repo.backend().delete(FileKind::Index, &id.to_hex())?;
         }
     }
-    report.index_files_replaced = old_files.len() as u64;
-    Ok(report)
+    Ok(old_files.len() as u64)
+}
+
+/// Read and decode a pack's header with two ranged reads (trailer, then header).
+fn read_pack_header(repo: &Repository, name: &str, size: u64) -> Result<Vec<PackEntry>> {
+    if size < 12 {
+        return Err(Error::Integrity("too short".into()));
+    }
+    let tail = repo
+        .backend()
+        .get_range(FileKind::Pack, name, size - 4, 4)?;
+    let (start, len) = header_span(size, [tail[0], tail[1], tail[2], tail[3]])?;
+    let sealed = repo.backend().get_range(FileKind::Pack, name, start, len)?;
+    Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
 }
