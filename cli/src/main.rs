@@ -179,6 +179,9 @@ pub struct ForgetArgs {
     /// Run prune afterwards if snapshots were removed.
     #[arg(long)]
     pub prune: bool,
+    /// Allow the policy to remove every snapshot of a group (refused otherwise).
+    #[arg(long)]
+    pub allow_empty_group: bool,
     #[command(flatten)]
     pub prune_opts: PruneOpts,
 }

@@ -127,7 +127,21 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         let groups = group(selected, GroupBy::parse(&a.group_by)?);
         let now = now_timestamp().unix_nanos;
         for (key, snaps) in groups {
-            let decisions = apply_policy(&snaps, &policy, now);
+            let mut decisions = apply_policy(&snaps, &policy, now);
+            if !a.allow_empty_group && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
+                // A policy that keeps nothing is almost always a mistake (a tag filter that
+                // matches nothing in `--keep-tag`, a typo in the rules): never empty a group
+                // unless asked.
+                eprintln!(
+                    "warning: the policy would remove all {} snapshots of {}; keeping them (use --allow-empty-group to remove)",
+                    decisions.len(),
+                    group_label(&key)
+                );
+                for d in &mut decisions {
+                    d.keep = true;
+                    d.reasons = vec!["group would be emptied".into()];
+                }
+            }
             let by_id: std::collections::HashMap<_, _> =
                 snaps.iter().map(|(i, s)| (*i, s)).collect();
             if !cli.json && !cli.quiet {

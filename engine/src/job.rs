@@ -568,7 +568,12 @@ pub fn run_job(
                 .filter(|(_, s)| s.hostname == host && s.tags.contains(&tag))
                 .cloned()
                 .collect();
-            for d in apply_policy(&group, &retention.policy()?, now) {
+            let decisions = apply_policy(&group, &retention.policy()?, now);
+            if decisions.iter().all(|d| !d.keep) {
+                // Never let retention empty a source's history.
+                continue;
+            }
+            for d in decisions {
                 if !d.keep {
                     if !dry_run {
                         repo.backend().delete(FileKind::Snapshot, &d.id.to_hex())?;

@@ -16,5 +16,6 @@ mod harness;
 mod incremental;
 mod keys;
 mod listing;
+mod retention;
 mod safety;
 mod util;
