@@ -419,13 +419,25 @@ fn main() -> ExitCode {
             } else {
                 code
             };
+            // thiserror's I/O variant displays its cause and also chains it: print each
+            // distinct piece of the chain once.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if !msg.contains(&text) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&text);
+                }
+            }
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({"message_type": "error", "error": format!("{e:#}"), "exit_code": code})
+                    serde_json::json!({"message_type": "error", "error": msg, "exit_code": code})
                 );
             }
-            eprintln!("cairn: error: {e:#}");
+            eprintln!("cairn: error: {msg}");
             ExitCode::from(code as u8)
         }
     }

@@ -99,6 +99,9 @@ struct Counts {
     bytes: u64,
 }
 
+/// The path recorded in an [`Error::Io`] that came from reading a backup source.
+const SOURCE_READ: &str = "<source read>";
+
 /// Bytes per read window for files with `max` chunk size.
 pub fn window_size(max_chunk: usize) -> usize {
     (2 * max_chunk + (1 << 20)).max(16 << 20)
@@ -491,8 +494,10 @@ impl Archiver<'_> {
                 let sub = self.parent_subtree(parent.filter(|p| p.kind == NodeKind::Dir));
                 let tree = match self.dir_tree(path, sub.as_ref(), dev) {
                     Ok(t) => t,
-                    Err(Error::Io { path, source }) => {
-                        self.warn(format!("{path}: {source}"));
+                    // This directory could not be listed: skip it with a warning. Errors from
+                    // further down (a full repository disk) abort the backup instead.
+                    Err(Error::Io { path: p, source }) if Path::new(&p) == path => {
+                        self.warn(format!("{p}: {source}"));
                         return Ok(None);
                     }
                     Err(e) => return Err(e),
@@ -602,7 +607,9 @@ impl Archiver<'_> {
         };
         let (content, read) = match self.chunk_stream(&mut f, Some(meta.len())) {
             Ok(v) => v,
-            Err(Error::Io { path: _, source }) => {
+            // Only a failure to read the *source* skips the file; an I/O error writing the
+            // repository (a full disk) must abort the backup.
+            Err(Error::Io { path: p, source }) if p == SOURCE_READ => {
                 self.warn(format!("{}: read error: {source}", path.display()));
                 return Ok(false);
             }
@@ -666,7 +673,7 @@ impl Archiver<'_> {
                     Progress::add(&self.progress.bytes, n as u64);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => buf.truncate(old),
-                Err(e) => return Err(Error::io("read", e)),
+                Err(e) => return Err(Error::io(SOURCE_READ, e)),
             }
         }
         Ok(())
@@ -808,7 +815,9 @@ impl Archiver<'_> {
     fn stdin_tree(&self, name: &str, mut reader: Box<dyn Read + Send>) -> Result<Tree> {
         let (content, size) = match self.chunk_stream(&mut reader, None) {
             Ok(v) => v,
-            Err(Error::Io { source, .. }) => return Err(Error::io("standard input", source)),
+            Err(Error::Io { path, source }) if path == SOURCE_READ => {
+                return Err(Error::io("standard input", source))
+            }
             Err(e) => return Err(e),
         };
         let now_ns = now_timestamp().unix_nanos;
