@@ -59,6 +59,10 @@ fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
         .repo
         .as_deref()
         .ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
+    backend_at(loc)
+}
+
+fn backend_at(loc: &str) -> Result<Arc<dyn Backend>> {
     let path = loc.strip_prefix("local:").unwrap_or(loc);
     if path.contains("://") || path.starts_with("s3:") {
         bail!("unsupported repository location {loc:?}: only local directories are supported by this build");
@@ -67,10 +71,18 @@ fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
 }
 
 pub(crate) fn open(cli: &Cli) -> Result<Repository> {
-    let be = backend(cli)?;
+    open_with(backend(cli)?, &cli.password)
+}
+
+/// Open the repository at `location` with the passwords `pw` names.
+pub(crate) fn open_at(location: &str, pw: &crate::password::PasswordArgs) -> Result<Repository> {
+    open_with(backend_at(location)?, pw)
+}
+
+fn open_with(be: Arc<dyn Backend>, pw: &crate::password::PasswordArgs) -> Result<Repository> {
     // Fail on a missing or foreign repository before asking for a password.
     Repository::probe(be.as_ref())?;
-    let pw = cli.password.get("enter password for repository: ", false)?;
+    let pw = pw.get("enter password for repository: ", false)?;
     Ok(Repository::open(be, pw.as_bytes())?)
 }
 

@@ -3,14 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_engine::job::{prometheus_text, run_job, source_tag, JobConfig};
 use cairn_engine::restorer::find_node;
-use cairn_engine::{
-    restore, write_atomic, LocalBackend, LockGuard, Progress, Repository, RestoreOptions,
-};
+use cairn_engine::{restore, write_atomic, LockGuard, Progress, Repository, RestoreOptions};
 use cairn_format::NodeKind;
 use serde_json::json;
 
@@ -42,14 +39,7 @@ fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
             .clone()
             .or_else(|| cfg.repository.password_command.clone()),
     };
-    let path = location.strip_prefix("local:").unwrap_or(&location);
-    if path.contains("://") || path.starts_with("s3:") {
-        bail!("unsupported repository location {location:?}: only local directories are supported by this build");
-    }
-    let be: Arc<dyn cairn_engine::Backend> = Arc::new(LocalBackend::new(path));
-    Repository::probe(be.as_ref())?;
-    let pw = pw_args.get("enter password for repository: ", false)?;
-    Ok(Repository::open(be, pw.as_bytes())?)
+    crate::commands::open_at(&location, &pw_args)
 }
 
 pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {

@@ -33,6 +33,15 @@ pub struct MasterIndex {
 }
 
 impl MasterIndex {
+    /// Merge index files, in order.
+    pub fn from_files(files: &[(Id, IndexFile)]) -> MasterIndex {
+        let mut idx = MasterIndex::default();
+        for (id, f) in files {
+            idx.add_file(*id, f);
+        }
+        idx
+    }
+
     /// Add every pack of an index file.
     pub fn add_file(&mut self, name: Id, file: &IndexFile) {
         self.files.push(name);

@@ -134,7 +134,10 @@ struct PackUse {
 
 /// Remove unreferenced data. The caller holds an **exclusive** lock.
 pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Result<PruneReport> {
-    let index = repo.load_index()?;
+    // Loaded once: the merged map for lookups, the files themselves for per-pack accounting
+    // and for the index that replaces them.
+    let files = repo.load_index_files()?;
+    let index = MasterIndex::from_files(&files);
     let snaps: Vec<(Id, Snapshot)> = repo.load_snapshots()?;
     let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
     let used = used_blobs(repo, &index, &roots)?;
@@ -172,22 +175,17 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     }
     // Walk the index files themselves (not the merged map) so that duplicate copies of a blob
     // in a second pack count as unused there.
-    let mut files_entries: Vec<(Id, Vec<PackEntry>)> = Vec::new();
-    for f in index_files_in_force(repo)? {
-        for p in f.1.packs {
-            files_entries.push((p.id, p.blobs));
-        }
-    }
     let mut seen_pack: HashSet<Id> = HashSet::new();
     let mut blobs_unused = 0u64;
-    for (pid, entries) in files_entries {
+    for p in files.iter().flat_map(|(_, f)| &f.packs) {
+        let pid = p.id;
         if !seen_pack.insert(pid) {
             continue;
         }
         let Some(pu) = packs.get_mut(&pid) else {
             continue;
         };
-        for e in entries {
+        for &e in &p.blobs {
             let canonical = index
                 .get(&e.id)
                 .is_some_and(|l| index.pack_id(l) == pid && l.offset == e.offset);
@@ -277,16 +275,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     let delete_ids: HashSet<Id> = delete.iter().copied().collect();
     let mut kept = MasterIndex::default();
     let mut kept_packs: Vec<IndexPack> = Vec::new();
-    for (_, f) in index_files_in_force(repo)? {
-        for p in f.packs {
+    for (_, f) in &files {
+        for p in &f.packs {
             if repack_ids.contains(&p.id)
                 || delete_ids.contains(&p.id)
                 || kept_packs.iter().any(|k| k.id == p.id)
             {
                 continue;
             }
-            kept.add_pack(&p);
-            kept_packs.push(p);
+            kept.add_pack(p);
+            kept_packs.push(p.clone());
         }
     }
     let packer = Packer::new(repo, std::sync::Arc::new(kept));
@@ -327,23 +325,6 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         repo.backend().delete(FileKind::Pack, name)?;
     }
     Ok(report)
-}
-
-/// Index files that are not superseded by another existing index file.
-pub fn index_files_in_force(repo: &Repository) -> Result<Vec<(Id, IndexFile)>> {
-    let ids = repo.list_ids(FileKind::Index)?;
-    let files: Vec<(Id, IndexFile)> = ids
-        .par_iter()
-        .map(|id| Ok((*id, repo.load::<IndexFile>(FileKind::Index, id)?)))
-        .collect::<Result<_>>()?;
-    let superseded: HashSet<Id> = files
-        .iter()
-        .flat_map(|(_, f)| f.supersedes.iter().copied())
-        .collect();
-    Ok(files
-        .into_iter()
-        .filter(|(id, _)| !superseded.contains(id))
-        .collect())
 }
 
 /// Which packs `check` reads completely.

@@ -195,24 +195,26 @@ impl Repository {
 
     /// Load every index file into a master index.
     pub fn load_index(&self) -> Result<MasterIndex> {
+        Ok(MasterIndex::from_files(&self.load_index_files()?))
+    }
+
+    /// The index files in force, in listing order: every index file except those another
+    /// one lists in `supersedes` (replaced by prune or repair; a crash may have left them
+    /// behind, and they must not resurrect deleted packs).
+    pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let ids = self.list_ids(FileKind::Index)?;
         let files: Vec<(Id, IndexFile)> = ids
             .par_iter()
             .map(|id| Ok((*id, self.load::<IndexFile>(FileKind::Index, id)?)))
             .collect::<Result<_>>()?;
-        // An index file listed in another's `supersedes` was replaced by prune or repair; a
-        // crash may have left it behind, and it must not resurrect deleted packs.
         let superseded: std::collections::HashSet<Id> = files
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
-        let mut idx = MasterIndex::default();
-        for (id, f) in &files {
-            if !superseded.contains(id) {
-                idx.add_file(*id, f);
-            }
-        }
-        Ok(idx)
+        Ok(files
+            .into_iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .collect())
     }
 
     /// Load every snapshot, oldest first.
