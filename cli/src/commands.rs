@@ -11,7 +11,7 @@ use cairn_engine::restorer::find_node;
 use cairn_engine::snapshots::{resolve, split_spec};
 use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
 use cairn_engine::{
-    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard,
+    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard, S3Backend, S3Config,
     MasterIndex, Progress, Repository, RestoreOptions, SnapshotFilter,
 };
 use cairn_format::{
@@ -59,31 +59,61 @@ fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
         .repo
         .as_deref()
         .ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
-    backend_at(loc)
+    backend_at(loc, &cli.options)
 }
 
-fn backend_at(loc: &str) -> Result<Arc<dyn Backend>> {
+/// The backend for a repository location: a directory (optionally `local:DIR`) or
+/// `s3:http[s]://host[:port]/bucket[/prefix]` configured by `options` (`-o s3.*`).
+pub(crate) fn backend_at(loc: &str, options: &[(String, String)]) -> Result<Arc<dyn Backend>> {
+    if loc.starts_with("s3:") {
+        let cfg = S3Config::parse(loc, options)?;
+        return Ok(Arc::new(S3Backend::new(cfg)?));
+    }
     let path = loc.strip_prefix("local:").unwrap_or(loc);
-    if path.contains("://") || path.starts_with("s3:") {
-        bail!("unsupported repository location {loc:?}: only local directories are supported by this build");
+    if path.contains("://") {
+        bail!("unsupported repository location {loc:?}: use a directory or s3:http[s]://host/bucket[/prefix]");
+    }
+    if let Some((k, _)) = options.first() {
+        bail!("option {k} does not apply to a local repository");
     }
     Ok(Arc::new(LocalBackend::new(path)))
 }
 
 pub(crate) fn open(cli: &Cli) -> Result<Repository> {
-    open_with(backend(cli)?, &cli.password)
+    open_with(cli, backend(cli)?, &cli.password)
 }
 
-/// Open the repository at `location` with the passwords `pw` names.
-pub(crate) fn open_at(location: &str, pw: &crate::password::PasswordArgs) -> Result<Repository> {
-    open_with(backend_at(location)?, pw)
+/// Open the repository at `location` (with backend `options`) with the passwords `pw` names.
+pub(crate) fn open_at(
+    cli: &Cli,
+    location: &str,
+    options: &[(String, String)],
+    pw: &crate::password::PasswordArgs,
+) -> Result<Repository> {
+    open_with(cli, backend_at(location, options)?, pw)
 }
 
-fn open_with(be: Arc<dyn Backend>, pw: &crate::password::PasswordArgs) -> Result<Repository> {
+fn open_with(
+    cli: &Cli,
+    be: Arc<dyn Backend>,
+    pw: &crate::password::PasswordArgs,
+) -> Result<Repository> {
     // Fail on a missing or foreign repository before asking for a password.
     Repository::probe(be.as_ref())?;
     let pw = pw.get("enter password for repository: ", false)?;
-    Ok(Repository::open(be, pw.as_bytes())?)
+    let remote = be.is_remote();
+    let mut repo = Repository::open(be, pw.as_bytes())?;
+    if remote && !cli.no_cache {
+        match cli.cache_dir.clone().or_else(cairn_engine::cache::default_cache_dir) {
+            Some(dir) => {
+                if let Err(e) = repo.enable_cache(&dir) {
+                    tracing::warn!("no local cache ({e}); reading metadata from the repository");
+                }
+            }
+            None => tracing::warn!("no cache directory (HOME unset); use --cache-dir"),
+        }
+    }
+    Ok(repo)
 }
 
 pub(crate) fn filter(f: &FilterArgs) -> SnapshotFilter {

@@ -27,6 +27,17 @@ pub struct Cli {
         value_name = "REPO"
     )]
     pub repo: Option<String>,
+    /// Backend option `key=value`, repeatable: s3.region, s3.bucket-lookup=path|dns,
+    /// s3.ca-file, s3.profile, s3.connections, s3.retries, s3.ec2-metadata.
+    #[arg(short = 'o', long = "option", global = true, value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
+    /// Local cache of index, snapshot and tree data for remote repositories
+    /// (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn).
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use the local cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub password: PasswordArgs,
     /// Print machine-readable JSON on stdout.
@@ -388,6 +399,13 @@ fn install_signal_handlers() {
         // SA_RESETHAND a second signal falls back to the default action and ends the process.
         let _ = unsafe { sigaction(sig, &act) };
     }
+}
+
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 fn main() -> ExitCode {

@@ -39,7 +39,16 @@ fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
             .clone()
             .or_else(|| cfg.repository.password_command.clone()),
     };
-    crate::commands::open_at(&location, &pw_args)
+    // Command-line options win over the file's.
+    let mut options: Vec<(String, String)> = cfg
+        .repository
+        .options
+        .iter()
+        .filter(|(k, _)| !cli.options.iter().any(|(c, _)| c == *k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    options.extend(cli.options.iter().cloned());
+    crate::commands::open_at(cli, &location, &options, &pw_args)
 }
 
 pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {

@@ -85,6 +85,9 @@ pub struct RepoConfig {
     pub password_command: Option<String>,
     /// Host name to record (default: this host).
     pub host: Option<String>,
+    /// Backend options, as `-o key=value` on the command line (`s3.region = "garage"`).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// Retention rules (all optional; counts accept a number or "unlimited").

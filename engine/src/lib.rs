@@ -1,6 +1,7 @@
 //! The cairn backup engine: everything that does I/O on a repository or a file system.
 //!
-//! - [`backend`]: where objects live ([`LocalBackend`]; the trait is S3-shaped).
+//! - [`backend`]: where objects live ([`LocalBackend`], [`S3Backend`]); [`cache`]: a verified
+//!   local cache of a remote repository's metadata.
 //! - [`Repository`]: keys, config, typed objects and blobs.
 //! - [`chunker`]: FastCDC v2020, sequential and two-stage parallel.
 //! - [`archiver`]: the backup pipeline; [`packer`]: pack assembly and uploads.
@@ -10,6 +11,7 @@
 
 pub mod archiver;
 pub mod backend;
+pub mod cache;
 pub mod chunker;
 mod durable;
 mod error;
@@ -27,7 +29,7 @@ pub mod snapshots;
 pub mod util;
 
 pub use archiver::{backup, BackupOptions, BackupResult};
-pub use backend::{Backend, LocalBackend, ObjectInfo};
+pub use backend::{Backend, LocalBackend, ObjectInfo, S3Backend, S3Config};
 pub use durable::{sync_dir, write_atomic};
 pub use error::{Error, Result};
 pub use index::MasterIndex;

@@ -148,6 +148,15 @@ impl Repository {
         Ok((config_bytes, keys))
     }
 
+    /// Keep snapshots, index files and tree packs of this repository in a verified local
+    /// cache under `base/<repo id>` (see [`crate::cache`]).
+    pub fn enable_cache(&mut self, base: &std::path::Path) -> Result<()> {
+        let dir = base.join(hex::encode(self.config.repo_id));
+        let cached = crate::cache::CachedBackend::new(self.backend.clone(), dir)?;
+        self.backend = Arc::new(cached);
+        Ok(())
+    }
+
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -245,12 +254,17 @@ impl Repository {
             )));
         }
         let pack = index.pack_id(loc);
-        let sealed = self.backend.get_range(
-            FileKind::Pack,
-            &pack.to_hex(),
+        let (name, offset, len) = (
+            pack.to_hex(),
             u64::from(loc.offset),
             u64::from(loc.length),
-        )?;
+        );
+        // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
+        let sealed = if blob_type == BlobType::Tree {
+            self.backend.get_tree_range(&name, offset, len)?
+        } else {
+            self.backend.get_range(FileKind::Pack, &name, offset, len)?
+        };
         open_blob(&self.key, blob_type, id, &sealed, loc.raw_length)
             .map_err(|e| Error::Integrity(format!("pack {}: {e}", pack.short())))
     }

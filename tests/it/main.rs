@@ -5,6 +5,8 @@
 //!   return exit code, stdout and stderr. `assert_trees_equal` compares two trees exactly.
 //!   The first test to need the binary runs `cargo build -p cairn-cli --bin cairn` so that
 //!   `cargo test -p cairn-tests` never tests a stale binary (`CAIRN_TESTS_NO_BUILD=1` skips it).
+//! - `s3.rs` runs against a real S3 server (Garage, started by `.ci/run`) when
+//!   `AWS_ENDPOINT_URL`/`S3_BUCKET` are set; `CAIRN_TEST_S3_REQUIRED=1` makes them mandatory.
 //! - The tests run as root (chown, devices, setpriv to an unprivileged user) on a file system
 //!   with sparse files and `user.*` xattrs (ext4, xfs, btrfs, tmpfs).
 #![allow(clippy::unwrap_used)]
@@ -17,5 +19,6 @@ mod incremental;
 mod keys;
 mod listing;
 mod retention;
+mod s3;
 mod safety;
 mod util;

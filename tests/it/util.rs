@@ -312,6 +312,39 @@ impl Env {
         env
     }
 
+    /// A repository under a fresh prefix of the S3 bucket the environment names
+    /// (`AWS_ENDPOINT_URL`, `S3_BUCKET` and credentials, as `shared/s3/garage-up.sh` prints
+    /// them), or `None` when no S3 server is configured. `CAIRN_TEST_S3_REQUIRED=1` (set by
+    /// `.ci/run`) turns a missing server into a failure instead of a skip.
+    pub fn s3(name: &str) -> Option<Env> {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|v| !v.is_empty());
+        let bucket = std::env::var("S3_BUCKET").ok().filter(|v| !v.is_empty());
+        let (Some(endpoint), Some(bucket)) = (endpoint, bucket) else {
+            assert!(
+                std::env::var("CAIRN_TEST_S3_REQUIRED").as_deref() != Ok("1"),
+                "CAIRN_TEST_S3_REQUIRED=1 but AWS_ENDPOINT_URL/S3_BUCKET are not set"
+            );
+            eprintln!("skipping {name}: no S3 server (set AWS_ENDPOINT_URL, S3_BUCKET, credentials)");
+            return None;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let mut env = Self::uninitialized();
+        env.repo = PathBuf::from(format!(
+            "s3:{}/{bucket}/cairn-it/{name}-{}-{nanos}",
+            endpoint.trim_end_matches('/'),
+            std::process::id()
+        ));
+        Some(env)
+    }
+
+    /// The local cache directory of this environment's repositories.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join(".cache").join("cairn")
+    }
+
     /// A temporary directory without a repository (`repo` does not exist yet).
     pub fn uninitialized() -> Env {
         let dir = tempfile::Builder::new()

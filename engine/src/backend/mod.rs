@@ -3,12 +3,14 @@
 //! fits behind it without changing the engine.
 
 mod local;
+mod s3;
 
 use std::fmt::Debug;
 
 use cairn_format::FileKind;
 
 pub use local::LocalBackend;
+pub use s3::{RequestCounts, S3Backend, S3Config};
 
 use crate::Result;
 
@@ -66,5 +68,21 @@ pub trait Backend: Send + Sync + Debug {
     /// How many requests it pays to run at once against this backend.
     fn connections(&self) -> usize {
         2
+    }
+
+    /// Read a range of a pack that holds only tree blobs. Caching wrappers keep such packs
+    /// locally; everyone else reads the range.
+    fn get_tree_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.get_range(FileKind::Pack, name, offset, len)
+    }
+
+    /// Whether reads cost network round trips (and a local metadata cache pays off).
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// A one-line summary of the requests sent so far, for backends that count them.
+    fn request_summary(&self) -> Option<String> {
+        None
     }
 }
