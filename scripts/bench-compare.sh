@@ -22,6 +22,10 @@
 #   --bigfile-mb N       (default 4000)
 #   --speedup-threads "A B"  thread counts for --data speedup (default "1 2")
 #   --pct P              percent of files touched for the "1 %" backup (default 1)
+#   --s3                 repositories in the S3 bucket the environment names (AWS_ENDPOINT_URL,
+#                        S3_BUCKET, AWS_* credentials; e.g. eval "$(scripts/s3-server.sh up)"),
+#                        a fresh prefix per tool and repetition; cairn runs with -v and its
+#                        request counts per phase are recorded; repository sizes are n/a
 #   --no-build           do not run cargo; use target/release/cairn as it is
 #   --cairn-bin PATH     benchmark this binary (implies --no-build)
 #   --out FILE           also append the tables to FILE (default WORK/results/<data>-<time>.md)
@@ -50,6 +54,7 @@ CAIRN_BIN_SRC=""
 OUT=""
 REGEN=0
 PREPARE_ONLY=0
+S3=0
 SHARED="${CAIRN_BENCH_SHARED:-/work/shared}"
 
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -57,6 +62,7 @@ usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --data) DATA="$2"; shift 2 ;;
+        --s3) S3=1; shift ;;
         --work) WORK="$2"; shift 2 ;;
         --reps) REPS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
@@ -133,7 +139,12 @@ if "$CAIRN" help forget >/dev/null 2>&1; then
 fi
 
 # Environment of each tool (threads apply to both).
-cairn_env=(env "CAIRN_PASSWORD=$PASSWORD")
+cairn_env=(env "CAIRN_PASSWORD=$PASSWORD" "CAIRN_CACHE_DIR=$WORK/cairn-cache")
+if [[ "$S3" == 1 ]]; then
+    [[ -n "${AWS_ENDPOINT_URL:-}" && -n "${S3_BUCKET:-}" ]] || die "--s3 needs AWS_ENDPOINT_URL and S3_BUCKET (eval \"\$(scripts/s3-server.sh up)\")"
+    # -v: cairn logs its S3 request counts at exit.
+    cairn_env+=(CAIRN_LOG=warn,cairn_engine::backend::s3=info)
+fi
 restic_env=(env "RESTIC_PASSWORD=$PASSWORD" "RESTIC_CACHE_DIR=$WORK/restic-cache")
 if [[ -n "$THREADS" ]]; then
     cairn_env+=("RAYON_NUM_THREADS=$THREADS")
@@ -196,11 +207,31 @@ timed() {
 
 calc() { python3 -c "import sys; a=[float(x) for x in sys.argv[1:]]; print($1)" "${@:2}" 2>/dev/null || echo nan; }
 
-repo_bytes() { python3 "$HELPER" stats "$1" | awk '{print $2}'; }
+repo_bytes() {
+    if [[ "$1" == s3:* ]]; then echo nan; else python3 "$HELPER" stats "$1" | awk '{print $2}'; fi
+}
+
+# Where a tool's repository lives in repetition $2 of data set $3.
+repo_of() { # tool rep name
+    if [[ "$S3" == 1 ]]; then
+        echo "s3:${AWS_ENDPOINT_URL%/}/$S3_BUCKET/cairn-bench-$STAMP-$3-$2-$1"
+    else
+        echo "$WORK/repos/$1"
+    fi
+}
+
+# Requests cairn logged in a run's stderr ("s3 requests: 12 PUT, …"), as "PUT+GET+…=total".
+s3_requests() {
+    python3 - "$1" <<'PY' 2>/dev/null || echo nan
+import re, sys
+m = re.findall(r"s3 requests: (\d+) PUT, (\d+) GET, (\d+) HEAD, (\d+) LIST, (\d+) DELETE", open(sys.argv[1], errors="replace").read())
+print(sum(int(x) for x in m[-1]) if m else "nan")
+PY
+}
 
 tool_init() { # tool repo
     local tool="$1" repo="$2"
-    rm -rf "$repo"
+    [[ "$repo" == s3:* ]] || rm -rf "$repo"
     if [[ "$tool" == cairn ]]; then
         printf '%s\t%s\t%s\n' cairn init "$(printf '%q ' "${cairn_env[@]}" "$CAIRN" -r "$repo" init --kdf-memory-mib 8 --kdf-iterations 1)" >>"$CMDLOG"
         "${cairn_env[@]}" "$CAIRN" -r "$repo" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
@@ -300,12 +331,13 @@ compare() { # name
         local order=(cairn restic)
         ((rep % 2 == 0)) && order=(restic cairn)
         log "== $name rep $rep/$REPS (order: ${order[*]})"
-        for t in "${order[@]}"; do tool_init "$t" "$WORK/repos/$t"; done
-        rm -rf "$WORK/restic-cache"
+        declare -A REPO=()
+        for t in "${order[@]}"; do REPO[$t]="$(repo_of "$t" "$rep" "$name")"; tool_init "$t" "${REPO[$t]}"; done
+        rm -rf "$WORK/restic-cache" "$WORK/cairn-cache"
 
         # 1. first backup
         for t in "${order[@]}"; do
-            tool_cmd "$t" "$WORK/repos/$t" backup --json "$data"
+            tool_cmd "$t" "${REPO[$t]}" backup --json "$data"
             timed "$rep" "$t" "first backup" "$RUN_DIR/$name.$rep.$t.backup1.json" -- "${CMD[@]}"
             record "$rep" "$t" "first backup: wall s" "$T_WALL"
             record "$rep" "$t" "first backup: MB/s" "$(calc 'a[0]/1e6/a[1]' "$NBYTES" "$T_WALL")"
@@ -313,15 +345,17 @@ compare() { # name
             record "$rep" "$t" "first backup: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
             record "$rep" "$t" "first backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "first backup: voluntary context switches" "$T_VCSW"
+            [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "first backup: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.backup1.json.err")"
             record "$rep" "$t" "first backup: data_added MB (pre-compression)" \
                 "$(calc 'a[0]/1e6' "$(python3 "$HELPER" data-added "$t" "$RUN_DIR/$name.$rep.$t.backup1.json")")"
         done
         # 2. unchanged re-backup
         for t in "${order[@]}"; do
-            tool_cmd "$t" "$WORK/repos/$t" backup --json "$data"
+            tool_cmd "$t" "${REPO[$t]}" backup --json "$data"
             timed "$rep" "$t" "unchanged re-backup" "$RUN_DIR/$name.$rep.$t.backup2.json" -- "${CMD[@]}"
             record "$rep" "$t" "unchanged re-backup: wall s" "$T_WALL"
             record "$rep" "$t" "unchanged re-backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "unchanged re-backup: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.backup2.json.err")"
         done
         # 3. backup after touching PCT % of the files
         local undo="$WORK/tmp/undo-$name.json"
@@ -329,7 +363,7 @@ compare() { # name
         read -r nmod ntot modbytes < <(python3 "$HELPER" modify "$data" "$undo" "$rep" "$PCT")
         log "  modified $nmod of $ntot files ($(calc 'a[0]/1e6' "$modbytes") MB of file content)"
         for t in "${order[@]}"; do
-            tool_cmd "$t" "$WORK/repos/$t" backup --json "$data"
+            tool_cmd "$t" "${REPO[$t]}" backup --json "$data"
             timed "$rep" "$t" "backup after ${PCT}% touched" "$RUN_DIR/$name.$rep.$t.backup3.json" -- "${CMD[@]}"
             record "$rep" "$t" "${PCT}% touched backup: wall s" "$T_WALL"
             record "$rep" "$t" "${PCT}% touched backup: data_added MB" \
@@ -341,7 +375,7 @@ compare() { # name
         for t in "${order[@]}"; do
             rm -rf "$restore_dir"
             mkdir -p "$restore_dir"
-            tool_cmd "$t" "$WORK/repos/$t" restore latest --target "$restore_dir"
+            tool_cmd "$t" "${REPO[$t]}" restore latest --target "$restore_dir"
             timed "$rep" "$t" "restore" "$RUN_DIR/$name.$rep.$t.restore.out" -- "${CMD[@]}"
             read -r got_files got_bytes < <(python3 "$HELPER" stats "$restore_dir")
             if [[ "$got_files" != "$NFILES" || "$got_bytes" != "$want_bytes" ]]; then
@@ -351,15 +385,16 @@ compare() { # name
             record "$rep" "$t" "restore: MB/s" "$(calc 'a[0]/1e6/a[1]' "$want_bytes" "$T_WALL")"
             record "$rep" "$t" "restore: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
             record "$rep" "$t" "restore: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "restore: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.restore.out.err")"
             rm -rf "$restore_dir"
         done
         python3 "$HELPER" undo "$undo"
         # 5. repository size, forget + prune
         for t in "${order[@]}"; do
-            record "$rep" "$t" "repo size after 3 backups MB" "$(calc 'a[0]/1e6' "$(repo_bytes "$WORK/repos/$t")")"
+            record "$rep" "$t" "repo size after 3 backups MB" "$(calc 'a[0]/1e6' "$(repo_bytes "${REPO[$t]}")")"
         done
         for t in "${order[@]}"; do
-            local repo="$WORK/repos/$t"
+            local repo="${REPO[$t]}"
             if [[ "$t" == restic ]]; then
                 tool_cmd restic "$repo" forget --keep-last 1 --prune
                 timed "$rep" "$t" "forget+prune" "$RUN_DIR/$name.$rep.$t.prune.out" -- "${CMD[@]}"
@@ -380,7 +415,7 @@ compare() { # name
             record "$rep" "$t" "forget --keep-last 1 --prune: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "repo size after prune MB" "$(calc 'a[0]/1e6' "$(repo_bytes "$repo")")"
         done
-        rm -rf "$WORK/repos/cairn" "$WORK/repos/restic"
+        [[ "$S3" == 1 ]] || rm -rf "$WORK/repos/cairn" "$WORK/repos/restic"
     done
     local took=$((SECONDS - t0))
     python3 "$HELPER" report "$CSV" "$OUT" \

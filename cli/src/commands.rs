@@ -11,8 +11,8 @@ use cairn_engine::restorer::find_node;
 use cairn_engine::snapshots::{resolve, split_spec};
 use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
 use cairn_engine::{
-    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard, S3Backend, S3Config,
-    MasterIndex, Progress, Repository, RestoreOptions, SnapshotFilter,
+    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard,
+    MasterIndex, Progress, Repository, RestoreOptions, S3Backend, S3Config, SnapshotFilter,
 };
 use cairn_format::{
     decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind,
@@ -104,7 +104,11 @@ fn open_with(
     let remote = be.is_remote();
     let mut repo = Repository::open(be, pw.as_bytes())?;
     if remote && !cli.no_cache {
-        match cli.cache_dir.clone().or_else(cairn_engine::cache::default_cache_dir) {
+        match cli
+            .cache_dir
+            .clone()
+            .or_else(cairn_engine::cache::default_cache_dir)
+        {
             Some(dir) => {
                 if let Err(e) = repo.enable_cache(&dir) {
                     tracing::warn!("no local cache ({e}); reading metadata from the repository");

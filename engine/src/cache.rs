@@ -143,10 +143,9 @@ impl CachedBackend {
             return self.inner.get_range(FileKind::Pack, name, offset, len);
         };
         let known_good = self.verified.lock().contains(name);
-        if !known_good && path.exists() {
-            if self.read_verified(FileKind::Pack, name, &path).is_some() {
-                self.verified.lock().insert(name.to_owned());
-            }
+        if !known_good && path.exists() && self.read_verified(FileKind::Pack, name, &path).is_some()
+        {
+            self.verified.lock().insert(name.to_owned());
         }
         if self.verified.lock().contains(name) {
             if let Some(v) = read_range(&path, offset, len) {

@@ -254,11 +254,7 @@ impl Repository {
             )));
         }
         let pack = index.pack_id(loc);
-        let (name, offset, len) = (
-            pack.to_hex(),
-            u64::from(loc.offset),
-            u64::from(loc.length),
-        );
+        let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
         let sealed = if blob_type == BlobType::Tree {
             self.backend.get_tree_range(&name, offset, len)?

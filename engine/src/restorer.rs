@@ -324,72 +324,92 @@ pub fn restore(
         })
         .collect();
     packs.sort_by_key(|p| p.0);
-    packs.par_iter().for_each(|(pack, blobs)| {
-        if interrupted() {
-            return;
-        }
-        let pack_id = index.packs()[*pack as usize];
-        let mut handles: HashMap<usize, File> = HashMap::new();
-        let mut i = 0;
-        while i < blobs.len() {
-            // Coalesce blobs whose gaps are small into one read.
-            let start = blobs[i].1.offset;
-            let mut j = i;
-            let mut end = start + blobs[i].1.length;
-            while j + 1 < blobs.len()
-                && blobs[j + 1].1.offset <= end + (256 << 10)
-                && end - start < (32 << 20)
-            {
-                j += 1;
-                end = end.max(blobs[j].1.offset + blobs[j].1.length);
+    // A remote backend is latency-bound: keep `connections` downloads in flight even on a
+    // 2-core machine (decryption and writes run on the same threads).
+    let remote_threads = repo.backend().is_remote().then(|| {
+        repo.backend()
+            .connections()
+            .max(rayon::current_num_threads())
+    });
+    // Remote reads are fetched whole into memory: smaller spans bound RSS at
+    // threads × span (a few more requests per pack).
+    let max_span: u32 = if remote_threads.is_some() {
+        8 << 20
+    } else {
+        32 << 20
+    };
+    let run = || {
+        packs.par_iter().for_each(|(pack, blobs)| {
+            if interrupted() {
+                return;
             }
-            let span = repo.backend().get_range(
-                FileKind::Pack,
-                &pack_id.to_hex(),
-                u64::from(start),
-                u64::from(end - start),
-            );
-            for (id, loc, targets) in &blobs[i..=j] {
-                let plain = span.as_ref().map_err(|e| e.to_string()).and_then(|buf| {
-                    let a = (loc.offset - start) as usize;
-                    open_blob(
-                        repo.key(),
-                        BlobType::Data,
-                        id,
-                        &buf[a..a + loc.length as usize],
-                        loc.raw_length,
-                    )
-                    .map_err(|e| format!("pack {}: {e}", pack_id.short()))
-                });
-                for &(fi, off) in targets {
-                    let job = &files[fi];
-                    if job.failed.lock().is_some() {
-                        continue;
-                    }
-                    let res = plain.clone().and_then(|data| {
-                        let f = match handles.entry(fi) {
-                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                                OpenOptions::new()
-                                    .write(true)
-                                    .custom_flags(libc::O_NOFOLLOW)
-                                    .open(&job.path)
-                                    .map_err(|e| format!("{}: {e}", job.path.display()))?,
-                            ),
-                        };
-                        write_sparse(f, &data, off)
-                            .map_err(|e| format!("{}: {e}", job.path.display()))?;
-                        Progress::add(&progress.bytes, data.len() as u64);
-                        Ok(())
+            let pack_id = index.packs()[*pack as usize];
+            let mut handles: HashMap<usize, File> = HashMap::new();
+            let mut i = 0;
+            while i < blobs.len() {
+                // Coalesce blobs whose gaps are small into one read.
+                let start = blobs[i].1.offset;
+                let mut j = i;
+                let mut end = start + blobs[i].1.length;
+                while j + 1 < blobs.len()
+                    && blobs[j + 1].1.offset <= end + (256 << 10)
+                    && end - start < max_span
+                {
+                    j += 1;
+                    end = end.max(blobs[j].1.offset + blobs[j].1.length);
+                }
+                let span = repo.backend().get_range(
+                    FileKind::Pack,
+                    &pack_id.to_hex(),
+                    u64::from(start),
+                    u64::from(end - start),
+                );
+                for (id, loc, targets) in &blobs[i..=j] {
+                    let plain = span.as_ref().map_err(|e| e.to_string()).and_then(|buf| {
+                        let a = (loc.offset - start) as usize;
+                        open_blob(
+                            repo.key(),
+                            BlobType::Data,
+                            id,
+                            &buf[a..a + loc.length as usize],
+                            loc.raw_length,
+                        )
+                        .map_err(|e| format!("pack {}: {e}", pack_id.short()))
                     });
-                    if let Err(msg) = res {
-                        *job.failed.lock() = Some(msg);
+                    for &(fi, off) in targets {
+                        let job = &files[fi];
+                        if job.failed.lock().is_some() {
+                            continue;
+                        }
+                        let res = plain.clone().and_then(|data| {
+                            let f = match handles.entry(fi) {
+                                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                                std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                                    OpenOptions::new()
+                                        .write(true)
+                                        .custom_flags(libc::O_NOFOLLOW)
+                                        .open(&job.path)
+                                        .map_err(|e| format!("{}: {e}", job.path.display()))?,
+                                ),
+                            };
+                            write_sparse(f, &data, off)
+                                .map_err(|e| format!("{}: {e}", job.path.display()))?;
+                            Progress::add(&progress.bytes, data.len() as u64);
+                            Ok(())
+                        });
+                        if let Err(msg) = res {
+                            *job.failed.lock() = Some(msg);
+                        }
                     }
                 }
+                i = j + 1;
             }
-            i = j + 1;
-        }
-    });
+        });
+    };
+    match remote_threads.and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()) {
+        Some(pool) => pool.install(run),
+        None => run(),
+    }
     if interrupted() {
         return Err(Error::Interrupted);
     }

@@ -30,7 +30,10 @@ fn make_source(env: &Env, seed: u64) -> PathBuf {
             &noise[i * 3000..(i + 1) * 3000 - i],
         );
     }
-    write_file(&src.join("etc/config.yaml"), b"apiVersion: v1\nkind: ConfigMap\n");
+    write_file(
+        &src.join("etc/config.yaml"),
+        b"apiVersion: v1\nkind: ConfigMap\n",
+    );
     std::os::unix::fs::symlink("../etc/config.yaml", src.join("small/link")).unwrap();
     std::fs::hard_link(src.join("etc/config.yaml"), src.join("etc/hard")).unwrap();
     std::fs::create_dir_all(src.join("empty")).unwrap();
@@ -48,7 +51,9 @@ fn restore_and_compare(env: &Env, src: &Path, target: &str, extra: &[&str]) {
 
 #[test]
 fn s3_backup_restore_forget_prune_check() {
-    let Some(env) = Env::s3("roundtrip") else { return };
+    let Some(env) = Env::s3("roundtrip") else {
+        return;
+    };
     init(&env, &["--pack-size-mib", "4"]);
     let src = make_source(&env, 1);
 
@@ -68,17 +73,24 @@ fn s3_backup_restore_forget_prune_check() {
 
     // Retention and prune over S3, then a full read of every pack.
     let forget = env.json(&["forget", "--keep-last", "1", "--prune"]);
-    assert!(forget.to_string().contains(first["snapshot_id"].as_str().unwrap()), "{forget}");
+    assert!(
+        forget
+            .to_string()
+            .contains(first["snapshot_id"].as_str().unwrap()),
+        "{forget}"
+    );
     assert_eq!(env.snapshots::<&str>(&[]).len(), 1);
     env.ok(&["check", "--read-data"]);
     restore_and_compare(&env, &src, "r2", &[]);
 
     // Keys and locks work remotely too.
     let mut add = env.cmd();
-    add.args(["key", "add"]).env("CAIRN_NEW_PASSWORD", "second password");
+    add.args(["key", "add"])
+        .env("CAIRN_NEW_PASSWORD", "second password");
     crate::util::run_command(add, None).success();
     env.run_pw("second password", &["snapshots"]).success();
-    env.run_pw("wrong", &["snapshots"]).assert_error(12, &["password"]);
+    env.run_pw("wrong", &["snapshots"])
+        .assert_error(12, &["password"]);
 }
 
 #[test]
@@ -141,10 +153,20 @@ fn s3_cache_is_verified_and_rebuilt() {
         .collect();
     let dirs: Vec<String> = files
         .iter()
-        .map(|p| p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+        .map(|p| {
+            p.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     for kind in ["snapshots", "index", "data"] {
-        assert!(dirs.iter().any(|d| d == kind), "nothing cached in {kind}: {files:?}");
+        assert!(
+            dirs.iter().any(|d| d == kind),
+            "nothing cached in {kind}: {files:?}"
+        );
     }
     // Corrupt every cached file: reads must notice, refetch and repair the cache.
     for f in &files {
@@ -174,12 +196,14 @@ fn s3_cache_is_verified_and_rebuilt() {
 fn s3_errors_are_clear() {
     let Some(env) = Env::s3("errors") else { return };
     // Nothing there yet.
-    env.run(&["snapshots"]).assert_error(10, &["not a cairn repository"]);
+    env.run(&["snapshots"])
+        .assert_error(10, &["not a cairn repository"]);
     init(&env, &[]);
     env.run(&["init"]).assert_error(1, &["already exists"]);
 
     let mut bad = env.cmd();
-    bad.args(["snapshots"]).env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    bad.args(["snapshots"])
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
     crate::util::run_command(bad, None).assert_error(1, &["access denied"]);
 
     let loc = s(&env.repo).to_owned();
@@ -211,7 +235,11 @@ fn s3_errors_are_clear() {
             out.assert_error(11, &["locked"]);
             break;
         }
-        assert!(Instant::now() < deadline, "prune never saw the backup's lock: {}", out.dump());
+        assert!(
+            Instant::now() < deadline,
+            "prune never saw the backup's lock: {}",
+            out.dump()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(stdin);

@@ -317,14 +317,18 @@ impl Env {
     /// them), or `None` when no S3 server is configured. `CAIRN_TEST_S3_REQUIRED=1` (set by
     /// `.ci/run`) turns a missing server into a failure instead of a skip.
     pub fn s3(name: &str) -> Option<Env> {
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|v| !v.is_empty());
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|v| !v.is_empty());
         let bucket = std::env::var("S3_BUCKET").ok().filter(|v| !v.is_empty());
         let (Some(endpoint), Some(bucket)) = (endpoint, bucket) else {
             assert!(
                 std::env::var("CAIRN_TEST_S3_REQUIRED").as_deref() != Ok("1"),
                 "CAIRN_TEST_S3_REQUIRED=1 but AWS_ENDPOINT_URL/S3_BUCKET are not set"
             );
-            eprintln!("skipping {name}: no S3 server (set AWS_ENDPOINT_URL, S3_BUCKET, credentials)");
+            eprintln!(
+                "skipping {name}: no S3 server (set AWS_ENDPOINT_URL, S3_BUCKET, credentials)"
+            );
             return None;
         };
         let nanos = std::time::SystemTime::now()

@@ -128,23 +128,7 @@ impl Backend for LocalBackend {
         for i in 0..=255u8 {
             dirs.push(self.root.join("data").join(format!("{i:02x}")));
         }
-        let mut removed = 0;
-        let now = std::time::SystemTime::now();
-        for d in dirs {
-            let Ok(rd) = fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
-                    && e.metadata()
-                        .ok()
-                        .and_then(|m| m.modified().ok())
-                        .and_then(|m| now.duration_since(m).ok())
-                        .is_some_and(|a| a > age);
-                if stale && fs::remove_file(e.path()).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
+        Ok(super::sweep_temp_files(dirs, age))
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {

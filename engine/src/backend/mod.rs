@@ -86,3 +86,30 @@ pub trait Backend: Send + Sync + Debug {
         None
     }
 }
+
+/// Remove `.tmp-*` files older than `age` from `dirs` (left by killed writers); returns how
+/// many were removed. Unreadable directories are skipped.
+pub(crate) fn sweep_temp_files(
+    dirs: impl IntoIterator<Item = std::path::PathBuf>,
+    age: std::time::Duration,
+) -> u64 {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
+                && e.metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|a| a > age);
+            if stale && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

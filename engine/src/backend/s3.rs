@@ -160,6 +160,11 @@ fn quoted_field(text: &str, field: &str) -> Option<String> {
     Some(text[start..start + end].to_owned())
 }
 
+/// The bytes of a response without a second copy when the body arrived contiguous.
+fn into_vec(buf: opendal::Buffer) -> Vec<u8> {
+    Vec::from(buf.to_bytes())
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -343,6 +348,17 @@ impl S3Backend {
     }
 
     /// Whether the bucket is reachable; `Ok(false)` if it does not exist.
+    fn put_owned(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
+        let key = Self::key(kind, name)?;
+        self.counts.put.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .bytes_up
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.block(self.op.write(&key, data))
+            .map(|_| ())
+            .map_err(|e| self.err("put", &key, e))
+    }
+
     fn bucket_exists(&self) -> Result<bool> {
         self.counts.list.fetch_add(1, Ordering::Relaxed);
         match self.block(self.op.list_with("").limit(1)) {
@@ -375,19 +391,14 @@ impl Backend for S3Backend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        let key = Self::key(kind, name)?;
-        self.counts.put.fetch_add(1, Ordering::Relaxed);
-        self.counts
-            .bytes_up
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.block(self.op.write(&key, data.to_vec()))
-            .map(|_| ())
-            .map_err(|e| self.err("put", &key, e))
+        self.put_owned(kind, name, data.to_vec())
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
+        // One PUT of the whole pack (no multipart: a reader must never see part of it).
+        // The buffer is handed to the client, not copied.
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.put(kind, name, &data)?;
+        self.put_owned(kind, name, data)?;
         std::fs::remove_file(path).map_err(|e| Error::io(path, e))
     }
 
@@ -396,7 +407,7 @@ impl Backend for S3Backend {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         match self.block(self.op.read(&key)) {
             Ok(buf) => {
-                let v = buf.to_vec();
+                let v = into_vec(buf);
                 self.counts
                     .bytes_down
                     .fetch_add(v.len() as u64, Ordering::Relaxed);
@@ -414,7 +425,7 @@ impl Backend for S3Backend {
         }
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         let v = match self.block(self.op.read_with(&key).range(offset..offset + len)) {
-            Ok(buf) => buf.to_vec(),
+            Ok(buf) => into_vec(buf),
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::not_found(kind, name)),
             Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => Vec::new(),
             Err(e) => return Err(self.err("get", &key, e)),
@@ -501,6 +512,18 @@ impl Backend for S3Backend {
         true
     }
 
+    fn temp_dir(&self) -> PathBuf {
+        // Packs are assembled locally and uploaded by one PUT. A killed run leaves its open
+        // packs here; `prune` sweeps old ones (`remove_stale_temp`).
+        let d = std::env::temp_dir().join("cairn-packs");
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
+    fn remove_stale_temp(&self, age: Duration) -> Result<u64> {
+        Ok(super::sweep_temp_files([self.temp_dir()], age))
+    }
+
     fn request_summary(&self) -> Option<String> {
         let c = &self.counts;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -526,6 +549,7 @@ impl Drop for S3Backend {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -540,7 +564,13 @@ mod tests {
         assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bucket", ""));
         let c = S3Config::parse("s3:https://minio:9000/b/", &[]).unwrap();
         assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("b", ""));
-        for bad in ["s3:", "s3:http://host", "s3:ftp://h/b", "/tmp/x", "s3:http:///b"] {
+        for bad in [
+            "s3:",
+            "s3:http://host",
+            "s3:ftp://h/b",
+            "/tmp/x",
+            "s3:http:///b",
+        ] {
             assert!(S3Config::parse(bad, &[]).is_err(), "{bad}");
         }
     }
