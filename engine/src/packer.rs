@@ -103,6 +103,24 @@ pub struct PackerStats {
     pub index_files: u64,
 }
 
+/// Test hook: `CAIRN_FAILPOINT=abort-after-packs:N` aborts the process (no destructors, no
+/// cleanup: like SIGKILL or a power cut) right after the N-th pack of a run was stored, so
+/// crash tests land mid-upload deterministically whatever the machine's speed.
+fn crash_point(packs_stored: u64) {
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let after = AFTER.get_or_init(|| {
+        std::env::var("CAIRN_FAILPOINT")
+            .ok()?
+            .strip_prefix("abort-after-packs:")?
+            .parse()
+            .ok()
+    });
+    if after.is_some_and(|n| packs_stored >= n) {
+        eprintln!("CAIRN_FAILPOINT: aborting after {packs_stored} packs");
+        std::process::abort();
+    }
+}
+
 struct Shared {
     repo: Repository,
     done: Mutex<Vec<IndexPack>>,
@@ -196,7 +214,12 @@ impl Packer {
                                 });
                             match stored {
                                 Ok(()) => {
-                                    shared.stats.lock().packs += 1;
+                                    let packs = {
+                                        let mut st = shared.stats.lock();
+                                        st.packs += 1;
+                                        st.packs
+                                    };
+                                    crash_point(packs);
                                     shared.done.lock().push(IndexPack {
                                         id: f.id,
                                         blobs: f.entries,

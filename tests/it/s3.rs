@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::{assert_trees_equal, random_bytes, s, write_file, Env};
 
@@ -101,32 +101,17 @@ fn s3_killed_backup_is_resumed_and_checked() {
     for i in 0..6 {
         write_file(&src.join(format!("f{i}")), &random_bytes(10 << 20, 500 + i));
     }
-    // Kill the first backup while packs are being uploaded.
-    let mut killed = false;
-    for delay in [600u64, 1500] {
-        let mut cmd = env.cmd();
-        cmd.args(["backup", s(&src)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed = true;
-        }
-        child.wait().unwrap();
-        if killed {
-            break;
-        }
-    }
-    assert!(killed, "the backup finished before it could be killed");
+    // The first backup dies (abort: no cleanup, like SIGKILL) right after its 5th pack upload.
+    let mut cmd = env.cmd();
+    cmd.args(["backup", s(&src)])
+        .env("CAIRN_FAILPOINT", "abort-after-packs:5");
+    let crashed = crate::util::run_command(cmd, None);
+    assert!(
+        crashed.code != 0 && crashed.stderr.contains("aborting after 5 packs"),
+        "the backup did not crash mid-upload: {}",
+        crashed.dump()
+    );
+    assert!(env.snapshots::<&str>(&[]).is_empty());
     // The dead process's lock is stale; the next backup proceeds and reuses what was uploaded.
     let resumed = env.backup(&[s(&src)]);
     assert_eq!(resumed["errors"], 0, "{resumed}");
@@ -220,30 +205,125 @@ fn s3_errors_are_clear() {
         .assert_error(1, &["unknown option s3.nonsense"]);
 
     // A backup reading stdin holds a shared lock while it waits for input: prune must refuse.
+    // Its first JSON status line says it is running (the lock is taken before it starts).
     let mut cmd = env.cmd();
-    cmd.args(["backup", "--stdin", "--stdin-filename", "kube.yaml"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--json",
+        "backup",
+        "--stdin",
+        "--stdin-filename",
+        "kube.yaml",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"apiVersion: v1\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = env.run(&["prune"]);
-        if out.code == 11 {
-            out.assert_error(11, &["locked"]);
-            break;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("\"status\"") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "prune never saw the backup's lock: {}",
-            out.dump()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the stdin backup never reported progress");
+    env.run(&["prune"]).assert_error(11, &["locked"]);
     drop(stdin);
     assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
     env.ok(&["prune"]);
     env.ok(&["check"]);
+}
+
+/// A bbolt-looking etcd snapshot file (the k3s-etcd source checks the magic).
+fn fake_etcd_snapshot(path: &Path, seed: u64) -> Vec<u8> {
+    let mut data = random_bytes(256 << 10, seed);
+    data[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+    write_file(path, &data);
+    data
+}
+
+#[test]
+fn s3_nightly_job_and_etcd_restore() {
+    let Some(env) = Env::s3("job") else { return };
+    init(&env, &[]);
+    let snaps = env.path("k3s/server/db/snapshots");
+    let token = env.path("k3s/server/token");
+    write_file(&token, b"K10secret::server:abc\n");
+    fake_etcd_snapshot(&snaps.join("etcd-snapshot-node1-1700000000"), 1);
+    let pw = env.path("password");
+    std::fs::write(&pw, &env.password).unwrap();
+    let job = env.path("k3s.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"[repository]
+path = "{repo}"
+password-file = "{pw}"
+options = {{ "s3.connections" = "3" }}
+
+[[source]]
+name = "etcd"
+kind = "k3s-etcd"
+snapshot-dir = "{snaps}"
+token-file = "{token}"
+keep-last = 1
+
+[[source]]
+name = "manifests"
+kind = "command"
+command = "printf 'apiVersion: v1\\nkind: List\\n'"
+filename = "manifests.yaml"
+keep-last = 1
+"#,
+            repo = s(&env.repo),
+            pw = s(&pw),
+            snaps = s(&snaps),
+            token = s(&token),
+        ),
+    )
+    .unwrap();
+    // The job file alone names the repository, its options and the password.
+    let job_cmd = |args: &[&str]| {
+        let mut c = crate::util::bare_cairn();
+        c.args(args)
+            .env("HOME", env.dir.path())
+            .env("XDG_CACHE_HOME", env.dir.path().join(".cache"));
+        crate::util::run_command(c, None)
+    };
+    job_cmd(&["run", "--config", s(&job)]).success();
+    std::thread::sleep(Duration::from_millis(1100));
+    let newest = fake_etcd_snapshot(&snaps.join("etcd-snapshot-node1-1700086400"), 2);
+    job_cmd(&["run", "--config", s(&job)]).success();
+    // keep-last 1 per source: one snapshot each.
+    assert_eq!(env.snapshots::<&str>(&[]).len(), 2);
+
+    let target = env.path("etcd-restore");
+    let out = job_cmd(&[
+        "k3s",
+        "restore-etcd",
+        "--config",
+        s(&job),
+        "--target",
+        s(&target),
+    ]);
+    out.success();
+    assert!(
+        out.stdout.contains("--cluster-reset-restore-path="),
+        "{}",
+        out.dump()
+    );
+    let restored = target
+        .join(s(&snaps).trim_start_matches('/'))
+        .join("etcd-snapshot-node1-1700086400");
+    assert_eq!(std::fs::read(&restored).unwrap(), newest);
 }
