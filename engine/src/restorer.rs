@@ -331,13 +331,9 @@ pub fn restore(
             .connections()
             .max(rayon::current_num_threads())
     });
-    // Remote reads are fetched whole into memory: smaller spans bound RSS at
-    // threads × span (a few more requests per pack).
-    let max_span: u32 = if remote_threads.is_some() {
-        8 << 20
-    } else {
-        32 << 20
-    };
+    // Each coalesced span is read whole into memory: RSS grows with threads × span, while
+    // spans beyond a few MiB buy nothing (measured: 8 vs 32 MiB, same speed).
+    let max_span: u32 = 8 << 20;
     let run = || {
         packs.par_iter().for_each(|(pack, blobs)| {
             if interrupted() {
