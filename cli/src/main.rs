@@ -408,7 +408,29 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
+/// glibc raises its mmap threshold each time a large block is freed, after which 16 MiB pack
+/// buffers, 8 MiB chunks and 17 MiB read windows are carved from the per-thread arenas and
+/// stay resident after `free`. A fixed threshold (which also disables that adjustment) hands
+/// blocks of 4 MiB and more straight back to the kernel (the archiver recycles its read
+/// windows, so that costs no page faults). Measured on the 2 GB tree: peak RSS of a first
+/// backup to S3 280 -> 100 MiB; 1 GB incompressible file at unchanged speed.
+fn tune_allocator() {
+    // A user's own MALLOC_MMAP_THRESHOLD_ (already applied by glibc) wins.
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        // Fixing one threshold freezes the other at its 128 KiB default, and trimming the
+        // heap that eagerly re-faults the next chunk's buffers: keep up to 16 MiB.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
