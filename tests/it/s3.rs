@@ -203,6 +203,10 @@ fn s3_errors_are_clear() {
 
     env.run(&["-o", "s3.nonsense=1", "snapshots"])
         .assert_error(1, &["unknown option s3.nonsense"]);
+    let bad_ca = env.path("not-a-ca.pem");
+    std::fs::write(&bad_ca, "not a certificate\n").unwrap();
+    env.run(&["-o", &format!("s3.ca-file={}", s(&bad_ca)), "snapshots"])
+        .assert_error(1, &["no PEM certificate"]);
 
     // A backup reading stdin holds a shared lock while it waits for input: prune must refuse.
     // Its first JSON status line says it is running (the lock is taken before it starts).

@@ -232,6 +232,12 @@ impl S3Backend {
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::Invalid(format!("{}: not a PEM certificate file: {e}", ca.display()))
             })?;
+            if certs.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: no PEM certificate in the file",
+                    ca.display()
+                )));
+            }
             let mut client = reqwest::Client::builder();
             for c in certs {
                 client = client.add_root_certificate(c);
