@@ -99,10 +99,10 @@ fn open_with(
     pw: &crate::password::PasswordArgs,
 ) -> Result<Repository> {
     // Fail on a missing or foreign repository before asking for a password.
-    Repository::probe(be.as_ref())?;
+    let probed = Repository::probe(be.as_ref())?;
     let pw = pw.get("enter password for repository: ", false)?;
     let remote = be.is_remote();
-    let mut repo = Repository::open(be, pw.as_bytes())?;
+    let mut repo = Repository::open_probed(be, probed, pw.as_bytes())?;
     if remote && !cli.no_cache {
         match cli
             .cache_dir

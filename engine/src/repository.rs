@@ -93,7 +93,17 @@ impl Repository {
 
     /// Open an existing repository with `password`.
     pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
-        let (config_bytes, keys) = Self::probe(backend.as_ref())?;
+        let probed = Self::probe(backend.as_ref())?;
+        Self::open_probed(backend, probed, password)
+    }
+
+    /// [`Repository::open`] with what [`Repository::probe`] already returned, for callers
+    /// that probe before asking for a password (on S3 a probe costs three requests).
+    pub fn open_probed(
+        backend: Arc<dyn Backend>,
+        (config_bytes, keys): (Vec<u8>, Vec<crate::backend::ObjectInfo>),
+        password: &[u8],
+    ) -> Result<Repository> {
         let mut last_err = Error::Format(FormatError::WrongPassword);
         for k in keys {
             let data = backend.get(FileKind::Key, &k.name)?;
