@@ -90,7 +90,7 @@ impl CachedBackend {
 
     fn path(&self, kind: FileKind, name: &str) -> Option<PathBuf> {
         // Only names that are plain hex can become paths.
-        if name.len() < 3 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !crate::backend::is_object_name(name) {
             return None;
         }
         Some(self.dir.join(kind.dir()).join(name))
@@ -162,10 +162,13 @@ impl CachedBackend {
         self.verified.lock().insert(name.to_owned());
         let (start, end) = (offset as usize, (offset + len) as usize);
         data.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
-            Error::Integrity(format!(
-                "pack {name} is truncated: wanted {len} bytes at offset {offset}, got {}",
-                data.len().saturating_sub(start)
-            ))
+            Error::truncated(
+                FileKind::Pack,
+                name,
+                offset,
+                len,
+                data.len().saturating_sub(start),
+            )
         })
     }
 }

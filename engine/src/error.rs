@@ -91,6 +91,14 @@ impl Error {
         }
     }
 
+    /// A ranged read came back short: the object is truncated.
+    pub fn truncated(kind: FileKind, name: &str, offset: u64, len: u64, got: usize) -> Error {
+        Error::Integrity(format!(
+            "{} {name} is truncated: wanted {len} bytes at offset {offset}, got {got}",
+            kind.name()
+        ))
+    }
+
     /// Exit codes, documented in README.md:
     /// 1 error, 3 incomplete backup/restore, 10 no repository, 11 locked, 12 wrong password,
     /// 13 corrupt data, 14 unsupported format version, 130 interrupted.

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_trees_equal, random_bytes, s, write_file, Env};
+use crate::util::{random_bytes, s, write_file, Env};
 
 /// Random data for the runs that get killed: big files (cut with the parallel chunker) and
 /// many small ones, ~100 MiB in all, so that kills at a few hundred milliseconds land mid-run.
@@ -123,13 +123,7 @@ fn killed_backups_leave_a_usable_repository() {
     assert_eq!(summary["errors"], 0, "{summary}");
     assert_eq!(env.snapshots::<&str>(&[]).len(), saved + 1);
     let target = env.path("restored");
-    env.ok(&[
-        "restore",
-        &format!("latest:{}", s(&src)),
-        "--target",
-        s(&target),
-    ]);
-    assert_trees_equal(&src, &target, false);
+    env.restore_latest_exact(&src, &target, &[]);
 
     // A second backup on top finds everything stored (the crashed runs' leftovers do not
     // confuse deduplication or the parent lookup).

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use crate::util::{assert_trees_equal, random_bytes, s, write_file, Env};
+use crate::util::{random_bytes, s, write_file, Env};
 
 fn two_generations(env: &Env) -> std::path::PathBuf {
     let src = env.path("src");
@@ -40,13 +40,7 @@ fn forget_prune_check_keeps_what_the_policy_keeps() {
     assert_eq!(env.snapshots::<&str>(&[]).len(), 1);
     env.ok(&["check", "--read-data"]);
     let target = env.path("restored");
-    env.ok(&[
-        "restore",
-        &format!("latest:{}", s(&src)),
-        "--target",
-        s(&target),
-    ]);
-    assert_trees_equal(&src, &target, false);
+    env.restore_latest_exact(&src, &target, &[]);
 }
 
 #[test]

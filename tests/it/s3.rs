@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::util::{assert_trees_equal, random_bytes, s, write_file, Env};
+use crate::util::{random_bytes, s, write_file, Env};
 
 fn init(env: &Env, extra: &[&str]) {
     let mut args = vec!["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"];
@@ -40,15 +40,6 @@ fn make_source(env: &Env, seed: u64) -> PathBuf {
     src
 }
 
-fn restore_and_compare(env: &Env, src: &Path, target: &str, extra: &[&str]) {
-    let target = env.path(target);
-    let spec = format!("latest:{}", s(src));
-    let mut args = vec!["restore", spec.as_str(), "--target", s(&target)];
-    args.extend_from_slice(extra);
-    env.ok(&args);
-    assert_trees_equal(src, &target, false);
-}
-
 #[test]
 fn s3_backup_restore_forget_prune_check() {
     let Some(env) = Env::s3("roundtrip") else {
@@ -59,7 +50,7 @@ fn s3_backup_restore_forget_prune_check() {
 
     let first = env.backup(&[s(&src)]);
     assert_eq!(first["errors"], 0, "{first}");
-    restore_and_compare(&env, &src, "r1", &[]);
+    env.restore_latest_exact(&src, &env.path("r1"), &[]);
 
     // Change a few files, back up again: incremental against the parent from the cache.
     write_file(&src.join("small/d1/f1"), b"changed");
@@ -81,7 +72,7 @@ fn s3_backup_restore_forget_prune_check() {
     );
     assert_eq!(env.snapshots::<&str>(&[]).len(), 1);
     env.ok(&["check", "--read-data"]);
-    restore_and_compare(&env, &src, "r2", &[]);
+    env.restore_latest_exact(&src, &env.path("r2"), &[]);
 
     // Keys and locks work remotely too.
     let mut add = env.cmd();
@@ -119,7 +110,7 @@ fn s3_killed_backup_is_resumed_and_checked() {
     // The orphaned packs of the killed run are found and removed by prune.
     env.ok(&["prune"]);
     env.ok(&["check", "--read-data"]);
-    restore_and_compare(&env, &src, "r", &[]);
+    env.restore_latest_exact(&src, &env.path("r"), &[]);
 }
 
 #[test]
@@ -162,7 +153,7 @@ fn s3_cache_is_verified_and_rebuilt() {
     }
     env.ok(&["snapshots"]);
     env.ok(&["ls", "latest"]);
-    restore_and_compare(&env, &src, "r", &[]);
+    env.restore_latest_exact(&src, &env.path("r"), &[]);
     for f in &files {
         let data = std::fs::read(f).unwrap();
         let name = f.file_name().unwrap().to_str().unwrap();
@@ -174,7 +165,7 @@ fn s3_cache_is_verified_and_rebuilt() {
         );
     }
     // And without a cache at all.
-    restore_and_compare(&env, &src, "r-nocache", &["--no-cache"]);
+    env.restore_latest_exact(&src, &env.path("r-nocache"), &["--no-cache"]);
 }
 
 #[test]

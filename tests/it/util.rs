@@ -344,6 +344,16 @@ impl Env {
         Some(env)
     }
 
+    /// `restore latest:SRC --target TARGET EXTRA…`, then require TARGET to hold exactly SRC.
+    #[track_caller]
+    pub fn restore_latest_exact(&self, src: &Path, target: &Path, extra: &[&str]) {
+        let spec = format!("latest:{}", s(src));
+        let mut args = vec!["restore", spec.as_str(), "--target", s(target)];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+        assert_trees_equal(src, target, false);
+    }
+
     /// The local cache directory of this environment's repositories.
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.path().join(".cache").join("cairn")

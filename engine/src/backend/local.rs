@@ -26,20 +26,7 @@ impl LocalBackend {
     }
 
     fn path(&self, kind: FileKind, name: &str) -> Result<PathBuf> {
-        if kind == FileKind::Config {
-            return Ok(self.root.join("config"));
-        }
-        // Names come from our own listings or from users (`cat pack <id>`): refuse anything
-        // that could escape the repository directory.
-        if name.len() < 3 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!("invalid object name {name:?}")));
-        }
-        let dir = self.root.join(kind.dir());
-        Ok(if kind == FileKind::Pack {
-            dir.join(&name[..2]).join(name)
-        } else {
-            dir.join(name)
-        })
+        Ok(self.root.join(super::object_path(kind, name)?))
     }
 }
 
@@ -146,11 +133,7 @@ impl Backend for LocalBackend {
             .read_to_end(&mut buf)
             .map_err(|e| Error::io(&path, e))?;
         if buf.len() as u64 != len {
-            return Err(Error::Integrity(format!(
-                "{} {name} is truncated: wanted {len} bytes at offset {offset}, got {}",
-                kind.name(),
-                buf.len()
-            )));
+            return Err(Error::truncated(kind, name, offset, len, buf.len()));
         }
         Ok(buf)
     }
@@ -166,14 +149,7 @@ impl Backend for LocalBackend {
 
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         if kind == FileKind::Config {
-            return Ok(self
-                .stat(kind, "config")?
-                .map(|size| ObjectInfo {
-                    name: "config".into(),
-                    size,
-                })
-                .into_iter()
-                .collect());
+            return super::list_config(self);
         }
         let dir = self.root.join(kind.dir());
         let mut out = Vec::new();
@@ -198,7 +174,7 @@ impl Backend for LocalBackend {
                 let name = e.file_name();
                 let Some(name) = name.to_str() else { continue };
                 // Temp files of an interrupted write are not objects.
-                if name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if !super::is_object_name(name) {
                     continue;
                 }
                 let size = e.metadata().map_err(|err| Error::io(e.path(), err))?.len();

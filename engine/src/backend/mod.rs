@@ -87,6 +87,42 @@ pub trait Backend: Send + Sync + Debug {
     }
 }
 
+/// Whether `name` can be a repository object name (hex digits only, so it can never become
+/// a path outside the repository, whatever a user or a listing supplies).
+pub(crate) fn is_object_name(name: &str) -> bool {
+    name.len() >= 3 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Where an object lives relative to the repository root, the same on every backend:
+/// `config`, `<kind dir>/<name>`, and `data/<first 2 hex>/<name>` for packs.
+pub(crate) fn object_path(kind: FileKind, name: &str) -> Result<String> {
+    if kind == FileKind::Config {
+        return Ok("config".to_owned());
+    }
+    if !is_object_name(name) {
+        return Err(crate::Error::Invalid(format!(
+            "invalid object name {name:?}"
+        )));
+    }
+    Ok(if kind == FileKind::Pack {
+        format!("{}/{}/{name}", kind.dir(), &name[..2])
+    } else {
+        format!("{}/{name}", kind.dir())
+    })
+}
+
+/// `list(Config)`: the config object, if `stat` finds it.
+pub(crate) fn list_config(be: &dyn Backend) -> Result<Vec<ObjectInfo>> {
+    Ok(be
+        .stat(FileKind::Config, "config")?
+        .map(|size| ObjectInfo {
+            name: "config".into(),
+            size,
+        })
+        .into_iter()
+        .collect())
+}
+
 /// Remove `.tmp-*` files older than `age` from `dirs` (left by killed writers); returns how
 /// many were removed. Unreadable directories are skipped.
 pub(crate) fn sweep_temp_files(

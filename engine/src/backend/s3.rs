@@ -301,30 +301,11 @@ impl S3Backend {
     }
 
     fn key(kind: FileKind, name: &str) -> Result<String> {
-        if kind == FileKind::Config {
-            return Ok("config".to_owned());
-        }
-        if name.len() < 3 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!("invalid object name {name:?}")));
-        }
-        Ok(if kind == FileKind::Pack {
-            format!("data/{}/{name}", &name[..2])
-        } else {
-            format!("{}/{name}", kind.dir())
-        })
+        super::object_path(kind, name)
     }
 
     fn err(&self, what: &str, key: &str, e: opendal::Error) -> Error {
-        let url = format!(
-            "s3:{}/{}/{}{key}",
-            self.cfg.endpoint,
-            self.cfg.bucket,
-            if self.cfg.prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", self.cfg.prefix)
-            }
-        );
+        let url = format!("{}/{key}", self.location_url());
         let text = describe(&e);
         let hint = if text.contains("NoSuchBucket") {
             " (the bucket does not exist: create it first)"
@@ -440,11 +421,7 @@ impl Backend for S3Backend {
             .bytes_down
             .fetch_add(v.len() as u64, Ordering::Relaxed);
         if v.len() as u64 != len {
-            return Err(Error::Integrity(format!(
-                "{} {name} is truncated: wanted {len} bytes at offset {offset}, got {}",
-                kind.name(),
-                v.len()
-            )));
+            return Err(Error::truncated(kind, name, offset, len, v.len()));
         }
         Ok(v)
     }
@@ -461,14 +438,7 @@ impl Backend for S3Backend {
 
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         if kind == FileKind::Config {
-            return Ok(self
-                .stat(kind, "config")?
-                .map(|size| ObjectInfo {
-                    name: "config".into(),
-                    size,
-                })
-                .into_iter()
-                .collect());
+            return super::list_config(self);
         }
         let dir = format!("{}/", kind.dir());
         self.counts.list.fetch_add(1, Ordering::Relaxed);
@@ -487,11 +457,9 @@ impl Backend for S3Backend {
             .filter_map(|e| {
                 let name = e.name().trim_end_matches('/');
                 let name = name.rsplit('/').next().unwrap_or(name);
-                (name.len() >= 3 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
-                    ObjectInfo {
-                        name: name.to_owned(),
-                        size: e.metadata().content_length(),
-                    }
+                super::is_object_name(name).then(|| ObjectInfo {
+                    name: name.to_owned(),
+                    size: e.metadata().content_length(),
                 })
             })
             .collect();
