@@ -80,14 +80,26 @@ pub fn kind_of(meta: &Metadata) -> NodeKind {
 }
 
 /// A node for `path` from its `lstat` metadata; content and subtree are filled in later.
+///
+/// `previous` is the same entry in the parent snapshot. If its inode and change time are
+/// unchanged, its xattrs and symlink target are reused instead of read again: setting an
+/// xattr updates the change time, and a symlink's target cannot change in place. That saves
+/// a `listxattr` path walk per entry on an unchanged tree.
 pub fn node_from_meta(
     name: &OsStr,
     path: &Path,
     meta: &Metadata,
     names: &NameCache,
+    previous: Option<&Node>,
 ) -> Result<Node> {
     let kind = kind_of(meta);
-    let link_target = if kind == NodeKind::Symlink {
+    let ctime = ft(meta.ctime(), meta.ctime_nsec());
+    let unchanged = previous.filter(|p| {
+        p.kind == kind && p.inode == meta.ino() && p.device == meta.dev() && p.ctime == ctime
+    });
+    let link_target = if let Some(p) = unchanged {
+        p.link_target.clone()
+    } else if kind == NodeKind::Symlink {
         std::fs::read_link(path)
             .map_err(|e| Error::io(path, e))?
             .as_os_str()
@@ -106,7 +118,7 @@ pub fn node_from_meta(
         group: names.group(meta.gid()),
         mtime: ft(meta.mtime(), meta.mtime_nsec()),
         atime: ft(meta.atime(), meta.atime_nsec()),
-        ctime: ft(meta.ctime(), meta.ctime_nsec()),
+        ctime,
         size: if kind == NodeKind::File || kind == NodeKind::Symlink {
             meta.size()
         } else {
@@ -121,7 +133,10 @@ pub fn node_from_meta(
         },
         links: meta.nlink(),
         link_target,
-        xattrs: read_xattrs(path),
+        xattrs: match unchanged {
+            Some(p) => p.xattrs.clone(),
+            None => read_xattrs(path),
+        },
         content: Vec::new(),
         subtree: None,
     })

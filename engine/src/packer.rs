@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cairn_format::{
-    finish_pack, preamble, seal_blob, BlobType, FileKind, Id, IndexFile, IndexPack, PackEntry,
+    finish_pack, preamble, seal_blob_into, BlobType, FileKind, Id, IndexFile, IndexPack, PackEntry,
     PackHeader,
 };
 use crossbeam_channel::{bounded, Sender};
@@ -30,6 +30,12 @@ const QUEUE: usize = 2;
 /// Packs listed per index file (a crash loses at most this many packs' worth of index,
 /// i.e. that data is re-uploaded by the next backup).
 const PACKS_PER_INDEX: usize = 64;
+
+thread_local! {
+    /// Each sealing thread's blob buffer: reused, so a blob costs no allocation, and the pack
+    /// lock is held only for the write.
+    static SEAL_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 struct OpenPack {
     file: std::fs::File,
@@ -282,14 +288,31 @@ impl Packer {
         } else {
             self.level
         };
-        let sealed = seal_blob(self.shared.repo.key(), blob_type, &id, plaintext, level);
+        SEAL_BUF.with(|buf| {
+            let mut sealed = buf.borrow_mut();
+            sealed.clear();
+            seal_blob_into(
+                self.shared.repo.key(),
+                blob_type,
+                &id,
+                plaintext,
+                level,
+                &mut sealed,
+            );
+            self.append(blob_type, id, &sealed, plaintext.len())
+        })?;
+        Ok(true)
+    }
+
+    /// Write one sealed blob to the open pack of its type; ship the pack when it is full.
+    fn append(&self, blob_type: BlobType, id: Id, sealed: &[u8], raw_length: usize) -> Result<()> {
         {
             let mut st = self.shared.stats.lock();
             match blob_type {
                 BlobType::Data => st.data_blobs += 1,
                 BlobType::Tree => st.tree_blobs += 1,
             }
-            st.bytes_added += plaintext.len() as u64;
+            st.bytes_added += raw_length as u64;
             st.bytes_packed += sealed.len() as u64;
         }
         let slot = usize::from(blob_type == BlobType::Tree);
@@ -302,13 +325,13 @@ impl Packer {
                 .as_mut()
                 .ok_or_else(|| Error::Backend("no open pack".into()))?;
             let offset = p.len as u32;
-            p.write(&sealed)?;
+            p.write(sealed)?;
             p.entries.push(PackEntry {
                 blob_type,
                 id,
                 offset,
                 length: sealed.len() as u32,
-                raw_length: plaintext.len() as u32,
+                raw_length: raw_length as u32,
             });
             if p.len >= self.pack_size as u64 {
                 guard.take()
@@ -319,7 +342,7 @@ impl Packer {
         if let Some(p) = full {
             self.ship(p)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     fn ship(&self, mut p: OpenPack) -> Result<()> {

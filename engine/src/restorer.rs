@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use cairn_format::{open_blob, BlobType, FileKind, Id, Node, NodeKind, Tree};
+use cairn_format::{open_blob_in_place, BlobType, FileKind, Id, Node, NodeKind, Tree};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -354,30 +354,41 @@ pub fn restore(
                     j += 1;
                     end = end.max(blobs[j].1.offset + blobs[j].1.length);
                 }
-                let span = repo.backend().get_range(
+                let mut span = repo.backend().get_range(
                     FileKind::Pack,
                     &pack_id.to_hex(),
                     u64::from(start),
                     u64::from(end - start),
                 );
                 for (id, loc, targets) in &blobs[i..=j] {
-                    let plain = span.as_ref().map_err(|e| e.to_string()).and_then(|buf| {
-                        let a = (loc.offset - start) as usize;
-                        open_blob(
-                            repo.key(),
-                            BlobType::Data,
-                            id,
-                            &buf[a..a + loc.length as usize],
-                            loc.raw_length,
-                        )
-                        .map_err(|e| format!("pack {}: {e}", pack_id.short()))
-                    });
+                    // Decrypted in the span buffer itself; a raw blob is written from there.
+                    let plain = match span.as_mut() {
+                        Err(e) => Err(e.to_string()),
+                        Ok(buf) => {
+                            let a = (loc.offset - start) as usize;
+                            match buf.get_mut(a..a + loc.length as usize) {
+                                Some(sealed) => open_blob_in_place(
+                                    repo.key(),
+                                    BlobType::Data,
+                                    id,
+                                    sealed,
+                                    loc.raw_length,
+                                )
+                                .map_err(|e| format!("pack {}: {e}", pack_id.short())),
+                                None => Err(format!(
+                                    "pack {}: short read of blob {}",
+                                    pack_id.short(),
+                                    id.short()
+                                )),
+                            }
+                        }
+                    };
                     for &(fi, off) in targets {
                         let job = &files[fi];
                         if job.failed.lock().is_some() {
                             continue;
                         }
-                        let res = plain.clone().and_then(|data| {
+                        let res = plain.as_deref().map_err(Clone::clone).and_then(|data| {
                             let f = match handles.entry(fi) {
                                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                                 std::collections::hash_map::Entry::Vacant(v) => v.insert(
@@ -388,7 +399,7 @@ pub fn restore(
                                         .map_err(|e| format!("{}: {e}", job.path.display()))?,
                                 ),
                             };
-                            write_sparse(f, &data, off)
+                            write_sparse(f, data, off)
                                 .map_err(|e| format!("{}: {e}", job.path.display()))?;
                             Progress::add(&progress.bytes, data.len() as u64);
                             Ok(())

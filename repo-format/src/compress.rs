@@ -1,5 +1,7 @@
 //! Compression of plaintext before sealing: one flag byte, then the payload.
 
+use std::borrow::Cow;
+
 use crate::FormatError;
 
 /// Flag: the payload that follows is stored as is.
@@ -15,20 +17,29 @@ const BULK_LIMIT: usize = 64 << 20;
 /// Data that does not shrink is stored raw, so incompressible media costs one byte, not a
 /// zstd frame that grew.
 pub fn pack_payload(data: &[u8], level: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    pack_payload_into(data, level, &mut out);
+    out
+}
+
+/// [`pack_payload`], appended to `out`: the sealing path compresses straight into the buffer
+/// it encrypts in place.
+pub fn pack_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
+    let start = out.len();
     if level != 0 && data.len() >= 64 && !looks_incompressible(data) {
-        if let Some(c) = compress_cached(data, level) {
-            if c.len() + 1 < data.len() {
-                let mut out = Vec::with_capacity(c.len() + 1);
-                out.push(FLAG_ZSTD);
-                out.extend_from_slice(&c);
-                return out;
-            }
+        out.reserve(data.len() + 1);
+        out.push(FLAG_ZSTD);
+        // zstd writes into the spare capacity after the flag; a frame that would not fit in
+        // `data.len() - 1` bytes did not shrink, and zstd gives up on it as soon as it knows.
+        let room = data.len() - 2;
+        if compress_cached(data, level, out, room) {
+            return;
         }
+        out.truncate(start);
     }
-    let mut out = Vec::with_capacity(data.len() + 1);
+    out.reserve(data.len() + 1);
     out.push(FLAG_RAW);
     out.extend_from_slice(data);
-    out
 }
 
 thread_local! {
@@ -40,13 +51,33 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn compress_cached(data: &[u8], level: i32) -> Option<Vec<u8>> {
+/// Compress `data` into `out` after its current end, in at most `room` bytes. Returns
+/// whether it fitted (on `false`, `out` is unchanged).
+fn compress_cached(data: &[u8], level: i32, out: &mut Vec<u8>, room: usize) -> bool {
     COMPRESSOR.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            match zstd::bulk::Compressor::new(level) {
+                Ok(c) => *slot = Some((level, c)),
+                Err(_) => return false,
+            }
         }
-        slot.as_mut()?.1.compress(data).ok()
+        let Some((_, compressor)) = slot.as_mut() else {
+            return false;
+        };
+        let pos = out.len();
+        out.reserve(room);
+        // zstd fills the spare capacity after `pos`; a frame larger than `room` (possible when
+        // the allocator gave more) is refused below like one that did not fit.
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(pos as u64);
+        match compressor.compress_to_buffer(data, &mut cursor) {
+            Ok(n) if n <= room => true,
+            _ => {
+                out.truncate(pos);
+                false
+            }
+        }
     })
 }
 
@@ -63,17 +94,27 @@ fn decompress_cached(body: &[u8], limit: usize) -> Option<Vec<u8>> {
 /// Undo [`pack_payload`]. `limit` bounds the decompressed size (a hostile frame could
 /// otherwise claim gigabytes).
 pub fn unpack_payload(payload: &[u8], limit: usize, what: &str) -> Result<Vec<u8>, FormatError> {
+    unpack_payload_ref(payload, limit, what).map(Cow::into_owned)
+}
+
+/// [`unpack_payload`] that borrows a raw payload instead of copying it.
+pub fn unpack_payload_ref<'a>(
+    payload: &'a [u8],
+    limit: usize,
+    what: &str,
+) -> Result<Cow<'a, [u8]>, FormatError> {
     let (&flag, body) = payload
         .split_first()
         .ok_or(FormatError::Truncated("payload"))?;
     match flag {
-        FLAG_RAW => Ok(body.to_vec()),
+        FLAG_RAW => Ok(Cow::Borrowed(body)),
         FLAG_ZSTD => {
             // Never size a buffer from the frame itself: a hostile frame can claim anything.
             // Small limits (blobs, whose exact length the index records) decode in one call;
             // large ones (metadata) stream and stop one byte past the limit.
             if limit <= BULK_LIMIT {
                 return decompress_cached(body, limit)
+                    .map(Cow::Owned)
                     .ok_or_else(|| FormatError::Decompress(what.to_owned()));
             }
             let mut out = Vec::new();
@@ -86,7 +127,7 @@ pub fn unpack_payload(payload: &[u8], limit: usize, what: &str) -> Result<Vec<u8
                     "{what} (larger than {limit} bytes)"
                 )));
             }
-            Ok(out)
+            Ok(Cow::Owned(out))
         }
         other => Err(FormatError::Malformed {
             what: "payload",

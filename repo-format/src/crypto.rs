@@ -3,9 +3,16 @@
 //! Sealed box layout: `nonce (24) || ciphertext || tag (16)`, XChaCha20-Poly1305, random nonce.
 //! A 192-bit random nonce never repeats in practice, so no counter state has to be kept
 //! across processes or machines that write to the same repository.
+//!
+//! XChaCha20-Poly1305 is computed as its definition reads (draft-irtf-cfrg-xchacha §2.3):
+//! HChaCha20 of the key and the first 16 nonce bytes gives a subkey, and the IETF
+//! ChaCha20-Poly1305 of AWS-LC (the library rustls already links for S3's TLS) seals with it
+//! under the nonce `0^4 || nonce[16..24]`. AWS-LC's stitched assembly runs at twice the speed
+//! of the portable crate on this project's machines, and seals and opens in place, so a blob
+//! is copied once instead of three times. The golden vectors (made with the RustCrypto
+//! `chacha20poly1305` crate) and a property test against that crate pin the bytes.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +80,45 @@ pub(crate) fn random_nonce() -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// The IETF ChaCha20-Poly1305 key and nonce that XChaCha20-Poly1305 with `key` and `nonce`
+/// reduces to.
+fn xchacha(key: &[u8; 32], nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&nonce[..16]);
+    let subkey = chacha20::hchacha::<chacha20::cipher::consts::U10>(&(*key).into(), &head.into());
+    let mut short = [0u8; 12];
+    short[4..].copy_from_slice(&nonce[16..]);
+    // A 32-byte key is the only thing `UnboundKey::new` checks for ChaCha20-Poly1305.
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice())
+        .expect("ChaCha20-Poly1305 takes a 32-byte key");
+    (
+        LessSafeKey::new(unbound),
+        Nonce::assume_unique_for_key(short),
+    )
+}
+
+/// Append a sealed box to `out`: the nonce, then the plaintext that `fill` appends (encrypted
+/// in place), then the tag. Writing the plaintext straight into its final place saves the
+/// copies a `Vec`-returning AEAD makes.
+pub fn seal_append(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(nonce);
+    let start = out.len();
+    fill(out);
+    let (cipher, nonce) = xchacha(key, nonce);
+    // Sealing fails only for messages over 256 GiB; callers seal single blobs and metadata
+    // files, which the format bounds far below that.
+    let tag = cipher
+        .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[start..])
+        .expect("sealed message within ChaCha20-Poly1305's length limit");
+    out.extend_from_slice(tag.as_ref());
+}
+
 /// Seal with an explicit nonce. Only test vectors and key wrapping call this directly.
 pub fn seal_with_nonce(
     key: &[u8; 32],
@@ -80,22 +126,33 @@ pub fn seal_with_nonce(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(key.into());
     let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
-    out.extend_from_slice(nonce);
-    // Encryption of an in-memory buffer cannot fail for XChaCha20-Poly1305 (no length limit
-    // below 256 GiB), so an error here would be a bug in the AEAD crate.
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .unwrap_or_default();
-    out.extend_from_slice(&ct);
+    seal_append(key, nonce, aad, &mut out, |o| {
+        o.extend_from_slice(plaintext)
+    });
     out
+}
+
+/// Open `nonce || ciphertext || tag` in place; returns the plaintext, a sub-slice of `sealed`.
+/// On failure the contents of `sealed` are unspecified.
+pub fn open_in_place<'a>(
+    key: &[u8; 32],
+    aad: &[u8],
+    sealed: &'a mut [u8],
+    what: &str,
+) -> Result<&'a [u8], FormatError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(FormatError::Authentication(format!("{what} (too short)")));
+    }
+    let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
+    let nonce: &[u8; NONCE_LEN] = (&*nonce)
+        .try_into()
+        .map_err(|_| FormatError::Authentication(format!("{what} (too short)")))?;
+    let (cipher, nonce) = xchacha(key, nonce);
+    cipher
+        .open_in_place(nonce, Aad::from(aad), body)
+        .map(|plain| &*plain)
+        .map_err(|_| FormatError::Authentication(what.to_owned()))
 }
 
 /// Open `nonce || ciphertext || tag` with `key`.
@@ -105,14 +162,12 @@ pub fn open_with_key(
     sealed: &[u8],
     what: &str,
 ) -> Result<Vec<u8>, FormatError> {
-    if sealed.len() < SEAL_OVERHEAD {
-        return Err(FormatError::Authentication(format!("{what} (too short)")));
-    }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    let cipher = XChaCha20Poly1305::new(key.into());
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .map_err(|_| FormatError::Authentication(what.to_owned()))
+    let mut buf = sealed.to_vec();
+    let len = open_in_place(key, aad, &mut buf, what)?.len();
+    // The plaintext sits right after the nonce: shift it down instead of copying it out.
+    buf.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Argon2id parameters, stored in each key file so they can be raised later without a format change.

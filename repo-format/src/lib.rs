@@ -28,10 +28,14 @@ pub mod pages;
 mod snapshot;
 mod tree;
 
-pub use compress::{looks_incompressible, pack_payload, unpack_payload, FLAG_RAW, FLAG_ZSTD};
+pub use compress::{
+    looks_incompressible, pack_payload, pack_payload_into, unpack_payload, unpack_payload_ref,
+    FLAG_RAW, FLAG_ZSTD,
+};
 pub use config::{cdc_limits, ChunkerParams, Config};
 pub use crypto::{
-    open_with_key, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN,
+    open_in_place, open_with_key, seal_append, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN,
+    SEAL_OVERHEAD, TAG_LEN,
 };
 pub use error::FormatError;
 pub use file::{
@@ -44,8 +48,8 @@ pub use key::KeyFile;
 pub use lock::Lock;
 pub use pack::{
     blob_aad, decode_pack_header, decode_sealed_header, finish_pack, finish_pack_with_nonce,
-    header_span, open_blob, pack_header_aad, seal_blob, seal_blob_with_nonce, BlobType, PackEntry,
-    PackHeader, PACK_HEADER_LEVEL,
+    header_span, open_blob, open_blob_in_place, pack_header_aad, seal_blob, seal_blob_into,
+    seal_blob_with_nonce, BlobType, PackEntry, PackHeader, PACK_HEADER_LEVEL,
 };
 pub use pages::{default_page_rules, PageFormat, PageRule, PageStrategy};
 pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};

@@ -10,8 +10,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::{pack_payload, unpack_payload};
-use crate::crypto::{random_nonce, seal_with_nonce, MasterKey, NONCE_LEN, SEAL_OVERHEAD};
+use std::borrow::Cow;
+
+use crate::compress::{pack_payload, pack_payload_into, unpack_payload, unpack_payload_ref};
+use crate::crypto::{
+    open_in_place, random_nonce, seal_append, seal_with_nonce, MasterKey, NONCE_LEN, SEAL_OVERHEAD,
+};
 use crate::file::{check_preamble, from_postcard, to_postcard, FileKind, PREAMBLE_LEN};
 use crate::{FormatError, Id};
 
@@ -75,7 +79,28 @@ pub fn seal_blob(
     plaintext: &[u8],
     level: i32,
 ) -> Vec<u8> {
-    key.seal(&blob_aad(blob_type, id), &pack_payload(plaintext, level))
+    let mut out = Vec::new();
+    seal_blob_into(key, blob_type, id, plaintext, level, &mut out);
+    out
+}
+
+/// [`seal_blob`] appended to `out`, compressing and encrypting in place: the packer reuses one
+/// buffer per thread instead of allocating and copying each blob three times.
+pub fn seal_blob_into(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: &Id,
+    plaintext: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) {
+    seal_append(
+        &key.encryption,
+        &random_nonce(),
+        &blob_aad(blob_type, id),
+        out,
+        |o| pack_payload_into(plaintext, level, o),
+    );
 }
 
 /// [`seal_blob`] with an explicit nonce, for test vectors and reproducible fixtures.
@@ -103,9 +128,23 @@ pub fn open_blob(
     sealed: &[u8],
     raw_length: u32,
 ) -> Result<Vec<u8>, FormatError> {
+    let mut buf = sealed.to_vec();
+    open_blob_in_place(key, blob_type, id, &mut buf, raw_length).map(Cow::into_owned)
+}
+
+/// [`open_blob`] that decrypts in `sealed` itself and borrows the plaintext from it when the
+/// blob was stored raw: restore and `check --read-data` read whole spans of packs and need
+/// no copy per blob. On failure the contents of `sealed` are unspecified.
+pub fn open_blob_in_place<'a>(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: &Id,
+    sealed: &'a mut [u8],
+    raw_length: u32,
+) -> Result<Cow<'a, [u8]>, FormatError> {
     let what = format!("{blob_type:?} blob {}", id.short());
-    let payload = key.open(&blob_aad(blob_type, id), sealed, &what)?;
-    let plain = unpack_payload(&payload, raw_length as usize, &what)?;
+    let payload = open_in_place(&key.encryption, &blob_aad(blob_type, id), sealed, &what)?;
+    let plain = unpack_payload_ref(payload, raw_length as usize, &what)?;
     let actual = key.blob_id(&plain);
     if actual != *id || plain.len() != raw_length as usize {
         return Err(FormatError::IdMismatch {

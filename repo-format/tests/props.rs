@@ -816,3 +816,65 @@ fn file_time() -> impl Strategy<Value = cairn_format::FileTime> {
     (any::<i64>(), 0u32..1_000_000_000)
         .prop_map(|(secs, nanos)| cairn_format::FileTime { secs, nanos })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The AEAD against an independent implementation
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The sealing construction (HChaCha20 + AWS-LC's ChaCha20-Poly1305) is XChaCha20-Poly1305
+    /// byte for byte: the portable RustCrypto crate seals the same bytes and opens ours.
+    #[test]
+    fn xchacha_matches_the_portable_crate(
+        key in any::<[u8; 32]>(),
+        nonce in any::<[u8; 24]>(),
+        aad in bytes(64),
+        plain in bytes(5000),
+    ) {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let oracle = chacha20poly1305::XChaCha20Poly1305::new(&key.into());
+        let ct = oracle
+            .encrypt(&nonce.into(), Payload { msg: &plain, aad: &aad })
+            .unwrap();
+        let ours = cairn_format::seal_with_nonce(&key, &nonce, &aad, &plain);
+        prop_assert_eq!(&ours[..24], &nonce[..]);
+        prop_assert_eq!(&ours[24..], &ct[..]);
+        let mut buf = ours.clone();
+        let opened = cairn_format::open_in_place(&key, &aad, &mut buf, "x").unwrap();
+        prop_assert_eq!(opened, &plain[..]);
+        let back = oracle
+            .decrypt(&nonce.into(), Payload { msg: &ours[24..], aad: &aad })
+            .unwrap();
+        prop_assert_eq!(back, plain);
+    }
+
+    /// Appending a blob to a buffer that already holds bytes seals exactly what `seal_blob`
+    /// seals, and opening in place returns the plaintext whether it was compressed or not.
+    #[test]
+    fn blob_sealed_into_a_buffer_opens_in_place(
+        key in master_key(),
+        prefix in bytes(100),
+        plain in prop_oneof![bytes(3000), vec(0u8..4, 0..70_000)],
+        lvl in level(),
+        tree in any::<bool>(),
+    ) {
+        let t = if tree { BlobType::Tree } else { BlobType::Data };
+        let id = key.blob_id(&plain);
+        let mut buf = prefix.clone();
+        cairn_format::seal_blob_into(&key, t, &id, &plain, lvl, &mut buf);
+        prop_assert_eq!(&buf[..prefix.len()], &prefix[..]);
+        let sealed = buf[prefix.len()..].to_vec();
+        prop_assert_eq!(open_blob(&key, t, &id, &sealed, plain.len() as u32).unwrap(), plain.clone());
+        let mut inplace = sealed.clone();
+        let got = cairn_format::open_blob_in_place(&key, t, &id, &mut inplace, plain.len() as u32).unwrap();
+        prop_assert_eq!(&got[..], &plain[..]);
+        // The wrong type, id or length never opens.
+        let other = if tree { BlobType::Data } else { BlobType::Tree };
+        let mut again = sealed.clone();
+        check!(cairn_format::open_blob_in_place(&key, other, &id, &mut again, plain.len() as u32).is_err());
+        let mut again = sealed;
+        check!(cairn_format::open_blob_in_place(&key, t, &id, &mut again, plain.len() as u32 + 1).is_err());
+    }
+}
