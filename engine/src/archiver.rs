@@ -113,12 +113,19 @@ enum Cutter<'a> {
     Cdc(&'a Chunker),
     /// One chunk per page of this many bytes.
     Pages(usize),
+    /// SQLite pages cut around their cells (`cairn_format::sqlite_cell_cuts`).
+    SqliteCells {
+        page: usize,
+        usable: usize,
+        min_piece: usize,
+    },
 }
 
 /// A page rule of the config, ready to use.
 enum RuleCutter {
     Cdc(Chunker),
     Pages,
+    SqliteCells(usize),
 }
 
 struct Archiver<'a> {
@@ -312,6 +319,9 @@ pub fn backup(
             let c = match &r.strategy {
                 cairn_format::PageStrategy::Pages => RuleCutter::Pages,
                 cairn_format::PageStrategy::Cdc(p) => RuleCutter::Cdc(Chunker::new(p, seed)),
+                cairn_format::PageStrategy::SqliteCells { min_piece } => {
+                    RuleCutter::SqliteCells(*min_piece as usize)
+                }
             };
             (r.format, c)
         })
@@ -683,6 +693,28 @@ impl Archiver<'_> {
                 }
                 out
             }
+            Cutter::SqliteCells {
+                page,
+                usable,
+                min_piece,
+            } => {
+                // Windows start at page boundaries: every window ends at its last whole page.
+                let mut out = Vec::new();
+                for start in (0..buf.len() / page).map(|i| i * page) {
+                    cairn_format::sqlite_cell_cuts(
+                        &buf[start..start + page],
+                        usable,
+                        min_piece,
+                        start,
+                        &mut out,
+                    );
+                    out.push(start + page);
+                }
+                if eof && buf.len() % page != 0 {
+                    out.push(buf.len());
+                }
+                out
+            }
             // The two-stage cutter hashes every byte (SS-CDC cannot skip the first `min` bytes
             // of a chunk it has not located yet), so it costs ~2.3× the CPU of the sequential
             // cutter. With few cores it is cheaper to cut sequentially while the other cores
@@ -804,6 +836,13 @@ impl Archiver<'_> {
                 return match rule {
                     RuleCutter::Pages => Cutter::Pages(page as usize),
                     RuleCutter::Cdc(c) => Cutter::Cdc(c),
+                    // The reserved bytes at the end of each page are in the database header.
+                    RuleCutter::SqliteCells(min_piece) => Cutter::SqliteCells {
+                        page: page as usize,
+                        usable: (page as usize)
+                            .saturating_sub(usize::from(head.get(20).copied().unwrap_or(0))),
+                        min_piece: *min_piece,
+                    },
                 };
             }
         }

@@ -97,8 +97,17 @@ impl Config {
         }
         self.chunker.validate()?;
         for (i, r) in self.page_rules.iter().enumerate() {
-            if let crate::PageStrategy::Cdc(p) = &r.strategy {
-                p.validate()?;
+            match &r.strategy {
+                crate::PageStrategy::Cdc(p) => p.validate()?,
+                crate::PageStrategy::SqliteCells { min_piece } => {
+                    if r.format != crate::PageFormat::Sqlite || !(16..=65536).contains(min_piece) {
+                        return Err(FormatError::InvalidParameter(format!(
+                            "page rule {:?} for {:?}",
+                            r.strategy, r.format
+                        )));
+                    }
+                }
+                crate::PageStrategy::Pages => {}
             }
             if self.page_rules[..i].iter().any(|o| o.format == r.format) {
                 return Err(FormatError::InvalidParameter(format!(

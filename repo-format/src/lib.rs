@@ -51,7 +51,9 @@ pub use pack::{
     header_span, open_blob, open_blob_in_place, pack_header_aad, seal_blob, seal_blob_into,
     seal_blob_with_nonce, BlobType, PackEntry, PackHeader, PACK_HEADER_LEVEL,
 };
-pub use pages::{default_page_rules, PageFormat, PageRule, PageStrategy};
+pub use pages::{
+    default_page_rules, sqlite_cell_cuts, PageFormat, PageRule, PageStrategy, SQLITE_MIN_PIECE,
+};
 pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
 pub use tree::{FileTime, Node, NodeKind, Tree, Xattr};
 

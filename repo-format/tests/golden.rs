@@ -212,7 +212,7 @@ fn fixture() -> Fx {
         chunker: ChunkerParams::default_bulk(),
         compression_level: 3,
         pack_size: 16 << 20,
-        page_rules: cairn_format::default_page_rules(),
+        page_rules: first_page_rules(),
     };
     let lock = Lock {
         time: time(),
@@ -323,6 +323,36 @@ where
     T: Serialize,
 {
     encode_sealed_with_nonce(&fx.key, kind, value, level, &nonce(n))
+}
+
+/// The page rules of the first v1 repositories (SQLite cut per page). Frozen: the fixture
+/// config and its dump in FORMAT.md use them, whatever `default_page_rules` becomes.
+fn first_page_rules() -> Vec<cairn_format::PageRule> {
+    use cairn_format::{PageFormat, PageRule, PageStrategy};
+    let small = ChunkerParams {
+        min_size: 2 << 10,
+        avg_size: 8 << 10,
+        max_size: 32 << 10,
+        normalization: 1,
+    };
+    vec![
+        PageRule {
+            format: PageFormat::Sqlite,
+            strategy: PageStrategy::Pages,
+        },
+        PageRule {
+            format: PageFormat::PostgresRelation,
+            strategy: PageStrategy::Pages,
+        },
+        PageRule {
+            format: PageFormat::Bbolt,
+            strategy: PageStrategy::Cdc(small.clone()),
+        },
+        PageRule {
+            format: PageFormat::PostgresWal,
+            strategy: PageStrategy::Cdc(small),
+        },
+    ]
 }
 
 fn vectors(fx: &Fx) -> Vec<Vector> {
@@ -439,6 +469,16 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         Config,
         fx.config.clone(),
         "postcard(Config) of the fixed config"
+    );
+    postcard_vector!(
+        "postcard/config-sqlite-cells",
+        Config,
+        Config {
+            page_rules: cairn_format::default_page_rules(),
+            ..fx.config.clone()
+        },
+        "postcard(Config) of the fixed config with the page rules new repositories get: \
+         Sqlite -> SqliteCells { min_piece: 256 } (PageStrategy variant 2)"
     );
     postcard_vector!("postcard/lock", Lock, fx.lock.clone(), "postcard(Lock)");
     postcard_vector!(

@@ -878,3 +878,42 @@ proptest! {
         check!(cairn_format::open_blob_in_place(&key, t, &id, &mut again, plain.len() as u32 + 1).is_err());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever a page holds (damaged b-tree headers, cell pointers past the end, varints
+    /// that run off the page), the SQLite cell cutter returns ascending cuts inside the page.
+    #[test]
+    fn sqlite_cell_cuts_stay_inside_any_page(
+        kind in prop_oneof![Just(2u8), Just(5), Just(10), Just(13), any::<u8>()],
+        cells in 0u16..40,
+        pointers in vec(any::<u16>(), 0..40),
+        body in bytes(8192),
+        page_log in 9u32..14,
+        reserved in 0usize..64,
+        min_piece in 16usize..1024,
+        first in any::<bool>(),
+    ) {
+        let size = 1usize << page_log;
+        let mut page = body;
+        page.resize(size, 0xA5);
+        let h = if first { 100 } else { 0 };
+        if first {
+            page[..16].copy_from_slice(b"SQLite format 3\0");
+        }
+        page[h] = kind;
+        page[h + 3..h + 5].copy_from_slice(&cells.to_be_bytes());
+        for (i, p) in pointers.iter().enumerate() {
+            let at = h + 12 + 2 * i;
+            if at + 2 <= size {
+                page[at..at + 2].copy_from_slice(&(p % size as u16).to_be_bytes());
+            }
+        }
+        let mut out = vec![7];
+        cairn_format::sqlite_cell_cuts(&page, size - reserved, min_piece, 1000, &mut out);
+        check!(out[0] == 7);
+        check!(out[1..].iter().all(|&c| c > 1000 && c < 1000 + size));
+        check!(out[1..].windows(2).all(|w| w[0] < w[1]));
+    }
+}
