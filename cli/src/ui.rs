@@ -1,7 +1,7 @@
 //! Terminal progress and JSON status lines.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Renders a [`Progress`] until dropped.
 pub struct Reporter {
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the renderer at once (a sleeping poll would delay every exit).
+    stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -19,12 +20,14 @@ impl Reporter {
     /// Show `progress` as a bar on stderr when it is a terminal, and/or as JSON status lines
     /// on stdout every second with `json`.
     pub fn start(what: &'static str, progress: Arc<Progress>, json: bool, quiet: bool) -> Reporter {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, wake) = channel::<()>();
         let tty = std::io::stderr().is_terminal() && !quiet;
         if !tty && !json {
-            return Reporter { stop, thread: None };
+            return Reporter {
+                stop: None,
+                thread: None,
+            };
         }
-        let s2 = stop.clone();
         let thread = std::thread::spawn(move || {
             let bar = if tty {
                 let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
@@ -38,8 +41,8 @@ impl Reporter {
             };
             let start = Instant::now();
             let mut last_json = Instant::now();
-            while !s2.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
+            while let Err(RecvTimeoutError::Timeout) = wake.recv_timeout(Duration::from_millis(100))
+            {
                 let files = Progress::get(&progress.files);
                 let bytes = Progress::get(&progress.bytes);
                 let total = Progress::get(&progress.total_bytes);
@@ -78,7 +81,7 @@ impl Reporter {
             }
         });
         Reporter {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         }
     }
@@ -86,7 +89,7 @@ impl Reporter {
 
 impl Drop for Reporter {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

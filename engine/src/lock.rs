@@ -4,7 +4,7 @@
 //! old one (no rename on object stores). A lock is stale when it was not refreshed for
 //! [`STALE_AFTER`], or when it belongs to this host and its process is gone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -43,7 +43,7 @@ pub fn is_stale(lock: &Lock) -> bool {
 pub struct LockGuard {
     repo: Repository,
     current: Arc<Mutex<Id>>,
-    stop: Arc<AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
 
@@ -59,22 +59,18 @@ impl LockGuard {
             return Err(e);
         }
         let current = Arc::new(Mutex::new(id));
-        let stop = Arc::new(AtomicBool::new(false));
+        // Dropping the sender wakes the refresher at once: a sleeping poll loop would add up to
+        // its period to every command's exit.
+        let (stop, wake) = std::sync::mpsc::channel::<()>();
         let refresher = {
-            let (repo, current, stop) = (repo.clone(), current.clone(), stop.clone());
+            let (repo, current) = (repo.clone(), current.clone());
             std::thread::Builder::new()
                 .name("cairn-lock".into())
                 .spawn(move || {
-                    let mut waited = Duration::ZERO;
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(200));
-                        waited += Duration::from_millis(200);
-                        if waited >= REFRESH_EVERY {
-                            waited = Duration::ZERO;
-                            if let Ok(new) = write_lock(&repo, exclusive) {
-                                let old = std::mem::replace(&mut *current.lock(), new);
-                                let _ = repo.backend().delete(FileKind::Lock, &old.to_hex());
-                            }
+                    while let Err(RecvTimeoutError::Timeout) = wake.recv_timeout(REFRESH_EVERY) {
+                        if let Ok(new) = write_lock(&repo, exclusive) {
+                            let old = std::mem::replace(&mut *current.lock(), new);
+                            let _ = repo.backend().delete(FileKind::Lock, &old.to_hex());
                         }
                     }
                 })
@@ -83,7 +79,7 @@ impl LockGuard {
         Ok(LockGuard {
             repo: repo.clone(),
             current,
-            stop,
+            stop: Some(stop),
             refresher,
         })
     }
@@ -91,7 +87,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
