@@ -67,7 +67,7 @@ def series(name, days, work, args, env):
     repos = {t: os.path.join(work, "repo-%s-%s" % (t, name)) for t in ("cairn", "restic")}
     for r in repos.values():
         shutil.rmtree(r, ignore_errors=True)
-    run([args.cairn, "-r", repos["cairn"], "init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "-q"], env)
+    run([args.cairn, "-r", repos["cairn"], "init", "-q"], env)  # default KDF, as restic
     run([args.restic, "-r", repos["restic"], "init", "-q"], env)
     rows = {"cairn": [], "restic": []}
     for i, day in enumerate(days):

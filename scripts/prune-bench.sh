@@ -38,7 +38,7 @@ for i in range(n):
     with open(os.path.join(d, "f%06d" % i), "wb") as f:
         f.write(r.randbytes(r.randint(1024, 6144)))
 PY
-"$cairn" -r "$work/cairn" init --kdf-memory-mib 8 --kdf-iterations 1 -q >/dev/null
+"$cairn" -r "$work/cairn" init -q >/dev/null  # default KDF, as restic
 restic -r "$work/restic" init -q
 for tool in cairn restic; do
   if [ $tool = cairn ]; then "$cairn" -r "$work/cairn" backup -q --host bench "$work/src"; else restic -r "$work/restic" backup -q --host bench "$work/src"; fi
