@@ -188,7 +188,7 @@ fn zstd_compress(c: &mut Criterion) {
     g.finish();
 }
 
-/// A fresh repository in a temp dir (cheap KDF, default chunker/pack size/level 3).
+/// A fresh repository in a temp dir (cheap KDF, default chunker, pack size and level).
 fn fresh_repo() -> (tempfile::TempDir, Repository) {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));

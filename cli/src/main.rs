@@ -239,8 +239,10 @@ pub enum RepairCommand {
 /// `init` options.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
-    /// zstd level for the repository (0 = no compression, 1-22).
-    #[arg(long, default_value_t = 3)]
+    /// zstd level for the repository (0 = no compression, 1-22). The default, 2, took 24 %
+    /// less CPU than level 3 on a 2 GB tree of real files for a 3.5 % larger repository
+    /// (still no larger than restic's); higher levels trade backup speed for size.
+    #[arg(long, default_value_t = cairn_engine::DEFAULT_COMPRESSION_LEVEL)]
     pub compression_level: i32,
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16)]

@@ -35,6 +35,6 @@ pub use error::{Error, Result};
 pub use index::MasterIndex;
 pub use lock::LockGuard;
 pub use progress::Progress;
-pub use repository::{verify_name, InitOptions, Repository};
+pub use repository::{verify_name, InitOptions, Repository, DEFAULT_COMPRESSION_LEVEL};
 pub use restorer::{restore, RestoreOptions, RestoreResult};
 pub use snapshots::SnapshotFilter;
