@@ -341,6 +341,35 @@ pub fn restore(
             }
             let pack_id = index.packs()[*pack as usize];
             let mut handles: HashMap<usize, File> = HashMap::new();
+            let write_to = |handles: &mut HashMap<usize, File>, fi: usize, data: &[u8], off| {
+                let job = &files[fi];
+                let res = (|| {
+                    let f = match handles.entry(fi) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                            OpenOptions::new()
+                                .write(true)
+                                .custom_flags(libc::O_NOFOLLOW)
+                                .open(&job.path)
+                                .map_err(|e| format!("{}: {e}", job.path.display()))?,
+                        ),
+                    };
+                    write_sparse(f, data, off)
+                        .map_err(|e| format!("{}: {e}", job.path.display()))?;
+                    Progress::add(&progress.bytes, data.len() as u64);
+                    Ok::<(), String>(())
+                })();
+                if let Err(msg) = res {
+                    *job.failed.lock() = Some(msg);
+                }
+            };
+            let mut batch = Batch::default();
+            let flush = |batch: &mut Batch, handles: &mut HashMap<usize, File>| {
+                if !batch.buf.is_empty() {
+                    write_to(handles, batch.fi, &batch.buf, batch.off);
+                    batch.buf.clear();
+                }
+            };
             let mut i = 0;
             while i < blobs.len() {
                 // Coalesce blobs whose gaps are small into one read.
@@ -388,29 +417,37 @@ pub fn restore(
                         if job.failed.lock().is_some() {
                             continue;
                         }
-                        let res = plain.as_deref().map_err(Clone::clone).and_then(|data| {
-                            let f = match handles.entry(fi) {
-                                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                                std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                                    OpenOptions::new()
-                                        .write(true)
-                                        .custom_flags(libc::O_NOFOLLOW)
-                                        .open(&job.path)
-                                        .map_err(|e| format!("{}: {e}", job.path.display()))?,
-                                ),
-                            };
-                            write_sparse(f, data, off)
-                                .map_err(|e| format!("{}: {e}", job.path.display()))?;
-                            Progress::add(&progress.bytes, data.len() as u64);
-                            Ok(())
-                        });
-                        if let Err(msg) = res {
-                            *job.failed.lock() = Some(msg);
+                        let data = match plain.as_deref() {
+                            Ok(d) => d,
+                            Err(msg) => {
+                                *job.failed.lock() = Some(msg.clone());
+                                continue;
+                            }
+                        };
+                        // Small blobs that continue the pending run of the same file are
+                        // gathered into one write: a database restores as thousands of
+                        // page-sized blobs, and a syscall per blob cost more than the copy.
+                        if data.len() < BATCH_PIECE
+                            && batch.fi == fi
+                            && batch.off + batch.buf.len() as u64 == off
+                            && batch.buf.len() + data.len() <= BATCH_MAX
+                        {
+                            batch.buf.extend_from_slice(data);
+                            continue;
+                        }
+                        flush(&mut batch, &mut handles);
+                        if data.len() < BATCH_PIECE {
+                            batch.fi = fi;
+                            batch.off = off;
+                            batch.buf.extend_from_slice(data);
+                        } else {
+                            write_to(&mut handles, fi, data, off);
                         }
                     }
                 }
                 i = j + 1;
             }
+            flush(&mut batch, &mut handles);
         });
     };
     match remote_threads.and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()) {
@@ -524,6 +561,19 @@ pub fn restore(
 /// Write `data` at `off`, leaving 4 KiB blocks (aligned to the file) that are all zero as
 /// holes: the file was pre-sized with `set_len`, so skipped blocks read back as zeros and
 /// sparse files stay sparse.
+/// Blobs below this size are gathered into per-file runs before writing.
+const BATCH_PIECE: usize = 64 << 10;
+/// Largest gathered run.
+const BATCH_MAX: usize = 1 << 20;
+
+/// A run of small blobs that continue each other in one file, not yet written.
+#[derive(Default)]
+struct Batch {
+    fi: usize,
+    off: u64,
+    buf: Vec<u8>,
+}
+
 fn write_sparse(f: &File, data: &[u8], off: u64) -> std::io::Result<()> {
     const BLOCK: u64 = 4096;
     let mut pos = 0usize;
