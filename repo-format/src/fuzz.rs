@@ -29,14 +29,63 @@ pub type Target = fn(&[u8]);
 
 /// Every fuzz target: its name (the file in `fuzz/fuzz_targets/` and the corpus directory)
 /// and its entry point.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("pack_header", pack_header),
     ("index", index),
     ("tree", tree),
     ("snapshot", snapshot),
     ("key", key),
     ("config", config),
+    ("sqlite_pages", sqlite_pages),
 ];
+
+/// The SQLite cell cutter on arbitrary file bytes (it parses page structures of files being
+/// backed up, which are as untrusted as repository bytes): every cut lies inside its page,
+/// in ascending order.
+pub fn sqlite_pages(data: &[u8]) {
+    let head = &data[..data.len().min(crate::pages::DETECT_LEN)];
+    let page = match crate::pages::detect(head, None) {
+        Some((crate::PageFormat::Sqlite, p)) => p as usize,
+        _ => 512,
+    };
+    let usable = page.saturating_sub(usize::from(data.get(20).copied().unwrap_or(0)));
+    let mut cuts = Vec::new();
+    for (i, chunk) in data.chunks(page).enumerate() {
+        let base = i * page;
+        let before = cuts.len();
+        crate::sqlite_cell_cuts(chunk, usable, 256, base, &mut cuts);
+        let new = &cuts[before..];
+        assert!(new.iter().all(|&c| c > base && c < base + chunk.len()));
+        assert!(new.windows(2).all(|w| w[0] < w[1]));
+        cuts.push(base + chunk.len());
+    }
+}
+
+/// A two-page SQLite file of 512-byte pages: page 1 (the database header and a table leaf
+/// with two cells) and a table leaf whose one cell spills to an overflow page.
+fn sqlite_seed() -> Vec<u8> {
+    let mut db = vec![0u8; 1536];
+    db[..16].copy_from_slice(b"SQLite format 3\0");
+    db[16..18].copy_from_slice(&512u16.to_be_bytes());
+    // Page 1: b-tree header at 100, type 13 (table leaf), 2 cells at 400 and 300.
+    db[100] = 13;
+    db[103..105].copy_from_slice(&2u16.to_be_bytes());
+    db[108..110].copy_from_slice(&400u16.to_be_bytes());
+    db[110..112].copy_from_slice(&300u16.to_be_bytes());
+    for (at, len) in [(400usize, 90u8), (300, 80)] {
+        db[at] = len; // payload size
+        db[at + 1] = 1; // rowid
+        db[at + 2..at + 2 + usize::from(len)].fill(0x41);
+    }
+    // Page 2: one cell of 600 payload bytes (varint 0x84 0x58), spilling to page 3.
+    db[512] = 13;
+    db[515..517].copy_from_slice(&1u16.to_be_bytes());
+    db[520..522].copy_from_slice(&40u16.to_be_bytes());
+    db[512 + 40..512 + 43].copy_from_slice(&[0x84, 0x58, 0x02]);
+    db[1024..1028].copy_from_slice(&0u32.to_be_bytes());
+    db[1028..].fill(0x42);
+    db
+}
 
 /// Tree decoder. A tree that decodes must re-encode to a tree that decodes to itself.
 pub fn tree(data: &[u8]) {
@@ -300,6 +349,7 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
         encode_sealed_with_nonce(&key, FileKind::Config, &config, 0, &nonce(0x50)),
     ));
     out.push(("config", to_postcard(&config)));
+    out.push(("sqlite_pages", sqlite_seed()));
     let lock = Lock {
         time: ts(1_714_532_400, 0),
         exclusive: true,
