@@ -455,11 +455,5 @@ fn sqlite_databases_dedup_across_vacuum_and_restore_exactly() {
     );
 
     let target = env.path("restored");
-    env.ok(&[
-        "restore",
-        &format!("latest:{}", s(&src)),
-        "--target",
-        s(&target),
-    ]);
-    assert_trees_equal(&src, &target, false);
+    env.restore_latest_exact(&src, &target, &[]);
 }
