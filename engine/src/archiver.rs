@@ -697,24 +697,7 @@ impl Archiver<'_> {
                 page,
                 usable,
                 min_piece,
-            } => {
-                // Windows start at page boundaries: every window ends at its last whole page.
-                let mut out = Vec::new();
-                for start in (0..buf.len() / page).map(|i| i * page) {
-                    cairn_format::sqlite_cell_cuts(
-                        &buf[start..start + page],
-                        usable,
-                        min_piece,
-                        start,
-                        &mut out,
-                    );
-                    out.push(start + page);
-                }
-                if eof && buf.len() % page != 0 {
-                    out.push(buf.len());
-                }
-                out
-            }
+            } => cairn_format::sqlite_window_cuts(buf, page, usable, min_piece, eof),
             // The two-stage cutter hashes every byte (SS-CDC cannot skip the first `min` bytes
             // of a chunk it has not located yet), so it costs ~2.3× the CPU of the sequential
             // cutter. With few cores it is cheaper to cut sequentially while the other cores

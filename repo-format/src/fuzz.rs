@@ -40,8 +40,8 @@ pub const TARGETS: [(&str, Target); 7] = [
 ];
 
 /// The SQLite cell cutter on arbitrary file bytes (it parses page structures of files being
-/// backed up, which are as untrusted as repository bytes): every cut lies inside its page,
-/// in ascending order.
+/// backed up, which are as untrusted as repository bytes), as the engine runs it on a whole
+/// file: ascending cuts that include every page boundary and end at the file's end.
 pub fn sqlite_pages(data: &[u8]) {
     let head = &data[..data.len().min(crate::pages::DETECT_LEN)];
     let page = match crate::pages::detect(head, None) {
@@ -49,16 +49,11 @@ pub fn sqlite_pages(data: &[u8]) {
         _ => 512,
     };
     let usable = page.saturating_sub(usize::from(data.get(20).copied().unwrap_or(0)));
-    let mut cuts = Vec::new();
-    for (i, chunk) in data.chunks(page).enumerate() {
-        let base = i * page;
-        let before = cuts.len();
-        crate::sqlite_cell_cuts(chunk, usable, 256, base, &mut cuts);
-        let new = &cuts[before..];
-        assert!(new.iter().all(|&c| c > base && c < base + chunk.len()));
-        assert!(new.windows(2).all(|w| w[0] < w[1]));
-        cuts.push(base + chunk.len());
-    }
+    let cuts = crate::sqlite_window_cuts(data, page, usable, 256, true);
+    assert!(cuts.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(cuts.last().copied().unwrap_or(0), data.len());
+    // Every page boundary is a cut: no chunk spans two pages.
+    assert!((1..=data.len() / page).all(|i| cuts.binary_search(&(i * page)).is_ok()));
 }
 
 /// A two-page SQLite file of 512-byte pages: page 1 (the database header and a table leaf

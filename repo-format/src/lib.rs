@@ -52,7 +52,8 @@ pub use pack::{
     seal_blob_with_nonce, BlobType, PackEntry, PackHeader, PACK_HEADER_LEVEL,
 };
 pub use pages::{
-    default_page_rules, sqlite_cell_cuts, PageFormat, PageRule, PageStrategy, SQLITE_MIN_PIECE,
+    default_page_rules, sqlite_cell_cuts, sqlite_window_cuts, PageFormat, PageRule, PageStrategy,
+    SQLITE_MIN_PIECE,
 };
 pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
 pub use tree::{FileTime, Node, NodeKind, Tree, Xattr};

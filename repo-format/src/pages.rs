@@ -269,6 +269,34 @@ pub fn sqlite_cell_cuts(
     }
 }
 
+/// The chunk ends of `buf`, a run of a SQLite file starting at a page boundary, under
+/// [`PageStrategy::SqliteCells`]: every whole page's cell cuts ([`sqlite_cell_cuts`]) and its
+/// end; at `eof`, a trailing partial page is one chunk. Without `eof` the last end is the last
+/// whole page's, so the next run again starts at a page boundary.
+pub fn sqlite_window_cuts(
+    buf: &[u8],
+    page: usize,
+    usable: usize,
+    min_piece: usize,
+    eof: bool,
+) -> Vec<usize> {
+    let mut out = Vec::new();
+    for start in (0..buf.len() / page).map(|i| i * page) {
+        sqlite_cell_cuts(
+            &buf[start..start + page],
+            usable,
+            min_piece,
+            start,
+            &mut out,
+        );
+        out.push(start + page);
+    }
+    if eof && buf.len() % page != 0 {
+        out.push(buf.len());
+    }
+    out
+}
+
 fn be16(b: &[u8], at: usize) -> u16 {
     match b.get(at..at + 2) {
         Some(x) => u16::from_be_bytes([x[0], x[1]]),
@@ -346,24 +374,20 @@ mod tests {
         assert_eq!(detect(&[], None), None);
     }
 
-    /// Cut a whole SQLite file page by page, as the engine does.
+    /// Cut a whole SQLite file as the engine does: by cells, or one chunk per page.
     fn sqlite_chunks(data: &[u8], cells: bool) -> Vec<&[u8]> {
         let (format, page) = detect(&data[..DETECT_LEN], Some(data.len() as u64)).unwrap();
         assert_eq!(format, PageFormat::Sqlite);
         let page = page as usize;
         let usable = page - usize::from(data[20]);
-        let mut cuts = Vec::new();
-        for start in (0..data.len() / page).map(|i| i * page) {
-            if cells {
-                let before = cuts.len();
-                sqlite_cell_cuts(&data[start..start + page], usable, 256, start, &mut cuts);
-                assert!(cuts[before..]
-                    .iter()
-                    .all(|&c| c > start && c < start + page));
-            }
-            cuts.push(start + page);
-        }
+        let cuts = if cells {
+            sqlite_window_cuts(data, page, usable, 256, true)
+        } else {
+            (1..=data.len() / page).map(|i| i * page).collect()
+        };
         assert!(cuts.windows(2).all(|w| w[0] < w[1]), "cuts not ascending");
+        // Every page end is a cut, so each cell cut lies inside its own page.
+        assert!((1..=data.len() / page).all(|i| cuts.binary_search(&(i * page)).is_ok()));
         let mut out = Vec::new();
         let mut s = 0;
         for c in cuts {
