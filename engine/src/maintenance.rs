@@ -21,8 +21,8 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_format::{
-    decode_pack_header, decode_sealed_header, header_span, open_blob, BlobType, FileKind, Id,
-    IndexFile, IndexPack, PackEntry, Snapshot, Tree,
+    decode_pack_header, decode_sealed_header, header_span, open_blob_in_place, BlobType, FileKind,
+    Id, IndexFile, IndexPack, PackEntry, Snapshot, Tree,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -292,15 +292,15 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        let data = repo.backend().get(FileKind::Pack, &p.id.to_hex())?;
+        let mut data = repo.backend().get(FileKind::Pack, &p.id.to_hex())?;
         verify_name(FileKind::Pack, &p.id.to_hex(), &data)?;
         for e in &p.used_blobs {
             let a = e.offset as usize;
             let sealed = data
-                .get(a..a + e.length as usize)
+                .get_mut(a..a + e.length as usize)
                 .ok_or_else(|| Error::Integrity(format!("pack {} truncated", p.id)))?;
-            let plain =
-                open_blob(repo.key(), e.blob_type, &e.id, sealed, e.raw_length).map_err(|err| {
+            let plain = open_blob_in_place(repo.key(), e.blob_type, &e.id, sealed, e.raw_length)
+                .map_err(|err| {
                     Error::Integrity(format!(
                         "pack {}: {err}; refusing to repack (run `cairn check --read-data`)",
                         p.id.short()
@@ -519,16 +519,18 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     selected.par_iter().for_each(|pid| {
         let name = pid.to_hex();
         let res = (|| -> Result<()> {
-            let data = repo.backend().get(FileKind::Pack, &name)?;
+            let mut data = repo.backend().get(FileKind::Pack, &name)?;
             verify_name(FileKind::Pack, &name, &data)?;
             let header = decode_pack_header(repo.key(), &data)?;
+            // The header checked that its entries tile the pack before it, so the blobs are
+            // decrypted in place, without a copy each.
             for e in &header.entries {
                 let a = e.offset as usize;
-                open_blob(
+                open_blob_in_place(
                     repo.key(),
                     e.blob_type,
                     &e.id,
-                    &data[a..a + e.length as usize],
+                    &mut data[a..a + e.length as usize],
                     e.raw_length,
                 )
                 .map_err(|x| Error::Integrity(format!("blob {}: {x}", e.id.short())))?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cairn_format::{
-    check_preamble, decode_sealed, encode_sealed, open_blob, BlobType, Config, FileKind,
+    check_preamble, decode_sealed, encode_sealed, open_blob_in_place, BlobType, Config, FileKind,
     FormatError, Id, IndexFile, KdfParams, KeyFile, MasterKey, Snapshot, Tree, NONCE_LEN,
 };
 use rand::RngCore;
@@ -271,12 +271,13 @@ impl Repository {
         let pack = index.pack_id(loc);
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
-        let sealed = if blob_type == BlobType::Tree {
+        let mut sealed = if blob_type == BlobType::Tree {
             self.backend.get_tree_range(&name, offset, len)?
         } else {
             self.backend.get_range(FileKind::Pack, &name, offset, len)?
         };
-        open_blob(&self.key, blob_type, id, &sealed, loc.raw_length)
+        open_blob_in_place(&self.key, blob_type, id, &mut sealed, loc.raw_length)
+            .map(std::borrow::Cow::into_owned)
             .map_err(|e| Error::Integrity(format!("pack {}: {e}", pack.short())))
     }
 

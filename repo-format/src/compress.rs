@@ -27,7 +27,6 @@ pub fn pack_payload(data: &[u8], level: i32) -> Vec<u8> {
 pub fn pack_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
     let start = out.len();
     if level != 0 && data.len() >= 64 && !looks_incompressible(data) {
-        out.reserve(data.len() + 1);
         out.push(FLAG_ZSTD);
         // zstd writes into the spare capacity after the flag; a frame that would not fit in
         // `data.len() - 1` bytes did not shrink, and zstd gives up on it as soon as it knows.
