@@ -100,26 +100,56 @@ impl Chunker {
 
     /// Length of the first chunk of `data` (all of it if no cut is found).
     pub fn cut(&self, data: &[u8]) -> usize {
-        let Some((center, remaining)) = self.window(data.len()) else {
-            return data.len();
-        };
+        self.cut_masked(data)
+            .unwrap_or_else(|| self.end_of(data.len()))
+    }
+
+    /// The first cut of `data` where the gear hash meets its mask, if there is one.
+    ///
+    /// Such a cut is final even when `data` is only a prefix of the stream: the masks used at
+    /// positions below `data.len()` do not depend on how many bytes follow (see
+    /// [`Chunker::window`]), and every position before the cut was scanned without a hit.
+    fn cut_masked(&self, data: &[u8]) -> Option<usize> {
+        let (center, remaining) = self.window(data.len())?;
         let mut h: u64 = 0;
         let mut i = self.min;
         while i < center {
             h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
             if h & self.mask_s == 0 {
-                return i;
+                return Some(i);
             }
             i += 1;
         }
         while i < remaining {
             h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
             if h & self.mask_l == 0 {
-                return i;
+                return Some(i);
             }
             i += 1;
         }
-        self.end_of(data.len())
+        None
+    }
+
+    /// The final chunk ends of `data`, a window of a longer stream (all of them at `eof`).
+    ///
+    /// A chunk is final when its cut was found by the mask or it reached `max`; only the tail
+    /// after the last such cut waits for more bytes. Carrying just that tail (about one average
+    /// chunk) into the next window, rather than everything within `max` of the end, keeps the
+    /// copy between windows small.
+    pub fn window_cuts(&self, data: &[u8], eof: bool) -> Vec<usize> {
+        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
+        let mut start = 0;
+        while start < data.len() {
+            let rest = &data[start..];
+            let cut = match self.cut_masked(rest) {
+                Some(c) => c,
+                None if eof || rest.len() > self.max => self.end_of(rest.len()),
+                None => break,
+            };
+            start += cut;
+            out.push(start);
+        }
+        out
     }
 
     /// The scan window for a chunk with `len` bytes left: positions `[min, center)` use
@@ -154,18 +184,11 @@ impl Chunker {
         out
     }
 
-    /// Complete chunk ends of `data` that do not depend on bytes past its end: chunks whose
-    /// start has at least `max` bytes after it, or all of them at `eof`. Uses the parallel
-    /// cutter for large inputs. Returns chunk end offsets.
+    /// Complete chunk ends of `data` that do not depend on bytes past its end (all of them at
+    /// `eof`), as [`Chunker::window_cuts`]. Uses the parallel cutter for large inputs.
     pub fn boundaries_window(&self, data: &[u8], eof: bool, segment: usize) -> Vec<usize> {
         if data.len() < PARALLEL_MIN || rayon::current_num_threads() < 2 {
-            let mut out = Vec::new();
-            let mut start = 0;
-            while start < data.len() && (eof || data.len() - start > self.max) {
-                start += self.cut(&data[start..]);
-                out.push(start);
-            }
-            return out;
+            return self.window_cuts(data, eof);
         }
         self.boundaries_parallel(data, eof, segment)
     }
@@ -215,10 +238,10 @@ impl Chunker {
         };
         let mut out = Vec::with_capacity(data.len() / self.avg + 1);
         let mut start = 0;
-        while start < data.len() && (eof || data.len() - start > self.max) {
+        while start < data.len() {
             let len = data.len() - start;
-            let cut = match self.window(len) {
-                None => len,
+            let masked = match self.window(len) {
+                None => None,
                 Some((center, remaining)) => {
                     // Positions before min+63 carry a hash that differs from H(p): compute them.
                     let exact_end = (self.min + 63).min(remaining);
@@ -241,8 +264,13 @@ impl Chunker {
                             first_in(&cand_l, start + center.max(exact_end), start + remaining)
                                 .map(|p| p - start)
                         })
-                        .unwrap_or_else(|| self.end_of(len))
                 }
+            };
+            // As in `window_cuts`: without a mask hit, the chunk is final only at `max` or EOF.
+            let cut = match masked {
+                Some(c) => c,
+                None if eof || len > self.max => self.end_of(len),
+                None => break,
             };
             start += cut;
             out.push(start);
@@ -338,18 +366,27 @@ mod tests {
             // Feeding data window by window, carrying the incomplete tail, gives the same cuts.
             let d = data(seed, len);
             let c = Chunker::new(&p, 42);
-            let mut got = Vec::new();
-            let mut start = 0;
-            let mut avail = 0;
-            while start < d.len() {
-                avail = (avail + window).min(d.len());
-                let eof = avail == d.len();
-                for end in c.boundaries_parallel(&d[start..avail], eof, 1) {
-                    got.push(start + end);
+            let want = reference(&d, &p, 42);
+            for parallel in [false, true] {
+                let mut got = Vec::new();
+                let mut start = 0;
+                let mut avail = 0;
+                while start < d.len() {
+                    avail = (avail + window).min(d.len());
+                    let eof = avail == d.len();
+                    let ends = if parallel {
+                        c.boundaries_parallel(&d[start..avail], eof, 1)
+                    } else {
+                        c.window_cuts(&d[start..avail], eof)
+                    };
+                    // A window never leaves more than `max` bytes undecided.
+                    let last = ends.last().map_or(start, |&e| start + e);
+                    prop_assert!(eof || avail - last <= p.max_size as usize);
+                    got.extend(ends.iter().map(|&e| start + e));
+                    start = last;
                 }
-                if let Some(&last) = got.last() { start = last; }
+                prop_assert_eq!(&got, &want);
             }
-            prop_assert_eq!(got, reference(&d, &p, 42));
         }
     }
 

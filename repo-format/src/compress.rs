@@ -36,7 +36,9 @@ pub fn pack_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
         }
         out.truncate(start);
     }
-    out.reserve(data.len() + 1);
+    // Exact: `out` is usually a buffer reused for every blob of a thread, and doubling it
+    // would keep up to twice the largest blob resident per thread.
+    out.reserve_exact(data.len() + 1);
     out.push(FLAG_RAW);
     out.extend_from_slice(data);
 }
@@ -65,7 +67,7 @@ fn compress_cached(data: &[u8], level: i32, out: &mut Vec<u8>, room: usize) -> b
             return false;
         };
         let pos = out.len();
-        out.reserve(room);
+        out.reserve_exact(room);
         // zstd fills the spare capacity after `pos`; a frame larger than `room` (possible when
         // the allocator gave more) is refused below like one that did not fit.
         let mut cursor = std::io::Cursor::new(&mut *out);
