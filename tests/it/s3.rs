@@ -1,5 +1,6 @@
 //! The S3 backend against a real server (Garage in CI): every command, the cache, an
-//! interrupted upload, and the errors a user meets first (credentials, bucket, locks).
+//! interrupted upload, and the errors a user meets first (credentials, bucket, locks, an
+//! unreachable endpoint).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -321,4 +322,47 @@ keep-last = 1
         .join(s(&snaps).trim_start_matches('/'))
         .join("etcd-snapshot-node1-1700086400");
     assert_eq!(std::fs::read(&restored).unwrap(), newest);
+}
+
+/// Ctrl-C reaches a request that waits in retry back-off: an unreachable endpoint must not
+/// hold the operator for minutes of retries. Needs no server (nothing listens on port 9).
+#[test]
+fn s3_request_in_back_off_is_interruptible() {
+    use nix::sys::signal::{kill, Signal};
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = crate::util::bare_cairn();
+    cmd.args([
+        "-r",
+        "s3:http://127.0.0.1:9/bucket/cairn",
+        "-o",
+        "s3.retries=20",
+        "snapshots",
+    ])
+    .env("CAIRN_PASSWORD", "x")
+    .env("AWS_ACCESS_KEY_ID", "test")
+    .env("AWS_SECRET_ACCESS_KEY", "test")
+    .env("HOME", home.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // By then the first attempts were refused and the request sleeps before a retry.
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let signalled = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stderr.contains("retry"), "no retry was under way: {stderr}");
+    // Twenty retries with back-off up to 20 s each would take minutes.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop after SIGINT",
+        signalled.elapsed()
+    );
 }

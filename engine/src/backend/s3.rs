@@ -22,6 +22,7 @@ use opendal::layers::{ConcurrentLimitLayer, RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind, Operator};
 
 use super::{Backend, ObjectInfo};
+use crate::progress::interrupted;
 use crate::{Error, Result};
 
 /// Where and how to reach an S3 bucket. Built from a `s3:` URL plus `-o s3.*` options.
@@ -321,8 +322,26 @@ impl S3Backend {
         Error::Backend(format!("{what} {url}: {text}{hint}"))
     }
 
+    /// Run a request to completion.
     fn block<F: std::future::IntoFuture>(&self, f: F) -> F::Output {
         self.rt.block_on(f.into_future())
+    }
+
+    /// Run a request, or give it up when the user interrupts (Ctrl-C, SIGTERM): with retries a
+    /// request against an unreachable endpoint can wait minutes in back-off. Dropping the
+    /// future cancels it; a PUT that never completed leaves no object (one PUT per object).
+    /// Deletes are not interruptible: lock removal on the way out must still happen.
+    fn block_interruptible<F: std::future::IntoFuture>(&self, f: F) -> Result<F::Output> {
+        self.rt.block_on(async {
+            let mut work = std::pin::pin!(f.into_future());
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), &mut work).await {
+                    Ok(out) => return Ok(out),
+                    Err(_) if interrupted() => return Err(Error::Interrupted),
+                    Err(_) => {}
+                }
+            }
+        })
     }
 
     fn location_url(&self) -> String {
@@ -341,14 +360,14 @@ impl S3Backend {
         self.counts
             .bytes_up
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.block(self.op.write(&key, data))
+        self.block_interruptible(self.op.write(&key, data))?
             .map(|_| ())
             .map_err(|e| self.err("put", &key, e))
     }
 
     fn bucket_exists(&self) -> Result<bool> {
         self.counts.list.fetch_add(1, Ordering::Relaxed);
-        match self.block(self.op.list_with("").limit(1)) {
+        match self.block_interruptible(self.op.list_with("").limit(1))? {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.err("list", "", e)),
@@ -392,7 +411,7 @@ impl Backend for S3Backend {
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let key = Self::key(kind, name)?;
         self.counts.get.fetch_add(1, Ordering::Relaxed);
-        match self.block(self.op.read(&key)) {
+        match self.block_interruptible(self.op.read(&key))? {
             Ok(buf) => {
                 let v = into_vec(buf);
                 self.counts
@@ -411,7 +430,9 @@ impl Backend for S3Backend {
             return Ok(Vec::new());
         }
         self.counts.get.fetch_add(1, Ordering::Relaxed);
-        let v = match self.block(self.op.read_with(&key).range(offset..offset + len)) {
+        let v = match self
+            .block_interruptible(self.op.read_with(&key).range(offset..offset + len))?
+        {
             Ok(buf) => into_vec(buf),
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::not_found(kind, name)),
             Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => Vec::new(),
@@ -429,7 +450,7 @@ impl Backend for S3Backend {
     fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
         let key = Self::key(kind, name)?;
         self.counts.head.fetch_add(1, Ordering::Relaxed);
-        match self.block(self.op.stat(&key)) {
+        match self.block_interruptible(self.op.stat(&key))? {
             Ok(m) => Ok(Some(m.content_length())),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err("head", &key, e)),
@@ -442,7 +463,7 @@ impl Backend for S3Backend {
         }
         let dir = format!("{}/", kind.dir());
         self.counts.list.fetch_add(1, Ordering::Relaxed);
-        let entries = match self.block(self.op.list_with(&dir).recursive(true)) {
+        let entries = match self.block_interruptible(self.op.list_with(&dir).recursive(true))? {
             Ok(v) => v,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(self.err("list", &dir, e)),
