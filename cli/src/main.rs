@@ -434,8 +434,10 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    // The TLS verifier logs every rejected certificate at ERROR; the request's own error says
+    // the same, with a hint, so it is shown only with -v.
     let filter = match cli.verbose {
-        0 => "warn",
+        0 => "warn,rustls_platform_verifier=off",
         1 => "info",
         _ => "debug",
     };

@@ -366,3 +366,73 @@ fn s3_request_in_back_off_is_interruptible() {
         signalled.elapsed()
     );
 }
+
+/// HTTPS with a private CA (`-o s3.ca-file`): refused with a hint without the CA, a full
+/// round trip with it. A Python TLS-terminating proxy (`tls_proxy.py`) in front of the test
+/// server stands in for MinIO/Garage behind a self-signed certificate.
+#[test]
+fn s3_over_tls_with_a_private_ca() {
+    use std::io::BufRead;
+    use std::process::Command;
+    let Some(mut env) = Env::s3("tls") else {
+        return;
+    };
+    let loc = s(&env.repo).to_owned();
+    let rest = loc
+        .strip_prefix("s3:http://")
+        .expect("the test server speaks plain HTTP");
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let upstream_port = host_port.rsplit_once(':').map_or("80", |(_, p)| p);
+
+    let (cert, key) = (env.path("ca.pem"), env.path("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=cairn test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-keyout", s(&key), "-out", s(&cert)])
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (needed to make a test certificate)");
+    assert!(made.success(), "openssl req failed");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("it/tls_proxy.py");
+    let proxy = Command::new("python3")
+        .arg(&script)
+        .args([s(&cert), s(&key), upstream_port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 (runs the TLS proxy)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut proxy = Kill(proxy);
+    let mut line = String::new();
+    std::io::BufReader::new(proxy.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("the proxy printed its port");
+    env.repo = PathBuf::from(format!("s3:https://127.0.0.1:{port}/{path}"));
+
+    env.run(&["init", "-o", "s3.retries=0"])
+        .assert_error(1, &["certificate", "s3.ca-file"]);
+    let ca = format!("s3.ca-file={}", s(&cert));
+    init(&env, &["-o", &ca]);
+    let src = make_source(&env, 5);
+    let summary = env.backup(&[s(&src), "-o", &ca]);
+    assert_eq!(summary["errors"], 0, "{summary}");
+    env.restore_latest_exact(&src, &env.path("restored"), &["-o", &ca]);
+    env.ok(&["check", "--read-data", "-o", &ca]);
+}

@@ -314,6 +314,8 @@ impl S3Backend {
             " (access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile, and the key's permissions on the bucket)"
         } else if text.contains("AuthorizationHeaderMalformed") || text.contains("region") {
             " (wrong region? set AWS_DEFAULT_REGION or -o s3.region=…)"
+        } else if text.contains("certificate") {
+            " (the server's TLS certificate is not trusted: for a private CA pass it with -o s3.ca-file=PATH)"
         } else if e.kind() == ErrorKind::ConfigInvalid {
             " (check the s3 URL and options)"
         } else {
