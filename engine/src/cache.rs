@@ -1,6 +1,8 @@
 //! A local cache of a remote repository's metadata: snapshot files, index files and the
 //! packs that hold tree blobs. `snapshots`, `ls`, `restore` of one file and incremental
-//! backups then read them from local disk instead of downloading them on every run.
+//! backups then read them from local disk instead of downloading them on every run. What this
+//! host writes (snapshots, index files, tree packs) enters the cache as it is uploaded, so the
+//! nightly backup finds its parent's trees locally.
 //!
 //! The cache is never trusted: every object in a repository is named by the BLAKE3 hash of
 //! its bytes, so a cached object is hashed before use and a mismatch (a torn write, a bit
@@ -110,11 +112,7 @@ impl CachedBackend {
 
     fn store(&self, path: &Path, data: &[u8]) {
         // Best effort: a cache that cannot be written only costs downloads.
-        let tmp = path.with_file_name(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = temp_beside(path);
         if fs::write(&tmp, data).is_ok() && fs::rename(&tmp, path).is_ok() {
             return;
         }
@@ -180,6 +178,15 @@ impl Drop for CachedBackend {
     }
 }
 
+/// A fresh temporary name in `path`'s directory (renamed over `path` once complete).
+fn temp_beside(path: &Path) -> PathBuf {
+    path.with_file_name(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 fn read_range(path: &Path, offset: u64, len: u64) -> Option<Vec<u8>> {
     let mut f = fs::File::open(path).ok()?;
     f.seek(SeekFrom::Start(offset)).ok()?;
@@ -211,6 +218,27 @@ impl Backend for CachedBackend {
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
         self.inner.put_file(kind, name, path)
+    }
+
+    fn put_tree_pack_file(&self, name: &str, path: &Path) -> Result<()> {
+        // Keep a copy before the upload consumes the file; it enters the cache only once the
+        // upload succeeded (a failed one must not leave a pack the repository lacks).
+        let cached = self.path(FileKind::Pack, name);
+        let tmp = cached
+            .as_deref()
+            .map(temp_beside)
+            .filter(|tmp| fs::hard_link(path, tmp).is_ok() || fs::copy(path, tmp).is_ok());
+        let stored = self.inner.put_tree_pack_file(name, path);
+        if let (Some(dest), Some(tmp)) = (cached, tmp) {
+            if stored.is_ok() && fs::rename(&tmp, &dest).is_ok() {
+                // This process wrote these bytes and named them by their hash; another
+                // process hashes the file before its first use, like any cache entry.
+                self.verified.lock().insert(name.to_owned());
+            } else {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+        stored
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {

@@ -207,16 +207,21 @@ impl Packer {
                                 let _ = std::fs::remove_file(&f.path);
                                 continue;
                             }
+                            let trees = f
+                                .entries
+                                .first()
+                                .is_some_and(|e| e.blob_type == BlobType::Tree);
                             let stored = f
                                 .file
                                 .sync_all()
                                 .map_err(|e| Error::io(&f.path, e))
                                 .and_then(|()| {
-                                    shared.repo.backend().put_file(
-                                        FileKind::Pack,
-                                        &f.id.to_hex(),
-                                        &f.path,
-                                    )
+                                    let (backend, name) = (shared.repo.backend(), f.id.to_hex());
+                                    if trees {
+                                        backend.put_tree_pack_file(&name, &f.path)
+                                    } else {
+                                        backend.put_file(FileKind::Pack, &name, &f.path)
+                                    }
                                 });
                             match stored {
                                 Ok(()) => {

@@ -137,6 +137,28 @@ fn cache_serves_verified_copies_and_repairs_bad_ones() {
         pack_data
     );
 
+    // A tree pack this process uploads is kept: reading it back costs no download. The
+    // upload consumed the file it came from.
+    let (written, written_data) = object(4, 70_000);
+    let file = tmp.path().join("outgoing-pack");
+    std::fs::write(&file, &written_data).unwrap();
+    cached.put_tree_pack_file(&written, &file).unwrap();
+    assert!(!file.exists());
+    let before = reads();
+    assert_eq!(
+        cached.get_tree_range(&written, 60_000, 100).unwrap(),
+        &written_data[60_000..60_100]
+    );
+    assert_eq!(
+        reads(),
+        before,
+        "a tree pack written through the cache was downloaded"
+    );
+    assert_eq!(
+        counting.get(FileKind::Pack, &written).unwrap(),
+        written_data
+    );
+
     // Deleting through the cache removes the entry; a range beyond the end is an error.
     assert!(cached.get_tree_range(&pack, 99_990, 100).is_err());
     cached.delete(FileKind::Pack, &pack).unwrap();

@@ -120,8 +120,19 @@ fn s3_cache_is_verified_and_rebuilt() {
     init(&env, &[]);
     let src = make_source(&env, 9);
     env.backup(&[s(&src)]);
-    env.ok(&["ls", "latest"]);
     let cache = env.cache_dir();
+    // The backup kept the tree packs it uploaded: the next run reads its parent's trees
+    // locally.
+    let tree_packs = walkdir::WalkDir::new(&cache)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_type().is_file()
+                && e.path().parent().and_then(Path::file_name) == Some("data".as_ref())
+        })
+        .count();
+    assert!(tree_packs > 0, "the backup kept no tree pack in the cache");
+    env.ok(&["ls", "latest"]);
     let files: Vec<PathBuf> = walkdir::WalkDir::new(&cache)
         .into_iter()
         .filter_map(Result::ok)

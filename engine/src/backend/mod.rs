@@ -53,6 +53,13 @@ pub trait Backend: Send + Sync + Debug {
         std::fs::remove_file(path).map_err(|e| crate::Error::io(path, e))
     }
 
+    /// [`Backend::put_file`] for a pack that holds only tree blobs. Caching wrappers keep a
+    /// copy, so that the next run reads the trees it just wrote (its parent snapshot's) from
+    /// local disk.
+    fn put_tree_pack_file(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        self.put_file(FileKind::Pack, name, path)
+    }
+
     /// Where to create temporary files destined for [`Backend::put_file`].
     fn temp_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir()
