@@ -810,7 +810,9 @@ impl Archiver<'_> {
         ) {
             if let Some((_, rule)) = self.page_rules.iter().find(|(f, _)| *f == format) {
                 return match rule {
-                    RuleCutter::Pages => Cutter::Pages(page as usize),
+                    RuleCutter::Pages if page > 0 => Cutter::Pages(page as usize),
+                    // Config validation allows `Pages` only for formats with pages.
+                    RuleCutter::Pages => Cutter::Cdc(&self.chunker),
                     RuleCutter::Cdc(c) => Cutter::Cdc(c),
                     // The reserved bytes at the end of each page are in the database header.
                     RuleCutter::SqliteCells(min_piece) => Cutter::SqliteCells {

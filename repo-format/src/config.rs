@@ -107,6 +107,12 @@ impl Config {
                         )));
                     }
                 }
+                crate::PageStrategy::Pages if !r.format.has_pages() => {
+                    return Err(FormatError::InvalidParameter(format!(
+                        "page rule Pages for {:?}, which has no pages",
+                        r.format
+                    )));
+                }
                 crate::PageStrategy::Pages => {}
             }
             if self.page_rules[..i].iter().any(|o| o.format == r.format) {

@@ -1,10 +1,13 @@
-//! Recognising page-structured database files by their first bytes, so that every client of
-//! a repository cuts them the same way (the rules are part of the format; see FORMAT.md).
+//! Recognising files by their first bytes (page-structured databases, git packs, text), so
+//! that every client of a repository cuts them the same way (the rules are part of the
+//! format; see FORMAT.md).
 //!
 //! Databases rewrite a few scattered pages a day. Cut into 1 MiB content-defined chunks,
 //! almost every chunk of such a file changes every night; cut at page boundaries (or into
 //! small content-defined chunks, for formats whose pages move), a night costs about what
-//! actually changed.
+//! actually changed. Text (logs that grow by appending, YAML and JSON exports) and git packs
+//! (rewritten by `git gc` around mostly unchanged objects) change in small places too, and get
+//! 64 KiB content-defined chunks instead of 1 MiB ones.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +24,19 @@ pub enum PageFormat {
     PostgresRelation,
     /// PostgreSQL WAL segment: long page header magic `0xD1xx` with `XLP_LONG_HEADER`.
     PostgresWal,
+    /// git pack file: `"PACK"` and version 2 or 3 (big-endian u32 at 4). No pages: only `Cdc`
+    /// rules apply.
+    GitPack,
+    /// Text: the first 64 bytes are printable ASCII, UTF-8 bytes (≥ 0x80), TAB, LF, CR or ESC
+    /// (coloured logs). No pages: only `Cdc` rules apply.
+    Text,
+}
+
+impl PageFormat {
+    /// Whether the format has pages (so that `Pages` and `SqliteCells` rules make sense).
+    pub fn has_pages(self) -> bool {
+        !matches!(self, PageFormat::GitPack | PageFormat::Text)
+    }
 }
 
 /// How a recognised file is cut.
@@ -82,8 +98,26 @@ pub fn default_page_rules() -> Vec<PageRule> {
             format: PageFormat::PostgresWal,
             strategy: PageStrategy::Cdc(small),
         },
+        PageRule {
+            format: PageFormat::GitPack,
+            strategy: PageStrategy::Cdc(TEXT_CHUNKS),
+        },
+        PageRule {
+            format: PageFormat::Text,
+            strategy: PageStrategy::Cdc(TEXT_CHUNKS),
+        },
     ]
 }
+
+/// The chunking of text and git packs in new repositories: 64 KiB on average, so that a log's
+/// appended tail or a repacked git object costs ~64 KiB rather than ~1 MiB. Text is a small
+/// share of most trees, so the index grows little (a GiB of logs: 16 k entries, ~1.2 MB).
+pub const TEXT_CHUNKS: ChunkerParams = ChunkerParams {
+    min_size: 16 << 10,
+    avg_size: 64 << 10,
+    max_size: 256 << 10,
+    normalization: 1,
+};
 
 /// Bytes of a file's head that [`detect`] looks at.
 pub const DETECT_LEN: usize = 64;
@@ -96,9 +130,13 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// Recognise a page format from the first bytes of a file (at least [`DETECT_LEN`] of them
 /// when the file is that long) and its total length when known. Returns the format and its
-/// page size.
+/// page size (0 for formats without pages, see [`PageFormat::has_pages`]).
 pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
     if head.len() >= 18 && head.starts_with(b"SQLite format 3\0") {
         let raw = u16::from_be_bytes([head[16], head[17]]);
@@ -150,7 +188,18 @@ pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
             return Some((PageFormat::PostgresRelation, page));
         }
     }
+    if head.len() >= 8 && head.starts_with(b"PACK") && matches!(be32(head, 4), 2 | 3) {
+        return Some((PageFormat::GitPack, 0));
+    }
+    if head.len() >= DETECT_LEN && head[..DETECT_LEN].iter().all(|&b| is_text_byte(b)) {
+        return Some((PageFormat::Text, 0));
+    }
     None
+}
+
+/// A byte that text may hold: printable ASCII, any byte of a UTF-8 sequence, TAB, LF, CR, ESC.
+fn is_text_byte(b: u8) -> bool {
+    matches!(b, 0x20..=0x7e | 0x80..=0xff | b'\t' | b'\n' | b'\r' | 0x1b)
 }
 
 /// A SQLite varint (big-endian groups of 7 bits, the 9th byte contributes 8) at `at`.
@@ -354,17 +403,44 @@ mod tests {
         );
         assert_eq!(detect(&pg, Some(8193)), None);
         assert_eq!(detect(&pg, None), None);
+
+        // `git gc` output: "PACK", version 2, object count.
+        let mut pack = b"PACK\0\0\0\x02\0\0\x01\x2c".to_vec();
+        pack.resize(64, 0x9c);
+        assert_eq!(detect(&pack, Some(1 << 20)), Some((PageFormat::GitPack, 0)));
+        pack[7] = 4;
+        assert_eq!(detect(&pack, Some(1 << 20)), None, "no git pack version 4");
+
+        let log = b"2026-11-21T03:00:01.123Z \x1b[32mINFO\x1b[0m server: listening on :8080\n\tcaf\xc3\xa9 ok\r\n";
+        assert_eq!(detect(log, None), Some((PageFormat::Text, 0)));
+        let yaml =
+            b"apiVersion: v1\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata:\n";
+        assert_eq!(detect(yaml, Some(80 << 20)), Some((PageFormat::Text, 0)));
     }
 
     #[test]
-    fn ordinary_files_are_not_pages() {
-        assert_eq!(
-            detect(
-                b"hello world, this is text and nothing else at all....",
-                Some(50)
-            ),
-            None
-        );
+    fn binary_is_not_text() {
+        let text = [b'a'; 64];
+        assert_eq!(detect(&text, None), Some((PageFormat::Text, 0)));
+        // One control byte anywhere in the first 64 bytes (NUL, BEL, form feed, DEL…) and
+        // it is bulk data: a JPEG, gzip or ELF header always has one.
+        for bad in [0x00u8, 0x07, 0x0c, 0x1f, 0x7f] {
+            for at in [0, 31, 63] {
+                let mut b = text;
+                b[at] = bad;
+                assert_eq!(detect(&b, None), None, "byte {bad:#x} at {at}");
+            }
+        }
+        // Only the first 64 bytes count: text that turns binary later is still text.
+        let mut longer = text.to_vec();
+        longer.push(0);
+        assert_eq!(detect(&longer, None), Some((PageFormat::Text, 0)));
+        // Shorter than 64 bytes: one chunk anyway, nothing to recognise.
+        assert_eq!(detect(&text[..63], Some(63)), None);
+    }
+
+    #[test]
+    fn ordinary_binary_files_are_not_recognised() {
         assert_eq!(detect(&[0u8; 64], Some(8192)), None);
         assert_eq!(
             detect(b"SQLite format 3\0\x03\x00", Some(100)),

@@ -355,6 +355,19 @@ fn first_page_rules() -> Vec<cairn_format::PageRule> {
     ]
 }
 
+/// The page rules new repositories got from SQLite cells (PageStrategy variant 2) until text
+/// and git packs got rules of their own. Frozen, like [`first_page_rules`].
+fn sqlite_cells_page_rules() -> Vec<cairn_format::PageRule> {
+    use cairn_format::{PageFormat, PageStrategy};
+    let mut rules = first_page_rules();
+    for r in &mut rules {
+        if r.format == PageFormat::Sqlite {
+            r.strategy = PageStrategy::SqliteCells { min_piece: 256 };
+        }
+    }
+    rules
+}
+
 fn vectors(fx: &Fx) -> Vec<Vector> {
     let mut out = Vec::new();
     for kind in FileKind::ALL {
@@ -474,11 +487,22 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         "postcard/config-sqlite-cells",
         Config,
         Config {
+            page_rules: sqlite_cells_page_rules(),
+            ..fx.config.clone()
+        },
+        "postcard(Config) of the fixed config with Sqlite -> SqliteCells { min_piece: 256 } \
+         (PageStrategy variant 2)"
+    );
+    postcard_vector!(
+        "postcard/config-text-rules",
+        Config,
+        Config {
             page_rules: cairn_format::default_page_rules(),
             ..fx.config.clone()
         },
         "postcard(Config) of the fixed config with the page rules new repositories get: \
-         Sqlite -> SqliteCells { min_piece: 256 } (PageStrategy variant 2)"
+         SqliteCells, plus GitPack (PageFormat variant 4) and Text (variant 5) -> \
+         Cdc { min 16 KiB, avg 64 KiB, max 256 KiB, normalization 1 }"
     );
     postcard_vector!("postcard/lock", Lock, fx.lock.clone(), "postcard(Lock)");
     postcard_vector!(

@@ -457,3 +457,51 @@ fn sqlite_databases_dedup_across_vacuum_and_restore_exactly() {
     let target = env.path("restored");
     env.restore_latest_exact(&src, &target, &[]);
 }
+
+/// Text (a log growing by appends, a kubectl export) gets 64 KiB content-defined chunks: a
+/// night's appended lines cost about their own size, not a 1 MiB chunk. Binary data of the
+/// same size keeps the bulk chunking.
+#[test]
+fn appended_logs_store_little_more_than_the_new_lines() {
+    let env = Env::new();
+    let src = env.path("src");
+    let line = |i: usize| {
+        format!(
+            "2026-11-{:02}T03:{:02}:{:02}Z INFO request id={i:08} path=/api/v1/items/{} took {}ms\n",
+            1 + i % 28,
+            i % 60,
+            (i * 7) % 60,
+            i * 31 % 1000,
+            i % 97
+        )
+    };
+    let mut log = String::new();
+    let mut n = 0;
+    while log.len() < 3 << 20 {
+        log.push_str(&line(n));
+        n += 1;
+    }
+    write_file(&src.join("app.log"), log.as_bytes());
+    write_file(&src.join("blob.bin"), &random_bytes(3 << 20, 1));
+    let first = env.backup(&[s(&src)]);
+    let blobs = first["data_blobs"].as_u64().unwrap();
+    assert!(
+        blobs >= 20,
+        "{blobs} blobs for 3 MiB of text and 3 MiB of binary: text not cut small"
+    );
+
+    let before = log.len();
+    while log.len() < before + (20 << 10) {
+        log.push_str(&line(n));
+        n += 1;
+    }
+    write_file(&src.join("app.log"), log.as_bytes());
+    let second = env.backup(&[s(&src)]);
+    let added = second["data_added"].as_u64().unwrap();
+    assert!(
+        added < 400 << 10,
+        "appending {} bytes to a log added {added} bytes",
+        log.len() - before
+    );
+    env.restore_latest_exact(&src, &env.path("restored"), &[]);
+}
