@@ -501,8 +501,8 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
             ..fx.config.clone()
         },
         "postcard(Config) of the fixed config with the page rules new repositories get: \
-         SqliteCells, plus GitPack (PageFormat variant 4) and Text (variant 5) -> \
-         Cdc { min 16 KiB, avg 64 KiB, max 256 KiB, normalization 1 }"
+         SqliteCells, plus GitPack (PageFormat variant 4) -> Cdc { 16 KiB, 64 KiB, 256 KiB, \
+         normalization 1 } and Text (variant 5) -> Cdc { 128 KiB, 512 KiB, 2 MiB, 1 }"
     );
     postcard_vector!("postcard/lock", Lock, fx.lock.clone(), "postcard(Lock)");
     postcard_vector!(

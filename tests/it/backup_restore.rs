@@ -458,50 +458,47 @@ fn sqlite_databases_dedup_across_vacuum_and_restore_exactly() {
     env.restore_latest_exact(&src, &target, &[]);
 }
 
-/// Text (a log growing by appends, a kubectl export) gets 64 KiB content-defined chunks: a
-/// night's appended lines cost about their own size, not a 1 MiB chunk. Binary data of the
-/// same size keeps the bulk chunking.
+/// Text (a log growing by appends, a kubectl export) is cut into smaller content-defined
+/// chunks (512 KiB on average) than bulk data (1 MiB, at least 512 KiB), recognised by its
+/// bytes, not its name; binary data keeps the bulk chunking.
 #[test]
-fn appended_logs_store_little_more_than_the_new_lines() {
+fn text_gets_smaller_chunks_than_bulk_data() {
     let env = Env::new();
     let src = env.path("src");
-    let line = |i: usize| {
-        format!(
-            "2026-11-{:02}T03:{:02}:{:02}Z INFO request id={i:08} path=/api/v1/items/{} took {}ms\n",
-            1 + i % 28,
-            i % 60,
-            (i * 7) % 60,
-            i * 31 % 1000,
-            i % 97
-        )
-    };
     let mut log = String::new();
-    let mut n = 0;
-    while log.len() < 3 << 20 {
-        log.push_str(&line(n));
+    let mut n = 0usize;
+    while log.len() < 32 << 20 {
+        log.push_str(&format!(
+            "2026-11-{:02}T03:{:02}:{:02}Z INFO request id={n:08} path=/api/v1/items/{} took {}ms\n",
+            1 + n % 28,
+            n % 60,
+            (n * 7) % 60,
+            n * 31 % 1000,
+            n % 97
+        ));
         n += 1;
     }
-    write_file(&src.join("app.log"), log.as_bytes());
-    write_file(&src.join("blob.bin"), &random_bytes(3 << 20, 1));
-    let first = env.backup(&[s(&src)]);
-    let blobs = first["data_blobs"].as_u64().unwrap();
-    assert!(
-        blobs >= 20,
-        "{blobs} blobs for 3 MiB of text and 3 MiB of binary: text not cut small"
+    // No `.log` name: recognition is by content.
+    write_file(&src.join("text/app.out"), log.as_bytes());
+    let text = env.backup(&[s(&src.join("text"))]);
+    write_file(&src.join("bin/blob"), &random_bytes(32 << 20, 1));
+    let bin = env.backup(&[s(&src.join("bin"))]);
+    // 32 MiB: ~60 text chunks (128 KiB + ~400 KiB each); bulk chunks are ≥ 512 KiB, ~30.
+    let (t, b) = (
+        text["data_blobs"].as_u64().unwrap(),
+        bin["data_blobs"].as_u64().unwrap(),
     );
+    assert!(t >= 45, "32 MiB of text in {t} chunks: not cut as text");
+    assert!(b <= 45, "32 MiB of random bytes in {b} chunks: cut as text");
 
-    let before = log.len();
-    while log.len() < before + (20 << 10) {
-        log.push_str(&line(n));
-        n += 1;
-    }
-    write_file(&src.join("app.log"), log.as_bytes());
-    let second = env.backup(&[s(&src)]);
-    let added = second["data_added"].as_u64().unwrap();
+    // A night of appended lines stores far less than the log.
+    log.push_str(&"2026-11-22T03:00:00Z INFO one more line\n".repeat(500));
+    write_file(&src.join("text/app.out"), log.as_bytes());
+    let again = env.backup(&[s(&src.join("text"))]);
+    let added = again["data_added"].as_u64().unwrap();
     assert!(
-        added < 400 << 10,
-        "appending {} bytes to a log added {added} bytes",
-        log.len() - before
+        added < 4 << 20,
+        "appending 20 KB to a 32 MiB log added {added} bytes"
     );
-    env.restore_latest_exact(&src, &env.path("restored"), &[]);
+    env.restore_latest_exact(&src.join("text"), &env.path("restored"), &[]);
 }
