@@ -16,7 +16,7 @@ use cairn_engine::{
 };
 use cairn_format::{
     decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind,
-    Snapshot, Tree,
+    Snapshot, Tree, DEFAULT_KDF_LANES,
 };
 use serde_json::{json, Value};
 
@@ -142,7 +142,11 @@ fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     let opts = InitOptions {
         compression_level: a.compression_level,
         pack_size: a.pack_size_mib.saturating_mul(1 << 20),
-        kdf: KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1),
+        kdf: KdfParams::new(
+            a.kdf_memory_mib.saturating_mul(1024),
+            a.kdf_iterations,
+            DEFAULT_KDF_LANES,
+        ),
         ..InitOptions::default()
     };
     let repo = Repository::init(be.clone(), pw.as_bytes(), opts)?;
@@ -620,7 +624,11 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
             let pw = crate::password::new_password(a.new_password_file.as_ref())?;
             let id = repo.add_key(
                 pw.as_bytes(),
-                KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1),
+                KdfParams::new(
+                    a.kdf_memory_mib.saturating_mul(1024),
+                    a.kdf_iterations,
+                    DEFAULT_KDF_LANES,
+                ),
             )?;
             println!("added key {}", id.short());
         }
@@ -633,7 +641,11 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
             let pw = crate::password::new_password(a.new_password_file.as_ref())?;
             let id = repo.change_password(
                 pw.as_bytes(),
-                KdfParams::new(a.kdf_memory_mib.saturating_mul(1024), a.kdf_iterations, 1),
+                KdfParams::new(
+                    a.kdf_memory_mib.saturating_mul(1024),
+                    a.kdf_iterations,
+                    DEFAULT_KDF_LANES,
+                ),
             )?;
             println!("password changed (new key {})", id.short());
         }

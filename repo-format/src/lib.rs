@@ -34,8 +34,8 @@ pub use compress::{
 };
 pub use config::{cdc_limits, ChunkerParams, Config};
 pub use crypto::{
-    open_in_place, open_with_key, seal_append, seal_with_nonce, KdfParams, MasterKey, NONCE_LEN,
-    SEAL_OVERHEAD, TAG_LEN,
+    open_in_place, open_with_key, seal_append, seal_with_nonce, KdfParams, MasterKey,
+    DEFAULT_KDF_LANES, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN,
 };
 pub use error::FormatError;
 pub use file::{
