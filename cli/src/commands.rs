@@ -393,7 +393,7 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             } else {
                 String::new()
             };
-            let _ = writeln!(
+            crate::output_written(writeln!(
                 out,
                 "{} {:>8} {:>8} {:>12} {} {}{}",
                 mode_string(n),
@@ -403,10 +403,12 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
                 t,
                 lossy(p.as_os_str().as_bytes()),
                 target
-            );
+            ));
         } else {
-            let _ = out.write_all(p.as_os_str().as_bytes());
-            let _ = out.write_all(b"\n");
+            crate::output_written(
+                out.write_all(p.as_os_str().as_bytes())
+                    .and_then(|()| out.write_all(b"\n")),
+            );
         }
     })?;
     if cli.json {

@@ -411,7 +411,7 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
 }
 
 /// glibc raises its mmap threshold each time a large block is freed, after which 16 MiB pack
-/// buffers, 8 MiB chunks and 17 MiB read windows are carved from the per-thread arenas and
+/// buffers, 8 MiB chunks and 10 MiB read windows are carved from the per-thread arenas and
 /// stay resident after `free`. A fixed threshold (which also disables that adjustment) hands
 /// blocks of 4 MiB and more straight back to the kernel (the archiver recycles its read
 /// windows, so that costs no page faults). Measured on the 2 GB tree: peak RSS of a first
@@ -429,6 +429,45 @@ fn tune_allocator() {
         // heap that eagerly re-faults the next chunk's buffers: keep up to 16 MiB.
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
+}
+
+/// Exit code when the reader of our output went away (`cairn cat index ID | head`): what a
+/// shell reports for a process killed by SIGPIPE (128 + 13).
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Check a write to stdout made where an error cannot be returned (inside a tree walk's
+/// callback): a closed pipe ends the process quietly, any other failure (a full disk behind a
+/// redirect) with an error, never a silently cut listing.
+pub fn output_written(r: std::io::Result<()>) {
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(BROKEN_PIPE_EXIT)
+        }
+        Err(e) => {
+            eprintln!("cairn: error: writing the output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` to a closed pipe panics. Stop quietly instead, as `cat`
+/// would. SIGPIPE itself stays ignored: a reset S3 connection must be an error to retry, not
+/// the end of the process. Stopping here is like a kill: the repository stays consistent.
+fn quiet_broken_pipe() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default_hook(info);
+    }));
 }
 
 fn main() -> ExitCode {
@@ -450,6 +489,7 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     install_signal_handlers();
+    quiet_broken_pipe();
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

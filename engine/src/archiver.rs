@@ -14,7 +14,7 @@
 //! Memory bound: at most `threads` files are chunked with nested parallelism at once
 //! ([`Archiver::parallel_files`]), each holding two windows ([`window_size`]: 1.25 × max chunk,
 //! at least 8 MiB); a file that finds all slots taken is processed sequentially on its
-//! thread, which then steals no further work, so it adds one window per thread at most.
+//! thread, which then steals no further work, so it adds two windows per thread at most.
 //! Add the packer's packs (see [`crate::packer`]) and the trees of the directories being
 //! walked (one tree per directory level per thread).
 
@@ -143,6 +143,8 @@ struct Archiver<'a> {
     errors: AtomicUsize,
     parallel_files: AtomicUsize,
     max_parallel_files: usize,
+    /// Read window: [`window_size`] of the largest maximum chunk of any cutter.
+    window: usize,
     one_file_system: bool,
 }
 
@@ -326,7 +328,18 @@ pub fn backup(
             };
             (r.format, c)
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // A window must hold the largest chunk of any cutter a file may get (pages are at most
+    // 64 KiB), or a window without a cut would never make progress.
+    let window = window_size(
+        page_rules
+            .iter()
+            .map(|(_, r)| match r {
+                RuleCutter::Cdc(c) => c.max_size(),
+                RuleCutter::Pages | RuleCutter::SqliteCells(_) => 1 << 16,
+            })
+            .fold(chunker.max_size(), usize::max),
+    );
     let arch = Archiver {
         repo,
         index: &index,
@@ -341,6 +354,7 @@ pub fn backup(
         errors: AtomicUsize::new(0),
         parallel_files: AtomicUsize::new(0),
         max_parallel_files: rayon::current_num_threads().max(1),
+        window,
         one_file_system: opts.one_file_system,
     };
 
@@ -741,16 +755,10 @@ impl Archiver<'_> {
         r: &mut (dyn Read + Send),
         size_hint: Option<u64>,
     ) -> Result<(Vec<Id>, u64)> {
-        let window = window_size(self.chunker.max_size());
+        let window = self.window;
         let cap = size_hint
             .map_or(window, |s| (s as usize).min(window))
             .max(1);
-        // Only multi-chunk files compete for a parallel slot; the slot count is released on
-        // every exit path by the guard.
-        let big = size_hint.is_none_or(|s| s as usize > self.chunker.max_size());
-        let parallel =
-            big && self.parallel_files.fetch_add(1, Ordering::AcqRel) < self.max_parallel_files;
-        let _slot = SlotGuard(&self.parallel_files, big);
         let mut ids = Vec::new();
         let mut total = 0u64;
         let mut eof = false;
@@ -759,10 +767,28 @@ impl Archiver<'_> {
         self.fill(r, &mut cur, window, size_hint, &mut total, &mut eof)?;
         // The first window decides how the whole file is cut (magic bytes at its start).
         let cut = self.cutter_for(cur.data(), size_hint);
+        // Only files with several chunks under their cutter compete for a parallel slot; the
+        // slot count is released on every exit path by the guard.
+        let max_chunk = match cut {
+            Cutter::Cdc(c) => c.max_size(),
+            Cutter::Pages(page) | Cutter::SqliteCells { page, .. } => page,
+        };
+        let big = size_hint.is_none_or(|s| s as usize > max_chunk);
+        let parallel =
+            big && self.parallel_files.fetch_add(1, Ordering::AcqRel) < self.max_parallel_files;
+        let _slot = SlotGuard(&self.parallel_files, big);
         let mut ends = self.cut_window(cut, cur.data(), eof);
         loop {
             if interrupted() {
                 return Err(Error::Interrupted);
+            }
+            // A full window always decides a chunk (it is larger than any maximum chunk);
+            // failing that, stop rather than spin on the same bytes.
+            if ends.is_empty() && !eof {
+                return Err(Error::Invalid(format!(
+                    "no chunk boundary in a {}-byte read window (window smaller than a chunk?)",
+                    cur.len
+                )));
             }
             let consumed = ends.last().copied().unwrap_or(0);
             // Two buffers per file take turns: a fresh 10 MiB allocation per window costs

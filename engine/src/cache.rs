@@ -59,6 +59,7 @@ impl CachedBackend {
         for sub in ["snapshots", "index", "data"] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            sweep_stale_temps(&d);
         }
         let tag = dir.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -178,6 +179,25 @@ impl Drop for CachedBackend {
     }
 }
 
+/// Remove temporary files that a killed process left in `dir` over an hour ago (a live one
+/// renames its temporary files within seconds).
+fn sweep_stale_temps(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if stale {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A fresh temporary name in `path`'s directory (renamed over `path` once complete).
 fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(
@@ -224,10 +244,14 @@ impl Backend for CachedBackend {
         // Keep a copy before the upload consumes the file; it enters the cache only once the
         // upload succeeded (a failed one must not leave a pack the repository lacks).
         let cached = self.path(FileKind::Pack, name);
-        let tmp = cached
-            .as_deref()
-            .map(temp_beside)
-            .filter(|tmp| fs::hard_link(path, tmp).is_ok() || fs::copy(path, tmp).is_ok());
+        let tmp = cached.as_deref().map(temp_beside).filter(|tmp| {
+            let kept = fs::hard_link(path, tmp).is_ok() || fs::copy(path, tmp).is_ok();
+            if !kept {
+                // A copy that failed part-way (a full disk) leaves a partial file.
+                let _ = fs::remove_file(tmp);
+            }
+            kept
+        });
         let stored = self.inner.put_tree_pack_file(name, path);
         if let (Some(dest), Some(tmp)) = (cached, tmp) {
             if stored.is_ok() && fs::rename(&tmp, &dest).is_ok() {

@@ -141,15 +141,23 @@ impl Chunker {
         let mut start = 0;
         while start < data.len() {
             let rest = &data[start..];
-            let cut = match self.cut_masked(rest) {
-                Some(c) => c,
-                None if eof || rest.len() > self.max => self.end_of(rest.len()),
-                None => break,
+            let Some(cut) = self.decided(self.cut_masked(rest), rest.len(), eof) else {
+                break;
             };
             start += cut;
             out.push(start);
         }
         out
+    }
+
+    /// The cut of a chunk with `len` bytes available, given its mask hit: without one, the
+    /// chunk is decided only at `max` or at EOF (`None`: wait for more bytes).
+    fn decided(&self, masked: Option<usize>, len: usize, eof: bool) -> Option<usize> {
+        match masked {
+            Some(c) => Some(c),
+            None if eof || len > self.max => Some(self.end_of(len)),
+            None => None,
+        }
     }
 
     /// The scan window for a chunk with `len` bytes left: positions `[min, center)` use
@@ -175,13 +183,7 @@ impl Chunker {
 
     /// Cut points of `data` (chunk end offsets), sequentially.
     pub fn boundaries(&self, data: &[u8]) -> Vec<usize> {
-        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
-        let mut start = 0;
-        while start < data.len() {
-            start += self.cut(&data[start..]);
-            out.push(start);
-        }
-        out
+        self.window_cuts(data, true)
     }
 
     /// Complete chunk ends of `data` that do not depend on bytes past its end (all of them at
@@ -266,11 +268,8 @@ impl Chunker {
                         })
                 }
             };
-            // As in `window_cuts`: without a mask hit, the chunk is final only at `max` or EOF.
-            let cut = match masked {
-                Some(c) => c,
-                None if eof || len > self.max => self.end_of(len),
-                None => break,
+            let Some(cut) = self.decided(masked, len, eof) else {
+                break;
             };
             start += cut;
             out.push(start);

@@ -543,6 +543,10 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
             err(format!("pack {}: {e}", pid.short()));
         }
     });
+    // Reads cut short by Ctrl-C/SIGTERM (a remote backend gives up on them) are not damage.
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
     report.packs_read = selected.len() as u64;
     report.blobs_read = blobs_read.into_inner();
     report.errors = errors.into_inner();
@@ -574,6 +578,10 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
             (o.name.clone(), r)
         })
         .collect();
+    // A header read cut short by Ctrl-C/SIGTERM would leave its pack out of the new index.
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
     let mut report = RepairReport::default();
     let mut packs = Vec::new();
     for (name, r) in results {
@@ -610,6 +618,10 @@ fn replace_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<u64> {
     let last = chunks.len() - 1;
     let mut new_files = HashSet::new();
     for (i, packs) in chunks.into_iter().enumerate() {
+        // Stopping before the last file leaves the old index in force (see above).
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
         let supersedes = if i == last {
             old_files.clone()
         } else {

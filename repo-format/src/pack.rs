@@ -94,6 +94,9 @@ pub fn seal_blob_into(
     level: i32,
     out: &mut Vec<u8>,
 ) {
+    // Room for the largest outcome (a raw payload) up front and exactly: `out` is a per-thread
+    // buffer reused for every blob, and amortized growth would double it for the tag.
+    out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
     seal_append(
         &key.encryption,
         &random_nonce(),

@@ -110,10 +110,11 @@ pub fn default_page_rules() -> Vec<PageRule> {
 }
 
 /// The chunking of text in new repositories: 512 KiB on average (128 KiB minimum), so that a
-/// log's appended tail costs its new lines plus about half a chunk. Smaller chunks saved no
-/// more on the K3s week (64 KiB: 185 MB, 512 KiB: 186 MB, bulk chunking: 197 MB) but cost
-/// compression: each blob is compressed alone, and a 1 GB file that starts with text grew
-/// from 643 MB packed to 680 MB at 64 KiB, 651 MB at 512 KiB.
+/// log's appended tail costs its new lines plus about half a chunk. Smaller chunks saved
+/// little more on the K3s week (growth over nights 2–7: 64 KiB 184.8 MB, 512 KiB 187.5 MB,
+/// bulk chunking 196.8 MB) but cost compression, as each blob is compressed alone: the
+/// benchmark's 2 GB tree, whose 1 GB mixed file starts with text, packs into 643 MB with bulk
+/// chunks, 680 MB with 64 KiB text chunks and 648 MB with 512 KiB ones.
 pub const TEXT_CHUNKS: ChunkerParams = ChunkerParams {
     min_size: 128 << 10,
     avg_size: 512 << 10,
@@ -149,6 +150,10 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// Recognise a page format from the first bytes of a file (at least [`DETECT_LEN`] of them
 /// when the file is that long) and its total length when known. Returns the format and its
 /// page size (0 for formats without pages, see [`PageFormat::has_pages`]).
+///
+/// The formats are tried in FORMAT.md §14.1's order and the first that matches wins: a head
+/// that looks like the start of one format but fails its checks is still tested for the
+/// others.
 pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
     if head.len() >= 18 && head.starts_with(b"SQLite format 3\0") {
         let raw = u16::from_be_bytes([head[16], head[17]]);
@@ -156,14 +161,12 @@ pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
         if page.is_power_of_two() && (512..=65536).contains(&page) {
             return Some((PageFormat::Sqlite, page));
         }
-        return None;
     }
     if head.len() >= 28 && le32(head, 16) == 0xED0C_DAED && le32(head, 20) == 2 {
         let page = le32(head, 24);
         if page.is_power_of_two() && (512..=65536).contains(&page) {
             return Some((PageFormat::Bbolt, page));
         }
-        return None;
     }
     if head.len() >= 40 && head[1] == 0xD1 && le16(head, 2) & 0x0002 != 0 {
         let seg = le32(head, 32);
@@ -177,7 +180,6 @@ pub fn detect(head: &[u8], len: Option<u64>) -> Option<(PageFormat, u32)> {
         {
             return Some((PageFormat::PostgresWal, block));
         }
-        return None;
     }
     if head.len() >= 24 {
         let size_version = le16(head, 18);
@@ -425,6 +427,12 @@ mod tests {
 
         let log = b"2026-11-21T03:00:01.123Z \x1b[32mINFO\x1b[0m server: listening on :8080\n\tcaf\xc3\xa9 ok\r\n";
         assert_eq!(detect(log, None), Some((PageFormat::Text, 0)));
+        // Byte 1 = 0xD1 with bit 0x02 in byte 2 starts like a WAL header ("[тест]" in
+        // UTF-8); it fails the WAL checks and is then recognised as text.
+        let mut cyrillic = "[тест] журнал: ".repeat(4).into_bytes();
+        cyrillic.truncate(64);
+        assert_eq!(cyrillic[1], 0xD1);
+        assert_eq!(detect(&cyrillic, None), Some((PageFormat::Text, 0)));
         let yaml =
             b"apiVersion: v1\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata:\n";
         assert_eq!(detect(yaml, Some(80 << 20)), Some((PageFormat::Text, 0)));

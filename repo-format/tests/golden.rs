@@ -1564,3 +1564,51 @@ fn fixed_key_file_opens_and_decodes() {
     let kf = KeyFile::decode(&bytes).unwrap();
     assert!(kf.unwrap_key(PASSWORD).unwrap() == fx.key);
 }
+
+/// The key-wrapping KDF with 4 lanes (the default since keys stopped using 1), against
+/// values computed by the reference implementation's CLI (Debian `argon2` 20190702:
+/// `echo -n cairn-golden-v1 | argon2 '@ABC…^_' -id -t T -k M -p P -l 32 -r`). The 1-lane
+/// value is FORMAT.md's key-file example, which the same command reproduces.
+#[test]
+fn argon2id_matches_the_reference_implementation() {
+    let salt: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
+    for (memory_kib, iterations, parallelism, want) in [
+        (
+            8192,
+            1,
+            1,
+            "0fa3fcf3b74bf1821c1bc5462e0487893f3c3440258b79ad4a7c4a274eb27f7e",
+        ),
+        (
+            8192,
+            1,
+            4,
+            "be01b1eeda29cfc0c2252819216fc1fc0edd1373af43a3f565e26bef77669302",
+        ),
+        (
+            65536,
+            3,
+            4,
+            "792082cbfd520db670c5ef5c69962d41bd0e4379998f651e74319fd25226837b",
+        ),
+    ] {
+        let params = cairn_format::KdfParams {
+            memory_kib,
+            iterations,
+            parallelism,
+            salt,
+        };
+        let got = params.derive(b"cairn-golden-v1").unwrap();
+        assert_eq!(
+            hex::encode(got),
+            want,
+            "m={memory_kib} t={iterations} p={parallelism}"
+        );
+    }
+    let default = cairn_format::KdfParams::new_default();
+    assert_eq!(
+        (default.memory_kib, default.iterations, default.parallelism),
+        (65536, 3, 4),
+        "the default changed: add its reference value above"
+    );
+}

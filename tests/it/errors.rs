@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -542,4 +542,43 @@ fn invalid_stdin_filename_is_refused() {
         out.assert_error(1, &["stdin-filename"]);
     }
     assert!(env.objects("snapshots").is_empty());
+}
+
+/// Output into a pipe whose reader went away (`cairn cat … | head`) ends quietly with 141,
+/// like a tool killed by SIGPIPE, not with a panic.
+#[test]
+fn closed_output_pipe_exits_quietly() {
+    use std::io::Read;
+    let env = Env::new();
+    let src = env.path("src");
+    // Far more listing than a pipe buffers (64 KiB), so cairn is still writing when the
+    // reader leaves.
+    for i in 0..2000 {
+        write_file(
+            &src.join(format!("a-rather-long-file-name-for-the-listing-{i:05}")),
+            b"x",
+        );
+    }
+    env.backup(&[s(&src)]);
+    let tree = format!("latest:{}", s(&src));
+    // `ls` writes from inside a tree walk, `cat` with println!: both paths.
+    for args in [
+        vec!["ls", "latest", "--recursive", "-l"],
+        vec!["cat", "tree", tree.as_str()],
+    ] {
+        let mut cmd = env.cmd();
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
 }

@@ -25,6 +25,9 @@ use super::{Backend, ObjectInfo};
 use crate::progress::interrupted;
 use crate::{Error, Result};
 
+/// How long a delete may still take once the user has interrupted (see `block_delete`).
+const DELETE_GRACE: Duration = Duration::from_secs(10);
+
 /// Where and how to reach an S3 bucket. Built from a `s3:` URL plus `-o s3.*` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
@@ -324,15 +327,11 @@ impl S3Backend {
         Error::Backend(format!("{what} {url}: {text}{hint}"))
     }
 
-    /// Run a request to completion.
-    fn block<F: std::future::IntoFuture>(&self, f: F) -> F::Output {
-        self.rt.block_on(f.into_future())
-    }
-
     /// Run a request, or give it up when the user interrupts (Ctrl-C, SIGTERM): with retries a
     /// request against an unreachable endpoint can wait minutes in back-off. Dropping the
     /// future cancels it; a PUT that never completed leaves no object (one PUT per object).
-    /// Deletes are not interruptible: lock removal on the way out must still happen.
+    /// Deletes use [`S3Backend::block_delete`] instead: lock removal on the way out must
+    /// still happen.
     fn block_interruptible<F: std::future::IntoFuture>(&self, f: F) -> Result<F::Output> {
         self.rt.block_on(async {
             let mut work = std::pin::pin!(f.into_future());
@@ -340,6 +339,29 @@ impl S3Backend {
                 match tokio::time::timeout(Duration::from_millis(100), &mut work).await {
                     Ok(out) => return Ok(out),
                     Err(_) if interrupted() => return Err(Error::Interrupted),
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Run a delete to completion, but once the user has interrupted give it at most
+    /// [`DELETE_GRACE`]: the lock removal on the way out should happen, yet a dead endpoint
+    /// must not hold the exit for retries × 120 s. A lock left behind is stale after its
+    /// timeout (or at once on the same host, whose process is gone).
+    fn block_delete<F: std::future::IntoFuture>(&self, f: F) -> Result<F::Output> {
+        self.rt.block_on(async {
+            let mut work = std::pin::pin!(f.into_future());
+            let mut since: Option<std::time::Instant> = None;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), &mut work).await {
+                    Ok(out) => return Ok(out),
+                    Err(_) if interrupted() => {
+                        let t = *since.get_or_insert_with(std::time::Instant::now);
+                        if t.elapsed() >= DELETE_GRACE {
+                            return Err(Error::Interrupted);
+                        }
+                    }
                     Err(_) => {}
                 }
             }
@@ -494,7 +516,7 @@ impl Backend for S3Backend {
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let key = Self::key(kind, name)?;
         self.counts.delete.fetch_add(1, Ordering::Relaxed);
-        match self.block(self.op.delete(&key)) {
+        match self.block_delete(self.op.delete(&key))? {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.err("delete", &key, e)),
