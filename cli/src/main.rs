@@ -389,6 +389,18 @@ extern "C" fn on_signal(_: libc_int) {
 #[allow(non_camel_case_types)]
 type libc_int = std::os::raw::c_int;
 
+/// Raise the soft limit on open files to the hard one, as Go programs (restic) do at start:
+/// the soft default is often 1024, and a restore writes into many files at once. The restorer
+/// also bounds its open files, so a low hard limit only costs reopening.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn install_signal_handlers() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let act = SigAction::new(
@@ -490,6 +502,7 @@ fn main() -> ExitCode {
         .init();
     install_signal_handlers();
     quiet_broken_pipe();
+    raise_open_file_limit();
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -531,3 +531,37 @@ fn text_gets_smaller_chunks_than_bulk_data() {
     );
     env.restore_latest_exact(&src.join("text"), &env.path("restored"), &[]);
 }
+
+/// A pack of many small files restores under a low open-file limit. Each restore task used to
+/// keep every file it had written to open until its pack was done: 400 files in one pack
+/// failed with EMFILE ("Too many open files") under `ulimit -n 64`.
+#[test]
+fn many_small_files_restore_under_a_low_open_file_limit() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..400u64 {
+        write_file(&src.join(format!("f{i:04}")), &random_bytes(1500, i));
+    }
+    env.backup(&[s(&src)]);
+    let target = env.path("restored");
+    // `ulimit -n` lowers the soft and the hard limit, so cairn cannot raise it back.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 40 && exec \"$0\" \"$@\"")
+        .arg(crate::util::cairn_bin())
+        .arg("-r")
+        .arg(&env.repo)
+        .args([
+            "restore",
+            &format!("latest:{}", s(&src)),
+            "--target",
+            s(&target),
+        ])
+        .env("CAIRN_PASSWORD", &env.password)
+        .env("HOME", env.dir.path())
+        .env_remove("CAIRN_REPOSITORY")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND");
+    crate::util::run_command(cmd, None).success();
+    assert_trees_equal(&src, &target, false);
+}
