@@ -59,7 +59,9 @@ impl CachedBackend {
         for sub in ["snapshots", "index", "data"] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-            sweep_stale_temps(&d);
+            // Temporary files a killed process left over an hour ago (a live one renames
+            // its own within seconds).
+            crate::backend::sweep_temp_files([d], std::time::Duration::from_secs(3600));
         }
         let tag = dir.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -176,25 +178,6 @@ impl Drop for CachedBackend {
     fn drop(&mut self) {
         let (h, m) = self.stats();
         tracing::info!("cache {}: {h} hits, {m} misses", self.dir.display());
-    }
-}
-
-/// Remove temporary files that a killed process left in `dir` over an hour ago (a live one
-/// renames its temporary files within seconds).
-fn sweep_stale_temps(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
-            && e.metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
-        if stale {
-            let _ = fs::remove_file(e.path());
-        }
     }
 }
 

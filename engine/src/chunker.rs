@@ -98,12 +98,6 @@ impl Chunker {
         self.min
     }
 
-    /// Length of the first chunk of `data` (all of it if no cut is found).
-    pub fn cut(&self, data: &[u8]) -> usize {
-        self.cut_masked(data)
-            .unwrap_or_else(|| self.end_of(data.len()))
-    }
-
     /// The first cut of `data` where the gear hash meets its mask, if there is one.
     ///
     /// Such a cut is final even when `data` is only a prefix of the stream: the masks used at

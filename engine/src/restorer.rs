@@ -351,21 +351,22 @@ pub fn restore(
             let write_to = |handles: &mut HashMap<usize, File>, fi: usize, data: &[u8], off| {
                 let job = &files[fi];
                 let res = (|| {
-                    if !handles.contains_key(&fi) {
-                        // A pack of small files touches thousands of them: keep a bounded
-                        // set open (blobs come in pack order, so a file's blobs are mostly
-                        // together), or the process runs out of descriptors (EMFILE).
-                        if handles.len() >= OPEN_FILES_PER_PACK {
-                            handles.clear();
-                        }
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .custom_flags(libc::O_NOFOLLOW)
-                            .open(&job.path)
-                            .map_err(|e| e.to_string())?;
-                        handles.insert(fi, f);
+                    // A pack of small files touches thousands of them: keep a bounded set
+                    // open (blobs come in pack order, so a file's blobs are mostly together),
+                    // or the process runs out of descriptors (EMFILE).
+                    if handles.len() >= OPEN_FILES_PER_PACK && !handles.contains_key(&fi) {
+                        handles.clear();
                     }
-                    let f = handles.get(&fi).ok_or_else(|| "not open".to_owned())?;
+                    let f = match handles.entry(fi) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                            OpenOptions::new()
+                                .write(true)
+                                .custom_flags(libc::O_NOFOLLOW)
+                                .open(&job.path)
+                                .map_err(|e| e.to_string())?,
+                        ),
+                    };
                     write_sparse(f, data, off).map_err(|e| e.to_string())?;
                     Progress::add(&progress.bytes, data.len() as u64);
                     Ok::<(), String>(())

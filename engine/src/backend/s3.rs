@@ -25,7 +25,7 @@ use super::{Backend, ObjectInfo};
 use crate::progress::interrupted;
 use crate::{Error, Result};
 
-/// How long a delete may still take once the user has interrupted (see `block_delete`).
+/// How long a delete may still take once the user has interrupted (see `S3Backend::block`).
 const DELETE_GRACE: Duration = Duration::from_secs(10);
 
 /// Where and how to reach an S3 bucket. Built from a `s3:` URL plus `-o s3.*` options.
@@ -327,29 +327,14 @@ impl S3Backend {
         Error::Backend(format!("{what} {url}: {text}{hint}"))
     }
 
-    /// Run a request, or give it up when the user interrupts (Ctrl-C, SIGTERM): with retries a
-    /// request against an unreachable endpoint can wait minutes in back-off. Dropping the
-    /// future cancels it; a PUT that never completed leaves no object (one PUT per object).
-    /// Deletes use [`S3Backend::block_delete`] instead: lock removal on the way out must
-    /// still happen.
-    fn block_interruptible<F: std::future::IntoFuture>(&self, f: F) -> Result<F::Output> {
-        self.rt.block_on(async {
-            let mut work = std::pin::pin!(f.into_future());
-            loop {
-                match tokio::time::timeout(Duration::from_millis(100), &mut work).await {
-                    Ok(out) => return Ok(out),
-                    Err(_) if interrupted() => return Err(Error::Interrupted),
-                    Err(_) => {}
-                }
-            }
-        })
-    }
-
-    /// Run a delete to completion, but once the user has interrupted give it at most
-    /// [`DELETE_GRACE`]: the lock removal on the way out should happen, yet a dead endpoint
-    /// must not hold the exit for retries × 120 s. A lock left behind is stale after its
-    /// timeout (or at once on the same host, whose process is gone).
-    fn block_delete<F: std::future::IntoFuture>(&self, f: F) -> Result<F::Output> {
+    /// Run a request, or give it up `grace` after the user interrupts (Ctrl-C, SIGTERM): with
+    /// retries a request against an unreachable endpoint can wait minutes in back-off.
+    /// Dropping the future cancels it; a PUT that never completed leaves no object (one PUT
+    /// per object). Reads and writes get no grace; deletes get [`DELETE_GRACE`], so that the
+    /// lock removal on the way out still happens but a dead endpoint cannot hold the exit for
+    /// retries × 120 s (a lock left behind is stale after its timeout, or at once on the same
+    /// host, whose process is gone).
+    fn block<F: std::future::IntoFuture>(&self, f: F, grace: Duration) -> Result<F::Output> {
         self.rt.block_on(async {
             let mut work = std::pin::pin!(f.into_future());
             let mut since: Option<std::time::Instant> = None;
@@ -358,7 +343,7 @@ impl S3Backend {
                     Ok(out) => return Ok(out),
                     Err(_) if interrupted() => {
                         let t = *since.get_or_insert_with(std::time::Instant::now);
-                        if t.elapsed() >= DELETE_GRACE {
+                        if t.elapsed() >= grace {
                             return Err(Error::Interrupted);
                         }
                     }
@@ -384,14 +369,14 @@ impl S3Backend {
         self.counts
             .bytes_up
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.block_interruptible(self.op.write(&key, data))?
+        self.block(self.op.write(&key, data), Duration::ZERO)?
             .map(|_| ())
             .map_err(|e| self.err("put", &key, e))
     }
 
     fn bucket_exists(&self) -> Result<bool> {
         self.counts.list.fetch_add(1, Ordering::Relaxed);
-        match self.block_interruptible(self.op.list_with("").limit(1))? {
+        match self.block(self.op.list_with("").limit(1), Duration::ZERO)? {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.err("list", "", e)),
@@ -435,7 +420,7 @@ impl Backend for S3Backend {
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let key = Self::key(kind, name)?;
         self.counts.get.fetch_add(1, Ordering::Relaxed);
-        match self.block_interruptible(self.op.read(&key))? {
+        match self.block(self.op.read(&key), Duration::ZERO)? {
             Ok(buf) => {
                 let v = into_vec(buf);
                 self.counts
@@ -454,9 +439,10 @@ impl Backend for S3Backend {
             return Ok(Vec::new());
         }
         self.counts.get.fetch_add(1, Ordering::Relaxed);
-        let v = match self
-            .block_interruptible(self.op.read_with(&key).range(offset..offset + len))?
-        {
+        let v = match self.block(
+            self.op.read_with(&key).range(offset..offset + len),
+            Duration::ZERO,
+        )? {
             Ok(buf) => into_vec(buf),
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::not_found(kind, name)),
             Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => Vec::new(),
@@ -474,7 +460,7 @@ impl Backend for S3Backend {
     fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
         let key = Self::key(kind, name)?;
         self.counts.head.fetch_add(1, Ordering::Relaxed);
-        match self.block_interruptible(self.op.stat(&key))? {
+        match self.block(self.op.stat(&key), Duration::ZERO)? {
             Ok(m) => Ok(Some(m.content_length())),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err("head", &key, e)),
@@ -487,7 +473,7 @@ impl Backend for S3Backend {
         }
         let dir = format!("{}/", kind.dir());
         self.counts.list.fetch_add(1, Ordering::Relaxed);
-        let entries = match self.block_interruptible(self.op.list_with(&dir).recursive(true))? {
+        let entries = match self.block(self.op.list_with(&dir).recursive(true), Duration::ZERO)? {
             Ok(v) => v,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(self.err("list", &dir, e)),
@@ -516,7 +502,7 @@ impl Backend for S3Backend {
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let key = Self::key(kind, name)?;
         self.counts.delete.fetch_add(1, Ordering::Relaxed);
-        match self.block_delete(self.op.delete(&key))? {
+        match self.block(self.op.delete(&key), DELETE_GRACE)? {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.err("delete", &key, e)),
