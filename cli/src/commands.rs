@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_engine::archiver::normalize_path;
-use cairn_engine::restorer::find_node;
+use cairn_engine::restorer::{find_node, snapshot_subpath};
 use cairn_engine::snapshots::{resolve, split_spec};
 use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
 use cairn_engine::{
@@ -37,6 +37,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
         Command::Check(a) => crate::maint::check_cmd(cli, a),
         Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
+        Command::Repair(crate::RepairCommand::Packs(a)) => crate::maint::repair_packs_cmd(cli, a),
+        Command::Repair(crate::RepairCommand::Snapshots(a)) => {
+            crate::maint::repair_snapshots_cmd(cli, a)
+        }
         Command::Stats => stats(cli),
         Command::Run(a) => crate::run::run(cli, a),
         Command::Schedule(a) => crate::run::schedule(a),
@@ -366,7 +370,7 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let snaps = repo.load_snapshots()?;
     let (spec, path) = split_spec(&a.snapshot);
     let (_, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
-    let path = PathBuf::from("/").join(path.trim_start_matches('/'));
+    let path = PathBuf::from("/").join(snapshot_subpath(path)?);
     let root_listing = path == Path::new("/");
     let (tree, base) = if root_listing {
         (repo.load_tree(&index, &snap.tree)?, PathBuf::from("/"))
@@ -456,6 +460,7 @@ fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let index = repo.load_index()?;
     let snaps = repo.load_snapshots()?;
     let (spec, path) = split_spec(&a.snapshot);
+    let sub = snapshot_subpath(path)?;
     let (id, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
     let opts = RestoreOptions {
         target: a.target.clone(),
@@ -466,14 +471,7 @@ fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let res = {
         let _r = Reporter::start("restore", progress.clone(), cli.json, cli.quiet);
-        restore(
-            &repo,
-            &index,
-            &snap.tree,
-            Path::new(path.trim_start_matches('/')),
-            &opts,
-            &progress,
-        )?
+        restore(&repo, &index, &snap.tree, &sub, &opts, &progress)?
     };
     let secs = started.elapsed().as_secs_f64();
     for (p, why) in &res.failed {
@@ -495,6 +493,14 @@ fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
             human_bytes(res.bytes),
             secs
         );
+    }
+    if res.integrity_failures > 0 {
+        return Err(cairn_engine::Error::Integrity(format!(
+            "{} of {} files could not be restored because the repository's data is damaged or missing; `cairn check` says how to repair it",
+            res.integrity_failures,
+            res.files + res.failed.len() as u64
+        ))
+        .into());
     }
     if !res.failed.is_empty() {
         let total = res.files + res.failed.len() as u64;
@@ -560,7 +566,7 @@ fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
                 let snaps = repo.load_snapshots()?;
                 let (s, p) = split_spec(spec);
                 let (_, snap) = resolve(&snaps, s, &SnapshotFilter::default())?;
-                let path = Path::new(p.trim_start_matches('/'));
+                let path = &snapshot_subpath(p)?;
                 if path.as_os_str().is_empty() {
                     snap.tree
                 } else {
@@ -677,12 +683,14 @@ fn stats(cli: &Cli) -> Result<u8> {
     }
     // See engine/src/index.rs: one map entry per blob.
     let index_memory = (data + trees) * 72;
+    let leftovers = cairn_engine::maintenance::find_leftovers(&repo)?;
     if cli.json {
         println!(
             "{}",
             json!({"snapshots": snapshots, "packs": packs.len(), "pack_bytes": pack_bytes, "blobs": data + trees,
                    "data_blobs": data, "tree_blobs": trees, "raw_bytes": raw, "stored_bytes": stored,
-                   "index_memory_bytes": index_memory})
+                   "index_memory_bytes": index_memory, "leftover_temp_files": leftovers.temp_files.len(),
+                   "leftover_temp_bytes": leftovers.temp_bytes(), "stale_locks": leftovers.stale_locks.len()})
         );
     } else {
         println!("snapshots:          {snapshots}");
@@ -698,6 +706,17 @@ fn stats(cli: &Cli) -> Result<u8> {
             human_bytes(stored)
         );
         println!("index memory:       ~{}", human_bytes(index_memory));
+        println!(
+            "leftovers:          {} temporary file(s) ({}), {} stale lock(s){}",
+            leftovers.temp_files.len(),
+            human_bytes(leftovers.temp_bytes()),
+            leftovers.stale_locks.len(),
+            if leftovers.temp_files.is_empty() && leftovers.stale_locks.is_empty() {
+                ""
+            } else {
+                " (`cairn prune` removes them)"
+            }
+        );
     }
     Ok(0)
 }

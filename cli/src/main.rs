@@ -234,6 +234,36 @@ pub struct CheckArgs {
 pub enum RepairCommand {
     /// Rebuild the index from the pack headers.
     Index,
+    /// Drop damaged or missing packs from the index, keeping their intact blobs. Lost blobs
+    /// are then stored again by the next backup of the same sources.
+    Packs(RepairPacksArgs),
+    /// Rewrite snapshots around data that is lost (files dropped, unreadable directories
+    /// emptied; tagged `repaired`), and with `--forget` remove the originals and snapshot
+    /// files that do not decode.
+    Snapshots(RepairSnapshotsArgs),
+}
+
+/// `repair packs` options.
+#[derive(Debug, clap::Args)]
+pub struct RepairPacksArgs {
+    /// Packs to repair (ids or unique prefixes, as `check` prints them); none = read and
+    /// verify every pack to find the damaged ones.
+    pub packs: Vec<String>,
+    /// Only report what would be done.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+/// `repair snapshots` options.
+#[derive(Debug, clap::Args)]
+pub struct RepairSnapshotsArgs {
+    /// Remove each original snapshot once its repaired copy is saved, and remove snapshot
+    /// files that cannot be decoded.
+    #[arg(long)]
+    pub forget: bool,
+    /// Only report what would be done.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 /// `init` options.
@@ -498,6 +528,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
         .without_time()
         .init();
     install_signal_handlers();

@@ -9,7 +9,7 @@ use cairn_engine::maintenance::{check, prune, repair_index, PruneOptions, ReadDa
 use cairn_engine::snapshots::resolve;
 use cairn_engine::util::{format_timestamp, now_timestamp};
 use cairn_engine::{LockGuard, Progress, SnapshotFilter};
-use cairn_format::FileKind;
+use cairn_format::{FileKind, Id};
 use serde_json::json;
 
 use crate::commands::{filter, open, snapshot_json};
@@ -259,6 +259,15 @@ fn print_prune(r: &cairn_engine::maintenance::PruneReport) {
         human_bytes(r.bytes_freed),
         human_bytes(r.bytes_unused_left)
     );
+    if r.temp_files_removed > 0 || r.stale_locks_removed > 0 {
+        println!(
+            "  {} {} temporary file(s) ({}) and {} stale lock(s) left by interrupted runs",
+            if r.dry_run { "would remove" } else { "removed" },
+            r.temp_files_removed,
+            human_bytes(r.temp_bytes_removed),
+            r.stale_locks_removed
+        );
+    }
 }
 
 pub fn prune_cmd(cli: &Cli, o: &PruneOpts, dry_run: bool) -> Result<u8> {
@@ -330,6 +339,14 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         for e in &r.errors {
             eprintln!("error: {e}");
         }
+        if (r.leftover_temp_files > 0 || r.stale_locks > 0) && !cli.quiet {
+            println!(
+                "{} temporary file(s) ({}) and {} stale lock(s) left by interrupted runs (`cairn prune` removes them)",
+                r.leftover_temp_files,
+                human_bytes(r.leftover_temp_bytes),
+                r.stale_locks
+            );
+        }
         if !r.unreferenced_packs.is_empty() && !cli.quiet {
             println!("{} pack(s) not referenced by any index (left by an interrupted backup; `cairn prune` removes them)", r.unreferenced_packs.len());
         }
@@ -346,6 +363,12 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         }
         Ok(0)
     } else {
+        if !cli.json && !r.hints.is_empty() {
+            eprintln!("to repair:");
+            for (i, h) in r.hints.iter().enumerate() {
+                eprintln!("  {}. {h}", i + 1);
+            }
+        }
         eprintln!(
             "cairn: error: the repository has {} error(s)",
             r.errors.len()
@@ -369,6 +392,98 @@ pub fn repair_index_cmd(cli: &Cli) -> Result<u8> {
             "indexed {} packs with {} blobs; replaced {} index file(s)",
             r.packs, r.blobs, r.index_files_replaced
         );
+    }
+    Ok(0)
+}
+
+pub fn repair_packs_cmd(cli: &Cli, a: &crate::RepairPacksArgs) -> Result<u8> {
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, true)?;
+    let stored: Vec<Id> = repo.list_ids(FileKind::Pack)?;
+    let mut ids = Vec::new();
+    for p in &a.packs {
+        let found: Vec<&Id> = stored.iter().filter(|i| i.has_hex_prefix(p)).collect();
+        match found.as_slice() {
+            [one] => ids.push(**one),
+            // A pack that is gone from storage can only be named in full.
+            [] => ids.push(Id::from_hex(p).map_err(|_| {
+                anyhow!("no stored pack with id {p}; name a missing pack by its full id")
+            })?),
+            _ => bail!("pack id prefix {p} is ambiguous"),
+        }
+    }
+    let progress = Arc::new(Progress::default());
+    let r = {
+        let _r = Reporter::start("repair packs", progress.clone(), cli.json, cli.quiet);
+        cairn_engine::repair::repair_packs(&repo, &ids, a.dry_run, &progress)?
+    };
+    if cli.json {
+        println!("{}", json!({"message_type": "repair_packs", "report": r}));
+    } else {
+        for (p, why) in &r.packs {
+            println!("pack {}: {why}", &p[..8]);
+        }
+        let verb = if r.dry_run { "would drop" } else { "dropped" };
+        println!(
+            "{verb} {} pack(s): {} blob(s) salvaged, {} lost",
+            r.packs.len(),
+            r.blobs_salvaged,
+            r.blobs_lost
+        );
+        if r.blobs_lost > 0 && !r.dry_run {
+            println!("next: back up the same sources (lost data that still exists there is stored again), then run `cairn repair snapshots --forget`");
+        }
+    }
+    Ok(0)
+}
+
+pub fn repair_snapshots_cmd(cli: &Cli, a: &crate::RepairSnapshotsArgs) -> Result<u8> {
+    let repo = open(cli)?;
+    let _lock = LockGuard::acquire(&repo, true)?;
+    let progress = Arc::new(Progress::default());
+    let opts = cairn_engine::repair::RepairSnapshotsOptions {
+        forget: a.forget,
+        dry_run: a.dry_run,
+    };
+    let r = {
+        let _r = Reporter::start("repair snapshots", progress.clone(), cli.json, cli.quiet);
+        cairn_engine::repair::repair_snapshots(&repo, &opts, &progress)?
+    };
+    if cli.json {
+        println!(
+            "{}",
+            json!({"message_type": "repair_snapshots", "report": r})
+        );
+    } else {
+        for (id, why) in &r.damaged {
+            println!("snapshot {} does not decode: {why}", &id[..8]);
+        }
+        for p in &r.paths_dropped {
+            println!("  dropped {p}");
+        }
+        if r.paths_dropped_total > r.paths_dropped.len() as u64 {
+            println!(
+                "  … and {} more",
+                r.paths_dropped_total - r.paths_dropped.len() as u64
+            );
+        }
+        for (old, new) in &r.rewritten {
+            if new.is_empty() {
+                println!("snapshot {} would be rewritten", &old[..8]);
+            } else {
+                println!("snapshot {} rewritten as {}", &old[..8], &new[..8]);
+            }
+        }
+        println!(
+            "{} snapshot(s) read, {} rewritten, {} damaged, {} removed",
+            r.snapshots,
+            r.rewritten.len(),
+            r.damaged.len(),
+            r.removed
+        );
+        if !a.forget && !a.dry_run && (!r.rewritten.is_empty() || !r.damaged.is_empty()) {
+            println!("the originals are kept; run again with --forget to remove them");
+        }
     }
     Ok(0)
 }

@@ -38,6 +38,7 @@ use rayon::prelude::*;
 use crate::chunker::Chunker;
 use crate::fsmeta::{node_from_meta, NameCache};
 use crate::index::MasterIndex;
+use crate::longpath;
 use crate::packer::Packer;
 use crate::progress::{interrupted, Progress};
 use crate::repository::Repository;
@@ -260,6 +261,12 @@ pub fn find_parent(snapshots: &[(Id, Snapshot)], host: &str, paths: &[Vec<u8>]) 
         .map(|(id, _)| *id)
 }
 
+/// Run `f`, one directory level deeper, on a fresh stack segment when little stack is left:
+/// tree depth is bounded by the file system (or a crafted snapshot), not by thread stacks.
+pub(crate) fn deeper<T>(f: impl FnOnce() -> T) -> T {
+    stacker::maybe_grow(256 << 10, 4 << 20, f)
+}
+
 /// Run a backup. The caller holds a shared lock.
 pub fn backup(
     repo: &Repository,
@@ -307,7 +314,18 @@ pub fn backup(
     let parent_tree = match parent_id {
         Some(id) if !opts.force => {
             let s: Snapshot = repo.load(FileKind::Snapshot, &id)?;
-            Some(repo.load_tree(&index, &s.tree)?)
+            match repo.load_tree(&index, &s.tree) {
+                Ok(t) => Some(t),
+                // A damaged parent only costs speed: every file is read again.
+                Err(e) if e.is_damage() => {
+                    tracing::warn!(
+                        "parent snapshot {}: {e}; reading every file again",
+                        id.short()
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         }
         _ => None,
     };
@@ -455,7 +473,7 @@ impl Archiver<'_> {
                 let pnode = parent.and_then(|p| p.get(name.as_bytes()));
                 match t {
                     Target::Real(path) => {
-                        let meta = match fs::symlink_metadata(path) {
+                        let meta = match longpath::with(path, |q| fs::symlink_metadata(q)) {
                             Ok(m) => m,
                             Err(e) => {
                                 self.warn(format!("{}: {e}", path.display()));
@@ -477,7 +495,7 @@ impl Archiver<'_> {
                         }
                         let mut node = node_from_meta(name, path, &meta, &self.names, None)?;
                         let sub = self.parent_subtree(pnode);
-                        let tree = self.targets_tree(children, sub.as_ref(), dev)?;
+                        let tree = deeper(|| self.targets_tree(children, sub.as_ref(), dev))?;
                         node.subtree = Some(self.store_tree(tree)?);
                         Ok(Some(node))
                     }
@@ -517,7 +535,9 @@ impl Archiver<'_> {
                     return Ok(Some(node));
                 }
                 let sub = self.parent_subtree(parent.filter(|p| p.kind == NodeKind::Dir));
-                let tree = match self.dir_tree(path, sub.as_ref(), dev) {
+                // One stack frame chain per directory level: deep trees (any user can make
+                // one) grow the stack on the heap instead of overflowing it.
+                let tree = match deeper(|| self.dir_tree(path, sub.as_ref(), dev)) {
                     Ok(t) => t,
                     // This directory could not be listed: skip it with a warning. Errors from
                     // further down (a full repository disk) abort the backup instead.
@@ -552,13 +572,15 @@ impl Archiver<'_> {
     }
 
     fn dir_tree(&self, path: &Path, parent: Option<&Tree>, dev: Option<u64>) -> Result<Tree> {
-        let rd = fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+        let rd = longpath::with(path, |q| fs::read_dir(q)).map_err(|e| Error::io(path, e))?;
         let mut entries: Vec<(OsString, PathBuf)> = Vec::new();
         for e in rd {
             match e {
                 Ok(e) => {
-                    let p = e.path();
                     let name = e.file_name();
+                    // Not `e.path()`: for a long path the listing was opened through a
+                    // /proc/self/fd name that lives only as long as its anchor.
+                    let p = path.join(&name);
                     if !self.excludes.is_empty() && self.excludes.matches(&p, &name) {
                         continue;
                     }
@@ -571,7 +593,7 @@ impl Archiver<'_> {
         let nodes: Vec<Option<Node>> = entries
             .par_iter()
             .map(|(name, p)| {
-                let meta = match fs::symlink_metadata(p) {
+                let meta = match longpath::with(p, |q| fs::symlink_metadata(q)) {
                     Ok(m) => m,
                     Err(e) => {
                         self.warn(format!("{}: {e}", p.display()));
@@ -618,7 +640,7 @@ impl Archiver<'_> {
                 return Ok(true);
             }
         }
-        let mut f = match File::open(path) {
+        let mut f = match longpath::with(path, |q| File::open(q)) {
             Ok(f) => f,
             Err(e) => {
                 let what = if e.kind() == ErrorKind::NotFound {
@@ -678,11 +700,16 @@ impl Archiver<'_> {
         eof: &mut bool,
     ) -> Result<()> {
         while buf.len < window && !*eof {
-            // Read what the file should still hold (+1 byte to see EOF or growth), not a
-            // whole window: zero-filling 8 MiB for a 4 KiB file costs more than reading it.
-            let expected = size_hint.map_or(usize::MAX, |s| {
-                (s.saturating_sub(*total) as usize).saturating_add(1)
-            });
+            // A file is read up to the size it had when it was opened, never further: one that
+            // keeps growing (a log being appended to) would otherwise be chased to its new
+            // end. Growth is detected afterwards from its size and reported.
+            if size_hint.is_some_and(|s| *total >= s) {
+                *eof = true;
+                break;
+            }
+            // Read only what the file should still hold, not a whole window: zero-filling
+            // 8 MiB for a 4 KiB file costs more than reading it.
+            let expected = size_hint.map_or(usize::MAX, |s| s.saturating_sub(*total) as usize);
             let want = (window - buf.len).min(8 << 20).min(expected.max(1));
             match r.read(buf.spare(want)) {
                 Ok(0) => *eof = true,

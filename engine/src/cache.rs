@@ -304,8 +304,11 @@ impl Backend for CachedBackend {
     fn temp_dir(&self) -> PathBuf {
         self.inner.temp_dir()
     }
-    fn remove_stale_temp(&self, age: std::time::Duration) -> Result<u64> {
-        self.inner.remove_stale_temp(age)
+    fn temp_files(&self) -> Result<Vec<crate::backend::TempFile>> {
+        self.inner.temp_files()
+    }
+    fn remove_temp(&self, path: &Path) -> Result<()> {
+        self.inner.remove_temp(path)
     }
     fn connections(&self) -> usize {
         self.inner.connections()

@@ -16,8 +16,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent", path.display())))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("obj");
-    let tmp = dir.join(format!(".tmp-{}-{:016x}", name, rand::rng().next_u64()));
+    // Named after the writer, so that `prune` can tell a live writer's file from a leftover.
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:016x}",
+        crate::util::my_writer_tag(),
+        rand::rng().next_u64()
+    ));
     let res = (|| -> Result<()> {
         let mut f = OpenOptions::new()
             .write(true)

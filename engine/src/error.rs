@@ -99,6 +99,12 @@ impl Error {
         ))
     }
 
+    /// Whether this error says the stored bytes are damaged (exit code 13), as opposed to
+    /// being unreachable right now (I/O, network) or a usage problem.
+    pub fn is_damage(&self) -> bool {
+        self.exit_code() == 13
+    }
+
     /// Exit codes, documented in README.md:
     /// 1 error, 3 incomplete backup/restore, 10 no repository, 11 locked, 12 wrong password,
     /// 13 corrupt data, 14 unsupported format version, 130 interrupted.

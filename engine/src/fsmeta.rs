@@ -100,7 +100,7 @@ pub fn node_from_meta(
     let link_target = if let Some(p) = unchanged {
         p.link_target.clone()
     } else if kind == NodeKind::Symlink {
-        std::fs::read_link(path)
+        crate::longpath::with(path, |q| std::fs::read_link(q))
             .map_err(|e| Error::io(path, e))?
             .as_os_str()
             .as_bytes()
@@ -145,18 +145,18 @@ pub fn node_from_meta(
 /// Extended attributes of `path` itself (not of a symlink's target). File systems without
 /// xattr support simply yield none.
 pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Xattr> = names
-        .filter_map(|n| {
-            let v = xattr::get(path, &n).ok().flatten()?;
-            Some(Xattr {
-                name: n.as_bytes().to_vec(),
-                value: v,
+    let read = |path: &Path| -> std::io::Result<Vec<Xattr>> {
+        Ok(xattr::list(path)?
+            .filter_map(|n| {
+                let v = xattr::get(path, &n).ok().flatten()?;
+                Some(Xattr {
+                    name: n.as_bytes().to_vec(),
+                    value: v,
+                })
             })
-        })
-        .collect();
+            .collect())
+    };
+    let mut out = crate::longpath::with(path, read).unwrap_or_default();
     out.sort();
     out
 }
@@ -170,6 +170,16 @@ pub fn can_chown() -> bool {
 /// (chown clears set-uid bits, so mode comes after; times last because the others touch ctime
 /// but xattr writes may touch mtime on some file systems).
 pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> Result<()> {
+    crate::longpath::with(path, |p| {
+        apply_metadata_short(p, node, chown).map_err(std::io::Error::other)
+    })
+    .map_err(|e| match e.downcast::<Error>() {
+        Ok(inner) => inner,
+        Err(e) => Error::io(path, e),
+    })
+}
+
+fn apply_metadata_short(path: &Path, node: &Node, chown: bool) -> Result<()> {
     if chown {
         std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
             .map_err(|e| Error::io(path, e))?;

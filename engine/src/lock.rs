@@ -129,29 +129,38 @@ fn check_conflicts(repo: &Repository, exclusive: bool, ours: Option<Id>) -> Resu
     Ok(())
 }
 
-/// Every readable lock. Unreadable ones (a lock being deleted as we list) are skipped.
+/// Every readable lock. Unreadable ones (a lock being deleted as we list) are skipped, and so
+/// are damaged ones, with a warning: a live process rewrites its lock every
+/// [`REFRESH_EVERY`], so a lock that does not decode is not one anybody honours, and it must
+/// not block the repository (`prune` and `unlock` remove it).
 pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
     let mut out = Vec::new();
     for id in repo.list_ids(FileKind::Lock)? {
         match repo.load::<Lock>(FileKind::Lock, &id) {
             Ok(l) => out.push((id, l)),
             Err(Error::ObjectNotFound { .. }) => {}
+            Err(e) if e.is_damage() => {
+                tracing::warn!(
+                    "lock {} is damaged and was ignored ({e}); `cairn prune` or `cairn unlock` removes it",
+                    id.short()
+                );
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
-/// Remove stale locks (or all with `all`); returns how many were removed.
+/// Remove stale locks (or all with `all`), and damaged ones; returns how many were removed.
 pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
     for id in repo.list_ids(FileKind::Lock)? {
         let remove = all
             || match repo.load::<Lock>(FileKind::Lock, &id) {
                 Ok(l) => is_stale(&l),
-                // A lock that cannot be decoded cannot be honoured either.
                 Err(Error::ObjectNotFound { .. }) => false,
-                Err(_) => true,
+                // A lock that cannot be decoded cannot be honoured either.
+                Err(e) => e.is_damage(),
             };
         if remove {
             repo.backend().delete(FileKind::Lock, &id.to_hex())?;
@@ -159,4 +168,27 @@ pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Stale and damaged locks, which [`unlock`] without `all` (and `prune`) would remove.
+pub fn stale_locks(repo: &Repository) -> Result<Vec<Id>> {
+    let mut out = Vec::new();
+    for id in repo.list_ids(FileKind::Lock)? {
+        match repo.load::<Lock>(FileKind::Lock, &id) {
+            Ok(l) if is_stale(&l) => out.push(id),
+            Err(e) if e.is_damage() => out.push(id),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Who may own a temporary file: the (host, pid) of every live lock, i.e. every process that
+/// is writing to the repository now. See [`crate::util::temp_owner`].
+pub fn live_writers(repo: &Repository) -> Result<Vec<(String, u32)>> {
+    Ok(list_locks(repo)?
+        .into_iter()
+        .filter(|(_, l)| !is_stale(l))
+        .map(|(_, l)| (l.hostname, l.pid))
+        .collect())
 }

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 
 use cairn_format::{
     decode_pack_header, decode_sealed_header, header_span, open_blob_in_place, BlobType, FileKind,
-    Id, IndexFile, IndexPack, PackEntry, Snapshot, Tree,
+    Id, IndexFile, IndexPack, NodeKind, PackEntry, Snapshot, Tree,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -120,8 +120,71 @@ pub struct PruneReport {
     pub index_files_replaced: u64,
     /// Whether this was a dry run.
     pub dry_run: bool,
-    /// Temporary files of interrupted writes removed.
+    /// Temporary files of interrupted writes removed (or, in a dry run, found).
     pub temp_files_removed: u64,
+    /// Their bytes.
+    pub temp_bytes_removed: u64,
+    /// Stale or damaged locks removed (or, in a dry run, found).
+    pub stale_locks_removed: u64,
+}
+
+/// What killed processes left behind: temporary files that no running writer owns, and
+/// locks that nobody honours any more.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Temporary files whose writer is gone.
+    pub temp_files: Vec<crate::backend::TempFile>,
+    /// Stale or damaged locks.
+    pub stale_locks: Vec<Id>,
+}
+
+impl Leftovers {
+    /// Bytes of the temporary files.
+    pub fn temp_bytes(&self) -> u64 {
+        self.temp_files.iter().map(|t| t.size).sum()
+    }
+}
+
+/// Temporary files of untagged (pre-writer-tag) versions are left alone for this long.
+const UNTAGGED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Find [`Leftovers`]. A temporary file is tied to its writer by the tag in its name
+/// ([`crate::util::writer_tag`]): it is kept while a live (not stale) lock has the same host
+/// and pid, or while that process still runs on this host (lock-less writers such as
+/// `key add`, and writers to other repositories sharing the local pack directory); otherwise
+/// it is a leftover at once, whatever its age.
+pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
+    let live: HashSet<String> = crate::lock::live_writers(repo)?
+        .into_iter()
+        .map(|(host, pid)| crate::util::writer_tag(&host, pid))
+        .collect();
+    let temp_files = repo
+        .backend()
+        .temp_files()?
+        .into_iter()
+        .filter(|t| match t.writer() {
+            Some(tag) => !live.contains(tag) && !crate::util::local_writer_alive(tag),
+            None => t.age > UNTAGGED_TEMP_AGE,
+        })
+        .collect();
+    Ok(Leftovers {
+        temp_files,
+        stale_locks: crate::lock::stale_locks(repo)?,
+    })
+}
+
+/// Remove what [`find_leftovers`] found; returns (temp files, their bytes, locks) removed.
+pub fn remove_leftovers(repo: &Repository, l: &Leftovers) -> Result<(u64, u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    for t in &l.temp_files {
+        repo.backend().remove_temp(&t.path)?;
+        files += 1;
+        bytes += t.size;
+    }
+    for id in &l.stale_locks {
+        repo.backend().delete(FileKind::Lock, &id.to_hex())?;
+    }
+    Ok((files, bytes, l.stale_locks.len() as u64))
 }
 
 struct PackUse {
@@ -138,7 +201,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
     // and for the index that replaces them.
     let files = repo.load_index_files()?;
     let index = MasterIndex::from_files(&files);
-    let snaps: Vec<(Id, Snapshot)> = repo.load_snapshots()?;
+    let snaps: Vec<(Id, Snapshot)> = repo.load_snapshots_strict()?;
     let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
     let used = used_blobs(repo, &index, &roots)?;
     for id in &used {
@@ -258,14 +321,19 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &Progress) -> Res
         + repack.iter().map(|p| p.size).sum::<u64>()
         + unreferenced.iter().map(|(_, s)| s).sum::<u64>();
     report.bytes_freed = deleted_bytes.saturating_sub(report.bytes_repacked);
+    // Leftovers of killed processes: temporary files no live writer owns, stale locks.
+    let leftovers = find_leftovers(repo)?;
     if opts.dry_run {
+        report.temp_files_removed = leftovers.temp_files.len() as u64;
+        report.temp_bytes_removed = leftovers.temp_bytes();
+        report.stale_locks_removed = leftovers.stale_locks.len() as u64;
         return Ok(report);
     }
-    // Leftovers of interrupted writes; under the exclusive lock nothing is writing now, and the
-    // age margin covers a clock-skewed NFS server.
-    report.temp_files_removed = repo
-        .backend()
-        .remove_stale_temp(std::time::Duration::from_secs(3600))?;
+    (
+        report.temp_files_removed,
+        report.temp_bytes_removed,
+        report.stale_locks_removed,
+    ) = remove_leftovers(repo, &leftovers)?;
     if delete.is_empty() && repack.is_empty() && unreferenced.is_empty() {
         return Ok(report);
     }
@@ -357,6 +425,14 @@ pub struct CheckReport {
     pub blobs_read: u64,
     /// Trees decoded.
     pub trees: u64,
+    /// Temporary files left by killed processes (`prune` removes them).
+    pub leftover_temp_files: u64,
+    /// Their bytes.
+    pub leftover_temp_bytes: u64,
+    /// Stale or damaged locks (`prune` and `unlock` remove them).
+    pub stale_locks: u64,
+    /// What to run to repair what was found, in order.
+    pub hints: Vec<String>,
 }
 
 /// Verify the repository's structure, and with `read_data` its contents.
@@ -368,9 +444,10 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     for o in repo.backend().list(FileKind::Key)? {
         match repo.backend().get(FileKind::Key, &o.name) {
             Ok(d) => {
-                if let Err(e) = verify_name(FileKind::Key, &o.name, &d)
-                    .and_then(|()| Ok(cairn_format::KeyFile::decode(&d)?))
-                {
+                if let Err(e) = verify_name(FileKind::Key, &o.name, &d).and_then(|()| {
+                    let kf = cairn_format::KeyFile::decode(&d)?;
+                    Ok(kf.kdf.check_range()?)
+                }) {
                     err(format!("key {}: {e}", o.name));
                 }
             }
@@ -391,7 +468,13 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
         .filter_map(|(_, r)| r.as_ref().ok())
         .flat_map(|f| f.supersedes.iter().copied())
         .collect();
+    let mut damaged_index = false;
     for (id, r) in loaded {
+        let r = r.and_then(|f| {
+            f.check_limits(repo.config())
+                .map_err(Error::from)
+                .map(|()| f)
+        });
         match r {
             Ok(f) if !superseded.contains(&id) => {
                 index.add_file(id, &f);
@@ -400,9 +483,13 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
                 }
             }
             Ok(_) => {}
-            Err(e) => err(format!("index {}: {e}", id.short())),
+            Err(e) => {
+                damaged_index = true;
+                err(format!("index {}: {e}", id.short()));
+            }
         }
     }
+    let damaged_packs: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
     // Packs: every indexed pack exists, its header agrees with the index, its size matches.
     let stored: HashMap<String, u64> = repo
@@ -423,6 +510,7 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
         let name = pid.to_hex();
         let Some(&size) = stored.get(&name) else {
             err(format!("pack {name} is indexed but missing"));
+            damaged_packs.lock().push(pid.short());
             return;
         };
         let header = read_pack_header(repo, &name, size);
@@ -439,7 +527,10 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
                     }
                 }
             }
-            Err(e) => err(format!("pack {}: header: {e}", pid.short())),
+            Err(e) => {
+                err(format!("pack {}: header: {e}", pid.short()));
+                damaged_packs.lock().push(pid.short());
+            }
         }
         Progress::add(&progress.files, 1);
     });
@@ -447,15 +538,20 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
 
     // Snapshots and trees: everything they name decodes and is indexed.
     let mut roots = Vec::new();
+    let mut damaged_snapshots = false;
     for id in repo.list_ids(FileKind::Snapshot)? {
         match repo.load::<Snapshot>(FileKind::Snapshot, &id) {
             Ok(s) => {
                 roots.push((id, s.tree));
                 report.snapshots += 1;
             }
-            Err(e) => err(format!("snapshot {}: {e}", id.short())),
+            Err(e) => {
+                damaged_snapshots = true;
+                err(format!("snapshot {}: {e}", id.short()));
+            }
         }
     }
+    let mut incomplete_snapshots = false;
     let mut seen: HashSet<Id> = HashSet::new();
     let mut frontier: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| seen.insert(*t)).collect();
     while !frontier.is_empty() {
@@ -480,16 +576,34 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
                 Ok(tree) => {
                     report.trees += 1;
                     for n in &tree.nodes {
+                        let mut held = Some(0u64);
                         for c in &n.content {
                             match index.get(c) {
-                                Some(l) if l.blob_type == BlobType::Data => {}
-                                _ => err(format!(
-                                    "snapshot {}: file {:?}: data blob {} is not indexed",
-                                    snap.short(),
-                                    String::from_utf8_lossy(&n.name),
-                                    c.short()
-                                )),
+                                Some(l) if l.blob_type == BlobType::Data => {
+                                    held = held.map(|h| h + u64::from(l.raw_length));
+                                }
+                                _ => {
+                                    held = None;
+                                    incomplete_snapshots = true;
+                                    err(format!(
+                                        "snapshot {}: file {:?}: data blob {} is not indexed",
+                                        snap.short(),
+                                        String::from_utf8_lossy(&n.name),
+                                        c.short()
+                                    ));
+                                }
                             }
+                        }
+                        // A node's size must be what its blobs hold: restore sizes the file
+                        // from it, and a lie would make it create a huge sparse file.
+                        if let Some(h) = held.filter(|h| n.kind == NodeKind::File && *h != n.size) {
+                            incomplete_snapshots = true;
+                            err(format!(
+                                "snapshot {}: file {:?}: size {} but its blobs hold {h} bytes",
+                                snap.short(),
+                                String::from_utf8_lossy(&n.name),
+                                n.size
+                            ));
                         }
                         if let Some(s) = n.subtree {
                             if seen.insert(s) {
@@ -498,7 +612,10 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
                         }
                     }
                 }
-                Err(e) => err(e.to_string()),
+                Err(e) => {
+                    incomplete_snapshots = true;
+                    err(e.to_string());
+                }
             }
         }
         frontier = next;
@@ -541,6 +658,7 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
         })();
         if let Err(e) = res {
             err(format!("pack {}: {e}", pid.short()));
+            damaged_packs.lock().push(pid.short());
         }
     });
     // Reads cut short by Ctrl-C/SIGTERM (a remote backend gives up on them) are not damage.
@@ -551,7 +669,47 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     report.blobs_read = blobs_read.into_inner();
     report.errors = errors.into_inner();
     report.errors.sort();
+    let leftovers = find_leftovers(repo)?;
+    report.leftover_temp_files = leftovers.temp_files.len() as u64;
+    report.leftover_temp_bytes = leftovers.temp_bytes();
+    report.stale_locks = leftovers.stale_locks.len() as u64;
+    let mut damaged_packs = damaged_packs.into_inner();
+    damaged_packs.sort();
+    damaged_packs.dedup();
+    report.hints = repair_hints(
+        damaged_index,
+        &damaged_packs,
+        damaged_snapshots,
+        incomplete_snapshots,
+    );
     Ok(report)
+}
+
+/// The commands that repair what `check` found, in the order to run them.
+fn repair_hints(
+    damaged_index: bool,
+    damaged_packs: &[String],
+    damaged_snapshots: bool,
+    incomplete_snapshots: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if damaged_index {
+        out.push("`cairn repair index` rebuilds the index from the pack headers".to_owned());
+    }
+    if !damaged_packs.is_empty() {
+        out.push(format!(
+            "`cairn repair packs {}` salvages the intact blobs of the damaged packs and drops the lost ones from the index",
+            damaged_packs.join(" ")
+        ));
+        out.push(
+            "then a backup of the same sources stores again the lost data that still exists there"
+                .to_owned(),
+        );
+    }
+    if damaged_snapshots || incomplete_snapshots || !damaged_packs.is_empty() {
+        out.push("`cairn repair snapshots --forget` removes damaged snapshot files and rewrites the snapshots around data that is lost".to_owned());
+    }
+    out
 }
 
 /// What `repair index` did.
@@ -606,14 +764,24 @@ pub fn repair_index(repo: &Repository, progress: &Progress) -> Result<RepairRepo
 /// A crash before the last new file leaves the old index in force (new files only add
 /// duplicates); a crash after it leaves superseded files that readers ignore. Returns how
 /// many index files were replaced.
-fn replace_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<u64> {
+pub(crate) fn replace_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<u64> {
     let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
-    let mut chunks: Vec<Vec<IndexPack>> = packs
-        .chunks(PACKS_PER_INDEX_FILE)
-        .map(<[IndexPack]>::to_vec)
-        .collect();
-    if chunks.is_empty() {
-        chunks.push(Vec::new());
+    // At most PACKS_PER_INDEX_FILE packs and a quarter of the format's blob limit per file.
+    let mut chunks: Vec<Vec<IndexPack>> = vec![Vec::new()];
+    let mut blobs = 0usize;
+    for p in packs {
+        let full = chunks.last().is_some_and(|c| {
+            c.len() >= PACKS_PER_INDEX_FILE
+                || (!c.is_empty() && blobs + p.blobs.len() > cairn_format::MAX_INDEX_BLOBS / 4)
+        });
+        if full {
+            chunks.push(Vec::new());
+            blobs = 0;
+        }
+        blobs += p.blobs.len();
+        if let Some(c) = chunks.last_mut() {
+            c.push(p);
+        }
     }
     let last = chunks.len() - 1;
     let mut new_files = HashSet::new();

@@ -30,6 +30,9 @@ const QUEUE: usize = 2;
 /// Packs listed per index file (a crash loses at most this many packs' worth of index,
 /// i.e. that data is re-uploaded by the next backup).
 const PACKS_PER_INDEX: usize = 64;
+/// An index file is written once its packs hold this many blobs, whatever their count: a
+/// quarter of the format's limit, so even one more pack of the smallest blobs stays below it.
+const INDEX_FLUSH_BLOBS: usize = cairn_format::MAX_INDEX_BLOBS / 4;
 
 thread_local! {
     /// Each sealing thread's blob buffer: reused, so a blob costs no allocation, and the pack
@@ -48,7 +51,11 @@ struct OpenPack {
 impl OpenPack {
     fn create(dir: &std::path::Path) -> Result<OpenPack> {
         use rand::RngCore;
-        let path = dir.join(format!(".tmp-pack-{:016x}", rand::rng().next_u64()));
+        let path = dir.join(format!(
+            ".tmp-{}-pack-{:016x}",
+            crate::util::my_writer_tag(),
+            rand::rng().next_u64()
+        ));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -146,7 +153,12 @@ impl Shared {
     fn flush_index(&self, force: bool) -> Result<()> {
         let packs = {
             let mut done = self.done.lock();
-            if done.is_empty() || (!force && done.len() < PACKS_PER_INDEX) {
+            // Also by blob count: packs of small blobs (database cells) must not make an
+            // index file exceed the format's limit (`MAX_INDEX_BLOBS`).
+            let blobs: usize = done.iter().map(|p| p.blobs.len()).sum();
+            if done.is_empty()
+                || (!force && done.len() < PACKS_PER_INDEX && blobs < INDEX_FLUSH_BLOBS)
+            {
                 return Ok(());
             }
             std::mem::take(&mut *done)

@@ -16,6 +16,9 @@ use crate::index::MasterIndex;
 use crate::util::{hostname, now_timestamp, username};
 use crate::{Error, Result};
 
+/// Bytes a sealed file adds around its payload: preamble, nonce and tag.
+const SEALED_FILE_OVERHEAD: u64 = (cairn_format::PREAMBLE_LEN + cairn_format::SEAL_OVERHEAD) as u64;
+
 /// Options for `init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -133,6 +136,11 @@ impl Repository {
                     });
                 }
                 Err(FormatError::WrongPassword) => {}
+                // A key file with an out-of-range KDF (planted, or from a hostile tool) is
+                // never derived: it cannot be ours to use, and must not hide the others.
+                Err(e @ FormatError::InvalidParameter(_)) => {
+                    tracing::warn!("key file {}: {e}; skipped", &k.name[..k.name.len().min(8)]);
+                }
                 Err(e) => last_err = e.into(),
             }
         }
@@ -200,10 +208,12 @@ impl Repository {
         Ok(id)
     }
 
-    /// Load, verify and decode a typed object.
+    /// Load, verify and decode a typed object. Nothing larger than the format allows for
+    /// `kind` is read or inflated (FORMAT.md, "Limits").
     pub fn load<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
         let name = id.to_hex();
-        let data = self.backend.get(kind, &name)?;
+        let max = cairn_format::max_decoded_len(kind) as u64 + 1 + SEALED_FILE_OVERHEAD;
+        let data = self.backend.get_max(kind, &name, max)?;
         verify_name(kind, &name, &data)?;
         Ok(decode_sealed(&self.key, kind, &data)?)
     }
@@ -217,57 +227,155 @@ impl Repository {
             .collect()
     }
 
-    /// Load every index file into a master index.
+    /// Load the index in force into a master index. Damaged index files are skipped with a
+    /// warning that names them (see [`Repository::load_index_files_lenient`]): their packs'
+    /// blobs look absent, so a backup stores them again and a restore reports exactly the
+    /// files it cannot restore.
     pub fn load_index(&self) -> Result<MasterIndex> {
-        Ok(MasterIndex::from_files(&self.load_index_files()?))
+        let (files, damaged) = self.load_index_files_lenient()?;
+        for (id, e) in &damaged {
+            tracing::warn!(
+                "index file {} is damaged and was skipped ({e}); run `cairn repair index`",
+                id.short()
+            );
+        }
+        Ok(MasterIndex::from_files(&files))
     }
 
     /// The index files in force, in listing order: every index file except those another
     /// one lists in `supersedes` (replaced by prune or repair; a crash may have left them
-    /// behind, and they must not resurrect deleted packs).
+    /// behind, and they must not resurrect deleted packs). Any damaged index file is an
+    /// error: this is for operations that delete (prune), which must know every pack in use.
     pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let (files, damaged) = self.load_index_files_lenient()?;
+        if let Some((id, e)) = damaged.first() {
+            return Err(Error::Integrity(format!(
+                "index file {} is damaged ({e}); refusing to go on without knowing every pack in use: run `cairn repair index` first",
+                id.short()
+            )));
+        }
+        Ok(files)
+    }
+
+    /// [`Repository::load_index_files`] that sets damaged index files (undecodable, or with
+    /// entries beyond the format's limits) aside instead of failing. Transient errors (I/O,
+    /// network) still fail: skipping an index file that is merely unreachable would make a
+    /// restore report good data as missing.
+    #[allow(clippy::type_complexity)]
+    pub fn load_index_files_lenient(&self) -> Result<(Vec<(Id, IndexFile)>, Vec<(Id, Error)>)> {
         let ids = self.list_ids(FileKind::Index)?;
-        let files: Vec<(Id, IndexFile)> = ids
+        let loaded: Vec<(Id, Result<IndexFile>)> = ids
             .par_iter()
-            .map(|id| Ok((*id, self.load::<IndexFile>(FileKind::Index, id)?)))
-            .collect::<Result<_>>()?;
+            .map(|id| {
+                let r = self.load::<IndexFile>(FileKind::Index, id).and_then(|f| {
+                    f.check_limits(&self.config)
+                        .map_err(Error::from)
+                        .map(|()| f)
+                });
+                (*id, r)
+            })
+            .collect();
+        let mut files = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(f) => files.push((id, f)),
+                Err(e) if e.is_damage() => damaged.push((id, e)),
+                // A file deleted between listing and reading was superseded by a prune.
+                Err(Error::ObjectNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let superseded: std::collections::HashSet<Id> = files
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
-        Ok(files
+        let files = files
             .into_iter()
             .filter(|(id, _)| !superseded.contains(id))
-            .collect())
+            .collect();
+        Ok((files, damaged))
     }
 
-    /// Load every snapshot, oldest first.
+    /// Load every readable snapshot, oldest first. Damaged snapshot files are skipped with a
+    /// warning that names them: one bad file must not hide the others or stop a backup.
     pub fn load_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let (snaps, damaged) = self.load_snapshots_lenient()?;
+        for (id, e) in &damaged {
+            tracing::warn!(
+                "snapshot {} is damaged and was skipped ({e}); `cairn repair snapshots` removes it",
+                id.short()
+            );
+        }
+        Ok(snaps)
+    }
+
+    /// Every snapshot, or an error if any is damaged: for prune, which must not delete the
+    /// data of a snapshot it cannot read.
+    pub fn load_snapshots_strict(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let (snaps, damaged) = self.load_snapshots_lenient()?;
+        if let Some((id, e)) = damaged.first() {
+            return Err(Error::Integrity(format!(
+                "snapshot {} is damaged ({e}); refusing to delete data it may use: remove it with `cairn repair snapshots` (or put back an intact copy of the file), then prune again",
+                id.short()
+            )));
+        }
+        Ok(snaps)
+    }
+
+    /// Readable snapshots, oldest first, and the damaged ones with their errors.
+    #[allow(clippy::type_complexity)]
+    pub fn load_snapshots_lenient(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, Error)>)> {
         let ids = self.list_ids(FileKind::Snapshot)?;
-        let mut snaps: Vec<(Id, Snapshot)> = ids
+        let loaded: Vec<(Id, Result<Snapshot>)> = ids
             .par_iter()
-            .map(|id| Ok((*id, self.load::<Snapshot>(FileKind::Snapshot, id)?)))
-            .collect::<Result<_>>()?;
+            .map(|id| (*id, self.load::<Snapshot>(FileKind::Snapshot, id)))
+            .collect();
+        let mut snaps = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => snaps.push((id, s)),
+                Err(e) if e.is_damage() => damaged.push((id, e)),
+                // Removed by a concurrent forget between listing and reading.
+                Err(Error::ObjectNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         snaps.sort_by(|a, b| {
             a.1.time
                 .unix_nanos
                 .cmp(&b.1.time.unix_nanos)
                 .then(a.0.cmp(&b.0))
         });
-        Ok(snaps)
+        Ok((snaps, damaged))
     }
 
     /// Read, authenticate and verify one blob.
     pub fn read_blob(&self, index: &MasterIndex, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
-        let loc = index
-            .get(id)
-            .ok_or_else(|| Error::Integrity(format!("blob {id} is not in the index")))?;
+        let loc = index.get(id).ok_or_else(|| {
+            Error::Integrity(format!(
+                "blob {id} is not in the index (`cairn check` tells what is damaged)"
+            ))
+        })?;
         if loc.blob_type != blob_type {
             return Err(Error::Integrity(format!(
                 "blob {id} is a {:?} blob, not {blob_type:?}",
                 loc.blob_type
             )));
         }
+        // The index was checked against the format's limits when it was loaded; a caller's
+        // hand-made index must not make this allocate more either.
+        cairn_format::check_entry_limits(
+            &cairn_format::PackEntry {
+                blob_type,
+                id: *id,
+                offset: loc.offset,
+                length: loc.length,
+                raw_length: loc.raw_length,
+            },
+            self.config.max_blob_len(blob_type),
+        )?;
         let pack = index.pack_id(loc);
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use crate::archiver::Excludes;
 use crate::fsmeta::{apply_metadata, can_chown};
 use crate::index::{BlobLocation, MasterIndex};
+use crate::longpath;
 use crate::progress::{interrupted, Progress};
 use crate::repository::Repository;
 use crate::{Error, Result};
@@ -49,12 +50,99 @@ pub struct RestoreResult {
     pub bytes: u64,
     /// Paths that failed, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// How many of those failed because the repository's data is damaged or missing (as
+    /// opposed to the target refusing a write): a restore with any exits 13, not 3.
+    pub integrity_failures: u64,
 }
 
+/// One node to restore. Its path is not stored but rebuilt from the parent chain on use:
+/// full paths per entry cost memory quadratic in the depth (a crafted 20 000-level tree
+/// would take gigabytes), and the restore plan is the largest thing a restore holds.
 struct Entry {
-    rel: PathBuf,
+    /// Index of the directory entry this node is in, or [`TOP`].
+    parent: u32,
     node: Node,
-    depth: usize,
+}
+
+/// `Entry::parent` of the nodes at the top of the restored tree.
+const TOP: u32 = u32::MAX;
+
+/// The path of entry `i` relative to the target.
+fn rel_path(entries: &[Box<Entry>], i: usize) -> PathBuf {
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut cur = i as u32;
+    while cur != TOP {
+        let e = &entries[cur as usize];
+        names.push(&e.node.name);
+        cur = e.parent;
+    }
+    let mut p = PathBuf::new();
+    for n in names.iter().rev() {
+        p.push(std::ffi::OsStr::from_bytes(n));
+    }
+    p
+}
+
+/// Visit the entries in plan order (depth-first, parents before children) with their full
+/// paths under `target`, built incrementally in one buffer; `leave` is called for each
+/// directory after everything inside it (post-order: children before parents). Cost is the
+/// sum of name lengths, not of path lengths, which matters for crafted deep trees.
+fn walk_paths(
+    entries: &[Box<Entry>],
+    target: &Path,
+    mut visit: impl FnMut(usize, &Path),
+    mut leave: impl FnMut(usize, &Path),
+) {
+    let mut buf: Vec<u8> = target.as_os_str().as_bytes().to_vec();
+    let mut stack: Vec<(u32, usize)> = Vec::new();
+    let as_path = |b: &[u8]| -> PathBuf { PathBuf::from(std::ffi::OsStr::from_bytes(b)) };
+    for (i, e) in entries.iter().enumerate() {
+        while let Some(&(top, len)) = stack.last() {
+            if top == e.parent {
+                break;
+            }
+            leave(top as usize, &as_path(&buf));
+            buf.truncate(len);
+            stack.pop();
+        }
+        let before = buf.len();
+        if buf.last() != Some(&b'/') {
+            buf.push(b'/');
+        }
+        buf.extend_from_slice(&e.node.name);
+        visit(i, Path::new(std::ffi::OsStr::from_bytes(&buf)));
+        if e.node.kind == NodeKind::Dir {
+            stack.push((i as u32, before));
+        } else {
+            buf.truncate(before);
+        }
+    }
+    while let Some((top, len)) = stack.pop() {
+        leave(top as usize, &as_path(&buf));
+        buf.truncate(len);
+    }
+}
+
+/// A failure message without the path (the caller prints the path beside it).
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The path inside a snapshot that `spec` (the part after `SNAPSHOT:`) names, refusing `..`:
+/// silently dropping it would restore or list something other than what was asked for.
+pub fn snapshot_subpath(spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Error::Invalid(format!(
+            "path {spec:?} contains '..': name the path inside the snapshot without it"
+        )));
+    }
+    Ok(p.components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect())
 }
 
 /// Where a node sits in a snapshot.
@@ -64,6 +152,15 @@ pub fn find_node(
     root: &Id,
     path: &Path,
 ) -> Result<Option<Node>> {
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Invalid(format!(
+            "path {} contains '..'",
+            path.display()
+        )));
+    }
     let mut tree = repo.load_tree(index, root)?;
     let comps: Vec<&[u8]> = path
         .components()
@@ -105,8 +202,9 @@ impl Planner<'_> {
             .is_none_or(|g| snap_path.ancestors().any(|a| g.is_match(a)))
     }
 
-    /// Add `tree`'s nodes below `rel`; returns whether anything was added.
-    fn walk(&mut self, tree: &Tree, rel: &Path, snap: &Path, depth: usize) -> Result<bool> {
+    /// Add `tree`'s nodes below entry `parent` (at `snap` in the snapshot); returns whether
+    /// anything was added.
+    fn walk(&mut self, tree: &Tree, parent: u32, snap: &Path) -> Result<bool> {
         let mut any = false;
         for node in &tree.nodes {
             let name = std::ffi::OsStr::from_bytes(&node.name);
@@ -114,19 +212,17 @@ impl Planner<'_> {
             if !self.excludes.is_empty() && self.excludes.matches(&snap_path, name) {
                 continue;
             }
-            let rel_path = rel.join(name);
             if node.kind == NodeKind::Dir {
                 let pos = self.entries.len();
                 self.entries.push(Box::new(Entry {
-                    rel: rel_path.clone(),
+                    parent,
                     node: node.clone(),
-                    depth,
                 }));
                 let sub = match node.subtree {
                     Some(id) => self.repo.load_tree(self.index, &id)?,
                     None => Tree::default(),
                 };
-                let inner = self.walk(&sub, &rel_path, &snap_path, depth + 1)?;
+                let inner = crate::archiver::deeper(|| self.walk(&sub, pos as u32, &snap_path))?;
                 if inner || self.included(&snap_path) {
                     any = true;
                 } else {
@@ -134,37 +230,52 @@ impl Planner<'_> {
                 }
             } else if self.included(&snap_path) {
                 self.entries.push(Box::new(Entry {
-                    rel: rel_path,
+                    parent,
                     node: node.clone(),
-                    depth,
                 }));
                 any = true;
             }
+        }
+        if self.entries.len() >= TOP as usize {
+            return Err(Error::Invalid(
+                "more than 4 billion entries to restore: restore a subtree".into(),
+            ));
         }
         Ok(any)
     }
 }
 
-fn ensure_real_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
+/// A real directory at `path`, ready to be written into. An existing directory that this
+/// user may not write into (a read-only directory restored by an earlier run: its mode is
+/// applied last) gets the owner's rwx bits for now; the metadata pass sets its real mode.
+fn ensure_real_dir(path: &Path, root: bool) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |e| Error::io(path, e);
+    match longpath::with(path, |q| fs::symlink_metadata(q)) {
+        Ok(m) if m.is_dir() => {
+            if !root && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o700 != 0o700 {
+                let mode = (m.mode() | 0o700) & 0o7777;
+                longpath::with(path, |p| {
+                    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+                })
+                .map_err(io)?;
+            }
+            Ok(())
+        }
         Ok(_) => {
             // A file or symlink where a directory goes: replace it. Removing a symlink never
             // touches its target.
-            fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-            fs::create_dir(path).map_err(|e| Error::io(path, e))
+            longpath::with(path, |q| fs::remove_file(q)).map_err(io)?;
+            longpath::with(path, |q| fs::create_dir(q)).map_err(io)
         }
-        Err(_) => fs::create_dir(path).map_err(|e| Error::io(path, e)),
+        Err(_) => longpath::with(path, |q| fs::create_dir(q)).map_err(io),
     }
 }
 
 fn remove_non_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::Invalid(format!(
-            "{}: a directory is in the way",
-            path.display()
-        ))),
-        Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, e)),
+    match longpath::with(path, |q| fs::symlink_metadata(q)) {
+        Ok(m) if m.is_dir() => Err(Error::Invalid("a directory is in the way".into())),
+        Ok(_) => longpath::with(path, |q| fs::remove_file(q)).map_err(|e| Error::io(path, e)),
         Err(_) => Ok(()),
     }
 }
@@ -179,7 +290,8 @@ const OPEN_FILES_PER_PACK: usize = 32;
 type PackJob = (u32, Vec<(Id, BlobLocation, Targets)>);
 
 struct FileJob {
-    path: PathBuf,
+    /// Its entry in the plan (the path is rebuilt from it when the file is opened).
+    entry: usize,
     size: u64,
     failed: Mutex<Option<String>>,
 }
@@ -215,28 +327,38 @@ pub fn restore(
         excludes: Excludes::new(&opts.excludes)?,
         entries: Vec::new(),
     };
+    if sub
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Invalid(format!(
+            "path {} contains '..'",
+            sub.display()
+        )));
+    }
     let sub_abs = Path::new("/").join(sub);
     let is_root = sub
         .components()
         .all(|c| !matches!(c, std::path::Component::Normal(_)));
     if is_root {
         let tree = repo.load_tree(index, root)?;
-        planner.walk(&tree, Path::new(""), Path::new("/"), 0)?;
+        planner.walk(&tree, TOP, Path::new("/"))?;
     } else {
         let node = find_node(repo, index, root, sub)?.ok_or_else(|| {
             Error::Invalid(format!("path {} not found in snapshot", sub_abs.display()))
         })?;
         if node.kind == NodeKind::Dir {
             let tree = repo.load_tree(index, &node.subtree.unwrap_or_default())?;
-            planner.walk(&tree, Path::new(""), &sub_abs, 0)?;
+            planner.walk(&tree, TOP, &sub_abs)?;
         } else {
             let parent = sub_abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-            planner.walk(&Tree { nodes: vec![node] }, Path::new(""), &parent, 0)?;
+            planner.walk(&Tree { nodes: vec![node] }, TOP, &parent)?;
         }
     }
     let entries = planner.entries;
-
     let target = &opts.target;
+    let path_of = |i: usize| target.join(rel_path(&entries, i));
+
     fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     if !fs::metadata(target)
         .map_err(|e| Error::io(target, e))?
@@ -248,76 +370,115 @@ pub fn restore(
         )));
     }
     let mut result = RestoreResult::default();
+    let chown = can_chown();
 
     // Directories, parents first (plan order is depth-first).
-    for e in entries.iter().filter(|e| e.node.kind == NodeKind::Dir) {
-        ensure_real_dir(&target.join(&e.rel))?;
-        result.dirs += 1;
+    let mut dir_err = None;
+    walk_paths(
+        &entries,
+        target,
+        |i, p| {
+            if dir_err.is_none() && entries[i].node.kind == NodeKind::Dir {
+                match ensure_real_dir(p, chown) {
+                    Ok(()) => result.dirs += 1,
+                    Err(e) => dir_err = Some(e),
+                }
+            }
+        },
+        |_, _| {},
+    );
+    if let Some(e) = dir_err {
+        return Err(e);
     }
 
     // Files: create, size (holes), and collect blob jobs grouped by pack.
     let mut files: Vec<FileJob> = Vec::new();
-    let mut file_entry: Vec<usize> = Vec::new();
-    let mut primary: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut links: Vec<(usize, PathBuf)> = Vec::new();
+    let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut links: Vec<(usize, usize)> = Vec::new();
     let mut jobs: HashMap<u32, HashMap<Id, (BlobLocation, Targets)>> = HashMap::new();
+    let mut integrity: Vec<bool> = Vec::new();
     let mut total_bytes = 0u64;
-    for (ei, e) in entries.iter().enumerate() {
+    let mut plan_file = |ei: usize, path: &Path| {
+        let e = &entries[ei];
         if e.node.kind != NodeKind::File {
-            continue;
+            return;
         }
-        let path = target.join(&e.rel);
         if e.node.links > 1 && e.node.inode != 0 {
             let key = (e.node.device, e.node.inode);
-            if let Some(first) = primary.get(&key) {
-                links.push((ei, first.clone()));
-                continue;
+            if let Some(&first) = primary.get(&key) {
+                links.push((ei, first));
+                return;
             }
-            primary.insert(key, path.clone());
+            primary.insert(key, ei);
         }
         let fi = files.len();
         files.push(FileJob {
-            path: path.clone(),
+            entry: ei,
             size: e.node.size,
             failed: Mutex::new(None),
         });
-        file_entry.push(ei);
-        let created = remove_non_dir(&path).and_then(|()| {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|err| Error::io(&path, err))?;
-            f.set_len(e.node.size).map_err(|err| Error::io(&path, err))
-        });
-        if let Err(err) = created {
-            *files[fi].failed.lock() = Some(err.to_string());
-            continue;
-        }
+        integrity.push(false);
+        // Where each blob goes, checked against the node's size before the file is created
+        // and sized: a node whose size disagrees with its blobs is damaged (and one claiming
+        // 1 TiB must not become a 1 TiB sparse file).
+        let mut placed: Vec<(u32, Id, BlobLocation, u64)> =
+            Vec::with_capacity(e.node.content.len());
         let mut off = 0u64;
+        let mut bad = None;
         for id in &e.node.content {
             match index.get(id) {
                 Some(loc) if loc.blob_type == BlobType::Data => {
-                    jobs.entry(loc.pack)
-                        .or_default()
-                        .entry(*id)
-                        .or_insert_with(|| (*loc, Vec::new()))
-                        .1
-                        .push((fi, off));
+                    placed.push((loc.pack, *id, *loc, off));
                     off += u64::from(loc.raw_length);
                 }
                 _ => {
-                    *files[fi].failed.lock() =
-                        Some(format!("data blob {id} is missing from the index"));
+                    bad = Some(format!(
+                        "data blob {} is missing from the index (see `cairn check`)",
+                        id.short()
+                    ));
                     break;
                 }
             }
         }
+        if bad.is_none() && off != e.node.size {
+            bad = Some(format!(
+                "the snapshot says {} bytes but the file's data holds {off}: the snapshot is damaged (see `cairn check`)",
+                e.node.size
+            ));
+        }
+        if let Some(msg) = bad {
+            *files[fi].failed.lock() = Some(msg);
+            integrity[fi] = true;
+            return;
+        }
+        let created = remove_non_dir(path).and_then(|()| {
+            longpath::with(path, |p| {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(p)?;
+                f.set_len(e.node.size)
+            })
+            .map_err(|err| Error::io(path, err))
+        });
+        if let Err(err) = created {
+            *files[fi].failed.lock() = Some(reason(&err));
+            return;
+        }
+        for (pack, id, loc, off) in placed {
+            jobs.entry(pack)
+                .or_default()
+                .entry(id)
+                .or_insert_with(|| (loc, Vec::new()))
+                .1
+                .push((fi, off));
+        }
         total_bytes += e.node.size;
-    }
+    };
+    walk_paths(&entries, target, &mut plan_file, |_, _| {});
     Progress::add(&progress.total_bytes, total_bytes);
     Progress::add(&progress.total_files, files.len() as u64);
 
@@ -341,6 +502,11 @@ pub fn restore(
     // Each coalesced span is read whole into memory: RSS grows with threads × span, while
     // spans beyond a few MiB buy nothing (measured: 8 vs 32 MiB, same speed).
     let max_span: u32 = 8 << 20;
+    // Set where a file failed because a blob could not be read or verified (damage).
+    let job_integrity: Vec<std::sync::atomic::AtomicBool> = integrity
+        .iter()
+        .map(|&b| std::sync::atomic::AtomicBool::new(b))
+        .collect();
     let run = || {
         packs.par_iter().for_each(|(pack, blobs)| {
             if interrupted() {
@@ -360,11 +526,13 @@ pub fn restore(
                     let f = match handles.entry(fi) {
                         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                         std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                            OpenOptions::new()
-                                .write(true)
-                                .custom_flags(libc::O_NOFOLLOW)
-                                .open(&job.path)
-                                .map_err(|e| e.to_string())?,
+                            longpath::with(&path_of(job.entry), |p| {
+                                OpenOptions::new()
+                                    .write(true)
+                                    .custom_flags(libc::O_NOFOLLOW)
+                                    .open(p)
+                            })
+                            .map_err(|e| e.to_string())?,
                         ),
                     };
                     write_sparse(f, data, off).map_err(|e| e.to_string())?;
@@ -433,6 +601,7 @@ pub fn restore(
                             Ok(d) => d,
                             Err(msg) => {
                                 *job.failed.lock() = Some(msg.clone());
+                                job_integrity[fi].store(true, std::sync::atomic::Ordering::Relaxed);
                                 continue;
                             }
                         };
@@ -470,104 +639,117 @@ pub fn restore(
         return Err(Error::Interrupted);
     }
 
-    let chown = can_chown();
     let mut failed_entries = vec![false; entries.len()];
+    let mut failed_primaries: std::collections::HashSet<usize> = std::collections::HashSet::new();
     for (fi, job) in files.iter().enumerate() {
         if let Some(msg) = job.failed.lock().take() {
-            failed_entries[file_entry[fi]] = true;
-            result.failed.push((job.path.clone(), msg));
+            failed_entries[job.entry] = true;
+            failed_primaries.insert(job.entry);
+            if job_integrity[fi].load(std::sync::atomic::Ordering::Relaxed) {
+                result.integrity_failures += 1;
+            }
+            result.failed.push((path_of(job.entry), msg));
         } else {
             result.files += 1;
             result.bytes += job.size;
             Progress::add(&progress.files, 1);
         }
     }
-    let failed_primaries: std::collections::HashSet<PathBuf> =
-        result.failed.iter().map(|(p, _)| p.clone()).collect();
-    for (ei, first) in &links {
-        let path = target.join(&entries[*ei].rel);
-        if failed_primaries.contains(first) {
+    for &(ei, first) in &links {
+        let path = path_of(ei);
+        if failed_primaries.contains(&first) {
             // The content behind this name is the failed file's: never present it as good.
-            failed_entries[*ei] = true;
+            failed_entries[ei] = true;
             result.failed.push((
                 path,
                 format!(
                     "hard link to {}, which could not be restored",
-                    first.display()
+                    path_of(first).display()
                 ),
             ));
             continue;
         }
-        let r = remove_non_dir(&path)
-            .and_then(|()| fs::hard_link(first, &path).map_err(|e| Error::io(&path, e)));
+        let first_path = path_of(first);
+        let r = remove_non_dir(&path).and_then(|()| {
+            longpath::with(&first_path, |f| {
+                longpath::with(&path, |p| fs::hard_link(f, p))
+            })
+            .map_err(|e| Error::io(&path, e))
+        });
         match r {
             Ok(()) => result.files += 1,
             Err(e) => {
-                failed_entries[*ei] = true;
-                result.failed.push((path, e.to_string()));
+                failed_entries[ei] = true;
+                result.failed.push((path, reason(&e)));
             }
         }
     }
 
     // Special files, then symlinks last of all content.
-    for (ei, e) in entries.iter().enumerate() {
-        let path = target.join(&e.rel);
-        let made = match e.node.kind {
-            NodeKind::Dir | NodeKind::File | NodeKind::Socket => continue,
-            NodeKind::Symlink => remove_non_dir(&path).and_then(|()| {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&e.node.link_target), &path)
-                    .map_err(|err| Error::io(&path, err))
-            }),
-            NodeKind::Fifo => remove_non_dir(&path).and_then(|()| {
-                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.node.mode))
-                    .map_err(|err| Error::io(&path, err.into()))
-            }),
-            NodeKind::CharDevice | NodeKind::BlockDevice => remove_non_dir(&path).and_then(|()| {
-                let kind = if e.node.kind == NodeKind::CharDevice {
-                    nix::sys::stat::SFlag::S_IFCHR
-                } else {
-                    nix::sys::stat::SFlag::S_IFBLK
-                };
-                nix::sys::stat::mknod(
-                    &path,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(e.node.mode),
-                    e.node.rdev as libc::dev_t,
-                )
-                .map_err(|err| Error::io(&path, err.into()))
-            }),
-        };
-        match made {
-            Ok(()) => result.others += 1,
-            Err(err) => {
-                failed_entries[ei] = true;
-                result.failed.push((path, err.to_string()));
+    walk_paths(
+        &entries,
+        target,
+        |ei, path| {
+            let e = &entries[ei];
+            if matches!(
+                e.node.kind,
+                NodeKind::Dir | NodeKind::File | NodeKind::Socket
+            ) {
+                return;
             }
-        }
-    }
+            let mode = nix::sys::stat::Mode::from_bits_truncate(e.node.mode);
+            let made = remove_non_dir(path).and_then(|()| {
+                longpath::with(path, |p| match e.node.kind {
+                    NodeKind::Symlink => std::os::unix::fs::symlink(
+                        std::ffi::OsStr::from_bytes(&e.node.link_target),
+                        p,
+                    ),
+                    NodeKind::Fifo => nix::unistd::mkfifo(p, mode).map_err(Into::into),
+                    _ => {
+                        let kind = if e.node.kind == NodeKind::CharDevice {
+                            nix::sys::stat::SFlag::S_IFCHR
+                        } else {
+                            nix::sys::stat::SFlag::S_IFBLK
+                        };
+                        nix::sys::stat::mknod(p, kind, mode, e.node.rdev as libc::dev_t)
+                            .map_err(Into::into)
+                    }
+                })
+                .map_err(|err| Error::io(path, err))
+            });
+            match made {
+                Ok(()) => result.others += 1,
+                Err(err) => {
+                    failed_entries[ei] = true;
+                    result.failed.push((path.to_path_buf(), reason(&err)));
+                }
+            }
+        },
+        |_, _| {},
+    );
 
-    // Metadata: non-directories, then directories deepest first.
-    for (ei, e) in entries.iter().enumerate() {
-        if e.node.kind == NodeKind::Dir || e.node.kind == NodeKind::Socket || failed_entries[ei] {
-            continue;
+    // Metadata: every non-directory, and each directory after everything inside it, so that
+    // its mtime and (read-only) mode stick.
+    let failed_entries = failed_entries;
+    let mut meta_failed: Vec<(PathBuf, String)> = Vec::new();
+    let mut apply = |ei: usize, path: &Path| {
+        if let Err(err) = apply_metadata(path, &entries[ei].node, chown) {
+            meta_failed.push((path.to_path_buf(), format!("metadata: {}", reason(&err))));
         }
-        let path = target.join(&e.rel);
-        if let Err(err) = apply_metadata(&path, &e.node, chown) {
-            result.failed.push((path, format!("metadata: {err}")));
-        }
-    }
-    let mut dirs: Vec<&Entry> = entries
-        .iter()
-        .map(|e| &**e)
-        .filter(|e| e.node.kind == NodeKind::Dir)
-        .collect();
-    dirs.sort_by_key(|e| std::cmp::Reverse(e.depth));
-    for e in dirs {
-        let path = target.join(&e.rel);
-        if let Err(err) = apply_metadata(&path, &e.node, chown) {
-            result.failed.push((path, format!("metadata: {err}")));
-        }
-    }
+    };
+    let apply_cell = std::cell::RefCell::new(&mut apply);
+    walk_paths(
+        &entries,
+        target,
+        |ei, path| {
+            let k = entries[ei].node.kind;
+            if k != NodeKind::Dir && k != NodeKind::Socket && !failed_entries[ei] {
+                (apply_cell.borrow_mut())(ei, path);
+            }
+        },
+        |ei, path| (apply_cell.borrow_mut())(ei, path),
+    );
+    result.failed.extend(meta_failed);
     Ok(result)
 }
 

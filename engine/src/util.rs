@@ -10,6 +10,48 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The tag of a writer in the names of the temporary files it creates (`.tmp-<tag>-…`):
+/// `w`, 8 hex digits of the BLAKE3 of its host name, 8 hex digits of its pid. A repository
+/// lock records the same host and pid, so a temporary file can be tied to the lock of the
+/// process writing it: `prune` removes at once every temporary file whose writer holds no
+/// live lock and (on this host) is not running, and never touches a running writer's.
+pub fn writer_tag(host: &str, pid: u32) -> String {
+    let h = blake3::hash(host.as_bytes());
+    let b = h.as_bytes();
+    format!("w{:02x}{:02x}{:02x}{:02x}{pid:08x}", b[0], b[1], b[2], b[3])
+}
+
+/// [`writer_tag`] of this process.
+pub fn my_writer_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| writer_tag(&hostname(), std::process::id()))
+}
+
+/// The writer tag in a temporary file's name, if it has one (files of older versions don't).
+pub fn temp_file_writer(file_name: &str) -> Option<&str> {
+    let rest = file_name.strip_prefix(".tmp-")?;
+    let tag = rest.get(..17)?;
+    let ok = tag.starts_with('w')
+        && tag[1..].bytes().all(|b| b.is_ascii_hexdigit())
+        && rest.as_bytes().get(17) == Some(&b'-');
+    ok.then_some(tag)
+}
+
+/// Whether the writer with `tag` is a process on this host that is still running.
+pub fn local_writer_alive(tag: &str) -> bool {
+    let mine = my_writer_tag();
+    if tag.len() != 17 || tag[..9] != mine[..9] {
+        return false;
+    }
+    let Ok(pid) = u32::from_str_radix(&tag[9..], 16) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// The effective user's name, or the uid as text.
 pub fn username() -> String {
     let uid = nix::unistd::geteuid();

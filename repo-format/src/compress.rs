@@ -116,7 +116,16 @@ pub fn unpack_payload_ref<'a>(
             if limit <= BULK_LIMIT {
                 return decompress_cached(body, limit)
                     .map(Cow::Owned)
-                    .ok_or_else(|| FormatError::Decompress(what.to_owned()));
+                    .ok_or_else(|| {
+                        // Say so when the frame claims more than the limit (a hostile or damaged
+                        // object), rather than only that decompression failed.
+                        match zstd::zstd_safe::get_frame_content_size(body) {
+                            Ok(Some(n)) if n > limit as u64 => FormatError::Decompress(format!(
+                                "{what} (larger than {limit} bytes)"
+                            )),
+                            _ => FormatError::Decompress(what.to_owned()),
+                        }
+                    });
             }
             let mut out = Vec::new();
             let dec = zstd::stream::read::Decoder::with_buffer(body)

@@ -86,6 +86,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The largest plaintext a blob of `blob_type` may have in this repository: for data, the
+    /// largest chunk any cutting rule makes (pages are at most 64 KiB); for trees,
+    /// [`crate::file::MAX_TREE_LEN`]. Readers refuse index entries that claim more.
+    pub fn max_blob_len(&self, blob_type: crate::BlobType) -> u32 {
+        match blob_type {
+            crate::BlobType::Tree => crate::file::MAX_TREE_LEN,
+            crate::BlobType::Data => self
+                .page_rules
+                .iter()
+                .map(|r| match &r.strategy {
+                    crate::PageStrategy::Cdc(p) => p.max_size,
+                    crate::PageStrategy::Pages | crate::PageStrategy::SqliteCells { .. } => 1 << 16,
+                })
+                .fold(self.chunker.max_size, u32::max),
+        }
+    }
+
     /// Reject a config that would make the engine misbehave.
     pub fn validate(&self) -> Result<(), FormatError> {
         if self.version != crate::FORMAT_VERSION {

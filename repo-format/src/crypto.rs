@@ -183,6 +183,16 @@ pub struct KdfParams {
     pub salt: [u8; 32],
 }
 
+/// Largest Argon2id memory a key file may ask for (256 MiB).
+pub const KDF_MAX_MEMORY_KIB: u32 = 256 * 1024;
+/// Most Argon2id passes a key file may ask for.
+pub const KDF_MAX_ITERATIONS: u32 = 16;
+/// Most Argon2id lanes a key file may ask for.
+pub const KDF_MAX_LANES: u32 = 16;
+/// Largest memory × passes (KiB): 1 GiB·pass, e.g. 256 MiB × 4 or 64 MiB × 16 (the default is
+/// 64 MiB × 3). Bounds the time one key file can cost every command.
+pub const KDF_MAX_WORK: u64 = 1024 * 1024;
+
 /// Argon2id lanes of new keys. RFC 9106's memory-constrained recommendation (§4: 64 MiB,
 /// 3 passes, 4 lanes); the lanes are computed on parallel threads, so opening a repository
 /// on two cores took 0.09 instead of 0.14 s (`snapshots`), for the same memory cost.
@@ -206,15 +216,35 @@ impl KdfParams {
         }
     }
 
+    /// Refuse costs outside the documented range (FORMAT.md, "Limits") before allocating: a
+    /// key file planted in a repository must not make every command spend a gigabyte and
+    /// seconds on it.
+    pub fn check_range(&self) -> Result<(), FormatError> {
+        if self.memory_kib > KDF_MAX_MEMORY_KIB
+            || !(1..=KDF_MAX_ITERATIONS).contains(&self.iterations)
+            || !(1..=KDF_MAX_LANES).contains(&self.parallelism)
+            || u64::from(self.memory_kib) * u64::from(self.iterations) > KDF_MAX_WORK
+        {
+            return Err(FormatError::InvalidParameter(format!(
+                "argon2 cost {} KiB x {} passes x {} lanes is outside the allowed range (memory <= {} MiB, passes <= {}, lanes <= {}, memory x passes <= {} MiB)",
+                self.memory_kib,
+                self.iterations,
+                self.parallelism,
+                KDF_MAX_MEMORY_KIB / 1024,
+                KDF_MAX_ITERATIONS,
+                KDF_MAX_LANES,
+                KDF_MAX_WORK / 1024
+            )));
+        }
+        Ok(())
+    }
+
     /// Derive the 32-byte key-wrapping key from a password.
     pub fn derive(&self, password: &[u8]) -> Result<[u8; 32], FormatError> {
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| FormatError::InvalidParameter(format!("argon2 parameters: {e}")))?;
-        // Refuse absurd costs from a hostile key file before allocating.
-        if self.memory_kib > 1024 * 1024 || self.iterations > 100 || self.parallelism > 16 {
-            return Err(FormatError::InvalidParameter("argon2 cost too high".into()));
-        }
+        self.check_range()?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];

@@ -43,6 +43,26 @@ pub enum FormatError {
         /// The id computed.
         actual: String,
     },
+    /// Decryption worked and the content hashes right, but its length is not the recorded one.
+    #[error("{what} is {actual} bytes long, but its index entry says {expected}")]
+    LengthMismatch {
+        /// What was checked.
+        what: String,
+        /// The length recorded.
+        expected: u64,
+        /// The length found.
+        actual: u64,
+    },
+    /// A stored object or entry claims more than the format allows.
+    #[error("{what} claims {claimed} bytes, more than the format's limit of {limit}")]
+    TooLarge {
+        /// What made the claim.
+        what: String,
+        /// What it claims.
+        claimed: u64,
+        /// The limit (FORMAT.md, "Limits").
+        limit: u64,
+    },
     /// The payload could not be decoded.
     #[error("malformed {what}: {detail}")]
     Malformed {

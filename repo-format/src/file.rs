@@ -21,9 +21,34 @@ pub const PREAMBLE_LEN: usize = 8;
 /// The newest format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 
-/// Upper bound for a decoded metadata file (index, snapshot, config…): far above any real
-/// one, low enough that a hostile zstd frame cannot exhaust memory.
-pub const MAX_METADATA_LEN: usize = 1 << 30;
+/// Upper bound for any decoded metadata payload: the largest of the per-kind limits of
+/// [`max_decoded_len`].
+pub const MAX_METADATA_LEN: usize = MAX_INDEX_LEN;
+
+/// Largest decoded index file (FORMAT.md, "Limits"). Writers start a new index file long
+/// before this (see `MAX_INDEX_BLOBS`).
+pub const MAX_INDEX_LEN: usize = 256 << 20;
+/// Largest decoded snapshot: paths, tags and excludes of one backup.
+pub const MAX_SNAPSHOT_LEN: usize = 16 << 20;
+/// Largest decoded config.
+pub const MAX_CONFIG_LEN: usize = 1 << 20;
+/// Largest decoded lock.
+pub const MAX_LOCK_LEN: usize = 64 << 10;
+/// Largest decoded tree blob (one directory's listing: about 1.5 million entries).
+pub const MAX_TREE_LEN: u32 = 256 << 20;
+/// Blobs one index file lists at most (≈ 48 bytes each when encoded, so ≤ 96 MiB).
+pub const MAX_INDEX_BLOBS: usize = 2_000_000;
+
+/// The most bytes a sealed file of `kind` may decode to. A hostile zstd frame that claims
+/// more is refused before it is inflated past this.
+pub fn max_decoded_len(kind: FileKind) -> usize {
+    match kind {
+        FileKind::Config => MAX_CONFIG_LEN,
+        FileKind::Lock => MAX_LOCK_LEN,
+        FileKind::Snapshot => MAX_SNAPSHOT_LEN,
+        FileKind::Index | FileKind::Key | FileKind::Pack => MAX_INDEX_LEN,
+    }
+}
 
 /// What a repository file is. The byte is the kind letter in the preamble.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -201,6 +226,6 @@ pub fn decode_sealed<T: DeserializeOwned>(
 ) -> Result<T, FormatError> {
     let (_version, body) = check_preamble(data, kind)?;
     let payload = key.open(&data[..PREAMBLE_LEN], body, kind.name())?;
-    let plain = unpack_payload(&payload, MAX_METADATA_LEN, kind.name())?;
+    let plain = unpack_payload(&payload, max_decoded_len(kind), kind.name())?;
     from_postcard(&plain, kind.name())
 }

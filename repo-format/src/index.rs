@@ -23,3 +23,22 @@ pub struct IndexFile {
     /// Packs.
     pub packs: Vec<IndexPack>,
 }
+
+impl IndexFile {
+    /// Check every entry against the repository's limits ([`crate::Config::max_blob_len`]),
+    /// so that no later read allocates what a hostile index claims.
+    pub fn check_limits(&self, config: &crate::Config) -> Result<(), crate::FormatError> {
+        let data = config.max_blob_len(crate::BlobType::Data);
+        let tree = config.max_blob_len(crate::BlobType::Tree);
+        for p in &self.packs {
+            for e in &p.blobs {
+                let max = match e.blob_type {
+                    crate::BlobType::Data => data,
+                    crate::BlobType::Tree => tree,
+                };
+                crate::pack::check_entry_limits(e, max)?;
+            }
+        }
+        Ok(())
+    }
+}

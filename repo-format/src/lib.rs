@@ -35,21 +35,24 @@ pub use compress::{
 pub use config::{cdc_limits, ChunkerParams, Config};
 pub use crypto::{
     open_in_place, open_with_key, seal_append, seal_with_nonce, KdfParams, MasterKey,
-    DEFAULT_KDF_LANES, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN,
+    DEFAULT_KDF_LANES, KDF_MAX_ITERATIONS, KDF_MAX_LANES, KDF_MAX_MEMORY_KIB, KDF_MAX_WORK,
+    NONCE_LEN, SEAL_OVERHEAD, TAG_LEN,
 };
 pub use error::FormatError;
 pub use file::{
     check_preamble, decode_sealed, encode_sealed, encode_sealed_with_nonce, from_postcard,
-    preamble, to_postcard, FileKind, FORMAT_VERSION, MAGIC, MAX_METADATA_LEN, PREAMBLE_LEN,
+    max_decoded_len, preamble, to_postcard, FileKind, FORMAT_VERSION, MAGIC, MAX_CONFIG_LEN,
+    MAX_INDEX_BLOBS, MAX_INDEX_LEN, MAX_LOCK_LEN, MAX_METADATA_LEN, MAX_SNAPSHOT_LEN, MAX_TREE_LEN,
+    PREAMBLE_LEN,
 };
 pub use id::Id;
 pub use index::{IndexFile, IndexPack};
 pub use key::KeyFile;
 pub use lock::Lock;
 pub use pack::{
-    blob_aad, decode_pack_header, decode_sealed_header, finish_pack, finish_pack_with_nonce,
-    header_span, open_blob, open_blob_in_place, pack_header_aad, seal_blob, seal_blob_into,
-    seal_blob_with_nonce, BlobType, PackEntry, PackHeader, PACK_HEADER_LEVEL,
+    blob_aad, check_entry_limits, decode_pack_header, decode_sealed_header, finish_pack,
+    finish_pack_with_nonce, header_span, open_blob, open_blob_in_place, pack_header_aad, seal_blob,
+    seal_blob_into, seal_blob_with_nonce, BlobType, PackEntry, PackHeader, PACK_HEADER_LEVEL,
 };
 pub use pages::{
     default_page_rules, sqlite_cell_cuts, sqlite_window_cuts, PageFormat, PageRule, PageStrategy,

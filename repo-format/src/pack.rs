@@ -149,14 +149,52 @@ pub fn open_blob_in_place<'a>(
     let payload = open_in_place(&key.encryption, &blob_aad(blob_type, id), sealed, &what)?;
     let plain = unpack_payload_ref(payload, raw_length as usize, &what)?;
     let actual = key.blob_id(&plain);
-    if actual != *id || plain.len() != raw_length as usize {
+    if actual != *id {
         return Err(FormatError::IdMismatch {
             what,
             expected: id.to_hex(),
             actual: actual.to_hex(),
         });
     }
+    if plain.len() != raw_length as usize {
+        return Err(FormatError::LengthMismatch {
+            what,
+            expected: u64::from(raw_length),
+            actual: plain.len() as u64,
+        });
+    }
     Ok(plain)
+}
+
+/// The longest postcard encoding of one [`PackEntry`]: type (1) + id (32) + three u32 varints (5 each).
+const MAX_ENTRY_LEN: u64 = 1 + 32 + 3 * 5;
+
+/// Check an index entry's claims against the format's limits before anything is allocated
+/// for it: its plaintext at most `max_raw` bytes (FORMAT.md, "Limits"), and its sealed length
+/// at most what sealing `max_raw` bytes stored raw takes (compression is only kept when it
+/// shrinks, so a sealed blob is never longer than that).
+pub fn check_entry_limits(e: &PackEntry, max_raw: u32) -> Result<(), FormatError> {
+    let what = || format!("{:?} blob {}", e.blob_type, e.id.short());
+    if e.raw_length > max_raw {
+        return Err(FormatError::TooLarge {
+            what: what(),
+            claimed: u64::from(e.raw_length),
+            limit: u64::from(max_raw),
+        });
+    }
+    let max_sealed = u64::from(e.raw_length) + 1 + SEAL_OVERHEAD as u64;
+    if u64::from(e.length) > max_sealed || (e.length as usize) < SEAL_OVERHEAD + 1 {
+        return Err(FormatError::Malformed {
+            what: "index entry",
+            detail: format!(
+                "{} has sealed length {} for {} plaintext bytes",
+                what(),
+                e.length,
+                e.raw_length
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Associated data of a sealed pack header: the pack preamble followed by `"header"` (14 bytes).
@@ -220,7 +258,13 @@ pub fn decode_sealed_header(
     header_start: u64,
 ) -> Result<PackHeader, FormatError> {
     let payload = key.open(&pack_header_aad(), sealed, "pack header")?;
-    let plain = unpack_payload(&payload, crate::file::MAX_METADATA_LEN, "pack header")?;
+    // Every entry covers at least one sealed byte of the pack before the header, so the
+    // header cannot honestly hold more entries than that; each encodes in at most
+    // MAX_ENTRY_LEN bytes. This bounds what a hostile header can make a reader allocate.
+    let max_entries = header_start.saturating_sub(PREAMBLE_LEN as u64) / (SEAL_OVERHEAD as u64 + 1);
+    let limit =
+        (max_entries.saturating_mul(MAX_ENTRY_LEN) + 16).min(crate::file::MAX_METADATA_LEN as u64);
+    let plain = unpack_payload(&payload, limit as usize, "pack header")?;
     let header: PackHeader = from_postcard(&plain, "pack header")?;
     let mut expected = PREAMBLE_LEN as u64;
     for e in &header.entries {

@@ -142,7 +142,8 @@ fn corrupt_pack_restores_the_rest_and_names_the_damaged_file() {
         "--target",
         s(&target),
     ]);
-    out.expect_code(3);
+    // Damaged repository data is an integrity error (13), not a write failure (3).
+    out.expect_code(13);
     let victim_path = target.join("victim.bin");
     assert!(
         out.stderr
@@ -226,7 +227,8 @@ fn corrupt_hardlinked_file_is_not_claimed_good() {
         "--target",
         s(&target),
     ]);
-    out.expect_code(3);
+    // Damaged repository data is an integrity error (13), not a write failure (3).
+    out.expect_code(13);
     assert_eq!(
         fs::read(target.join("intact.bin")).unwrap(),
         fs::read(src.join("intact.bin")).unwrap()
@@ -277,7 +279,11 @@ fn truncated_snapshot_exits_13() {
     let snaps = env.objects("snapshots");
     assert_eq!(snaps.len(), 1);
     truncate_half(&snaps[0]);
-    env.run(&["snapshots"]).assert_error(13, &["snapshot"]);
+    // Listed around (named in a warning), and an error for check.
+    env.run(&["snapshots"])
+        .assert_reports(0, &["snapshot", "damaged", "repair snapshots"]);
+    env.run(&["check"])
+        .assert_reports(13, &["snapshot", "repair snapshots"]);
 }
 
 #[test]
@@ -289,9 +295,10 @@ fn truncated_index_exits_13() {
     let index = env.objects("index");
     assert_eq!(index.len(), 1);
     truncate_half(&index[0]);
-    env.run(&["ls", "latest"]).assert_error(13, &["index"]);
+    env.run(&["ls", "latest"])
+        .assert_reports(13, &["index file", "repair index"]);
     env.run(&["restore", "latest", "--target", s(&env.path("t"))])
-        .assert_error(13, &["index"]);
+        .assert_reports(13, &["index file", "repair index"]);
 }
 
 #[test]
@@ -333,7 +340,7 @@ fn restore_into_a_regular_file_fails_clearly() {
 
 const NOBODY: u32 = 65534;
 
-fn as_nobody(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn as_nobody(env: &Env, args: &[&str]) -> Output {
     let mut cmd = Command::new("/usr/bin/setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
     cmd.arg(crate::util::cairn_bin());
@@ -352,7 +359,7 @@ fn as_nobody(env: &Env, args: &[&str]) -> Output {
     run_command(cmd, None)
 }
 
-fn chown_nobody(p: &Path) {
+pub(crate) fn chown_nobody(p: &Path) {
     std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY)).unwrap();
 }
 

@@ -14,6 +14,7 @@
 mod backup_restore;
 mod crash;
 mod errors;
+mod hardening;
 mod harness;
 mod incremental;
 mod keys;

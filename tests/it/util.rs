@@ -175,6 +175,21 @@ impl Output {
             })
     }
 
+    /// Exit code `code`, and stderr (warnings, hints and the error line) mentions every
+    /// needle (case-insensitive).
+    #[track_caller]
+    pub fn assert_reports(&self, code: i32, needles: &[&str]) {
+        self.expect_code(code);
+        let lower = self.stderr.to_lowercase();
+        for n in needles {
+            assert!(
+                lower.contains(&n.to_lowercase()),
+                "stderr does not mention {n:?}\n{}",
+                self.dump()
+            );
+        }
+    }
+
     /// Assert a failed run: exit code `code`, and exactly one non-empty stderr line, which is
     /// cairn's error line and contains every one of `needles` (case-insensitive).
     #[track_caller]

@@ -101,7 +101,7 @@ impl Backend for LocalBackend {
         self.root.join("data")
     }
 
-    fn remove_stale_temp(&self, age: std::time::Duration) -> Result<u64> {
+    fn temp_files(&self) -> Result<Vec<super::TempFile>> {
         let mut dirs = vec![self.root.clone()];
         for kind in [
             FileKind::Key,
@@ -115,12 +115,29 @@ impl Backend for LocalBackend {
         for i in 0..=255u8 {
             dirs.push(self.root.join("data").join(format!("{i:02x}")));
         }
-        Ok(super::sweep_temp_files(dirs, age))
+        Ok(super::list_temp_files(dirs))
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let path = self.path(kind, name)?;
         fs::read(&path).map_err(|e| map_read_err(kind, name, &path, e))
+    }
+
+    fn get_max(&self, kind: FileKind, name: &str, max: u64) -> Result<Vec<u8>> {
+        let path = self.path(kind, name)?;
+        let f = File::open(&path).map_err(|e| map_read_err(kind, name, &path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len > max {
+            return Err(super::too_large(kind, name, len, max));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(&path, e))?;
+        if buf.len() as u64 > max {
+            return Err(super::too_large(kind, name, buf.len() as u64, max));
+        }
+        Ok(buf)
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {

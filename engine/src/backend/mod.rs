@@ -36,6 +36,15 @@ pub trait Backend: Send + Sync + Debug {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
     /// Read a whole object.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// Read a whole object that may be at most `max` bytes long: a larger one is refused
+    /// (exit 13) instead of read. Backends that can see the size first override this.
+    fn get_max(&self, kind: FileKind, name: &str, max: u64) -> Result<Vec<u8>> {
+        let data = self.get(kind, name)?;
+        if data.len() as u64 > max {
+            return Err(too_large(kind, name, data.len() as u64, max));
+        }
+        Ok(data)
+    }
     /// Read `len` bytes at `offset`.
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
     /// Size of an object, or `None` if absent.
@@ -65,11 +74,19 @@ pub trait Backend: Send + Sync + Debug {
         std::env::temp_dir()
     }
 
-    /// Remove temporary files left by interrupted writes that are older than `age`; returns
-    /// how many were removed. Only called under an exclusive lock.
-    fn remove_stale_temp(&self, age: std::time::Duration) -> Result<u64> {
-        let _ = age;
-        Ok(0)
+    /// Temporary files of writes in progress or interrupted (`.tmp-*` in the repository, or
+    /// in the local directory where packs for a remote repository are assembled).
+    fn temp_files(&self) -> Result<Vec<TempFile>> {
+        Ok(Vec::new())
+    }
+
+    /// Remove one of [`Backend::temp_files`].
+    fn remove_temp(&self, path: &std::path::Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(crate::Error::io(path, e)),
+        }
     }
 
     /// How many requests it pays to run at once against this backend.
@@ -130,6 +147,55 @@ pub(crate) fn list_config(be: &dyn Backend) -> Result<Vec<ObjectInfo>> {
         .collect())
 }
 
+/// A temporary file (see [`Backend::temp_files`]).
+#[derive(Clone, Debug)]
+pub struct TempFile {
+    /// Where it is.
+    pub path: std::path::PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Time since it was last written.
+    pub age: std::time::Duration,
+}
+
+impl TempFile {
+    /// The [`crate::util::writer_tag`] of the process that created it, if it has one.
+    pub fn writer(&self) -> Option<&str> {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::util::temp_file_writer)
+    }
+}
+
+/// The `.tmp-*` files in `dirs`. Unreadable directories are skipped.
+pub(crate) fn list_temp_files(dirs: impl IntoIterator<Item = std::path::PathBuf>) -> Vec<TempFile> {
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let age = m
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            out.push(TempFile {
+                path: e.path(),
+                size: m.len(),
+                age,
+            });
+        }
+    }
+    out
+}
+
 /// Remove `.tmp-*` files older than `age` from `dirs` (left by killed writers); returns how
 /// many were removed. Unreadable directories are skipped.
 pub(crate) fn sweep_temp_files(
@@ -155,4 +221,13 @@ pub(crate) fn sweep_temp_files(
         }
     }
     removed
+}
+
+/// The error for an object larger than the format allows for its kind.
+pub(crate) fn too_large(kind: FileKind, name: &str, size: u64, max: u64) -> crate::Error {
+    crate::Error::Format(cairn_format::FormatError::TooLarge {
+        what: format!("{} {}", kind.name(), &name[..name.len().min(8)]),
+        claimed: size,
+        limit: max,
+    })
 }

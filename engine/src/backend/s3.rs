@@ -519,14 +519,14 @@ impl Backend for S3Backend {
 
     fn temp_dir(&self) -> PathBuf {
         // Packs are assembled locally and uploaded by one PUT. A killed run leaves its open
-        // packs here; `prune` sweeps old ones (`remove_stale_temp`).
+        // packs here; `prune` removes those of writers that are gone (`temp_files`).
         let d = std::env::temp_dir().join("cairn-packs");
         let _ = std::fs::create_dir_all(&d);
         d
     }
 
-    fn remove_stale_temp(&self, age: Duration) -> Result<u64> {
-        Ok(super::sweep_temp_files([self.temp_dir()], age))
+    fn temp_files(&self) -> Result<Vec<super::TempFile>> {
+        Ok(super::list_temp_files([self.temp_dir()]))
     }
 
     fn request_summary(&self) -> Option<String> {

@@ -1,0 +1,468 @@
+//! `repair packs` and `repair snapshots`: the way out after data was lost outside cairn.
+//!
+//! Once a pack is damaged or gone, the index still names its blobs, so every later backup
+//! would deduplicate against them and produce snapshots that cannot be restored. The repair
+//! path, in order (what `check` prints):
+//! 1. [`repair_packs`] copies the intact blobs of damaged packs into new packs, writes an
+//!    index without the damaged packs, and only then deletes them. Lost blobs are no longer
+//!    indexed, so
+//! 2. the next backup stores them again wherever the sources still have the data;
+//! 3. [`repair_snapshots`] rewrites every snapshot whose trees name data that is still lost
+//!    (files dropped, unreadable directories emptied), tags the result `repaired`, and with
+//!    `forget` removes the originals and the snapshot files that no longer decode.
+//!
+//! Both take an exclusive lock (the caller's) and follow prune's crash-safe order: new data
+//! and its index are durable before anything is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_format::{
+    open_blob_in_place, BlobType, FileKind, Id, IndexPack, NodeKind, Snapshot, Tree,
+};
+use parking_lot::Mutex;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::index::MasterIndex;
+use crate::maintenance::replace_index;
+use crate::packer::Packer;
+use crate::progress::{interrupted, Progress};
+use crate::repository::{verify_name, Repository};
+use crate::{Error, Result};
+
+/// What `repair packs` did (or, in a dry run, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct RepairPacksReport {
+    /// Damaged or missing packs that were dropped from the index, with the reason.
+    pub packs: Vec<(String, String)>,
+    /// Intact blobs copied out of them into new packs.
+    pub blobs_salvaged: u64,
+    /// Blobs with no intact copy left: no longer indexed, so the next backup stores them again.
+    pub blobs_lost: u64,
+    /// Index files replaced.
+    pub index_files_replaced: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// Drop damaged packs from the repository, keeping their intact blobs. With `only` empty,
+/// every indexed pack is read and verified to find the damaged ones (like
+/// `check --read-data`); otherwise exactly those packs are repaired (their intact blobs are
+/// kept, whether or not they are damaged).
+pub fn repair_packs(
+    repo: &Repository,
+    only: &[Id],
+    dry_run: bool,
+    progress: &Progress,
+) -> Result<RepairPacksReport> {
+    let files = repo.load_index_files()?;
+    let stored: HashMap<String, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    // Every index entry of each pack (from the files, not the merged map: a pack's blob may
+    // have its canonical copy elsewhere).
+    let mut entries: HashMap<Id, Vec<cairn_format::PackEntry>> = HashMap::new();
+    for p in files.iter().flat_map(|(_, f)| &f.packs) {
+        entries
+            .entry(p.id)
+            .or_default()
+            .extend(p.blobs.iter().copied());
+    }
+    let candidates: Vec<Id> = if only.is_empty() {
+        entries.keys().copied().collect()
+    } else {
+        for id in only {
+            if !entries.contains_key(id) && !stored.contains_key(&id.to_hex()) {
+                return Err(Error::Invalid(format!(
+                    "pack {id} is neither indexed nor stored"
+                )));
+            }
+        }
+        only.to_vec()
+    };
+    Progress::add(&progress.total_files, candidates.len() as u64);
+
+    // Read each candidate once: its intact blobs, and why it is damaged (if it is).
+    struct Salvage {
+        reason: Option<String>,
+        blobs: Vec<(BlobType, Id, Vec<u8>)>,
+    }
+    let salvage = |pid: &Id| -> Result<Salvage> {
+        let name = pid.to_hex();
+        let list = entries.get(pid).map(Vec::as_slice).unwrap_or_default();
+        let mut out = Salvage {
+            reason: None,
+            blobs: Vec::new(),
+        };
+        if !stored.contains_key(&name) {
+            out.reason = Some("missing from storage".into());
+            return Ok(out);
+        }
+        let mut data = match repo.backend().get(FileKind::Pack, &name) {
+            Ok(d) => d,
+            Err(e) if e.is_damage() => {
+                out.reason = Some(e.to_string());
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = verify_name(FileKind::Pack, &name, &data) {
+            out.reason = Some(e.to_string());
+        }
+        let max_data = repo.config().max_blob_len(BlobType::Data);
+        let max_tree = repo.config().max_blob_len(BlobType::Tree);
+        for e in list {
+            let max = match e.blob_type {
+                BlobType::Data => max_data,
+                BlobType::Tree => max_tree,
+            };
+            let a = e.offset as usize;
+            let opened = cairn_format::check_entry_limits(e, max)
+                .map_err(Error::from)
+                .and_then(|()| {
+                    let sealed = data
+                        .get_mut(a..a + e.length as usize)
+                        .ok_or_else(|| Error::Integrity("truncated".into()))?;
+                    Ok(
+                        open_blob_in_place(repo.key(), e.blob_type, &e.id, sealed, e.raw_length)?
+                            .into_owned(),
+                    )
+                });
+            match opened {
+                Ok(plain) => out.blobs.push((e.blob_type, e.id, plain)),
+                Err(err) => {
+                    out.reason
+                        .get_or_insert_with(|| format!("blob {}: {err}", e.id.short()));
+                }
+            }
+        }
+        if only.contains(pid) && out.reason.is_none() {
+            out.reason = Some("named on the command line".into());
+        }
+        Ok(out)
+    };
+
+    let mut report = RepairPacksReport {
+        dry_run,
+        ..RepairPacksReport::default()
+    };
+    // Packs are read in parallel, but only the damaged ones' blobs are kept in memory.
+    let damaged: Mutex<Vec<(Id, Salvage)>> = Mutex::new(Vec::new());
+    candidates.par_iter().try_for_each(|pid| -> Result<()> {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let s = salvage(pid)?;
+        Progress::add(&progress.files, 1);
+        if s.reason.is_some() {
+            damaged.lock().push((*pid, s));
+        }
+        Ok(())
+    })?;
+    let mut damaged = damaged.into_inner();
+    damaged.sort_by_key(|(id, _)| *id);
+    if damaged.is_empty() {
+        return Ok(report);
+    }
+    let dropped: HashSet<Id> = damaged.iter().map(|(id, _)| *id).collect();
+    // What stays indexed: every pack but the damaged ones.
+    let mut kept = MasterIndex::default();
+    let mut kept_packs: Vec<IndexPack> = Vec::new();
+    let mut seen: HashSet<Id> = HashSet::new();
+    for p in files.iter().flat_map(|(_, f)| &f.packs) {
+        if dropped.contains(&p.id) || !seen.insert(p.id) {
+            continue;
+        }
+        kept.add_pack(p);
+        kept_packs.push(p.clone());
+    }
+    let mut lost: HashSet<Id> = HashSet::new();
+    for (pid, s) in &damaged {
+        report
+            .packs
+            .push((pid.to_hex(), s.reason.clone().unwrap_or_default()));
+        let intact: HashSet<Id> = s.blobs.iter().map(|b| b.1).collect();
+        for e in entries.get(pid).map(Vec::as_slice).unwrap_or_default() {
+            if !intact.contains(&e.id) && !kept.contains(&e.id) {
+                lost.insert(e.id);
+            }
+        }
+    }
+    // A blob lost in one damaged pack may be intact in another.
+    for (_, s) in &damaged {
+        for (_, id, _) in &s.blobs {
+            lost.remove(id);
+        }
+    }
+    report.blobs_lost = lost.len() as u64;
+    report.blobs_salvaged = damaged
+        .iter()
+        .flat_map(|(_, s)| s.blobs.iter().map(|b| b.1))
+        .filter(|id| !kept.contains(id))
+        .collect::<HashSet<Id>>()
+        .len() as u64;
+    if dry_run {
+        return Ok(report);
+    }
+    let packer = Packer::new(repo, Arc::new(kept));
+    for (_, s) in &damaged {
+        for (t, id, plain) in &s.blobs {
+            packer.add(*t, *id, plain)?;
+        }
+    }
+    kept_packs.extend(packer.finish()?);
+    drop(packer);
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
+    // The index without the damaged packs is durable before they go.
+    report.index_files_replaced = replace_index(repo, kept_packs)?;
+    for (pid, _) in &damaged {
+        repo.backend().delete(FileKind::Pack, &pid.to_hex())?;
+    }
+    Ok(report)
+}
+
+/// Options of `repair snapshots`.
+#[derive(Debug, Clone, Default)]
+pub struct RepairSnapshotsOptions {
+    /// Remove the original of each rewritten snapshot, and snapshot files that do not decode.
+    pub forget: bool,
+    /// Only report.
+    pub dry_run: bool,
+}
+
+/// What `repair snapshots` did (or would do).
+#[derive(Debug, Default, Serialize)]
+pub struct RepairSnapshotsReport {
+    /// Snapshots read.
+    pub snapshots: u64,
+    /// (original, replacement) for each rewritten snapshot (replacement empty in a dry run).
+    pub rewritten: Vec<(String, String)>,
+    /// Snapshot files that do not decode, with the reason.
+    pub damaged: Vec<(String, String)>,
+    /// Snapshot files removed (damaged ones and, with `forget`, rewritten originals).
+    pub removed: u64,
+    /// Paths dropped from snapshots because their data is lost (first 1000).
+    pub paths_dropped: Vec<String>,
+    /// How many paths were dropped in all.
+    pub paths_dropped_total: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// How one tree came out of the repair: its (possibly new) id and whether it changed.
+#[derive(Clone, Copy)]
+struct Fixed {
+    id: Id,
+    changed: bool,
+}
+
+struct SnapshotFixer<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    stored: HashSet<Id>,
+    packer: Option<Packer>,
+    memo: HashMap<Id, Fixed>,
+    report: RepairSnapshotsReport,
+}
+
+impl SnapshotFixer<'_> {
+    /// Whether a data blob can be read back: indexed as data, in a pack that exists.
+    fn present(&self, id: &Id) -> Option<u64> {
+        let loc = self.index.get(id)?;
+        (loc.blob_type == BlobType::Data && self.stored.contains(&self.index.pack_id(loc)))
+            .then_some(u64::from(loc.raw_length))
+    }
+
+    fn drop_path(&mut self, path: &Path, why: &str) {
+        self.report.paths_dropped_total += 1;
+        if self.report.paths_dropped.len() < 1000 {
+            self.report
+                .paths_dropped
+                .push(format!("{}: {why}", path.display()));
+        }
+    }
+
+    fn tree_readable(&self, id: &Id) -> bool {
+        self.index.get(id).is_some_and(|l| {
+            l.blob_type == BlobType::Tree && self.stored.contains(&self.index.pack_id(l))
+        })
+    }
+
+    /// The tree `id` with everything whose data is lost removed. Recursion depth is that of
+    /// the snapshot; the stack grows on the heap as needed (trees may be crafted deep).
+    fn fix(&mut self, id: Id, path: &Path) -> Result<Fixed> {
+        if let Some(f) = self.memo.get(&id) {
+            return Ok(*f);
+        }
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let tree = if self.tree_readable(&id) {
+            match self.repo.load_tree(self.index, &id) {
+                Ok(t) => Some(t),
+                Err(e) if e.is_damage() => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let fixed = match tree {
+            None => {
+                self.drop_path(
+                    path,
+                    "directory listing lost; restored as an empty directory",
+                );
+                let id = self.store(Tree::default())?;
+                Fixed { id, changed: true }
+            }
+            Some(tree) => {
+                let mut changed = false;
+                let mut nodes = Vec::with_capacity(tree.nodes.len());
+                for mut n in tree.nodes {
+                    let p = path.join(std::ffi::OsStr::from_bytes(&n.name));
+                    match n.kind {
+                        NodeKind::File => {
+                            let mut held = Some(0u64);
+                            for c in &n.content {
+                                held = match (held, self.present(c)) {
+                                    (Some(h), Some(l)) => Some(h + l),
+                                    _ => None,
+                                };
+                            }
+                            match held {
+                                Some(h) if h == n.size => nodes.push(n),
+                                Some(h) => {
+                                    self.drop_path(
+                                        &p,
+                                        &format!("size {} but its data holds {h} bytes", n.size),
+                                    );
+                                    changed = true;
+                                }
+                                None => {
+                                    self.drop_path(&p, "data lost");
+                                    changed = true;
+                                }
+                            }
+                        }
+                        NodeKind::Dir => {
+                            let sub = n.subtree.unwrap_or_default();
+                            let f = stacker::maybe_grow(64 << 10, 1 << 20, || self.fix(sub, &p))?;
+                            if f.changed {
+                                n.subtree = Some(f.id);
+                                changed = true;
+                            }
+                            nodes.push(n);
+                        }
+                        _ => nodes.push(n),
+                    }
+                }
+                if changed {
+                    let id = self.store(Tree { nodes })?;
+                    Fixed { id, changed: true }
+                } else {
+                    Fixed { id, changed: false }
+                }
+            }
+        };
+        self.memo.insert(id, fixed);
+        Ok(fixed)
+    }
+
+    fn store(&mut self, mut tree: Tree) -> Result<Id> {
+        tree.canonicalize();
+        let bytes = tree.encode();
+        match &self.packer {
+            Some(p) => {
+                let id = p.blob_id(&bytes);
+                p.add(BlobType::Tree, id, &bytes)?;
+                Ok(id)
+            }
+            // A dry run computes no ids it would not store; any id marks "changed".
+            None => Ok(Id::of_object(&bytes)),
+        }
+    }
+}
+
+/// Rewrite snapshots around lost data, and (with `forget`) remove what cannot be read.
+pub fn repair_snapshots(
+    repo: &Repository,
+    opts: &RepairSnapshotsOptions,
+    progress: &Progress,
+) -> Result<RepairSnapshotsReport> {
+    // A damaged index would make intact data look lost: repair it first.
+    let index = MasterIndex::from_files(&repo.load_index_files()?);
+    let (snaps, damaged) = repo.load_snapshots_lenient()?;
+    let stored: HashSet<Id> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|o| Id::from_hex(&o.name).ok())
+        .collect();
+    let mut fixer = SnapshotFixer {
+        repo,
+        index: &index,
+        stored,
+        packer: (!opts.dry_run).then(|| Packer::new(repo, Arc::new(index.clone()))),
+        memo: HashMap::new(),
+        report: RepairSnapshotsReport {
+            dry_run: opts.dry_run,
+            snapshots: snaps.len() as u64,
+            damaged: damaged
+                .iter()
+                .map(|(id, e)| (id.to_hex(), e.to_string()))
+                .collect(),
+            ..RepairSnapshotsReport::default()
+        },
+    };
+    Progress::add(&progress.total_files, snaps.len() as u64);
+    let mut replaced: Vec<(Id, Snapshot)> = Vec::new();
+    for (id, s) in &snaps {
+        let root = PathBuf::from("/");
+        let f = fixer.fix(s.tree, &root)?;
+        if f.changed {
+            let mut new = s.clone();
+            new.tree = f.id;
+            if !new.tags.iter().any(|t| t == "repaired") {
+                new.tags.push("repaired".into());
+                new.tags.sort();
+            }
+            replaced.push((*id, new));
+        }
+        Progress::add(&progress.files, 1);
+    }
+    let mut report = std::mem::take(&mut fixer.report);
+    if let Some(p) = fixer.packer.take() {
+        // Trees and their index are durable before a snapshot names them.
+        p.finish()?;
+    }
+    if opts.dry_run {
+        report.rewritten = replaced
+            .iter()
+            .map(|(old, _)| (old.to_hex(), String::new()))
+            .collect();
+        return Ok(report);
+    }
+    for (old, new) in &replaced {
+        let new_id = repo.save(FileKind::Snapshot, new)?;
+        report.rewritten.push((old.to_hex(), new_id.to_hex()));
+    }
+    if opts.forget {
+        for (old, _) in &replaced {
+            repo.backend().delete(FileKind::Snapshot, &old.to_hex())?;
+            report.removed += 1;
+        }
+        for (id, _) in &damaged {
+            repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
+            report.removed += 1;
+        }
+    }
+    Ok(report)
+}
