@@ -19,6 +19,10 @@ use crate::{Error, Result};
 /// Bytes a sealed file adds around its payload: preamble, nonce and tag.
 const SEALED_FILE_OVERHEAD: u64 = (cairn_format::PREAMBLE_LEN + cairn_format::SEAL_OVERHEAD) as u64;
 
+/// Largest key file read: an envelope of a few hundred bytes, with generous room for long
+/// host and user names.
+const MAX_KEY_FILE_LEN: u64 = 64 << 10;
+
 /// Options for `init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -113,21 +117,29 @@ impl Repository {
         password: &[u8],
     ) -> Result<Repository> {
         let mut last_err = Error::Format(FormatError::WrongPassword);
+        // Decode every key file first and derive the cheapest first: a key file planted with
+        // a costly (if in-range) KDF then costs nothing when the password opens another.
+        let mut candidates = Vec::with_capacity(keys.len());
         for k in keys {
-            let data = backend.get(FileKind::Key, &k.name)?;
+            let data = backend.get_max(FileKind::Key, &k.name, MAX_KEY_FILE_LEN)?;
             verify_name(FileKind::Key, &k.name, &data)?;
-            let kf = match KeyFile::decode(&data) {
-                Ok(kf) => kf,
-                Err(e) => {
-                    last_err = e.into();
-                    continue;
-                }
-            };
+            match KeyFile::decode(&data) {
+                Ok(kf) => candidates.push((k.name, kf)),
+                Err(e) => last_err = e.into(),
+            }
+        }
+        candidates.sort_by_key(|(name, kf)| {
+            (
+                u64::from(kf.kdf.memory_kib) * u64::from(kf.kdf.iterations),
+                name.clone(),
+            )
+        });
+        for (name, kf) in candidates {
             match kf.unwrap_key(password) {
                 Ok(key) => {
                     let config: Config = decode_sealed(&key, FileKind::Config, &config_bytes)?;
                     config.validate()?;
-                    let key_id = Id::from_hex(&k.name)?;
+                    let key_id = Id::from_hex(&name)?;
                     return Ok(Repository {
                         backend,
                         key: Arc::new(key),
@@ -139,7 +151,7 @@ impl Repository {
                 // A key file with an out-of-range KDF (planted, or from a hostile tool) is
                 // never derived: it cannot be ours to use, and must not hide the others.
                 Err(e @ FormatError::InvalidParameter(_)) => {
-                    tracing::warn!("key file {}: {e}; skipped", &k.name[..k.name.len().min(8)]);
+                    tracing::warn!("key file {}: {e}; skipped", &name[..name.len().min(8)]);
                 }
                 Err(e) => last_err = e.into(),
             }

@@ -107,7 +107,16 @@ pub fn key(data: &[u8]) {
             matches!(again, Ok(ref k) if *k == kf),
             "decoded key file does not survive re-encoding"
         );
-        if kf.kdf.memory_kib <= 64 && kf.kdf.iterations <= 2 && kf.kdf.parallelism <= 2 {
+        // The documented range is what derivation accepts: nothing outside it is ever run.
+        let in_range = kf.kdf.check_range().is_ok();
+        if !in_range {
+            assert!(
+                kf.kdf.derive(b"fuzz").is_err(),
+                "an out-of-range KDF was derived"
+            );
+        }
+        if in_range && kf.kdf.memory_kib <= 64 && kf.kdf.iterations <= 2 && kf.kdf.parallelism <= 2
+        {
             let _ = kf.unwrap_key(b"fuzz");
         }
     }
@@ -122,17 +131,65 @@ pub fn snapshot(data: &[u8]) {
 
 /// Index file decoder.
 pub fn index(data: &[u8]) {
-    let _ = decode_sealed::<IndexFile>(&fuzz_key(), FileKind::Index, data);
+    let config = fuzz_config();
+    if let Ok(f) = decode_sealed::<IndexFile>(&fuzz_key(), FileKind::Index, data) {
+        index_limits(&f, &config);
+    }
+    if let Ok(f) = crate::from_postcard::<IndexFile>(data, "index") {
+        index_limits(&f, &config);
+    }
     roundtrip::<IndexFile>(data, "index");
+}
+
+/// A repository config with the default rules, as new repositories get.
+fn fuzz_config() -> Config {
+    Config {
+        version: crate::FORMAT_VERSION,
+        repo_id: [0; 32],
+        chunker: crate::ChunkerParams::default_bulk(),
+        compression_level: 2,
+        pack_size: 16 << 20,
+        page_rules: crate::default_page_rules(),
+    }
+}
+
+/// An index that passes the limit check claims nothing a reader could not afford.
+fn index_limits(f: &IndexFile, config: &Config) {
+    if f.check_limits(config).is_ok() {
+        for e in f.packs.iter().flat_map(|p| &p.blobs) {
+            let max = config.max_blob_len(e.blob_type);
+            assert!(
+                e.raw_length <= max,
+                "accepted raw length {} > {max}",
+                e.raw_length
+            );
+            assert!(
+                u64::from(e.length) <= u64::from(e.raw_length) + 1 + crate::SEAL_OVERHEAD as u64,
+                "accepted sealed length {} for raw {}",
+                e.length,
+                e.raw_length
+            );
+        }
+    }
 }
 
 /// Config decoder (and the lock decoder, the other small sealed file).
 pub fn config(data: &[u8]) {
+    let limits = |c: &Config| {
+        if c.validate().is_ok() {
+            let data = c.max_blob_len(BlobType::Data);
+            assert!(
+                data >= c.chunker.max_size && data <= 16 << 20,
+                "data limit {data}"
+            );
+            assert_eq!(c.max_blob_len(BlobType::Tree), crate::MAX_TREE_LEN);
+        }
+    };
     if let Ok(c) = decode_sealed::<Config>(&fuzz_key(), FileKind::Config, data) {
-        let _ = c.validate();
+        limits(&c);
     }
     if let Ok(c) = crate::from_postcard::<Config>(data, "config") {
-        let _ = c.validate();
+        limits(&c);
     }
     let _ = decode_sealed::<Lock>(&fuzz_key(), FileKind::Lock, data);
     roundtrip::<Lock>(data, "lock");
@@ -153,6 +210,11 @@ pub fn pack_header(data: &[u8]) {
     pack(data);
     let key = fuzz_key();
     if let Ok(h) = decode_pack_header(&key, data) {
+        // Every entry covers at least one sealed byte: the header-size bound holds.
+        assert!(
+            h.entries.len() as u64 <= data.len() as u64 / (crate::SEAL_OVERHEAD as u64 + 1),
+            "more entries than the pack has room for"
+        );
         let mut trailer = [0u8; 4];
         trailer.copy_from_slice(&data[data.len() - 4..]);
         let (start, _) =
