@@ -2,21 +2,22 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use cairn_engine::archiver::normalize_path;
-use cairn_engine::restorer::{find_node, snapshot_subpath};
-use cairn_engine::snapshots::{resolve, split_spec};
+use anyhow::{anyhow, bail, Result};
+use cairn_engine::ops::backup::backup;
+use cairn_engine::ops::ls::{find_node, listing, walk};
+use cairn_engine::ops::restore::restore;
+use cairn_engine::snapshots::{resolve, snapshot_subpath, split_spec};
 use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
 use cairn_engine::{
-    backup, lock, restore, Backend, BackupOptions, InitOptions, LocalBackend, LockGuard,
-    MasterIndex, Progress, Repository, RestoreOptions, S3Backend, S3Config, SnapshotFilter,
+    lock, Backend, BackupOptions, ExclusiveLock, InitOptions, LocalBackend, Progress, Repository,
+    RestoreOptions, S3Backend, S3Config, SharedLock, SnapshotFilter,
 };
 use cairn_format::{
     decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind,
-    Snapshot, Tree, DEFAULT_KDF_LANES,
+    Snapshot, DEFAULT_KDF_LANES,
 };
 use serde_json::{json, Value};
 
@@ -56,6 +57,16 @@ pub fn run(cli: &Cli) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// A shared lock, waiting as `--retry-lock` says (default: not at all).
+pub(crate) fn lock_shared<'r>(cli: &Cli, repo: &'r Repository) -> Result<SharedLock<'r>> {
+    Ok(repo.lock_shared(cli.retry_lock.unwrap_or_default())?)
+}
+
+/// An exclusive lock, waiting as `--retry-lock` says (default: not at all).
+pub(crate) fn lock_exclusive<'r>(cli: &Cli, repo: &'r Repository) -> Result<ExclusiveLock<'r>> {
+    Ok(repo.lock_exclusive(cli.retry_lock.unwrap_or_default())?)
 }
 
 fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
@@ -172,10 +183,10 @@ fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
 
 fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     if !a.stdin && a.paths.is_empty() {
-        bail!("nothing to back up: give paths or --stdin");
+        return Err(crate::UsageError("nothing to back up: give paths or --stdin".into()).into());
     }
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, false)?;
+    let lock = lock_shared(cli, &repo)?;
     let time = match &a.time {
         Some(t) => Some(parse_time(t).ok_or_else(|| anyhow!("cannot parse --time {t:?}"))?),
         None => None,
@@ -214,7 +225,7 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let res = {
         let _r = Reporter::start("backup", progress.clone(), cli.json, cli.quiet);
-        backup(&repo, opts, &progress, &warn)?
+        backup(&lock, opts, &progress, &warn)?
     };
     let secs = started.elapsed().as_secs_f64();
     let s = res.snapshot.summary.clone().unwrap_or_default();
@@ -366,28 +377,14 @@ fn node_json(path: &Path, n: &Node) -> Value {
 
 fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let repo = open(cli)?;
-    let index = repo.load_index()?;
+    let ix = repo.indexed()?;
     let snaps = repo.load_snapshots()?;
     let (spec, path) = split_spec(&a.snapshot);
     let (_, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
-    let path = PathBuf::from("/").join(snapshot_subpath(path)?);
-    let root_listing = path == Path::new("/");
-    let (tree, base) = if root_listing {
-        (repo.load_tree(&index, &snap.tree)?, PathBuf::from("/"))
-    } else {
-        let node = find_node(&repo, &index, &snap.tree, &path)?
-            .ok_or_else(|| anyhow!("{} not found in snapshot", path.display()))?;
-        match node.subtree {
-            Some(id) if node.kind == NodeKind::Dir => (repo.load_tree(&index, &id)?, path.clone()),
-            _ => (
-                Tree { nodes: vec![node] },
-                path.parent().unwrap_or(Path::new("/")).to_path_buf(),
-            ),
-        }
-    };
+    let (tree, base) = listing(&ix, &snap.tree, &snapshot_subpath(path)?)?;
     let mut out = std::io::stdout().lock();
     let mut items = Vec::new();
-    list_tree(&repo, &index, &tree, &base, a.recursive, &mut |p, n| {
+    walk(&ix, tree, &base, a.recursive, &mut |p, n| {
         if cli.json {
             items.push(node_json(p, n));
         } else if a.long {
@@ -414,6 +411,7 @@ fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
                     .and_then(|()| out.write_all(b"\n")),
             );
         }
+        Ok(())
     })?;
     if cli.json {
         writeln!(out, "{}", Value::Array(items))?;
@@ -433,34 +431,13 @@ fn local_offset() -> i32 {
     jiff::Zoned::now().offset().seconds()
 }
 
-fn list_tree(
-    repo: &Repository,
-    index: &MasterIndex,
-    tree: &Tree,
-    base: &Path,
-    recursive: bool,
-    f: &mut dyn FnMut(&Path, &Node),
-) -> Result<()> {
-    for n in &tree.nodes {
-        let p = base.join(std::ffi::OsStr::from_bytes(&n.name));
-        f(&p, n);
-        if recursive && n.kind == NodeKind::Dir {
-            if let Some(id) = n.subtree {
-                let sub = repo.load_tree(index, &id)?;
-                list_tree(repo, index, &sub, &p, recursive, f)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
-    let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, false)?;
-    let index = repo.load_index()?;
-    let snaps = repo.load_snapshots()?;
     let (spec, path) = split_spec(&a.snapshot);
     let sub = snapshot_subpath(path)?;
+    let repo = open(cli)?;
+    let _lock = lock_shared(cli, &repo)?;
+    let ix = repo.indexed()?;
+    let snaps = repo.load_snapshots()?;
     let (id, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
     let opts = RestoreOptions {
         target: a.target.clone(),
@@ -471,7 +448,7 @@ fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let res = {
         let _r = Reporter::start("restore", progress.clone(), cli.json, cli.quiet);
-        restore(&repo, &index, &snap.tree, &sub, &opts, &progress)?
+        restore(&ix, &snap.tree, &sub, &opts, &progress)?
     };
     let secs = started.elapsed().as_secs_f64();
     for (p, why) in &res.failed {
@@ -553,12 +530,11 @@ fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
         }
         "pack" => {
             let id = find_object(&repo, FileKind::Pack, need_id()?)?;
-            let data = repo.backend().get(FileKind::Pack, &id.to_hex())?;
-            cairn_engine::verify_name(FileKind::Pack, &id.to_hex(), &data)?;
+            let data = repo.read_pack(&id)?;
             serde_json::to_value(decode_pack_header(repo.key(), &data)?)?
         }
         "tree" => {
-            let index = repo.load_index()?;
+            let ix = repo.indexed()?;
             let spec = need_id()?;
             let tree_id = if spec.len() == 64 && !spec.contains(':') {
                 Id::from_hex(spec)?
@@ -570,10 +546,10 @@ fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
                 if path.as_os_str().is_empty() {
                     snap.tree
                 } else {
-                    find_node(&repo, &index, &snap.tree, path)?.and_then(|n| n.subtree).ok_or_else(|| anyhow!("{p} is not a directory in the snapshot"))?
+                    find_node(&ix, &snap.tree, path)?.and_then(|n| n.subtree).ok_or_else(|| anyhow!("{p} is not a directory in the snapshot"))?
                 }
             };
-            let t = repo.load_tree(&index, &tree_id)?;
+            let t = ix.load_tree(&tree_id)?;
             json!({"id": tree_id.to_hex(), "nodes": t.nodes.iter().map(|n| {
                 let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
                 v["name"] = Value::String(lossy(&n.name));
@@ -582,10 +558,11 @@ fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
             }).collect::<Vec<_>>()})
         }
         "blob" => {
-            let index = repo.load_index()?;
+            let ix = repo.indexed()?;
+            let index = ix.index();
             let id = Id::from_hex(need_id()?)?;
             let loc = *index.get(&id).ok_or_else(|| anyhow!("blob {id} not in the index"))?;
-            let data = repo.read_blob(&index, loc.blob_type, &id)?;
+            let data = ix.read_blob(loc.blob_type, &id)?;
             if loc.blob_type == BlobType::Data && !cli.json {
                 std::io::stdout().write_all(&data)?;
                 return Ok(0);
@@ -661,57 +638,37 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
     Ok(0)
 }
 
-#[allow(dead_code)]
-fn abs(p: &Path) -> Result<PathBuf> {
-    normalize_path(p).context("resolving path")
-}
-
 fn stats(cli: &Cli) -> Result<u8> {
     let repo = open(cli)?;
-    let index = repo.load_index()?;
-    let snapshots = repo.list_ids(FileKind::Snapshot)?.len();
-    let packs = repo.backend().list(FileKind::Pack)?;
-    let pack_bytes: u64 = packs.iter().map(|o| o.size).sum();
-    let (mut data, mut trees, mut raw, mut stored) = (0u64, 0u64, 0u64, 0u64);
-    for (_, loc) in index.iter() {
-        match loc.blob_type {
-            BlobType::Data => data += 1,
-            BlobType::Tree => trees += 1,
-        }
-        raw += u64::from(loc.raw_length);
-        stored += u64::from(loc.length);
-    }
-    // See engine/src/index.rs: one map entry per blob.
-    let index_memory = (data + trees) * 72;
-    let leftovers = cairn_engine::maintenance::find_leftovers(&repo)?;
+    let st = cairn_engine::ops::stats::stats(&repo)?;
     if cli.json {
-        println!(
-            "{}",
-            json!({"snapshots": snapshots, "packs": packs.len(), "pack_bytes": pack_bytes, "blobs": data + trees,
-                   "data_blobs": data, "tree_blobs": trees, "raw_bytes": raw, "stored_bytes": stored,
-                   "index_memory_bytes": index_memory, "leftover_temp_files": leftovers.temp_files.len(),
-                   "leftover_temp_bytes": leftovers.temp_bytes(), "stale_locks": leftovers.stale_locks.len()})
-        );
+        println!("{}", serde_json::to_value(&st)?);
     } else {
-        println!("snapshots:          {snapshots}");
+        println!("snapshots:          {}", st.snapshots);
         println!(
             "packs:              {} ({})",
-            packs.len(),
-            human_bytes(pack_bytes)
+            st.packs,
+            human_bytes(st.pack_bytes)
         );
-        println!("blobs:              {} data, {} tree", data, trees);
+        println!(
+            "blobs:              {} data, {} tree",
+            st.data_blobs, st.tree_blobs
+        );
         println!(
             "unique content:     {} (stored as {})",
-            human_bytes(raw),
-            human_bytes(stored)
+            human_bytes(st.raw_bytes),
+            human_bytes(st.stored_bytes)
         );
-        println!("index memory:       ~{}", human_bytes(index_memory));
+        println!(
+            "index memory:       ~{}",
+            human_bytes(st.index_memory_bytes)
+        );
         println!(
             "leftovers:          {} temporary file(s) ({}), {} stale lock(s){}",
-            leftovers.temp_files.len(),
-            human_bytes(leftovers.temp_bytes()),
-            leftovers.stale_locks.len(),
-            if leftovers.temp_files.is_empty() && leftovers.stale_locks.is_empty() {
+            st.leftover_temp_files,
+            human_bytes(st.leftover_temp_bytes),
+            st.stale_locks,
+            if st.leftover_temp_files == 0 && st.stale_locks == 0 {
                 ""
             } else {
                 " (`cairn prune` removes them)"

@@ -18,7 +18,7 @@ use crate::password::PasswordArgs;
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Repository location (a directory).
+    /// Repository location: a directory, or s3:http[s]://host[:port]/bucket[/prefix].
     #[arg(
         short = 'r',
         long = "repo",
@@ -46,6 +46,11 @@ pub struct Cli {
     /// No progress output.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Wait up to this long for a conflicting lock to go away (`0`, `30s`, `10m`, `1h30m`)
+    /// instead of failing at once. `cairn run` waits by default (its job file's
+    /// `retry-lock`, 1h unless set).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    pub retry_lock: Option<std::time::Duration>,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -512,6 +517,22 @@ fn quiet_broken_pipe() {
     }));
 }
 
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    cairn_engine::util::parse_wait(s).map_err(|e| e.to_string())
+}
+
+/// A command line that makes no sense (exit 2, like clap's own usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -538,9 +559,12 @@ fn main() -> ExitCode {
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = e
-                .downcast_ref::<cairn_engine::Error>()
-                .map_or(1, cairn_engine::Error::exit_code);
+            let code = if e.downcast_ref::<UsageError>().is_some() {
+                2
+            } else {
+                e.downcast_ref::<cairn_engine::Error>()
+                    .map_or(1, cairn_engine::Error::exit_code)
+            };
             let code = if code == 1 {
                 e.chain()
                     .find_map(|c| c.downcast_ref::<cairn_engine::Error>())

@@ -1,18 +1,19 @@
 //! `forget`, `prune`, `check`, `repair`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use cairn_engine::forget::{apply_policy, group, parse_count, Duration, GroupBy, Policy};
-use cairn_engine::maintenance::{check, prune, repair_index, PruneOptions, ReadData};
-use cairn_engine::snapshots::resolve;
+use cairn_engine::ops::check::{check, ReadData};
+use cairn_engine::ops::forget::{self as forget_op, group_label, ForgetOptions};
+use cairn_engine::ops::prune::{prune, MaxUnused, PruneOptions, PruneReport};
+use cairn_engine::ops::repair::repair_index;
+use cairn_engine::retention::{parse_count, parse_keep_tags, Duration, GroupBy, Policy};
 use cairn_engine::util::{format_timestamp, now_timestamp};
-use cairn_engine::{LockGuard, Progress, SnapshotFilter};
+use cairn_engine::Progress;
 use cairn_format::{FileKind, Id};
 use serde_json::json;
 
-use crate::commands::{filter, open, snapshot_json};
+use crate::commands::{filter, lock_exclusive, lock_shared, open, snapshot_json};
 use crate::ui::{human_bytes, Reporter};
 use crate::{CheckArgs, Cli, ForgetArgs, PruneOpts};
 
@@ -44,7 +45,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
-fn prune_options(o: &PruneOpts, dry_run: bool, repo_bytes: u64) -> Result<PruneOptions> {
+fn prune_options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
     let max_unused = if let Some(p) = o.max_unused.strip_suffix('%') {
         let v: f64 = p
             .trim()
@@ -53,11 +54,11 @@ fn prune_options(o: &PruneOpts, dry_run: bool, repo_bytes: u64) -> Result<PruneO
         if !(0.0..=100.0).contains(&v) {
             bail!("--max-unused must be between 0% and 100%");
         }
-        v / 100.0
+        MaxUnused::Fraction(v / 100.0)
     } else if o.max_unused == "unlimited" {
-        f64::INFINITY
+        MaxUnused::Fraction(f64::INFINITY)
     } else {
-        parse_size(&o.max_unused)? as f64 / repo_bytes.max(1) as f64
+        MaxUnused::Bytes(parse_size(&o.max_unused)?)
     };
     let max_repack_bytes = match &o.max_repack_size {
         Some(s) => parse_size(s)?,
@@ -79,7 +80,8 @@ fn dur(o: &Option<String>) -> Result<Duration> {
         .map_or(Ok(Duration::default()), |s| Ok(Duration::parse(s)?))
 }
 
-pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
+/// `forget`'s arguments as operation options (usage errors exit 2).
+fn forget_options(a: &ForgetArgs) -> Result<ForgetOptions> {
     let policy = Policy {
         last: count(&a.keep_last)?,
         hourly: count(&a.keep_hourly)?,
@@ -93,124 +95,87 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         within_weekly: dur(&a.keep_within_weekly)?,
         within_monthly: dur(&a.keep_within_monthly)?,
         within_yearly: dur(&a.keep_within_yearly)?,
-        tags: a
-            .keep_tag
-            .iter()
-            .map(|t| {
-                t.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .collect(),
+        tags: parse_keep_tags(&a.keep_tag),
     };
     if policy.is_empty() && a.ids.is_empty() {
-        bail!("no policy given: use --keep-* options or name snapshot ids (refusing to remove everything)");
+        return Err(crate::UsageError(
+            "no policy given: use --keep-* options or name snapshot ids (refusing to remove everything)".into(),
+        )
+        .into());
     }
+    Ok(ForgetOptions {
+        policy,
+        filter: filter(&a.filter),
+        group_by: GroupBy::parse(&a.group_by)?,
+        ids: a.ids.clone(),
+        allow_empty_group: a.allow_empty_group,
+    })
+}
+
+pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
+    let opts = forget_options(a)?;
+    let prune_opts = prune_options(&a.prune_opts, a.dry_run)?;
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, true)?;
-    let flt: SnapshotFilter = filter(&a.filter);
+    let lock = lock_exclusive(cli, &repo)?;
     let all = repo.load_snapshots()?;
-    let mut remove: Vec<cairn_format::Id> = Vec::new();
+    let plan = forget_op::plan(&all, &opts, now_timestamp().unix_nanos)?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    let by_id: std::collections::HashMap<_, _> = all.iter().map(|(i, s)| (*i, s)).collect();
     let mut out_groups = Vec::new();
-    if !a.ids.is_empty() {
-        for spec in &a.ids {
-            remove.push(resolve(&all, spec, &SnapshotFilter::default())?.0);
+    for g in &plan.groups {
+        if !cli.json && !cli.quiet {
+            println!("snapshots for {}:", group_label(&g.key));
         }
-    }
-    if !policy.is_empty() {
-        let selected: Vec<_> = all
-            .iter()
-            .filter(|(_, s)| flt.matches(s))
-            .cloned()
-            .collect();
-        let groups = group(selected, GroupBy::parse(&a.group_by)?);
-        let now = now_timestamp().unix_nanos;
-        for (key, snaps) in groups {
-            let mut decisions = apply_policy(&snaps, &policy, now);
-            if !a.allow_empty_group && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
-                // A policy that keeps nothing is almost always a mistake (a tag filter that
-                // matches nothing in `--keep-tag`, a typo in the rules): never empty a group
-                // unless asked.
-                eprintln!(
-                    "warning: the policy would remove all {} snapshots of {}; keeping them (use --allow-empty-group to remove)",
-                    decisions.len(),
-                    group_label(&key)
-                );
-                for d in &mut decisions {
-                    d.keep = true;
-                    d.reasons = vec!["group would be emptied".into()];
-                }
+        let mut keep_json = Vec::new();
+        let mut remove_json = Vec::new();
+        for d in &g.decisions {
+            let s = by_id[&d.id];
+            if d.keep {
+                keep_json.push(json!({"snapshot": snapshot_json(&d.id, s), "matches": d.reasons}));
+            } else {
+                remove_json.push(snapshot_json(&d.id, s));
             }
-            let by_id: std::collections::HashMap<_, _> =
-                snaps.iter().map(|(i, s)| (*i, s)).collect();
             if !cli.json && !cli.quiet {
-                println!("snapshots for {}:", group_label(&key));
-            }
-            let mut keep_json = Vec::new();
-            let mut remove_json = Vec::new();
-            for d in &decisions {
-                let s = by_id[&d.id];
-                if d.keep {
-                    keep_json
-                        .push(json!({"snapshot": snapshot_json(&d.id, s), "matches": d.reasons}));
+                let verdict = if d.keep {
+                    format!("keep    {}", d.reasons.join(", "))
                 } else {
-                    remove.push(d.id);
-                    remove_json.push(snapshot_json(&d.id, s));
-                }
-                if !cli.json && !cli.quiet {
-                    let verdict = if d.keep {
-                        format!("keep    {}", d.reasons.join(", "))
-                    } else {
-                        "remove".into()
-                    };
-                    println!(
-                        "  {}  {}  {:<16} {:<20} {}",
-                        d.id.short(),
-                        format_timestamp(&s.time),
-                        s.hostname,
-                        s.tags.join(","),
-                        verdict
-                    );
-                }
+                    "remove".into()
+                };
+                println!(
+                    "  {}  {}  {:<16} {:<20} {}",
+                    d.id.short(),
+                    format_timestamp(&s.time),
+                    s.hostname,
+                    s.tags.join(","),
+                    verdict
+                );
             }
-            out_groups.push(json!({"group": key, "keep": keep_json, "remove": remove_json}));
         }
+        out_groups.push(json!({"group": g.key, "keep": keep_json, "remove": remove_json}));
     }
-    let remove: Vec<_> = {
-        let mut seen = HashSet::new();
-        remove.into_iter().filter(|i| seen.insert(*i)).collect()
-    };
     if !a.dry_run {
-        for id in &remove {
-            repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
-        }
+        forget_op::apply(&lock, &plan)?;
     }
     let mut prune_report = None;
-    if a.prune && !remove.is_empty() {
-        let bytes: u64 = repo
-            .backend()
-            .list(FileKind::Pack)?
-            .iter()
-            .map(|o| o.size)
-            .sum();
-        let opts = prune_options(&a.prune_opts, a.dry_run, bytes)?;
+    if a.prune && !plan.remove.is_empty() {
         let progress = Arc::new(Progress::default());
         let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
         // A dry run cannot mark with the removals applied; it reports prune as things stand.
-        prune_report = Some(prune(&repo, &opts, &progress)?);
+        prune_report = Some(prune(&lock, &prune_opts, &progress)?);
     }
     if cli.json {
         println!(
             "{}",
             json!({"message_type": "forget", "dry_run": a.dry_run, "groups": out_groups,
-            "removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(), "prune": prune_report})
+            "removed": plan.remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(), "prune": prune_report})
         );
     } else if !cli.quiet {
         println!(
             "{} {} snapshot(s)",
             if a.dry_run { "would remove" } else { "removed" },
-            remove.len()
+            plan.remove.len()
         );
         if let Some(r) = &prune_report {
             print_prune(r);
@@ -219,25 +184,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn group_label(k: &cairn_engine::forget::GroupKey) -> String {
-    let mut parts = Vec::new();
-    if let Some(h) = &k.host {
-        parts.push(format!("host {h}"));
-    }
-    if let Some(p) = &k.paths {
-        parts.push(format!("paths [{}]", p.join(", ")));
-    }
-    if let Some(t) = &k.tags {
-        parts.push(format!("tags [{}]", t.join(",")));
-    }
-    if parts.is_empty() {
-        "all snapshots".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-fn print_prune(r: &cairn_engine::maintenance::PruneReport) {
+fn print_prune(r: &PruneReport) {
     println!(
         "{}: {} packs ({}), {} used / {} unused blobs",
         if r.dry_run {
@@ -271,19 +218,13 @@ fn print_prune(r: &cairn_engine::maintenance::PruneReport) {
 }
 
 pub fn prune_cmd(cli: &Cli, o: &PruneOpts, dry_run: bool) -> Result<u8> {
+    let opts = prune_options(o, dry_run)?;
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, true)?;
-    let bytes: u64 = repo
-        .backend()
-        .list(FileKind::Pack)?
-        .iter()
-        .map(|o| o.size)
-        .sum();
-    let opts = prune_options(o, dry_run, bytes)?;
+    let lock = lock_exclusive(cli, &repo)?;
     let progress = Arc::new(Progress::default());
     let r = {
         let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
-        prune(&repo, &opts, &progress)?
+        prune(&lock, &opts, &progress)?
     };
     if cli.json {
         println!("{}", json!({"message_type": "prune", "report": r}));
@@ -324,11 +265,11 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         ReadData::None
     };
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, false)?;
+    let lock = lock_shared(cli, &repo)?;
     let progress = Arc::new(Progress::default());
     let r = {
         let _r = Reporter::start("check", progress.clone(), cli.json, cli.quiet);
-        check(&repo, read, &progress)?
+        check(&lock, read, &progress)?
     };
     if cli.json {
         println!(
@@ -379,9 +320,9 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
 
 pub fn repair_index_cmd(cli: &Cli) -> Result<u8> {
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, true)?;
+    let lock = lock_exclusive(cli, &repo)?;
     let progress = Arc::new(Progress::default());
-    let r = repair_index(&repo, &progress)?;
+    let r = repair_index(&lock, &progress)?;
     if cli.json {
         println!("{}", json!({"message_type": "repair_index", "report": r}));
     } else {
@@ -398,7 +339,7 @@ pub fn repair_index_cmd(cli: &Cli) -> Result<u8> {
 
 pub fn repair_packs_cmd(cli: &Cli, a: &crate::RepairPacksArgs) -> Result<u8> {
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, true)?;
+    let lock = lock_exclusive(cli, &repo)?;
     let stored: Vec<Id> = repo.list_ids(FileKind::Pack)?;
     let mut ids = Vec::new();
     for p in &a.packs {
@@ -415,7 +356,7 @@ pub fn repair_packs_cmd(cli: &Cli, a: &crate::RepairPacksArgs) -> Result<u8> {
     let progress = Arc::new(Progress::default());
     let r = {
         let _r = Reporter::start("repair packs", progress.clone(), cli.json, cli.quiet);
-        cairn_engine::repair::repair_packs(&repo, &ids, a.dry_run, &progress)?
+        cairn_engine::ops::repair::repair_packs(&lock, &ids, a.dry_run, &progress)?
     };
     if cli.json {
         println!("{}", json!({"message_type": "repair_packs", "report": r}));
@@ -439,15 +380,15 @@ pub fn repair_packs_cmd(cli: &Cli, a: &crate::RepairPacksArgs) -> Result<u8> {
 
 pub fn repair_snapshots_cmd(cli: &Cli, a: &crate::RepairSnapshotsArgs) -> Result<u8> {
     let repo = open(cli)?;
-    let _lock = LockGuard::acquire(&repo, true)?;
+    let lock = lock_exclusive(cli, &repo)?;
     let progress = Arc::new(Progress::default());
-    let opts = cairn_engine::repair::RepairSnapshotsOptions {
+    let opts = cairn_engine::ops::repair::RepairSnapshotsOptions {
         forget: a.forget,
         dry_run: a.dry_run,
     };
     let r = {
         let _r = Reporter::start("repair snapshots", progress.clone(), cli.json, cli.quiet);
-        cairn_engine::repair::repair_snapshots(&repo, &opts, &progress)?
+        cairn_engine::ops::repair::repair_snapshots(&lock, &opts, &progress)?
     };
     if cli.json {
         println!(

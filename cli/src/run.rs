@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cairn_engine::job::{prometheus_text, run_job, source_tag, JobConfig};
-use cairn_engine::restorer::find_node;
-use cairn_engine::{restore, write_atomic, LockGuard, Progress, Repository, RestoreOptions};
+use cairn_engine::ops::job::{prometheus_text, run_job, source_tag, JobConfig};
+use cairn_engine::ops::ls::find_node;
+use cairn_engine::ops::restore::restore;
+use cairn_engine::{write_atomic, Progress, Repository, RestoreOptions};
 use cairn_format::NodeKind;
 use serde_json::json;
 
@@ -61,7 +62,12 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
         }
         eprintln!("warning: {msg}");
     };
-    let report = run_job(&repo, &cfg, a.dry_run, &warn)?;
+    // The job waits for other runs and nodes by default; --retry-lock overrides the file.
+    let wait = match cli.retry_lock {
+        Some(w) => w,
+        None => cfg.repository.retry_lock()?,
+    };
+    let report = run_job(&repo, &cfg, a.dry_run, wait, &warn)?;
     if let Some(path) = &cfg.metrics.textfile {
         if !a.dry_run {
             let mut last = BTreeMap::new();
@@ -179,8 +185,8 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 Some(c) => open_job_repo(cli, &load_config(c)?)?,
                 None => crate::commands::open(cli)?,
             };
-            let _lock = LockGuard::acquire(&repo, false)?;
-            let index = repo.load_index()?;
+            let _lock = crate::commands::lock_shared(cli, &repo)?;
+            let ix = repo.indexed()?;
             let snaps = repo.load_snapshots()?;
             let tag = source_tag(source);
             let (id, snap) = match snapshot {
@@ -189,24 +195,14 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     spec,
                     &cairn_engine::SnapshotFilter::default(),
                 )?,
-                None => snaps
-                    .iter()
-                    .rev()
-                    .find(|(_, s)| s.tags.contains(&tag))
+                None => cairn_engine::snapshots::latest(&snaps, |s| s.tags.contains(&tag))
                     .ok_or_else(|| anyhow!("no snapshot of source {source:?} (tag {tag})"))?,
             };
             let opts = RestoreOptions {
                 target: target.clone(),
                 ..RestoreOptions::default()
             };
-            let res = restore(
-                &repo,
-                &index,
-                &snap.tree,
-                Path::new(""),
-                &opts,
-                &Progress::default(),
-            )?;
+            let res = restore(&ix, &snap.tree, Path::new(""), &opts, &Progress::default())?;
             if !res.failed.is_empty() {
                 for (p, why) in &res.failed {
                     eprintln!("error: {}: {why}", p.display());
@@ -219,7 +215,7 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 let rel = String::from_utf8_lossy(p)
                     .trim_start_matches('/')
                     .to_owned();
-                let node = find_node(&repo, &index, &snap.tree, Path::new(&rel))?;
+                let node = find_node(&ix, &snap.tree, Path::new(&rel))?;
                 if node.as_ref().is_some_and(|n| n.kind == NodeKind::File) {
                     let restored = target.join(&rel);
                     if rel.ends_with("token") {

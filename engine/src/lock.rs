@@ -1,5 +1,10 @@
 //! Repository locks: shared for backup/restore/check, exclusive for maintenance.
 //!
+//! Operations say which lock they need by type: [`SharedLock`] and [`ExclusiveLock`] are
+//! what [`Repository::lock_shared`] and [`Repository::lock_exclusive`] return, and derefer
+//! to the repository. Both can wait for a conflicting lock to go away (`--retry-lock`);
+//! snapshots are deleted only through [`ExclusiveLock::delete_snapshot`].
+//!
 //! A lock is an ordinary immutable object. Refreshing writes a new lock object and deletes the
 //! old one (no rename on object stores). A lock is stale when it was not refreshed for
 //! [`STALE_AFTER`], or when it belongs to this host and its process is gone.
@@ -7,7 +12,7 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_format::{FileKind, Id, Lock};
 use parking_lot::Mutex;
@@ -40,7 +45,7 @@ pub fn is_stale(lock: &Lock) -> bool {
 
 /// A held lock; released on drop.
 #[derive(Debug)]
-pub struct LockGuard {
+struct LockGuard {
     repo: Repository,
     current: Arc<Mutex<Id>>,
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -48,8 +53,36 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
+    /// Take a lock; while a conflicting live lock exists, try again until `wait` has passed
+    /// (zero: fail at once with [`Error::Locked`]).
+    fn acquire_waiting(repo: &Repository, exclusive: bool, wait: Duration) -> Result<LockGuard> {
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(250);
+        let mut told = false;
+        loop {
+            match Self::acquire(repo, exclusive) {
+                Err(Error::Locked(msg)) if Instant::now() < deadline => {
+                    if !told {
+                        tracing::warn!("repository is locked ({msg}); waiting up to {wait:?}");
+                        told = true;
+                    }
+                    // Short steps, so that Ctrl-C is not held up by the wait.
+                    let until = (Instant::now() + pause).min(deadline);
+                    while Instant::now() < until {
+                        if crate::progress::interrupted() {
+                            return Err(Error::Interrupted);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Take a lock, refusing if a conflicting live lock exists.
-    pub fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
+    fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
         check_conflicts(repo, exclusive, None)?;
         let id = write_lock(repo, exclusive)?;
         // Two processes may have passed the first check at once: look again now that ours is
@@ -85,6 +118,61 @@ impl LockGuard {
     }
 }
 
+/// A shared lock on a repository (backup, restore, check): other shared locks may coexist,
+/// an exclusive one may not. Released on drop.
+#[derive(Debug)]
+pub struct SharedLock<'r> {
+    repo: &'r Repository,
+    _guard: LockGuard,
+}
+
+/// An exclusive lock on a repository (forget, prune, repair): nothing else holds a lock.
+/// Released on drop.
+#[derive(Debug)]
+pub struct ExclusiveLock<'r> {
+    repo: &'r Repository,
+    _guard: LockGuard,
+}
+
+impl std::ops::Deref for SharedLock<'_> {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        self.repo
+    }
+}
+
+impl std::ops::Deref for ExclusiveLock<'_> {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        self.repo
+    }
+}
+
+impl ExclusiveLock<'_> {
+    /// Delete a snapshot: the one place snapshots are removed.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.repo.backend().delete(FileKind::Snapshot, &id.to_hex())
+    }
+}
+
+impl Repository {
+    /// Take a shared lock, waiting up to `wait` for a conflicting one to go away.
+    pub fn lock_shared(&self, wait: Duration) -> Result<SharedLock<'_>> {
+        Ok(SharedLock {
+            repo: self,
+            _guard: LockGuard::acquire_waiting(self, false, wait)?,
+        })
+    }
+
+    /// Take an exclusive lock, waiting up to `wait` for conflicting ones to go away.
+    pub fn lock_exclusive(&self, wait: Duration) -> Result<ExclusiveLock<'_>> {
+        Ok(ExclusiveLock {
+            repo: self,
+            _guard: LockGuard::acquire_waiting(self, true, wait)?,
+        })
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         drop(self.stop.take());
@@ -116,7 +204,7 @@ fn check_conflicts(repo: &Repository, exclusive: bool, ours: Option<Id>) -> Resu
         }
         if exclusive || lock.exclusive {
             return Err(Error::Locked(format!(
-                "{} lock {} held by {}@{} (pid {}) since {}; if that process is gone, run `cairn unlock`",
+                "{} lock {} held by {}@{} (pid {}) since {}; wait for it with --retry-lock, or if that process is gone, run `cairn unlock`",
                 if lock.exclusive { "exclusive" } else { "shared" },
                 id.short(),
                 lock.username,

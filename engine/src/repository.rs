@@ -192,9 +192,60 @@ impl Repository {
         Ok(())
     }
 
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
+    /// The backend: the engine's own; front ends go through operations and typed loads.
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// A printable location of the repository.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Whether the repository is remote (reads cost round trips).
+    pub fn is_remote(&self) -> bool {
+        self.backend.is_remote()
+    }
+
+    /// One line of request counts, for backends that count them.
+    pub fn request_summary(&self) -> Option<String> {
+        self.backend.request_summary()
+    }
+
+    /// Names and sizes of all objects of a kind.
+    pub fn list(&self, kind: FileKind) -> Result<Vec<crate::backend::ObjectInfo>> {
+        self.backend.list(kind)
+    }
+
+    /// A whole pack, verified against its name (for `cat pack`).
+    pub fn read_pack(&self, id: &Id) -> Result<Vec<u8>> {
+        let name = id.to_hex();
+        let data = self.backend.get(FileKind::Pack, &name)?;
+        verify_name(FileKind::Pack, &name, &data)?;
+        Ok(data)
+    }
+
+    /// The repository with its index loaded (damaged index files skipped and named).
+    pub fn indexed(&self) -> Result<Indexed<'_>> {
+        Ok(Indexed {
+            repo: self,
+            index: self.load_index()?,
+        })
+    }
+
+    /// Open one sealed blob in place: the one function every reader of blobs goes through
+    /// (tree and blob reads, restore, check, prune's repack, repair). Checks the entry
+    /// against the format's limits first, authenticates, decompresses within `raw_length`
+    /// and verifies the id and length; errors name the pack.
+    pub(crate) fn open_blob<'b>(
+        &self,
+        pack: &Id,
+        e: &cairn_format::PackEntry,
+        sealed: &'b mut [u8],
+    ) -> Result<std::borrow::Cow<'b, [u8]>> {
+        cairn_format::check_entry_limits(e, self.config.max_blob_len(e.blob_type))?;
+        open_blob_in_place(&self.key, e.blob_type, &e.id, sealed, e.raw_length)
+            .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))
     }
 
     /// The master key.
@@ -364,7 +415,12 @@ impl Repository {
     }
 
     /// Read, authenticate and verify one blob.
-    pub fn read_blob(&self, index: &MasterIndex, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
+    pub(crate) fn read_blob(
+        &self,
+        index: &MasterIndex,
+        blob_type: BlobType,
+        id: &Id,
+    ) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| {
             Error::Integrity(format!(
                 "blob {id} is not in the index (`cairn check` tells what is damaged)"
@@ -376,18 +432,15 @@ impl Repository {
                 loc.blob_type
             )));
         }
-        // The index was checked against the format's limits when it was loaded; a caller's
-        // hand-made index must not make this allocate more either.
-        cairn_format::check_entry_limits(
-            &cairn_format::PackEntry {
-                blob_type,
-                id: *id,
-                offset: loc.offset,
-                length: loc.length,
-                raw_length: loc.raw_length,
-            },
-            self.config.max_blob_len(blob_type),
-        )?;
+        let entry = cairn_format::PackEntry {
+            blob_type,
+            id: *id,
+            offset: loc.offset,
+            length: loc.length,
+            raw_length: loc.raw_length,
+        };
+        // Checked before the read: the read allocates `length` bytes.
+        cairn_format::check_entry_limits(&entry, self.config.max_blob_len(blob_type))?;
         let pack = index.pack_id(loc);
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
@@ -396,13 +449,11 @@ impl Repository {
         } else {
             self.backend.get_range(FileKind::Pack, &name, offset, len)?
         };
-        open_blob_in_place(&self.key, blob_type, id, &mut sealed, loc.raw_length)
-            .map(std::borrow::Cow::into_owned)
-            .map_err(|e| Error::Integrity(format!("pack {}: {e}", pack.short())))
+        Ok(self.open_blob(&pack, &entry, &mut sealed)?.into_owned())
     }
 
     /// Read and decode a tree blob.
-    pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
+    pub(crate) fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
         let bytes = self.read_blob(index, BlobType::Tree, id)?;
         Tree::decode(&bytes).map_err(|e| Error::Integrity(format!("tree {}: {e}", id.short())))
     }
@@ -474,6 +525,35 @@ fn add_key_file(
     let id = Id::of_object(&data);
     backend.put(FileKind::Key, &id.to_hex(), &data)?;
     Ok(id)
+}
+
+/// A repository whose index is loaded: what reading trees and blobs needs.
+#[derive(Debug)]
+pub struct Indexed<'r> {
+    repo: &'r Repository,
+    index: MasterIndex,
+}
+
+impl<'r> Indexed<'r> {
+    /// The repository.
+    pub fn repo(&self) -> &'r Repository {
+        self.repo
+    }
+
+    /// The index.
+    pub fn index(&self) -> &MasterIndex {
+        &self.index
+    }
+
+    /// Read and decode a tree blob.
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        self.repo.load_tree(&self.index, id)
+    }
+
+    /// Read, authenticate and verify one blob.
+    pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
+        self.repo.read_blob(&self.index, blob_type, id)
+    }
 }
 
 /// Check that an object's bytes hash to its name (config is named, not hashed).

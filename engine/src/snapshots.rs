@@ -1,5 +1,7 @@
 //! Choosing snapshots: `latest`, id prefixes, and filters by host, tag and path.
 
+use std::path::{Path, PathBuf};
+
 use cairn_format::{Id, Snapshot};
 
 use crate::{Error, Result};
@@ -33,6 +35,15 @@ impl SnapshotFilter {
     }
 }
 
+/// The newest snapshot among `snaps` (oldest first) that `pred` accepts: the one definition
+/// of "the latest snapshot of X" (a backup's parent, `latest`, a source's newest).
+pub fn latest(
+    snaps: &[(Id, Snapshot)],
+    pred: impl Fn(&Snapshot) -> bool,
+) -> Option<&(Id, Snapshot)> {
+    snaps.iter().rev().find(|(_, s)| pred(s))
+}
+
 /// Resolve `latest` or an id prefix among `snaps` (oldest first).
 pub fn resolve<'a>(
     snaps: &'a [(Id, Snapshot)],
@@ -40,10 +51,7 @@ pub fn resolve<'a>(
     filter: &SnapshotFilter,
 ) -> Result<&'a (Id, Snapshot)> {
     if spec == "latest" {
-        return snaps
-            .iter()
-            .rev()
-            .find(|(_, s)| filter.matches(s))
+        return latest(snaps, |s| filter.matches(s))
             .ok_or_else(|| Error::Invalid("no snapshot matches".into()));
     }
     if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -70,4 +78,17 @@ pub fn split_spec(spec: &str) -> (&str, &str) {
         Some((id, path)) => (id, path),
         None => (spec, "/"),
     }
+}
+/// The path inside a snapshot that `spec` (the part after `SNAPSHOT:`) names, refusing `..`:
+/// silently dropping it would restore or list something other than what was asked for.
+pub fn snapshot_subpath(spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Error::Invalid(format!(
+            "path {spec:?} contains '..': name the path inside the snapshot without it"
+        )));
+    }
+    Ok(p.components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect())
 }

@@ -114,3 +114,65 @@ pub fn parse_time(s: &str) -> Option<Timestamp> {
         utc_offset_secs: z.offset().seconds(),
     })
 }
+
+/// Parse a wait such as `--retry-lock`'s: `0`, `90s`, `5m`, `1h30m`, `2h`, `500ms` (Go's
+/// duration syntax, as restic takes it, without fractions).
+pub fn parse_wait(s: &str) -> crate::Result<std::time::Duration> {
+    let bad = || {
+        crate::Error::Invalid(format!(
+            "invalid duration {s:?}: use e.g. 0, 30s, 5m, 1h30m"
+        ))
+    };
+    let t = s.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let one = match unit {
+            "h" => std::time::Duration::from_secs(3600),
+            "m" => std::time::Duration::from_secs(60),
+            "s" => std::time::Duration::from_secs(1),
+            "ms" => std::time::Duration::from_millis(1),
+            _ => return Err(bad()),
+        };
+        total = total
+            .checked_add(
+                one.checked_mul(u32::try_from(n).map_err(|_| bad())?)
+                    .ok_or_else(bad)?,
+            )
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn waits() {
+        assert_eq!(parse_wait("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_wait("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_wait("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["", "5", "m", "5x", "1h-2m", "-1s"] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
+    }
+}

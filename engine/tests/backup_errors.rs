@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cairn_engine::ops::backup::backup;
 use cairn_engine::{
-    backup, Backend, BackupOptions, Error, InitOptions, LocalBackend, ObjectInfo, Progress,
-    Repository, Result,
+    Backend, BackupOptions, Error, InitOptions, LocalBackend, ObjectInfo, Progress, Repository,
+    Result,
 };
 use cairn_format::{FileKind, KdfParams};
 
@@ -75,7 +76,8 @@ fn repository_write_errors_abort_the_backup() {
     };
     let warn =
         move |w: &str| panic!("a repository write error was reported as a source warning: {w}");
-    let res = backup(&repo, backup_opts, &Progress::default(), &warn);
+    let lock = repo.lock_shared(std::time::Duration::ZERO).unwrap();
+    let res = backup(&lock, backup_opts, &Progress::default(), &warn);
     assert!(
         matches!(res, Err(Error::Io { .. })),
         "expected an I/O error, got {res:?}"

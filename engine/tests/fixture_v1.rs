@@ -18,7 +18,8 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_engine::{restore, LocalBackend, Progress, Repository, RestoreOptions};
+use cairn_engine::ops::restore::restore;
+use cairn_engine::{LocalBackend, Progress, Repository, RestoreOptions};
 use cairn_format::{FileKind, NodeKind};
 use serde_json::{json, Value};
 
@@ -332,16 +333,16 @@ fn fixture_v1_opens_and_restores_exactly() {
     assert_eq!(snap.parent, None);
     assert_eq!(snap.summary.as_ref().map(|s| s.errors), Some(0));
 
-    let index = repo.load_index().unwrap();
+    let ix = repo.indexed().unwrap();
+    let index = ix.index();
     // Every pack listed in the index is present, and the index covers every pack.
     let mut packs: Vec<_> = index.packs().to_vec();
     packs.sort();
     assert_eq!(packs, repo.list_ids(FileKind::Pack).unwrap());
 
     // The big file was cut into several chunks.
-    let big = cairn_engine::restorer::find_node(
-        &repo,
-        &index,
+    let big = cairn_engine::ops::ls::find_node(
+        &ix,
         &snap.tree,
         &Path::new(SOURCE_PATH).join("big/log.txt"),
     )
@@ -360,7 +361,7 @@ fn fixture_v1_opens_and_restores_exactly() {
         ..RestoreOptions::default()
     };
     let sub = Path::new(SOURCE_PATH.trim_start_matches('/'));
-    let res = restore(&repo, &index, &snap.tree, sub, &opts, &Progress::default()).unwrap();
+    let res = restore(&ix, &snap.tree, sub, &opts, &Progress::default()).unwrap();
     assert!(res.failed.is_empty(), "restore failures: {:?}", res.failed);
 
     let want = entries_by_path(manifest["entries"].as_array().unwrap());

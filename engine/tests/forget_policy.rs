@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use cairn_engine::forget::{apply_policy, group, parse_count, Decision, Duration, GroupBy, Policy};
+use cairn_engine::retention::{
+    apply_policy, group, parse_count, Decision, Duration, GroupBy, Policy,
+};
 use cairn_engine::util::to_zoned;
 use cairn_engine::SnapshotFilter;
 use cairn_format::{Id, Snapshot, Timestamp};

@@ -7,11 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cairn_engine::maintenance::{check, prune, PruneOptions, ReadData};
+use cairn_engine::ops::backup::backup;
+use cairn_engine::ops::check::{check, ReadData};
+use cairn_engine::ops::prune::{prune, MaxUnused, PruneOptions};
+use cairn_engine::ops::restore::restore;
 use cairn_engine::{
-    backup, restore, Backend, BackupOptions, Error, InitOptions, LocalBackend, LockGuard,
-    ObjectInfo, Progress, Repository, RestoreOptions, Result,
+    Backend, BackupOptions, Error, InitOptions, LocalBackend, ObjectInfo, Progress, Repository,
+    RestoreOptions, Result, SharedLock,
 };
+
+/// Locks in these tests never wait.
+const NO_WAIT: std::time::Duration = std::time::Duration::ZERO;
 use cairn_format::{ChunkerParams, FileKind, KdfParams};
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -115,6 +121,10 @@ fn snapshot_of(src: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn do_backup(repo: &Repository, src: &Path) -> cairn_format::Id {
+    do_backup_locked(&repo.lock_shared(NO_WAIT).unwrap(), src)
+}
+
+fn do_backup_locked(lock: &SharedLock<'_>, src: &Path) -> cairn_format::Id {
     let opts = BackupOptions {
         paths: vec![src.to_path_buf()],
         stdin: None,
@@ -126,7 +136,7 @@ fn do_backup(repo: &Repository, src: &Path) -> cairn_format::Id {
         excludes: vec![],
         one_file_system: false,
     };
-    backup(repo, opts, &Progress::default(), &|w| {
+    backup(lock, opts, &Progress::default(), &|w| {
         panic!("unexpected warning {w}")
     })
     .unwrap()
@@ -139,14 +149,14 @@ fn restored(
     src: &Path,
     into: &Path,
 ) -> BTreeMap<String, Vec<u8>> {
-    let index = repo.load_index().unwrap();
+    let ix = repo.indexed().unwrap();
     let s: cairn_format::Snapshot = repo.load(FileKind::Snapshot, snap).unwrap();
     let sub = src.strip_prefix("/").unwrap();
     let opts = RestoreOptions {
         target: into.to_path_buf(),
         ..RestoreOptions::default()
     };
-    let r = restore(repo, &index, &s.tree, sub, &opts, &Progress::default()).unwrap();
+    let r = restore(&ix, &s.tree, sub, &opts, &Progress::default()).unwrap();
     assert!(r.failed.is_empty(), "restore failures: {:?}", r.failed);
     snapshot_of(into)
 }
@@ -207,12 +217,11 @@ fn fixture() -> Fixture {
     }
     write_files(&src, 3, 50..55);
     let c = do_backup(&repo, &src);
-    repo.backend()
-        .delete(FileKind::Snapshot, &a.to_hex())
-        .unwrap();
-    repo.backend()
-        .delete(FileKind::Snapshot, &b.to_hex())
-        .unwrap();
+    {
+        let lock = repo.lock_exclusive(NO_WAIT).unwrap();
+        lock.delete_snapshot(&a).unwrap();
+        lock.delete_snapshot(&b).unwrap();
+    }
     let content = snapshot_of(&src);
     Fixture {
         _tmp: tmp,
@@ -224,7 +233,12 @@ fn fixture() -> Fixture {
 }
 
 fn assert_healthy(repo: &Repository, fx: &Fixture, restore_into: &Path) {
-    let report = check(repo, ReadData::All, &Progress::default()).unwrap();
+    let report = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::All,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(
         report.errors.is_empty(),
         "check errors: {:?}",
@@ -237,7 +251,7 @@ fn assert_healthy(repo: &Repository, fx: &Fixture, restore_into: &Path) {
 fn prune_killed_at_every_write_loses_nothing() {
     let fx = fixture();
     let opts = PruneOptions {
-        max_unused: 0.0,
+        max_unused: MaxUnused::Fraction(0.0),
         ..PruneOptions::default()
     };
 
@@ -250,7 +264,12 @@ fn prune_killed_at_every_write_loses_nothing() {
         fail_at: usize::MAX,
     });
     let repo = Repository::open(be.clone(), PW).unwrap();
-    let report = prune(&repo, &opts, &Progress::default()).unwrap();
+    let report = prune(
+        &repo.lock_exclusive(NO_WAIT).unwrap(),
+        &opts,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(
         report.packs_deleted > 0 && report.packs_repacked > 0,
         "fixture must exercise delete and repack: {report:?}"
@@ -268,19 +287,36 @@ fn prune_killed_at_every_write_loses_nothing() {
             fail_at,
         });
         let repo = Repository::open(be, PW).unwrap();
-        let err = prune(&repo, &opts, &Progress::default());
+        let err = repo
+            .lock_exclusive(NO_WAIT)
+            .and_then(|lock| prune(&lock, &opts, &Progress::default()));
         assert!(
             err.is_err(),
             "prune with failure at write {fail_at} should fail"
         );
+        // The failed run could not delete its lock either; a killed process's lock would be
+        // stale (dead pid), this one belongs to the live test process: remove it by hand.
+        for l in std::fs::read_dir(dir.join("locks")).unwrap() {
+            std::fs::remove_file(l.unwrap().path()).unwrap();
+        }
 
         // Interrupted: every snapshot still restores exactly and check passes.
         let repo = reopen(&dir);
         assert_healthy(&repo, &fx, &tmp.path().join("r1"));
         // Re-running prune finishes the job.
-        let again = prune(&repo, &opts, &Progress::default()).unwrap();
+        let again = prune(
+            &repo.lock_exclusive(NO_WAIT).unwrap(),
+            &opts,
+            &Progress::default(),
+        )
+        .unwrap();
         assert!(!again.dry_run);
-        let after = check(&repo, ReadData::All, &Progress::default()).unwrap();
+        let after = check(
+            &repo.lock_shared(NO_WAIT).unwrap(),
+            ReadData::All,
+            &Progress::default(),
+        )
+        .unwrap();
         assert!(
             after.unreferenced_packs.is_empty(),
             "leftovers after second prune at {fail_at}: {:?}",
@@ -305,9 +341,9 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
             while !stop.load(Ordering::Relaxed) || done < 3 {
                 write_files(&src, round, round as usize..round as usize + 2);
                 round += 1;
-                match LockGuard::acquire(&repo, false) {
+                match repo.lock_shared(NO_WAIT) {
                     Ok(g) => {
-                        do_backup(&repo, &src);
+                        do_backup_locked(&g, &src);
                         drop(g);
                         done += 1;
                         // Give the pruner a window, as separate nightly jobs do.
@@ -326,19 +362,17 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
     let mut prunes = 0;
     let started = std::time::Instant::now();
     while prunes < 3 && started.elapsed() < std::time::Duration::from_secs(120) {
-        match LockGuard::acquire(&repo, true) {
-            Ok(_g) => {
+        match repo.lock_exclusive(NO_WAIT) {
+            Ok(g) => {
                 // Forget all but the newest snapshot, then prune.
                 let snaps = repo.load_snapshots().unwrap();
                 for (id, _) in snaps.iter().take(snaps.len().saturating_sub(1)) {
-                    repo.backend()
-                        .delete(FileKind::Snapshot, &id.to_hex())
-                        .unwrap();
+                    g.delete_snapshot(id).unwrap();
                 }
                 prune(
-                    &repo,
+                    &g,
                     &PruneOptions {
-                        max_unused: 0.0,
+                        max_unused: MaxUnused::Fraction(0.0),
                         ..PruneOptions::default()
                     },
                     &Progress::default(),
@@ -358,7 +392,12 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
     );
 
     let repo = reopen(&dir);
-    let report = check(&repo, ReadData::All, &Progress::default()).unwrap();
+    let report = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::All,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     // Every remaining snapshot restores completely.
     let tmp = tempfile::tempdir().unwrap();
@@ -389,10 +428,14 @@ fn first_file(dir: &Path) -> PathBuf {
 fn check_names_each_corrupt_object() {
     let fx = fixture();
     let repo = reopen(&fx.repo);
-    assert!(check(&repo, ReadData::All, &Progress::default())
-        .unwrap()
-        .errors
-        .is_empty());
+    assert!(check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::All,
+        &Progress::default()
+    )
+    .unwrap()
+    .errors
+    .is_empty());
 
     // A pack: only --read-data sees a flipped byte in a blob.
     let pack = walk(&fx.repo.join("data"))
@@ -401,7 +444,12 @@ fn check_names_each_corrupt_object() {
         .unwrap();
     let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
     flip_byte(&pack, 200);
-    let r = check(&repo, ReadData::All, &Progress::default()).unwrap();
+    let r = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::All,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(
         r.errors.iter().any(|e| e.contains(&pack_name[..8])),
         "pack {pack_name} not named: {:?}",
@@ -412,7 +460,12 @@ fn check_names_each_corrupt_object() {
     let index = first_file(&fx.repo.join("index"));
     let index_name = index.file_name().unwrap().to_string_lossy().into_owned();
     flip_byte(&index, 50);
-    let r = check(&repo, ReadData::None, &Progress::default()).unwrap();
+    let r = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::None,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(
         r.errors.iter().any(|e| e.contains(&index_name[..8])),
         "index {index_name} not named: {:?}",
@@ -423,7 +476,12 @@ fn check_names_each_corrupt_object() {
     let snap = first_file(&fx.repo.join("snapshots"));
     let snap_name = snap.file_name().unwrap().to_string_lossy().into_owned();
     flip_byte(&snap, 40);
-    let r = check(&repo, ReadData::None, &Progress::default()).unwrap();
+    let r = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::None,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(
         r.errors.iter().any(|e| e.contains(&snap_name[..8])),
         "snapshot {snap_name} not named: {:?}",
@@ -435,17 +493,25 @@ fn check_names_each_corrupt_object() {
 fn repair_index_rebuilds_a_lost_index() {
     let fx = fixture();
     let repo = reopen(&fx.repo);
+    let be = LocalBackend::new(&fx.repo);
     for id in repo.list_ids(FileKind::Index).unwrap() {
-        repo.backend()
-            .delete(FileKind::Index, &id.to_hex())
-            .unwrap();
+        be.delete(FileKind::Index, &id.to_hex()).unwrap();
     }
-    let broken = check(&repo, ReadData::None, &Progress::default()).unwrap();
+    let broken = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::None,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(
         !broken.errors.is_empty(),
         "check must notice the missing index"
     );
-    let r = cairn_engine::maintenance::repair_index(&repo, &Progress::default()).unwrap();
+    let r = cairn_engine::ops::repair::repair_index(
+        &repo.lock_exclusive(NO_WAIT).unwrap(),
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(r.packs > 0 && r.unreadable_packs.is_empty());
     let tmp = tempfile::tempdir().unwrap();
     assert_healthy(&repo, &fx, tmp.path());

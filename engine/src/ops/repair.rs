@@ -1,4 +1,5 @@
-//! `repair packs` and `repair snapshots`: the way out after data was lost outside cairn.
+//! `repair index`, `repair packs` and `repair snapshots`: the way out after data was lost or
+//! damaged outside cairn.
 //!
 //! Once a pack is damaged or gone, the index still names its blobs, so every later backup
 //! would deduplicate against them and produce snapshots that cannot be restored. The repair
@@ -20,18 +21,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_format::{
-    open_blob_in_place, BlobType, FileKind, Id, IndexPack, NodeKind, Snapshot, Tree,
+    decode_sealed_header, header_span, BlobType, FileKind, Id, IndexFile, IndexPack, NodeKind,
+    PackEntry, Snapshot, Tree,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::index::MasterIndex;
-use crate::maintenance::replace_index;
+use crate::lock::ExclusiveLock;
 use crate::packer::Packer;
 use crate::progress::{interrupted, Progress};
 use crate::repository::{verify_name, Repository};
 use crate::{Error, Result};
+
+/// Index files listing at most this many packs each (prune and repair).
+const PACKS_PER_INDEX_FILE: usize = 256;
 
 /// What `repair packs` did (or, in a dry run, would do).
 #[derive(Debug, Default, Serialize)]
@@ -53,11 +58,12 @@ pub struct RepairPacksReport {
 /// `check --read-data`); otherwise exactly those packs are repaired (their intact blobs are
 /// kept, whether or not they are damaged).
 pub fn repair_packs(
-    repo: &Repository,
+    lock: &ExclusiveLock<'_>,
     only: &[Id],
     dry_run: bool,
     progress: &Progress,
 ) -> Result<RepairPacksReport> {
+    let repo: &Repository = lock;
     let files = repo.load_index_files()?;
     let stored: HashMap<String, u64> = repo
         .backend()
@@ -129,10 +135,7 @@ pub fn repair_packs(
                     let sealed = data
                         .get_mut(a..a + e.length as usize)
                         .ok_or_else(|| Error::Integrity("truncated".into()))?;
-                    Ok(
-                        open_blob_in_place(repo.key(), e.blob_type, &e.id, sealed, e.raw_length)?
-                            .into_owned(),
-                    )
+                    Ok(repo.open_blob(pid, e, sealed)?.into_owned())
                 });
             match opened {
                 Ok(plain) => out.blobs.push((e.blob_type, e.id, plain)),
@@ -393,10 +396,11 @@ impl SnapshotFixer<'_> {
 
 /// Rewrite snapshots around lost data, and (with `forget`) remove what cannot be read.
 pub fn repair_snapshots(
-    repo: &Repository,
+    lock: &ExclusiveLock<'_>,
     opts: &RepairSnapshotsOptions,
     progress: &Progress,
 ) -> Result<RepairSnapshotsReport> {
+    let repo: &Repository = lock;
     // A damaged index would make intact data look lost: repair it first.
     let index = MasterIndex::from_files(&repo.load_index_files()?);
     let (snaps, damaged) = repo.load_snapshots_lenient()?;
@@ -456,13 +460,120 @@ pub fn repair_snapshots(
     }
     if opts.forget {
         for (old, _) in &replaced {
-            repo.backend().delete(FileKind::Snapshot, &old.to_hex())?;
+            lock.delete_snapshot(old)?;
             report.removed += 1;
         }
         for (id, _) in &damaged {
-            repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
+            lock.delete_snapshot(id)?;
             report.removed += 1;
         }
     }
     Ok(report)
+}
+
+/// What `repair index` did.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Packs indexed.
+    pub packs: u64,
+    /// Blobs indexed.
+    pub blobs: u64,
+    /// Packs whose header could not be read (left in place, not indexed).
+    pub unreadable_packs: Vec<String>,
+    /// Old index files replaced.
+    pub index_files_replaced: u64,
+}
+
+/// Rebuild the index from pack headers.
+pub fn repair_index(lock: &ExclusiveLock<'_>, progress: &Progress) -> Result<RepairReport> {
+    let repo: &Repository = lock;
+    let stored = repo.backend().list(FileKind::Pack)?;
+    let results: Vec<(String, Result<Vec<PackEntry>>)> = stored
+        .par_iter()
+        .map(|o| {
+            let r = read_pack_header(repo, &o.name, o.size);
+            Progress::add(&progress.files, 1);
+            (o.name.clone(), r)
+        })
+        .collect();
+    // A header read cut short by Ctrl-C/SIGTERM would leave its pack out of the new index.
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
+    let mut report = RepairReport::default();
+    let mut packs = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(entries) => {
+                report.packs += 1;
+                report.blobs += entries.len() as u64;
+                packs.push(IndexPack {
+                    id: Id::from_hex(&name)?,
+                    blobs: entries,
+                });
+            }
+            Err(e) => report.unreadable_packs.push(format!("{name}: {e}")),
+        }
+    }
+    report.index_files_replaced = replace_index(repo, packs)?;
+    Ok(report)
+}
+
+/// Replace the whole index by one listing exactly `packs`: write the new index files, the
+/// last one naming every older index file in `supersedes`, then delete the older ones.
+/// A crash before the last new file leaves the old index in force (new files only add
+/// duplicates); a crash after it leaves superseded files that readers ignore. Returns how
+/// many index files were replaced.
+pub(crate) fn replace_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<u64> {
+    let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
+    // At most PACKS_PER_INDEX_FILE packs and a quarter of the format's blob limit per file.
+    let mut chunks: Vec<Vec<IndexPack>> = vec![Vec::new()];
+    let mut blobs = 0usize;
+    for p in packs {
+        let full = chunks.last().is_some_and(|c| {
+            c.len() >= PACKS_PER_INDEX_FILE
+                || (!c.is_empty() && blobs + p.blobs.len() > cairn_format::MAX_INDEX_BLOBS / 4)
+        });
+        if full {
+            chunks.push(Vec::new());
+            blobs = 0;
+        }
+        blobs += p.blobs.len();
+        if let Some(c) = chunks.last_mut() {
+            c.push(p);
+        }
+    }
+    let last = chunks.len() - 1;
+    let mut new_files = HashSet::new();
+    for (i, packs) in chunks.into_iter().enumerate() {
+        // Stopping before the last file leaves the old index in force (see above).
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let supersedes = if i == last {
+            old_files.clone()
+        } else {
+            Vec::new()
+        };
+        new_files.insert(repo.save(FileKind::Index, &IndexFile { supersedes, packs })?);
+    }
+    for id in &old_files {
+        if !new_files.contains(id) {
+            repo.backend().delete(FileKind::Index, &id.to_hex())?;
+        }
+    }
+    Ok(old_files.len() as u64)
+}
+
+/// Read and decode a pack's header with two ranged reads (trailer, then header).
+pub(crate) fn read_pack_header(repo: &Repository, name: &str, size: u64) -> Result<Vec<PackEntry>> {
+    if size < 12 {
+        return Err(Error::Integrity("too short".into()));
+    }
+    let tail = repo
+        .backend()
+        .get_range(FileKind::Pack, name, size - 4, 4)?;
+    let (start, len) = header_span(size, [tail[0], tail[1], tail[2], tail[3]])?;
+    let sealed = repo.backend().get_range(FileKind::Pack, name, start, len)?;
+    Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
 }

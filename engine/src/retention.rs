@@ -130,6 +130,19 @@ pub struct Policy {
     pub tags: Vec<Vec<String>>,
 }
 
+/// `--keep-tag` values (`a,b` keeps snapshots with both tags) as tag lists.
+pub fn parse_keep_tags(values: &[String]) -> Vec<Vec<String>> {
+    values
+        .iter()
+        .map(|t| {
+            t.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
 impl Policy {
     /// No rule at all.
     pub fn is_empty(&self) -> bool {

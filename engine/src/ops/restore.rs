@@ -13,17 +13,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use cairn_format::{open_blob_in_place, BlobType, FileKind, Id, Node, NodeKind, Tree};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use cairn_format::{BlobType, FileKind, Id, Node, NodeKind, Tree};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use crate::archiver::Excludes;
 use crate::fsmeta::{apply_metadata, can_chown};
 use crate::index::{BlobLocation, MasterIndex};
 use crate::longpath;
+use crate::pattern::Patterns;
 use crate::progress::{interrupted, Progress};
-use crate::repository::Repository;
+use crate::repository::{Indexed, Repository};
 use crate::{Error, Result};
 
 /// Restore options.
@@ -131,64 +130,11 @@ fn reason(e: &Error) -> String {
     }
 }
 
-/// The path inside a snapshot that `spec` (the part after `SNAPSHOT:`) names, refusing `..`:
-/// silently dropping it would restore or list something other than what was asked for.
-pub fn snapshot_subpath(spec: &str) -> Result<PathBuf> {
-    let p = Path::new(spec);
-    if p.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(Error::Invalid(format!(
-            "path {spec:?} contains '..': name the path inside the snapshot without it"
-        )));
-    }
-    Ok(p.components()
-        .filter(|c| matches!(c, std::path::Component::Normal(_)))
-        .collect())
-}
-
-/// Where a node sits in a snapshot.
-pub fn find_node(
-    repo: &Repository,
-    index: &MasterIndex,
-    root: &Id,
-    path: &Path,
-) -> Result<Option<Node>> {
-    if path
-        .components()
-        .any(|c| c == std::path::Component::ParentDir)
-    {
-        return Err(Error::Invalid(format!(
-            "path {} contains '..'",
-            path.display()
-        )));
-    }
-    let mut tree = repo.load_tree(index, root)?;
-    let comps: Vec<&[u8]> = path
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(n) => Some(n.as_bytes()),
-            _ => None,
-        })
-        .collect();
-    for (i, c) in comps.iter().enumerate() {
-        let Some(node) = tree.get(c).cloned() else {
-            return Ok(None);
-        };
-        if i + 1 == comps.len() {
-            return Ok(Some(node));
-        }
-        match node.subtree {
-            Some(id) if node.kind == NodeKind::Dir => tree = repo.load_tree(index, &id)?,
-            _ => return Ok(None),
-        }
-    }
-    Ok(None)
-}
-
 struct Planner<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
-    includes: Option<GlobSet>,
-    excludes: Excludes,
+    includes: Option<Patterns>,
+    excludes: Patterns,
     /// Boxed: a `Node` is ~300 bytes, and a `Vec` of them doubling while the walk grows it
     /// held twice the plan in memory at once (heaptrack, 71 k files: peak heap 126 -> 111 MB).
     #[allow(clippy::vec_box)]
@@ -199,7 +145,7 @@ impl Planner<'_> {
     fn included(&self, snap_path: &Path) -> bool {
         self.includes
             .as_ref()
-            .is_none_or(|g| snap_path.ancestors().any(|a| g.is_match(a)))
+            .is_none_or(|g| g.matches_path_or_ancestor(snap_path))
     }
 
     /// Add `tree`'s nodes below entry `parent` (at `snap` in the snapshot); returns whether
@@ -222,7 +168,7 @@ impl Planner<'_> {
                     Some(id) => self.repo.load_tree(self.index, &id)?,
                     None => Tree::default(),
                 };
-                let inner = crate::archiver::deeper(|| self.walk(&sub, pos as u32, &snap_path))?;
+                let inner = crate::ops::backup::deeper(|| self.walk(&sub, pos as u32, &snap_path))?;
                 if inner || self.included(&snap_path) {
                     any = true;
                 } else {
@@ -299,32 +245,23 @@ struct FileJob {
 /// Restore the node at `sub` (a directory's content, or one file) of the snapshot whose root
 /// tree is `root` into `opts.target`.
 pub fn restore(
-    repo: &Repository,
-    index: &MasterIndex,
+    ix: &Indexed<'_>,
     root: &Id,
     sub: &Path,
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreResult> {
+    let (repo, index) = (ix.repo(), ix.index());
     let includes = if opts.includes.is_empty() {
         None
     } else {
-        let mut b = GlobSetBuilder::new();
-        for p in &opts.includes {
-            let pat = if p.starts_with('/') {
-                p.clone()
-            } else {
-                format!("**/{p}")
-            };
-            b.add(Glob::new(&pat).map_err(|e| Error::Invalid(format!("bad pattern {p:?}: {e}")))?);
-        }
-        Some(b.build().map_err(|e| Error::Invalid(e.to_string()))?)
+        Some(Patterns::new(&opts.includes)?)
     };
     let mut planner = Planner {
         repo,
         index,
         includes,
-        excludes: Excludes::new(&opts.excludes)?,
+        excludes: Patterns::new(&opts.excludes)?,
         entries: Vec::new(),
     };
     if sub
@@ -344,7 +281,7 @@ pub fn restore(
         let tree = repo.load_tree(index, root)?;
         planner.walk(&tree, TOP, Path::new("/"))?;
     } else {
-        let node = find_node(repo, index, root, sub)?.ok_or_else(|| {
+        let node = crate::ops::ls::find_node(ix, root, sub)?.ok_or_else(|| {
             Error::Invalid(format!("path {} not found in snapshot", sub_abs.display()))
         })?;
         if node.kind == NodeKind::Dir {
@@ -576,14 +513,19 @@ pub fn restore(
                         Ok(buf) => {
                             let a = (loc.offset - start) as usize;
                             match buf.get_mut(a..a + loc.length as usize) {
-                                Some(sealed) => open_blob_in_place(
-                                    repo.key(),
-                                    BlobType::Data,
-                                    id,
-                                    sealed,
-                                    loc.raw_length,
-                                )
-                                .map_err(|e| format!("pack {}: {e}", pack_id.short())),
+                                Some(sealed) => repo
+                                    .open_blob(
+                                        &pack_id,
+                                        &cairn_format::PackEntry {
+                                            blob_type: BlobType::Data,
+                                            id: *id,
+                                            offset: loc.offset,
+                                            length: loc.length,
+                                            raw_length: loc.raw_length,
+                                        },
+                                        sealed,
+                                    )
+                                    .map_err(|e| e.to_string()),
                                 None => Err(format!(
                                     "pack {}: short read of blob {}",
                                     pack_id.short(),

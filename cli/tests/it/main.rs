@@ -1,10 +1,9 @@
 //! End-to-end tests that drive the real `cairn` binary.
 //!
 //! - `util.rs`: the harness. [`util::Env`] is a temp dir with a repository (cheap KDF);
-//!   `run`/`ok`/`json`/`backup` run `target/<profile>/cairn` with `CAIRN_PASSWORD` set and
-//!   return exit code, stdout and stderr. `assert_trees_equal` compares two trees exactly.
-//!   The first test to need the binary runs `cargo build -p cairn-cli --bin cairn` so that
-//!   `cargo test -p cairn-tests` never tests a stale binary (`CAIRN_TESTS_NO_BUILD=1` skips it).
+//!   `run`/`ok`/`json`/`backup` run the binary Cargo built for this test
+//!   (`CARGO_BIN_EXE_cairn`) with `CAIRN_PASSWORD` set and return exit code, stdout and
+//!   stderr. `assert_trees_equal` compares two trees exactly.
 //! - `s3.rs` runs against a real S3 server (Garage, started by `.ci/run`) when
 //!   `AWS_ENDPOINT_URL`/`S3_BUCKET` are set; `CAIRN_TEST_S3_REQUIRED=1` makes them mandatory.
 //! - The tests run as root (chown, devices, setpriv to an unprivileged user) on a file system
@@ -17,6 +16,7 @@ mod errors;
 mod hardening;
 mod harness;
 mod incremental;
+mod job;
 mod keys;
 mod listing;
 mod retention;

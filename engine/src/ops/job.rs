@@ -33,15 +33,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use cairn_format::FileKind;
 use serde::{Deserialize, Serialize};
 
-use crate::archiver::{backup, BackupOptions};
-use crate::forget::{apply_policy, Duration, Policy};
-use crate::lock::LockGuard;
-use crate::maintenance::{prune, PruneOptions, PruneReport};
+use crate::ops::backup::{backup, BackupOptions, BackupResult, WarnFn};
+use crate::ops::forget::{self as forget_op, ForgetOptions};
+use crate::ops::prune::{prune, PruneOptions, PruneReport};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::retention::{Duration, GroupBy, Policy};
+use crate::snapshots::SnapshotFilter;
 use crate::util::{hostname, now_timestamp};
 use crate::{Error, Result};
 
@@ -88,6 +88,21 @@ pub struct RepoConfig {
     /// Backend options, as `-o key=value` on the command line (`s3.region = "garage"`).
     #[serde(default)]
     pub options: std::collections::BTreeMap<String, String>,
+    /// How long to wait for another run's (or another node's) lock before giving up:
+    /// `0`, `30m`, `2h` (default `1h`; `--retry-lock` on the command line wins).
+    pub retry_lock: Option<String>,
+}
+
+/// How long the job waits for a lock unless the job file or the command line says.
+pub const DEFAULT_JOB_RETRY_LOCK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl RepoConfig {
+    /// `retry-lock`, parsed.
+    pub fn retry_lock(&self) -> Result<std::time::Duration> {
+        self.retry_lock
+            .as_deref()
+            .map_or(Ok(DEFAULT_JOB_RETRY_LOCK), crate::util::parse_wait)
+    }
 }
 
 /// Retention rules (all optional; counts accept a number or "unlimited").
@@ -108,6 +123,16 @@ pub struct Retention {
     pub keep_yearly: Option<Count>,
     /// keep-within.
     pub keep_within: Option<String>,
+    /// keep-within-hourly.
+    pub keep_within_hourly: Option<String>,
+    /// keep-within-daily.
+    pub keep_within_daily: Option<String>,
+    /// keep-within-weekly.
+    pub keep_within_weekly: Option<String>,
+    /// keep-within-monthly.
+    pub keep_within_monthly: Option<String>,
+    /// keep-within-yearly.
+    pub keep_within_yearly: Option<String>,
     /// keep-tag (each entry `a,b`).
     #[serde(default)]
     pub keep_tag: Vec<String>,
@@ -128,7 +153,7 @@ impl Count {
         match self {
             Count::N(n) if *n >= -1 => Ok(*n),
             Count::N(n) => Err(Error::Invalid(format!("invalid count {n}"))),
-            Count::Word(w) => crate::forget::parse_count(w),
+            Count::Word(w) => crate::retention::parse_count(w),
         }
     }
 }
@@ -142,12 +167,21 @@ impl Retention {
             || self.keep_monthly.is_some()
             || self.keep_yearly.is_some()
             || self.keep_within.is_some()
+            || self.keep_within_hourly.is_some()
+            || self.keep_within_daily.is_some()
+            || self.keep_within_weekly.is_some()
+            || self.keep_within_monthly.is_some()
+            || self.keep_within_yearly.is_some()
             || !self.keep_tag.is_empty()
     }
 
-    /// As a policy.
+    /// As a policy: the same rules as `cairn forget --keep-*`.
     pub fn policy(&self) -> Result<Policy> {
         let c = |o: &Option<Count>| o.as_ref().map_or(Ok(0), Count::value);
+        let d = |o: &Option<String>| {
+            o.as_deref()
+                .map_or(Ok(Duration::default()), Duration::parse)
+        };
         Ok(Policy {
             last: c(&self.keep_last)?,
             hourly: c(&self.keep_hourly)?,
@@ -155,16 +189,13 @@ impl Retention {
             weekly: c(&self.keep_weekly)?,
             monthly: c(&self.keep_monthly)?,
             yearly: c(&self.keep_yearly)?,
-            within: self
-                .keep_within
-                .as_deref()
-                .map_or(Ok(Duration::default()), Duration::parse)?,
-            tags: self
-                .keep_tag
-                .iter()
-                .map(|t| t.split(',').map(str::to_owned).collect())
-                .collect(),
-            ..Policy::default()
+            within: d(&self.keep_within)?,
+            within_hourly: d(&self.keep_within_hourly)?,
+            within_daily: d(&self.keep_within_daily)?,
+            within_weekly: d(&self.keep_within_weekly)?,
+            within_monthly: d(&self.keep_within_monthly)?,
+            within_yearly: d(&self.keep_within_yearly)?,
+            tags: crate::retention::parse_keep_tags(&self.keep_tag),
         })
     }
 }
@@ -370,11 +401,24 @@ pub struct SourceResult {
     pub forgotten: u64,
 }
 
+/// What retention decided for one source (in a dry run: would decide).
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRetention {
+    /// Source name.
+    pub name: String,
+    /// Snapshots removed.
+    pub remove: Vec<String>,
+    /// E.g. the policy would have emptied the source's history.
+    pub warnings: Vec<String>,
+}
+
 /// The outcome of the whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     /// Per source.
     pub sources: Vec<SourceResult>,
+    /// Retention per source.
+    pub retention: Vec<SourceRetention>,
     /// Prune, if it ran.
     pub prune: Option<PruneReport>,
     /// Error of the retention/prune phase.
@@ -487,21 +531,24 @@ pub fn newest_etcd_snapshot(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Run the job. `password` unlocks the repository in `repo`.
+/// Run the job: every source under one shared lock, then retention and prune under an
+/// exclusive one. Both wait up to `wait` for other holders (another run, another node's
+/// backup or prune) instead of failing.
 pub fn run_job(
     repo: &Repository,
     cfg: &JobConfig,
     dry_run: bool,
-    warn: &crate::archiver::WarnFn,
+    wait: std::time::Duration,
+    warn: &WarnFn,
 ) -> Result<RunReport> {
     let started = Instant::now();
     let host = cfg.repository.host.clone().unwrap_or_else(hostname);
     let mut results = Vec::new();
     {
-        let _shared = if dry_run {
+        let shared = if dry_run {
             None
         } else {
-            Some(LockGuard::acquire(repo, false)?)
+            Some(repo.lock_shared(wait)?)
         };
         for src in &cfg.sources {
             let t0 = Instant::now();
@@ -516,7 +563,10 @@ pub fn run_job(
                 seconds: 0.0,
                 forgotten: 0,
             };
-            let outcome = run_source(repo, src, &host, dry_run, warn);
+            let outcome = match &shared {
+                Some(lock) => run_source(Some(lock), repo, src, &host, warn),
+                None => run_source(None, repo, src, &host, warn),
+            };
             res.seconds = t0.elapsed().as_secs_f64();
             match outcome {
                 Ok(Some(r)) => {
@@ -544,55 +594,50 @@ pub fn run_job(
         }
     }
 
-    // Retention per source, then one prune.
+    // Retention per source (the same plan as `cairn forget`), then one prune.
     let mut maintenance_error = None;
     let mut prune_report = None;
+    let mut retention = Vec::new();
     let maint = (|| -> Result<()> {
-        let _excl = if dry_run {
-            None
-        } else {
-            Some(LockGuard::acquire(repo, true)?)
-        };
         let snaps = repo.load_snapshots()?;
         let now = now_timestamp().unix_nanos;
-        let mut removed_any = false;
+        let mut plans = Vec::new();
         for (src, res) in cfg.sources.iter().zip(results.iter_mut()) {
-            let retention = if src.retention.is_set() {
-                &src.retention
-            } else {
-                &cfg.defaults
-            };
-            if !retention.is_set() {
+            let opts = source_forget_options(cfg, src, &host)?;
+            if opts.policy.is_empty() {
                 continue;
             }
-            let tag = source_tag(&src.name);
-            let group: Vec<_> = snaps
-                .iter()
-                .filter(|(_, s)| s.hostname == host && s.tags.contains(&tag))
-                .cloned()
-                .collect();
-            let decisions = apply_policy(&group, &retention.policy()?, now);
-            if decisions.iter().all(|d| !d.keep) {
-                // Never let retention empty a source's history.
-                continue;
+            let plan = forget_op::plan(&snaps, &opts, now)?;
+            for w in &plan.warnings {
+                warn(&format!("source {}: {w}", src.name));
             }
-            for d in decisions {
-                if !d.keep {
-                    if !dry_run {
-                        repo.backend().delete(FileKind::Snapshot, &d.id.to_hex())?;
-                    }
-                    res.forgotten += 1;
-                    removed_any = true;
-                }
-            }
+            res.forgotten = plan.remove.len() as u64;
+            retention.push(SourceRetention {
+                name: src.name.clone(),
+                remove: plan.remove.iter().map(|i| i.to_hex()).collect(),
+                warnings: plan.warnings.clone(),
+            });
+            plans.push(plan);
         }
-        if cfg.prune.enabled && removed_any {
+        let removed_any = plans.iter().any(|p| !p.remove.is_empty());
+        if dry_run {
+            return Ok(());
+        }
+        if !removed_any {
+            return Ok(());
+        }
+        let excl = repo.lock_exclusive(wait)?;
+        for plan in &plans {
+            forget_op::apply(&excl, plan)?;
+        }
+        if cfg.prune.enabled {
             let opts = PruneOptions {
-                max_unused: cfg.prune.max_unused_percent / 100.0,
-                dry_run,
+                max_unused: crate::ops::prune::MaxUnused::Fraction(
+                    cfg.prune.max_unused_percent / 100.0,
+                ),
                 ..PruneOptions::default()
             };
-            prune_report = Some(prune(repo, &opts, &Progress::default())?);
+            prune_report = Some(prune(&excl, &opts, &Progress::default())?);
         }
         Ok(())
     })();
@@ -602,6 +647,7 @@ pub fn run_job(
     let ok = results.iter().all(|r| r.ok) && maintenance_error.is_none();
     Ok(RunReport {
         sources: results,
+        retention,
         prune: prune_report,
         maintenance_error,
         ok,
@@ -609,13 +655,42 @@ pub fn run_job(
     })
 }
 
+/// The `forget` options of one source's retention: its own rules (or `[defaults]`) over the
+/// snapshots of this host tagged with the source, as one group. `cairn forget` with the
+/// same rules, `--host HOST --tag cairn-source=NAME --group-by ''` decides the same.
+pub fn source_forget_options(
+    cfg: &JobConfig,
+    src: &SourceConfig,
+    host: &str,
+) -> Result<ForgetOptions> {
+    let retention = if src.retention.is_set() {
+        &src.retention
+    } else {
+        &cfg.defaults
+    };
+    Ok(ForgetOptions {
+        policy: retention.policy()?,
+        filter: SnapshotFilter {
+            hosts: vec![host.to_owned()],
+            tags: vec![source_tag(&src.name)],
+            paths: Vec::new(),
+        },
+        group_by: GroupBy::default(),
+        ids: Vec::new(),
+        allow_empty_group: false,
+    })
+}
+
+/// Back up one source under `lock`; without a lock (a dry run), only check that it can be
+/// read.
 fn run_source(
+    lock: Option<&crate::lock::SharedLock<'_>>,
     repo: &Repository,
     src: &SourceConfig,
     host: &str,
-    dry_run: bool,
-    warn: &crate::archiver::WarnFn,
-) -> Result<Option<crate::archiver::BackupResult>> {
+    warn: &WarnFn,
+) -> Result<Option<BackupResult>> {
+    let dry_run = lock.is_none();
     let mut tags = vec![source_tag(&src.name)];
     tags.extend(src.tags.iter().cloned());
     let mut opts = BackupOptions {
@@ -639,7 +714,7 @@ fn run_source(
                     {
                         opts.excludes.push(format!(
                             "{}/containerd",
-                            crate::archiver::normalize_path(p)?.display()
+                            crate::ops::backup::normalize_path(p)?.display()
                         ));
                     }
                 }
@@ -687,13 +762,13 @@ fn run_source(
     // Find the parent among this source's snapshots (paths of a k3s-etcd source change daily).
     let snaps = repo.load_snapshots()?;
     let tag = source_tag(&src.name);
-    opts.parent = snaps
-        .iter()
-        .rev()
-        .find(|(_, s)| s.hostname == host && s.tags.contains(&tag))
+    opts.parent = crate::snapshots::latest(&snaps, |s| s.hostname == host && s.tags.contains(&tag))
         .map(|(id, _)| *id);
+    let Some(lock) = lock else {
+        return Ok(None);
+    };
     let progress = Progress::default();
-    backup(repo, opts, &progress, warn).map(Some)
+    backup(lock, opts, &progress, warn).map(Some)
 }
 
 /// Prometheus node-exporter textfile content for a run; `last_success` maps each source to

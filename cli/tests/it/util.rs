@@ -9,7 +9,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cairn_format::{
@@ -26,75 +25,10 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// Longest any single `cairn` invocation may take before the test fails (instead of hanging).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// `…/target/<profile>/cairn`, next to the `deps/` directory this test binary lives in.
-///
-/// `cargo test --workspace` builds it; `cargo test -p cairn-tests` does not, so the first call
-/// runs `cargo build --bin cairn` (through the `CARGO` that runs the tests) to make sure the
-/// binary exists and is up to date with the sources.
+/// The `cairn` binary Cargo built for these tests (`CARGO_BIN_EXE_cairn`): always the one
+/// of this source tree, never a stale build, and no nested `cargo build`.
 pub fn cairn_bin() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    // A failed build is remembered: every test then fails with the same message at once,
-    // instead of each one retrying the build.
-    match BIN.get_or_init(locate_and_build) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn locate_and_build() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let deps = exe.parent().ok_or("test binary has no parent dir")?;
-    let profile_dir = if deps.file_name() == Some(OsStr::new("deps")) {
-        deps.parent().ok_or("deps has no parent")?
-    } else {
-        deps
-    };
-    let bin = profile_dir.join("cairn");
-    if let (Ok(cargo), Some(target_dir)) = (std::env::var("CARGO"), profile_dir.parent()) {
-        if std::env::var_os("CAIRN_TESTS_NO_BUILD").is_none() {
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "cairn-cli",
-                "--bin",
-                "cairn",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir);
-            match profile_dir.file_name().and_then(OsStr::to_str) {
-                Some("debug") | None => {}
-                Some("release") => {
-                    cmd.arg("--release");
-                }
-                Some(other) => {
-                    cmd.args(["--profile", other]);
-                }
-            }
-            let out = cmd
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("running cargo build for the cairn binary: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "building the cairn binary failed (set CAIRN_TESTS_NO_BUILD=1 to test an existing {}):\n{}",
-                    bin.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
-    }
-    if !bin.is_file() {
-        return Err(format!(
-            "cairn binary not found at {} (run `cargo build -p cairn-cli` first)",
-            bin.display()
-        ));
-    }
-    Ok(bin)
+    Path::new(env!("CARGO_BIN_EXE_cairn"))
 }
 
 /// What one `cairn` run produced.

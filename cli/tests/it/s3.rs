@@ -416,7 +416,7 @@ fn s3_over_tls_with_a_private_ca() {
         .expect("openssl (needed to make a test certificate)");
     assert!(made.success(), "openssl req failed");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("it/tls_proxy.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tls_proxy.py");
     let proxy = Command::new("python3")
         .arg(&script)
         .args([s(&cert), s(&key), upstream_port])

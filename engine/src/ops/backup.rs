@@ -31,15 +31,16 @@ use std::sync::Arc;
 use cairn_format::{
     BlobType, FileKind, Id, Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Tree,
 };
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::chunker::Chunker;
 use crate::fsmeta::{node_from_meta, NameCache};
 use crate::index::MasterIndex;
+use crate::lock::SharedLock;
 use crate::longpath;
 use crate::packer::Packer;
+use crate::pattern::Patterns;
 use crate::progress::{interrupted, Progress};
 use crate::repository::Repository;
 use crate::util::{hostname, now_timestamp, username};
@@ -136,7 +137,7 @@ struct Archiver<'a> {
     packer: Packer,
     chunker: Chunker,
     page_rules: Vec<(cairn_format::PageFormat, RuleCutter)>,
-    excludes: Excludes,
+    excludes: Patterns,
     names: NameCache,
     progress: &'a Progress,
     warn: &'a WarnFn,
@@ -147,56 +148,6 @@ struct Archiver<'a> {
     /// Read window: [`window_size`] of the largest maximum chunk of any cutter.
     window: usize,
     one_file_system: bool,
-}
-
-/// Compiled exclude patterns: a pattern without `/` matches a base name, one with `/` the
-/// whole absolute path (a relative one anywhere in it), like restic's.
-#[derive(Debug)]
-pub struct Excludes {
-    set: GlobSet,
-    base: GlobSet,
-}
-
-impl Excludes {
-    /// Compile patterns.
-    pub fn new(patterns: &[String]) -> Result<Excludes> {
-        let mut set = GlobSetBuilder::new();
-        let mut base = GlobSetBuilder::new();
-        for p in patterns {
-            let compile = |pat: &str| {
-                GlobBuilder::new(pat)
-                    .literal_separator(true)
-                    .backslash_escape(true)
-                    .build()
-                    .map_err(|e| Error::Invalid(format!("bad pattern {p:?}: {e}")))
-            };
-            if p.contains('/') {
-                let pat = p.trim_end_matches('/');
-                let full = if pat.starts_with('/') {
-                    pat.to_owned()
-                } else {
-                    format!("**/{pat}")
-                };
-                set.add(compile(&full)?);
-            } else {
-                base.add(compile(p)?);
-            }
-        }
-        Ok(Excludes {
-            set: set.build().map_err(|e| Error::Invalid(e.to_string()))?,
-            base: base.build().map_err(|e| Error::Invalid(e.to_string()))?,
-        })
-    }
-
-    /// Whether `path` (absolute) with base name `name` is excluded.
-    pub fn matches(&self, path: &Path, name: &OsStr) -> bool {
-        self.base.is_match(Path::new(name)) || self.set.is_match(path)
-    }
-
-    /// No patterns at all.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.base.is_empty()
-    }
 }
 
 /// Directories named on the command line, and the path components leading to them.
@@ -252,28 +203,20 @@ fn build_targets(paths: &[PathBuf]) -> BTreeMap<OsString, Target> {
     root
 }
 
-/// Find the newest snapshot of `host` with exactly `paths`.
-pub fn find_parent(snapshots: &[(Id, Snapshot)], host: &str, paths: &[Vec<u8>]) -> Option<Id> {
-    snapshots
-        .iter()
-        .rev()
-        .find(|(_, s)| s.hostname == host && s.paths == paths)
-        .map(|(id, _)| *id)
-}
-
 /// Run `f`, one directory level deeper, on a fresh stack segment when little stack is left:
 /// tree depth is bounded by the file system (or a crafted snapshot), not by thread stacks.
 pub(crate) fn deeper<T>(f: impl FnOnce() -> T) -> T {
     stacker::maybe_grow(256 << 10, 4 << 20, f)
 }
 
-/// Run a backup. The caller holds a shared lock.
+/// Run a backup under a shared lock.
 pub fn backup(
-    repo: &Repository,
+    lock: &SharedLock<'_>,
     opts: BackupOptions,
     progress: &Progress,
     warn: &WarnFn,
 ) -> Result<BackupResult> {
+    let repo: &Repository = lock;
     let start = now_timestamp();
     let index = Arc::new(repo.load_index()?);
     let host = opts.host.clone().unwrap_or_else(hostname);
@@ -309,7 +252,10 @@ pub fn backup(
     let parent_id = match opts.parent {
         Some(id) => Some(id),
         None if opts.force => None,
-        None => find_parent(&repo.load_snapshots()?, &host, &path_bytes),
+        None => crate::snapshots::latest(&repo.load_snapshots()?, |s| {
+            s.hostname == host && s.paths == path_bytes
+        })
+        .map(|(id, _)| *id),
     };
     let parent_tree = match parent_id {
         Some(id) if !opts.force => {
@@ -364,7 +310,7 @@ pub fn backup(
         packer: Packer::new(repo, index.clone()),
         chunker,
         page_rules,
-        excludes: Excludes::new(&opts.excludes)?,
+        excludes: Patterns::new(&opts.excludes)?,
         names: NameCache::default(),
         progress,
         warn,

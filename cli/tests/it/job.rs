@@ -1,0 +1,327 @@
+//! The nightly job (`cairn run`) against a local repository: sources, retention, prune,
+//! metrics; the same retention decisions as `cairn forget`; concurrent runs and lock waits.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::{random_bytes, s, write_file, Env, Forger, Output};
+
+/// A job file for `env`'s repository with `sources` (TOML `[[source]]` tables) appended.
+fn job_file(env: &Env, extra_repo: &str, sources: &str) -> PathBuf {
+    let pw = env.path("password");
+    std::fs::write(&pw, &env.password).unwrap();
+    let job = env.path("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[repository]\npath = \"{}\"\npassword-file = \"{}\"\n{extra_repo}\n\n{sources}",
+            s(&env.repo),
+            s(&pw)
+        ),
+    )
+    .unwrap();
+    job
+}
+
+/// `cairn run` with the job file alone naming repository and password.
+fn run_job(env: &Env, args: &[&str]) -> Output {
+    let mut c = crate::util::bare_cairn();
+    c.arg("run")
+        .args(args)
+        .env("HOME", env.dir.path())
+        .env("XDG_CACHE_HOME", env.dir.path().join(".cache"));
+    crate::util::run_command(c, None)
+}
+
+#[test]
+fn nightly_job_backs_up_retains_prunes_and_reports() {
+    let env = Env::new();
+    let data = env.path("data");
+    write_file(&data.join("a.bin"), &random_bytes(300_000, 1));
+    let metrics = env.path("metrics/cairn.prom");
+    std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            r#"[metrics]
+textfile = "{}"
+
+[[source]]
+name = "data"
+kind = "path"
+paths = ["{}"]
+keep-last = 2
+
+[[source]]
+name = "manifests"
+kind = "command"
+command = "printf 'apiVersion: v1\\nkind: List\\n'"
+filename = "manifests.yaml"
+keep-last = 1
+"#,
+            s(&metrics),
+            s(&data)
+        ),
+    );
+    for night in 0..3 {
+        write_file(
+            &data.join(format!("night-{night}")),
+            &random_bytes(100_000, 10 + night),
+        );
+        let out = run_job(&env, &["--config", s(&job), "--json"]);
+        out.success();
+        let report = out.json();
+        assert_eq!(report["report"]["ok"], true, "{report}");
+    }
+    // keep-last 2 and 1: three snapshots remain, and prune ran after the removals.
+    assert_eq!(env.snapshots::<&str>(&[]).len(), 3);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("cairn_run_success 1"), "{text}");
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+    env.restore_latest_exact(&data, &env.path("r"), &["--tag", "cairn-source=data"]);
+}
+
+/// Snapshots of source `data` on host `h`, one per `days_ago`, via `backup --time`.
+fn snapshots_at(env: &Env, src: &Path, days_ago: &[i64]) {
+    let now = jiff::Zoned::now();
+    for d in days_ago {
+        let t = now
+            .checked_sub(jiff::Span::new().days(*d).minutes(7))
+            .unwrap()
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        write_file(&src.join("f"), format!("{d}").as_bytes());
+        env.backup(&[
+            "--host",
+            "h",
+            "--tag",
+            "cairn-source=data",
+            "--time",
+            &t,
+            s(src),
+        ]);
+    }
+}
+
+fn removed_by_forget(env: &Env, policy: &[&str]) -> (Vec<String>, String) {
+    let mut args = vec![
+        "--json",
+        "forget",
+        "--dry-run",
+        "--host",
+        "h",
+        "--tag",
+        "cairn-source=data",
+        "--group-by",
+        "",
+    ];
+    args.extend_from_slice(policy);
+    let out = env.run(&args);
+    out.success();
+    let v = out.json();
+    let mut ids: Vec<String> = v["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    (ids, out.stderr)
+}
+
+fn removed_by_run(env: &Env, src: &Path, rules: &str) -> (Vec<String>, String) {
+    let job = job_file(
+        env,
+        "host = \"h\"",
+        &format!(
+            "[[source]]\nname = \"data\"\nkind = \"path\"\npaths = [\"{}\"]\n{rules}\n",
+            s(src)
+        ),
+    );
+    let out = run_job(env, &["--config", s(&job), "--dry-run", "--json"]);
+    out.success();
+    // Warnings come as JSON lines of their own before the report.
+    let v: serde_json::Value = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "run")
+        .unwrap_or_else(|| panic!("no run report: {}", out.dump()));
+    let r = v["report"]["retention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "data")
+        .unwrap_or_else(|| panic!("no retention for source data: {v}"))
+        .clone();
+    let mut ids: Vec<String> = r["remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    (ids, out.stderr)
+}
+
+#[test]
+fn forget_and_run_make_the_same_retention_decisions() {
+    let env = Env::new();
+    let src = env.path("src");
+    snapshots_at(&env, &src, &[40, 30, 21, 14, 9, 6, 4, 3, 2, 1, 1, 0]);
+    // A mix of count and calendar-window rules, --keep-within-daily among them.
+    let (forget, _) = removed_by_forget(
+        &env,
+        &[
+            "--keep-last",
+            "2",
+            "--keep-within-daily",
+            "5d",
+            "--keep-weekly",
+            "2",
+        ],
+    );
+    let (run, _) = removed_by_run(
+        &env,
+        &src,
+        "keep-last = 2\nkeep-within-daily = \"5d\"\nkeep-weekly = 2",
+    );
+    assert!(!forget.is_empty() && forget.len() < 12, "{forget:?}");
+    assert_eq!(forget, run, "forget and run disagree");
+
+    // A policy that would empty the group: both keep everything, and both say so.
+    let (forget, ferr) = removed_by_forget(&env, &["--keep-tag", "no-such-tag"]);
+    let (run, rerr) = removed_by_run(&env, &src, "keep-tag = [\"no-such-tag\"]");
+    assert!(forget.is_empty() && run.is_empty(), "{forget:?} {run:?}");
+    assert!(ferr.contains("would remove all"), "{ferr}");
+    assert!(rerr.contains("would remove all"), "{rerr}");
+}
+
+#[test]
+fn two_runs_started_together_both_succeed() {
+    let env = Env::with_init_args(&["--pack-size-mib", "1"]);
+    let data = env.path("data");
+    for i in 0..4 {
+        write_file(&data.join(format!("f{i}")), &random_bytes(4 << 20, 70 + i));
+    }
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            "[[source]]\nname = \"data\"\nkind = \"path\"\npaths = [\"{}\"]\nkeep-last = 1\n",
+            s(&data)
+        ),
+    );
+    // Seed one snapshot so that both runs have retention and prune to do.
+    run_job(&env, &["--config", s(&job)]).success();
+    let mut children = Vec::new();
+    for i in 0..2 {
+        write_file(
+            &data.join(format!("new-{i}")),
+            &random_bytes(2 << 20, 90 + i),
+        );
+        let mut c = crate::util::bare_cairn();
+        c.args(["run", "--config", s(&job)])
+            .env("HOME", env.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        children.push(c.spawn().unwrap());
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a concurrent run failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        env.snapshots::<&str>(&[]).len(),
+        1,
+        "keep-last 1 after both runs"
+    );
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+}
+
+/// An exclusive lock of a live process on another host.
+fn plant_foreign_lock(env: &Env) -> PathBuf {
+    let forger = Forger::new(env);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let lock = cairn_format::Lock {
+        time: cairn_format::Timestamp {
+            unix_nanos: now,
+            utc_offset_secs: 0,
+        },
+        exclusive: true,
+        hostname: "other-node".into(),
+        username: "root".into(),
+        pid: 4242,
+    };
+    let bytes = cairn_format::encode_sealed(&forger.key, cairn_format::FileKind::Lock, &lock, 3);
+    env.repo.join("locks").join(forger.put("locks", &bytes))
+}
+
+#[test]
+fn retry_lock_waits_for_a_lock_to_go_away_and_zero_fails_fast() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("f"), b"data");
+    let lock = plant_foreign_lock(&env);
+    // Fail-fast: the default for commands, and --retry-lock 0 for the job.
+    env.run(&["backup", s(&src)])
+        .assert_error(11, &["other-node"]);
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            "[[source]]\nname = \"d\"\nkind = \"path\"\npaths = [\"{}\"]\n",
+            s(&src)
+        ),
+    );
+    let started = Instant::now();
+    let out = run_job(&env, &["--config", s(&job), "--retry-lock", "0"]);
+    assert_eq!(out.code, 11, "{}", out.dump());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Waiting: the lock goes away after a second and the backup then runs.
+    let remover = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1200));
+            std::fs::remove_file(lock).unwrap();
+        })
+    };
+    let started = Instant::now();
+    let out = env.run(&["backup", "--retry-lock", "30s", s(&src)]);
+    remover.join().unwrap();
+    out.success();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "did not wait"
+    );
+    assert!(out.stderr.contains("waiting"), "{}", out.dump());
+    // A wait that runs out fails with the lock error.
+    plant_foreign_lock(&env);
+    let started = Instant::now();
+    env.run(&["backup", "--retry-lock", "1s", s(&src)])
+        .assert_reports(11, &["other-node"]);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn usage_errors_of_backup_and_forget_exit_2() {
+    let env = Env::new();
+    env.run(&["backup"])
+        .assert_error(2, &["nothing to back up"]);
+    env.run(&["forget"]).assert_error(2, &["no policy"]);
+    env.run(&["backup", "--retry-lock", "soon", "x"])
+        .expect_code(2);
+}

@@ -1,0 +1,334 @@
+//! `check`: verify the repository's structure, and with `--read-data` its contents; say
+//! what to run to repair what was found.
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_format::{
+    decode_pack_header, BlobType, FileKind, Id, IndexFile, NodeKind, PackEntry, Snapshot, Tree,
+};
+use parking_lot::Mutex;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::index::MasterIndex;
+use crate::lock::SharedLock;
+use crate::ops::prune::find_leftovers;
+use crate::ops::repair::read_pack_header;
+use crate::progress::{interrupted, Progress};
+use crate::repository::{verify_name, Repository};
+use crate::{Error, Result};
+
+/// Which packs `check` reads completely.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// Headers only.
+    None,
+    /// Every pack.
+    All,
+    /// Packs whose first id byte falls in bucket `n` of `t` (1-based): `--read-data-subset n/t`.
+    Subset(u32, u32),
+    /// A random fraction of packs.
+    Fraction(f64),
+}
+
+/// Problems found by `check`.
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Errors (the repository is damaged).
+    pub errors: Vec<String>,
+    /// Packs that no index names (harmless; prune removes them).
+    pub unreferenced_packs: Vec<String>,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Packs whose header was checked.
+    pub packs_checked: u64,
+    /// Packs read completely.
+    pub packs_read: u64,
+    /// Blobs verified by reading.
+    pub blobs_read: u64,
+    /// Trees decoded.
+    pub trees: u64,
+    /// Temporary files left by killed processes (`prune` removes them).
+    pub leftover_temp_files: u64,
+    /// Their bytes.
+    pub leftover_temp_bytes: u64,
+    /// Stale or damaged locks (`prune` and `unlock` remove them).
+    pub stale_locks: u64,
+    /// What to run to repair what was found, in order.
+    pub hints: Vec<String>,
+}
+
+/// Verify the repository's structure, and with `read_data` its contents.
+pub fn check(
+    lock: &SharedLock<'_>,
+    read_data: ReadData,
+    progress: &Progress,
+) -> Result<CheckReport> {
+    let repo: &Repository = lock;
+    let errors = Mutex::new(Vec::<String>::new());
+    let err = |m: String| errors.lock().push(m);
+    let mut report = CheckReport::default();
+
+    for o in repo.backend().list(FileKind::Key)? {
+        match repo.backend().get(FileKind::Key, &o.name) {
+            Ok(d) => {
+                if let Err(e) = verify_name(FileKind::Key, &o.name, &d).and_then(|()| {
+                    let kf = cairn_format::KeyFile::decode(&d)?;
+                    Ok(kf.kdf.check_range()?)
+                }) {
+                    err(format!("key {}: {e}", o.name));
+                }
+            }
+            Err(e) => err(format!("key {}: {e}", o.name)),
+        }
+    }
+
+    // Index files: decode each; a damaged one is reported and the rest still checked.
+    let mut index = MasterIndex::default();
+    let mut entries_by_pack: HashMap<Id, Vec<PackEntry>> = HashMap::new();
+    let ids = repo.list_ids(FileKind::Index)?;
+    let loaded: Vec<(Id, Result<IndexFile>)> = ids
+        .par_iter()
+        .map(|id| (*id, repo.load::<IndexFile>(FileKind::Index, id)))
+        .collect();
+    let superseded: HashSet<Id> = loaded
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flat_map(|f| f.supersedes.iter().copied())
+        .collect();
+    let mut damaged_index = false;
+    for (id, r) in loaded {
+        let r = r.and_then(|f| {
+            f.check_limits(repo.config())
+                .map_err(Error::from)
+                .map(|()| f)
+        });
+        match r {
+            Ok(f) if !superseded.contains(&id) => {
+                index.add_file(id, &f);
+                for p in f.packs {
+                    entries_by_pack.entry(p.id).or_default().extend(p.blobs);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                damaged_index = true;
+                err(format!("index {}: {e}", id.short()));
+            }
+        }
+    }
+    let damaged_packs: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    // Packs: every indexed pack exists, its header agrees with the index, its size matches.
+    let stored: HashMap<String, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    let indexed: HashSet<String> = entries_by_pack.keys().map(Id::to_hex).collect();
+    report.unreferenced_packs = stored
+        .keys()
+        .filter(|n| !indexed.contains(*n))
+        .cloned()
+        .collect();
+    report.unreferenced_packs.sort();
+    let pack_list: Vec<(&Id, &Vec<PackEntry>)> = entries_by_pack.iter().collect();
+    pack_list.par_iter().for_each(|(pid, entries)| {
+        let name = pid.to_hex();
+        let Some(&size) = stored.get(&name) else {
+            err(format!("pack {name} is indexed but missing"));
+            damaged_packs.lock().push(pid.short());
+            return;
+        };
+        let header = read_pack_header(repo, &name, size);
+        match header {
+            Ok(h) => {
+                let by_id: HashMap<Id, &PackEntry> = h.iter().map(|e| (e.id, e)).collect();
+                for e in entries.iter() {
+                    if by_id.get(&e.id).is_none_or(|x| **x != *e) {
+                        err(format!(
+                            "pack {}: index entry for blob {} does not match the pack header",
+                            pid.short(),
+                            e.id.short()
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                err(format!("pack {}: header: {e}", pid.short()));
+                damaged_packs.lock().push(pid.short());
+            }
+        }
+        Progress::add(&progress.files, 1);
+    });
+    report.packs_checked = pack_list.len() as u64;
+
+    // Snapshots and trees: everything they name decodes and is indexed.
+    let mut roots = Vec::new();
+    let mut damaged_snapshots = false;
+    for id in repo.list_ids(FileKind::Snapshot)? {
+        match repo.load::<Snapshot>(FileKind::Snapshot, &id) {
+            Ok(s) => {
+                roots.push((id, s.tree));
+                report.snapshots += 1;
+            }
+            Err(e) => {
+                damaged_snapshots = true;
+                err(format!("snapshot {}: {e}", id.short()));
+            }
+        }
+    }
+    let mut incomplete_snapshots = false;
+    let mut seen: HashSet<Id> = HashSet::new();
+    let mut frontier: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| seen.insert(*t)).collect();
+    while !frontier.is_empty() {
+        let results: Vec<(Id, Result<Tree>)> = frontier
+            .par_iter()
+            .map(|(snap, t)| {
+                (
+                    *snap,
+                    repo.load_tree(&index, t).map_err(|e| {
+                        Error::Integrity(format!(
+                            "tree {} (snapshot {}): {e}",
+                            t.short(),
+                            snap.short()
+                        ))
+                    }),
+                )
+            })
+            .collect();
+        let mut next = Vec::new();
+        for (snap, r) in results {
+            match r {
+                Ok(tree) => {
+                    report.trees += 1;
+                    for n in &tree.nodes {
+                        let mut held = Some(0u64);
+                        for c in &n.content {
+                            match index.get(c) {
+                                Some(l) if l.blob_type == BlobType::Data => {
+                                    held = held.map(|h| h + u64::from(l.raw_length));
+                                }
+                                _ => {
+                                    held = None;
+                                    incomplete_snapshots = true;
+                                    err(format!(
+                                        "snapshot {}: file {:?}: data blob {} is not indexed",
+                                        snap.short(),
+                                        String::from_utf8_lossy(&n.name),
+                                        c.short()
+                                    ));
+                                }
+                            }
+                        }
+                        // A node's size must be what its blobs hold: restore sizes the file
+                        // from it, and a lie would make it create a huge sparse file.
+                        if let Some(h) = held.filter(|h| n.kind == NodeKind::File && *h != n.size) {
+                            incomplete_snapshots = true;
+                            err(format!(
+                                "snapshot {}: file {:?}: size {} but its blobs hold {h} bytes",
+                                snap.short(),
+                                String::from_utf8_lossy(&n.name),
+                                n.size
+                            ));
+                        }
+                        if let Some(s) = n.subtree {
+                            if seen.insert(s) {
+                                next.push((snap, s));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    incomplete_snapshots = true;
+                    err(e.to_string());
+                }
+            }
+        }
+        frontier = next;
+    }
+
+    // Contents.
+    let selected: Vec<&Id> = entries_by_pack
+        .keys()
+        .filter(|id| stored.contains_key(&id.to_hex()))
+        .filter(|id| match read_data {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset(n, t) => u32::from(id.0[0]) * t / 256 == n - 1,
+            ReadData::Fraction(f) => rand::random::<f64>() < f,
+        })
+        .collect();
+    let blobs_read = std::sync::atomic::AtomicU64::new(0);
+    selected.par_iter().for_each(|pid| {
+        let name = pid.to_hex();
+        let res = (|| -> Result<()> {
+            let mut data = repo.backend().get(FileKind::Pack, &name)?;
+            verify_name(FileKind::Pack, &name, &data)?;
+            let header = decode_pack_header(repo.key(), &data)?;
+            // The header checked that its entries tile the pack before it, so the blobs are
+            // decrypted in place, without a copy each.
+            for e in &header.entries {
+                let a = e.offset as usize;
+                repo.open_blob(pid, e, &mut data[a..a + e.length as usize])?;
+                blobs_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Progress::add(&progress.bytes, data.len() as u64);
+            Ok(())
+        })();
+        if let Err(e) = res {
+            err(format!("pack {}: {e}", pid.short()));
+            damaged_packs.lock().push(pid.short());
+        }
+    });
+    // Reads cut short by Ctrl-C/SIGTERM (a remote backend gives up on them) are not damage.
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
+    report.packs_read = selected.len() as u64;
+    report.blobs_read = blobs_read.into_inner();
+    report.errors = errors.into_inner();
+    report.errors.sort();
+    let leftovers = find_leftovers(repo)?;
+    report.leftover_temp_files = leftovers.temp_files.len() as u64;
+    report.leftover_temp_bytes = leftovers.temp_bytes();
+    report.stale_locks = leftovers.stale_locks.len() as u64;
+    let mut damaged_packs = damaged_packs.into_inner();
+    damaged_packs.sort();
+    damaged_packs.dedup();
+    report.hints = repair_hints(
+        damaged_index,
+        &damaged_packs,
+        damaged_snapshots,
+        incomplete_snapshots,
+    );
+    Ok(report)
+}
+
+/// The commands that repair what `check` found, in the order to run them.
+fn repair_hints(
+    damaged_index: bool,
+    damaged_packs: &[String],
+    damaged_snapshots: bool,
+    incomplete_snapshots: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if damaged_index {
+        out.push("`cairn repair index` rebuilds the index from the pack headers".to_owned());
+    }
+    if !damaged_packs.is_empty() {
+        out.push(format!(
+            "`cairn repair packs {}` salvages the intact blobs of the damaged packs and drops the lost ones from the index",
+            damaged_packs.join(" ")
+        ));
+        out.push(
+            "then a backup of the same sources stores again the lost data that still exists there"
+                .to_owned(),
+        );
+    }
+    if damaged_snapshots || incomplete_snapshots || !damaged_packs.is_empty() {
+        out.push("`cairn repair snapshots --forget` removes damaged snapshot files and rewrites the snapshots around data that is lost".to_owned());
+    }
+    out
+}

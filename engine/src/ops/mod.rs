@@ -1,0 +1,31 @@
+//! The operations: one module per command the engine carries out. Each takes typed options
+//! and returns a typed report (`Serialize`, so front ends render it as text or JSON without
+//! repository logic of their own). An operation that changes the repository first computes
+//! a plan and then applies it, so a dry run is "compute the plan, do not apply it".
+//!
+//! What each needs is in its signature: an operation that writes takes a
+//! [`SharedLock`](crate::SharedLock) (backup) or an [`ExclusiveLock`](crate::ExclusiveLock)
+//! (forget, prune, repair); one that reads trees and blobs takes an
+//! [`Indexed`](crate::Indexed) repository.
+//!
+//! | module | operation |
+//! |---|---|
+//! | [`backup`] | read sources into a new snapshot |
+//! | [`restore`] | plan and write a snapshot's (sub)tree into a directory |
+//! | [`ls`] | find a node, walk a snapshot's tree |
+//! | [`forget`] | retention: plan which snapshots to remove (for `forget` and the job alike), apply |
+//! | [`prune`] | remove unused data and the leftovers of killed processes |
+//! | [`check`] | verify structure and contents, and say how to repair |
+//! | [`repair`] | rebuild the index, drop damaged packs, rewrite damaged snapshots |
+//! | [`stats`] | counts and sizes |
+//! | [`job`] | the nightly job: sources, retention, prune, metrics |
+
+pub mod backup;
+pub mod check;
+pub mod forget;
+pub mod job;
+pub mod ls;
+pub mod prune;
+pub mod repair;
+pub mod restore;
+pub mod stats;

@@ -1,0 +1,406 @@
+//! `prune`: which blobs are used, and removing the rest; the leftovers of killed processes.
+//!
+//! ## Why prune takes an exclusive lock
+//! Backups hold a shared lock for their whole run, and prune an exclusive one, so a prune
+//! never sees a pack that a running backup has uploaded but not yet indexed or referenced.
+//! The two-phase alternative (mark now, delete after a grace period, as kopia does) lets
+//! backups and prune overlap, but it needs every client to honour the grace period and
+//! roughly synchronized clocks.
+//!
+//! ## Prune's crash-safe order
+//! 1. repack: copy still-used blobs out of mostly-unused packs into new packs (indexed by
+//!    their own new index files) — old and new copies coexist;
+//! 2. write the complete new index; only its **last** file lists the old index files in
+//!    `supersedes`, so a crash before that leaves the old index in force;
+//! 3. delete the superseded index files;
+//! 4. delete packs that no index file names any more.
+//!
+//! A kill at any point leaves every snapshot restorable; re-running prune finishes the job.
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_format::{FileKind, Id, IndexPack, PackEntry, Snapshot, Tree};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::index::MasterIndex;
+use crate::lock::ExclusiveLock;
+use crate::ops::repair::replace_index;
+use crate::packer::Packer;
+use crate::progress::{interrupted, Progress};
+use crate::repository::{verify_name, Repository};
+use crate::{Error, Result};
+
+/// Every blob reachable from `roots` (tree ids), walking the trees level by level in parallel.
+/// Memory: one 32-byte id (plus hash-set overhead, ~48 bytes) per used blob.
+pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Result<HashSet<Id>> {
+    let mut used: HashSet<Id> = HashSet::new();
+    let mut frontier: Vec<Id> = roots
+        .iter()
+        .copied()
+        .filter(|id| used.insert(*id))
+        .collect();
+    while !frontier.is_empty() {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let trees: Vec<Tree> = frontier
+            .par_iter()
+            .map(|id| repo.load_tree(index, id))
+            .collect::<Result<_>>()?;
+        let mut next = Vec::new();
+        for t in &trees {
+            for n in &t.nodes {
+                for c in &n.content {
+                    used.insert(*c);
+                }
+                if let Some(s) = n.subtree {
+                    if used.insert(s) {
+                        next.push(s);
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(used)
+}
+
+/// How much unused space prune may leave in packs it keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxUnused {
+    /// A fraction of the repository size after prune (0.05 = 5 %; infinite = unlimited).
+    Fraction(f64),
+    /// An absolute number of bytes.
+    Bytes(u64),
+}
+
+/// Prune options.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Tolerated unused space.
+    pub max_unused: MaxUnused,
+    /// Repack at most this many bytes of packs.
+    pub max_repack_bytes: u64,
+    /// Only report.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: MaxUnused::Fraction(0.05),
+            max_repack_bytes: u64::MAX,
+            dry_run: false,
+        }
+    }
+}
+
+/// What prune did (or would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneReport {
+    /// Packs in the repository before.
+    pub packs_total: u64,
+    /// Bytes in packs before.
+    pub bytes_total: u64,
+    /// Used blobs.
+    pub blobs_used: u64,
+    /// Unused blobs.
+    pub blobs_unused: u64,
+    /// Packs with no used blob, deleted.
+    pub packs_deleted: u64,
+    /// Packs rewritten.
+    pub packs_repacked: u64,
+    /// Packs no index named (left by interrupted backups), deleted.
+    pub packs_unreferenced: u64,
+    /// Bytes of used blobs copied by repacking.
+    pub bytes_repacked: u64,
+    /// Bytes freed (deleted minus written).
+    pub bytes_freed: u64,
+    /// Unused bytes left in kept packs.
+    pub bytes_unused_left: u64,
+    /// Index files replaced.
+    pub index_files_replaced: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Temporary files of interrupted writes removed (or, in a dry run, found).
+    pub temp_files_removed: u64,
+    /// Their bytes.
+    pub temp_bytes_removed: u64,
+    /// Stale or damaged locks removed (or, in a dry run, found).
+    pub stale_locks_removed: u64,
+}
+
+/// What killed processes left behind: temporary files that no running writer owns, and
+/// locks that nobody honours any more.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Temporary files whose writer is gone.
+    pub temp_files: Vec<crate::backend::TempFile>,
+    /// Stale or damaged locks.
+    pub stale_locks: Vec<Id>,
+}
+
+impl Leftovers {
+    /// Bytes of the temporary files.
+    pub fn temp_bytes(&self) -> u64 {
+        self.temp_files.iter().map(|t| t.size).sum()
+    }
+}
+
+/// Temporary files of untagged (pre-writer-tag) versions are left alone for this long.
+const UNTAGGED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Find [`Leftovers`]. A temporary file is tied to its writer by the tag in its name
+/// ([`crate::util::writer_tag`]): it is kept while a live (not stale) lock has the same host
+/// and pid, or while that process still runs on this host (lock-less writers such as
+/// `key add`, and writers to other repositories sharing the local pack directory); otherwise
+/// it is a leftover at once, whatever its age.
+pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
+    let live: HashSet<String> = crate::lock::live_writers(repo)?
+        .into_iter()
+        .map(|(host, pid)| crate::util::writer_tag(&host, pid))
+        .collect();
+    let temp_files = repo
+        .backend()
+        .temp_files()?
+        .into_iter()
+        .filter(|t| match t.writer() {
+            Some(tag) => !live.contains(tag) && !crate::util::local_writer_alive(tag),
+            None => t.age > UNTAGGED_TEMP_AGE,
+        })
+        .collect();
+    Ok(Leftovers {
+        temp_files,
+        stale_locks: crate::lock::stale_locks(repo)?,
+    })
+}
+
+/// Remove what [`find_leftovers`] found; returns (temp files, their bytes, locks) removed.
+pub fn remove_leftovers(repo: &Repository, l: &Leftovers) -> Result<(u64, u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    for t in &l.temp_files {
+        repo.backend().remove_temp(&t.path)?;
+        files += 1;
+        bytes += t.size;
+    }
+    for id in &l.stale_locks {
+        repo.backend().delete(FileKind::Lock, &id.to_hex())?;
+    }
+    Ok((files, bytes, l.stale_locks.len() as u64))
+}
+
+struct PackUse {
+    id: Id,
+    size: u64,
+    used_bytes: u64,
+    unused_bytes: u64,
+    used_blobs: Vec<PackEntry>,
+}
+
+/// Remove unreferenced data (with `dry_run`: only compute what would go).
+pub fn prune(
+    lock: &ExclusiveLock<'_>,
+    opts: &PruneOptions,
+    progress: &Progress,
+) -> Result<PruneReport> {
+    let repo: &Repository = lock;
+    // Loaded once: the merged map for lookups, the files themselves for per-pack accounting
+    // and for the index that replaces them.
+    let files = repo.load_index_files()?;
+    let index = MasterIndex::from_files(&files);
+    let snaps: Vec<(Id, Snapshot)> = repo.load_snapshots_strict()?;
+    let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
+    let used = used_blobs(repo, &index, &roots)?;
+    for id in &used {
+        if !index.contains(id) {
+            return Err(Error::Integrity(format!(
+                "blob {id} is used by a snapshot but not indexed; refusing to prune (run `cairn check`, then `cairn repair index`)"
+            )));
+        }
+    }
+
+    let stored: HashMap<String, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    let mut packs: HashMap<Id, PackUse> = HashMap::new();
+    for pid in index.packs() {
+        let Some(&size) = stored.get(&pid.to_hex()) else {
+            return Err(Error::Integrity(format!(
+                "pack {pid} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
+            )));
+        };
+        packs.insert(
+            *pid,
+            PackUse {
+                id: *pid,
+                size,
+                used_bytes: 0,
+                unused_bytes: 0,
+                used_blobs: Vec::new(),
+            },
+        );
+    }
+    // Walk the index files themselves (not the merged map) so that duplicate copies of a blob
+    // in a second pack count as unused there.
+    let mut seen_pack: HashSet<Id> = HashSet::new();
+    let mut blobs_unused = 0u64;
+    for p in files.iter().flat_map(|(_, f)| &f.packs) {
+        let pid = p.id;
+        if !seen_pack.insert(pid) {
+            continue;
+        }
+        let Some(pu) = packs.get_mut(&pid) else {
+            continue;
+        };
+        for &e in &p.blobs {
+            let canonical = index
+                .get(&e.id)
+                .is_some_and(|l| index.pack_id(l) == pid && l.offset == e.offset);
+            if canonical && used.contains(&e.id) {
+                pu.used_bytes += u64::from(e.length);
+                pu.used_blobs.push(e);
+            } else {
+                pu.unused_bytes += u64::from(e.length);
+                blobs_unused += 1;
+            }
+        }
+    }
+
+    let mut report = PruneReport {
+        packs_total: stored.len() as u64,
+        bytes_total: stored.values().sum(),
+        blobs_used: used.len() as u64,
+        blobs_unused,
+        dry_run: opts.dry_run,
+        ..PruneReport::default()
+    };
+    let indexed: HashSet<String> = index.packs().iter().map(Id::to_hex).collect();
+    let unreferenced: Vec<(String, u64)> = stored
+        .iter()
+        .filter(|(n, _)| !indexed.contains(*n))
+        .map(|(n, s)| (n.clone(), *s))
+        .collect();
+    report.packs_unreferenced = unreferenced.len() as u64;
+
+    let mut delete: Vec<Id> = Vec::new();
+    let mut partial: Vec<&PackUse> = Vec::new();
+    for p in packs.values() {
+        if p.used_blobs.is_empty() {
+            delete.push(p.id);
+        } else if p.unused_bytes > 0 {
+            partial.push(p);
+        }
+    }
+    report.packs_deleted = delete.len() as u64;
+    // Repack the emptiest packs first until the unused share is within bounds.
+    partial.sort_by(|a, b| {
+        let ra = a.unused_bytes as f64 / a.size.max(1) as f64;
+        let rb = b.unused_bytes as f64 / b.size.max(1) as f64;
+        rb.total_cmp(&ra).then(a.id.cmp(&b.id))
+    });
+    let kept_size: u64 = packs
+        .values()
+        .filter(|p| !p.used_blobs.is_empty())
+        .map(|p| p.size)
+        .sum();
+    let mut unused_left: u64 = partial.iter().map(|p| p.unused_bytes).sum();
+    let mut repack: Vec<&PackUse> = Vec::new();
+    let mut repack_bytes = 0u64;
+    for p in &partial {
+        let size_after = kept_size.saturating_sub(p.unused_bytes);
+        let tolerated = match opts.max_unused {
+            MaxUnused::Fraction(f) => f * size_after as f64,
+            MaxUnused::Bytes(b) => b as f64,
+        };
+        if (unused_left as f64) <= tolerated {
+            break;
+        }
+        if repack_bytes + p.size > opts.max_repack_bytes {
+            continue;
+        }
+        repack_bytes += p.size;
+        unused_left -= p.unused_bytes;
+        repack.push(p);
+    }
+    report.packs_repacked = repack.len() as u64;
+    report.bytes_repacked = repack.iter().map(|p| p.used_bytes).sum();
+    report.bytes_unused_left = unused_left;
+    let deleted_bytes: u64 = delete.iter().map(|id| packs[id].size).sum::<u64>()
+        + repack.iter().map(|p| p.size).sum::<u64>()
+        + unreferenced.iter().map(|(_, s)| s).sum::<u64>();
+    report.bytes_freed = deleted_bytes.saturating_sub(report.bytes_repacked);
+    // Leftovers of killed processes: temporary files no live writer owns, stale locks.
+    let leftovers = find_leftovers(repo)?;
+    if opts.dry_run {
+        report.temp_files_removed = leftovers.temp_files.len() as u64;
+        report.temp_bytes_removed = leftovers.temp_bytes();
+        report.stale_locks_removed = leftovers.stale_locks.len() as u64;
+        return Ok(report);
+    }
+    (
+        report.temp_files_removed,
+        report.temp_bytes_removed,
+        report.stale_locks_removed,
+    ) = remove_leftovers(repo, &leftovers)?;
+    if delete.is_empty() && repack.is_empty() && unreferenced.is_empty() {
+        return Ok(report);
+    }
+
+    // 1. Repack.
+    let repack_ids: HashSet<Id> = repack.iter().map(|p| p.id).collect();
+    let delete_ids: HashSet<Id> = delete.iter().copied().collect();
+    let mut kept = MasterIndex::default();
+    let mut kept_packs: Vec<IndexPack> = Vec::new();
+    for (_, f) in &files {
+        for p in &f.packs {
+            if repack_ids.contains(&p.id)
+                || delete_ids.contains(&p.id)
+                || kept_packs.iter().any(|k| k.id == p.id)
+            {
+                continue;
+            }
+            kept.add_pack(p);
+            kept_packs.push(p.clone());
+        }
+    }
+    let packer = Packer::new(repo, std::sync::Arc::new(kept));
+    repack.par_iter().try_for_each(|p| -> Result<()> {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let mut data = repo.backend().get(FileKind::Pack, &p.id.to_hex())?;
+        verify_name(FileKind::Pack, &p.id.to_hex(), &data)?;
+        for e in &p.used_blobs {
+            let a = e.offset as usize;
+            let sealed = data
+                .get_mut(a..a + e.length as usize)
+                .ok_or_else(|| Error::Integrity(format!("pack {} truncated", p.id)))?;
+            let plain = repo.open_blob(&p.id, e, sealed).map_err(|err| {
+                Error::Integrity(format!(
+                    "{err}; refusing to repack (run `cairn check --read-data`)"
+                ))
+            })?;
+            packer.add(e.blob_type, e.id, &plain)?;
+            Progress::add(&progress.bytes, u64::from(e.raw_length));
+        }
+        Ok(())
+    })?;
+    let new_packs = packer.finish()?;
+    drop(packer);
+    kept_packs.extend(new_packs);
+
+    // 2.+3. The complete new index, then the old index files go.
+    report.index_files_replaced = replace_index(repo, kept_packs)?;
+    // 4. Packs nothing names any more.
+    for id in delete.iter().chain(repack_ids.iter()) {
+        repo.backend().delete(FileKind::Pack, &id.to_hex())?;
+    }
+    for (name, _) in &unreferenced {
+        repo.backend().delete(FileKind::Pack, name)?;
+    }
+    Ok(report)
+}
