@@ -35,9 +35,13 @@ const SEGMENT: usize = 2048;
 /// Open anchors kept at most.
 const CACHE_MAX: usize = 256;
 
-fn cache() -> &'static Mutex<HashMap<PathBuf, Arc<OwnedFd>>> {
-    static C: OnceLock<Mutex<HashMap<PathBuf, Arc<OwnedFd>>>> = OnceLock::new();
-    C.get_or_init(Mutex::default)
+/// Open anchors, keyed by (the anchor they were opened from, or 0 for the first segment;
+/// the segment's bytes), so a key is at most a segment long whatever the depth.
+type Anchors = HashMap<(u64, Vec<u8>), (u64, Arc<OwnedFd>)>;
+
+fn cache() -> &'static Mutex<(Anchors, u64)> {
+    static C: OnceLock<Mutex<(Anchors, u64)>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new((HashMap::new(), 0)))
 }
 
 /// Byte offsets in `p` where anchors go: component boundaries, greedily every ≤ [`SEGMENT`]
@@ -75,25 +79,40 @@ fn via(fd: &OwnedFd, rest: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(s))
 }
 
-/// The anchor for the prefix `p[..bounds[k]]`.
-fn anchor(p: &[u8], bounds: &[usize], k: usize) -> io::Result<Arc<OwnedFd>> {
-    let key = PathBuf::from(std::ffi::OsStr::from_bytes(&p[..bounds[k]]));
-    if let Some(fd) = cache().lock().get(&key) {
-        return Ok(fd.clone());
+/// The anchor for the prefix `p[..bounds[last]]`, opening (and caching) each anchor of the
+/// chain that is not cached yet.
+fn anchor(p: &[u8], bounds: &[usize]) -> io::Result<Arc<OwnedFd>> {
+    let mut parent: Option<(u64, Arc<OwnedFd>)> = None;
+    let mut start = 0;
+    for &end in bounds {
+        let seg = &p[start..end];
+        let parent_id = parent.as_ref().map_or(0, |(id, _)| *id);
+        let key = (parent_id, seg.to_vec());
+        let cached = cache().lock().0.get(&key).cloned();
+        let next = match cached {
+            Some(hit) => hit,
+            None => {
+                let fd = match &parent {
+                    None => open_dir(Path::new(std::ffi::OsStr::from_bytes(seg)))?,
+                    Some((_, pfd)) => open_dir(&via(pfd, seg))?,
+                };
+                let fd = Arc::new(fd);
+                let mut c = cache().lock();
+                if c.0.len() >= CACHE_MAX {
+                    c.0.clear();
+                }
+                c.1 += 1;
+                let id = c.1;
+                c.0.insert(key, (id, fd.clone()));
+                (id, fd)
+            }
+        };
+        parent = Some(next);
+        start = end;
     }
-    let fd = if k == 0 {
-        open_dir(&key)?
-    } else {
-        let parent = anchor(p, bounds, k - 1)?;
-        open_dir(&via(&parent, &p[bounds[k - 1]..bounds[k]]))?
-    };
-    let fd = Arc::new(fd);
-    let mut c = cache().lock();
-    if c.len() >= CACHE_MAX {
-        c.clear();
-    }
-    c.insert(key, fd.clone());
-    Ok(fd)
+    parent
+        .map(|(_, fd)| fd)
+        .ok_or_else(|| io::Error::other("no anchor for a short path"))
 }
 
 /// Run `f` with a path that names `p` and that the kernel accepts whatever `p`'s length.
@@ -106,14 +125,14 @@ pub fn with<T>(p: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T
     let Some(&last) = bounds.last() else {
         return f(p);
     };
-    let fd = anchor(b, &bounds, bounds.len() - 1)?;
+    let fd = anchor(b, &bounds)?;
     // `fd` stays open until `f` is done with the path that names it.
     f(&via(&fd, &b[last..]))
 }
 
 /// Forget every cached anchor (after directories were removed or replaced).
 pub fn clear_cache() {
-    cache().lock().clear();
+    cache().lock().0.clear();
 }
 
 #[cfg(test)]

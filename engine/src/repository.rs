@@ -121,13 +121,25 @@ impl Repository {
         // a costly (if in-range) KDF then costs nothing when the password opens another.
         let mut candidates = Vec::with_capacity(keys.len());
         for k in keys {
-            let data = backend.get_max(FileKind::Key, &k.name, MAX_KEY_FILE_LEN)?;
-            verify_name(FileKind::Key, &k.name, &data)?;
-            match KeyFile::decode(&data) {
+            // A damaged or planted key file is skipped: it must not lock out the others.
+            let kf = backend
+                .get_max(FileKind::Key, &k.name, MAX_KEY_FILE_LEN)
+                .and_then(|data| {
+                    verify_name(FileKind::Key, &k.name, &data)?;
+                    Ok(KeyFile::decode(&data)?)
+                });
+            match kf {
                 Ok(kf) => candidates.push((k.name, kf)),
-                Err(e) => last_err = e.into(),
+                Err(e) if e.is_damage() => {
+                    tracing::warn!("key file {}: {e}; skipped", &k.name[..k.name.len().min(8)]);
+                    last_err = e;
+                }
+                Err(e) => return Err(e),
             }
         }
+        // Keys made by earlier builds with a KDF above today's range open only on request,
+        // so that they can be replaced (`key passwd`).
+        let legacy = std::env::var_os("CAIRN_ALLOW_COSTLY_KDF").is_some_and(|v| v == "1");
         candidates.sort_by_key(|(name, kf)| {
             (
                 u64::from(kf.kdf.memory_kib) * u64::from(kf.kdf.iterations),
@@ -135,7 +147,11 @@ impl Repository {
             )
         });
         for (name, kf) in candidates {
-            match kf.unwrap_key(password) {
+            let unwrapped = match kf.unwrap_key(password) {
+                Err(FormatError::InvalidParameter(_)) if legacy => kf.unwrap_key_legacy(password),
+                other => other,
+            };
+            match unwrapped {
                 Ok(key) => {
                     let config: Config = decode_sealed(&key, FileKind::Config, &config_bytes)?;
                     config.validate()?;
@@ -151,7 +167,10 @@ impl Repository {
                 // A key file with an out-of-range KDF (planted, or from a hostile tool) is
                 // never derived: it cannot be ours to use, and must not hide the others.
                 Err(e @ FormatError::InvalidParameter(_)) => {
-                    tracing::warn!("key file {}: {e}; skipped", &name[..name.len().min(8)]);
+                    tracing::warn!(
+                        "key file {}: {e}; skipped (a key of an earlier build? open it once with CAIRN_ALLOW_COSTLY_KDF=1 and run `cairn key passwd`)",
+                        &name[..name.len().min(8)]
+                    );
                 }
                 Err(e) => last_err = e.into(),
             }
@@ -298,11 +317,41 @@ impl Repository {
         let (files, damaged) = self.load_index_files_lenient()?;
         for (id, e) in &damaged {
             tracing::warn!(
-                "index file {} is damaged and was skipped ({e}); run `cairn repair index`",
+                "index file {} is damaged ({e}); run `cairn repair index`",
                 id.short()
             );
         }
         Ok(MasterIndex::from_files(&files))
+    }
+
+    /// The index a backup deduplicates against. With a damaged index file, only packs that
+    /// exist count: the damaged file may have been the one superseding older index files,
+    /// which then name packs a prune has deleted, and deduplicating against those would make
+    /// new snapshots that cannot be restored.
+    pub(crate) fn load_index_for_writing(&self) -> Result<MasterIndex> {
+        let (files, damaged) = self.load_index_files_lenient()?;
+        if damaged.is_empty() {
+            return Ok(MasterIndex::from_files(&files));
+        }
+        for (id, e) in &damaged {
+            tracing::warn!(
+                "index file {} is damaged ({e}); deduplicating only against packs that exist; run `cairn repair index`",
+                id.short()
+            );
+        }
+        let stored: std::collections::HashSet<String> = self
+            .backend
+            .list(FileKind::Pack)?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let mut index = MasterIndex::default();
+        for p in files.iter().flat_map(|(_, f)| &f.packs) {
+            if stored.contains(&p.id.to_hex()) {
+                index.add_pack(p);
+            }
+        }
+        Ok(index)
     }
 
     /// The index files in force, in listing order: every index file except those another
@@ -320,8 +369,10 @@ impl Repository {
         Ok(files)
     }
 
-    /// [`Repository::load_index_files`] that sets damaged index files (undecodable, or with
-    /// entries beyond the format's limits) aside instead of failing. Transient errors (I/O,
+    /// [`Repository::load_index_files`] that sets damaged index files aside instead of
+    /// failing. A file that decodes but has entries beyond the format's limits keeps its
+    /// other entries (and its `supersedes`); it is reported as damaged all the same, so that
+    /// prune (strict) refuses until `repair index` rewrote it. Transient errors (I/O,
     /// network) still fail: skipping an index file that is merely unreachable would make a
     /// restore report good data as missing.
     #[allow(clippy::type_complexity)]
@@ -329,20 +380,23 @@ impl Repository {
         let ids = self.list_ids(FileKind::Index)?;
         let loaded: Vec<(Id, Result<IndexFile>)> = ids
             .par_iter()
-            .map(|id| {
-                let r = self.load::<IndexFile>(FileKind::Index, id).and_then(|f| {
-                    f.check_limits(&self.config)
-                        .map_err(Error::from)
-                        .map(|()| f)
-                });
-                (*id, r)
-            })
+            .map(|id| (*id, self.load::<IndexFile>(FileKind::Index, id)))
             .collect();
         let mut files = Vec::new();
         let mut damaged = Vec::new();
         for (id, r) in loaded {
             match r {
-                Ok(f) => files.push((id, f)),
+                Ok(mut f) => {
+                    if let Some((e, err)) = f.drop_over_limit(&self.config).into_iter().next() {
+                        tracing::warn!(
+                            "index file {}: entry for blob {} ignored ({err})",
+                            id.short(),
+                            e.id.short()
+                        );
+                        damaged.push((id, Error::Format(err)));
+                    }
+                    files.push((id, f));
+                }
                 Err(e) if e.is_damage() => damaged.push((id, e)),
                 // A file deleted between listing and reading was superseded by a prune.
                 Err(Error::ObjectNotFound { .. }) => {}

@@ -37,6 +37,11 @@ pub fn temp_file_writer(file_name: &str) -> Option<&str> {
     ok.then_some(tag)
 }
 
+/// Whether the writer with `tag` runs (or ran) on this host.
+pub fn writer_is_local(tag: &str) -> bool {
+    tag.len() == 17 && tag[..9] == my_writer_tag()[..9]
+}
+
 /// Whether the writer with `tag` is a process on this host that is still running.
 pub fn local_writer_alive(tag: &str) -> bool {
     let mine = my_writer_tag();

@@ -239,12 +239,31 @@ impl KdfParams {
         Ok(())
     }
 
+    /// The range earlier builds accepted (memory ≤ 1 GiB, ≤ 100 passes, ≤ 16 lanes), for
+    /// opening a key made by them once, to replace it (`CAIRN_ALLOW_COSTLY_KDF=1`).
+    pub fn check_legacy_range(&self) -> Result<(), FormatError> {
+        if self.memory_kib > 1024 * 1024 || self.iterations > 100 || self.parallelism > 16 {
+            return Err(FormatError::InvalidParameter("argon2 cost too high".into()));
+        }
+        Ok(())
+    }
+
     /// Derive the 32-byte key-wrapping key from a password.
     pub fn derive(&self, password: &[u8]) -> Result<[u8; 32], FormatError> {
+        self.check_range()?;
+        self.derive_unchecked(password)
+    }
+
+    /// [`KdfParams::derive`] within [`KdfParams::check_legacy_range`] only.
+    pub fn derive_legacy(&self, password: &[u8]) -> Result<[u8; 32], FormatError> {
+        self.check_legacy_range()?;
+        self.derive_unchecked(password)
+    }
+
+    fn derive_unchecked(&self, password: &[u8]) -> Result<[u8; 32], FormatError> {
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| FormatError::InvalidParameter(format!("argon2 parameters: {e}")))?;
-        self.check_range()?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];

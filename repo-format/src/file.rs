@@ -34,8 +34,10 @@ pub const MAX_SNAPSHOT_LEN: usize = 16 << 20;
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
 /// Largest decoded lock.
 pub const MAX_LOCK_LEN: usize = 64 << 10;
-/// Largest decoded tree blob (one directory's listing: about 1.5 million entries).
-pub const MAX_TREE_LEN: u32 = 256 << 20;
+/// Largest decoded tree blob: one directory's listing, including the blob ids of its files
+/// (a 64 GiB database of 8 KiB pages alone takes 264 MiB), so the limit is generous; writers
+/// refuse to store a larger one.
+pub const MAX_TREE_LEN: u32 = 1 << 30;
 /// Blobs one index file lists at most (≈ 48 bytes each when encoded, so ≤ 96 MiB).
 pub const MAX_INDEX_BLOBS: usize = 2_000_000;
 

@@ -42,3 +42,26 @@ impl IndexFile {
         Ok(())
     }
 }
+
+impl IndexFile {
+    /// Remove the entries that break the repository's limits; returns them with the reason.
+    /// Lets a reader use the rest of an index file with one bad entry.
+    pub fn drop_over_limit(
+        &mut self,
+        config: &crate::Config,
+    ) -> Vec<(crate::PackEntry, crate::FormatError)> {
+        let mut dropped = Vec::new();
+        for p in &mut self.packs {
+            p.blobs.retain(|e| {
+                match crate::pack::check_entry_limits(e, config.max_blob_len(e.blob_type)) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        dropped.push((*e, err));
+                        false
+                    }
+                }
+            });
+        }
+        dropped
+    }
+}

@@ -54,8 +54,19 @@ impl KeyFile {
     /// Unwrap with `password`.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<MasterKey, FormatError> {
         let kek = self.kdf.derive(password)?;
+        self.unwrap_with(&kek)
+    }
+
+    /// [`KeyFile::unwrap_key`] for a key whose KDF is only within the range earlier builds
+    /// accepted ([`crate::KdfParams::check_legacy_range`]).
+    pub fn unwrap_key_legacy(&self, password: &[u8]) -> Result<MasterKey, FormatError> {
+        let kek = self.kdf.derive_legacy(password)?;
+        self.unwrap_with(&kek)
+    }
+
+    fn unwrap_with(&self, kek: &[u8; 32]) -> Result<MasterKey, FormatError> {
         let aad = key_aad(&self.created, &self.hostname, &self.username, &self.kdf);
-        let plain = open_with_key(&kek, &aad, &self.wrapped, "key file")
+        let plain = open_with_key(kek, &aad, &self.wrapped, "key file")
             .map_err(|_| FormatError::WrongPassword)?;
         from_postcard(&plain, "master key")
     }

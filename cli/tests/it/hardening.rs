@@ -347,15 +347,25 @@ fn running_writer_temp_files_survive_prune() {
         .repo
         .join("index")
         .join(format!(".tmp-{}-3", tag("elsewhere", me)));
-    for p in [&live, &dead, &other] {
+    let old_other = env
+        .repo
+        .join("index")
+        .join(format!(".tmp-{}-4", tag("elsewhere", me + 1)));
+    for p in [&live, &dead, &other, &old_other] {
         write_file(p, b"partial");
     }
+    let long_ago = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    filetime::set_file_mtime(&old_other, long_ago).unwrap();
     env.ok(&["prune"]);
     assert!(live.exists(), "prune removed a running writer's temp file");
     assert!(!dead.exists(), "prune kept a dead writer's temp file");
     assert!(
-        !other.exists(),
-        "prune kept the temp file of a writer without a lock"
+        other.exists(),
+        "prune removed a fresh temp file of another host's writer"
+    );
+    assert!(
+        !old_other.exists(),
+        "prune kept an old temp file of another host's writer without a lock"
     );
 }
 

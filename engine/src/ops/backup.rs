@@ -218,7 +218,7 @@ pub fn backup(
 ) -> Result<BackupResult> {
     let repo: &Repository = lock;
     let start = now_timestamp();
-    let index = Arc::new(repo.load_index()?);
+    let index = Arc::new(repo.load_index_for_writing()?);
     let host = opts.host.clone().unwrap_or_else(hostname);
     let mut paths: Vec<PathBuf> = Vec::new();
     if let Some((name, _)) = &opts.stdin {
@@ -389,6 +389,14 @@ impl Archiver<'_> {
     fn store_tree(&self, mut tree: Tree) -> Result<Id> {
         tree.canonicalize();
         let bytes = tree.encode();
+        // Readers refuse larger trees (FORMAT.md, "Limits"): never write one.
+        if bytes.len() > cairn_format::MAX_TREE_LEN as usize {
+            return Err(Error::Invalid(format!(
+                "a directory listing of {} bytes is larger than the format's limit of {} (millions of entries, or files of billions of chunks)",
+                bytes.len(),
+                cairn_format::MAX_TREE_LEN
+            )));
+        }
         let id = self.packer.blob_id(&bytes);
         self.packer.add(BlobType::Tree, id, &bytes)?;
         Ok(id)
@@ -561,6 +569,10 @@ impl Archiver<'_> {
     }
 
     /// Fill in `node.content`. Returns false if the file had to be skipped.
+    ///
+    /// A file is stored as it was up to the size it had when listed; if it changed while it
+    /// was read (or holds more than that size), a warning says so and the backup ends with
+    /// exit code 3.
     fn file_content(
         &self,
         path: &Path,
@@ -609,7 +621,33 @@ impl Archiver<'_> {
             Err(e) => return Err(e),
         };
         let after = f.metadata().map_err(|e| Error::io(path, e))?;
-        if read != meta.len()
+        // Reading stopped at the size the file had when it was listed: one more byte tells
+        // a file that holds more than its size says (a stale NFS attribute cache, a FUSE
+        // file system) from one that ended there. A file that says it is empty may be a
+        // generated one (procfs-like): it is read to its end instead.
+        let mut content = content;
+        let mut read = read;
+        let mut probe = [0u8; 1];
+        let probed = loop {
+            match f.read(&mut probe) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                r => break r.unwrap_or(0),
+            }
+        };
+        if meta.len() == 0 && probed == 1 {
+            let mut rest = std::io::Read::chain(&probe[..1], &mut f);
+            (content, read) = match self.chunk_stream(&mut rest, None) {
+                Ok(v) => v,
+                Err(Error::Io { path: p, source }) if p == SOURCE_READ => {
+                    self.warn(format!("{}: read error: {source}", path.display()));
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        let more_data = meta.len() > 0 && probed == 1;
+        if more_data
+            || (meta.len() > 0 && read != meta.len())
             || after.len() != meta.len()
             || after.mtime() != meta.mtime()
             || after.mtime_nsec() != meta.mtime_nsec()

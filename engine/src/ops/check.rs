@@ -98,10 +98,13 @@ pub fn check(
         .collect();
     let mut damaged_index = false;
     for (id, r) in loaded {
-        let r = r.and_then(|f| {
-            f.check_limits(repo.config())
-                .map_err(Error::from)
-                .map(|()| f)
+        let r = r.map(|mut f| {
+            for (e, x) in f.drop_over_limit(repo.config()) {
+                damaged_index = true;
+                err(format!("index {}: {x}", id.short()));
+                let _ = e;
+            }
+            f
         });
         match r {
             Ok(f) if !superseded.contains(&id) => {
@@ -138,7 +141,8 @@ pub fn check(
         let name = pid.to_hex();
         let Some(&size) = stored.get(&name) else {
             err(format!("pack {name} is indexed but missing"));
-            damaged_packs.lock().push(pid.short());
+            // In full: `repair packs` resolves short ids only among stored packs.
+            damaged_packs.lock().push(name.clone());
             return;
         };
         let header = read_pack_header(repo, &name, size);

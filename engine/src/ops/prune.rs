@@ -148,14 +148,18 @@ impl Leftovers {
     }
 }
 
+/// Temporary files of another host's writer that holds no lock are left alone this long.
+const UNLOCKED_REMOTE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Temporary files of untagged (pre-writer-tag) versions are left alone for this long.
 const UNTAGGED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Find [`Leftovers`]. A temporary file is tied to its writer by the tag in its name
 /// ([`crate::util::writer_tag`]): it is kept while a live (not stale) lock has the same host
-/// and pid, or while that process still runs on this host (lock-less writers such as
-/// `key add`, and writers to other repositories sharing the local pack directory); otherwise
-/// it is a leftover at once, whatever its age.
+/// and pid. Otherwise, a file of a process of this host is a leftover as soon as that
+/// process is gone (this covers lock-less writers such as `key add`, and writers to other
+/// repositories sharing the local pack directory); one of another host's process without a
+/// lock after 15 minutes; an untagged one (older versions) after an hour.
 pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
     let live: HashSet<String> = crate::lock::live_writers(repo)?
         .into_iter()
@@ -166,7 +170,12 @@ pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
         .temp_files()?
         .into_iter()
         .filter(|t| match t.writer() {
-            Some(tag) => !live.contains(tag) && !crate::util::local_writer_alive(tag),
+            Some(tag) if live.contains(tag) => false,
+            // A process of this host: its file goes as soon as the process is gone.
+            Some(tag) if crate::util::writer_is_local(tag) => !crate::util::local_writer_alive(tag),
+            // Another host's process without a lock: a writer that needs none (`key add`,
+            // seconds) or one that died. A short floor spares the first.
+            Some(_) => t.age > UNLOCKED_REMOTE_TEMP_AGE,
             None => t.age > UNTAGGED_TEMP_AGE,
         })
         .collect();
@@ -180,9 +189,15 @@ pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
 pub fn remove_leftovers(repo: &Repository, l: &Leftovers) -> Result<(u64, u64, u64)> {
     let (mut files, mut bytes) = (0, 0);
     for t in &l.temp_files {
-        repo.backend().remove_temp(&t.path)?;
-        files += 1;
-        bytes += t.size;
+        // One file that cannot be removed (another user's, in a shared temp directory)
+        // must not stop the prune.
+        match repo.backend().remove_temp(&t.path) {
+            Ok(()) => {
+                files += 1;
+                bytes += t.size;
+            }
+            Err(e) => tracing::warn!("{e}; left in place"),
+        }
     }
     for id in &l.stale_locks {
         repo.backend().delete(FileKind::Lock, &id.to_hex())?;

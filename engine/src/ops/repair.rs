@@ -94,17 +94,20 @@ pub fn repair_packs(
     };
     Progress::add(&progress.total_files, candidates.len() as u64);
 
-    // Read each candidate once: its intact blobs, and why it is damaged (if it is).
+    // What one pack holds: why it is damaged (if it is) and which blobs are intact. With a
+    // packer, the intact blobs are copied into it as they are found, so memory holds one
+    // pack at a time however many are damaged.
     struct Salvage {
         reason: Option<String>,
-        blobs: Vec<(BlobType, Id, Vec<u8>)>,
+        intact: Vec<Id>,
+        listed: Vec<cairn_format::PackEntry>,
     }
-    let salvage = |pid: &Id| -> Result<Salvage> {
+    let salvage = |pid: &Id, sink: Option<&Packer>| -> Result<Salvage> {
         let name = pid.to_hex();
-        let list = entries.get(pid).map(Vec::as_slice).unwrap_or_default();
         let mut out = Salvage {
             reason: None,
-            blobs: Vec::new(),
+            intact: Vec::new(),
+            listed: entries.get(pid).cloned().unwrap_or_default(),
         };
         if !stored.contains_key(&name) {
             out.reason = Some("missing from storage".into());
@@ -121,24 +124,29 @@ pub fn repair_packs(
         if let Err(e) = verify_name(FileKind::Pack, &name, &data) {
             out.reason = Some(e.to_string());
         }
-        let max_data = repo.config().max_blob_len(BlobType::Data);
-        let max_tree = repo.config().max_blob_len(BlobType::Tree);
-        for e in list {
-            let max = match e.blob_type {
-                BlobType::Data => max_data,
-                BlobType::Tree => max_tree,
-            };
+        // A pack no index names (one left by an interrupted run, named on the command line)
+        // is salvaged by its own header.
+        if out.listed.is_empty() {
+            match cairn_format::decode_pack_header(repo.key(), &data) {
+                Ok(h) => out.listed = h.entries,
+                Err(e) => {
+                    out.reason.get_or_insert_with(|| format!("header: {e}"));
+                }
+            }
+        }
+        for e in &out.listed {
             let a = e.offset as usize;
-            let opened = cairn_format::check_entry_limits(e, max)
-                .map_err(Error::from)
-                .and_then(|()| {
-                    let sealed = data
-                        .get_mut(a..a + e.length as usize)
-                        .ok_or_else(|| Error::Integrity("truncated".into()))?;
-                    Ok(repo.open_blob(pid, e, sealed)?.into_owned())
-                });
+            let opened = data
+                .get_mut(a..a + e.length as usize)
+                .ok_or_else(|| Error::Integrity("truncated".into()))
+                .and_then(|sealed| repo.open_blob(pid, e, sealed));
             match opened {
-                Ok(plain) => out.blobs.push((e.blob_type, e.id, plain)),
+                Ok(plain) => {
+                    if let Some(p) = sink {
+                        p.add(e.blob_type, e.id, &plain)?;
+                    }
+                    out.intact.push(e.id);
+                }
                 Err(err) => {
                     out.reason
                         .get_or_insert_with(|| format!("blob {}: {err}", e.id.short()));
@@ -155,13 +163,13 @@ pub fn repair_packs(
         dry_run,
         ..RepairPacksReport::default()
     };
-    // Packs are read in parallel, but only the damaged ones' blobs are kept in memory.
+    // Find the damaged packs (in parallel; only their ids and blob lists are kept).
     let damaged: Mutex<Vec<(Id, Salvage)>> = Mutex::new(Vec::new());
     candidates.par_iter().try_for_each(|pid| -> Result<()> {
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        let s = salvage(pid)?;
+        let s = salvage(pid, None)?;
         Progress::add(&progress.files, 1);
         if s.reason.is_some() {
             damaged.lock().push((*pid, s));
@@ -185,39 +193,36 @@ pub fn repair_packs(
         kept.add_pack(p);
         kept_packs.push(p.clone());
     }
+    let intact_anywhere: HashSet<Id> = damaged
+        .iter()
+        .flat_map(|(_, s)| s.intact.iter().copied())
+        .collect();
     let mut lost: HashSet<Id> = HashSet::new();
     for (pid, s) in &damaged {
         report
             .packs
             .push((pid.to_hex(), s.reason.clone().unwrap_or_default()));
-        let intact: HashSet<Id> = s.blobs.iter().map(|b| b.1).collect();
-        for e in entries.get(pid).map(Vec::as_slice).unwrap_or_default() {
-            if !intact.contains(&e.id) && !kept.contains(&e.id) {
+        for e in &s.listed {
+            if !intact_anywhere.contains(&e.id) && !kept.contains(&e.id) {
                 lost.insert(e.id);
             }
         }
     }
-    // A blob lost in one damaged pack may be intact in another.
-    for (_, s) in &damaged {
-        for (_, id, _) in &s.blobs {
-            lost.remove(id);
-        }
-    }
     report.blobs_lost = lost.len() as u64;
-    report.blobs_salvaged = damaged
+    report.blobs_salvaged = intact_anywhere
         .iter()
-        .flat_map(|(_, s)| s.blobs.iter().map(|b| b.1))
         .filter(|id| !kept.contains(id))
-        .collect::<HashSet<Id>>()
-        .len() as u64;
+        .count() as u64;
     if dry_run {
         return Ok(report);
     }
     let packer = Packer::new(repo, Arc::new(kept));
-    for (_, s) in &damaged {
-        for (t, id, plain) in &s.blobs {
-            packer.add(*t, *id, plain)?;
+    // Copy the intact blobs, one damaged pack at a time.
+    for (pid, _) in &damaged {
+        if interrupted() {
+            return Err(Error::Interrupted);
         }
+        salvage(pid, Some(&packer))?;
     }
     kept_packs.extend(packer.finish()?);
     drop(packer);
@@ -402,7 +407,8 @@ pub fn repair_snapshots(
 ) -> Result<RepairSnapshotsReport> {
     let repo: &Repository = lock;
     // A damaged index would make intact data look lost: repair it first.
-    let index = MasterIndex::from_files(&repo.load_index_files()?);
+    let files = repo.load_index_files()?;
+    let index = MasterIndex::from_files(&files);
     let (snaps, damaged) = repo.load_snapshots_lenient()?;
     let stored: HashSet<Id> = repo
         .backend()
@@ -410,11 +416,19 @@ pub fn repair_snapshots(
         .into_iter()
         .filter_map(|o| Id::from_hex(&o.name).ok())
         .collect();
+    // What the packer may deduplicate against: blobs in packs that exist. A tree the
+    // repair writes must not be "found" in a pack that is gone.
+    let mut known = MasterIndex::default();
+    for p in files.iter().flat_map(|(_, f)| &f.packs) {
+        if stored.contains(&p.id) {
+            known.add_pack(p);
+        }
+    }
     let mut fixer = SnapshotFixer {
         repo,
         index: &index,
         stored,
-        packer: (!opts.dry_run).then(|| Packer::new(repo, Arc::new(index.clone()))),
+        packer: (!opts.dry_run).then(|| Packer::new(repo, Arc::new(known))),
         memo: HashMap::new(),
         report: RepairSnapshotsReport {
             dry_run: opts.dry_run,

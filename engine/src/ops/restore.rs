@@ -139,48 +139,23 @@ struct Planner<'a> {
     /// held twice the plan in memory at once (heaptrack, 71 k files: peak heap 126 -> 111 MB).
     #[allow(clippy::vec_box)]
     entries: Vec<Box<Entry>>,
+    /// The snapshot path of the node being planned.
+    snap: PathBuf,
 }
 
 impl Planner<'_> {
-    fn included(&self, snap_path: &Path) -> bool {
-        self.includes
-            .as_ref()
-            .is_none_or(|g| g.matches_path_or_ancestor(snap_path))
-    }
-
-    /// Add `tree`'s nodes below entry `parent` (at `snap` in the snapshot); returns whether
-    /// anything was added.
-    fn walk(&mut self, tree: &Tree, parent: u32, snap: &Path) -> Result<bool> {
+    /// Add `tree`'s nodes below entry `parent` (the directory at `self.snap` in the
+    /// snapshot; `above` = it or an ancestor matches an include); returns whether anything
+    /// was added. `self.snap` is one buffer, extended and cut back per name, so the walk
+    /// costs the sum of name lengths, not of path lengths (deep crafted trees).
+    fn walk(&mut self, tree: &Tree, parent: u32, above: bool) -> Result<bool> {
         let mut any = false;
         for node in &tree.nodes {
             let name = std::ffi::OsStr::from_bytes(&node.name);
-            let snap_path = snap.join(name);
-            if !self.excludes.is_empty() && self.excludes.matches(&snap_path, name) {
-                continue;
-            }
-            if node.kind == NodeKind::Dir {
-                let pos = self.entries.len();
-                self.entries.push(Box::new(Entry {
-                    parent,
-                    node: node.clone(),
-                }));
-                let sub = match node.subtree {
-                    Some(id) => self.repo.load_tree(self.index, &id)?,
-                    None => Tree::default(),
-                };
-                let inner = crate::ops::backup::deeper(|| self.walk(&sub, pos as u32, &snap_path))?;
-                if inner || self.included(&snap_path) {
-                    any = true;
-                } else {
-                    self.entries.truncate(pos);
-                }
-            } else if self.included(&snap_path) {
-                self.entries.push(Box::new(Entry {
-                    parent,
-                    node: node.clone(),
-                }));
-                any = true;
-            }
+            self.snap.push(name);
+            let r = self.node(node, name, parent, above);
+            self.snap.pop();
+            any |= r?;
         }
         if self.entries.len() >= TOP as usize {
             return Err(Error::Invalid(
@@ -188,6 +163,49 @@ impl Planner<'_> {
             ));
         }
         Ok(any)
+    }
+
+    /// One node at `self.snap`; whether it (or anything below it) was added.
+    fn node(
+        &mut self,
+        node: &Node,
+        name: &std::ffi::OsStr,
+        parent: u32,
+        above: bool,
+    ) -> Result<bool> {
+        if !self.excludes.is_empty() && self.excludes.matches(&self.snap, name) {
+            return Ok(false);
+        }
+        let included = above
+            || self
+                .includes
+                .as_ref()
+                .is_none_or(|g| g.matches(&self.snap, name));
+        if node.kind == NodeKind::Dir {
+            let pos = self.entries.len();
+            self.entries.push(Box::new(Entry {
+                parent,
+                node: node.clone(),
+            }));
+            let sub = match node.subtree {
+                Some(id) => self.repo.load_tree(self.index, &id)?,
+                None => Tree::default(),
+            };
+            let inner = crate::ops::backup::deeper(|| self.walk(&sub, pos as u32, included))?;
+            if inner || included {
+                return Ok(true);
+            }
+            self.entries.truncate(pos);
+            Ok(false)
+        } else if included {
+            self.entries.push(Box::new(Entry {
+                parent,
+                node: node.clone(),
+            }));
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 }
 
@@ -263,6 +281,7 @@ pub fn restore(
         includes,
         excludes: Patterns::new(&opts.excludes)?,
         entries: Vec::new(),
+        snap: PathBuf::from("/"),
     };
     if sub
         .components()
@@ -279,17 +298,27 @@ pub fn restore(
         .all(|c| !matches!(c, std::path::Component::Normal(_)));
     if is_root {
         let tree = repo.load_tree(index, root)?;
-        planner.walk(&tree, TOP, Path::new("/"))?;
+        planner.walk(&tree, TOP, false)?;
     } else {
         let node = crate::ops::ls::find_node(ix, root, sub)?.ok_or_else(|| {
             Error::Invalid(format!("path {} not found in snapshot", sub_abs.display()))
         })?;
         if node.kind == NodeKind::Dir {
             let tree = repo.load_tree(index, &node.subtree.unwrap_or_default())?;
-            planner.walk(&tree, TOP, &sub_abs)?;
+            let above = planner
+                .includes
+                .as_ref()
+                .is_some_and(|g| g.matches_path_or_ancestor(&sub_abs));
+            planner.snap = sub_abs.clone();
+            planner.walk(&tree, TOP, above)?;
         } else {
             let parent = sub_abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-            planner.walk(&Tree { nodes: vec![node] }, TOP, &parent)?;
+            let above = planner
+                .includes
+                .as_ref()
+                .is_some_and(|g| g.matches_path_or_ancestor(&parent));
+            planner.snap = parent;
+            planner.walk(&Tree { nodes: vec![node] }, TOP, above)?;
         }
     }
     let entries = planner.entries;
@@ -508,8 +537,10 @@ pub fn restore(
                 );
                 for (id, loc, targets) in &blobs[i..=j] {
                     // Decrypted in the span buffer itself; a raw blob is written from there.
+                    // Err((message, whether the repository's data is damaged)): a network or
+                    // disk error reading the repository is not damage (exit 3, not 13).
                     let plain = match span.as_mut() {
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err((e.to_string(), e.is_damage())),
                         Ok(buf) => {
                             let a = (loc.offset - start) as usize;
                             match buf.get_mut(a..a + loc.length as usize) {
@@ -525,11 +556,14 @@ pub fn restore(
                                         },
                                         sealed,
                                     )
-                                    .map_err(|e| e.to_string()),
-                                None => Err(format!(
-                                    "pack {}: short read of blob {}",
-                                    pack_id.short(),
-                                    id.short()
+                                    .map_err(|e| (e.to_string(), e.is_damage())),
+                                None => Err((
+                                    format!(
+                                        "pack {}: short read of blob {}",
+                                        pack_id.short(),
+                                        id.short()
+                                    ),
+                                    true,
                                 )),
                             }
                         }
@@ -539,11 +573,14 @@ pub fn restore(
                         if job.failed.lock().is_some() {
                             continue;
                         }
-                        let data = match plain.as_deref() {
-                            Ok(d) => d,
-                            Err(msg) => {
+                        let data = match &plain {
+                            Ok(d) => &d[..],
+                            Err((msg, damage)) => {
                                 *job.failed.lock() = Some(msg.clone());
-                                job_integrity[fi].store(true, std::sync::atomic::Ordering::Relaxed);
+                                if *damage {
+                                    job_integrity[fi]
+                                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
                                 continue;
                             }
                         };
