@@ -1,4 +1,4 @@
-//! One function per subcommand.
+//! The reading and writing subcommands: init, backup, snapshots, ls, restore, cat, key, stats.
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -12,138 +12,19 @@ use cairn_engine::ops::restore::restore;
 use cairn_engine::snapshots::{resolve, snapshot_subpath, split_spec};
 use cairn_engine::util::{format_timestamp, parse_time, rfc3339};
 use cairn_engine::{
-    lock, Backend, BackupOptions, ExclusiveLock, InitOptions, LocalBackend, Progress, Repository,
-    RestoreOptions, S3Backend, S3Config, SharedLock, SnapshotFilter,
+    BackupOptions, InitOptions, Progress, Repository, RestoreOptions, SnapshotFilter,
 };
 use cairn_format::{
     decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind,
-    Snapshot, DEFAULT_KDF_LANES,
+    DEFAULT_KDF_LANES,
 };
 use serde_json::{json, Value};
 
-use crate::ui::{human_bytes, Reporter};
-use crate::{BackupArgs, CatArgs, Cli, Command, FilterArgs, KeyCommand, LsArgs, RestoreArgs};
+use crate::hiargs::{backend, filter, lock_shared, open};
+use crate::ui::{human_bytes, lossy, snapshot_json, Reporter};
+use crate::{BackupArgs, CatArgs, Cli, FilterArgs, KeyCommand, LsArgs, RestoreArgs};
 
-/// Run the parsed command; returns the process exit code.
-pub fn run(cli: &Cli) -> Result<u8> {
-    match &cli.command {
-        Command::Init(a) => init(cli, a),
-        Command::Backup(a) => cmd_backup(cli, a),
-        Command::Snapshots(f) => snapshots(cli, f),
-        Command::Ls(a) => ls(cli, a),
-        Command::Restore(a) => cmd_restore(cli, a),
-        Command::Cat(a) => cat(cli, a),
-        Command::Key(k) => key(cli, k),
-        Command::Forget(a) => crate::maint::forget(cli, a),
-        Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
-        Command::Check(a) => crate::maint::check_cmd(cli, a),
-        Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
-        Command::Repair(crate::RepairCommand::Packs(a)) => crate::maint::repair_packs_cmd(cli, a),
-        Command::Repair(crate::RepairCommand::Snapshots(a)) => {
-            crate::maint::repair_snapshots_cmd(cli, a)
-        }
-        Command::Stats => stats(cli),
-        Command::Run(a) => crate::run::run(cli, a),
-        Command::Schedule(a) => crate::run::schedule(a),
-        Command::K3s(k) => crate::run::k3s(cli, k),
-        Command::Unlock(a) => {
-            let repo = open(cli)?;
-            let n = lock::unlock(&repo, a.remove_all)?;
-            if cli.json {
-                println!("{}", json!({"removed": n}));
-            } else {
-                println!("removed {n} lock(s)");
-            }
-            Ok(0)
-        }
-    }
-}
-
-/// A shared lock, waiting as `--retry-lock` says (default: not at all).
-pub(crate) fn lock_shared<'r>(cli: &Cli, repo: &'r Repository) -> Result<SharedLock<'r>> {
-    Ok(repo.lock_shared(cli.retry_lock.unwrap_or_default())?)
-}
-
-/// An exclusive lock, waiting as `--retry-lock` says (default: not at all).
-pub(crate) fn lock_exclusive<'r>(cli: &Cli, repo: &'r Repository) -> Result<ExclusiveLock<'r>> {
-    Ok(repo.lock_exclusive(cli.retry_lock.unwrap_or_default())?)
-}
-
-fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
-    let loc = cli
-        .repo
-        .as_deref()
-        .ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
-    backend_at(loc, &cli.options)
-}
-
-/// The backend for a repository location: a directory (optionally `local:DIR`) or
-/// `s3:http[s]://host[:port]/bucket[/prefix]` configured by `options` (`-o s3.*`).
-pub(crate) fn backend_at(loc: &str, options: &[(String, String)]) -> Result<Arc<dyn Backend>> {
-    if loc.starts_with("s3:") {
-        let cfg = S3Config::parse(loc, options)?;
-        return Ok(Arc::new(S3Backend::new(cfg)?));
-    }
-    let path = loc.strip_prefix("local:").unwrap_or(loc);
-    if path.contains("://") {
-        bail!("unsupported repository location {loc:?}: use a directory or s3:http[s]://host/bucket[/prefix]");
-    }
-    if let Some((k, _)) = options.first() {
-        bail!("option {k} does not apply to a local repository");
-    }
-    Ok(Arc::new(LocalBackend::new(path)))
-}
-
-pub(crate) fn open(cli: &Cli) -> Result<Repository> {
-    open_with(cli, backend(cli)?, &cli.password)
-}
-
-/// Open the repository at `location` (with backend `options`) with the passwords `pw` names.
-pub(crate) fn open_at(
-    cli: &Cli,
-    location: &str,
-    options: &[(String, String)],
-    pw: &crate::password::PasswordArgs,
-) -> Result<Repository> {
-    open_with(cli, backend_at(location, options)?, pw)
-}
-
-fn open_with(
-    cli: &Cli,
-    be: Arc<dyn Backend>,
-    pw: &crate::password::PasswordArgs,
-) -> Result<Repository> {
-    // Fail on a missing or foreign repository before asking for a password.
-    let probed = Repository::probe(be.as_ref())?;
-    let pw = pw.get("enter password for repository: ", false)?;
-    let remote = be.is_remote();
-    let mut repo = Repository::open_probed(be, probed, pw.as_bytes())?;
-    if remote && !cli.no_cache {
-        match cli
-            .cache_dir
-            .clone()
-            .or_else(cairn_engine::cache::default_cache_dir)
-        {
-            Some(dir) => {
-                if let Err(e) = repo.enable_cache(&dir) {
-                    tracing::warn!("no local cache ({e}); reading metadata from the repository");
-                }
-            }
-            None => tracing::warn!("no cache directory (HOME unset); use --cache-dir"),
-        }
-    }
-    Ok(repo)
-}
-
-pub(crate) fn filter(f: &FilterArgs) -> SnapshotFilter {
-    SnapshotFilter {
-        hosts: f.hosts.clone(),
-        tags: f.tags.clone(),
-        paths: f.paths.clone(),
-    }
-}
-
-fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
+pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     let be = backend(cli)?;
     if be.exists()? && be.stat(FileKind::Config, "config")?.is_some() {
         return Err(cairn_engine::Error::RepoExists(be.location()).into());
@@ -181,7 +62,7 @@ fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
+pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     if !a.stdin && a.paths.is_empty() {
         return Err(crate::UsageError("nothing to back up: give paths or --stdin".into()).into());
     }
@@ -277,20 +158,7 @@ fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub(crate) fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
-    json!({
-        "id": id.to_hex(), "short_id": id.short(), "time": rfc3339(&s.time), "parent": s.parent.map(|p| p.to_hex()),
-        "tree": s.tree.to_hex(), "paths": s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
-        "hostname": s.hostname, "username": s.username, "uid": s.uid, "gid": s.gid, "tags": s.tags,
-        "excludes": s.excludes, "program_version": s.program_version, "summary": s.summary,
-    })
-}
-
-fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
+pub fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
     let repo = open(cli)?;
     let flt = filter(f);
     let snaps: Vec<_> = repo
@@ -375,7 +243,7 @@ fn node_json(path: &Path, n: &Node) -> Value {
     })
 }
 
-fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
+pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let repo = open(cli)?;
     let ix = repo.indexed()?;
     let snaps = repo.load_snapshots()?;
@@ -431,7 +299,7 @@ fn local_offset() -> i32 {
     jiff::Zoned::now().offset().seconds()
 }
 
-fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
+pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let (spec, path) = split_spec(&a.snapshot);
     let sub = snapshot_subpath(path)?;
     let repo = open(cli)?;
@@ -500,7 +368,7 @@ fn find_object(repo: &Repository, kind: FileKind, prefix: &str) -> Result<Id> {
     }
 }
 
-fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
+pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
     let repo = open(cli)?;
     let need_id = || {
         a.id.as_deref()
@@ -582,7 +450,7 @@ fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
+pub fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
     let mut repo = open(cli)?;
     match k {
         KeyCommand::List => {
@@ -638,7 +506,7 @@ fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
     Ok(0)
 }
 
-fn stats(cli: &Cli) -> Result<u8> {
+pub fn stats(cli: &Cli) -> Result<u8> {
     let repo = open(cli)?;
     let st = cairn_engine::ops::stats::stats(&repo)?;
     if cli.json {

@@ -2,6 +2,7 @@
 //! progress and output; all repository work is in `cairn-engine`.
 
 mod commands;
+mod hiargs;
 mod maint;
 mod password;
 mod run;
@@ -556,7 +557,7 @@ fn main() -> ExitCode {
     install_signal_handlers();
     quiet_broken_pipe();
     raise_open_file_limit();
-    match commands::run(&cli) {
+    match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = if e.downcast_ref::<UsageError>().is_some() {
@@ -592,6 +593,41 @@ fn main() -> ExitCode {
             }
             eprintln!("cairn: error: {msg}");
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Run the parsed command; returns the process exit code.
+fn run(cli: &Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Init(a) => commands::init(cli, a),
+        Command::Backup(a) => commands::cmd_backup(cli, a),
+        Command::Snapshots(f) => commands::snapshots(cli, f),
+        Command::Ls(a) => commands::ls(cli, a),
+        Command::Restore(a) => commands::cmd_restore(cli, a),
+        Command::Cat(a) => commands::cat(cli, a),
+        Command::Key(k) => commands::key(cli, k),
+        Command::Forget(a) => crate::maint::forget(cli, a),
+        Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
+        Command::Check(a) => crate::maint::check_cmd(cli, a),
+        Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
+        Command::Repair(crate::RepairCommand::Packs(a)) => crate::maint::repair_packs_cmd(cli, a),
+        Command::Repair(crate::RepairCommand::Snapshots(a)) => {
+            crate::maint::repair_snapshots_cmd(cli, a)
+        }
+        Command::Stats => commands::stats(cli),
+        Command::Run(a) => crate::run::run(cli, a),
+        Command::Schedule(a) => crate::run::schedule(a),
+        Command::K3s(k) => crate::run::k3s(cli, k),
+        Command::Unlock(a) => {
+            let repo = hiargs::open(cli)?;
+            let n = cairn_engine::lock::unlock(&repo, a.remove_all)?;
+            if cli.json {
+                println!("{}", serde_json::json!({"removed": n}));
+            } else {
+                println!("removed {n} lock(s)");
+            }
+            Ok(0)
         }
     }
 }

@@ -13,7 +13,8 @@ use cairn_engine::Progress;
 use cairn_format::{FileKind, Id};
 use serde_json::json;
 
-use crate::commands::{filter, lock_exclusive, lock_shared, open, snapshot_json};
+use crate::hiargs::{filter, lock_exclusive, lock_shared, open};
+use crate::ui::snapshot_json;
 use crate::ui::{human_bytes, Reporter};
 use crate::{CheckArgs, Cli, ForgetArgs, PruneOpts};
 

@@ -49,7 +49,7 @@ fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     options.extend(cli.options.iter().cloned());
-    crate::commands::open_at(cli, &location, &options, &pw_args)
+    crate::hiargs::open_at(cli, &location, &options, &pw_args)
 }
 
 pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
@@ -111,6 +111,18 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
                 (None, None) => String::new(),
             };
             println!("{status} {:<14} {:>6.1}s  {detail}", s.name, s.seconds);
+        }
+        for r in &report.retention {
+            if !r.remove.is_empty() {
+                let ids: Vec<&str> = r.remove.iter().map(|i| &i[..8]).collect();
+                println!(
+                    "retention {:<10} {} {} snapshot(s): {}",
+                    r.name,
+                    if a.dry_run { "would remove" } else { "removed" },
+                    r.remove.len(),
+                    ids.join(" ")
+                );
+            }
         }
         if let Some(p) = &report.prune {
             println!(
@@ -183,9 +195,9 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
         } => {
             let repo = match config {
                 Some(c) => open_job_repo(cli, &load_config(c)?)?,
-                None => crate::commands::open(cli)?,
+                None => crate::hiargs::open(cli)?,
             };
-            let _lock = crate::commands::lock_shared(cli, &repo)?;
+            let _lock = crate::hiargs::lock_shared(cli, &repo)?;
             let ix = repo.indexed()?;
             let snaps = repo.load_snapshots()?;
             let tag = source_tag(source);

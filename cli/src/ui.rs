@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cairn_engine::util::rfc3339;
 use cairn_engine::Progress;
+use cairn_format::{Id, Snapshot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
 
 /// Renders a [`Progress`] until dropped.
 pub struct Reporter {
@@ -110,4 +113,17 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.2} {}", UNITS[u])
     }
+}
+
+pub(crate) fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub(crate) fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
+    json!({
+        "id": id.to_hex(), "short_id": id.short(), "time": rfc3339(&s.time), "parent": s.parent.map(|p| p.to_hex()),
+        "tree": s.tree.to_hex(), "paths": s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
+        "hostname": s.hostname, "username": s.username, "uid": s.uid, "gid": s.gid, "tags": s.tags,
+        "excludes": s.excludes, "program_version": s.program_version, "summary": s.summary,
+    })
 }

@@ -56,11 +56,13 @@ impl OpenPack {
             crate::util::my_writer_tag(),
             rand::rng().next_u64()
         ));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        // 0600 like every other repository object (`durable::write_atomic`).
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
         let mut p = OpenPack {
             file,
             path,

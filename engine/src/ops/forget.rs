@@ -127,3 +127,119 @@ pub fn apply(lock: &ExclusiveLock<'_>, plan: &ForgetPlan) -> Result<ForgetReport
     }
     Ok(report)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use cairn_format::Timestamp;
+
+    const DAY: i64 = 86_400_000_000_000;
+
+    fn snap(n: u8, days_ago: i64, host: &str, tag: &str, now: i64) -> (Id, Snapshot) {
+        (
+            Id([n; 32]),
+            Snapshot {
+                time: Timestamp {
+                    unix_nanos: now - days_ago * DAY,
+                    utc_offset_secs: 0,
+                },
+                parent: None,
+                tree: Id([0; 32]),
+                paths: vec![b"/data".to_vec()],
+                hostname: host.into(),
+                username: "u".into(),
+                uid: 0,
+                gid: 0,
+                tags: vec![tag.into()],
+                excludes: Vec::new(),
+                program_version: "t".into(),
+                summary: None,
+            },
+        )
+    }
+
+    fn opts(policy: Policy) -> ForgetOptions {
+        ForgetOptions {
+            policy,
+            ..ForgetOptions::default()
+        }
+    }
+
+    #[test]
+    fn plan_keeps_last_per_group_and_removes_the_rest_once() {
+        let now = 1_700_000_000 * 1_000_000_000;
+        let snaps: Vec<_> = (0..6)
+            .map(|i| {
+                snap(
+                    i,
+                    i64::from(i),
+                    if i % 2 == 0 { "a" } else { "b" },
+                    "t",
+                    now,
+                )
+            })
+            .collect();
+        let mut o = opts(Policy {
+            last: 1,
+            ..Policy::default()
+        });
+        o.group_by = GroupBy::parse("host").unwrap();
+        // An id named explicitly and also removed by the policy appears once.
+        o.ids = vec![Id([4; 32]).to_hex()];
+        let p = plan(&snaps, &o, now).unwrap();
+        assert_eq!(p.groups.len(), 2);
+        let mut removed = p.remove.clone();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![Id([2; 32]), Id([3; 32]), Id([4; 32]), Id([5; 32])]
+        );
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn plan_never_empties_a_group_unless_allowed() {
+        let now = 1_700_000_000 * 1_000_000_000;
+        let snaps: Vec<_> = (0..3)
+            .map(|i| snap(i, i64::from(i), "a", "t", now))
+            .collect();
+        let policy = Policy {
+            tags: vec![vec!["no-such-tag".into()]],
+            ..Policy::default()
+        };
+        let p = plan(&snaps, &opts(policy.clone()), now).unwrap();
+        assert!(p.remove.is_empty());
+        assert!(p.groups[0].kept_whole_group);
+        assert_eq!(p.warnings.len(), 1);
+        let mut allow = opts(policy);
+        allow.allow_empty_group = true;
+        assert_eq!(plan(&snaps, &allow, now).unwrap().remove.len(), 3);
+    }
+
+    #[test]
+    fn plan_honours_the_filter_and_keep_within_daily() {
+        let now = 1_700_000_000 * 1_000_000_000;
+        let mut snaps: Vec<_> = (0..8)
+            .map(|i| snap(i, i64::from(i), "a", "x", now))
+            .collect();
+        snaps.push(snap(50, 30, "a", "other", now));
+        let mut o = opts(Policy {
+            within_daily: crate::retention::Duration::parse("3d").unwrap(),
+            ..Policy::default()
+        });
+        o.filter.tags = vec!["x".into()];
+        let p = plan(&snaps, &o, now).unwrap();
+        // Snapshots of the other tag are not looked at; days 0..=3 are kept (one per day
+        // within 3 days of the newest).
+        assert!(!p.remove.contains(&Id([50; 32])));
+        let mut removed = p.remove.clone();
+        removed.sort();
+        assert_eq!(
+            removed,
+            (4..8).map(|i| Id([i; 32])).collect::<Vec<_>>(),
+            "{:?}",
+            p.groups
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Arguments turned once into what the engine needs: the backend and opened repository a
+//! location names, locks with the `--retry-lock` wait, snapshot filters.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use cairn_engine::{
+    Backend, ExclusiveLock, LocalBackend, Repository, S3Backend, S3Config, SharedLock,
+    SnapshotFilter,
+};
+
+use crate::{Cli, FilterArgs};
+
+/// A shared lock, waiting as `--retry-lock` says (default: not at all).
+pub(crate) fn lock_shared<'r>(cli: &Cli, repo: &'r Repository) -> Result<SharedLock<'r>> {
+    Ok(repo.lock_shared(cli.retry_lock.unwrap_or_default())?)
+}
+
+/// An exclusive lock, waiting as `--retry-lock` says (default: not at all).
+pub(crate) fn lock_exclusive<'r>(cli: &Cli, repo: &'r Repository) -> Result<ExclusiveLock<'r>> {
+    Ok(repo.lock_exclusive(cli.retry_lock.unwrap_or_default())?)
+}
+
+pub(crate) fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
+    let loc = cli
+        .repo
+        .as_deref()
+        .ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
+    backend_at(loc, &cli.options)
+}
+
+/// The backend for a repository location: a directory (optionally `local:DIR`) or
+/// `s3:http[s]://host[:port]/bucket[/prefix]` configured by `options` (`-o s3.*`).
+pub(crate) fn backend_at(loc: &str, options: &[(String, String)]) -> Result<Arc<dyn Backend>> {
+    if loc.starts_with("s3:") {
+        let cfg = S3Config::parse(loc, options)?;
+        return Ok(Arc::new(S3Backend::new(cfg)?));
+    }
+    let path = loc.strip_prefix("local:").unwrap_or(loc);
+    if path.contains("://") {
+        bail!("unsupported repository location {loc:?}: use a directory or s3:http[s]://host/bucket[/prefix]");
+    }
+    if let Some((k, _)) = options.first() {
+        bail!("option {k} does not apply to a local repository");
+    }
+    Ok(Arc::new(LocalBackend::new(path)))
+}
+
+pub(crate) fn open(cli: &Cli) -> Result<Repository> {
+    open_with(cli, backend(cli)?, &cli.password)
+}
+
+/// Open the repository at `location` (with backend `options`) with the passwords `pw` names.
+pub(crate) fn open_at(
+    cli: &Cli,
+    location: &str,
+    options: &[(String, String)],
+    pw: &crate::password::PasswordArgs,
+) -> Result<Repository> {
+    open_with(cli, backend_at(location, options)?, pw)
+}
+
+fn open_with(
+    cli: &Cli,
+    be: Arc<dyn Backend>,
+    pw: &crate::password::PasswordArgs,
+) -> Result<Repository> {
+    // Fail on a missing or foreign repository before asking for a password.
+    let probed = Repository::probe(be.as_ref())?;
+    let pw = pw.get("enter password for repository: ", false)?;
+    let remote = be.is_remote();
+    let mut repo = Repository::open_probed(be, probed, pw.as_bytes())?;
+    if remote && !cli.no_cache {
+        match cli
+            .cache_dir
+            .clone()
+            .or_else(cairn_engine::cache::default_cache_dir)
+        {
+            Some(dir) => {
+                if let Err(e) = repo.enable_cache(&dir) {
+                    tracing::warn!("no local cache ({e}); reading metadata from the repository");
+                }
+            }
+            None => tracing::warn!("no cache directory (HOME unset); use --cache-dir"),
+        }
+    }
+    Ok(repo)
+}
+
+pub(crate) fn filter(f: &FilterArgs) -> SnapshotFilter {
+    SnapshotFilter {
+        hosts: f.hosts.clone(),
+        tags: f.tags.clone(),
+        paths: f.paths.clone(),
+    }
+}
