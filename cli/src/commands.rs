@@ -69,7 +69,9 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     let repo = open(cli)?;
     let lock = lock_shared(cli, &repo)?;
     let time = match &a.time {
-        Some(t) => Some(parse_time(t).ok_or_else(|| anyhow!("cannot parse --time {t:?}"))?),
+        Some(t) => Some(
+            parse_time(t).ok_or_else(|| crate::UsageError(format!("cannot parse --time {t:?}")))?,
+        ),
         None => None,
     };
     let parent = match &a.parent {
@@ -303,7 +305,7 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let (spec, path) = split_spec(&a.snapshot);
     let sub = snapshot_subpath(path)?;
     let repo = open(cli)?;
-    let _lock = lock_shared(cli, &repo)?;
+    let lock = lock_shared(cli, &repo)?;
     let ix = repo.indexed()?;
     let snaps = repo.load_snapshots()?;
     let (id, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
@@ -316,7 +318,7 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let res = {
         let _r = Reporter::start("restore", progress.clone(), cli.json, cli.quiet);
-        restore(&ix, &snap.tree, &sub, &opts, &progress)?
+        restore(&lock, &ix, &snap.tree, &sub, &opts, &progress)?
     };
     let secs = started.elapsed().as_secs_f64();
     for (p, why) in &res.failed {

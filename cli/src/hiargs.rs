@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use cairn_engine::{
     Backend, ExclusiveLock, LocalBackend, Repository, S3Backend, S3Config, SharedLock,
     SnapshotFilter,
@@ -22,10 +22,9 @@ pub(crate) fn lock_exclusive<'r>(cli: &Cli, repo: &'r Repository) -> Result<Excl
 }
 
 pub(crate) fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
-    let loc = cli
-        .repo
-        .as_deref()
-        .ok_or_else(|| anyhow!("no repository given: use -r/--repo or CAIRN_REPOSITORY"))?;
+    let loc = cli.repo.as_deref().ok_or_else(|| {
+        crate::UsageError("no repository given: use -r/--repo or CAIRN_REPOSITORY".into())
+    })?;
     backend_at(loc, &cli.options)
 }
 

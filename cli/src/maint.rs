@@ -72,13 +72,20 @@ fn prune_options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
     })
 }
 
+/// An argument that does not parse is a usage error (exit 2).
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    crate::UsageError(e.to_string()).into()
+}
+
 fn count(o: &Option<String>) -> Result<i64> {
-    o.as_deref().map_or(Ok(0), |s| Ok(parse_count(s)?))
+    o.as_deref()
+        .map_or(Ok(0), |s| parse_count(s).map_err(usage))
 }
 
 fn dur(o: &Option<String>) -> Result<Duration> {
-    o.as_deref()
-        .map_or(Ok(Duration::default()), |s| Ok(Duration::parse(s)?))
+    o.as_deref().map_or(Ok(Duration::default()), |s| {
+        Duration::parse(s).map_err(usage)
+    })
 }
 
 /// `forget`'s arguments as operation options (usage errors exit 2).
@@ -107,7 +114,7 @@ fn forget_options(a: &ForgetArgs) -> Result<ForgetOptions> {
     Ok(ForgetOptions {
         policy,
         filter: filter(&a.filter),
-        group_by: GroupBy::parse(&a.group_by)?,
+        group_by: GroupBy::parse(&a.group_by).map_err(usage)?,
         ids: a.ids.clone(),
         allow_empty_group: a.allow_empty_group,
     })
@@ -115,7 +122,11 @@ fn forget_options(a: &ForgetArgs) -> Result<ForgetOptions> {
 
 pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     let opts = forget_options(a)?;
-    let prune_opts = prune_options(&a.prune_opts, a.dry_run)?;
+    let prune_opts = if a.prune {
+        Some(prune_options(&a.prune_opts, a.dry_run).map_err(usage)?)
+    } else {
+        None
+    };
     let repo = open(cli)?;
     let lock = lock_exclusive(cli, &repo)?;
     let all = repo.load_snapshots()?;
@@ -160,11 +171,11 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         forget_op::apply(&lock, &plan)?;
     }
     let mut prune_report = None;
-    if a.prune && !plan.remove.is_empty() {
+    if let (Some(prune_opts), false) = (&prune_opts, plan.remove.is_empty()) {
         let progress = Arc::new(Progress::default());
         let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
         // A dry run cannot mark with the removals applied; it reports prune as things stand.
-        prune_report = Some(prune(&lock, &prune_opts, &progress)?);
+        prune_report = Some(prune(&lock, prune_opts, &progress)?);
     }
     if cli.json {
         println!(
@@ -219,7 +230,7 @@ fn print_prune(r: &PruneReport) {
 }
 
 pub fn prune_cmd(cli: &Cli, o: &PruneOpts, dry_run: bool) -> Result<u8> {
-    let opts = prune_options(o, dry_run)?;
+    let opts = prune_options(o, dry_run).map_err(usage)?;
     let repo = open(cli)?;
     let lock = lock_exclusive(cli, &repo)?;
     let progress = Arc::new(Progress::default());

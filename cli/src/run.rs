@@ -197,7 +197,7 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 Some(c) => open_job_repo(cli, &load_config(c)?)?,
                 None => crate::hiargs::open(cli)?,
             };
-            let _lock = crate::hiargs::lock_shared(cli, &repo)?;
+            let lock = crate::hiargs::lock_shared(cli, &repo)?;
             let ix = repo.indexed()?;
             let snaps = repo.load_snapshots()?;
             let tag = source_tag(source);
@@ -214,7 +214,14 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 target: target.clone(),
                 ..RestoreOptions::default()
             };
-            let res = restore(&ix, &snap.tree, Path::new(""), &opts, &Progress::default())?;
+            let res = restore(
+                &lock,
+                &ix,
+                &snap.tree,
+                Path::new(""),
+                &opts,
+                &Progress::default(),
+            )?;
             if !res.failed.is_empty() {
                 for (p, why) in &res.failed {
                     eprintln!("error: {}: {why}", p.display());

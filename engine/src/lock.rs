@@ -56,7 +56,10 @@ impl LockGuard {
     /// Take a lock; while a conflicting live lock exists, try again until `wait` has passed
     /// (zero: fail at once with [`Error::Locked`]).
     fn acquire_waiting(repo: &Repository, exclusive: bool, wait: Duration) -> Result<LockGuard> {
-        let deadline = Instant::now() + wait;
+        // An absurd wait means "as long as it takes", not a panic.
+        let deadline = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
         let mut pause = Duration::from_millis(250);
         let mut told = false;
         loop {
@@ -67,7 +70,10 @@ impl LockGuard {
                         told = true;
                     }
                     // Short steps, so that Ctrl-C is not held up by the wait.
-                    let until = (Instant::now() + pause).min(deadline);
+                    // Jitter, so that two waiters started by the same timer do not retry in
+                    // lock step for ever.
+                    let jitter = pause.mul_f64(rand::random::<f64>() * 0.5);
+                    let until = (Instant::now() + pause + jitter).min(deadline);
                     while Instant::now() < until {
                         if crate::progress::interrupted() {
                             return Err(Error::Interrupted);

@@ -48,6 +48,8 @@ impl Patterns {
             };
             if p.contains('/') {
                 let pat = p.trim_end_matches('/');
+                // `/` (or `//`) names the root: everything.
+                let pat = if pat.is_empty() { "/**" } else { pat };
                 let full = if pat.starts_with('/') {
                     pat.to_owned()
                 } else {

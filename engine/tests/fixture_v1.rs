@@ -361,8 +361,10 @@ fn fixture_v1_opens_and_restores_exactly() {
         ..RestoreOptions::default()
     };
     let sub = Path::new(SOURCE_PATH.trim_start_matches('/'));
-    let res = restore(&ix, &snap.tree, sub, &opts, &Progress::default()).unwrap();
+    let lock = repo.lock_shared(std::time::Duration::ZERO).unwrap();
+    let res = restore(&lock, &ix, &snap.tree, sub, &opts, &Progress::default()).unwrap();
     assert!(res.failed.is_empty(), "restore failures: {:?}", res.failed);
+    drop(lock);
 
     let want = entries_by_path(manifest["entries"].as_array().unwrap());
     let got = entries_by_path(&manifest_of(&target));
@@ -387,7 +389,8 @@ fn fixture_v1_opens_and_restores_exactly() {
             w["path"]
         );
     }
-    // No object was added to the repository copy (opening and restoring write nothing).
+    // No object was left in the repository copy (restoring writes only its lock, removed
+    // again when released).
     assert!(repo.list_ids(FileKind::Lock).unwrap().is_empty());
 }
 

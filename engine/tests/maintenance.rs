@@ -156,7 +156,8 @@ fn restored(
         target: into.to_path_buf(),
         ..RestoreOptions::default()
     };
-    let r = restore(&ix, &s.tree, sub, &opts, &Progress::default()).unwrap();
+    let lock = repo.lock_shared(NO_WAIT).unwrap();
+    let r = restore(&lock, &ix, &s.tree, sub, &opts, &Progress::default()).unwrap();
     assert!(r.failed.is_empty(), "restore failures: {:?}", r.failed);
     snapshot_of(into)
 }

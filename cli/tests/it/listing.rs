@@ -360,3 +360,41 @@ fn backup_excludes() {
         "ls --recursive:\n{rec}"
     );
 }
+
+#[test]
+fn include_and_exclude_speak_one_pattern_language() {
+    let env = Env::new();
+    let src = env.path("src");
+    for f in ["log/a.log", "log/nginx/b.log", "keep/c.txt"] {
+        write_file(&src.join(f), f.as_bytes());
+    }
+    env.backup(&[s(&src)]);
+    let spec = format!("latest:{}", s(&src));
+    let restore = |name: &str, extra: &[&str]| -> crate::util::Output {
+        let t = env.path(name);
+        let mut args = vec!["restore", spec.as_str(), "--target", s(&t)];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    let files = |name: &str| file_list(&env.path(name));
+    // `*` stops at `/` in an include as in an exclude; `**` crosses directories.
+    let one = format!("{}/log/*.log", s(&src));
+    restore("star", &["--include", &one]).success();
+    assert_eq!(files("star"), vec!["log/a.log".to_owned()]);
+    restore("star-x", &["--exclude", &one]).success();
+    assert_eq!(
+        files("star-x"),
+        vec!["keep/c.txt".to_owned(), "log/nginx/b.log".to_owned()]
+    );
+    let deep = format!("{}/log/**/*.log", s(&src));
+    restore("globstar", &["--include", &deep]).success();
+    assert_eq!(
+        files("globstar"),
+        vec!["log/a.log".to_owned(), "log/nginx/b.log".to_owned()]
+    );
+    // `/` includes everything; an include that matches nothing is an error, not an empty
+    // restore that says it succeeded.
+    restore("root", &["--include", "/"]).success();
+    assert_eq!(files("root").len(), 3);
+    restore("none", &["--include", "*.nothing"]).assert_error(1, &["matches --include"]);
+}

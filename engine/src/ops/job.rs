@@ -599,35 +599,45 @@ pub fn run_job(
     let mut prune_report = None;
     let mut retention = Vec::new();
     let maint = (|| -> Result<()> {
-        let snaps = repo.load_snapshots()?;
-        let now = now_timestamp().unix_nanos;
-        let mut plans = Vec::new();
-        for (src, res) in cfg.sources.iter().zip(results.iter_mut()) {
-            let opts = source_forget_options(cfg, src, &host)?;
-            if opts.policy.is_empty() {
-                continue;
+        // Plans for every source with rules, from one snapshot list.
+        let plan_all = |snaps: &[(cairn_format::Id, cairn_format::Snapshot)]| -> Result<Vec<_>> {
+            let now = now_timestamp().unix_nanos;
+            let mut plans = Vec::new();
+            for (i, src) in cfg.sources.iter().enumerate() {
+                let opts = source_forget_options(cfg, src, &host)?;
+                if !opts.policy.is_empty() {
+                    plans.push((i, forget_op::plan(snaps, &opts, now)?));
+                }
             }
-            let plan = forget_op::plan(&snaps, &opts, now)?;
+            Ok(plans)
+        };
+        // A first look without a lock decides whether the exclusive lock is needed at all;
+        // the plans applied are made again under it, from the snapshots as they are then
+        // (another run or node may have added or removed some meanwhile).
+        let mut plans = plan_all(&repo.load_snapshots()?)?;
+        let excl = if dry_run || plans.iter().all(|(_, p)| p.remove.is_empty()) {
+            None
+        } else {
+            let lock = repo.lock_exclusive(wait)?;
+            plans = plan_all(&repo.load_snapshots()?)?;
+            Some(lock)
+        };
+        for (i, plan) in &plans {
+            let src = &cfg.sources[*i];
             for w in &plan.warnings {
                 warn(&format!("source {}: {w}", src.name));
             }
-            res.forgotten = plan.remove.len() as u64;
+            results[*i].forgotten = plan.remove.len() as u64;
             retention.push(SourceRetention {
                 name: src.name.clone(),
                 remove: plan.remove.iter().map(|i| i.to_hex()).collect(),
                 warnings: plan.warnings.clone(),
             });
-            plans.push(plan);
         }
-        let removed_any = plans.iter().any(|p| !p.remove.is_empty());
-        if dry_run {
+        let Some(excl) = excl else {
             return Ok(());
-        }
-        if !removed_any {
-            return Ok(());
-        }
-        let excl = repo.lock_exclusive(wait)?;
-        for plan in &plans {
+        };
+        for (_, plan) in &plans {
             forget_op::apply(&excl, plan)?;
         }
         if cfg.prune.enabled {

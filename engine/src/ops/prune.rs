@@ -186,7 +186,8 @@ pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
 }
 
 /// Remove what [`find_leftovers`] found; returns (temp files, their bytes, locks) removed.
-pub fn remove_leftovers(repo: &Repository, l: &Leftovers) -> Result<(u64, u64, u64)> {
+pub fn remove_leftovers(lock: &ExclusiveLock<'_>, l: &Leftovers) -> Result<(u64, u64, u64)> {
+    let repo: &Repository = lock;
     let (mut files, mut bytes) = (0, 0);
     for t in &l.temp_files {
         // One file that cannot be removed (another user's, in a shared temp directory)
@@ -360,7 +361,7 @@ pub fn prune(
         report.temp_files_removed,
         report.temp_bytes_removed,
         report.stale_locks_removed,
-    ) = remove_leftovers(repo, &leftovers)?;
+    ) = remove_leftovers(lock, &leftovers)?;
     if delete.is_empty() && repack.is_empty() && unreferenced.is_empty() {
         return Ok(report);
     }

@@ -217,12 +217,20 @@ pub fn repair_packs(
         return Ok(report);
     }
     let packer = Packer::new(repo, Arc::new(kept));
-    // Copy the intact blobs, one damaged pack at a time.
-    for (pid, _) in &damaged {
+    // Copy the intact blobs, one damaged pack at a time. A blob that read fine a moment ago
+    // and does not now (failing media) stops the repair before anything is deleted.
+    for (pid, first) in &damaged {
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        salvage(pid, Some(&packer))?;
+        let again = salvage(pid, Some(&packer))?;
+        if let Some(gone) = first.intact.iter().find(|id| !again.intact.contains(id)) {
+            return Err(Error::Integrity(format!(
+                "pack {}: blob {} read intact a moment ago and not now (failing storage?); nothing was deleted, run `cairn repair packs` again",
+                pid.short(),
+                gone.short()
+            )));
+        }
     }
     kept_packs.extend(packer.finish()?);
     drop(packer);

@@ -263,6 +263,7 @@ struct FileJob {
 /// Restore the node at `sub` (a directory's content, or one file) of the snapshot whose root
 /// tree is `root` into `opts.target`.
 pub fn restore(
+    _lock: &crate::lock::SharedLock<'_>,
     ix: &Indexed<'_>,
     root: &Id,
     sub: &Path,
@@ -322,6 +323,12 @@ pub fn restore(
         }
     }
     let entries = planner.entries;
+    if entries.is_empty() && !opts.includes.is_empty() {
+        return Err(Error::Invalid(format!(
+            "nothing in the snapshot matches --include {} (patterns: engine/src/pattern.rs; `*` does not match `/`, `**` does)",
+            opts.includes.join(" ")
+        )));
+    }
     let target = &opts.target;
     let path_of = |i: usize| target.join(rel_path(&entries, i));
 
@@ -540,7 +547,11 @@ pub fn restore(
                     // Err((message, whether the repository's data is damaged)): a network or
                     // disk error reading the repository is not damage (exit 3, not 13).
                     let plain = match span.as_mut() {
-                        Err(e) => Err((e.to_string(), e.is_damage())),
+                        // A pack the index names but storage lacks is lost data too.
+                        Err(e) => Err((
+                            e.to_string(),
+                            e.is_damage() || matches!(e, Error::ObjectNotFound { .. }),
+                        )),
                         Ok(buf) => {
                             let a = (loc.offset - start) as usize;
                             match buf.get_mut(a..a + loc.length as usize) {
