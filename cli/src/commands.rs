@@ -360,16 +360,6 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn find_object(repo: &Repository, kind: FileKind, prefix: &str) -> Result<Id> {
-    let ids = repo.list_ids(kind)?;
-    let found: Vec<&Id> = ids.iter().filter(|i| i.has_hex_prefix(prefix)).collect();
-    match found.as_slice() {
-        [one] => Ok(**one),
-        [] => bail!("no {} with id {prefix}", kind.name()),
-        _ => bail!("{} id prefix {prefix} is ambiguous", kind.name()),
-    }
-}
-
 pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
     let repo = open(cli)?;
     let need_id = || {
@@ -384,22 +374,22 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
             snapshot_json(id, s)
         }
         "index" => {
-            let id = find_object(&repo, FileKind::Index, need_id()?)?;
+            let id = repo.find_id(FileKind::Index, need_id()?)?;
             serde_json::to_value(repo.load::<IndexFile>(FileKind::Index, &id)?)?
         }
         "lock" => {
-            let id = find_object(&repo, FileKind::Lock, need_id()?)?;
+            let id = repo.find_id(FileKind::Lock, need_id()?)?;
             serde_json::to_value(repo.load::<Lock>(FileKind::Lock, &id)?)?
         }
         "key" => {
-            let id = find_object(&repo, FileKind::Key, need_id()?)?;
+            let id = repo.find_id(FileKind::Key, need_id()?)?;
             let (_, kf) = repo.list_keys()?.into_iter().find(|(k, _)| *k == id).ok_or_else(|| anyhow!("key vanished"))?;
             json!({"id": id.to_hex(), "created": rfc3339(&kf.created), "hostname": kf.hostname, "username": kf.username,
                    "kdf": {"algorithm": "argon2id", "memory_kib": kf.kdf.memory_kib, "iterations": kf.kdf.iterations,
                            "parallelism": kf.kdf.parallelism, "salt": hex::encode(kf.kdf.salt)}})
         }
         "pack" => {
-            let id = find_object(&repo, FileKind::Pack, need_id()?)?;
+            let id = repo.find_id(FileKind::Pack, need_id()?)?;
             let data = repo.read_pack(&id)?;
             serde_json::to_value(decode_pack_header(repo.key(), &data)?)?
         }
@@ -488,7 +478,7 @@ pub fn key(cli: &Cli, k: &KeyCommand) -> Result<u8> {
             println!("added key {}", id.short());
         }
         KeyCommand::Remove { id } => {
-            let id = find_object(&repo, FileKind::Key, id)?;
+            let id = repo.find_id(FileKind::Key, id)?;
             repo.remove_key(&id)?;
             println!("removed key {}", id.short());
         }

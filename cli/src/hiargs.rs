@@ -3,11 +3,8 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use cairn_engine::{
-    Backend, ExclusiveLock, LocalBackend, Repository, S3Backend, S3Config, SharedLock,
-    SnapshotFilter,
-};
+use anyhow::Result;
+use cairn_engine::{Backend, ExclusiveLock, Repository, SharedLock, SnapshotFilter};
 
 use crate::{Cli, FilterArgs};
 
@@ -28,21 +25,9 @@ pub(crate) fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
     backend_at(loc, &cli.options)
 }
 
-/// The backend for a repository location: a directory (optionally `local:DIR`) or
-/// `s3:http[s]://host[:port]/bucket[/prefix]` configured by `options` (`-o s3.*`).
+/// The backend for a repository location (see [`cairn_engine::backend::from_location`]).
 pub(crate) fn backend_at(loc: &str, options: &[(String, String)]) -> Result<Arc<dyn Backend>> {
-    if loc.starts_with("s3:") {
-        let cfg = S3Config::parse(loc, options)?;
-        return Ok(Arc::new(S3Backend::new(cfg)?));
-    }
-    let path = loc.strip_prefix("local:").unwrap_or(loc);
-    if path.contains("://") {
-        bail!("unsupported repository location {loc:?}: use a directory or s3:http[s]://host/bucket[/prefix]");
-    }
-    if let Some((k, _)) = options.first() {
-        bail!("option {k} does not apply to a local repository");
-    }
-    Ok(Arc::new(LocalBackend::new(path)))
+    Ok(cairn_engine::backend::from_location(loc, options)?)
 }
 
 pub(crate) fn open(cli: &Cli) -> Result<Repository> {

@@ -300,6 +300,23 @@ impl Repository {
         Ok(decode_sealed(&self.key, kind, &data)?)
     }
 
+    /// The one object of `kind` whose name starts with `prefix` (hex): ids as users type them.
+    pub fn find_id(&self, kind: FileKind, prefix: &str) -> Result<Id> {
+        let ids = self.list_ids(kind)?;
+        let found: Vec<&Id> = ids.iter().filter(|i| i.has_hex_prefix(prefix)).collect();
+        match found.as_slice() {
+            [one] => Ok(**one),
+            [] => Err(Error::Invalid(format!(
+                "no {} with id {prefix}",
+                kind.name()
+            ))),
+            _ => Err(Error::Invalid(format!(
+                "{} id prefix {prefix} is ambiguous",
+                kind.name()
+            ))),
+        }
+    }
+
     /// Names of all objects of a kind.
     pub fn list_ids(&self, kind: FileKind) -> Result<Vec<Id>> {
         self.backend

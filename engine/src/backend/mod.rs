@@ -14,6 +14,31 @@ pub use s3::{RequestCounts, S3Backend, S3Config};
 
 use crate::Result;
 
+/// The backend a repository location names: a directory (optionally `local:DIR`) or
+/// `s3:http[s]://host[:port]/bucket[/prefix]` (restic's `s3:host/bucket` means HTTPS),
+/// configured by `options` (`-o s3.*`; none apply to a directory).
+pub fn from_location(
+    loc: &str,
+    options: &[(String, String)],
+) -> Result<std::sync::Arc<dyn Backend>> {
+    if loc.starts_with("s3:") {
+        let cfg = S3Config::parse(loc, options)?;
+        return Ok(std::sync::Arc::new(S3Backend::new(cfg)?));
+    }
+    let path = loc.strip_prefix("local:").unwrap_or(loc);
+    if path.contains("://") {
+        return Err(crate::Error::Invalid(format!(
+            "unsupported repository location {loc:?}: use a directory or s3:http[s]://host/bucket[/prefix]"
+        )));
+    }
+    if let Some((k, _)) = options.first() {
+        return Err(crate::Error::Invalid(format!(
+            "option {k} does not apply to a local repository"
+        )));
+    }
+    Ok(std::sync::Arc::new(LocalBackend::new(path)))
+}
+
 /// A stored object's name and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
