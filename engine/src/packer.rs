@@ -198,7 +198,9 @@ impl std::fmt::Debug for Packer {
 }
 
 impl Packer {
-    /// A packer that skips blobs already in `known`.
+    /// A packer that skips blobs already in `known`. Public for the micro-benchmarks only:
+    /// everything that writes to a repository goes through an operation (`crate::ops`),
+    /// which holds the lock the write needs.
     pub fn new(repo: &Repository, known: Arc<MasterIndex>) -> Packer {
         let shared = Arc::new(Shared {
             repo: repo.clone(),

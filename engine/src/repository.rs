@@ -283,7 +283,7 @@ impl Repository {
     }
 
     /// Encode, seal and store a typed object; returns its name.
-    pub fn save<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
+    pub(crate) fn save<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
         let data = encode_sealed(&self.key, kind, value, self.config.compression_level.max(1));
         let id = Id::of_object(&data);
         self.backend.put(kind, &id.to_hex(), &data)?;
