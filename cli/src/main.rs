@@ -124,6 +124,12 @@ pub struct ScheduleArgs {
 /// `k3s` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum K3sCommand {
+    /// Verify etcd snapshot files (SHA-256 trailer, bbolt meta pages) before trusting them.
+    Verify {
+        /// Snapshot files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Restore the newest etcd snapshot and server token, and print the cluster-reset command.
     RestoreEtcd {
         /// Job file naming the repository (else -r and the password options).

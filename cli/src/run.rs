@@ -187,6 +187,44 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
 
 pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
     match k {
+        K3sCommand::Verify { files } => {
+            let mut failed = 0;
+            for f in files {
+                match cairn_engine::k3s::verify_etcd_snapshot(f) {
+                    Ok(info) => {
+                        if cli.json {
+                            println!("{}", json!({"file": f, "ok": true, "info": info}));
+                        } else {
+                            println!(
+                                "ok   {} ({} pages of {} bytes, txid {})",
+                                f.display(),
+                                info.pages,
+                                info.page_size,
+                                info.txid
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        if cli.json {
+                            println!(
+                                "{}",
+                                json!({"file": f, "ok": false, "error": e.to_string()})
+                            );
+                        } else {
+                            println!("FAIL {e}");
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} snapshot(s) failed verification",
+                    files.len()
+                );
+            }
+            Ok(0)
+        }
         K3sCommand::RestoreEtcd {
             config,
             source,
@@ -228,8 +266,11 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 }
                 bail!("{} file(s) could not be restored", res.failed.len());
             }
+            // Which file is which is told by content, never by name: the etcd snapshot is
+            // the file that verifies as one (or a K3s `.zip` snapshot), the token the other.
             let mut etcd = None;
             let mut token = None;
+            let mut refused = Vec::new();
             for p in &snap.paths {
                 let rel = String::from_utf8_lossy(p)
                     .trim_start_matches('/')
@@ -237,15 +278,29 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 let node = find_node(&ix, &snap.tree, Path::new(&rel))?;
                 if node.as_ref().is_some_and(|n| n.kind == NodeKind::File) {
                     let restored = target.join(&rel);
-                    if rel.ends_with("token") {
-                        token = Some(restored);
-                    } else {
+                    if rel.ends_with(".zip") {
                         etcd = Some(restored);
+                        continue;
+                    }
+                    match cairn_engine::k3s::verify_etcd_snapshot(&restored) {
+                        Ok(_) => etcd = Some(restored),
+                        Err(e) => {
+                            refused.push(e.to_string());
+                            token = Some(restored);
+                        }
                     }
                 }
             }
-            let etcd =
-                etcd.ok_or_else(|| anyhow!("snapshot {} holds no etcd snapshot file", id.short()))?;
+            let etcd = etcd.ok_or_else(|| {
+                anyhow!(
+                    "snapshot {} holds no valid etcd snapshot file (is it a snapshot of a k3s-etcd source?){}",
+                    id.short(),
+                    refused
+                        .iter()
+                        .map(|r| format!("\n  {r}"))
+                        .collect::<String>()
+                )
+            })?;
             let etcd = std::path::absolute(&etcd).unwrap_or(etcd);
             println!(
                 "restored snapshot {} ({}) into {}",

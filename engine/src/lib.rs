@@ -20,6 +20,7 @@ mod durable;
 mod error;
 pub mod fsmeta;
 pub mod index;
+pub mod k3s;
 pub mod lock;
 pub mod longpath;
 pub mod ops;

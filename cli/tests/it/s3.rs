@@ -254,8 +254,7 @@ fn s3_errors_are_clear() {
 
 /// A bbolt-looking etcd snapshot file (the k3s-etcd source checks the magic).
 fn fake_etcd_snapshot(path: &Path, seed: u64) -> Vec<u8> {
-    let mut data = random_bytes(256 << 10, seed);
-    data[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+    let data = crate::util::etcd_snapshot(64, seed);
     write_file(path, &data);
     data
 }

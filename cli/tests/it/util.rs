@@ -815,3 +815,39 @@ impl<'a> Forger<'a> {
         )
     }
 }
+
+/// A well-formed etcd snapshot as `etcdctl snapshot save` writes it: a bbolt database (two
+/// valid meta pages, `pages` pages of 4 KiB, contents from `seed`) plus its SHA-256.
+pub fn etcd_snapshot(pages: u64, seed: u64) -> Vec<u8> {
+    fn fnv(d: &[u8]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in d {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+    let ps = 4096usize;
+    let mut db = random_bytes(ps * pages as usize, seed);
+    for (i, txid) in [(0usize, 7u64), (1, 8)] {
+        let p = &mut db[i * ps..(i + 1) * ps];
+        p[..16].fill(0);
+        p[0..8].copy_from_slice(&(i as u64).to_le_bytes());
+        p[8..10].copy_from_slice(&4u16.to_le_bytes());
+        let m = &mut p[16..];
+        m[0..4].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+        m[4..8].copy_from_slice(&2u32.to_le_bytes());
+        m[8..12].copy_from_slice(&(ps as u32).to_le_bytes());
+        m[12..16].fill(0);
+        m[16..24].copy_from_slice(&3u64.to_le_bytes());
+        m[24..32].fill(0);
+        m[32..40].copy_from_slice(&2u64.to_le_bytes());
+        m[40..48].copy_from_slice(&pages.to_le_bytes());
+        m[48..56].copy_from_slice(&txid.to_le_bytes());
+        let sum = fnv(&m[..56]);
+        m[56..64].copy_from_slice(&sum.to_le_bytes());
+    }
+    let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &db);
+    db.extend_from_slice(h.as_ref());
+    db
+}

@@ -604,6 +604,11 @@ pub fn run_job(
             let now = now_timestamp().unix_nanos;
             let mut plans = Vec::new();
             for (i, src) in cfg.sources.iter().enumerate() {
+                // A source that failed tonight keeps its history untouched: retention must
+                // not remove yesterday's good snapshot because tonight's was bad.
+                if !results.get(i).is_some_and(|r| r.ok) {
+                    continue;
+                }
                 let opts = source_forget_options(cfg, src, &host)?;
                 if !opts.policy.is_empty() {
                     plans.push((i, forget_op::plan(snaps, &opts, now)?));
@@ -762,6 +767,16 @@ fn run_source(
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(K3S_TOKEN));
             let snap = newest_etcd_snapshot(&dir)?;
+            // Never store a snapshot etcd could not restore as if it were good: a failed
+            // verification fails the source (and spares its retention, see `run_job`).
+            if snap.extension().is_some_and(|e| e == "zip") {
+                warn(&format!(
+                    "{}: compressed snapshots are stored without verification",
+                    snap.display()
+                ));
+            } else {
+                crate::k3s::verify_etcd_snapshot(&snap)?;
+            }
             std::fs::metadata(&token).map_err(|e| Error::io(&token, e))?;
             if dry_run {
                 return Ok(None);
