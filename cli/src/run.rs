@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cairn_engine::ops::job::{prometheus_text, run_job, source_tag, JobConfig};
 use cairn_engine::ops::ls::find_node;
 use cairn_engine::ops::restore::restore;
-use cairn_engine::{write_atomic, Progress, Repository, RestoreOptions};
+use cairn_engine::{Progress, Repository, RestoreOptions};
 use cairn_format::NodeKind;
 use serde_json::json;
 
@@ -54,37 +54,29 @@ fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
 
 pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
     let cfg = load_config(&a.config)?;
-    let repo = open_job_repo(cli, &cfg)?;
-    let json_mode = cli.json;
-    let warn = move |msg: &str| {
-        if json_mode {
-            println!("{}", json!({"message_type": "warning", "warning": msg}));
-        }
-        eprintln!("warning: {msg}");
-    };
-    // The job waits for other runs and nodes by default; --retry-lock overrides the file.
-    let wait = match cli.retry_lock {
-        Some(w) => w,
-        None => cfg.repository.retry_lock()?,
-    };
-    let report = run_job(&repo, &cfg, a.dry_run, wait, &warn)?;
-    if let Some(path) = &cfg.metrics.textfile {
-        if !a.dry_run {
-            let mut last = BTreeMap::new();
-            for (_, s) in repo.load_snapshots()? {
-                for src in &cfg.sources {
-                    if s.tags.contains(&source_tag(&src.name)) {
-                        let t = s.time.unix_nanos as f64 / 1e9;
-                        let e = last.entry(src.name.clone()).or_insert(t);
-                        *e = f64::max(*e, t);
-                    }
-                }
-            }
-            let text = prometheus_text(&report, &last);
-            write_atomic(path, text.as_bytes())
-                .with_context(|| format!("writing metrics to {}", path.display()))?;
+    let outcome = run_job_and_times(cli, a, &cfg);
+    // The metrics file is written on every exit path once the job file is read: a run that
+    // stops early (no repository, wrong password, Ctrl-C) says cairn_run_success 0 instead
+    // of leaving last night's 1 in place. World-readable: node-exporter runs as nobody.
+    if let (Some(path), false) = (&cfg.metrics.textfile, a.dry_run) {
+        let previous = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| cairn_engine::ops::job::previous_last_success(&t));
+        let now = cairn_engine::util::now_timestamp().unix_nanos as f64 / 1e9;
+        let text = match &outcome {
+            Ok((report, last)) => prometheus_text(
+                &cfg,
+                Some(report),
+                last,
+                if report.ok { Some(now) } else { previous },
+            ),
+            Err(_) => prometheus_text(&cfg, None, &BTreeMap::new(), previous),
+        };
+        if let Err(e) = cairn_engine::write_atomic_mode(path, text.as_bytes(), 0o644) {
+            eprintln!("warning: writing metrics to {}: {e}", path.display());
         }
     }
+    let (report, _) = outcome?;
     if cli.json {
         println!(
             "{}",
@@ -137,6 +129,43 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
         }
     }
     Ok(if report.ok { 0 } else { 1 })
+}
+
+/// Open the repository, run the job, and find each source's newest snapshot that read every
+/// file (for the metrics).
+fn run_job_and_times(
+    cli: &Cli,
+    a: &RunArgs,
+    cfg: &JobConfig,
+) -> Result<(cairn_engine::ops::job::RunReport, BTreeMap<String, f64>)> {
+    let repo = open_job_repo(cli, cfg)?;
+    let json_mode = cli.json;
+    let warn = move |msg: &str| {
+        if json_mode {
+            println!("{}", json!({"message_type": "warning", "warning": msg}));
+        }
+        eprintln!("warning: {msg}");
+    };
+    // The job waits for other runs and nodes by default; --retry-lock overrides the file.
+    let wait = match cli.retry_lock {
+        Some(w) => w,
+        None => cfg.repository.retry_lock()?,
+    };
+    let report = run_job(&repo, cfg, a.dry_run, wait, &warn)?;
+    let mut last = BTreeMap::new();
+    if !a.dry_run && cfg.metrics.textfile.is_some() {
+        for (_, s) in repo.load_snapshots()? {
+            let complete = s.summary.as_ref().is_some_and(|x| x.errors == 0);
+            for src in &cfg.sources {
+                if complete && s.tags.contains(&source_tag(&src.name)) {
+                    let t = s.time.unix_nanos as f64 / 1e9;
+                    let e = last.entry(src.name.clone()).or_insert(t);
+                    *e = f64::max(*e, t);
+                }
+            }
+        }
+    }
+    Ok((report, last))
 }
 
 pub fn schedule(a: &ScheduleArgs) -> Result<u8> {

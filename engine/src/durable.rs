@@ -1,4 +1,5 @@
-//! The one durable-write path: every local repository write goes through [`write_atomic`].
+//! The one durable-write path for whole files: repository metadata objects, and files the
+//! job writes (metrics), go through [`write_atomic`] / [`write_atomic_mode`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -13,6 +14,12 @@ use crate::{Error, Result};
 /// `data`: write a temp file in the same directory, fsync it, rename it into place, fsync the
 /// directory (the rename itself is only durable once the directory entry is).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, 0o600)
+}
+
+/// [`write_atomic`] with file mode `mode` (e.g. 0644 for a metrics file that node-exporter,
+/// running as nobody, must read).
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent", path.display())))?;
@@ -26,10 +33,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
+        // The umask may have taken group/other bits away; a mode that grants them is meant.
+        if mode & 0o077 != 0 {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(|e| Error::io(&tmp, e))?;
+        }
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;

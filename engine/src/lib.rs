@@ -33,7 +33,7 @@ pub mod snapshots;
 pub mod util;
 
 pub use backend::{Backend, LocalBackend, ObjectInfo, S3Backend, S3Config, TempFile};
-pub use durable::{sync_dir, write_atomic};
+pub use durable::{sync_dir, write_atomic, write_atomic_mode};
 pub use error::{Error, Result};
 pub use index::MasterIndex;
 pub use lock::{ExclusiveLock, SharedLock};

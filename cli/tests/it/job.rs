@@ -79,9 +79,86 @@ keep-last = 1
     assert_eq!(env.snapshots::<&str>(&[]).len(), 3);
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(text.contains("cairn_run_success 1"), "{text}");
+    assert_prometheus_text(&text);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&metrics).unwrap().permissions().mode() & 0o777,
+        0o644,
+        "node-exporter (nobody) must be able to read the metrics"
+    );
+    let last_ok = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_run_last_success_timestamp_seconds "))
+        .unwrap()
+        .to_owned();
     let check = env.json(&["check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
     env.restore_latest_exact(&data, &env.path("r"), &["--tag", "cairn-source=data"]);
+
+    // A run that stops early (the repository is gone: exit 10) still writes the metrics,
+    // and says so; the last fully successful run's time stays.
+    std::fs::rename(&env.repo, env.path("repo-away")).unwrap();
+    let out = run_job(&env, &["--config", s(&job)]);
+    assert_eq!(out.code, 10, "{}", out.dump());
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_prometheus_text(&text);
+    assert!(text.contains("cairn_run_success 0"), "{text}");
+    assert!(
+        text.contains("cairn_source_success{source=\"data\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "cairn_run_last_success_timestamp_seconds {last_ok}"
+        )),
+        "{text}"
+    );
+}
+
+/// The Prometheus text exposition format, as node-exporter's textfile collector parses it:
+/// `# HELP`/`# TYPE` lines, then samples `name{label="value",…} number` of declared metrics.
+fn assert_prometheus_text(text: &str) {
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().unwrap();
+            assert!(matches!(it.next(), Some("gauge" | "counter")), "{line}");
+            assert!(typed.insert(name.to_owned()), "TYPE twice: {line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad name in {line:?}"
+        );
+        assert!(typed.contains(name), "sample before its TYPE: {line:?}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                for pair in inner.split(',') {
+                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(
+                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                        "{line:?}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Snapshots of source `data` on host `h`, one per `days_ago`, via `backup --time`.

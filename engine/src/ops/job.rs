@@ -796,48 +796,106 @@ fn run_source(
     backup(lock, opts, &progress, warn).map(Some)
 }
 
-/// Prometheus node-exporter textfile content for a run; `last_success` maps each source to
-/// the time (unix seconds) of its newest snapshot in the repository.
-pub fn prometheus_text(report: &RunReport, last_success: &BTreeMap<String, f64>) -> String {
+/// The `cairn_run_last_success_timestamp_seconds` value in an earlier metrics text, so that
+/// a failed run keeps reporting when the last fully successful one was.
+pub fn previous_last_success(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("cairn_run_last_success_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Prometheus node-exporter textfile content. `report` is `None` for a run that stopped
+/// before its sources ran (no repository, wrong password, interrupted, …): every source
+/// then reports 0. `last_success` maps each source to the time (unix seconds) of its newest
+/// snapshot that read every file; `last_full_success` is when a whole run last succeeded.
+pub fn prometheus_text(
+    cfg: &JobConfig,
+    report: Option<&RunReport>,
+    last_success: &BTreeMap<String, f64>,
+    last_full_success: Option<f64>,
+) -> String {
     let mut s = String::new();
-    s.push_str("# HELP cairn_source_success Whether the last run of the source succeeded.\n# TYPE cairn_source_success gauge\n");
-    for r in &report.sources {
+    let gauge = |s: &mut String, name: &str, help: &str| {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+    };
+    let find = |name: &str| report.and_then(|r| r.sources.iter().find(|x| x.name == name));
+    gauge(
+        &mut s,
+        "cairn_source_success",
+        "Whether the last run of the source succeeded.",
+    );
+    for src in &cfg.sources {
+        let ok = find(&src.name).is_some_and(|r| r.ok);
         s.push_str(&format!(
             "cairn_source_success{{source=\"{}\"}} {}\n",
-            r.name,
-            u8::from(r.ok)
+            src.name,
+            u8::from(ok)
         ));
     }
-    s.push_str("# HELP cairn_source_last_success_timestamp_seconds Time of the newest snapshot of the source.\n# TYPE cairn_source_last_success_timestamp_seconds gauge\n");
-    for r in &report.sources {
-        if let Some(t) = last_success.get(&r.name) {
+    gauge(
+        &mut s,
+        "cairn_source_last_success_timestamp_seconds",
+        "Time of the newest snapshot of the source that read every file.",
+    );
+    for src in &cfg.sources {
+        if let Some(t) = last_success.get(&src.name) {
             s.push_str(&format!(
                 "cairn_source_last_success_timestamp_seconds{{source=\"{}\"}} {t:.0}\n",
-                r.name
+                src.name
             ));
         }
     }
-    s.push_str("# HELP cairn_source_bytes_added Bytes the last run added to the repository.\n# TYPE cairn_source_bytes_added gauge\n");
-    for r in &report.sources {
+    gauge(
+        &mut s,
+        "cairn_source_bytes_added",
+        "Bytes the last run added to the repository.",
+    );
+    for src in &cfg.sources {
+        let b = find(&src.name).map_or(0, |r| r.bytes_added);
         s.push_str(&format!(
-            "cairn_source_bytes_added{{source=\"{}\"}} {}\n",
-            r.name, r.bytes_added
+            "cairn_source_bytes_added{{source=\"{}\"}} {b}\n",
+            src.name
         ));
     }
-    s.push_str("# HELP cairn_source_duration_seconds Wall time of the last run of the source.\n# TYPE cairn_source_duration_seconds gauge\n");
-    for r in &report.sources {
+    gauge(
+        &mut s,
+        "cairn_source_duration_seconds",
+        "Wall time of the last run of the source.",
+    );
+    for src in &cfg.sources {
+        let t = find(&src.name).map_or(0.0, |r| r.seconds);
         s.push_str(&format!(
-            "cairn_source_duration_seconds{{source=\"{}\"}} {:.3}\n",
-            r.name, r.seconds
+            "cairn_source_duration_seconds{{source=\"{}\"}} {t:.3}\n",
+            src.name
         ));
     }
+    gauge(
+        &mut s,
+        "cairn_run_success",
+        "Whether the whole last run succeeded.",
+    );
     s.push_str(&format!(
-        "# HELP cairn_run_success Whether the whole last run succeeded.\n# TYPE cairn_run_success gauge\ncairn_run_success {}\n",
-        u8::from(report.ok)
+        "cairn_run_success {}\n",
+        u8::from(report.is_some_and(|r| r.ok))
     ));
+    gauge(
+        &mut s,
+        "cairn_run_timestamp_seconds",
+        "When the last run ended.",
+    );
     s.push_str(&format!(
         "cairn_run_timestamp_seconds {}\n",
         now_timestamp().unix_nanos / 1_000_000_000
     ));
+    if let Some(t) = last_full_success {
+        gauge(
+            &mut s,
+            "cairn_run_last_success_timestamp_seconds",
+            "When a whole run last succeeded.",
+        );
+        s.push_str(&format!(
+            "cairn_run_last_success_timestamp_seconds {t:.0}\n"
+        ));
+    }
     s
 }
