@@ -636,3 +636,54 @@ fn a_real_etcd_snapshot_round_trips_through_the_job() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_command_that_hangs_past_its_timeout_fails_its_source_only() {
+    let env = Env::new();
+    let data = env.path("data");
+    write_file(&data.join("f"), b"data");
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            r#"[[source]]
+name = "stuck"
+kind = "command"
+command = "printf partial; sleep 60"
+filename = "stuck.yaml"
+timeout = "1s"
+
+[[source]]
+name = "data"
+kind = "path"
+paths = ["{}"]
+"#,
+            s(&data)
+        ),
+    );
+    let started = Instant::now();
+    let out = run_job(&env, &["--config", s(&job)]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(out.code, 0, "{}", out.dump());
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("stuck") && l.contains("timeout")),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("data")),
+        "{}",
+        out.dump()
+    );
+    // Nothing of the stuck command was stored; the other source was.
+    assert!(env.snapshots(&["--tag", "cairn-source=stuck"]).is_empty());
+    assert_eq!(env.snapshots(&["--tag", "cairn-source=data"]).len(), 1);
+}

@@ -244,12 +244,23 @@ pub struct SourceConfig {
     /// `k3s-etcd`: run this first to take a fresh snapshot (e.g.
     /// `k3s etcd-snapshot save --name cairn`); otherwise the newest existing one is used.
     pub save_command: Option<String>,
+    /// `command` and `save-command`: how long they may run (`30s`, `10m`, `1h`; default 1h).
+    pub timeout: Option<String>,
     /// Extra tags.
     #[serde(default)]
     pub tags: Vec<String>,
     /// Retention for this source (else `[defaults]`).
     #[serde(default, flatten)]
     pub retention: Retention,
+}
+
+impl SourceConfig {
+    /// The source's command timeout.
+    pub fn command_timeout(&self) -> Result<std::time::Duration> {
+        self.timeout
+            .as_deref()
+            .map_or(Ok(DEFAULT_COMMAND_TIMEOUT), crate::util::parse_wait)
+    }
 }
 
 /// `[prune]`.
@@ -364,6 +375,7 @@ impl JobConfig {
                 _ => {}
             }
             s.retention.policy()?;
+            s.command_timeout()?;
         }
         self.defaults.policy()?;
         let (h, m) = self
@@ -429,12 +441,73 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
-/// A command's stdout as a reader that fails at EOF if the command failed, so a failed
-/// `kubectl` never becomes a truncated file stored as good.
+/// How long a source's command (or `save-command`) may run unless its `timeout` says.
+pub const DEFAULT_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Kills a command's whole process group once its time is up: a hung `kubectl` must fail
+/// its source, not hold the repository's lock (and every later night) for ever.
+struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, timeout: std::time::Duration) -> Watchdog {
+        let (stop, wake) = std::sync::mpsc::channel::<()>();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = fired.clone();
+        let thread = std::thread::Builder::new()
+            .name("cairn-timeout".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wake.recv_timeout(timeout)
+                {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    // The command runs in its own process group (see `shell`): kill it all.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(-(pid as i32)),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            })
+            .ok();
+        Watchdog {
+            stop: Some(stop),
+            fired,
+            thread,
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `sh -c cmd` in a process group of its own.
+fn shell(cmd: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd).stdin(Stdio::null()).process_group(0);
+    c
+}
+
+/// A command's stdout as a reader that fails at EOF if the command failed or ran out of
+/// time, so a failed `kubectl` never becomes a truncated file stored as good.
 struct CommandReader {
     child: Child,
     out: std::process::ChildStdout,
     what: String,
+    watchdog: Watchdog,
+    timeout: std::time::Duration,
 }
 
 impl Read for CommandReader {
@@ -442,6 +515,12 @@ impl Read for CommandReader {
         let n = self.out.read(buf)?;
         if n == 0 {
             let status = self.child.wait()?;
+            if self.watchdog.fired() {
+                return Err(std::io::Error::other(format!(
+                    "{} did not finish within its timeout ({:?}) and was killed",
+                    self.what, self.timeout
+                )));
+            }
             if !status.success() {
                 return Err(std::io::Error::other(format!(
                     "{} exited with {status}",
@@ -453,11 +532,22 @@ impl Read for CommandReader {
     }
 }
 
-fn spawn_shell(cmd: &str) -> Result<CommandReader> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
+impl Drop for CommandReader {
+    fn drop(&mut self) {
+        // Dropped before its end (an interrupt, a repository error): the command must not
+        // outlive the run.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(self.child.id() as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn_shell(cmd: &str, timeout: std::time::Duration) -> Result<CommandReader> {
+    let mut child = shell(cmd)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -466,20 +556,29 @@ fn spawn_shell(cmd: &str) -> Result<CommandReader> {
         .stdout
         .take()
         .ok_or_else(|| Error::Invalid("no stdout".into()))?;
+    let watchdog = Watchdog::start(child.id(), timeout);
     Ok(CommandReader {
         child,
         out,
         what: format!("command {cmd:?}"),
+        watchdog,
+        timeout,
     })
 }
 
-fn run_checked(cmd: &str) -> Result<()> {
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .status()
+fn run_checked(cmd: &str, timeout: std::time::Duration) -> Result<()> {
+    let mut child = shell(cmd)
+        .spawn()
         .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
+    let watchdog = Watchdog::start(child.id(), timeout);
+    let status = child
+        .wait()
+        .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
+    if watchdog.fired() {
+        return Err(Error::Invalid(format!(
+            "command {cmd:?} did not finish within its timeout ({timeout:?}) and was killed"
+        )));
+    }
     if status.success() {
         Ok(())
     } else {
@@ -749,13 +848,13 @@ fn run_source(
             }
             opts.stdin = Some((
                 src.filename.clone().unwrap_or_default(),
-                Box::new(spawn_shell(cmd)?),
+                Box::new(spawn_shell(cmd, src.command_timeout()?)?),
             ));
         }
         SourceKind::K3sEtcd => {
             if let Some(cmd) = &src.save_command {
                 if !dry_run {
-                    run_checked(cmd)?;
+                    run_checked(cmd, src.command_timeout()?)?;
                 }
             }
             let dir = src
