@@ -181,19 +181,34 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
         .split_once(':')
         .ok_or_else(|| anyhow!("schedule.at must be HH:MM"))?;
     let (h, m): (u8, u8) = (h.parse()?, m.parse()?);
+    let delay = cfg.schedule.randomized_delay_minutes;
     match a.print.as_str() {
         "systemd" => {
             println!("# /etc/systemd/system/cairn-backup.service");
             println!("[Unit]\nDescription=cairn nightly backup ({})\nWants=network-online.target\nAfter=network-online.target k3s.service\n", config.display());
-            println!("[Service]\nType=oneshot\nExecStart={} run --config {} --quiet\nNice=10\nIOSchedulingClass=best-effort\nIOSchedulingPriority=7\n# The job locks the repository; a second start waits for the first instead of racing it.\n", exe.display(), config.display());
+            println!("[Service]\nType=oneshot");
+            println!("# Reading K3s's state (etcd snapshots, the token, agent dirs, volumes) needs root.");
+            println!("User=root\nEnvironment=HOME=/root");
+            println!("# S3 credentials (AWS_ACCESS_KEY_ID=..., AWS_SECRET_ACCESS_KEY=...), if any; mode 0600.");
+            println!("EnvironmentFile=-/etc/cairn/cairn.env");
+            println!(
+                "ExecStart={} run --config {} --quiet",
+                exe.display(),
+                config.display()
+            );
+            println!(
+                "# A run that hangs is stopped (and reported as failed) after this long. The timer"
+            );
+            println!(
+                "# never starts a second run while one is active; runs from other nodes wait for"
+            );
+            println!("# the repository's lock (retry-lock in the job file).");
+            println!("TimeoutStartSec=6h\nNice=10\nIOSchedulingClass=best-effort\nIOSchedulingPriority=7\n");
             println!("# /etc/systemd/system/cairn-backup.timer");
             println!("[Unit]\nDescription=Run cairn nightly backup at {h:02}:{m:02}\n");
             println!("[Timer]\nOnCalendar=*-*-* {h:02}:{m:02}:00\nPersistent=true");
-            if cfg.schedule.randomized_delay_minutes > 0 {
-                println!(
-                    "RandomizedDelaySec={}m",
-                    cfg.schedule.randomized_delay_minutes
-                );
+            if delay > 0 {
+                println!("RandomizedDelaySec={delay}m");
             }
             println!("\n[Install]\nWantedBy=timers.target");
             println!("\n# Enable with: systemctl daemon-reload && systemctl enable --now cairn-backup.timer");
@@ -203,8 +218,21 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
             println!(
                 "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
             );
+            println!("# cron mails what a job prints: only a failed run prints anything.");
+            println!("MAILTO=root");
+            // flock: a run still going when the next one is due makes the new one exit at
+            // once instead of piling up; the sleep spreads nodes started by the same crontab.
+            let sleep = if delay > 0 {
+                // `%` ends a cron command line unless escaped.
+                format!(
+                    "sleep $(( $(od -An -N2 -tu2 /dev/urandom) \\% {} )); ",
+                    u64::from(delay) * 60
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{m} {h} * * * root {} run --config {} --quiet >> /var/log/cairn-backup.log 2>&1",
+                "{m} {h} * * * root {sleep}flock -n /run/lock/cairn-backup.lock timeout 6h {} run --config {} --quiet >> /var/log/cairn-backup.log 2>&1 || echo \"cairn backup failed (exit $?); see /var/log/cairn-backup.log\"",
                 exe.display(),
                 config.display()
             );

@@ -687,3 +687,50 @@ paths = ["{}"]
     assert!(env.snapshots(&["--tag", "cairn-source=stuck"]).is_empty());
     assert_eq!(env.snapshots(&["--tag", "cairn-source=data"]).len(), 1);
 }
+
+#[test]
+fn generated_units_bound_the_run_and_the_cron_line_is_valid_shell() {
+    let env = Env::new();
+    let data = env.path("data");
+    write_file(&data.join("f"), b"x");
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            "[schedule]\nat = \"02:30\"\nrandomized-delay-minutes = 20\n\n[[source]]\nname = \"d\"\nkind = \"path\"\npaths = [\"{}\"]\n",
+            s(&data)
+        ),
+    );
+    let unit = env
+        .ok(&["schedule", "--print", "systemd", "--config", s(&job)])
+        .stdout;
+    for want in [
+        "TimeoutStartSec=",
+        "EnvironmentFile=-/etc/cairn/cairn.env",
+        "User=root",
+        "OnCalendar=*-*-* 02:30:00",
+        "RandomizedDelaySec=20m",
+    ] {
+        assert!(unit.contains(want), "{want} missing:\n{unit}");
+    }
+    assert!(!unit.contains("waits for the first"), "{unit}");
+    let cron = env
+        .ok(&["schedule", "--print", "cron", "--config", s(&job)])
+        .stdout;
+    let line = cron
+        .lines()
+        .find(|l| l.starts_with("30 2 * * * root "))
+        .unwrap_or_else(|| panic!("{cron}"));
+    assert!(
+        line.contains("flock -n") && line.contains("\\% 1200"),
+        "{line}"
+    );
+    assert!(cron.contains("MAILTO="), "{cron}");
+    // What cron runs: the command after the user field, with `\%` unescaped.
+    let cmd = line["30 2 * * * root ".len()..].replace("\\%", "%");
+    let st = std::process::Command::new("sh")
+        .args(["-n", "-c", &cmd])
+        .status()
+        .unwrap();
+    assert!(st.success(), "not valid shell: {cmd}");
+}
