@@ -42,6 +42,21 @@ impl MasterIndex {
         idx
     }
 
+    /// Merge index files, keeping only the packs `exists` accepts: what to deduplicate
+    /// against when the index may name packs that are gone.
+    pub fn from_files_where(
+        files: &[(Id, IndexFile)],
+        exists: impl Fn(&Id) -> bool,
+    ) -> MasterIndex {
+        let mut idx = MasterIndex::default();
+        for p in files.iter().flat_map(|(_, f)| &f.packs) {
+            if exists(&p.id) {
+                idx.add_pack(p);
+            }
+        }
+        idx
+    }
+
     /// Add every pack of an index file.
     pub fn add_file(&mut self, name: Id, file: &IndexFile) {
         self.files.push(name);

@@ -223,40 +223,49 @@ fn check_conflicts(repo: &Repository, exclusive: bool, ours: Option<Id>) -> Resu
     Ok(())
 }
 
-/// Every readable lock. Unreadable ones (a lock being deleted as we list) are skipped, and so
-/// are damaged ones, with a warning: a live process rewrites its lock every
-/// [`REFRESH_EVERY`], so a lock that does not decode is not one anybody honours, and it must
-/// not block the repository (`prune` and `unlock` remove it).
-pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
-    let mut out = Vec::new();
+/// Whether a lock, as read, is one nobody honours: stale, or undecodable (a live holder
+/// rewrites its lock every [`REFRESH_EVERY`]). A lock deleted as it was read is neither.
+fn abandoned(read: &Result<Lock>) -> bool {
+    match read {
+        Ok(l) => is_stale(l),
+        Err(e) => e.is_damage(),
+    }
+}
+
+/// Every lock, read once: the readable ones, and the ids of the undecodable ones (each named
+/// in a warning). Locks deleted as they are read are skipped; other errors fail.
+#[allow(clippy::type_complexity)]
+fn read_locks(repo: &Repository) -> Result<(Vec<(Id, Lock)>, Vec<Id>)> {
+    let mut locks = Vec::new();
+    let mut damaged = Vec::new();
     for id in repo.list_ids(FileKind::Lock)? {
         match repo.load::<Lock>(FileKind::Lock, &id) {
-            Ok(l) => out.push((id, l)),
+            Ok(l) => locks.push((id, l)),
             Err(Error::ObjectNotFound { .. }) => {}
             Err(e) if e.is_damage() => {
                 tracing::warn!(
                     "lock {} is damaged and was ignored ({e}); `cairn prune` or `cairn unlock` removes it",
                     id.short()
                 );
+                damaged.push(id);
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(out)
+    Ok((locks, damaged))
+}
+
+/// Every readable lock. Damaged ones are skipped with a warning: nobody honours them, and
+/// they must not block the repository (`prune` and `unlock` remove them).
+pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
+    Ok(read_locks(repo)?.0)
 }
 
 /// Remove stale locks (or all with `all`), and damaged ones; returns how many were removed.
 pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
     for id in repo.list_ids(FileKind::Lock)? {
-        let remove = all
-            || match repo.load::<Lock>(FileKind::Lock, &id) {
-                Ok(l) => is_stale(&l),
-                Err(Error::ObjectNotFound { .. }) => false,
-                // A lock that cannot be decoded cannot be honoured either.
-                Err(e) => e.is_damage(),
-            };
-        if remove {
+        if all || abandoned(&repo.load::<Lock>(FileKind::Lock, &id)) {
             repo.backend().delete(FileKind::Lock, &id.to_hex())?;
             n += 1;
         }
@@ -264,25 +273,19 @@ pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
     Ok(n)
 }
 
-/// Stale and damaged locks, which [`unlock`] without `all` (and `prune`) would remove.
-pub fn stale_locks(repo: &Repository) -> Result<Vec<Id>> {
-    let mut out = Vec::new();
-    for id in repo.list_ids(FileKind::Lock)? {
-        match repo.load::<Lock>(FileKind::Lock, &id) {
-            Ok(l) if is_stale(&l) => out.push(id),
-            Err(e) if e.is_damage() => out.push(id),
-            _ => {}
+/// What the locks say about writers, from one read of every lock: the (host, pid) of every
+/// live lock (who may own a temporary file, see [`crate::util::writer_tag`]), and the stale
+/// or damaged locks that [`unlock`] without `all` (and `prune`) would remove.
+#[allow(clippy::type_complexity)]
+pub fn survey(repo: &Repository) -> Result<(Vec<(String, u32)>, Vec<Id>)> {
+    let (locks, mut abandoned_ids) = read_locks(repo)?;
+    let mut live = Vec::new();
+    for (id, l) in locks {
+        if is_stale(&l) {
+            abandoned_ids.push(id);
+        } else {
+            live.push((l.hostname, l.pid));
         }
     }
-    Ok(out)
-}
-
-/// Who may own a temporary file: the (host, pid) of every live lock, i.e. every process that
-/// is writing to the repository now. See [`crate::util::temp_owner`].
-pub fn live_writers(repo: &Repository) -> Result<Vec<(String, u32)>> {
-    Ok(list_locks(repo)?
-        .into_iter()
-        .filter(|(_, l)| !is_stale(l))
-        .map(|(_, l)| (l.hostname, l.pid))
-        .collect())
+    Ok((live, abandoned_ids))
 }

@@ -362,13 +362,9 @@ impl Repository {
             .into_iter()
             .map(|o| o.name)
             .collect();
-        let mut index = MasterIndex::default();
-        for p in files.iter().flat_map(|(_, f)| &f.packs) {
-            if stored.contains(&p.id.to_hex()) {
-                index.add_pack(p);
-            }
-        }
-        Ok(index)
+        Ok(MasterIndex::from_files_where(&files, |id| {
+            stored.contains(&id.to_hex())
+        }))
     }
 
     /// The index files in force, in listing order: every index file except those another

@@ -24,14 +24,20 @@ fn job_file(env: &Env, extra_repo: &str, sources: &str) -> PathBuf {
     job
 }
 
-/// `cairn run` with the job file alone naming repository and password.
-fn run_job(env: &Env, args: &[&str]) -> Output {
+/// cairn with `args` and nothing else: the job file names repository and password.
+fn job_cmd(env: &Env, args: &[&str]) -> Output {
     let mut c = crate::util::bare_cairn();
-    c.arg("run")
-        .args(args)
+    c.args(args)
         .env("HOME", env.dir.path())
         .env("XDG_CACHE_HOME", env.dir.path().join(".cache"));
     crate::util::run_command(c, None)
+}
+
+/// `cairn run` with the job file alone naming repository and password.
+fn run_job(env: &Env, args: &[&str]) -> Output {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    job_cmd(env, &all)
 }
 
 #[test]
@@ -478,17 +484,17 @@ fn a_bad_etcd_snapshot_fails_its_source_and_never_replaces_a_good_one() {
     // restore-etcd: the snapshot and the token by content, the command to run, and the
     // restored file verified.
     let target = env.path("etcd-restore");
-    let mut c = crate::util::bare_cairn();
-    c.args([
-        "k3s",
-        "restore-etcd",
-        "--config",
-        s(&job),
-        "--target",
-        s(&target),
-    ])
-    .env("HOME", env.dir.path());
-    let out = crate::util::run_command(c, None);
+    let out = job_cmd(
+        &env,
+        &[
+            "k3s",
+            "restore-etcd",
+            "--config",
+            s(&job),
+            "--target",
+            s(&target),
+        ],
+    );
     out.success();
     let restored_token = target.join(s(&token).trim_start_matches('/'));
     let restored_snap = target
@@ -509,19 +515,19 @@ fn a_bad_etcd_snapshot_fails_its_source_and_never_replaces_a_good_one() {
     // A snapshot of another source is refused, not printed as a cluster-reset path.
     let manifests = env.snapshots(&["--tag", "cairn-source=manifests"]);
     let mid = manifests[0]["short_id"].as_str().unwrap();
-    let mut c = crate::util::bare_cairn();
-    c.args([
-        "k3s",
-        "restore-etcd",
-        "--config",
-        s(&job),
-        "--target",
-        s(&env.path("wrong")),
-        "--snapshot",
-        mid,
-    ])
-    .env("HOME", env.dir.path());
-    let out = crate::util::run_command(c, None);
+    let out = job_cmd(
+        &env,
+        &[
+            "k3s",
+            "restore-etcd",
+            "--config",
+            s(&job),
+            "--target",
+            s(&env.path("wrong")),
+            "--snapshot",
+            mid,
+        ],
+    );
     assert_ne!(out.code, 0, "{}", out.dump());
     assert!(
         out.stderr.contains("no valid etcd snapshot") && !out.stdout.contains("cluster-reset"),
@@ -603,17 +609,18 @@ fn a_real_etcd_snapshot_round_trips_through_the_job() {
     let job = etcd_job(&env, &snaps, &token);
     run_job(&env, &["--config", s(&job)]).success();
     let target = env.path("restore");
-    let mut c = crate::util::bare_cairn();
-    c.args([
-        "k3s",
-        "restore-etcd",
-        "--config",
-        s(&job),
-        "--target",
-        s(&target),
-    ])
-    .env("HOME", env.dir.path());
-    crate::util::run_command(c, None).success();
+    job_cmd(
+        &env,
+        &[
+            "k3s",
+            "restore-etcd",
+            "--config",
+            s(&job),
+            "--target",
+            s(&target),
+        ],
+    )
+    .success();
     let restored = target.join(s(&snap).trim_start_matches('/'));
     assert_eq!(
         std::fs::read(&restored).unwrap(),

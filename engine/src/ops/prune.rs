@@ -161,7 +161,9 @@ const UNTAGGED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(36
 /// repositories sharing the local pack directory); one of another host's process without a
 /// lock after 15 minutes; an untagged one (older versions) after an hour.
 pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
-    let live: HashSet<String> = crate::lock::live_writers(repo)?
+    // Every lock is read once, for both questions.
+    let (writers, stale_locks) = crate::lock::survey(repo)?;
+    let live: HashSet<String> = writers
         .into_iter()
         .map(|(host, pid)| crate::util::writer_tag(&host, pid))
         .collect();
@@ -181,7 +183,7 @@ pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
         .collect();
     Ok(Leftovers {
         temp_files,
-        stale_locks: crate::lock::stale_locks(repo)?,
+        stale_locks,
     })
 }
 

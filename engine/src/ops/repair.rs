@@ -426,12 +426,7 @@ pub fn repair_snapshots(
         .collect();
     // What the packer may deduplicate against: blobs in packs that exist. A tree the
     // repair writes must not be "found" in a pack that is gone.
-    let mut known = MasterIndex::default();
-    for p in files.iter().flat_map(|(_, f)| &f.packs) {
-        if stored.contains(&p.id) {
-            known.add_pack(p);
-        }
-    }
+    let known = MasterIndex::from_files_where(&files, |id| stored.contains(id));
     let mut fixer = SnapshotFixer {
         repo,
         index: &index,
