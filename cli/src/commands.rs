@@ -89,6 +89,7 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     let opts = BackupOptions {
         paths: a.paths.clone(),
         stdin,
+        staged: None,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         host: a.host.clone(),
         time,
@@ -313,6 +314,8 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
         target: a.target.clone(),
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
+        delete: a.delete,
+        dry_run: a.dry_run,
     };
     let progress = Arc::new(Progress::default());
     let started = std::time::Instant::now();
@@ -324,13 +327,45 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     for (p, why) in &res.failed {
         eprintln!("error: {}: {why}", p.display());
     }
+    if a.dry_run {
+        if cli.json {
+            println!(
+                "{}",
+                json!({"message_type": "summary", "dry_run": true, "snapshot_id": id.to_hex(), "files_to_restore": res.files,
+                       "dirs_to_restore": res.dirs, "others_to_restore": res.others, "bytes_to_restore": res.bytes,
+                       "to_delete": res.deleted})
+            );
+        } else {
+            for p in &res.deleted {
+                println!("would delete {}", p.display());
+            }
+            println!(
+                "dry run: would restore snapshot {} to {}: {} files, {} dirs, {} other, {}{}",
+                id.short(),
+                a.target.display(),
+                res.files,
+                res.dirs,
+                res.others,
+                human_bytes(res.bytes),
+                if a.delete {
+                    format!("; would delete {} path(s)", res.deleted.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
+        return Ok(0);
+    }
     if cli.json {
         println!(
             "{}",
             json!({"message_type": "summary", "snapshot_id": id.to_hex(), "files_restored": res.files, "dirs_restored": res.dirs,
-                   "others_restored": res.others, "bytes_restored": res.bytes, "errors": res.failed.len(), "total_duration": secs})
+                   "others_restored": res.others, "bytes_restored": res.bytes, "deleted": res.deleted.len(), "errors": res.failed.len(), "total_duration": secs})
         );
     } else if !cli.quiet {
+        for p in &res.deleted {
+            println!("deleted {}", p.display());
+        }
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
             id.short(),

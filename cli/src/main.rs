@@ -124,20 +124,30 @@ pub struct ScheduleArgs {
 /// `k3s` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum K3sCommand {
-    /// Verify etcd snapshot files (SHA-256 trailer, bbolt meta pages) before trusting them.
+    /// Verify cluster-state files before trusting them: etcd snapshots (SHA-256 trailer,
+    /// bbolt meta pages; K3s `.zip` ones too) and SQLite datastores (integrity_check, kine).
+    /// With --snapshot, a stored snapshot is restored into a temporary directory and verified.
     Verify {
-        /// Snapshot files.
-        #[arg(required = true)]
+        /// Files to verify.
+        #[arg(required_unless_present = "snapshot")]
         files: Vec<PathBuf>,
-    },
-    /// Restore the newest etcd snapshot and server token, and print the cluster-reset command.
-    RestoreEtcd {
+        /// A stored cluster-state snapshot (id, or `latest`) to verify instead.
+        #[arg(long, conflicts_with = "files")]
+        snapshot: Option<String>,
         /// Job file naming the repository (else -r and the password options).
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Name of the k3s-etcd source in the job file.
-        #[arg(long, default_value = "etcd")]
-        source: String,
+    },
+    /// Restore the newest cluster-state snapshot (etcd snapshot or SQLite datastore, with
+    /// the server token), verify it, and print the commands that put it back.
+    #[command(alias = "restore-etcd")]
+    Restore {
+        /// Job file naming the repository (else -r and the password options).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Only snapshots of this source (default: any k3s-etcd or k3s-sqlite source).
+        #[arg(long)]
+        source: Option<String>,
         /// Directory to restore into.
         #[arg(short, long)]
         target: PathBuf,
@@ -374,6 +384,13 @@ pub struct RestoreArgs {
     /// Skip paths matching this glob (repeatable).
     #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
+    /// Remove files and directories in the target that the snapshot does not have (inside
+    /// the restored directories only; excluded paths are kept).
+    #[arg(long)]
+    pub delete: bool,
+    /// Show what would be restored (and, with --delete, removed); write nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }
@@ -540,6 +557,39 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// The exit code an error ends the process with.
+pub(crate) fn exit_code_of(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    let code = e
+        .downcast_ref::<cairn_engine::Error>()
+        .map_or(1, cairn_engine::Error::exit_code);
+    if code == 1 {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<cairn_engine::Error>())
+            .map_or(1, cairn_engine::Error::exit_code)
+    } else {
+        code
+    }
+}
+
+/// An error's message: thiserror's I/O variant displays its cause and also chains it, so
+/// each distinct piece of the chain is printed once.
+pub(crate) fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -566,31 +616,8 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = if e.downcast_ref::<UsageError>().is_some() {
-                2
-            } else {
-                e.downcast_ref::<cairn_engine::Error>()
-                    .map_or(1, cairn_engine::Error::exit_code)
-            };
-            let code = if code == 1 {
-                e.chain()
-                    .find_map(|c| c.downcast_ref::<cairn_engine::Error>())
-                    .map_or(1, cairn_engine::Error::exit_code)
-            } else {
-                code
-            };
-            // thiserror's I/O variant displays its cause and also chains it: print each
-            // distinct piece of the chain once.
-            let mut msg = String::new();
-            for cause in e.chain() {
-                let text = cause.to_string();
-                if !msg.contains(&text) {
-                    if !msg.is_empty() {
-                        msg.push_str(": ");
-                    }
-                    msg.push_str(&text);
-                }
-            }
+            let code = exit_code_of(&e);
+            let msg = error_message(&e);
             if cli.json {
                 println!(
                     "{}",

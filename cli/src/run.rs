@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_engine::ops::job::{prometheus_text, run_job, source_tag, JobConfig};
-use cairn_engine::ops::ls::find_node;
-use cairn_engine::ops::restore::restore;
-use cairn_engine::{Progress, Repository, RestoreOptions};
-use cairn_format::NodeKind;
+use cairn_engine::ops::k3s_restore::{is_cluster_state, restore_cluster_state, Datastore};
+use cairn_engine::Repository;
 use serde_json::json;
 
 use crate::password::PasswordArgs;
@@ -76,7 +74,30 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
             eprintln!("warning: writing metrics to {}: {e}", path.display());
         }
     }
-    let (report, _) = outcome?;
+    let (report, _) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            if let (Some(hook), false) = (&cfg.run.on_failure, a.dry_run) {
+                let msg = crate::error_message(&e);
+                if let Err(h) = cairn_engine::ops::job::run_on_failure(
+                    hook,
+                    u8::try_from(crate::exit_code_of(&e)).unwrap_or(1),
+                    None,
+                    Some(&msg),
+                ) {
+                    eprintln!("warning: {h}");
+                }
+            }
+            return Err(e);
+        }
+    };
+    if !report.ok && !a.dry_run {
+        if let Some(hook) = &cfg.run.on_failure {
+            if let Err(h) = cairn_engine::ops::job::run_on_failure(hook, 1, Some(&report), None) {
+                eprintln!("warning: {h}");
+            }
+        }
+    }
     if cli.json {
         println!(
             "{}",
@@ -242,150 +263,230 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
-    match k {
-        K3sCommand::Verify { files } => {
-            let mut failed = 0;
-            for f in files {
-                match cairn_engine::k3s::verify_etcd_snapshot(f) {
-                    Ok(info) => {
-                        if cli.json {
-                            println!("{}", json!({"file": f, "ok": true, "info": info}));
-                        } else {
-                            println!(
-                                "ok   {} ({} pages of {} bytes, txid {})",
-                                f.display(),
-                                info.pages,
-                                info.page_size,
-                                info.txid
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        if cli.json {
-                            println!(
-                                "{}",
-                                json!({"file": f, "ok": false, "error": e.to_string()})
-                            );
-                        } else {
-                            println!("FAIL {e}");
-                        }
-                    }
+/// Open the repository a `k3s` subcommand names, and lock it shared, waiting as the job
+/// file's `retry-lock` says (the command line's `--retry-lock` wins).
+fn open_for_k3s(cli: &Cli, config: Option<&Path>) -> Result<(Repository, std::time::Duration)> {
+    match config {
+        Some(c) => {
+            let cfg = load_config(c)?;
+            let wait = match cli.retry_lock {
+                Some(w) => w,
+                None => cfg.repository.retry_lock()?,
+            };
+            Ok((open_job_repo(cli, &cfg)?, wait))
+        }
+        None => Ok((
+            crate::hiargs::open(cli)?,
+            cli.retry_lock.unwrap_or_default(),
+        )),
+    }
+}
+
+/// The cluster-state snapshot a `k3s` subcommand means: `spec` (an id or `latest`), or the
+/// newest one, of `source` if given.
+fn pick_cluster_state(
+    snaps: &[(cairn_format::Id, cairn_format::Snapshot)],
+    spec: Option<&str>,
+    source: Option<&str>,
+) -> Result<(cairn_format::Id, cairn_format::Snapshot)> {
+    let of_source = |s: &cairn_format::Snapshot| match source {
+        Some(name) => s.tags.contains(&source_tag(name)),
+        None => is_cluster_state(s),
+    };
+    let (id, snap) = match spec {
+        Some(spec) if spec != "latest" => {
+            cairn_engine::snapshots::resolve(snaps, spec, &cairn_engine::SnapshotFilter::default())?
+        }
+        _ => cairn_engine::snapshots::latest(snaps, of_source).ok_or_else(|| match source {
+            Some(name) => anyhow!("no snapshot of source {name:?} (tag {})", source_tag(name)),
+            None => anyhow!(
+                "no cluster-state snapshot (of a k3s-etcd or k3s-sqlite source) in the repository"
+            ),
+        })?,
+    };
+    Ok((*id, snap.clone()))
+}
+
+fn print_verified(cli: &Cli, file: &Path, r: Result<Verified>) -> bool {
+    match r {
+        Ok(v) => {
+            if cli.json {
+                println!("{}", json!({"file": file, "ok": true, "info": v}));
+            } else {
+                match v {
+                    Verified::Etcd(info) => println!(
+                        "ok   {} (etcd snapshot{}: {} pages of {} bytes, txid {})",
+                        file.display(),
+                        if info.compressed { ", zip" } else { "" },
+                        info.pages,
+                        info.page_size,
+                        info.txid
+                    ),
+                    Verified::Sqlite(info) => println!(
+                        "ok   {} (SQLite datastore: {} pages of {} bytes, {} kine rows, revision {})",
+                        file.display(),
+                        info.pages,
+                        info.page_size,
+                        info.rows,
+                        info.revision
+                    ),
                 }
             }
-            if failed > 0 {
-                bail!(
-                    "{failed} of {} snapshot(s) failed verification",
-                    files.len()
+            true
+        }
+        Err(e) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"file": file, "ok": false, "error": e.to_string()})
                 );
+            } else {
+                println!("FAIL {e}");
+            }
+            false
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Verified {
+    Etcd(cairn_engine::k3s::EtcdSnapshotInfo),
+    Sqlite(cairn_engine::k3s::SqliteInfo),
+}
+
+/// An SQLite file is checked as a datastore, anything else as an etcd snapshot.
+fn verify_file(f: &Path) -> Result<Verified> {
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(f)
+        .and_then(|mut h| std::io::Read::read(&mut h, &mut head))
+        .with_context(|| format!("reading {}", f.display()))?;
+    if n == 16 && &head == b"SQLite format 3\0" {
+        Ok(Verified::Sqlite(cairn_engine::k3s::check_sqlite(f)?))
+    } else {
+        Ok(Verified::Etcd(cairn_engine::k3s::verify_etcd_snapshot(f)?))
+    }
+}
+
+pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
+    match k {
+        K3sCommand::Verify {
+            files,
+            snapshot,
+            config,
+        } => {
+            if let Some(spec) = snapshot {
+                let (repo, wait) = open_for_k3s(cli, config.as_deref())?;
+                let lock = repo.lock_shared(wait)?;
+                let ix = repo.indexed()?;
+                let (id, snap) = pick_cluster_state(&repo.load_snapshots()?, Some(spec), None)?;
+                let tmp = tempfile::Builder::new()
+                    .prefix("cairn-k3s-verify-")
+                    .tempdir_in(
+                        cairn_engine::cache::default_cache_dir()
+                            .filter(|d| std::fs::create_dir_all(d).is_ok())
+                            .unwrap_or_else(std::env::temp_dir),
+                    )?;
+                let r = restore_cluster_state(&lock, &ix, &id, &snap, tmp.path())?;
+                let (file, v) = match r.datastore {
+                    Datastore::Etcd { path, info } => (path, Verified::Etcd(info)),
+                    Datastore::Sqlite { path, info } => (path, Verified::Sqlite(info)),
+                };
+                let shown = PathBuf::from(format!(
+                    "snapshot {}: {}",
+                    id.short(),
+                    file.strip_prefix(tmp.path()).unwrap_or(&file).display()
+                ));
+                print_verified(cli, &shown, Ok(v));
+                return Ok(0);
+            }
+            let failed = files
+                .iter()
+                .filter(|f| !print_verified(cli, f, verify_file(f)))
+                .count();
+            if failed > 0 {
+                bail!("{failed} of {} file(s) failed verification", files.len());
             }
             Ok(0)
         }
-        K3sCommand::RestoreEtcd {
+        K3sCommand::Restore {
             config,
             source,
             target,
             snapshot,
         } => {
-            let repo = match config {
-                Some(c) => open_job_repo(cli, &load_config(c)?)?,
-                None => crate::hiargs::open(cli)?,
-            };
-            let lock = crate::hiargs::lock_shared(cli, &repo)?;
+            let (repo, wait) = open_for_k3s(cli, config.as_deref())?;
+            let lock = repo.lock_shared(wait)?;
             let ix = repo.indexed()?;
-            let snaps = repo.load_snapshots()?;
-            let tag = source_tag(source);
-            let (id, snap) = match snapshot {
-                Some(spec) => cairn_engine::snapshots::resolve(
-                    &snaps,
-                    spec,
-                    &cairn_engine::SnapshotFilter::default(),
-                )?,
-                None => cairn_engine::snapshots::latest(&snaps, |s| s.tags.contains(&tag))
-                    .ok_or_else(|| anyhow!("no snapshot of source {source:?} (tag {tag})"))?,
-            };
-            let opts = RestoreOptions {
-                target: target.clone(),
-                ..RestoreOptions::default()
-            };
-            let res = restore(
-                &lock,
-                &ix,
-                &snap.tree,
-                Path::new(""),
-                &opts,
-                &Progress::default(),
+            let (id, snap) = pick_cluster_state(
+                &repo.load_snapshots()?,
+                snapshot.as_deref(),
+                source.as_deref(),
             )?;
-            if !res.failed.is_empty() {
-                for (p, why) in &res.failed {
-                    eprintln!("error: {}: {why}", p.display());
-                }
-                bail!("{} file(s) could not be restored", res.failed.len());
+            let r = restore_cluster_state(&lock, &ix, &id, &snap, target)?;
+            if cli.json {
+                println!("{}", json!({"message_type": "k3s_restore", "report": r}));
+                return Ok(0);
             }
-            // Which file is which is told by content, never by name: the etcd snapshot is
-            // the file that verifies as one (or a K3s `.zip` snapshot), the token the other.
-            let mut etcd = None;
-            let mut token = None;
-            let mut refused = Vec::new();
-            for p in &snap.paths {
-                let rel = String::from_utf8_lossy(p)
-                    .trim_start_matches('/')
-                    .to_owned();
-                let node = find_node(&ix, &snap.tree, Path::new(&rel))?;
-                if node.as_ref().is_some_and(|n| n.kind == NodeKind::File) {
-                    let restored = target.join(&rel);
-                    if rel.ends_with(".zip") {
-                        etcd = Some(restored);
-                        continue;
-                    }
-                    match cairn_engine::k3s::verify_etcd_snapshot(&restored) {
-                        Ok(_) => etcd = Some(restored),
-                        Err(e) => {
-                            refused.push(e.to_string());
-                            token = Some(restored);
-                        }
-                    }
-                }
-            }
-            let etcd = etcd.ok_or_else(|| {
-                anyhow!(
-                    "snapshot {} holds no valid etcd snapshot file (is it a snapshot of a k3s-etcd source?){}",
-                    id.short(),
-                    refused
-                        .iter()
-                        .map(|r| format!("\n  {r}"))
-                        .collect::<String>()
-                )
-            })?;
-            let etcd = std::path::absolute(&etcd).unwrap_or(etcd);
             println!(
                 "restored snapshot {} ({}) into {}",
                 id.short(),
                 cairn_engine::util::format_timestamp(&snap.time),
                 target.display()
             );
-            println!("  etcd snapshot: {}", etcd.display());
-            if let Some(t) = &token {
-                println!(
-                    "  server token:  {}",
-                    std::path::absolute(t).unwrap_or(t.clone()).display()
-                );
+            let token = r.token.as_ref().map(|t| t.display().to_string());
+            match &r.datastore {
+                Datastore::Etcd { path, info } => {
+                    println!(
+                        "  etcd snapshot: {} (verified: SHA-256 trailer, bbolt meta pages; txid {})",
+                        path.display(),
+                        info.txid
+                    );
+                    if let Some(t) = &token {
+                        println!("  server token:  {t}");
+                    }
+                    println!("\nStop K3s on every server, then on the server to restore:\n");
+                    println!("  systemctl stop k3s");
+                    match &token {
+                        Some(t) => println!(
+                            "  k3s server --cluster-reset --cluster-reset-restore-path={} --token-file={t}",
+                            path.display()
+                        ),
+                        None => println!(
+                            "  k3s server --cluster-reset --cluster-reset-restore-path={}",
+                            path.display()
+                        ),
+                    }
+                    println!("  systemctl start k3s");
+                    println!("\nOn every other server (HA): before it rejoins, remove its old datastore:\n");
+                    println!("  systemctl stop k3s");
+                    println!("  rm -rf /var/lib/rancher/k3s/server/db/");
+                    println!("  systemctl start k3s");
+                }
+                Datastore::Sqlite { path, info } => {
+                    println!(
+                        "  SQLite datastore: {} (verified: integrity_check ok, {} kine rows, revision {})",
+                        path.display(),
+                        info.rows,
+                        info.revision
+                    );
+                    if let Some(t) = &token {
+                        println!("  server token:     {t}");
+                    }
+                    println!("\nOn the server (K3s with SQLite has one):\n");
+                    println!("  systemctl stop k3s");
+                    println!("  mkdir -p /var/lib/rancher/k3s/server/db/before-restore");
+                    println!("  mv /var/lib/rancher/k3s/server/db/state.db* /var/lib/rancher/k3s/server/db/before-restore/");
+                    println!(
+                        "  install -m 0600 {} /var/lib/rancher/k3s/server/db/state.db",
+                        path.display()
+                    );
+                    if let Some(t) = &token {
+                        println!("  install -m 0600 {t} /var/lib/rancher/k3s/server/token");
+                    }
+                    println!("  systemctl start k3s");
+                }
             }
-            println!("\nOn the server to restore (k3s stopped on every server first):\n");
-            println!("  systemctl stop k3s");
-            match &token {
-                Some(t) => println!(
-                    "  k3s server --cluster-reset --cluster-reset-restore-path={} --token-file={}",
-                    etcd.display(),
-                    std::path::absolute(t).unwrap_or(t.clone()).display()
-                ),
-                None => println!(
-                    "  k3s server --cluster-reset --cluster-reset-restore-path={}",
-                    etcd.display()
-                ),
-            }
-            println!("  systemctl start k3s");
             Ok(0)
         }
     }

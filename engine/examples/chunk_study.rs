@@ -53,7 +53,10 @@ fn detect(h: &[u8], len: u64) -> &'static str {
         "sqlite"
     } else if h.len() >= 20 && h[16..20] == 0xED0C_DAEDu32.to_le_bytes() {
         "bbolt"
-    } else if h.len() >= 24 && len % 8192 == 0 && u16::from_le_bytes([h[18], h[19]]) == 0x2004 {
+    } else if h.len() >= 24
+        && len.is_multiple_of(8192)
+        && u16::from_le_bytes([h[18], h[19]]) == 0x2004
+    {
         "postgres"
     } else if h.len() >= 4 && len == 16 << 20 && h[1] == 0xD1 {
         "pg-wal"

@@ -66,6 +66,7 @@ fn repository_write_errors_abort_the_backup() {
     let backup_opts = BackupOptions {
         paths: vec![src.clone()],
         stdin: None,
+        staged: None,
         tags: vec![],
         host: None,
         time: None,

@@ -128,6 +128,7 @@ fn do_backup_locked(lock: &SharedLock<'_>, src: &Path) -> cairn_format::Id {
     let opts = BackupOptions {
         paths: vec![src.to_path_buf()],
         stdin: None,
+        staged: None,
         tags: vec![],
         host: Some("test".into()),
         time: None,

@@ -53,9 +53,9 @@ impl ChunkerParams {
             && (MAX_MIN..=MAX_MAX).contains(&self.max_size)
             && self.min_size <= self.avg_size
             && self.avg_size <= self.max_size
-            && self.min_size % 2 == 0
-            && self.avg_size % 2 == 0
-            && self.max_size % 2 == 0
+            && self.min_size.is_multiple_of(2)
+            && self.avg_size.is_multiple_of(2)
+            && self.max_size.is_multiple_of(2)
             && self.normalization <= 3;
         if ok {
             Ok(())

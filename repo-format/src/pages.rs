@@ -354,7 +354,7 @@ pub fn sqlite_window_cuts(
         );
         out.push(start + page);
     }
-    if eof && buf.len() % page != 0 {
+    if eof && !buf.len().is_multiple_of(page) {
         out.push(buf.len());
     }
     out

@@ -52,6 +52,10 @@ pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     /// Read this stream as one file named `.0` instead of paths.
     pub stdin: Option<(String, Box<dyn Read + Send>)>,
+    /// Store this directory's contents as the snapshot's root instead of paths: what cairn
+    /// prepared itself (a database copy, an API export), recorded as `/` so that restoring
+    /// does not depend on where it was prepared.
+    pub staged: Option<PathBuf>,
     /// Tags.
     pub tags: Vec<String>,
     /// Host name to record (default: this host).
@@ -226,6 +230,8 @@ pub fn backup(
             return Err(Error::Invalid(format!("invalid --stdin-filename {name:?}")));
         }
         paths.push(PathBuf::from("/").join(name));
+    } else if opts.staged.is_some() {
+        paths.push(PathBuf::from("/"));
     } else {
         if opts.paths.is_empty() {
             return Err(Error::Invalid(
@@ -324,6 +330,8 @@ pub fn backup(
 
     let root_tree = if let Some((name, reader)) = opts.stdin {
         arch.stdin_tree(&name, reader)?
+    } else if let Some(dir) = &opts.staged {
+        arch.dir_tree(dir, parent_tree.as_ref(), None)?
     } else if paths.iter().any(|p| p == Path::new("/")) {
         // The root tree is the listing of `/` itself.
         arch.dir_tree(Path::new("/"), parent_tree.as_ref(), None)?
@@ -714,7 +722,7 @@ impl Archiver<'_> {
         match cut {
             Cutter::Pages(page) => {
                 let mut out: Vec<usize> = (1..=buf.len() / page).map(|i| i * page).collect();
-                if eof && buf.len() % page != 0 {
+                if eof && !buf.len().is_multiple_of(page) {
                     out.push(buf.len());
                 }
                 out

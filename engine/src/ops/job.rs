@@ -29,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -71,6 +72,37 @@ pub struct JobConfig {
     /// When the job runs (for `cairn schedule`).
     #[serde(default)]
     pub schedule: ScheduleConfig,
+    /// The run as a whole: its time limit, what to do when it fails.
+    #[serde(default)]
+    pub run: RunConfig,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RunConfig {
+    /// How long the whole run may take (`4h`); past it the run stops where it is (the
+    /// repository stays consistent, as after Ctrl-C) and fails. Default: no limit beyond
+    /// each source's `timeout`.
+    pub timeout: Option<String>,
+    /// A shell command run when the run fails (a source, retention, prune, or the run
+    /// itself): `CAIRN_RUN_STATUS` holds the exit code, `CAIRN_FAILED_SOURCES` the failed
+    /// sources' names, `CAIRN_RUN_SUMMARY` one line per failure, and its standard input the
+    /// `--json` report (empty when the run stopped before its sources ran).
+    pub on_failure: Option<String>,
+    /// Where sources that prepare what they store (the SQLite copy, the API export) do so
+    /// (default: `staging` in the cache directory). Needs room for one copy of state.db.
+    pub staging_dir: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// `timeout`, parsed.
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>> {
+        self.timeout
+            .as_deref()
+            .map(crate::util::parse_wait)
+            .transpose()
+    }
 }
 
 /// `[repository]`.
@@ -210,6 +242,10 @@ pub enum SourceKind {
     Command,
     /// The newest K3s etcd snapshot plus the server token.
     K3sEtcd,
+    /// A consistent copy of K3s's SQLite datastore (kine `state.db`) plus the server token.
+    K3sSqlite,
+    /// Every listable API resource as YAML, one file per namespace and kind.
+    K3sManifests,
 }
 
 /// `[[source]]`.
@@ -239,12 +275,29 @@ pub struct SourceConfig {
     pub filename: Option<String>,
     /// `k3s-etcd`: snapshot directory.
     pub snapshot_dir: Option<PathBuf>,
-    /// `k3s-etcd`: server token file.
+    /// `k3s-etcd`, `k3s-sqlite`: server token file.
     pub token_file: Option<PathBuf>,
+    /// `k3s-sqlite`: the datastore (default `/var/lib/rancher/k3s/server/db/state.db`).
+    pub database: Option<PathBuf>,
+    /// `k3s-manifests`: kubeconfig (default: the pod's service account inside a cluster,
+    /// else `/etc/rancher/k3s/k3s.yaml`).
+    pub kubeconfig: Option<PathBuf>,
+    /// `k3s-manifests`: resources to leave out (`secrets`, `*.cattle.io`), besides events
+    /// and metrics.
+    #[serde(default)]
+    pub exclude_resources: Vec<String>,
+    /// `k3s-manifests`: resources to keep that are excluded by default (`events`).
+    #[serde(default)]
+    pub include_resources: Vec<String>,
+    /// `k3s-manifests`: keep the fields the server sets (status, uid, resourceVersion, …)
+    /// instead of writing objects ready for `kubectl apply`.
+    #[serde(default)]
+    pub raw: bool,
     /// `k3s-etcd`: run this first to take a fresh snapshot (e.g.
     /// `k3s etcd-snapshot save --name cairn`); otherwise the newest existing one is used.
     pub save_command: Option<String>,
-    /// `command` and `save-command`: how long they may run (`30s`, `10m`, `1h`; default 1h).
+    /// How long the source may take to prepare what is stored: a `command`, a
+    /// `save-command`, the SQLite copy or the API export (`30s`, `10m`, `1h`; default 1h).
     pub timeout: Option<String>,
     /// Extra tags.
     #[serde(default)]
@@ -326,6 +379,7 @@ impl Default for ScheduleConfig {
 
 const K3S_SNAPSHOT_DIR: &str = "/var/lib/rancher/k3s/server/db/snapshots";
 const K3S_TOKEN: &str = "/var/lib/rancher/k3s/server/token";
+const K3S_STATE_DB: &str = "/var/lib/rancher/k3s/server/db/state.db";
 
 impl JobConfig {
     /// Parse and validate a job file.
@@ -378,6 +432,7 @@ impl JobConfig {
             s.command_timeout()?;
         }
         self.defaults.policy()?;
+        self.run.timeout()?;
         let (h, m) = self
             .schedule
             .at
@@ -588,8 +643,71 @@ fn run_checked(cmd: &str, timeout: std::time::Duration) -> Result<()> {
     }
 }
 
-/// The newest etcd snapshot file in `dir` (by mtime, then name). A bbolt file is checked for
-/// its magic so that a half-written snapshot is not stored as if it were good.
+/// How long the `on-failure` command may run.
+const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Run the job's `on-failure` command for a run that failed with exit code `status`:
+/// `report` when the sources ran, `error` when the run stopped before or during them. The
+/// hook's own failure is returned for the caller to print; it never changes the run's exit.
+pub fn run_on_failure(
+    cmd: &str,
+    status: u8,
+    report: Option<&RunReport>,
+    error: Option<&str>,
+) -> Result<()> {
+    let mut failed = Vec::new();
+    let mut summary = Vec::new();
+    if let Some(r) = report {
+        for s in r.sources.iter().filter(|s| !s.ok) {
+            failed.push(s.name.clone());
+            summary.push(format!(
+                "source {}: {}",
+                s.name,
+                s.message.as_deref().unwrap_or("failed")
+            ));
+        }
+        if let Some(e) = &r.maintenance_error {
+            summary.push(format!("retention/prune: {e}"));
+        }
+    }
+    if let Some(e) = error {
+        summary.push(e.to_owned());
+    }
+    let json = report
+        .and_then(|r| serde_json::to_vec(r).ok())
+        .unwrap_or_default();
+    let mut child = shell(cmd)
+        .stdin(Stdio::piped())
+        .env("CAIRN_RUN_STATUS", status.to_string())
+        .env("CAIRN_FAILED_SOURCES", failed.join(" "))
+        .env("CAIRN_RUN_SUMMARY", summary.join("\n"))
+        .spawn()
+        .map_err(|e| Error::io(format!("on-failure command {cmd:?}"), e))?;
+    let watchdog = Watchdog::start(child.id(), HOOK_TIMEOUT);
+    if let Some(mut stdin) = child.stdin.take() {
+        // A hook that does not read its input must not block the run: write from a thread
+        // and ignore a closed pipe.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &json);
+        });
+    }
+    let st = child
+        .wait()
+        .map_err(|e| Error::io(format!("on-failure command {cmd:?}"), e))?;
+    if watchdog.fired() {
+        return Err(Error::Invalid(format!(
+            "on-failure command {cmd:?} did not finish within {HOOK_TIMEOUT:?} and was killed"
+        )));
+    }
+    if !st.success() {
+        return Err(Error::Invalid(format!(
+            "on-failure command {cmd:?} exited with {st}"
+        )));
+    }
+    Ok(())
+}
+
+/// The newest etcd snapshot file in `dir` (by mtime, then name); the caller verifies it.
 pub fn newest_etcd_snapshot(dir: &Path) -> Result<PathBuf> {
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
     for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -614,20 +732,66 @@ pub fn newest_etcd_snapshot(dir: &Path) -> Result<PathBuf> {
     }
     let (_, path) =
         best.ok_or_else(|| Error::Invalid(format!("no etcd snapshot in {}", dir.display())))?;
-    if !path.to_string_lossy().ends_with(".zip") {
-        let mut head = [0u8; 32];
-        let n = std::fs::File::open(&path)
-            .and_then(|mut f| f.read(&mut head))
-            .map_err(|e| Error::io(&path, e))?;
-        // bbolt meta page: 16-byte page header, then magic 0xED0CDAED (little-endian).
-        if n < 20 || head[16..20] != 0xED0C_DAEDu32.to_le_bytes() {
-            return Err(Error::Invalid(format!(
-                "{} is not a bbolt (etcd) snapshot",
-                path.display()
-            )));
+    Ok(path)
+}
+
+/// The whole run's time limit: past it, the interrupt flag is raised (the run stops where
+/// it is, as after Ctrl-C) and the run reports why.
+struct Deadline {
+    end: Option<Instant>,
+    limit: Option<std::time::Duration>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Deadline {
+    fn start(limit: Option<std::time::Duration>) -> Deadline {
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut stop = None;
+        if let Some(limit) = limit {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let flag = fired.clone();
+            // The thread ends when the run does (the sender is dropped) or at the deadline.
+            let _ = std::thread::Builder::new()
+                .name("cairn-run-timeout".into())
+                .spawn(move || {
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit)
+                    {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        crate::progress::INTERRUPTED
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            stop = Some(tx);
+        }
+        Deadline {
+            end: limit.map(|l| Instant::now() + l),
+            limit,
+            fired,
+            _stop: stop,
         }
     }
-    Ok(path)
+
+    /// Time left, if the run has a limit.
+    fn remaining(&self) -> Option<std::time::Duration> {
+        self.end
+            .map(|e| e.saturating_duration_since(Instant::now()))
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "the run exceeded its timeout ({}) and was stopped",
+            self.limit.map(|l| format!("{l:?}")).unwrap_or_default()
+        )
+    }
+
+    fn interrupted_error(&self) -> Error {
+        if self.fired.load(std::sync::atomic::Ordering::SeqCst) {
+            Error::Invalid(self.message())
+        } else {
+            Error::Interrupted
+        }
+    }
 }
 
 /// Run the job: every source under one shared lock, then retention and prune under an
@@ -642,6 +806,7 @@ pub fn run_job(
 ) -> Result<RunReport> {
     let started = Instant::now();
     let host = cfg.repository.host.clone().unwrap_or_else(hostname);
+    let deadline = Deadline::start(cfg.run.timeout()?);
     let mut results = Vec::new();
     {
         let shared = if dry_run {
@@ -662,33 +827,45 @@ pub fn run_job(
                 seconds: 0.0,
                 forgotten: 0,
             };
-            let outcome = match &shared {
-                Some(lock) => run_source(Some(lock), repo, src, &host, warn),
-                None => run_source(None, repo, src, &host, warn),
+            let limit = match deadline.remaining() {
+                Some(left) if left.is_zero() => {
+                    res.message = Some(deadline.message());
+                    results.push(res);
+                    continue;
+                }
+                Some(left) => left.min(src.command_timeout()?),
+                None => src.command_timeout()?,
             };
+            let outcome = run_source(shared.as_ref(), repo, cfg, src, &host, limit, warn);
             res.seconds = t0.elapsed().as_secs_f64();
             match outcome {
-                Ok(Some(r)) => {
+                Ok(SourceOutcome {
+                    backup: Some(r),
+                    problems,
+                }) => {
                     let s = r.snapshot.summary.clone().unwrap_or_default();
-                    res.ok = s.errors == 0;
+                    res.ok = s.errors == 0 && problems.is_empty();
+                    let mut msgs = problems;
                     if s.errors > 0 {
-                        res.message =
-                            Some(format!("{} path(s) could not be read completely", s.errors));
+                        msgs.push(format!("{} path(s) could not be read completely", s.errors));
+                    }
+                    if !msgs.is_empty() {
+                        res.message = Some(msgs.join("; "));
                     }
                     res.snapshot = Some(r.id.to_hex());
                     res.files = s.total_files_processed;
                     res.bytes = s.total_bytes_processed;
                     res.bytes_added = s.data_added_packed;
                 }
-                Ok(None) => {
+                Ok(SourceOutcome { backup: None, .. }) => {
                     res.ok = true;
-                    res.message = Some("dry run".into());
+                    res.message = Some("dry run: readable".into());
                 }
                 Err(e) => res.message = Some(e.to_string()),
             }
             results.push(res);
             if crate::progress::interrupted() {
-                return Err(Error::Interrupted);
+                return Err(deadline.interrupted_error());
             }
         }
     }
@@ -756,7 +933,10 @@ pub fn run_job(
         Ok(())
     })();
     if let Err(e) = maint {
-        maintenance_error = Some(e.to_string());
+        maintenance_error = Some(match e {
+            Error::Interrupted => deadline.interrupted_error().to_string(),
+            e => e.to_string(),
+        });
     }
     let ok = results.iter().all(|r| r.ok) && maintenance_error.is_none();
     Ok(RunReport {
@@ -795,21 +975,80 @@ pub fn source_forget_options(
     })
 }
 
+/// What one source did besides its backup.
+struct SourceOutcome {
+    /// `None` in a dry run.
+    backup: Option<BackupResult>,
+    /// What went wrong while preparing what was stored (kinds the API export could not
+    /// list): the snapshot is kept, as partial, and the source fails.
+    problems: Vec<String>,
+}
+
+/// A directory of this run's own, where a source prepares what it stores; removed when
+/// dropped. Left-overs of killed runs (their pid gone) are removed by the next one.
+struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    fn new(cfg: &JobConfig, source: &str) -> Result<Staging> {
+        let base = cfg.run.staging_dir.clone().unwrap_or_else(|| {
+            crate::cache::default_cache_dir()
+                .unwrap_or_else(|| std::env::temp_dir().join("cairn"))
+                .join("staging")
+        });
+        std::fs::create_dir_all(&base).map_err(|e| Error::io(&base, e))?;
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.rsplit_once('.'))
+                    .and_then(|(_, p)| p.parse::<i32>().ok());
+                let gone = pid.is_some_and(|p| {
+                    p != std::process::id() as i32
+                        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                            == Err(nix::errno::Errno::ESRCH)
+                });
+                if gone {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("{source}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        Ok(Staging { dir })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Back up one source under `lock`; without a lock (a dry run), only check that it can be
-/// read.
+/// read. `limit` is the time the source may take to prepare what it stores.
 fn run_source(
     lock: Option<&crate::lock::SharedLock<'_>>,
     repo: &Repository,
+    cfg: &JobConfig,
     src: &SourceConfig,
     host: &str,
+    limit: std::time::Duration,
     warn: &WarnFn,
-) -> Result<Option<BackupResult>> {
+) -> Result<SourceOutcome> {
     let dry_run = lock.is_none();
     let mut tags = vec![source_tag(&src.name)];
     tags.extend(src.tags.iter().cloned());
     let mut opts = BackupOptions {
         paths: Vec::new(),
         stdin: None,
+        staged: None,
         tags,
         host: Some(host.to_owned()),
         time: None,
@@ -817,6 +1056,19 @@ fn run_source(
         force: false,
         excludes: src.exclude.clone(),
         one_file_system: src.one_file_system,
+    };
+    let mut problems = Vec::new();
+    let mut _staging = None;
+    let token_path = || {
+        src.token_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(K3S_TOKEN))
+    };
+    let dry = |problems| {
+        Ok(SourceOutcome {
+            backup: None,
+            problems,
+        })
     };
     match src.kind {
         SourceKind::Path => {
@@ -833,54 +1085,112 @@ fn run_source(
                     }
                 }
             }
-            // Parent lookup needs the previous snapshot of this source, whatever the paths.
             if dry_run {
                 for p in &opts.paths {
                     std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
                 }
-                return Ok(None);
+                return dry(problems);
             }
         }
         SourceKind::Command => {
             let cmd = src.command.as_deref().unwrap_or_default();
             if dry_run {
-                return Ok(None);
+                return dry(problems);
             }
             opts.stdin = Some((
                 src.filename.clone().unwrap_or_default(),
-                Box::new(spawn_shell(cmd, src.command_timeout()?)?),
+                Box::new(spawn_shell(cmd, limit)?),
             ));
         }
         SourceKind::K3sEtcd => {
             if let Some(cmd) = &src.save_command {
                 if !dry_run {
-                    run_checked(cmd, src.command_timeout()?)?;
+                    run_checked(cmd, limit)?;
                 }
             }
             let dir = src
                 .snapshot_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(K3S_SNAPSHOT_DIR));
-            let token = src
-                .token_file
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(K3S_TOKEN));
+            let token = token_path();
             let snap = newest_etcd_snapshot(&dir)?;
             // Never store a snapshot etcd could not restore as if it were good: a failed
             // verification fails the source (and spares its retention, see `run_job`).
-            if snap.extension().is_some_and(|e| e == "zip") {
-                warn(&format!(
-                    "{}: compressed snapshots are stored without verification",
-                    snap.display()
-                ));
-            } else {
-                crate::k3s::verify_etcd_snapshot(&snap)?;
-            }
+            crate::k3s::verify_etcd_snapshot(&snap)?;
             std::fs::metadata(&token).map_err(|e| Error::io(&token, e))?;
             if dry_run {
-                return Ok(None);
+                return dry(problems);
             }
+            // Which file is which goes into the snapshot: restore never guesses by name.
+            let snap = crate::ops::backup::normalize_path(&snap)?;
+            let token = crate::ops::backup::normalize_path(&token)?;
+            opts.tags
+                .extend(crate::k3s::role_tag(crate::k3s::Role::EtcdSnapshot, &snap));
+            opts.tags
+                .extend(crate::k3s::role_tag(crate::k3s::Role::Token, &token));
             opts.paths = vec![snap, token];
+        }
+        SourceKind::K3sSqlite => {
+            let db = src
+                .database
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(K3S_STATE_DB));
+            let token = token_path();
+            std::fs::metadata(&db).map_err(|e| Error::io(&db, e))?;
+            std::fs::metadata(&token).map_err(|e| Error::io(&token, e))?;
+            if dry_run {
+                return dry(problems);
+            }
+            let stage = Staging::new(cfg, &src.name)?;
+            // A consistent copy through SQLite's backup API, checked before it is stored.
+            crate::k3s::backup_sqlite(&db, &stage.dir.join("state.db"), limit)?;
+            let to = stage.dir.join("token");
+            std::fs::copy(&token, &to).map_err(|e| Error::io(&token, e))?;
+            opts.tags.extend(crate::k3s::role_tag(
+                crate::k3s::Role::Sqlite,
+                Path::new("/state.db"),
+            ));
+            opts.tags.extend(crate::k3s::role_tag(
+                crate::k3s::Role::Token,
+                Path::new("/token"),
+            ));
+            opts.staged = Some(stage.dir.clone());
+            _staging = Some(stage);
+        }
+        SourceKind::K3sManifests => {
+            let access = crate::k3s::kube::KubeAccess::discover(src.kubeconfig.as_deref())?;
+            if dry_run {
+                return dry(problems);
+            }
+            let stage = Staging::new(cfg, &src.name)?;
+            let export = crate::k3s::kube::export(
+                &access,
+                &stage.dir,
+                &crate::k3s::kube::ExportOptions {
+                    exclude: src.exclude_resources.clone(),
+                    include: src.include_resources.clone(),
+                    raw: src.raw,
+                    timeout: limit.min(std::time::Duration::from_secs(300)),
+                    ..Default::default()
+                },
+            )?;
+            if export.objects == 0 {
+                return Err(Error::Invalid(format!(
+                    "the API server at {} listed no objects{}",
+                    access.server,
+                    export
+                        .errors
+                        .iter()
+                        .map(|e| format!("; {e}"))
+                        .collect::<String>()
+                )));
+            }
+            for e in &export.errors {
+                warn(&format!("source {}: {e}", src.name));
+            }
+            problems = export.errors;
+            opts.staged = Some(stage.dir.clone());
+            _staging = Some(stage);
         }
     }
     // Find the parent among this source's snapshots (paths of a k3s-etcd source change daily).
@@ -889,10 +1199,14 @@ fn run_source(
     opts.parent = crate::snapshots::latest(&snaps, |s| s.hostname == host && s.tags.contains(&tag))
         .map(|(id, _)| *id);
     let Some(lock) = lock else {
-        return Ok(None);
+        return dry(problems);
     };
     let progress = Progress::default();
-    backup(lock, opts, &progress, warn).map(Some)
+    let backup = backup(lock, opts, &progress, warn)?;
+    Ok(SourceOutcome {
+        backup: Some(backup),
+        problems,
+    })
 }
 
 /// The `cairn_run_last_success_timestamp_seconds` value in an earlier metrics text, so that

@@ -19,11 +19,13 @@
 //! | [`repair`] | rebuild the index, drop damaged packs, rewrite damaged snapshots |
 //! | [`stats`] | counts and sizes |
 //! | [`job`] | the nightly job: sources, retention, prune, metrics |
+//! | [`k3s_restore`] | restore a cluster-state snapshot and verify its datastore |
 
 pub mod backup;
 pub mod check;
 pub mod forget;
 pub mod job;
+pub mod k3s_restore;
 pub mod ls;
 pub mod prune;
 pub mod repair;

@@ -34,6 +34,12 @@ pub struct RestoreOptions {
     pub includes: Vec<String>,
     /// Skip paths matching these.
     pub excludes: Vec<String>,
+    /// Remove what the target holds that the snapshot does not, inside the restored
+    /// directories only (not beside them, not what `excludes` names, not in a directory
+    /// restored only partly because of `includes`).
+    pub delete: bool,
+    /// Plan only: count what would be restored and list what would be deleted; write nothing.
+    pub dry_run: bool,
 }
 
 /// Outcome.
@@ -49,6 +55,8 @@ pub struct RestoreResult {
     pub bytes: u64,
     /// Paths that failed, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// Paths removed by `delete` (in a dry run: that would be).
+    pub deleted: Vec<PathBuf>,
     /// How many of those failed because the repository's data is damaged or missing (as
     /// opposed to the target refusing a write): a restore with any exits 13, not 3.
     pub integrity_failures: u64,
@@ -60,6 +68,8 @@ pub struct RestoreResult {
 struct Entry {
     /// Index of the directory entry this node is in, or [`TOP`].
     parent: u32,
+    /// A directory restored whole (not only for an include below it): `delete` may clean it.
+    whole: bool,
     node: Node,
 }
 
@@ -185,6 +195,7 @@ impl Planner<'_> {
             let pos = self.entries.len();
             self.entries.push(Box::new(Entry {
                 parent,
+                whole: included,
                 node: node.clone(),
             }));
             let sub = match node.subtree {
@@ -200,6 +211,7 @@ impl Planner<'_> {
         } else if included {
             self.entries.push(Box::new(Entry {
                 parent,
+                whole: false,
                 node: node.clone(),
             }));
             Ok(true)
@@ -297,6 +309,8 @@ pub fn restore(
     let is_root = sub
         .components()
         .all(|c| !matches!(c, std::path::Component::Normal(_)));
+    // Whether the target directory itself stands for a directory restored whole.
+    let mut top_whole = planner.includes.is_none();
     if is_root {
         let tree = repo.load_tree(index, root)?;
         planner.walk(&tree, TOP, false)?;
@@ -311,6 +325,7 @@ pub fn restore(
                 .as_ref()
                 .is_some_and(|g| g.matches_path_or_ancestor(&sub_abs));
             planner.snap = sub_abs.clone();
+            top_whole |= above;
             planner.walk(&tree, TOP, above)?;
         } else {
             let parent = sub_abs.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -319,10 +334,13 @@ pub fn restore(
                 .as_ref()
                 .is_some_and(|g| g.matches_path_or_ancestor(&parent));
             planner.snap = parent;
+            // One file: nothing beside it is the restore's business.
+            top_whole = false;
             planner.walk(&Tree { nodes: vec![node] }, TOP, above)?;
         }
     }
     let entries = planner.entries;
+    let excludes = planner.excludes;
     if entries.is_empty() && !opts.includes.is_empty() {
         return Err(Error::Invalid(format!(
             "nothing in the snapshot matches --include {} (patterns: engine/src/pattern.rs; `*` does not match `/`, `**` does)",
@@ -331,6 +349,24 @@ pub fn restore(
     }
     let target = &opts.target;
     let path_of = |i: usize| target.join(rel_path(&entries, i));
+
+    if opts.dry_run {
+        let mut result = RestoreResult::default();
+        for e in &entries {
+            match e.node.kind {
+                NodeKind::Dir => result.dirs += 1,
+                NodeKind::File => {
+                    result.files += 1;
+                    result.bytes += e.node.size;
+                }
+                _ => result.others += 1,
+            }
+        }
+        if opts.delete && fs::metadata(target).is_ok_and(|m| m.is_dir()) {
+            result.deleted = extraneous(&entries, target, top_whole, &excludes, &sub_abs);
+        }
+        return Ok(result);
+    }
 
     fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     if !fs::metadata(target)
@@ -718,6 +754,23 @@ pub fn restore(
         |_, _| {},
     );
 
+    // What the snapshot does not have goes before the metadata pass, so that directory
+    // mtimes set there stay as the snapshot says.
+    if opts.delete && !interrupted() {
+        for path in extraneous(&entries, target, top_whole, &excludes, &sub_abs) {
+            let removed = longpath::with(&path, |p| match fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+                Ok(_) => fs::remove_file(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            });
+            match removed {
+                Ok(()) => result.deleted.push(path),
+                Err(e) => result.failed.push((path, format!("delete: {e}"))),
+            }
+        }
+    }
+
     // Metadata: every non-directory, and each directory after everything inside it, so that
     // its mtime and (read-only) mode stick.
     let failed_entries = failed_entries;
@@ -741,6 +794,63 @@ pub fn restore(
     );
     result.failed.extend(meta_failed);
     Ok(result)
+}
+
+/// What `delete` removes: in the target directory (when `top_whole`) and in every directory
+/// restored whole, each entry whose name the snapshot's directory does not hold, unless an
+/// exclude names it (as a snapshot path, `sub` + its place under the target).
+#[allow(clippy::vec_box)]
+fn extraneous(
+    entries: &[Box<Entry>],
+    target: &Path,
+    top_whole: bool,
+    excludes: &Patterns,
+    sub: &Path,
+) -> Vec<PathBuf> {
+    let mut names: HashMap<u32, std::collections::HashSet<&[u8]>> = HashMap::new();
+    for e in entries {
+        names.entry(e.parent).or_default().insert(&e.node.name);
+    }
+    let mut out = Vec::new();
+    let empty = std::collections::HashSet::new();
+    let mut scan = |key: u32, dir: &Path| {
+        let Ok(rd) = longpath::with(dir, |d| fs::read_dir(d)) else {
+            return;
+        };
+        let keep = names.get(&key).unwrap_or(&empty);
+        let mut found: Vec<PathBuf> = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if keep.contains(name.as_bytes()) {
+                continue;
+            }
+            let path = dir.join(&name);
+            if !excludes.is_empty() {
+                let rel = path.strip_prefix(target).unwrap_or(&path);
+                if excludes.matches(&sub.join(rel), &name) {
+                    continue;
+                }
+            }
+            found.push(path);
+        }
+        found.sort();
+        out.extend(found);
+    };
+    if top_whole {
+        scan(TOP, target);
+    }
+    walk_paths(
+        entries,
+        target,
+        |i, p| {
+            let e = &entries[i];
+            if e.node.kind == NodeKind::Dir && e.whole {
+                scan(i as u32, p);
+            }
+        },
+        |_, _| {},
+    );
+    out
 }
 
 /// Write `data` at `off`, leaving 4 KiB blocks (aligned to the file) that are all zero as

@@ -1,5 +1,4 @@
-//! K3s cluster state: verifying an etcd snapshot before it is stored as good, and after it
-//! is restored.
+//! Verifying an etcd snapshot before it is stored as good, and after it is restored.
 //!
 //! `etcdctl snapshot save` (and `k3s etcd-snapshot save`) writes etcd's bbolt database and
 //! appends the SHA-256 of it; `etcdctl snapshot restore` refuses a file whose trailer is
@@ -11,10 +10,11 @@
 //!   itself needs), and the newest valid one's high-water mark, root and freelist pages lie
 //!   within the file.
 //!
-//! K3s's zip-compressed snapshots (`--etcd-snapshot-compress`) are not verified yet; they are
-//! stored with a warning.
+//! K3s's zip-compressed snapshots (`--etcd-snapshot-compress`, a `.zip` holding one snapshot
+//! file) are recognised by their content, and the snapshot inside is verified the same way
+//! while it is inflated (streaming; the zip's CRC-32 is checked too).
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -37,6 +37,8 @@ pub struct EtcdSnapshotInfo {
     pub page_size: u32,
     /// Pages in use (the meta page's high-water mark).
     pub pages: u64,
+    /// It came in a K3s `.zip`.
+    pub compressed: bool,
     /// Transaction id of the newest valid meta page.
     pub txid: u64,
 }
@@ -90,12 +92,43 @@ fn meta(page: &[u8]) -> std::result::Result<(u32, u64, u64, u64, u64), String> {
     ))
 }
 
-/// Verify the etcd snapshot at `path` (see the module documentation). Reads the file once,
-/// streaming; memory is two pages whatever its size.
+/// Verify the etcd snapshot at `path`, plain or K3s-zipped (see the module documentation).
+/// Reads the file once, streaming; memory is two pages whatever its size.
 pub fn verify_etcd_snapshot(path: &Path) -> Result<EtcdSnapshotInfo> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    if n == 4 && magic == *b"PK\x03\x04" {
+        return verify_zipped(f, path);
+    }
     verify_etcd_snapshot_from(&mut f, len, path)
+}
+
+/// A K3s compressed snapshot: a zip archive with exactly one file, the snapshot.
+fn verify_zipped<R: Read + Seek>(f: R, path: &Path) -> Result<EtcdSnapshotInfo> {
+    let bad = |why: String| {
+        Error::Invalid(format!(
+            "{} is not a valid compressed etcd snapshot: {why}",
+            path.display()
+        ))
+    };
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(e.to_string()))?;
+    if zip.len() != 1 {
+        return Err(bad(format!(
+            "it holds {} files; K3s writes exactly one",
+            zip.len()
+        )));
+    }
+    let mut entry = zip.by_index(0).map_err(|e| bad(e.to_string()))?;
+    let len = entry.size();
+    let inner = path.join(entry.name().map(|n| n.into_owned()).unwrap_or_default());
+    let info = verify_etcd_snapshot_from(&mut entry, len, &inner)?;
+    Ok(EtcdSnapshotInfo {
+        compressed: true,
+        ..info
+    })
 }
 
 /// [`verify_etcd_snapshot`] of `len` bytes read from `f` (`path` names it in messages).
@@ -181,12 +214,13 @@ pub fn verify_etcd_snapshot_from(
         page_size,
         pages,
         txid,
+        compressed: false,
     })
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A minimal well-formed snapshot: `pages` bbolt pages with two meta pages, plus the
@@ -294,5 +328,62 @@ mod tests {
         let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &db);
         db.extend_from_slice(h.as_ref());
         assert_eq!(check(&db).unwrap().txid, 1);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod zip_tests {
+    use super::tests::snapshot;
+    use super::*;
+    use std::io::Write;
+
+    fn zipped(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in files {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn check(bytes: &[u8]) -> Result<EtcdSnapshotInfo> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("on-demand-server-1700000000.zip");
+        std::fs::write(&p, bytes).unwrap();
+        verify_etcd_snapshot(&p)
+    }
+
+    #[test]
+    fn a_zipped_snapshot_is_verified_inside() {
+        let good = snapshot(8);
+        let info = check(&zipped(&[("on-demand-server-1700000000", &good)])).unwrap();
+        assert!(info.compressed);
+        assert_eq!(info.pages, 8);
+
+        let truncated = &good[..good.len() - 600];
+        let e = check(&zipped(&[("s", truncated)])).unwrap_err().to_string();
+        assert!(e.contains("missing hash"), "{e}");
+
+        let mut flipped = good.clone();
+        flipped[5 * 4096] ^= 0x40;
+        let e = check(&zipped(&[("s", &flipped)])).unwrap_err().to_string();
+        assert!(e.contains("SHA-256"), "{e}");
+
+        let e = check(&zipped(&[("a", &good), ("b", &good)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2 files"), "{e}");
+
+        // A damaged archive (its deflate stream cut short) fails as well.
+        let z = zipped(&[("s", &good)]);
+        let mut cut = z.clone();
+        cut.truncate(z.len() / 2);
+        assert!(check(&cut).is_err());
+        let mut bitrot = z;
+        bitrot[200] ^= 0xff;
+        assert!(check(&bitrot).is_err());
     }
 }

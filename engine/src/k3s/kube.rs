@@ -1,0 +1,626 @@
+//! Every listable API resource of a cluster, as YAML, straight from the API server: the
+//! `k3s-manifests` source. No kubectl is needed (the container image has none).
+//!
+//! Discovery is what `kubectl api-resources --verbs=list` does: `/api/v1`, then every group
+//! of `/apis` at its preferred version; subresources and kinds without `list` are skipped,
+//! and so are the kinds in [`DEFAULT_EXCLUDES`] (events are a log, not state; metrics are
+//! computed). Each kind is listed in pages (`limit`/`continue`), so memory is one page
+//! whatever the cluster's size, and each object is written to
+//! `<namespace>/<resource>.yaml` (`_cluster/<resource>.yaml` for cluster-scoped kinds),
+//! where `<resource>` is kubectl's name for it (`deployments.apps`, `secrets`). Restoring
+//! one namespace is restoring one directory.
+//!
+//! Objects are written ready for `kubectl apply`: the fields the server sets (`status`,
+//! `metadata.uid`, `resourceVersion`, `generation`, `creationTimestamp`, `selfLink`,
+//! `managedFields`) are dropped unless `raw` is set — a `resourceVersion` makes the API
+//! server refuse to create the object in a new cluster. Secrets are included: the
+//! repository is encrypted.
+//!
+//! A kind (or an API group) that cannot be listed is an error of the export: the other kinds
+//! are still written, and the caller stores the export as partial and fails the source.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// Kinds skipped unless `include-resources` names them: events are a log, not state, and
+/// `metrics.k8s.io` is computed on the fly.
+pub const DEFAULT_EXCLUDES: &[&str] = &["events", "events.events.k8s.io", "*.metrics.k8s.io"];
+
+/// Where the API server is and who we are to it.
+#[derive(Clone)]
+pub struct KubeAccess {
+    /// `https://127.0.0.1:6443`.
+    pub server: String,
+    /// PEM of the CA that signed the server's certificate (else the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Skip server verification (kubeconfig `insecure-skip-tls-verify`).
+    pub insecure: bool,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Client certificate and key, PEM, concatenated.
+    pub identity_pem: Option<Vec<u8>>,
+    /// HTTP basic credentials.
+    pub basic: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for KubeAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeAccess")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A service account's mounted credentials.
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl KubeAccess {
+    /// From a kubeconfig file's current context (K3s writes `/etc/rancher/k3s/k3s.yaml`).
+    pub fn from_kubeconfig(path: &Path) -> Result<KubeAccess> {
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        if text.len() > 16 << 20 {
+            return Err(Error::Invalid(format!("{}: too large", path.display())));
+        }
+        let bad = |why: String| Error::Invalid(format!("kubeconfig {}: {why}", path.display()));
+        let doc: Value = serde_yaml_ng::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let named = |list: &str, name: &str, field: &str| -> Option<Value> {
+            doc.get(list)?
+                .as_array()?
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
+                .get(field)
+                .cloned()
+        };
+        let current = doc
+            .get("current-context")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no current-context".into()))?;
+        let ctx = named("contexts", current, "context")
+            .ok_or_else(|| bad(format!("context {current:?} not found")))?;
+        let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let cluster_name =
+            s(&ctx, "cluster").ok_or_else(|| bad("context has no cluster".into()))?;
+        let cluster = named("clusters", &cluster_name, "cluster")
+            .ok_or_else(|| bad(format!("cluster {cluster_name:?} not found")))?;
+        let user = s(&ctx, "user")
+            .and_then(|u| named("users", &u, "user"))
+            .unwrap_or(Value::Null);
+        // `x-data` (base64) or `x` (a file, relative to the kubeconfig).
+        let blob = |v: &Value, key: &str| -> Result<Option<Vec<u8>>> {
+            if let Some(d) = s(v, &format!("{key}-data")) {
+                return base64::engine::general_purpose::STANDARD
+                    .decode(d.trim())
+                    .map(Some)
+                    .map_err(|e| bad(format!("{key}-data: {e}")));
+            }
+            match s(v, key) {
+                Some(f) => {
+                    let p = base.join(f);
+                    std::fs::read(&p).map(Some).map_err(|e| Error::io(p, e))
+                }
+                None => Ok(None),
+            }
+        };
+        let server = s(&cluster, "server").ok_or_else(|| bad("cluster has no server".into()))?;
+        let identity_pem = match (
+            blob(&user, "client-certificate")?,
+            blob(&user, "client-key")?,
+        ) {
+            (Some(mut c), Some(k)) => {
+                c.push(b'\n');
+                c.extend_from_slice(&k);
+                Some(c)
+            }
+            _ => None,
+        };
+        let token = match (s(&user, "token"), s(&user, "tokenFile")) {
+            (Some(t), _) => Some(t),
+            (None, Some(f)) => {
+                let p = base.join(f);
+                Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| Error::io(p, e))?
+                        .trim()
+                        .to_owned(),
+                )
+            }
+            _ => None,
+        };
+        let basic = s(&user, "username").zip(s(&user, "password"));
+        Ok(KubeAccess {
+            server,
+            ca_pem: blob(&cluster, "certificate-authority")?,
+            insecure: cluster
+                .get("insecure-skip-tls-verify")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            token,
+            identity_pem,
+            basic,
+        })
+    }
+
+    /// Inside a pod: the service account's token and CA, the API server from the
+    /// environment Kubernetes sets.
+    pub fn in_cluster() -> Result<KubeAccess> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST")
+            .map_err(|_| Error::Invalid("not in a pod: KUBERNETES_SERVICE_HOST unset".into()))?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let dir = Path::new(SA_DIR);
+        let token = std::fs::read_to_string(dir.join("token"))
+            .map_err(|e| Error::io(dir.join("token"), e))?;
+        let ca = std::fs::read(dir.join("ca.crt")).map_err(|e| Error::io(dir.join("ca.crt"), e))?;
+        Ok(KubeAccess {
+            server: format!("https://{host}:{port}"),
+            ca_pem: Some(ca),
+            insecure: false,
+            token: Some(token.trim().to_owned()),
+            identity_pem: None,
+            basic: None,
+        })
+    }
+
+    /// The kubeconfig if given, else the service account inside a pod, else K3s's
+    /// `/etc/rancher/k3s/k3s.yaml`.
+    pub fn discover(kubeconfig: Option<&Path>) -> Result<KubeAccess> {
+        match kubeconfig {
+            Some(p) => KubeAccess::from_kubeconfig(p),
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                KubeAccess::in_cluster()
+            }
+            None => KubeAccess::from_kubeconfig(Path::new("/etc/rancher/k3s/k3s.yaml")),
+        }
+    }
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Resource patterns to skip (`secrets`, `*.cattle.io`), besides [`DEFAULT_EXCLUDES`].
+    pub exclude: Vec<String>,
+    /// Patterns taken out of the default excludes (`events`).
+    pub include: Vec<String>,
+    /// Keep the server-set fields.
+    pub raw: bool,
+    /// Objects per list request.
+    pub page_size: u32,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            exclude: Vec::new(),
+            include: Vec::new(),
+            raw: false,
+            page_size: 500,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an export wrote, and what it could not.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExportReport {
+    /// Kinds listed.
+    pub kinds: u64,
+    /// Objects written.
+    pub objects: u64,
+    /// Files written.
+    pub files: u64,
+    /// Kinds left out by the excludes.
+    pub excluded: Vec<String>,
+    /// Kinds or groups that failed, with why.
+    pub errors: Vec<String>,
+}
+
+/// One listable kind.
+#[derive(Debug, Clone)]
+struct Kind {
+    /// kubectl's name: `secrets`, `deployments.apps`.
+    resource: String,
+    /// `v1`, `apps/v1`.
+    group_version: String,
+    kind: String,
+    namespaced: bool,
+}
+
+impl Kind {
+    fn list_path(&self) -> String {
+        let plural = self.resource.split('.').next().unwrap_or_default();
+        if self.group_version.contains('/') {
+            format!("/apis/{}/{plural}", self.group_version)
+        } else {
+            format!("/api/{}/{plural}", self.group_version)
+        }
+    }
+}
+
+struct Api {
+    client: reqwest::blocking::Client,
+    access: KubeAccess,
+}
+
+/// Responses larger than this are refused: a page of 500 objects is far below it.
+const MAX_RESPONSE: u64 = 256 << 20;
+
+impl Api {
+    fn new(access: &KubeAccess, timeout: Duration) -> Result<Api> {
+        let mut b = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(15))
+            .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")));
+        let bad = |e: reqwest::Error| Error::Invalid(format!("Kubernetes client: {e}"));
+        if let Some(ca) = &access.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(bad)?;
+            b = b.tls_certs_only(certs);
+        }
+        if let Some(id) = &access.identity_pem {
+            b = b.identity(reqwest::Identity::from_pem(id).map_err(bad)?);
+        }
+        if access.insecure {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        Ok(Api {
+            client: b.build().map_err(bad)?,
+            access: access.clone(),
+        })
+    }
+
+    fn get(&self, path: &str, query: &[(&str, &str)]) -> std::result::Result<Value, String> {
+        let mut url = format!("{}{path}", self.access.server.trim_end_matches('/'));
+        for (i, (k, v)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&percent_encode(v));
+        }
+        let mut req = self.client.get(&url).header("Accept", "application/json");
+        if let Some(t) = &self.access.token {
+            req = req.bearer_auth(t);
+        } else if let Some((u, p)) = &self.access.basic {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().map_err(|e| format!("GET {url}: {e}"))?;
+        let status = resp.status();
+        if resp.content_length().is_some_and(|n| n > MAX_RESPONSE) {
+            return Err(format!(
+                "GET {url}: response larger than {MAX_RESPONSE} bytes"
+            ));
+        }
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(resp, MAX_RESPONSE + 1), &mut body)
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if body.len() as u64 > MAX_RESPONSE {
+            return Err(format!(
+                "GET {url}: response larger than {MAX_RESPONSE} bytes"
+            ));
+        }
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            return Err(format!("GET {path}: {status}: {msg}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
+    }
+}
+
+/// A query value, every byte but the unreserved ones escaped (continue tokens are base64).
+fn percent_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A kubectl-style pattern: `*` matches any run of characters.
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((pre, rest)) => {
+            name.starts_with(pre)
+                && (0..=name.len() - pre.len()).any(|i| {
+                    name.is_char_boundary(pre.len() + i) && matches(rest, &name[pre.len() + i..])
+                })
+        }
+    }
+}
+
+fn discover_kinds(api: &Api, patterns: &[String], report: &mut ExportReport) -> Result<Vec<Kind>> {
+    let mut kinds = Vec::new();
+    let add = |list: &Value, kinds: &mut Vec<Kind>| {
+        let gv = list
+            .get("groupVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let group = gv.split_once('/').map(|(g, _)| g).unwrap_or("");
+        for r in list
+            .get("resources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+            let listable = r
+                .get("verbs")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|x| x == "list"));
+            if name.is_empty() || name.contains('/') || !listable {
+                continue;
+            }
+            kinds.push(Kind {
+                resource: if group.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{group}")
+                },
+                group_version: gv.clone(),
+                kind: r
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                namespaced: r
+                    .get("namespaced")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            });
+        }
+    };
+    // The core group: without it nothing useful can be exported, so it is fatal.
+    let core = api
+        .get("/api/v1", &[])
+        .map_err(|e| Error::Invalid(format!("Kubernetes API {}: {e}", api.access.server)))?;
+    add(&core, &mut kinds);
+    let groups = api
+        .get("/apis", &[])
+        .map_err(|e| Error::Invalid(format!("Kubernetes API {}: {e}", api.access.server)))?;
+    for g in groups
+        .get("groups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(gv) = g
+            .get("preferredVersion")
+            .and_then(|p| p.get("groupVersion"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let group = gv.split_once('/').map(|(g, _)| g).unwrap_or(gv);
+        // A whole group excluded (`*.metrics.k8s.io`) is not even discovered: an aggregated
+        // API that is down must not fail the export of what the user wants.
+        if excluded_group(group, patterns) {
+            continue;
+        }
+        match api.get(&format!("/apis/{gv}"), &[]) {
+            Ok(list) => add(&list, &mut kinds),
+            Err(e) => report.errors.push(format!("API group {gv}: {e}")),
+        }
+    }
+    Ok(kinds)
+}
+
+fn excluded_group(group: &str, patterns: &[String]) -> bool {
+    patterns
+        .iter()
+        .any(|p| p.strip_prefix("*.").is_some_and(|g| g == group))
+}
+
+/// Drop what the server sets, so that `kubectl apply` can create the object anew.
+fn clean(obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.remove("status");
+        if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "selfLink",
+                "managedFields",
+            ] {
+                meta.remove(k);
+            }
+        }
+    }
+}
+
+/// A name usable as one path segment.
+fn segment(s: &str) -> Option<&str> {
+    (!s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')).then_some(s)
+}
+
+/// Export every listable kind into `dir` (which must exist and be empty).
+pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    let api = Api::new(access, opts.timeout)?;
+    let patterns: Vec<String> = DEFAULT_EXCLUDES
+        .iter()
+        .filter(|d| !opts.include.iter().any(|i| i == *d))
+        .map(|d| (*d).to_owned())
+        .chain(opts.exclude.iter().cloned())
+        .collect();
+    let mut report = ExportReport::default();
+    let kinds = discover_kinds(&api, &patterns, &mut report)?;
+    let page = opts.page_size.max(1).to_string();
+    let mut written: BTreeSet<PathBuf> = BTreeSet::new();
+    for kind in &kinds {
+        if patterns.iter().any(|p| matches(p, &kind.resource))
+            && !opts.include.iter().any(|p| matches(p, &kind.resource))
+        {
+            report.excluded.push(kind.resource.clone());
+            continue;
+        }
+        if crate::progress::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let mut cont = String::new();
+        let mut failed = None;
+        loop {
+            let mut q = vec![("limit", page.as_str())];
+            if !cont.is_empty() {
+                q.push(("continue", cont.as_str()));
+            }
+            let list = match api.get(&kind.list_path(), &q) {
+                Ok(l) => l,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            for mut item in list
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                // List items carry no apiVersion/kind; `kubectl apply` needs both.
+                if let Some(m) = item.as_object_mut() {
+                    m.insert(
+                        "apiVersion".into(),
+                        Value::String(kind.group_version.clone()),
+                    );
+                    m.insert("kind".into(), Value::String(kind.kind.clone()));
+                }
+                let ns = item
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if !opts.raw {
+                    clean(&mut item);
+                }
+                let folder = if kind.namespaced {
+                    match segment(&ns) {
+                        Some(ns) => ns.to_owned(),
+                        None => {
+                            failed = Some(format!("an object with namespace {ns:?}"));
+                            continue;
+                        }
+                    }
+                } else {
+                    "_cluster".to_owned()
+                };
+                let Some(file) = segment(&kind.resource) else {
+                    failed = Some("an unusable resource name".into());
+                    break;
+                };
+                let path = dir.join(folder).join(format!("{file}.yaml"));
+                write_object(&path, &item, written.insert(path.clone()))?;
+                report.objects += 1;
+            }
+            cont = list
+                .pointer("/metadata/continue")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if cont.is_empty() {
+                break;
+            }
+        }
+        match failed {
+            Some(e) => report.errors.push(format!("{}: {e}", kind.resource)),
+            None => report.kinds += 1,
+        }
+    }
+    report.files = written.len() as u64;
+    Ok(report)
+}
+
+fn write_object(path: &Path, obj: &Value, first: bool) -> Result<()> {
+    if first {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+    }
+    let yaml = serde_yaml_ng::to_string(obj)
+        .map_err(|e| Error::Invalid(format!("{}: YAML: {e}", path.display())))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(b"---\n")
+        .and_then(|_| f.write_all(yaml.as_bytes()))
+        .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(matches("events", "events"));
+        assert!(!matches("events", "events.events.k8s.io"));
+        assert!(matches("*.metrics.k8s.io", "pods.metrics.k8s.io"));
+        assert!(matches("*", "anything"));
+        assert!(matches("*.cattle.io", "helmcharts.helm.cattle.io"));
+        assert!(!matches("*.cattle.io", "secrets"));
+        assert!(excluded_group(
+            "metrics.k8s.io",
+            &["*.metrics.k8s.io".into()]
+        ));
+    }
+
+    #[test]
+    fn cleaning_keeps_what_apply_needs() {
+        let mut v: Value = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "b", "uid": "u", "resourceVersion": "9",
+                         "managedFields": [], "labels": {"x": "y"}},
+            "data": {"k": "v"}, "status": {}
+        });
+        clean(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": "b", "labels": {"x": "y"}},
+                "data": {"k": "v"}})
+        );
+    }
+
+    #[test]
+    fn kubeconfig_with_embedded_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k3s.yaml");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.1:6443\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                b64("CA"), b64("CERT"), b64("KEY")
+            ),
+        )
+        .unwrap();
+        let a = KubeAccess::from_kubeconfig(&p).unwrap();
+        assert_eq!(a.server, "https://127.0.0.1:6443");
+        assert_eq!(a.ca_pem.as_deref(), Some(&b"CA"[..]));
+        assert_eq!(a.identity_pem.as_deref(), Some(&b"CERT\nKEY"[..]));
+        assert!(a.token.is_none());
+    }
+}
