@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::util::{random_bytes, s, write_file, Env, Forger, Output};
 
 /// A job file for `env`'s repository with `sources` (TOML `[[source]]` tables) appended.
-fn job_file(env: &Env, extra_repo: &str, sources: &str) -> PathBuf {
+pub(crate) fn job_file(env: &Env, extra_repo: &str, sources: &str) -> PathBuf {
     let pw = env.path("password");
     std::fs::write(&pw, &env.password).unwrap();
     let job = env.path("job.toml");
@@ -25,7 +25,7 @@ fn job_file(env: &Env, extra_repo: &str, sources: &str) -> PathBuf {
 }
 
 /// cairn with `args` and nothing else: the job file names repository and password.
-fn job_cmd(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn job_cmd(env: &Env, args: &[&str]) -> Output {
     let mut c = crate::util::bare_cairn();
     c.args(args)
         .env("HOME", env.dir.path())
@@ -34,7 +34,7 @@ fn job_cmd(env: &Env, args: &[&str]) -> Output {
 }
 
 /// `cairn run` with the job file alone naming repository and password.
-fn run_job(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn run_job(env: &Env, args: &[&str]) -> Output {
     let mut all = vec!["run"];
     all.extend_from_slice(args);
     job_cmd(env, &all)
@@ -530,7 +530,8 @@ fn a_bad_etcd_snapshot_fails_its_source_and_never_replaces_a_good_one() {
     );
     assert_ne!(out.code, 0, "{}", out.dump());
     assert!(
-        out.stderr.contains("no valid etcd snapshot") && !out.stdout.contains("cluster-reset"),
+        out.stderr.contains("holds no verified etcd snapshot")
+            && !out.stdout.contains("cluster-reset"),
         "{}",
         out.dump()
     );

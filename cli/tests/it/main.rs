@@ -17,6 +17,7 @@ mod hardening;
 mod harness;
 mod incremental;
 mod job;
+mod k3s;
 mod keys;
 mod listing;
 mod retention;

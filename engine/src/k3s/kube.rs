@@ -556,8 +556,7 @@ fn write_object(path: &Path, obj: &Value, first: bool) -> Result<()> {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
     }
-    let yaml = serde_yaml_ng::to_string(obj)
-        .map_err(|e| Error::Invalid(format!("{}: YAML: {e}", path.display())))?;
+    let yaml = to_yaml(obj);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -568,10 +567,218 @@ fn write_object(path: &Path, obj: &Value, first: bool) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// `v` as a YAML document that YAML 1.1 parsers read back the same, as kubectl's does
+/// (`sigs.k8s.io/yaml`): a string is written plain only when it cannot be read as anything
+/// else (`no`, `on`, `0123`, `1:20` and the like are quoted), multi-line strings as literal
+/// blocks (certificates and config files stay readable), anything unusual as a JSON string
+/// (which is valid YAML).
+pub fn to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Object(m) if !m.is_empty() => yaml_map(&mut out, m, 0),
+        Value::Array(a) if !a.is_empty() => yaml_list(&mut out, a, 0),
+        other => {
+            yaml_scalar(&mut out, other, 0);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn indent(out: &mut String, n: usize) {
+    out.extend(std::iter::repeat_n(' ', n));
+}
+
+fn yaml_map(out: &mut String, m: &serde_json::Map<String, Value>, ind: usize) {
+    for (i, (k, v)) in m.iter().enumerate() {
+        // The first key of a map inside a list item follows its `- `.
+        if i > 0 || !out.ends_with("- ") {
+            indent(out, ind);
+        }
+        yaml_string(out, k, ind, true);
+        out.push(':');
+        yaml_value(out, v, ind);
+    }
+}
+
+fn yaml_list(out: &mut String, a: &[Value], ind: usize) {
+    for v in a {
+        indent(out, ind);
+        out.push_str("- ");
+        match v {
+            Value::Object(m) if !m.is_empty() => yaml_map(out, m, ind + 2),
+            Value::Array(inner) if !inner.is_empty() => {
+                out.push('\n');
+                yaml_list(out, inner, ind + 2);
+            }
+            other => {
+                yaml_scalar(out, other, ind + 2);
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// After `key:`: a nested block on the next lines, or ` scalar`.
+fn yaml_value(out: &mut String, v: &Value, ind: usize) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            yaml_map(out, m, ind + 2);
+        }
+        // Lists under a key at the key's indentation, as kubectl writes them.
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            yaml_list(out, a, ind);
+        }
+        other => {
+            out.push(' ');
+            yaml_scalar(out, other, ind + 2);
+            out.push('\n');
+        }
+    }
+}
+
+fn yaml_scalar(out: &mut String, v: &Value, ind: usize) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => yaml_string(out, s, ind, false),
+        Value::Object(_) => out.push_str("{}"),
+        Value::Array(_) => out.push_str("[]"),
+    }
+}
+
+/// Words YAML 1.1 reads as booleans or null.
+const YAML11_WORDS: &[&str] = &[
+    "y", "yes", "n", "no", "true", "false", "on", "off", "null", "~",
+];
+
+fn yaml_string(out: &mut String, s: &str, ind: usize, key: bool) {
+    let plain = s
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'/')
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))
+        && !YAML11_WORDS.contains(&s.to_ascii_lowercase().as_str())
+        // `.inf`/`.nan` start with a dot and are never plain; `e12`-like words are not
+        // numbers without a leading digit.
+        ;
+    if plain {
+        out.push_str(s);
+        return;
+    }
+    let literal = !key
+        && s.contains('\n')
+        && !s.starts_with(' ')
+        && !s.starts_with('\n')
+        && s.chars()
+            .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
+        && s.lines().all(|l| !l.ends_with(' '));
+    if literal {
+        let body = s.trim_end_matches('\n');
+        let trailing = s.len() - body.len();
+        out.push_str(match trailing {
+            0 => "|-",
+            1 => "|",
+            _ => "|+",
+        });
+        for line in s[..body.len() + trailing.saturating_sub(1)].split('\n') {
+            out.push('\n');
+            if !line.is_empty() {
+                indent(out, ind);
+                out.push_str(line);
+            }
+        }
+        return;
+    }
+    // A JSON string is a YAML double-quoted scalar.
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn round_trip(v: &Value) {
+        let y = to_yaml(v);
+        let back: Value = serde_yaml_ng::from_str(&y).unwrap_or_else(|e| panic!("{e}\n{y}"));
+        assert_eq!(&back, v, "\n{y}");
+    }
+
+    #[test]
+    fn yaml_reads_back_the_same_and_quotes_what_yaml_1_1_would_misread() {
+        let v = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "labels": {"app.kubernetes.io/name": "web"}, "annotations": {}},
+            "data": {"yes": "no", "on": "off", "n": "Y", "num": "0123", "time": "1:20",
+                     "float": "1.5", "exp": "1e3", "empty": "", "space": " lead", "tilde": "~",
+                     "cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                     "nofinal": "a\nb", "many": "a\n\n\n", "inner": "a\n\nb\n", "tab": "a\tb\nc",
+                     "unicode": "grüße ✓", "quote": "it's \"x\"", "hash": "a #b", "dash": "- x"},
+            "list": [1, -2.5, true, null, [], {}, [1, [2]], {"a": [{"b": "c"}]}, "- not a list"],
+            "nested": [[{"k": "v", "l": [1]}]],
+        });
+        round_trip(&v);
+        let y = to_yaml(&v);
+        for quoted in [
+            "\"yes\": \"no\"",
+            "\"on\": \"off\"",
+            "\"n\": \"Y\"",
+            "num: \"0123\"",
+            "time: \"1:20\"",
+        ] {
+            assert!(y.contains(quoted), "{quoted} not quoted:\n{y}");
+        }
+        assert!(
+            y.contains("cert: |\n    -----BEGIN CERTIFICATE-----\n    MIIB\n"),
+            "{y}"
+        );
+        for v in [
+            Value::Null,
+            serde_json::json!("x"),
+            serde_json::json!([]),
+            serde_json::json!({}),
+        ] {
+            round_trip(&v);
+        }
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[ -~\n\t\u{e9}\u{2713}]{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "yes", "No", "ON", "0x1F", "1:20", "-", "?", "- a", "a: b", "'", "#", "0o7",
+                ".inf", "1_000", "null", "~", "=", "<<"
+            ])
+            .prop_map(|s| Value::String(s.to_owned())),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z0-9 :.#-]{0,6}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #[test]
+        fn any_json_round_trips_through_yaml(v in arb_json()) {
+            let y = to_yaml(&v);
+            let back: Value = serde_yaml_ng::from_str(&y).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{y}")))?;
+            proptest::prop_assert_eq!(back, v, "{}", y);
+        }
+    }
 
     #[test]
     fn patterns() {
