@@ -434,6 +434,7 @@ fn the_manifests_export_holds_every_listable_kind_one_file_per_namespace() {
             s(&api.kubeconfig)
         ),
     );
+    run_job(&env, &["--config", s(&job), "--dry-run"]).success();
     let out = run_job(&env, &["--config", s(&job)]);
     out.success();
     assert!(out.stdout.contains("ok   manifests"), "{}", out.dump());

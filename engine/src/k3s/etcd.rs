@@ -106,6 +106,14 @@ pub fn verify_etcd_snapshot(path: &Path) -> Result<EtcdSnapshotInfo> {
     verify_etcd_snapshot_from(&mut f, len, path)
 }
 
+/// [`verify_etcd_snapshot`] of bytes in memory (plain or zipped); `name` for messages.
+pub fn verify_etcd_snapshot_bytes(data: &[u8], name: &Path) -> Result<EtcdSnapshotInfo> {
+    if data.starts_with(b"PK\x03\x04") {
+        return verify_zipped(std::io::Cursor::new(data), name);
+    }
+    verify_etcd_snapshot_from(&mut std::io::Cursor::new(data), data.len() as u64, name)
+}
+
 /// A K3s compressed snapshot: a zip archive with exactly one file, the snapshot.
 fn verify_zipped<R: Read + Seek>(f: R, path: &Path) -> Result<EtcdSnapshotInfo> {
     let bad = |why: String| {

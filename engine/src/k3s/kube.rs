@@ -58,18 +58,42 @@ impl std::fmt::Debug for KubeAccess {
     }
 }
 
+/// A certificate, key or token file named by a kubeconfig: read at most 1 MiB of it (a
+/// kubeconfig naming `/dev/zero` must not exhaust memory).
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    const LIMIT: u64 = 1 << 20;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, LIMIT + 1), &mut out)
+        .map_err(|e| Error::io(path, e))?;
+    if out.len() as u64 > LIMIT {
+        return Err(Error::Invalid(format!(
+            "{}: larger than 1 MiB, not a certificate, key or token",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
 /// A service account's mounted credentials.
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 impl KubeAccess {
     /// From a kubeconfig file's current context (K3s writes `/etc/rancher/k3s/k3s.yaml`).
     pub fn from_kubeconfig(path: &Path) -> Result<KubeAccess> {
-        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if text.len() > 16 << 20 {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.len() > 16 << 20 {
             return Err(Error::Invalid(format!("{}: too large", path.display())));
         }
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        KubeAccess::from_kubeconfig_bytes(&text, path)
+    }
+
+    /// [`KubeAccess::from_kubeconfig`] of a kubeconfig's bytes; files it names are relative
+    /// to `path`'s directory.
+    pub fn from_kubeconfig_bytes(text: &[u8], path: &Path) -> Result<KubeAccess> {
         let bad = |why: String| Error::Invalid(format!("kubeconfig {}: {why}", path.display()));
-        let doc: Value = serde_yaml_ng::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let doc: Value = serde_yaml_ng::from_slice(text).map_err(|e| bad(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("/"));
         let named = |list: &str, name: &str, field: &str| -> Option<Value> {
             doc.get(list)?
@@ -102,10 +126,7 @@ impl KubeAccess {
                     .map_err(|e| bad(format!("{key}-data: {e}")));
             }
             match s(v, key) {
-                Some(f) => {
-                    let p = base.join(f);
-                    std::fs::read(&p).map(Some).map_err(|e| Error::io(p, e))
-                }
+                Some(f) => read_small(&base.join(f)).map(Some),
                 None => Ok(None),
             }
         };
@@ -123,15 +144,11 @@ impl KubeAccess {
         };
         let token = match (s(&user, "token"), s(&user, "tokenFile")) {
             (Some(t), _) => Some(t),
-            (None, Some(f)) => {
-                let p = base.join(f);
-                Some(
-                    std::fs::read_to_string(&p)
-                        .map_err(|e| Error::io(p, e))?
-                        .trim()
-                        .to_owned(),
-                )
-            }
+            (None, Some(f)) => Some(
+                String::from_utf8_lossy(&read_small(&base.join(f))?)
+                    .trim()
+                    .to_owned(),
+            ),
             _ => None,
         };
         let basic = s(&user, "username").zip(s(&user, "password"));
@@ -160,9 +177,8 @@ impl KubeAccess {
             host
         };
         let dir = Path::new(SA_DIR);
-        let token = std::fs::read_to_string(dir.join("token"))
-            .map_err(|e| Error::io(dir.join("token"), e))?;
-        let ca = std::fs::read(dir.join("ca.crt")).map_err(|e| Error::io(dir.join("ca.crt"), e))?;
+        let token = String::from_utf8_lossy(&read_small(&dir.join("token"))?).into_owned();
+        let ca = read_small(&dir.join("ca.crt"))?;
         Ok(KubeAccess {
             server: format!("https://{host}:{port}"),
             ca_pem: Some(ca),
@@ -452,6 +468,14 @@ fn clean(obj: &mut Value) {
 /// A name usable as one path segment.
 fn segment(s: &str) -> Option<&str> {
     (!s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')).then_some(s)
+}
+
+/// Check that the API server answers and accepts these credentials (a dry run's check).
+pub fn probe(access: &KubeAccess) -> Result<()> {
+    Api::new(access, Duration::from_secs(30))?
+        .get("/api/v1", &[])
+        .map(|_| ())
+        .map_err(|e| Error::Invalid(format!("Kubernetes API {}: {e}", access.server)))
 }
 
 /// Export every listable kind into `dir` (which must exist and be empty).

@@ -13,6 +13,28 @@ pub mod etcd;
 pub mod kube;
 pub mod sqlite;
 
+/// Entry points of the fuzz targets (`fuzz/fuzz_targets/k3s_*.rs`), here so that the
+/// in-tree smoke test runs the same code.
+#[doc(hidden)]
+pub mod fuzz {
+    use std::path::Path;
+
+    /// An etcd snapshot, plain or zipped: whatever is accepted has a matching trailer.
+    pub fn snapshot(data: &[u8]) {
+        if let Ok(info) = super::etcd::verify_etcd_snapshot_bytes(data, Path::new("fuzz")) {
+            assert!(info.pages >= 4 && info.db_bytes % 512 == 0);
+        }
+    }
+
+    /// A kubeconfig: parsed or refused, never a panic (files it names do not exist).
+    pub fn kubeconfig(data: &[u8]) {
+        let _ = super::kube::KubeAccess::from_kubeconfig_bytes(
+            data,
+            Path::new("/nonexistent/k3s.yaml"),
+        );
+    }
+}
+
 use std::path::{Path, PathBuf};
 
 pub use etcd::{verify_etcd_snapshot, verify_etcd_snapshot_from, EtcdSnapshotInfo};

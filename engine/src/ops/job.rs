@@ -1160,6 +1160,7 @@ fn run_source(
         SourceKind::K3sManifests => {
             let access = crate::k3s::kube::KubeAccess::discover(src.kubeconfig.as_deref())?;
             if dry_run {
+                crate::k3s::kube::probe(&access)?;
                 return dry(problems);
             }
             let stage = Staging::new(cfg, &src.name)?;
