@@ -602,7 +602,8 @@ pub fn to_yaml(v: &Value) -> String {
         Value::Object(m) if !m.is_empty() => yaml_map(&mut out, m, 0),
         Value::Array(a) if !a.is_empty() => yaml_list(&mut out, a, 0),
         other => {
-            yaml_scalar(&mut out, other, 0);
+            // Indented: a literal block's lines at column 0 could read as `---`/`...`.
+            yaml_scalar(&mut out, other, 2);
             out.push('\n');
         }
     }
@@ -795,7 +796,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
         #[test]
         fn any_json_round_trips_through_yaml(v in arb_json()) {
             let y = to_yaml(&v);
