@@ -204,7 +204,7 @@ pub fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn mode_string(n: &Node) -> String {
+pub(crate) fn mode_string(n: &Node) -> String {
     let t = match n.kind {
         NodeKind::Dir => 'd',
         NodeKind::Symlink => 'l',
@@ -235,7 +235,7 @@ fn mode_string(n: &Node) -> String {
     s
 }
 
-fn node_json(path: &Path, n: &Node) -> Value {
+pub(crate) fn node_json(path: &Path, n: &Node) -> Value {
     json!({
         "path": lossy(path.as_os_str().as_bytes()), "name": lossy(&n.name), "type": format!("{:?}", n.kind).to_lowercase(),
         "mode": n.mode, "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group, "size": n.size,
@@ -298,7 +298,7 @@ fn user_or_id(name: &str, id: u32) -> String {
     }
 }
 
-fn local_offset() -> i32 {
+pub(crate) fn local_offset() -> i32 {
     jiff::Zoned::now().offset().seconds()
 }
 
@@ -575,7 +575,7 @@ pub fn stats(cli: &Cli) -> Result<u8> {
 
 /// A file time in the given offset (`YYYY-MM-DD HH:MM:SS`, or RFC 3339 with `rfc`); times
 /// outside what the calendar library handles print as seconds since the epoch.
-fn file_time_string(t: &cairn_format::FileTime, offset: i32, rfc: bool) -> String {
+pub(crate) fn file_time_string(t: &cairn_format::FileTime, offset: i32, rfc: bool) -> String {
     let ts = jiff::Timestamp::new(t.secs, t.nanos as i32).ok();
     let off = jiff::tz::Offset::from_seconds(offset).ok();
     match (ts, off) {

@@ -2,6 +2,7 @@
 //! progress and output; all repository work is in `cairn-engine`.
 
 mod commands;
+mod explore;
 mod hiargs;
 mod maint;
 mod password;
@@ -97,6 +98,94 @@ pub enum Command {
     K3s(K3sCommand),
     /// Repository statistics: snapshots, packs, blobs, sizes, index memory.
     Stats,
+    /// Show what changed between two snapshots: `diff A B`, or `diff A:/dir B:/dir`.
+    Diff(DiffArgs),
+    /// Find files by name (`*.db`) or path (`/var/lib/**/token`) across snapshots.
+    Find(FindArgs),
+    /// Write a file of a snapshot to standard output, or a directory as a tar stream.
+    Dump(DumpArgs),
+    /// Add, remove or set the tags of snapshots.
+    Tag(TagArgs),
+    /// Print the version.
+    Version,
+    /// Print a shell completion script: `cairn completion bash > /etc/bash_completion.d/cairn`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (cairn.1, cairn-backup.1, …) into a directory.
+    Man {
+        /// Where to write them, e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
+}
+
+/// `diff` options.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The older side: `SNAPSHOT[:PATH]`.
+    pub first: String,
+    /// The newer side: `SNAPSHOT[:PATH]`.
+    pub second: String,
+    /// Also list paths whose metadata alone changed (mode, owner, mtime, xattrs).
+    #[arg(long)]
+    pub metadata: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `find` options.
+#[derive(Debug, clap::Args)]
+pub struct FindArgs {
+    /// Name globs (`*.db`) or, with a `/`, path patterns (`/var/lib/**/token`).
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Only in this snapshot (repeatable; default: every snapshot the filters allow).
+    #[arg(short = 's', long = "snapshot", value_name = "ID")]
+    pub snapshots: Vec<String>,
+    /// Ignore case in name globs.
+    #[arg(short = 'i', long)]
+    pub ignore_case: bool,
+    /// Only entries modified at or after this time (`2024-05-07`, `2024-05-07 02:00:00`).
+    #[arg(short = 'O', long, value_name = "TIME")]
+    pub oldest: Option<String>,
+    /// Only entries modified at or before this time.
+    #[arg(short = 'N', long, value_name = "TIME")]
+    pub newest: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `dump` options.
+#[derive(Debug, clap::Args)]
+pub struct DumpArgs {
+    /// Snapshot id or `latest`.
+    pub snapshot: String,
+    /// Path in the snapshot (`/` for all of it).
+    pub path: String,
+    /// Archive format for a directory (or, given, for a file too): `tar`.
+    #[arg(short, long, value_name = "FORMAT")]
+    pub archive: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `tag` options.
+#[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// Snapshots to change (default: every snapshot the filters allow).
+    pub ids: Vec<String>,
+    /// Add these tags (`a,b` or repeated).
+    #[arg(long, value_name = "TAGS")]
+    pub add: Vec<String>,
+    /// Remove these tags.
+    #[arg(long, value_name = "TAGS")]
+    pub remove: Vec<String>,
+    /// Replace all tags with these.
+    #[arg(long, value_name = "TAGS")]
+    pub set: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `run` options.
@@ -649,6 +738,13 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             crate::maint::repair_snapshots_cmd(cli, a)
         }
         Command::Stats => commands::stats(cli),
+        Command::Diff(a) => explore::diff_cmd(cli, a),
+        Command::Find(a) => explore::find_cmd(cli, a),
+        Command::Dump(a) => explore::dump_cmd(cli, a),
+        Command::Tag(a) => explore::tag_cmd(cli, a),
+        Command::Version => explore::version(cli),
+        Command::Completion { shell } => explore::completion(*shell),
+        Command::Man { dir } => explore::man(dir),
         Command::Run(a) => crate::run::run(cli, a),
         Command::Schedule(a) => crate::run::schedule(a),
         Command::K3s(k) => crate::run::k3s(cli, k),

@@ -13,6 +13,7 @@
 mod backup_restore;
 mod crash;
 mod errors;
+mod explore;
 mod hardening;
 mod harness;
 mod incremental;

@@ -18,11 +18,18 @@
 //! | [`check`] | verify structure and contents, and say how to repair |
 //! | [`repair`] | rebuild the index, drop damaged packs, rewrite damaged snapshots |
 //! | [`stats`] | counts and sizes |
+//! | [`tag`] | change snapshots' tags (plan, apply) |
+//! | [`diff`] | what changed between two snapshots |
+//! | [`find`] | which snapshots hold a file |
+//! | [`dump`] | a file's content, or a directory as a tar stream |
 //! | [`job`] | the nightly job: sources, retention, prune, metrics |
 //! | [`k3s_restore`] | restore a cluster-state snapshot and verify its datastore |
 
 pub mod backup;
 pub mod check;
+pub mod diff;
+pub mod dump;
+pub mod find;
 pub mod forget;
 pub mod job;
 pub mod k3s_restore;
@@ -31,3 +38,4 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod stats;
+pub mod tag;
