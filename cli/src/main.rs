@@ -106,6 +106,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Add, remove or set the tags of snapshots.
     Tag(TagArgs),
+    /// Remove paths from existing snapshots (new snapshots; originals kept unless --forget).
+    Rewrite(RewriteArgs),
     /// Print the version.
     Version,
     /// Print a shell completion script: `cairn completion bash > /etc/bash_completion.d/cairn`.
@@ -166,6 +168,24 @@ pub struct DumpArgs {
     /// Archive format for a directory (or, given, for a file too): `tar`.
     #[arg(short, long, value_name = "FORMAT")]
     pub archive: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `rewrite` options.
+#[derive(Debug, clap::Args)]
+pub struct RewriteArgs {
+    /// Snapshots to rewrite (default: every snapshot the filters allow).
+    pub ids: Vec<String>,
+    /// Paths to remove (repeatable; the include/exclude pattern language).
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN", required = true)]
+    pub excludes: Vec<String>,
+    /// Remove the original snapshots (their data goes at the next prune).
+    #[arg(long)]
+    pub forget: bool,
+    /// Show what would be removed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }
@@ -742,6 +762,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Find(a) => explore::find_cmd(cli, a),
         Command::Dump(a) => explore::dump_cmd(cli, a),
         Command::Tag(a) => explore::tag_cmd(cli, a),
+        Command::Rewrite(a) => crate::maint::rewrite_cmd(cli, a),
         Command::Version => explore::version(cli),
         Command::Completion { shell } => explore::completion(*shell),
         Command::Man { dir } => explore::man(dir),

@@ -440,3 +440,78 @@ pub fn repair_snapshots_cmd(cli: &Cli, a: &crate::RepairSnapshotsArgs) -> Result
     }
     Ok(0)
 }
+
+pub fn rewrite_cmd(cli: &Cli, a: &crate::RewriteArgs) -> Result<u8> {
+    use cairn_engine::ops::rewrite::{rewrite, RewriteOptions};
+    let repo = crate::hiargs::open(cli)?;
+    let lock = crate::hiargs::lock_exclusive(cli, &repo)?;
+    let all = repo.load_snapshots()?;
+    let f = crate::hiargs::filter(&a.filter);
+    let snaps: Vec<_> = if a.ids.is_empty() {
+        all.iter().filter(|(_, s)| f.matches(s)).cloned().collect()
+    } else {
+        a.ids
+            .iter()
+            .map(|spec| cairn_engine::snapshots::resolve(&all, spec, &f).cloned())
+            .collect::<cairn_engine::Result<_>>()?
+    };
+    let report = rewrite(
+        &lock,
+        &snaps,
+        &RewriteOptions {
+            excludes: a.excludes.clone(),
+            forget: a.forget,
+            dry_run: a.dry_run,
+        },
+    )?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({"message_type": "rewrite", "report": report})
+        );
+        return Ok(0);
+    }
+    for r in &report.rewritten {
+        if a.dry_run {
+            println!(
+                "snapshot {}: would remove {} path(s)",
+                &r.old[..8],
+                r.removed.len()
+            );
+        } else {
+            println!(
+                "snapshot {} -> {}: removed {} path(s)",
+                &r.old[..8],
+                &r.new[..8],
+                r.removed.len()
+            );
+        }
+        for p in r.removed.iter().take(20) {
+            println!("  {p}");
+        }
+        if r.removed.len() > 20 {
+            println!("  … and {} more", r.removed.len() - 20);
+        }
+    }
+    println!(
+        "{} of {} snapshot(s) {}{}",
+        report.rewritten.len(),
+        report.snapshots,
+        if a.dry_run {
+            "would be rewritten"
+        } else {
+            "rewritten"
+        },
+        if report.forgotten > 0 {
+            format!(
+                "; {} original(s) removed (run `cairn prune` to free their data)",
+                report.forgotten
+            )
+        } else if !a.dry_run && !a.forget && !report.rewritten.is_empty() {
+            "; originals kept (--forget removes them)".to_owned()
+        } else {
+            String::new()
+        }
+    );
+    Ok(0)
+}

@@ -260,3 +260,59 @@ fn version_completions_and_man_pages() {
         eprintln!("note: man not installed; the page was written but not rendered");
     }
 }
+
+#[test]
+fn rewrite_removes_exactly_the_excluded_path_and_prune_then_check_is_clean() {
+    let env = Env::new();
+    let src = env.path("app");
+    write_file(&src.join("config/app.yaml"), b"x: 1\n");
+    write_file(
+        &src.join("config/secret.pem"),
+        &crate::util::random_bytes(50_000, 9),
+    );
+    write_file(
+        &src.join("data/db"),
+        &crate::util::random_bytes(200_000, 10),
+    );
+    env.backup(&[s(&src)]);
+    write_file(&src.join("data/db2"), b"night two");
+    env.backup(&[s(&src)]);
+    let before = env.snapshots::<&str>(&[]);
+
+    let dry = env.ok(&["rewrite", "--exclude", "**/secret.pem", "--dry-run"]);
+    assert!(
+        dry.stdout.contains("2 of 2 snapshot(s) would be rewritten"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(env.snapshots::<&str>(&[]).len(), 2);
+
+    let out = env.ok(&["rewrite", "--exclude", "**/secret.pem", "--forget"]);
+    assert!(
+        out.stdout
+            .contains(&format!("  {}/config/secret.pem", s(&src))),
+        "{}",
+        out.stdout
+    );
+    let after = env.snapshots::<&str>(&[]);
+    assert_eq!(after.len(), 2);
+    for b in &before {
+        assert!(after.iter().all(|a| a["id"] != b["id"]), "original kept");
+    }
+    assert_eq!(env.run(&["find", "secret.pem"]).code, 1);
+    // Everything else is still there, byte for byte.
+    let m = std::fs::metadata(src.join("config")).unwrap();
+    std::fs::remove_file(src.join("config/secret.pem")).unwrap();
+    filetime::set_file_mtime(
+        src.join("config"),
+        filetime::FileTime::from_last_modification_time(&m),
+    )
+    .unwrap();
+    let target = env.path("restored");
+    env.restore_latest_exact(&src, &target, &[]);
+    // A second rewrite finds nothing to do.
+    let again = env.ok(&["rewrite", "--exclude", "**/secret.pem"]);
+    assert!(again.stdout.contains("0 of 2"), "{}", again.stdout);
+    env.ok(&["prune"]);
+    env.ok(&["check", "--read-data"]);
+}

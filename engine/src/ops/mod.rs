@@ -19,6 +19,7 @@
 //! | [`repair`] | rebuild the index, drop damaged packs, rewrite damaged snapshots |
 //! | [`stats`] | counts and sizes |
 //! | [`tag`] | change snapshots' tags (plan, apply) |
+//! | [`rewrite`] | take paths out of existing snapshots |
 //! | [`diff`] | what changed between two snapshots |
 //! | [`find`] | which snapshots hold a file |
 //! | [`dump`] | a file's content, or a directory as a tar stream |
@@ -37,5 +38,6 @@ pub mod ls;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod rewrite;
 pub mod stats;
 pub mod tag;
