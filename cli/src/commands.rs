@@ -316,6 +316,12 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
         excludes: a.excludes.clone(),
         delete: a.delete,
         dry_run: a.dry_run,
+        overwrite: match a.overwrite {
+            crate::OverwriteArg::Always => cairn_engine::ops::restore::Overwrite::Always,
+            crate::OverwriteArg::IfChanged => cairn_engine::ops::restore::Overwrite::IfChanged,
+            crate::OverwriteArg::Never => cairn_engine::ops::restore::Overwrite::Never,
+        },
+        verify: a.verify,
     };
     let progress = Arc::new(Progress::default());
     let started = std::time::Instant::now();
@@ -360,20 +366,31 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
         println!(
             "{}",
             json!({"message_type": "summary", "snapshot_id": id.to_hex(), "files_restored": res.files, "dirs_restored": res.dirs,
-                   "others_restored": res.others, "bytes_restored": res.bytes, "deleted": res.deleted.len(), "errors": res.failed.len(), "total_duration": secs})
+                   "others_restored": res.others, "bytes_restored": res.bytes, "deleted": res.deleted.len(), "skipped": res.skipped,
+                   "verified": res.verified, "errors": res.failed.len(), "total_duration": secs})
         );
     } else if !cli.quiet {
         for p in &res.deleted {
             println!("deleted {}", p.display());
         }
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s{}{}",
             id.short(),
             a.target.display(),
             res.files,
             res.dirs,
             human_bytes(res.bytes),
-            secs
+            secs,
+            if res.skipped > 0 {
+                format!("; {} left as they were", res.skipped)
+            } else {
+                String::new()
+            },
+            if a.verify {
+                format!("; {} verified", res.verified)
+            } else {
+                String::new()
+            }
         );
     }
     if res.integrity_failures > 0 {

@@ -500,8 +500,26 @@ pub struct RestoreArgs {
     /// Show what would be restored (and, with --delete, removed); write nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Files already in the target: `always` replace them, `if-changed` leave those whose
+    /// size and mtime match the snapshot, `never` leave anything that exists.
+    #[arg(long, value_enum, default_value = "always", value_name = "WHEN")]
+    pub overwrite: OverwriteArg,
+    /// Read every restored file back and compare it with the snapshot.
+    #[arg(long)]
+    pub verify: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+/// `restore --overwrite`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OverwriteArg {
+    /// Replace existing files.
+    Always,
+    /// Leave files whose size and mtime match.
+    IfChanged,
+    /// Leave existing files alone.
+    Never,
 }
 
 /// `cat` options.

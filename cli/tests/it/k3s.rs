@@ -776,3 +776,50 @@ fn a_dry_run_lists_per_source_what_retention_would_remove() {
     );
     assert_eq!(env.snapshots(&["--tag", "cairn-source=data"]).len(), 2);
 }
+
+#[test]
+fn restore_overwrite_modes_and_verify() {
+    let env = Env::new();
+    let src = env.path("pv");
+    write_file(&src.join("a"), b"original a");
+    write_file(&src.join("b"), b"original b");
+    write_file(&src.join("c"), b"original c");
+    env.backup(&[s(&src)]);
+    let target = env.path("live");
+    env.restore_latest_exact(&src, &target, &[]);
+    let spec = format!("latest:{}", s(&src));
+    // a: changed content, same size, mtime moved; b: untouched; c: changed.
+    write_file(&target.join("a"), b"CHANGED! a");
+    write_file(&target.join("c"), b"changed c, longer");
+
+    let out = env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        s(&target),
+        "--overwrite",
+        "never",
+    ]);
+    assert!(out.stdout.contains("3 left as they were"), "{}", out.dump());
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"CHANGED! a");
+
+    let out = env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        s(&target),
+        "--overwrite",
+        "if-changed",
+        "--verify",
+    ]);
+    // Only b matched size and mtime; a and c were written again and read back.
+    assert!(
+        out.stdout.contains("1 left as they were") && out.stdout.contains("2 verified"),
+        "{}",
+        out.dump()
+    );
+    assert_trees_equal(&src, &target, false);
+
+    env.ok(&["restore", &spec, "--target", s(&target), "--verify"]);
+    assert_trees_equal(&src, &target, false);
+}

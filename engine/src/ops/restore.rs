@@ -40,6 +40,24 @@ pub struct RestoreOptions {
     pub delete: bool,
     /// Plan only: count what would be restored and list what would be deleted; write nothing.
     pub dry_run: bool,
+    /// What to do with a file already at a restored path.
+    pub overwrite: Overwrite,
+    /// After writing, read every restored file back and compare it with the snapshot.
+    pub verify: bool,
+}
+
+/// What restore does with files already in the target.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overwrite {
+    /// Replace them (the default).
+    #[default]
+    Always,
+    /// Leave a regular file alone when its size and mtime already match the snapshot's,
+    /// and a symlink when its target does (its metadata is still set).
+    IfChanged,
+    /// Leave anything that exists alone, metadata included.
+    Never,
 }
 
 /// Outcome.
@@ -57,6 +75,10 @@ pub struct RestoreResult {
     pub failed: Vec<(PathBuf, String)>,
     /// Paths removed by `delete` (in a dry run: that would be).
     pub deleted: Vec<PathBuf>,
+    /// Existing files left as they were (`overwrite`).
+    pub skipped: u64,
+    /// Files read back and found equal to the snapshot (`verify`).
+    pub verified: u64,
     /// How many of those failed because the repository's data is damaged or missing (as
     /// opposed to the target refusing a write): a restore with any exits 13, not 3.
     pub integrity_failures: u64,
@@ -407,9 +429,16 @@ pub fn restore(
     let mut jobs: HashMap<u32, HashMap<Id, (BlobLocation, Targets)>> = HashMap::new();
     let mut integrity: Vec<bool> = Vec::new();
     let mut total_bytes = 0u64;
+    let mut skipped = vec![false; entries.len()];
+    let mut skip_count = 0u64;
     let mut plan_file = |ei: usize, path: &Path| {
         let e = &entries[ei];
         if e.node.kind != NodeKind::File {
+            return;
+        }
+        if keep_existing(opts.overwrite, path, &e.node) {
+            skipped[ei] = true;
+            skip_count += 1;
             return;
         }
         if e.node.links > 1 && e.node.inode != 0 {
@@ -488,6 +517,7 @@ pub fn restore(
         total_bytes += e.node.size;
     };
     walk_paths(&entries, target, &mut plan_file, |_, _| {});
+    result.skipped = skip_count;
     Progress::add(&progress.total_bytes, total_bytes);
     Progress::add(&progress.total_files, files.len() as u64);
 
@@ -683,6 +713,11 @@ pub fn restore(
     }
     for &(ei, first) in &links {
         let path = path_of(ei);
+        if keep_existing(opts.overwrite, &path, &entries[ei].node) {
+            skipped[ei] = true;
+            result.skipped += 1;
+            continue;
+        }
         if failed_primaries.contains(&first) {
             // The content behind this name is the failed file's: never present it as good.
             failed_entries[ei] = true;
@@ -721,6 +756,11 @@ pub fn restore(
                 e.node.kind,
                 NodeKind::Dir | NodeKind::File | NodeKind::Socket
             ) {
+                return;
+            }
+            if keep_existing(opts.overwrite, path, &e.node) {
+                skipped[ei] = true;
+                result.skipped += 1;
                 return;
             }
             let mode = nix::sys::stat::Mode::from_bits_truncate(e.node.mode);
@@ -786,14 +826,97 @@ pub fn restore(
         target,
         |ei, path| {
             let k = entries[ei].node.kind;
-            if k != NodeKind::Dir && k != NodeKind::Socket && !failed_entries[ei] {
+            let left_alone = skipped[ei] && opts.overwrite == Overwrite::Never;
+            if k != NodeKind::Dir && k != NodeKind::Socket && !failed_entries[ei] && !left_alone {
                 (apply_cell.borrow_mut())(ei, path);
             }
         },
         |ei, path| (apply_cell.borrow_mut())(ei, path),
     );
     result.failed.extend(meta_failed);
+
+    if opts.verify && !interrupted() {
+        // Every file written (not those left alone), read back blob by blob and hashed with
+        // the repository's key: what is on disk is exactly what the snapshot holds.
+        let checks: Vec<(usize, PathBuf)> = files
+            .iter()
+            .filter(|j| !failed_entries[j.entry])
+            .map(|j| (j.entry, path_of(j.entry)))
+            .collect();
+        let outcome: Vec<Option<(PathBuf, String)>> = checks
+            .par_iter()
+            .map(|(ei, p)| {
+                verify_file(repo, index, p, &entries[*ei].node)
+                    .err()
+                    .map(|why| (p.clone(), format!("verify: {why}")))
+            })
+            .collect();
+        for o in outcome {
+            match o {
+                Some(f) => result.failed.push(f),
+                None => result.verified += 1,
+            }
+        }
+    }
     Ok(result)
+}
+
+/// Whether `overwrite` leaves the existing entry at `path` for `node` as it is.
+fn keep_existing(overwrite: Overwrite, path: &Path, node: &Node) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = longpath::with(path, |p| fs::symlink_metadata(p)) else {
+        return false;
+    };
+    match overwrite {
+        Overwrite::Always => false,
+        Overwrite::Never => true,
+        Overwrite::IfChanged => match node.kind {
+            NodeKind::File => {
+                m.is_file()
+                    && m.len() == node.size
+                    && m.mtime() == node.mtime.secs
+                    && m.mtime_nsec() == i64::from(node.mtime.nanos)
+            }
+            NodeKind::Symlink => longpath::with(path, |p| fs::read_link(p))
+                .is_ok_and(|t| t.as_os_str().as_bytes() == node.link_target.as_slice()),
+            _ => false,
+        },
+    }
+}
+
+/// Read `path` back and compare it blob by blob with `node`'s content.
+fn verify_file(
+    repo: &Repository,
+    index: &MasterIndex,
+    path: &Path,
+    node: &Node,
+) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let mut f = longpath::with(path, |p| File::open(p)).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    if len != node.size {
+        return Err(format!(
+            "{len} bytes on disk, {} in the snapshot",
+            node.size
+        ));
+    }
+    let mut buf = Vec::new();
+    let mut off = 0u64;
+    for id in &node.content {
+        let want = index
+            .get(id)
+            .map(|l| l.raw_length as usize)
+            .ok_or_else(|| format!("blob {} not in the index", id.short()))?;
+        buf.resize(want, 0);
+        f.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        if repo.key().blob_id(&buf) != *id {
+            return Err(format!(
+                "content differs from the snapshot in {want} bytes at offset {off}"
+            ));
+        }
+        off += want as u64;
+    }
+    Ok(())
 }
 
 /// What `delete` removes: in the target directory (when `top_whole`) and in every directory
