@@ -109,7 +109,23 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let res = {
         let _r = Reporter::start("backup", progress.clone(), cli.json, cli.quiet);
-        backup(&lock, opts, &progress, &warn)?
+        // Totals for the percentage and ETA, counted beside the backup.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scanner = (!a.stdin && (cli.json || (!cli.quiet && std::io::stderr().is_terminal())))
+            .then(|| {
+                let (paths, excl, one_fs) =
+                    (a.paths.clone(), a.excludes.clone(), a.one_file_system);
+                let (p, d) = (progress.clone(), done.clone());
+                std::thread::spawn(move || {
+                    cairn_engine::ops::backup::scan(&paths, &excl, one_fs, &p, &d)
+                })
+            });
+        let r = backup(&lock, opts, &progress, &warn);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = scanner {
+            let _ = t.join();
+        }
+        r?
     };
     let secs = started.elapsed().as_secs_f64();
     let s = res.snapshot.summary.clone().unwrap_or_default();
@@ -179,7 +195,7 @@ pub fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<9} {:<19} {:<16} {:<20} {:>10}  paths",
+        "{:<9} {:<19} {:<16} {:<20} {:>10}  Paths",
         "ID", "Time", "Host", "Tags", "Size"
     )?;
     writeln!(out, "{}", "-".repeat(90))?;
@@ -200,7 +216,12 @@ pub fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
             paths.join(" ")
         )?;
     }
-    writeln!(out, "{} snapshots", snaps.len())?;
+    writeln!(
+        out,
+        "{} snapshot{}",
+        snaps.len(),
+        if snaps.len() == 1 { "" } else { "s" }
+    )?;
     Ok(0)
 }
 

@@ -49,18 +49,35 @@ impl Reporter {
                 let files = Progress::get(&progress.files);
                 let bytes = Progress::get(&progress.bytes);
                 let total = Progress::get(&progress.total_bytes);
+                let total_files = Progress::get(&progress.total_files);
                 let errors = Progress::get(&progress.errors);
                 let secs = start.elapsed().as_secs_f64().max(0.001);
+                let rate = bytes as f64 / secs;
+                // A fraction and an ETA only once there is a total and a rate to go by.
+                let fraction = (total > 0).then(|| (bytes as f64 / total as f64).min(1.0));
+                let eta = fraction
+                    .filter(|_| rate > 0.0 && secs > 1.0)
+                    .map(|_| (total.saturating_sub(bytes) as f64 / rate) as u64);
                 if let Some(b) = &bar {
-                    let pct = if total > 0 {
-                        format!(" {:.1}%", 100.0 * bytes as f64 / total as f64)
+                    let files_text = if total_files > 0 {
+                        format!("{files}/{total_files} files")
                     } else {
-                        String::new()
+                        format!("{files} files")
+                    };
+                    let bytes_text = match fraction {
+                        Some(f) => format!(
+                            "{}/{} {:.1}%",
+                            human_bytes(bytes),
+                            human_bytes(total),
+                            100.0 * f
+                        ),
+                        None => human_bytes(bytes),
                     };
                     b.set_message(format!(
-                        "{what}: {files} files, {}{pct}, {}/s{}",
-                        human_bytes(bytes),
-                        human_bytes((bytes as f64 / secs) as u64),
+                        "{what}: {files_text}, {bytes_text}, {}/s{}{}",
+                        human_bytes(rate as u64),
+                        eta.map(|e| format!(", ETA {}:{:02}:{:02}", e / 3600, e / 60 % 60, e % 60))
+                            .unwrap_or_default(),
                         if errors > 0 {
                             format!(", {errors} errors")
                         } else {
@@ -73,7 +90,9 @@ impl Reporter {
                     last_json = Instant::now();
                     let line = serde_json::json!({
                         "message_type": "status", "action": what, "seconds_elapsed": secs,
-                        "files_done": files, "bytes_done": bytes, "total_bytes": total, "error_count": errors,
+                        "percent_done": fraction.unwrap_or(0.0), "seconds_remaining": eta,
+                        "files_done": files, "total_files": total_files,
+                        "bytes_done": bytes, "total_bytes": total, "error_count": errors,
                     });
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");

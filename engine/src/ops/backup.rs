@@ -213,6 +213,58 @@ pub(crate) fn deeper<T>(f: impl FnOnce() -> T) -> T {
     stacker::maybe_grow(256 << 10, 4 << 20, f)
 }
 
+/// Count the files and bytes `paths` hold, into `progress.total_files`/`total_bytes`: a
+/// stat-only walk run beside a backup (as restic's scanner) so that progress can show a
+/// percentage and an ETA. The same excludes and file-system boundary as the backup; stops
+/// when `stop` is set or on an interrupt. Unreadable paths are skipped (the backup reports
+/// them).
+pub fn scan(
+    paths: &[PathBuf],
+    excludes: &[String],
+    one_file_system: bool,
+    progress: &Progress,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(excludes) = Patterns::new(excludes) else {
+        return;
+    };
+    let mut stack: Vec<(PathBuf, Option<u64>)> = paths
+        .iter()
+        .filter_map(|p| normalize_path(p).ok())
+        .map(|p| (p, None))
+        .collect();
+    while let Some((p, dev)) = stack.pop() {
+        if stop.load(Ordering::Relaxed) || interrupted() {
+            return;
+        }
+        let Ok(m) = longpath::with(&p, |q| fs::symlink_metadata(q)) else {
+            continue;
+        };
+        if m.is_dir() {
+            if one_file_system && dev.is_some_and(|d| d != m.dev()) {
+                continue;
+            }
+            let Ok(rd) = longpath::with(&p, |q| fs::read_dir(q)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let child = p.join(&name);
+                if !excludes.is_empty() && excludes.matches(&child, &name) {
+                    continue;
+                }
+                stack.push((child, Some(m.dev())));
+            }
+        } else {
+            Progress::add(&progress.total_files, 1);
+            if m.is_file() {
+                Progress::add(&progress.total_bytes, m.len());
+            }
+        }
+    }
+}
+
 /// Run a backup under a shared lock.
 pub fn backup(
     lock: &SharedLock<'_>,
