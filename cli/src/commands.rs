@@ -35,7 +35,15 @@ pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     if pw.is_empty() {
         bail!("empty password refused");
     }
+    let template = if a.copy_chunker_params {
+        Some(std::sync::Arc::new(crate::hiargs::open_source(
+            cli, &a.from,
+        )?))
+    } else {
+        None
+    };
     let opts = InitOptions {
+        same_blobs_as: template,
         compression_level: a.compression_level,
         pack_size: a.pack_size_mib.saturating_mul(1 << 20),
         kdf: KdfParams::new(

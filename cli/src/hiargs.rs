@@ -44,6 +44,22 @@ pub(crate) fn open_at(
     open_with(cli, backend_at(location, options)?, pw)
 }
 
+/// The source repository of `copy` / `init --copy-chunker-params`: `--from-repo` with its
+/// own password (`--from-password-file`, `--from-password-command`, `CAIRN_FROM_PASSWORD`,
+/// or a prompt) and backend options (`--from-option`).
+pub(crate) fn open_source(cli: &Cli, from: &crate::FromRepoArgs) -> Result<Repository> {
+    let loc = from.from_repo.as_deref().ok_or_else(|| {
+        crate::UsageError("no source repository: use --from-repo or CAIRN_FROM_REPOSITORY".into())
+    })?;
+    let be = backend_at(loc, &from.from_options)?;
+    let probed = Repository::probe(be.as_ref())?;
+    let pw = crate::password::source_password(
+        from.from_password_file.as_ref(),
+        from.from_password_command.as_deref(),
+    )?;
+    finish_open(cli, be, probed, &pw)
+}
+
 fn open_with(
     cli: &Cli,
     be: Arc<dyn Backend>,
@@ -52,6 +68,15 @@ fn open_with(
     // Fail on a missing or foreign repository before asking for a password.
     let probed = Repository::probe(be.as_ref())?;
     let pw = pw.get("enter password for repository: ", false)?;
+    finish_open(cli, be, probed, &pw)
+}
+
+fn finish_open(
+    cli: &Cli,
+    be: Arc<dyn Backend>,
+    probed: (Vec<u8>, Vec<cairn_engine::ObjectInfo>),
+    pw: &str,
+) -> Result<Repository> {
     let remote = be.is_remote();
     let mut repo = Repository::open_probed(be, probed, pw.as_bytes())?;
     if remote && !cli.no_cache {

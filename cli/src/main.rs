@@ -106,6 +106,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Add, remove or set the tags of snapshots.
     Tag(TagArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one.
+    Copy(CopyArgs),
     /// Remove paths from existing snapshots (new snapshots; originals kept unless --forget).
     Rewrite(RewriteArgs),
     /// Print the version.
@@ -414,6 +416,41 @@ pub struct InitArgs {
     /// Argon2id passes of the first key.
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
+    /// Name and cut blobs like the --from-repo repository, so that `copy` from it sends
+    /// only what is missing and never reads a blob twice (the encryption key stays new).
+    #[arg(long, requires = "from_repo")]
+    pub copy_chunker_params: bool,
+    #[command(flatten)]
+    pub from: FromRepoArgs,
+}
+
+/// The source repository of `copy` (and of `init --copy-chunker-params`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FromRepoArgs {
+    /// Source repository location (a directory or s3:…).
+    #[arg(long, env = "CAIRN_FROM_REPOSITORY", value_name = "REPO")]
+    pub from_repo: Option<String>,
+    /// Read the source repository's password from this file (else CAIRN_FROM_PASSWORD, or a
+    /// prompt).
+    #[arg(long, env = "CAIRN_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run this command for the source repository's password.
+    #[arg(long, env = "CAIRN_FROM_PASSWORD_COMMAND", value_name = "CMD")]
+    pub from_password_command: Option<String>,
+    /// Backend option of the source repository (`s3.region=garage`), repeatable.
+    #[arg(long = "from-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub from_options: Vec<(String, String)>,
+}
+
+/// `copy` options.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy (default: every snapshot the filters allow).
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub from: FromRepoArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// Snapshot filters.
@@ -780,6 +817,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Find(a) => explore::find_cmd(cli, a),
         Command::Dump(a) => explore::dump_cmd(cli, a),
         Command::Tag(a) => explore::tag_cmd(cli, a),
+        Command::Copy(a) => crate::maint::copy_cmd(cli, a),
         Command::Rewrite(a) => crate::maint::rewrite_cmd(cli, a),
         Command::Version => explore::version(cli),
         Command::Completion { shell } => explore::completion(*shell),

@@ -515,3 +515,54 @@ pub fn rewrite_cmd(cli: &Cli, a: &crate::RewriteArgs) -> Result<u8> {
     );
     Ok(0)
 }
+
+pub fn copy_cmd(cli: &Cli, a: &crate::CopyArgs) -> Result<u8> {
+    let src = crate::hiargs::open_source(cli, &a.from)?;
+    let dst = crate::hiargs::open(cli)?;
+    let src_lock = crate::hiargs::lock_shared(cli, &src)?;
+    let dst_lock = crate::hiargs::lock_shared(cli, &dst)?;
+    let ix = src.indexed()?;
+    let all = src.load_snapshots()?;
+    let f = crate::hiargs::filter(&a.filter);
+    let snaps: Vec<_> = if a.ids.is_empty() {
+        all.iter().filter(|(_, s)| f.matches(s)).cloned().collect()
+    } else {
+        a.ids
+            .iter()
+            .map(|spec| cairn_engine::snapshots::resolve(&all, spec, &f).cloned())
+            .collect::<cairn_engine::Result<_>>()?
+    };
+    let progress = std::sync::Arc::new(cairn_engine::Progress::default());
+    let started = std::time::Instant::now();
+    let report = {
+        let _r = crate::ui::Reporter::start("copy", progress.clone(), cli.json, cli.quiet);
+        cairn_engine::ops::copy::copy(&ix, &dst_lock, &snaps, &progress)?
+    };
+    drop(src_lock);
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({"message_type": "copy", "report": report})
+        );
+        return Ok(0);
+    }
+    for (old, new) in &report.copied {
+        println!("snapshot {} copied as {}", &old[..8], &new[..8]);
+    }
+    println!(
+        "copied {} snapshot(s), skipped {} already there: {} blobs sent ({}), {} already present, {} read from the source, {:.1}s{}",
+        report.copied.len(),
+        report.skipped,
+        report.blobs_sent,
+        crate::ui::human_bytes(report.bytes_sent),
+        report.blobs_present,
+        report.blobs_read,
+        started.elapsed().as_secs_f64(),
+        if report.same_ids {
+            ""
+        } else {
+            " (the repositories name blobs differently: every blob of a new snapshot is read; `init --copy-chunker-params --from-repo` avoids that)"
+        }
+    );
+    Ok(0)
+}

@@ -97,3 +97,20 @@ pub fn new_password(file: Option<&PathBuf>) -> Result<String> {
     }
     ask("enter new password: ", true)
 }
+
+/// The password of `copy`'s source repository: `--from-password-file`,
+/// `--from-password-command`, `CAIRN_FROM_PASSWORD`, or a prompt.
+pub fn source_password(file: Option<&PathBuf>, command: Option<&str>) -> Result<String> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("reading password file {}", f.display()))?;
+        return Ok(first_line(s));
+    }
+    if let Some(c) = command {
+        return from_command(c);
+    }
+    if let Ok(p) = std::env::var("CAIRN_FROM_PASSWORD") {
+        return Ok(p);
+    }
+    ask("enter password for the source repository: ", false)
+}

@@ -142,6 +142,8 @@ struct Shared {
     error: Mutex<Option<Error>>,
     stats: Mutex<PackerStats>,
     indexed: Mutex<Vec<IndexPack>>,
+    /// Packs per index file (see [`Packer::index_every`]).
+    packs_per_index: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -159,7 +161,12 @@ impl Shared {
             // index file exceed the format's limit (`MAX_INDEX_BLOBS`).
             let blobs: usize = done.iter().map(|p| p.blobs.len()).sum();
             if done.is_empty()
-                || (!force && done.len() < PACKS_PER_INDEX && blobs < INDEX_FLUSH_BLOBS)
+                || (!force
+                    && done.len()
+                        < self
+                            .packs_per_index
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    && blobs < INDEX_FLUSH_BLOBS)
             {
                 return Ok(());
             }
@@ -208,6 +215,7 @@ impl Packer {
             error: Mutex::default(),
             stats: Mutex::default(),
             indexed: Mutex::default(),
+            packs_per_index: std::sync::atomic::AtomicUsize::new(PACKS_PER_INDEX),
         });
         let (tx, rx) = bounded::<Finished>(QUEUE);
         let uploaders = (0..repo.backend().connections().max(1))
@@ -283,6 +291,16 @@ impl Packer {
             pack_size: repo.config().pack_size as usize,
             level: repo.config().compression_level,
         }
+    }
+
+    /// Write an index file every `packs` packs instead of every 64: what an interrupted run
+    /// stored is found by the next one only through an index file, so a long transfer
+    /// (`copy`) indexes often, at the price of more, smaller index files.
+    pub fn index_every(self, packs: usize) -> Packer {
+        self.shared
+            .packs_per_index
+            .store(packs.max(1), std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Whether `id` is stored already or queued in this run.

@@ -36,6 +36,11 @@ pub struct InitOptions {
     pub kdf: KdfParams,
     /// How database files are cut (see `cairn_format::pages`).
     pub page_rules: Vec<cairn_format::PageRule>,
+    /// Cut and name blobs like this repository (its id key, chunker seed, chunker and page
+    /// rules), so that `copy` between the two moves only blobs the destination lacks and
+    /// never reads one it has (restic's `--copy-chunker-params`). The encryption key stays
+    /// the new repository's own.
+    pub same_blobs_as: Option<Arc<Repository>>,
 }
 
 /// zstd level of new repositories: on a 2 GB tree of real files level 2 took 24 % less CPU
@@ -51,6 +56,7 @@ impl Default for InitOptions {
             pack_size: 16 << 20,
             kdf: KdfParams::new_default(),
             page_rules: cairn_format::default_page_rules(),
+            same_blobs_as: None,
         }
     }
 }
@@ -76,16 +82,27 @@ impl Repository {
         }
         let mut repo_id = [0u8; 32];
         rand::rng().fill_bytes(&mut repo_id);
+        let mut key = MasterKey::generate();
+        let (chunker, page_rules) = match &opts.same_blobs_as {
+            Some(other) => {
+                key.id_key = other.key.id_key;
+                key.chunker_seed = other.key.chunker_seed;
+                (
+                    other.config.chunker.clone(),
+                    other.config.page_rules.clone(),
+                )
+            }
+            None => (opts.chunker, opts.page_rules),
+        };
         let config = Config {
             version: cairn_format::FORMAT_VERSION,
             repo_id,
-            chunker: opts.chunker,
+            chunker,
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
-            page_rules: opts.page_rules,
+            page_rules,
         };
         config.validate()?;
-        let key = MasterKey::generate();
         backend.create()?;
         // Key before config: a crash in between leaves no config, i.e. "not a repository",
         // and `init` can simply be run again.

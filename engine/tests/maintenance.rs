@@ -90,6 +90,7 @@ fn small_repo(dir: &Path) -> Repository {
         pack_size: 1 << 20,
         kdf: KdfParams::new(8 * 1024, 1, 1),
         page_rules: cairn_format::default_page_rules(),
+        same_blobs_as: None,
     };
     Repository::init(Arc::new(LocalBackend::new(dir)), PW, opts).unwrap()
 }

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod backup_restore;
+mod copy;
 mod crash;
 mod errors;
 mod explore;

@@ -448,3 +448,27 @@ fn s3_over_tls_with_a_private_ca() {
     env.restore_latest_exact(&src, &env.path("restored"), &["-o", &ca]);
     env.ok(&["check", "--read-data", "-o", &ca]);
 }
+
+/// The 3-2-1 round: local → S3 → local, byte-exact, and a second copy sends nothing.
+#[test]
+fn s3_copy_round_trips_local_to_s3_and_back() {
+    let Some(mid) = Env::s3("copy") else { return };
+    let src = Env::new();
+    let data = make_source(&src, 31);
+    src.backup(&[s(&data)]);
+    crate::copy::init_like(&mid, &src, &[]);
+    let up = crate::copy::copy_report(&crate::copy::copy(&mid, &src, &["--json"], None));
+    assert_eq!(up["copied"].as_array().unwrap().len(), 1, "{up}");
+    let again = crate::copy::copy_report(&crate::copy::copy(&mid, &src, &["--json"], None));
+    assert_eq!(
+        (again["skipped"].as_u64(), again["blobs_sent"].as_u64()),
+        (Some(1), Some(0))
+    );
+    mid.ok(&["check", "--read-data"]);
+    let back = Env::uninitialized();
+    crate::copy::init_like(&back, &mid, &[]);
+    let down = crate::copy::copy_report(&crate::copy::copy(&back, &mid, &["--json"], None));
+    assert_eq!(down["copied"].as_array().unwrap().len(), 1, "{down}");
+    back.ok(&["check", "--read-data"]);
+    back.restore_latest_exact(&data, &back.path("restored"), &[]);
+}

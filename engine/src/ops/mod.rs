@@ -19,6 +19,7 @@
 //! | [`repair`] | rebuild the index, drop damaged packs, rewrite damaged snapshots |
 //! | [`stats`] | counts and sizes |
 //! | [`tag`] | change snapshots' tags (plan, apply) |
+//! | [`copy`] | snapshots from one repository into another |
 //! | [`rewrite`] | take paths out of existing snapshots |
 //! | [`diff`] | what changed between two snapshots |
 //! | [`find`] | which snapshots hold a file |
@@ -28,6 +29,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod diff;
 pub mod dump;
 pub mod find;
