@@ -329,3 +329,42 @@ pub fn man(dir: &Path) -> Result<u8> {
     println!("wrote {n} man pages to {}", dir.display());
     Ok(0)
 }
+
+pub fn list(cli: &Cli, kind: &str) -> Result<u8> {
+    use cairn_format::FileKind;
+    let repo = open(cli)?;
+    let mut out = std::io::stdout().lock();
+    let fk = match kind {
+        "snapshots" => FileKind::Snapshot,
+        "index" => FileKind::Index,
+        "packs" => FileKind::Pack,
+        "keys" => FileKind::Key,
+        "locks" => FileKind::Lock,
+        "blobs" => {
+            let index = repo.load_index()?;
+            for (id, loc) in index.iter() {
+                let t = match loc.blob_type {
+                    cairn_format::BlobType::Data => "data",
+                    cairn_format::BlobType::Tree => "tree",
+                };
+                crate::output_written(writeln!(
+                    out,
+                    "{t} {} {}",
+                    id.to_hex(),
+                    index.pack_id(loc).to_hex()
+                ));
+            }
+            return Ok(0);
+        }
+        other => {
+            return Err(crate::UsageError(format!(
+                "unknown kind {other:?}: snapshots, index, packs, keys, locks or blobs"
+            ))
+            .into())
+        }
+    };
+    for id in repo.list_ids(fk)? {
+        crate::output_written(writeln!(out, "{}", id.to_hex()));
+    }
+    Ok(0)
+}

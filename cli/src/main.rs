@@ -24,37 +24,37 @@ pub struct Cli {
     #[arg(
         short = 'r',
         long = "repo",
-        global = true,
+        global = true, help_heading = "Global options",
         env = "CAIRN_REPOSITORY",
         value_name = "REPO"
     )]
     pub repo: Option<String>,
     /// Backend option `key=value`, repeatable: s3.region, s3.bucket-lookup=path|dns,
     /// s3.ca-file, s3.profile, s3.connections, s3.retries, s3.ec2-metadata.
-    #[arg(short = 'o', long = "option", global = true, value_name = "KEY=VALUE", value_parser = parse_option)]
+    #[arg(short = 'o', long = "option", global = true, help_heading = "Global options", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
     /// Local cache of index, snapshot and tree data for remote repositories
     /// (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn).
-    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CAIRN_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Do not use the local cache.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub no_cache: bool,
     #[command(flatten)]
     pub password: PasswordArgs,
     /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// No progress output.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
     /// Wait up to this long for a conflicting lock to go away (`0`, `30s`, `10m`, `1h30m`)
     /// instead of failing at once. `cairn run` waits by default (its job file's
     /// `retry-lock`, 1h unless set).
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = parse_wait)]
     pub retry_lock: Option<std::time::Duration>,
     /// More log output on stderr (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -110,6 +110,11 @@ pub enum Command {
     Copy(CopyArgs),
     /// Remove paths from existing snapshots (new snapshots; originals kept unless --forget).
     Rewrite(RewriteArgs),
+    /// List objects by id: snapshots, index, packs, keys, locks, or blobs (type, id, pack).
+    List {
+        /// snapshots | index | packs | keys | locks | blobs
+        kind: String,
+    },
     /// Print the version.
     Version,
     /// Print a shell completion script: `cairn completion bash > /etc/bash_completion.d/cairn`.
@@ -820,6 +825,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Copy(a) => crate::maint::copy_cmd(cli, a),
         Command::Rewrite(a) => crate::maint::rewrite_cmd(cli, a),
         Command::Version => explore::version(cli),
+        Command::List { kind } => explore::list(cli, kind),
         Command::Completion { shell } => explore::completion(*shell),
         Command::Man { dir } => explore::man(dir),
         Command::Run(a) => crate::run::run(cli, a),
