@@ -5,6 +5,7 @@ mod commands;
 mod explore;
 mod hiargs;
 mod maint;
+mod mount;
 mod password;
 mod run;
 mod ui;
@@ -24,7 +25,8 @@ pub struct Cli {
     #[arg(
         short = 'r',
         long = "repo",
-        global = true, help_heading = "Global options",
+        global = true,
+        help_heading = "Global options",
         env = "CAIRN_REPOSITORY",
         value_name = "REPO"
     )]
@@ -35,7 +37,13 @@ pub struct Cli {
     pub options: Vec<(String, String)>,
     /// Local cache of index, snapshot and tree data for remote repositories
     /// (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn).
-    #[arg(long, global = true, help_heading = "Global options", env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CAIRN_CACHE_DIR",
+        value_name = "DIR"
+    )]
     pub cache_dir: Option<PathBuf>,
     /// Do not use the local cache.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -110,6 +118,17 @@ pub enum Command {
     Copy(CopyArgs),
     /// Remove paths from existing snapshots (new snapshots; originals kept unless --forget).
     Rewrite(RewriteArgs),
+    /// Mount the repository read-only (FUSE): snapshots/, hosts/, tags/, ids/, with `latest`.
+    Mount {
+        /// An empty directory to mount on.
+        dir: PathBuf,
+        /// Let other users (e.g. a backup-reading service account) see the mount; needs
+        /// `user_allow_other` in /etc/fuse.conf unless root.
+        #[arg(long)]
+        allow_other: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
     /// List objects by id: snapshots, index, packs, keys, locks, or blobs (type, id, pack).
     List {
         /// snapshots | index | packs | keys | locks | blobs
@@ -826,6 +845,24 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Rewrite(a) => crate::maint::rewrite_cmd(cli, a),
         Command::Version => explore::version(cli),
         Command::List { kind } => explore::list(cli, kind),
+        Command::Mount {
+            dir,
+            allow_other,
+            filter,
+        } => {
+            // The mounted file system must be 'static; the process ends with the mount.
+            let repo: &'static cairn_engine::Repository = Box::leak(Box::new(hiargs::open(cli)?));
+            let _lock = hiargs::lock_shared(cli, repo)?;
+            let ix = repo.indexed()?;
+            let f = hiargs::filter(filter);
+            let snaps: Vec<_> = repo
+                .load_snapshots()?
+                .into_iter()
+                .filter(|(_, s)| f.matches(s))
+                .collect();
+            mount::mount(ix, &snaps, dir, *allow_other)?;
+            Ok(0)
+        }
         Command::Completion { shell } => explore::completion(*shell),
         Command::Man { dir } => explore::man(dir),
         Command::Run(a) => crate::run::run(cli, a),

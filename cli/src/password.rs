@@ -11,12 +11,19 @@ use anyhow::{bail, Context, Result};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PasswordArgs {
     /// Read the repository password from the first line of this file.
-    #[arg(long, global = true, help_heading = "Global options", env = "CAIRN_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CAIRN_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     pub password_file: Option<PathBuf>,
     /// Run this shell command and use the first line of its output as the password.
     #[arg(
         long,
-        global = true, help_heading = "Global options",
+        global = true,
+        help_heading = "Global options",
         env = "CAIRN_PASSWORD_COMMAND",
         value_name = "CMD"
     )]

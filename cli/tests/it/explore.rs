@@ -316,3 +316,152 @@ fn rewrite_removes_exactly_the_excluded_path_and_prune_then_check_is_clean() {
     env.ok(&["prune"]);
     env.ok(&["check", "--read-data"]);
 }
+
+/// `cairn mount` in the background; `None` (and a note) where FUSE cannot mount here.
+fn mount(env: &Env, dir: &std::path::Path) -> Option<std::process::Child> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut c = env.cmd();
+    c.arg("mount")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(20) {
+        if dir.join("snapshots").exists() {
+            return Some(child);
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(
+                err.contains("mounting"),
+                "mount failed for another reason than FUSE: {err}"
+            );
+            eprintln!("SKIPPED: FUSE cannot mount here: {err}");
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the mount did not appear");
+}
+
+#[test]
+fn mount_serves_snapshots_exactly_and_unmounts_on_ctrl_c() {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED: no /dev/fuse");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    build_full_tree(&src);
+    // A SQLite database, read through the mount by sqlite3's own integrity check.
+    let db = src.join("app.db");
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table t(x)'); c.executemany('insert into t values (?)', [(str(i)*50,) for i in range(5000)]); c.commit()",
+            s(&db),
+        ])
+        .status()
+        .is_ok_and(|st| st.success());
+    env.backup(&["--tag", "pv", s(&src)]);
+    let mnt = env.path("mnt");
+    let Some(mut child) = mount(&env, &mnt) else {
+        return;
+    };
+    let snap = mnt
+        .join("snapshots/latest")
+        .join(s(&src).trim_start_matches('/'));
+    let by_tag = mnt
+        .join("tags/pv/latest")
+        .join(s(&src).trim_start_matches('/'));
+    assert!(by_tag.join("small.txt").is_file());
+    assert!(mnt.join("hosts").read_dir().unwrap().count() == 1);
+    // The same tree, file for file: contents, modes, owners, mtimes, symlinks, xattrs.
+    // (diff calls any two fifos or devices different: those are compared below.)
+    let out = Command::new("diff")
+        .args([
+            "-r",
+            "--no-dereference",
+            "-x",
+            "fifo",
+            "-x",
+            "chardev",
+            "-x",
+            "blockdev",
+        ])
+        .arg(&src)
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for special in ["fifo", "chardev", "blockdev"] {
+        let (a, b) = (
+            std::fs::symlink_metadata(src.join(special)).unwrap(),
+            std::fs::symlink_metadata(snap.join(special)).unwrap(),
+        );
+        assert_eq!(
+            (
+                a.file_type().is_fifo(),
+                a.file_type().is_char_device(),
+                a.rdev(),
+                a.mode()
+            ),
+            (
+                b.file_type().is_fifo(),
+                b.file_type().is_char_device(),
+                b.rdev(),
+                b.mode()
+            ),
+            "{special}"
+        );
+    }
+    let m = std::fs::symlink_metadata(snap.join("setuid")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o4755, 1234, 2345));
+    let orig = std::fs::symlink_metadata(src.join("dir/a/mid.txt")).unwrap();
+    let seen = std::fs::symlink_metadata(snap.join("dir/a/mid.txt")).unwrap();
+    assert_eq!(
+        (orig.mtime(), orig.mtime_nsec()),
+        (seen.mtime(), seen.mtime_nsec())
+    );
+    assert_eq!(
+        xattr::get(snap.join("small.txt"), "user.binary").unwrap(),
+        Some(vec![0u8, 1, 2, 0xff, 0])
+    );
+    if made && have_sqlite3() {
+        let out = Command::new("sqlite3")
+            .arg(format!("file:{}?immutable=1", s(&snap.join("app.db"))))
+            .arg("PRAGMA integrity_check; SELECT count(*) FROM t;")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n5000\n");
+    }
+    // Ctrl-C unmounts and exits cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(!mnt.join("snapshots").exists(), "still mounted");
+}
+
+fn have_sqlite3() -> bool {
+    Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
