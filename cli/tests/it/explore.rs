@@ -349,6 +349,8 @@ fn mount(env: &Env, dir: &std::path::Path) -> Option<std::process::Child> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the mount did not appear");
 }
 
