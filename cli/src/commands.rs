@@ -284,7 +284,10 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let (tree, base) = listing(&ix, &snap.tree, &snapshot_subpath(path)?)?;
     let mut out = std::io::stdout().lock();
     let mut items = Vec::new();
-    walk(&ix, tree, &base, a.recursive, &mut |p, n| {
+    // As restic: a whole snapshot is listed recursively, a directory named in it only one
+    // level deep unless --recursive.
+    let recursive = a.recursive || !a.snapshot.contains(':');
+    walk(&ix, tree, &base, recursive, &mut |p, n| {
         if cli.json {
             items.push(node_json(p, n));
         } else if a.long {

@@ -533,7 +533,7 @@ pub struct LsArgs {
     /// Long listing: mode, owner, size, mtime.
     #[arg(short = 'l', long)]
     pub long: bool,
-    /// Descend into subdirectories.
+    /// Descend into subdirectories (the default for a whole snapshot, as restic's `ls`).
     #[arg(long)]
     pub recursive: bool,
     #[command(flatten)]

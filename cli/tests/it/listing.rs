@@ -115,8 +115,8 @@ fn ls_long_recursive_and_subpath() {
     env.backup(&[s(&src)]);
     let base = s(&src).to_owned();
 
-    // The root listing shows only the first component of the backed-up path.
-    let root = env.ok(&["ls", "latest"]).stdout;
+    // The root directory's listing shows only the first component of the backed-up path.
+    let root = env.ok(&["ls", "latest:/"]).stdout;
     let first = format!(
         "/{}",
         src.components()
@@ -132,8 +132,9 @@ fn ls_long_recursive_and_subpath() {
         "ls latest:\n{root}"
     );
 
-    // Recursive: everything, with absolute paths.
+    // Recursive: everything, with absolute paths; as restic, the default for a whole snapshot.
     let rec = env.ok(&["ls", "--recursive", "latest"]).stdout;
+    assert_eq!(env.ok(&["ls", "latest"]).stdout, rec);
     let rec: Vec<&str> = rec.lines().collect();
     for p in [
         "",
