@@ -233,7 +233,15 @@ pub fn dump_cmd(cli: &Cli, a: &DumpArgs) -> Result<u8> {
             };
             dump_tar(&ix, &node, Path::new(&name), &mut out)?;
         }
-        other => bail!("unknown --archive {other:?}: use tar"),
+        "zip" => {
+            let name = if is_root {
+                PathBuf::new()
+            } else {
+                PathBuf::from(std::ffi::OsStr::from_bytes(&node.name))
+            };
+            cairn_engine::ops::dump::dump_zip(&ix, &node, Path::new(&name), &mut out)?;
+        }
+        other => bail!("unknown --archive {other:?}: use tar or zip"),
     }
     out.flush().context("standard output")?;
     Ok(0)

@@ -191,7 +191,9 @@ pub struct DumpArgs {
     pub snapshot: String,
     /// Path in the snapshot (`/` for all of it).
     pub path: String,
-    /// Archive format for a directory (or, given, for a file too): `tar`.
+    /// Archive format for a directory (or, given, for a file too): `tar` (everything GNU
+    /// tar can hold: owners, hardlinks, devices, xattrs) or `zip` (contents, modes, mtimes,
+    /// symlinks).
     #[arg(short, long, value_name = "FORMAT")]
     pub archive: Option<String>,
     #[command(flatten)]

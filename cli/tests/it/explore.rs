@@ -61,6 +61,32 @@ fn dump_as_tar_extracts_to_the_exact_tree() {
         names.lines().any(|l| l.ends_with("src/small.txt")),
         "{names}"
     );
+    // As zip: the archive tests clean and holds the files' exact bytes.
+    if Command::new("python3").arg("--version").output().is_ok() {
+        let zip = env.path("out.zip");
+        let mut c = env.cmd();
+        c.args(["dump", "--archive", "zip", "latest", &spec])
+            .stdout(std::fs::File::create(&zip).unwrap());
+        assert!(c.status().unwrap().success());
+        let unzipped = env.path("unzipped");
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; z.extractall(sys.argv[2]); print(len(z.namelist()))",
+                s(&zip),
+                s(&unzipped),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for f in ["big.bin", "small.txt", "dir/a/b/c/deep.txt", "dir/hl3-b", "sparse.img"] {
+            assert_eq!(
+                std::fs::read(unzipped.join("src").join(f)).unwrap(),
+                std::fs::read(src.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
     // A path that is not there.
     env.run(&["dump", "latest", "/no/such"])
         .assert_error(1, &["not found"]);
