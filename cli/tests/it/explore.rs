@@ -78,8 +78,18 @@ fn dump_as_tar_extracts_to_the_exact_tree() {
             ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        for f in ["big.bin", "small.txt", "dir/a/b/c/deep.txt", "dir/hl3-b", "sparse.img"] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for f in [
+            "big.bin",
+            "small.txt",
+            "dir/a/b/c/deep.txt",
+            "dir/hl3-b",
+            "sparse.img",
+        ] {
             assert_eq!(
                 std::fs::read(unzipped.join("src").join(f)).unwrap(),
                 std::fs::read(src.join(f)).unwrap(),

@@ -222,7 +222,14 @@ impl Differ<'_, '_> {
             || x.xattrs != y.xattrs;
         if x.kind == NodeKind::Dir {
             if x.subtree != y.subtree {
-                let (ta, tb) = (self.tree(x)?, self.tree(y)?);
+                // Both sides are read at once (two cores, or two requests to a remote).
+                let ix = self.ix;
+                let load = |n: &Node| match n.subtree {
+                    Some(id) => ix.load_tree(&id),
+                    None => Ok(Tree::default()),
+                };
+                let (ta, tb) = rayon::join(|| load(x), || load(y));
+                let (ta, tb) = (ta?, tb?);
                 crate::ops::backup::deeper(|| self.trees(p, &ta, &tb))?;
             }
             if meta && self.metadata {
@@ -259,7 +266,8 @@ pub fn diff(
         f,
     };
     if a != b {
-        let (ta, tb) = (ix.load_tree(a)?, ix.load_tree(b)?);
+        let (ta, tb) = rayon::join(|| ix.load_tree(a), || ix.load_tree(b));
+        let (ta, tb) = (ta?, tb?);
         d.trees(Path::new("/"), &ta, &tb)?;
     }
     Ok(d.stats)

@@ -246,7 +246,14 @@ fn zip_err(e: zip::result::ZipError) -> Error {
 pub fn dump_zip(ix: &Indexed<'_>, node: &Node, name: &Path, out: impl Write) -> Result<DumpStats> {
     let mut z = zip::ZipWriter::new_stream(out);
     let mut stats = DumpStats::default();
-    zip_entry(ix, &mut z, name, node, &mut stats, name.as_os_str().is_empty())?;
+    zip_entry(
+        ix,
+        &mut z,
+        name,
+        node,
+        &mut stats,
+        name.as_os_str().is_empty(),
+    )?;
     z.finish().map_err(zip_err)?.flush().map_err(out_err)?;
     Ok(stats)
 }
