@@ -21,7 +21,7 @@ export CAIRN_PASSWORD=bench CAIRN_REPOSITORY=$work/repo
 mkdir -p "$work/src"
 # Half incompressible, half text-like: what a database or image volume holds.
 head -c $((size_mb / 2))M /dev/urandom > "$work/src/big.bin"
-yes "the quick brown fox jumps over the lazy dog $RANDOM" | head -c $((size_mb / 2))M >> "$work/src/big.bin"
+(yes "the quick brown fox jumps over the lazy dog $RANDOM" || true) | head -c $((size_mb / 2))M >> "$work/src/big.bin"
 "$bin" backup "$work/src" -q
 mkdir -p "$work/mnt"
 "$bin" mount "$work/mnt" 2>"$work/mount.log" &

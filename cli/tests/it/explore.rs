@@ -478,6 +478,35 @@ fn mount_serves_snapshots_exactly_and_unmounts_on_ctrl_c() {
         xattr::get(snap.join("small.txt"), "user.binary").unwrap(),
         Some(vec![0u8, 1, 2, 0xff, 0])
     );
+    // grep -r reads every file through the mount.
+    let g = Command::new("grep")
+        .args(["-r", "-l", "deep file"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&g.stdout).contains("dir/a/b/c/deep.txt"),
+        "{}",
+        String::from_utf8_lossy(&g.stderr)
+    );
+    if Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let copy = env.path("rsynced");
+        let st = Command::new("rsync")
+            .args(["-a", "--exclude", "fifo", "--exclude", "*dev"])
+            .arg(format!("{}/dir/", s(&snap)))
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(
+            std::fs::read(copy.join("a/b/c/deep.txt")).unwrap(),
+            b"deep file\n"
+        );
+    }
     if made && have_sqlite3() {
         let out = Command::new("sqlite3")
             .arg(format!("file:{}?immutable=1", s(&snap.join("app.db"))))

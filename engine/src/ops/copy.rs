@@ -12,8 +12,8 @@
 //!
 //! A snapshot already in the destination (same time, host, user and paths) is skipped, so a
 //! second `copy` sends nothing. Blobs go through the destination's packer, which writes an
-//! index file every 4 packs: an interrupted copy leaves durable, indexed packs that the next
-//! copy finds, and it re-sends at most the last 4 packs' worth. Snapshots are written last,
+//! index file after every pack: an interrupted copy leaves durable, indexed packs that the
+//! next copy finds, and it re-sends only the pack that was in flight. Snapshots are written last,
 //! each after everything it references.
 
 use std::collections::{HashMap, HashSet};
@@ -188,9 +188,10 @@ pub fn copy(
     let c = Copier {
         src,
         dst: dst_repo,
-        // An index file every 4 packs: a copy interrupted after hours re-sends at most 4
-        // packs' worth (64 MiB by default) of what it had stored.
-        packer: Packer::new(dst_repo, index).index_every(4),
+        // An index file after every pack: a copy interrupted after hours re-sends nothing it
+        // had stored (only the pack in flight). The many small index files are merged by
+        // the next prune.
+        packer: Packer::new(dst_repo, index).index_every(1),
         same_ids,
         map: Mutex::new(HashMap::new()),
         trees_done: Mutex::new(HashSet::new()),
