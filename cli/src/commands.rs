@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cairn_engine::ops::backup::backup;
 use cairn_engine::ops::ls::{find_node, listing, walk};
 use cairn_engine::ops::restore::restore;
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::hiargs::{backend, filter, lock_shared, open};
 use crate::ui::{human_bytes, lossy, snapshot_json, Reporter};
-use crate::{BackupArgs, CatArgs, Cli, FilterArgs, KeyCommand, LsArgs, RestoreArgs};
+use crate::{BackupArgs, CatArgs, Cli, KeyCommand, LsArgs, RestoreArgs};
 
 pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     let be = backend(cli)?;
@@ -70,8 +70,32 @@ pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The non-empty, non-comment lines of a `--files-from` / `--exclude-file` file (`-` is
+/// standard input), as restic reads them.
+fn list_file(path: &Path) -> Result<Vec<String>> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
 pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
-    if !a.stdin && a.paths.is_empty() {
+    let mut paths = a.paths.clone();
+    for f in &a.files_from {
+        paths.extend(list_file(f)?.into_iter().map(std::path::PathBuf::from));
+    }
+    let mut excludes = a.excludes.clone();
+    for f in &a.exclude_files {
+        excludes.extend(list_file(f)?);
+    }
+    if !a.stdin && paths.is_empty() {
         return Err(crate::UsageError("nothing to back up: give paths or --stdin".into()).into());
     }
     let repo = open(cli)?;
@@ -95,7 +119,7 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
         None
     };
     let opts = BackupOptions {
-        paths: a.paths.clone(),
+        paths: paths.clone(),
         stdin,
         staged: None,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
@@ -103,7 +127,7 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
         time,
         parent,
         force: a.force,
-        excludes: a.excludes.clone(),
+        excludes: excludes.clone(),
         one_file_system: a.one_file_system,
     };
     let progress = Arc::new(Progress::default());
@@ -121,8 +145,7 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scanner = (!a.stdin && (cli.json || (!cli.quiet && std::io::stderr().is_terminal())))
             .then(|| {
-                let (paths, excl, one_fs) =
-                    (a.paths.clone(), a.excludes.clone(), a.one_file_system);
+                let (paths, excl, one_fs) = (paths.clone(), excludes.clone(), a.one_file_system);
                 let (p, d) = (progress.clone(), done.clone());
                 std::thread::spawn(move || {
                     cairn_engine::ops::backup::scan(&paths, &excl, one_fs, &p, &d)
@@ -185,14 +208,31 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn snapshots(cli: &Cli, f: &FilterArgs) -> Result<u8> {
+pub fn snapshots(cli: &Cli, a: &crate::SnapshotsArgs) -> Result<u8> {
     let repo = open(cli)?;
-    let flt = filter(f);
-    let snaps: Vec<_> = repo
+    let flt = filter(&a.filter);
+    let mut snaps: Vec<_> = repo
         .load_snapshots()?
         .into_iter()
         .filter(|(_, s)| flt.matches(s))
         .collect();
+    if let Some(n) = a.latest {
+        // Newest first per (host, paths), keep n of each, back in time order.
+        let mut seen: std::collections::HashMap<(String, Vec<Vec<u8>>), usize> =
+            std::collections::HashMap::new();
+        let mut keep = vec![false; snaps.len()];
+        for (i, (_, s)) in snaps.iter().enumerate().rev() {
+            let c = seen
+                .entry((s.hostname.clone(), s.paths.clone()))
+                .or_insert(0);
+            if *c < n {
+                keep[i] = true;
+                *c += 1;
+            }
+        }
+        let mut k = keep.into_iter();
+        snaps.retain(|_| k.next().unwrap_or(false));
+    }
     if cli.json {
         println!(
             "{}",
@@ -351,6 +391,7 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
         overwrite: match a.overwrite {
             crate::OverwriteArg::Always => cairn_engine::ops::restore::Overwrite::Always,
             crate::OverwriteArg::IfChanged => cairn_engine::ops::restore::Overwrite::IfChanged,
+            crate::OverwriteArg::IfNewer => cairn_engine::ops::restore::Overwrite::IfNewer,
             crate::OverwriteArg::Never => cairn_engine::ops::restore::Overwrite::Never,
         },
         verify: a.verify,

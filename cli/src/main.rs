@@ -76,7 +76,7 @@ pub enum Command {
     /// Back up paths (or standard input) into a new snapshot.
     Backup(BackupArgs),
     /// List snapshots.
-    Snapshots(FilterArgs),
+    Snapshots(SnapshotsArgs),
     /// List the files of a snapshot: `ls latest:/some/dir`.
     Ls(LsArgs),
     /// Restore a snapshot, or a path in it, into a directory.
@@ -146,6 +146,16 @@ pub enum Command {
         /// Where to write them, e.g. /usr/local/share/man/man1.
         dir: PathBuf,
     },
+}
+
+/// `snapshots` options.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotsArgs {
+    /// Only the newest N snapshots of each host and set of paths.
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `diff` options.
@@ -522,6 +532,12 @@ pub struct BackupArgs {
     /// Exclude paths matching this glob (repeatable). Without `/`: a base name.
     #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
+    /// Read exclude patterns from this file, one per line (`#` comments; repeatable).
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Read the paths to back up from this file, one per line (`-`: standard input).
+    #[arg(long = "files-from", value_name = "FILE", conflicts_with = "stdin")]
+    pub files_from: Vec<PathBuf>,
     /// Stay on the file system of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
@@ -564,7 +580,8 @@ pub struct RestoreArgs {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Files already in the target: `always` replace them, `if-changed` leave those whose
-    /// size and mtime match the snapshot, `never` leave anything that exists.
+    /// size and mtime match the snapshot, `if-newer` replace only those older than the
+    /// snapshot's, `never` leave anything that exists.
     #[arg(long, value_enum, default_value = "always", value_name = "WHEN")]
     pub overwrite: OverwriteArg,
     /// Read every restored file back and compare it with the snapshot.
@@ -581,6 +598,8 @@ pub enum OverwriteArg {
     Always,
     /// Leave files whose size and mtime match.
     IfChanged,
+    /// Replace only files older than the snapshot's.
+    IfNewer,
     /// Leave existing files alone.
     Never,
 }

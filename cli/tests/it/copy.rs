@@ -119,7 +119,10 @@ fn an_interrupted_copy_resumes_without_resending_stored_packs() {
     // the destination holds at most one pack more than the source (plus the tree pack).
     assert!(present >= 5, "{resumed}");
     let (src_packs, dst_packs) = (src.objects("data").len(), dst.objects("data").len());
-    assert!(dst_packs <= src_packs + 2, "{dst_packs} packs vs {src_packs}: {resumed}");
+    assert!(
+        dst_packs <= src_packs + 2,
+        "{dst_packs} packs vs {src_packs}: {resumed}"
+    );
     dst.ok(&["check", "--read-data"]);
     dst.restore_latest_exact(&data, &dst.path("restored"), &[]);
     // The crashed run's unindexed leftovers are prune's to remove.

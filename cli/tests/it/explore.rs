@@ -532,3 +532,48 @@ fn have_sqlite3() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+#[test]
+fn files_from_exclude_file_and_snapshots_latest() {
+    let env = Env::new();
+    let a = env.path("a");
+    let b = env.path("b");
+    write_file(&a.join("keep.txt"), b"k");
+    write_file(&a.join("skip.log"), b"s");
+    write_file(&a.join("cache/x"), b"c");
+    write_file(&b.join("other"), b"o");
+    let list = env.path("paths.txt");
+    std::fs::write(
+        &list,
+        format!("# what to back up\n{}\n\n{}\n", s(&a), s(&b)),
+    )
+    .unwrap();
+    let excl = env.path("excludes.txt");
+    std::fs::write(&excl, "# noise\n*.log\n\ncache\n").unwrap();
+    for _ in 0..3 {
+        env.ok(&[
+            "backup",
+            "--files-from",
+            s(&list),
+            "--exclude-file",
+            s(&excl),
+        ]);
+    }
+    let files = env.ok(&["ls", "latest"]).stdout;
+    assert!(
+        files.contains("keep.txt") && files.contains("/other"),
+        "{files}"
+    );
+    assert!(
+        !files.contains("skip.log") && !files.contains("cache"),
+        "{files}"
+    );
+    let snaps = env.snapshots::<&str>(&[]);
+    assert_eq!(snaps[0]["paths"].as_array().unwrap().len(), 2);
+    let latest = env.ok(&["snapshots", "--latest", "1"]).stdout;
+    assert!(latest.contains("1 snapshot\n"), "{latest}");
+    assert!(
+        latest.contains(snaps[2]["short_id"].as_str().unwrap()),
+        "{latest}"
+    );
+}

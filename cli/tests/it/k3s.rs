@@ -822,4 +822,24 @@ fn restore_overwrite_modes_and_verify() {
 
     env.ok(&["restore", &spec, "--target", s(&target), "--verify"]);
     assert_trees_equal(&src, &target, false);
+
+    // if-newer: a file edited after the backup stays; one older than the snapshot's is
+    // replaced.
+    write_file(&target.join("a"), b"edited later");
+    write_file(&target.join("b"), b"stale copy");
+    filetime::set_file_mtime(
+        target.join("b"),
+        filetime::FileTime::from_unix_time(1_000, 0),
+    )
+    .unwrap();
+    env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        s(&target),
+        "--overwrite",
+        "if-newer",
+    ]);
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"edited later");
+    assert_eq!(std::fs::read(target.join("b")).unwrap(), b"original b");
 }

@@ -56,6 +56,8 @@ pub enum Overwrite {
     /// Leave a regular file alone when its size and mtime already match the snapshot's,
     /// and a symlink when its target does (its metadata is still set).
     IfChanged,
+    /// Replace an existing file only when the snapshot's is newer (by mtime).
+    IfNewer,
     /// Leave anything that exists alone, metadata included.
     Never,
 }
@@ -881,6 +883,9 @@ fn keep_existing(overwrite: Overwrite, path: &Path, node: &Node) -> bool {
                 .is_ok_and(|t| t.as_os_str().as_bytes() == node.link_target.as_slice()),
             _ => false,
         },
+        Overwrite::IfNewer => {
+            (m.mtime(), m.mtime_nsec()) >= (node.mtime.secs, i64::from(node.mtime.nanos))
+        }
     }
 }
 
