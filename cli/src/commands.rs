@@ -387,6 +387,7 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
         delete: a.delete,
+        keep: snap.excludes.clone(),
         dry_run: a.dry_run,
         overwrite: match a.overwrite {
             crate::OverwriteArg::Always => cairn_engine::ops::restore::Overwrite::Always,

@@ -35,13 +35,13 @@ const BLOB_CACHE: usize = 8;
 
 enum Kind {
     /// A directory the mount made up: its children by name.
-    Virtual(BTreeMap<OsString, u64>),
+    Virtual(Arc<BTreeMap<OsString, u64>>),
     /// A symlink the mount made up (`latest`).
     Link(Vec<u8>),
     /// A node of a snapshot; a directory's children are filled in when first listed.
     Node {
         node: Box<Node>,
-        children: Option<BTreeMap<OsString, u64>>,
+        children: Option<Arc<BTreeMap<OsString, u64>>>,
         /// A file's blob offsets (start of each blob), computed at first read.
         offsets: Option<Arc<Vec<u64>>>,
     },
@@ -112,7 +112,7 @@ impl Fs {
         for _ in 0..2 {
             inodes.push(Inode {
                 parent: 1,
-                kind: Kind::Virtual(BTreeMap::new()),
+                kind: Kind::Virtual(Arc::default()),
                 time: zero,
             });
         }
@@ -121,7 +121,7 @@ impl Fs {
                 let ino = inodes.len() as u64;
                 inodes.push(Inode { parent, kind, time });
                 if let Kind::Virtual(children) = &mut inodes[parent as usize].kind {
-                    children.insert(OsString::from(name), ino);
+                    Arc::make_mut(children).insert(OsString::from(name), ino);
                 }
                 let t = &mut inodes[parent as usize].time;
                 if (time.secs, time.nanos) > (t.secs, t.nanos) {
@@ -165,7 +165,7 @@ impl Fs {
         };
         let dirs: Vec<u64> = ["snapshots", "hosts", "tags", "ids"]
             .iter()
-            .map(|d| add(&mut inodes, 1, d, Kind::Virtual(BTreeMap::new()), zero))
+            .map(|d| add(&mut inodes, 1, d, Kind::Virtual(Arc::default()), zero))
             .collect();
         let mut groups: HashMap<(u64, String), u64> = HashMap::new();
         let mut latest: HashMap<u64, String> = HashMap::new();
@@ -183,7 +183,7 @@ impl Fs {
                 }
                 let g = *groups
                     .entry((dir, key.to_owned()))
-                    .or_insert_with(|| add(inodes, dir, key, Kind::Virtual(BTreeMap::new()), zero));
+                    .or_insert_with(|| add(inodes, dir, key, Kind::Virtual(Arc::default()), zero));
                 add(inodes, g, name, root_node(s), t);
                 latest.insert(g, name.clone());
             };
@@ -259,7 +259,8 @@ impl Fs {
     }
 
     /// The children of directory `ino`, loading its tree the first time.
-    fn children(&self, ino: u64) -> Result<BTreeMap<OsString, u64>, Errno> {
+    /// The children of directory `ino` (shared, not copied: directories may be huge).
+    fn children(&self, ino: u64) -> Result<Arc<BTreeMap<OsString, u64>>, Errno> {
         let subtree = {
             let inodes = self.inodes.lock();
             let i = inodes.get(ino as usize).ok_or(Errno::ENOENT)?;
@@ -309,6 +310,7 @@ impl Fs {
                 },
             });
         }
+        let map = Arc::new(map);
         if let Some(Inode {
             kind: Kind::Node { children, .. },
             ..
@@ -460,7 +462,7 @@ impl Filesystem for Fs {
             (ino.0, FileType::Directory, OsStr::new(".")),
             (parent, FileType::Directory, OsStr::new("..")),
         ];
-        for (name, &c) in &children {
+        for (name, &c) in children.iter() {
             let kind = self.attr(c, &inodes[c as usize]).kind;
             entries.push((c, kind, name.as_os_str()));
         }

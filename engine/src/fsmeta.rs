@@ -185,6 +185,17 @@ fn apply_metadata_short(path: &Path, node: &Node, chown: bool) -> Result<()> {
             .map_err(|e| Error::io(path, e))?;
     }
     if node.kind != NodeKind::Symlink {
+        // chmod follows symlinks: a symlink where the snapshot has something else (put
+        // there after the restore planned, or left by an overwrite mode) must not pass the
+        // snapshot's mode (setuid bits included) on to whatever it points at.
+        let on_disk = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+        if on_disk.file_type().is_symlink() {
+            return Err(Error::Invalid(format!(
+                "{} is a symlink where the snapshot has a {:?}: its mode was not set",
+                path.display(),
+                node.kind
+            )));
+        }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
             .map_err(|e| Error::io(path, e))?;
     }

@@ -86,6 +86,12 @@ fn copy_round_trips_and_never_sends_a_blob_twice() {
         (Some(1), 1)
     );
     other.restore_latest_exact(&data, &other.path("restored"), &[]);
+
+    // A snapshot rewritten at the source (same time, host, paths) is copied again: the
+    // offsite copy must not keep what was rewritten away.
+    src.ok(&["rewrite", "--exclude", "**/small.txt", "--forget"]);
+    let r = copy_report(&copy(&dst, &src, &["--json"], None));
+    assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
 }
 
 #[test]

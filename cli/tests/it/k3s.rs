@@ -103,7 +103,10 @@ fn a_live_sqlite_datastore_is_stored_consistently_and_restored_verified() {
     }
     std::fs::write(&stop, b"").unwrap();
     // The staging copy is gone; nothing but the repository holds it.
-    let staging = env.dir.path().join(".cache/cairn/staging");
+    let staging = env.dir.path().join(format!(
+        ".cache/cairn/cairn-staging-{}",
+        nix::unistd::geteuid().as_raw()
+    ));
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
 
     // The stored snapshot is the copy and the token, under stable names.
@@ -526,8 +529,35 @@ fn the_manifests_export_holds_every_listable_kind_one_file_per_namespace() {
         .unwrap();
     assert_eq!(
         settings["data"],
-        serde_json::json!({"yes": "no", "number": "0123", "empty": "", "colon": "a: b", "null": "null"})
+        serde_json::json!({"yes": "no", "number": "0123", "empty": "", "colon": "a: b", "null": "null",
+                           "time": "1:20", "octal": "0o17", "tricky": "nel\u{85} ls\u{2028} c1\u{9f} tab\t end\n"})
     );
+    // A YAML 1.1 reader (libyaml, as kubectl's go-yaml) reads every file back the same.
+    let pyyaml = Command::new("python3")
+        .args(["-c", "import yaml; yaml.CSafeLoader"])
+        .status()
+        .is_ok_and(|st| st.success());
+    if pyyaml {
+        for f in &files {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import json, sys, yaml; print(json.dumps(list(yaml.load_all(open(sys.argv[1], encoding='utf-8'), Loader=yaml.CSafeLoader))))",
+                    s(&target.join(f)),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{f}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let back: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(back, yaml_docs(&target.join(f)), "{f}");
+        }
+    } else {
+        eprintln!("note: PyYAML (libyaml) missing; the YAML 1.1 read-back is not checked");
+    }
     let deploy = &yaml_docs(&target.join("shop/deployments.apps.yaml"))[0];
     assert_eq!(deploy["apiVersion"], "apps/v1");
     assert_eq!(
@@ -842,4 +872,99 @@ fn restore_overwrite_modes_and_verify() {
     ]);
     assert_eq!(std::fs::read(target.join("a")).unwrap(), b"edited later");
     assert_eq!(std::fs::read(target.join("b")).unwrap(), b"original b");
+}
+
+#[test]
+fn restore_never_reaches_through_a_planted_symlink_nor_deletes_what_it_did_not_back_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("home");
+    write_file(&src.join(".bashrc"), b"alias ll='ls -l'\n");
+    std::fs::set_permissions(src.join(".bashrc"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    write_file(&src.join("big.iso"), b"left out at backup");
+    env.backup(&["--exclude", "*.iso", s(&src)]);
+    let target = env.path("restore");
+    let spec = format!("latest:{}", s(&src));
+    env.ok(&["restore", &spec, "--target", s(&target)]);
+    // Someone replaces the file with a (newer) symlink to a file outside the target.
+    let outside = env.path("outside-secret");
+    write_file(&outside, b"secret");
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(target.join(".bashrc")).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join(".bashrc")).unwrap();
+    env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        s(&target),
+        "--overwrite",
+        "if-newer",
+    ]);
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "the restore changed a file outside the target");
+    assert!(!std::fs::symlink_metadata(target.join(".bashrc"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // --delete keeps what the backup excluded.
+    write_file(&target.join("big.iso"), b"still needed");
+    env.ok(&["restore", &spec, "--target", s(&target), "--delete"]);
+    assert!(target.join("big.iso").exists());
+
+    // --delete never crosses into another file system mounted inside the target.
+    let mnt = target.join("mounted");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|st| st.success());
+    if mounted {
+        write_file(&mnt.join("data"), b"on another file system");
+        let out = env.run(&["restore", &spec, "--target", s(&target), "--delete"]);
+        let still = mnt.join("data").exists();
+        let _ = Command::new("umount").arg(&mnt).status();
+        out.success();
+        assert!(still, "--delete removed files of a mounted file system");
+    } else {
+        eprintln!("note: cannot mount a tmpfs here; the mount-point case is not exercised");
+    }
+}
+
+#[test]
+fn staging_touches_nothing_of_a_shared_directory() {
+    let env = Env::new();
+    let base = env.path("backups");
+    for d in ["daily.2", "daily.999999", "x.1"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let db = env.path("state.db");
+    let token = env.path("token");
+    write_file(&token, b"t");
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table kine (id integer primary key autoincrement, name text)'); c.execute(\"insert into kine (name) values ('x')\"); c.commit()",
+            s(&db),
+        ])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !made {
+        eprintln!("SKIPPED: python3 not installed");
+        return;
+    }
+    let job = job_file(
+        &env,
+        &format!("\n[run]\nstaging-dir = \"{}\"\n", s(&base)),
+        &format!(
+            "[[source]]\nname = \"db\"\nkind = \"k3s-sqlite\"\ndatabase = \"{}\"\ntoken-file = \"{}\"\n",
+            s(&db),
+            s(&token)
+        ),
+    );
+    run_job(&env, &["--config", s(&job)]).success();
+    for d in ["daily.2", "daily.999999", "x.1"] {
+        assert!(base.join(d).is_dir(), "{d} was removed");
+    }
 }

@@ -81,11 +81,7 @@ const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 impl KubeAccess {
     /// From a kubeconfig file's current context (K3s writes `/etc/rancher/k3s/k3s.yaml`).
     pub fn from_kubeconfig(path: &Path) -> Result<KubeAccess> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.len() > 16 << 20 {
-            return Err(Error::Invalid(format!("{}: too large", path.display())));
-        }
-        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = read_small(path)?;
         KubeAccess::from_kubeconfig_bytes(&text, path)
     }
 
@@ -504,6 +500,10 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
         let mut cont = String::new();
         let mut failed = None;
         loop {
+            // The run's deadline (and Ctrl-C) stop a listing between pages too.
+            if crate::progress::interrupted() {
+                return Err(Error::Interrupted);
+            }
             let mut q = vec![("limit", page.as_str())];
             if !cont.is_empty() {
                 q.push(("continue", cont.as_str()));
@@ -556,14 +556,19 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
                 write_object(&path, &item, written.insert(path.clone()))?;
                 report.objects += 1;
             }
-            cont = list
+            let next = list
                 .pointer("/metadata/continue")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            if cont.is_empty() {
+            if next.is_empty() {
                 break;
             }
+            if next == cont {
+                failed = Some("the server returned the same continue token twice".into());
+                break;
+            }
+            cont = next;
         }
         match failed {
             Some(e) => report.errors.push(format!("{}: {e}", kind.resource)),
@@ -700,8 +705,7 @@ fn yaml_string(out: &mut String, s: &str, ind: usize, key: bool) {
         && s.contains('\n')
         && !s.starts_with(' ')
         && !s.starts_with('\n')
-        && s.chars()
-            .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
+        && s.chars().all(|c| c == '\n' || yaml_printable(c))
         && s.lines().all(|l| !l.ends_with(' '));
     if literal {
         let body = s.trim_end_matches('\n');
@@ -720,8 +724,31 @@ fn yaml_string(out: &mut String, s: &str, ind: usize, key: bool) {
         }
         return;
     }
-    // A JSON string is a YAML double-quoted scalar.
-    out.push_str(&Value::String(s.to_owned()).to_string());
+    yaml_quoted(out, s);
+}
+
+/// Characters YAML lets stand as they are (its `c-printable`, less what libyaml turns into
+/// line breaks or refuses: NEL, LS, PS, BOM).
+fn yaml_printable(c: char) -> bool {
+    matches!(c, '\u{20}'..='\u{7e}' | '\u{a0}'..='\u{2027}' | '\u{202a}'..='\u{d7ff}' | '\u{e000}'..='\u{fefe}' | '\u{ff00}'..='\u{fffd}' | '\u{10000}'..)
+}
+
+/// A YAML double-quoted scalar: every character that is not printable escaped.
+fn yaml_quoted(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if yaml_printable(c) => out.push(c),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push_str(&format!("\\U{:08X}", c as u32)),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -779,7 +806,7 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
-            "[ -~\n\t\u{e9}\u{2713}]{0,12}".prop_map(Value::String),
+            "[ -~\n\t\r\u{e9}\u{2713}\u{85}\u{9f}\u{2028}\u{2029}\u{feff}\u{7f}\u{1}\u{1f600}]{0,12}".prop_map(Value::String),
             prop::sample::select(vec![
                 "yes", "No", "ON", "0x1F", "1:20", "-", "?", "- a", "a: b", "'", "#", "0o7",
                 ".inf", "1_000", "null", "~", "=", "<<"

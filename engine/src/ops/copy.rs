@@ -10,9 +10,10 @@
 //! Every tree of a snapshot to copy is walked (trees are small, and a remote source
 //! serves them from its cache); a data blob the destination has is never read.
 //!
-//! A snapshot already in the destination (same time, host, user and paths) is skipped, so a
-//! second `copy` sends nothing. Blobs go through the destination's packer, which writes an
-//! index file after every pack: an interrupted copy leaves durable, indexed packs that the
+//! A snapshot already in the destination (same time, host, user, paths, tags, excludes, and
+//! tree where ids are shared) is skipped, so a second `copy` sends nothing, while a snapshot
+//! changed by `rewrite` or `tag` is copied again. Blobs go through the destination's packer,
+//! which writes an index file after every pack: an interrupted copy leaves durable, indexed packs that the
 //! next copy finds, and it re-sends only the pack that was in flight. Snapshots are written last,
 //! each after everything it references.
 
@@ -50,13 +51,29 @@ pub struct CopyReport {
     pub same_ids: bool,
 }
 
-/// The identity of a snapshot across repositories.
-fn identity(s: &Snapshot) -> (i64, String, String, Vec<Vec<u8>>) {
+/// The identity of a snapshot across repositories: time, host, user, paths, tags and
+/// excludes (a `rewrite` or `tag` keeps the time: the changed snapshot must still be copied,
+/// or an offsite copy would keep the secret that was rewritten away), and the tree when both
+/// repositories name blobs alike.
+type Identity = (
+    i64,
+    String,
+    String,
+    Vec<Vec<u8>>,
+    Vec<String>,
+    Vec<String>,
+    Option<Id>,
+);
+
+fn identity(s: &Snapshot, same_ids: bool) -> Identity {
     (
         s.time.unix_nanos,
         s.hostname.clone(),
         s.username.clone(),
         s.paths.clone(),
+        s.tags.clone(),
+        s.excludes.clone(),
+        same_ids.then_some(s.tree),
     )
 }
 
@@ -178,13 +195,13 @@ pub fn copy(
             "source and destination are the same repository".into(),
         ));
     }
-    let existing: HashSet<_> = dst_repo
+    let same_ids = src.repo().key().id_key == dst_repo.key().id_key;
+    let existing: HashSet<Identity> = dst_repo
         .load_snapshots()?
         .iter()
-        .map(|(_, s)| identity(s))
+        .map(|(_, s)| identity(s, same_ids))
         .collect();
     let index = Arc::new(dst_repo.load_index_for_writing()?);
-    let same_ids = src.repo().key().id_key == dst_repo.key().id_key;
     let c = Copier {
         src,
         dst: dst_repo,
@@ -207,7 +224,7 @@ pub fn copy(
     };
     let mut todo = Vec::new();
     for (id, s) in snaps {
-        if existing.contains(&identity(s)) {
+        if existing.contains(&identity(s, same_ids)) {
             report.skipped += 1;
             continue;
         }

@@ -63,6 +63,9 @@ struct BlobReader<'a, 'r> {
     ids: std::slice::Iter<'a, cairn_format::Id>,
     buf: Vec<u8>,
     pos: usize,
+    /// Bytes handed out: the tar writer pads a short body silently, so the caller compares
+    /// this with the size the header claims.
+    done: u64,
 }
 
 impl std::io::Read for BlobReader<'_, '_> {
@@ -83,6 +86,7 @@ impl std::io::Read for BlobReader<'_, '_> {
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
+        self.done += n as u64;
         Ok(n)
     }
 }
@@ -146,11 +150,23 @@ impl<W: Write> TarDump<'_, '_, W> {
                     ids: n.content.iter(),
                     buf: Vec::new(),
                     pos: 0,
+                    done: 0,
                 };
-                self.tar.append_data(&mut h, path, &mut r).map_err(|e| {
-                    // A short body (damaged data) is reported as such, not as a write error.
-                    Error::Invalid(format!("{}: {e}", path.display()))
-                })?;
+                self.tar
+                    .append_data(&mut h, path, std::io::Read::take(&mut r, n.size))
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+                // Data that disagrees with the size recorded means a damaged snapshot: the
+                // archive would be wrong, so the dump fails instead of padding it.
+                let mut rest = [0u8; 1];
+                let more = std::io::Read::read(&mut r, &mut rest).unwrap_or(0);
+                if r.done != n.size + more as u64 || more != 0 {
+                    return Err(Error::Integrity(format!(
+                        "{}: the snapshot says {} bytes but its data holds {}",
+                        path.display(),
+                        n.size,
+                        r.done
+                    )));
+                }
                 self.stats.bytes += n.size;
                 if let Some(k) = hard {
                     self.links.insert(k, path.to_path_buf());

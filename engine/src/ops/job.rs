@@ -90,8 +90,9 @@ pub struct RunConfig {
     /// sources' names, `CAIRN_RUN_SUMMARY` one line per failure, and its standard input the
     /// `--json` report (empty when the run stopped before its sources ran).
     pub on_failure: Option<String>,
-    /// Where sources that prepare what they store (the SQLite copy, the API export) do so
-    /// (default: `staging` in the cache directory). Needs room for one copy of state.db.
+    /// Where sources that prepare what they store (the SQLite copy, the API export) do so,
+    /// in a private `cairn-staging-UID` directory inside it (default: the cache directory).
+    /// Needs room for one copy of state.db.
     pub staging_dir: Option<PathBuf>,
 }
 
@@ -992,13 +993,29 @@ struct Staging {
 
 impl Staging {
     fn new(cfg: &JobConfig, source: &str) -> Result<Staging> {
+        use std::os::unix::fs::MetadataExt;
         let base = cfg.run.staging_dir.clone().unwrap_or_else(|| {
-            crate::cache::default_cache_dir()
-                .unwrap_or_else(|| std::env::temp_dir().join("cairn"))
-                .join("staging")
+            crate::cache::default_cache_dir().unwrap_or_else(std::env::temp_dir)
         });
         std::fs::create_dir_all(&base).map_err(|e| Error::io(&base, e))?;
-        if let Ok(rd) = std::fs::read_dir(&base) {
+        // A directory of this user's own inside the base: the base may be shared (/tmp, a
+        // backup volume), and nothing there but our own staging is ever touched.
+        let euid = nix::unistd::geteuid().as_raw();
+        let root = base.join(format!("cairn-staging-{euid}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&root, e)),
+        }
+        let m = std::fs::symlink_metadata(&root).map_err(|e| Error::io(&root, e))?;
+        if !m.is_dir() || m.uid() != euid || m.mode() & 0o077 != 0 {
+            return Err(Error::Invalid(format!(
+                "{} is not a private directory of this user (mode 0700, owner uid {euid}); refusing to stage cluster state there",
+                root.display()
+            )));
+        }
+        // Left-overs of killed runs: `<source>.<pid>` whose process is gone.
+        if let Ok(rd) = std::fs::read_dir(&root) {
             for e in rd.flatten() {
                 let name = e.file_name();
                 let pid = name
@@ -1015,7 +1032,7 @@ impl Staging {
                 }
             }
         }
-        let dir = base.join(format!("{source}.{}", std::process::id()));
+        let dir = root.join(format!("{source}.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
             .mode(0o700)

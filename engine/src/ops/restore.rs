@@ -38,6 +38,9 @@ pub struct RestoreOptions {
     /// directories only (not beside them, not what `excludes` names, not in a directory
     /// restored only partly because of `includes`).
     pub delete: bool,
+    /// Paths `delete` never removes besides `excludes`: the snapshot's own excludes (what
+    /// was left out at backup time is not "missing from the snapshot").
+    pub keep: Vec<String>,
     /// Plan only: count what would be restored and list what would be deleted; write nothing.
     pub dry_run: bool,
     /// What to do with a file already at a restored path.
@@ -364,7 +367,13 @@ pub fn restore(
         }
     }
     let entries = planner.entries;
-    let excludes = planner.excludes;
+    let excludes = if opts.delete && !opts.keep.is_empty() {
+        let mut all = opts.excludes.clone();
+        all.extend(opts.keep.iter().cloned());
+        Patterns::new(&all)?
+    } else {
+        planner.excludes
+    };
     if entries.is_empty() && !opts.includes.is_empty() {
         return Err(Error::Invalid(format!(
             "nothing in the snapshot matches --include {} (patterns: engine/src/pattern.rs; `*` does not match `/`, `**` does)",
@@ -800,12 +809,7 @@ pub fn restore(
     // mtimes set there stay as the snapshot says.
     if opts.delete && !interrupted() {
         for path in extraneous(&entries, target, top_whole, &excludes, &sub_abs) {
-            let removed = longpath::with(&path, |p| match fs::symlink_metadata(p) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-                Ok(_) => fs::remove_file(p),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            });
+            let removed = remove_tree(&path, None);
             match removed {
                 Ok(()) => result.deleted.push(path),
                 Err(e) => result.failed.push((path, format!("delete: {e}"))),
@@ -883,8 +887,17 @@ fn keep_existing(overwrite: Overwrite, path: &Path, node: &Node) -> bool {
                 .is_ok_and(|t| t.as_os_str().as_bytes() == node.link_target.as_slice()),
             _ => false,
         },
+        // Only an entry of the same type is kept: the metadata pass then sets the
+        // snapshot's mode on it, and that must never reach through a symlink planted where a
+        // file was.
         Overwrite::IfNewer => {
-            (m.mtime(), m.mtime_nsec()) >= (node.mtime.secs, i64::from(node.mtime.nanos))
+            let same_type = match node.kind {
+                NodeKind::File => m.is_file(),
+                NodeKind::Symlink => m.file_type().is_symlink(),
+                _ => false,
+            };
+            same_type
+                && (m.mtime(), m.mtime_nsec()) >= (node.mtime.secs, i64::from(node.mtime.nanos))
         }
     }
 }
@@ -924,6 +937,33 @@ fn verify_file(
     Ok(())
 }
 
+/// Remove `path` and, for a directory, everything below it, without ever crossing into
+/// another file system (`dev`: the device it must be on; `None` = its own): a mount point
+/// inside is an error, its contents untouched. Symlinks are removed, never followed.
+fn remove_tree(path: &Path, dev: Option<u64>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match longpath::with(path, |p| fs::symlink_metadata(p)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let dev = dev.unwrap_or(m.dev());
+    if m.dev() != dev {
+        return Err(std::io::Error::other(format!(
+            "{} is on another file system (a mount point): left in place",
+            path.display()
+        )));
+    }
+    if !m.is_dir() {
+        return longpath::with(path, |p| fs::remove_file(p));
+    }
+    for e in longpath::with(path, |p| fs::read_dir(p))? {
+        let child = path.join(e?.file_name());
+        crate::ops::backup::deeper(|| remove_tree(&child, Some(dev)))?;
+    }
+    longpath::with(path, |p| fs::remove_dir(p))
+}
+
 /// What `delete` removes: in the target directory (when `top_whole`) and in every directory
 /// restored whole, each entry whose name the snapshot's directory does not hold, unless an
 /// exclude names it (as a snapshot path, `sub` + its place under the target).
@@ -942,7 +982,11 @@ fn extraneous(
     let mut out = Vec::new();
     let empty = std::collections::HashSet::new();
     let mut scan = |key: u32, dir: &Path| {
+        use std::os::unix::fs::MetadataExt;
         let Ok(rd) = longpath::with(dir, |d| fs::read_dir(d)) else {
+            return;
+        };
+        let Ok(dir_dev) = longpath::with(dir, |d| fs::symlink_metadata(d)).map(|m| m.dev()) else {
             return;
         };
         let keep = names.get(&key).unwrap_or(&empty);
@@ -953,6 +997,12 @@ fn extraneous(
                 continue;
             }
             let path = dir.join(&name);
+            // A mount point (another file system) was never the restore's: a backup with
+            // --one-file-system records it as an empty directory.
+            match longpath::with(&path, |p| fs::symlink_metadata(p)) {
+                Ok(m) if m.dev() == dir_dev => {}
+                _ => continue,
+            }
             if !excludes.is_empty() {
                 let rel = path.strip_prefix(target).unwrap_or(&path);
                 if excludes.matches(&sub.join(rel), &name) {
