@@ -22,6 +22,15 @@ use crate::hiargs::{filter, lock_exclusive, open};
 use crate::ui::{human_bytes, lossy};
 use crate::{Cli, DiffArgs, DumpArgs, FindArgs, TagArgs};
 
+/// Snapshots named twice (`latest` and its id) once, in the order first named.
+pub(crate) fn dedup(snaps: Vec<(Id, Snapshot)>) -> Vec<(Id, Snapshot)> {
+    let mut seen = std::collections::HashSet::new();
+    snaps
+        .into_iter()
+        .filter(|(id, _)| seen.insert(*id))
+        .collect()
+}
+
 /// The tree id `SNAPSHOT[:PATH]` names (a directory).
 fn dir_tree(ix: &Indexed<'_>, snap: &Snapshot, path: &str) -> Result<Id> {
     let sub = snapshot_subpath(path)?;
@@ -260,6 +269,7 @@ pub fn tag_cmd(cli: &Cli, a: &TagArgs) -> Result<u8> {
             .map(|spec| resolve(&all, spec, &f).cloned())
             .collect::<cairn_engine::Result<_>>()?
     };
+    let snaps = dedup(snaps);
     if snaps.is_empty() {
         bail!("no snapshot matches");
     }

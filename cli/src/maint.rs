@@ -455,6 +455,7 @@ pub fn rewrite_cmd(cli: &Cli, a: &crate::RewriteArgs) -> Result<u8> {
             .map(|spec| cairn_engine::snapshots::resolve(&all, spec, &f).cloned())
             .collect::<cairn_engine::Result<_>>()?
     };
+    let snaps = crate::explore::dedup(snaps);
     let report = rewrite(
         &lock,
         &snaps,
@@ -532,6 +533,7 @@ pub fn copy_cmd(cli: &Cli, a: &crate::CopyArgs) -> Result<u8> {
             .map(|spec| cairn_engine::snapshots::resolve(&all, spec, &f).cloned())
             .collect::<cairn_engine::Result<_>>()?
     };
+    let snaps = crate::explore::dedup(snaps);
     let progress = std::sync::Arc::new(cairn_engine::Progress::default());
     let started = std::time::Instant::now();
     let report = {

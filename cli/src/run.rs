@@ -176,7 +176,11 @@ fn run_job_and_times(
     let mut last = BTreeMap::new();
     if !a.dry_run && cfg.metrics.textfile.is_some() {
         for (_, s) in repo.load_snapshots()? {
-            let complete = s.summary.as_ref().is_some_and(|x| x.errors == 0);
+            let complete = s.summary.as_ref().is_some_and(|x| x.errors == 0)
+                && !s
+                    .tags
+                    .iter()
+                    .any(|t| t == cairn_engine::ops::job::PARTIAL_TAG);
             for src in &cfg.sources {
                 if complete && s.tags.contains(&source_tag(&src.name)) {
                     let t = s.time.unix_nanos as f64 / 1e9;
@@ -368,6 +372,26 @@ fn verify_file(f: &Path) -> Result<Verified> {
     }
 }
 
+/// `p` as one shell word for the commands printed to copy and paste: plain when it is
+/// safe, else single-quoted. A path with a control character (a newline could end the
+/// command and start another) is refused.
+fn sh(p: &Path) -> Result<String> {
+    let s = p.to_string_lossy();
+    if s.chars().any(char::is_control) {
+        bail!(
+            "{:?} contains a control character: refusing to print it into a shell command",
+            s
+        );
+    }
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c))
+    {
+        return Ok(s.into_owned());
+    }
+    Ok(format!("'{}'", s.replace('\'', "'\\''")))
+}
+
 pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
     match k {
         K3sCommand::Verify {
@@ -434,12 +458,13 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 cairn_engine::util::format_timestamp(&snap.time),
                 target.display()
             );
-            let token = r.token.as_ref().map(|t| t.display().to_string());
+            // Quoted once, for every command printed below.
+            let token = r.token.as_deref().map(sh).transpose()?;
             match &r.datastore {
                 Datastore::Etcd { path, info } => {
+                    let p = sh(path)?;
                     println!(
-                        "  etcd snapshot: {} (verified: SHA-256 trailer, bbolt meta pages; txid {})",
-                        path.display(),
+                        "  etcd snapshot: {p} (verified: SHA-256 trailer, bbolt meta pages; txid {})",
                         info.txid
                     );
                     if let Some(t) = &token {
@@ -449,13 +474,11 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     println!("  systemctl stop k3s");
                     match &token {
                         Some(t) => println!(
-                            "  k3s server --cluster-reset --cluster-reset-restore-path={} --token-file={t}",
-                            path.display()
+                            "  k3s server --cluster-reset --cluster-reset-restore-path={p} --token-file={t}"
                         ),
-                        None => println!(
-                            "  k3s server --cluster-reset --cluster-reset-restore-path={}",
-                            path.display()
-                        ),
+                        None => {
+                            println!("  k3s server --cluster-reset --cluster-reset-restore-path={p}")
+                        }
                     }
                     println!("  systemctl start k3s");
                     println!("\nOn every other server (HA): before it rejoins, remove its old datastore:\n");
@@ -464,9 +487,9 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     println!("  systemctl start k3s");
                 }
                 Datastore::Sqlite { path, info } => {
+                    let p = sh(path)?;
                     println!(
-                        "  SQLite datastore: {} (verified: integrity_check ok, {} kine rows, revision {})",
-                        path.display(),
+                        "  SQLite datastore: {p} (verified: integrity_check ok, {} kine rows, revision {})",
                         info.rows,
                         info.revision
                     );
@@ -477,10 +500,7 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     println!("  systemctl stop k3s");
                     println!("  mkdir -p /var/lib/rancher/k3s/server/db/before-restore");
                     println!("  mv /var/lib/rancher/k3s/server/db/state.db* /var/lib/rancher/k3s/server/db/before-restore/");
-                    println!(
-                        "  install -m 0600 {} /var/lib/rancher/k3s/server/db/state.db",
-                        path.display()
-                    );
+                    println!("  install -m 0600 {p} /var/lib/rancher/k3s/server/db/state.db");
                     if let Some(t) = &token {
                         println!("  install -m 0600 {t} /var/lib/rancher/k3s/server/token");
                     }

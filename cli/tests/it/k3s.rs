@@ -968,3 +968,89 @@ fn staging_touches_nothing_of_a_shared_directory() {
         assert!(base.join(d).is_dir(), "{d} was removed");
     }
 }
+
+#[test]
+fn role_tags_cannot_point_a_restore_elsewhere_and_printed_paths_are_quoted() {
+    let env = Env::new();
+    let snaps = env.path("snap shots");
+    let token = env.path("conf/it's token");
+    write_file(&token, b"K10q::server:x\n");
+    write_file(
+        &snaps.join("etcd-snapshot-1"),
+        &crate::util::etcd_snapshot(16, 5),
+    );
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            "[[source]]\nname = \"etcd\"\nkind = \"k3s-etcd\"\nsnapshot-dir = \"{}\"\ntoken-file = \"{}\"\n\n[[source]]\nname = \"notes\"\nkind = \"command\"\ncommand = \"echo hello\"\nfilename = \"notes.txt\"\n",
+            s(&snaps),
+            s(&token)
+        ),
+    );
+    run_job(&env, &["--config", s(&job)]).success();
+    let target = env.path("out");
+    let out = job_cmd(
+        &env,
+        &[
+            "k3s",
+            "restore",
+            "--config",
+            s(&job),
+            "--target",
+            s(&target),
+        ],
+    );
+    out.success();
+    let quoted_token = format!(
+        "--token-file='{}'",
+        s(&target.join(s(&token).trim_start_matches('/'))).replace('\'', "'\\''")
+    );
+    assert!(out.stdout.contains(&quoted_token), "{}", out.dump());
+    // The printed command is one valid shell line: sh parses it (echo, not run).
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("--cluster-reset "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let parsed = Command::new("sh")
+        .args(["-c", &format!("printf '%s\\n' {line}")])
+        .output()
+        .unwrap();
+    let words = String::from_utf8_lossy(&parsed.stdout).lines().count();
+    assert_eq!(words, 5, "{line}");
+
+    // A snapshot whose tags claim a datastore it does not hold is refused: a path out of
+    // the target, or a file of the snapshot that is not a datastore.
+    let mut other = env.snapshots(&["--tag", "cairn-source=notes"])[0]["short_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let live = env.path("live.db");
+    write_file(&live, b"SQLite format 3\0");
+    for claim in [
+        format!("cairn-k3s-sqlite=/../../../../../..{}", s(&live)),
+        "cairn-k3s-sqlite=/notes.txt".to_owned(),
+        "cairn-k3s-etcd-snapshot=/no/such/file".to_owned(),
+    ] {
+        let tagged = env.ok(&[
+            "--json",
+            "tag",
+            &other,
+            "--set",
+            &format!("cairn-source=notes,{claim}"),
+        ]);
+        let new: serde_json::Value =
+            serde_json::from_str(tagged.stdout.lines().last().unwrap()).unwrap();
+        let id = new["changed"][0]["new"].as_str().unwrap().to_owned();
+        let out = job_cmd(
+            &env,
+            &["k3s", "verify", "--config", s(&job), "--snapshot", &id[..8]],
+        );
+        assert_ne!(out.code, 0, "{claim}: {}", out.dump());
+        assert!(!out.stdout.contains("ok "), "{claim}: {}", out.dump());
+        other.clone_from(&id[..8].to_owned());
+    }
+}

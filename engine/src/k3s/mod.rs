@@ -38,7 +38,7 @@ pub mod fuzz {
 use std::path::{Path, PathBuf};
 
 pub use etcd::{verify_etcd_snapshot, verify_etcd_snapshot_from, EtcdSnapshotInfo};
-pub use sqlite::{backup_sqlite, check_sqlite, SqliteInfo};
+pub use sqlite::{backup_sqlite, check_restored_sqlite, check_sqlite, SqliteInfo};
 
 /// The part a file plays in a cluster-state snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -71,12 +71,16 @@ pub fn role_tag(role: Role, path: &Path) -> Option<String> {
     (!p.contains(',')).then(|| format!("{ROLE_PREFIX}{}={p}", role.key()))
 }
 
-/// The stored path of the file playing `role`, from a snapshot's tags.
+/// The stored path of the file playing `role`, from a snapshot's tags: absolute, and only
+/// plain names below `/` (anyone who can write tags could otherwise point a restore at
+/// `/../../etc/shadow`). A tag that fails this is treated as absent.
 pub fn role_path(tags: &[String], role: Role) -> Option<PathBuf> {
     let want = format!("{ROLE_PREFIX}{}=", role.key());
-    tags.iter()
-        .find_map(|t| t.strip_prefix(&want))
-        .map(PathBuf::from)
+    let p = PathBuf::from(tags.iter().find_map(|t| t.strip_prefix(&want))?);
+    let mut parts = p.components();
+    let rooted = parts.next() == Some(std::path::Component::RootDir);
+    let plain = parts.all(|c| matches!(c, std::path::Component::Normal(_)));
+    (rooted && plain && p.components().count() > 1).then_some(p)
 }
 
 #[cfg(test)]
@@ -94,5 +98,16 @@ mod tests {
         );
         assert_eq!(role_path(&tags, Role::EtcdSnapshot), None);
         assert_eq!(role_tag(Role::Token, Path::new("/a,b")), None);
+        for hostile in [
+            "cairn-k3s-token=/../../etc/shadow",
+            "cairn-k3s-token=relative/token",
+            "cairn-k3s-token=/",
+        ] {
+            assert_eq!(
+                role_path(&[hostile.to_owned()], Role::Token),
+                None,
+                "{hostile}"
+            );
+        }
     }
 }

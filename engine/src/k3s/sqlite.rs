@@ -84,6 +84,33 @@ pub fn backup_sqlite(src: &Path, dst: &Path, busy: Duration) -> Result<SqliteInf
     check_sqlite(dst)
 }
 
+/// [`check_sqlite`] of a restored file that is to be installed alone: it must be a
+/// self-contained rollback-journal database with no WAL or journal beside it, or what was
+/// checked (the database with a WAL merged in) would not be what gets installed.
+pub fn check_restored_sqlite(path: &Path) -> Result<SqliteInfo> {
+    let mut head = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .map_err(|e| Error::io(path, e))?;
+    if head[18] != 1 || head[19] != 1 {
+        return Err(Error::Invalid(format!(
+            "{} is in WAL mode: not a database cairn stored (those are self-contained)",
+            path.display()
+        )));
+    }
+    for suffix in ["-wal", "-journal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        if std::fs::symlink_metadata(&side).is_ok() {
+            return Err(Error::Invalid(format!(
+                "{} has a {suffix} file beside it: what would be installed is not what is checked",
+                path.display()
+            )));
+        }
+    }
+    check_sqlite(path)
+}
+
 /// `PRAGMA integrity_check` plus kine's table: the checks a copy passes before it is stored
 /// and a restored file before it is offered for K3s.
 pub fn check_sqlite(path: &Path) -> Result<SqliteInfo> {
@@ -102,6 +129,23 @@ pub fn check_sqlite(path: &Path) -> Result<SqliteInfo> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql_err(path, "open"))?;
+    // The schema is the file's, i.e. possibly hostile: no functions from it, and `kine`
+    // must be a real table (a recursive view would never finish counting).
+    db.execute_batch("PRAGMA trusted_schema = OFF")
+        .map_err(sql_err(path, "trusted_schema"))?;
+    let is_table: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'kine'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err(path, "schema"))?;
+    if is_table != 1 {
+        return Err(Error::Invalid(format!(
+            "{} is not a K3s (kine) datastore: it has no kine table",
+            path.display()
+        )));
+    }
     let mut stmt = db
         .prepare("PRAGMA integrity_check(20)")
         .map_err(sql_err(path, "integrity_check"))?;

@@ -46,6 +46,10 @@ use crate::snapshots::SnapshotFilter;
 use crate::util::{hostname, now_timestamp};
 use crate::{Error, Result};
 
+/// The tag of a snapshot its source stored although it is incomplete (an API export with
+/// kinds it could not list).
+pub const PARTIAL_TAG: &str = "cairn-partial";
+
 /// The tag that marks which source a snapshot came from.
 pub fn source_tag(name: &str) -> String {
     format!("cairn-source={name}")
@@ -677,11 +681,13 @@ pub fn run_on_failure(
     let json = report
         .and_then(|r| serde_json::to_vec(r).ok())
         .unwrap_or_default();
+    // An environment value cannot hold NUL (an API error body might): the alert must go out.
+    let env_safe = |s: String| s.replace('\0', "\u{fffd}");
     let mut child = shell(cmd)
         .stdin(Stdio::piped())
         .env("CAIRN_RUN_STATUS", status.to_string())
-        .env("CAIRN_FAILED_SOURCES", failed.join(" "))
-        .env("CAIRN_RUN_SUMMARY", summary.join("\n"))
+        .env("CAIRN_FAILED_SOURCES", env_safe(failed.join(" ")))
+        .env("CAIRN_RUN_SUMMARY", env_safe(summary.join("\n")))
         .spawn()
         .map_err(|e| Error::io(format!("on-failure command {cmd:?}"), e))?;
     let watchdog = Watchdog::start(child.id(), HOOK_TIMEOUT);
@@ -791,6 +797,17 @@ impl Deadline {
             Error::Invalid(self.message())
         } else {
             Error::Interrupted
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        // The deadline raised the process-wide interrupt flag to stop the run; the run is
+        // over now, and what comes after it (metrics, the failure hook, the report) must
+        // not be cut short as if Ctrl-C had been pressed.
+        if self.fired.load(std::sync::atomic::Ordering::SeqCst) {
+            crate::progress::INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -1205,6 +1222,11 @@ fn run_source(
             }
             for e in &export.errors {
                 warn(&format!("source {}: {e}", src.name));
+            }
+            if !export.errors.is_empty() {
+                // Marked in the snapshot itself: a partial export never counts as the
+                // source's last success (metrics), whatever its file counts say.
+                opts.tags.push(PARTIAL_TAG.to_owned());
             }
             problems = export.errors;
             opts.staged = Some(stage.dir.clone());

@@ -83,11 +83,25 @@ pub fn restore_cluster_state(
             p.display()
         )));
     }
-    let restored = |stored: &Path| target.join(stored.strip_prefix("/").unwrap_or(stored));
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-    let token = k3s::role_path(&snap.tags, Role::Token).map(|p| absolute(restored(&p)));
-    if let Some(p) = k3s::role_path(&snap.tags, Role::EtcdSnapshot) {
-        let path = absolute(restored(&p));
+    // Where a role's file was restored: it must be a regular file of this snapshot (the tag
+    // is only a claim), so what is verified and printed is what was restored.
+    let restored = |role: Role| -> Result<Option<PathBuf>> {
+        let Some(stored) = k3s::role_path(&snap.tags, role) else {
+            return Ok(None);
+        };
+        let rel = stored.strip_prefix("/").unwrap_or(&stored).to_path_buf();
+        match find_node(ix, &snap.tree, &rel)? {
+            Some(n) if n.kind == NodeKind::File => Ok(Some(absolute(target.join(rel)))),
+            _ => Err(Error::Invalid(format!(
+                "snapshot {}: its tags name {} as the {role:?}, but it holds no such file",
+                id.short(),
+                stored.display()
+            ))),
+        }
+    };
+    let token = restored(Role::Token)?;
+    if let Some(path) = restored(Role::EtcdSnapshot)? {
         let info = k3s::verify_etcd_snapshot(&path)?;
         return Ok(ClusterStateRestore {
             snapshot: id.to_hex(),
@@ -95,9 +109,8 @@ pub fn restore_cluster_state(
             token,
         });
     }
-    if let Some(p) = k3s::role_path(&snap.tags, Role::Sqlite) {
-        let path = absolute(restored(&p));
-        let info = k3s::check_sqlite(&path)?;
+    if let Some(path) = restored(Role::Sqlite)? {
+        let info = k3s::check_restored_sqlite(&path)?;
         return Ok(ClusterStateRestore {
             snapshot: id.to_hex(),
             datastore: Datastore::Sqlite { path, info },
@@ -121,6 +134,10 @@ pub fn restore_cluster_state(
                     continue;
                 }
                 Err(e) => refused.push(e.to_string()),
+            }
+            if let Ok(info) = k3s::check_restored_sqlite(&path) {
+                datastore = Some(Datastore::Sqlite { path, info });
+                continue;
             }
         }
         others.push(path);

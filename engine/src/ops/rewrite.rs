@@ -43,8 +43,36 @@ pub struct Rewritten {
     pub old: String,
     /// The new snapshot (empty in a dry run).
     pub new: String,
-    /// Paths removed from it.
+    /// How many paths were removed from it.
+    pub removed_count: u64,
+    /// The first of them (at most [`SAMPLE`]).
     pub removed: Vec<String>,
+}
+
+/// Removed paths listed per snapshot; the rest are counted (excluding `*.log` from a year
+/// of snapshots must not hold every path in memory).
+pub const SAMPLE: usize = 100;
+
+/// Paths removed below a tree: a count and the first few.
+#[derive(Debug, Clone, Default)]
+struct Removed {
+    count: u64,
+    sample: Vec<String>,
+}
+
+impl Removed {
+    fn add(&mut self, p: String) {
+        self.count += 1;
+        if self.sample.len() < SAMPLE {
+            self.sample.push(p);
+        }
+    }
+
+    fn extend(&mut self, other: &Removed) {
+        self.count += other.count;
+        let room = SAMPLE.saturating_sub(self.sample.len());
+        self.sample.extend(other.sample.iter().take(room).cloned());
+    }
 }
 
 /// What `rewrite` did.
@@ -67,11 +95,11 @@ struct Rewriter<'a> {
     packer: Option<Packer>,
     /// (tree, its path) → (new tree, paths removed below). Nightly snapshots share most
     /// subtrees at the same places, so each is walked once.
-    memo: HashMap<(Id, PathBuf), (Id, Vec<String>)>,
+    memo: HashMap<(Id, PathBuf), (Id, Removed)>,
 }
 
 impl Rewriter<'_> {
-    fn tree(&mut self, id: Id, path: &Path) -> Result<(Id, Vec<String>)> {
+    fn tree(&mut self, id: Id, path: &Path) -> Result<(Id, Removed)> {
         if let Some(hit) = self.memo.get(&(id, path.to_path_buf())) {
             return Ok(hit.clone());
         }
@@ -79,24 +107,24 @@ impl Rewriter<'_> {
             return Err(Error::Interrupted);
         }
         let tree = self.repo.load_tree(self.index, &id)?;
-        let mut removed = Vec::new();
+        let mut removed = Removed::default();
         let mut nodes = Vec::with_capacity(tree.nodes.len());
         for mut n in tree.nodes {
             let p = path.join(OsStr::from_bytes(&n.name));
             if self.excludes.matches(&p, OsStr::from_bytes(&n.name)) {
-                removed.push(p.to_string_lossy().into_owned());
+                removed.add(p.to_string_lossy().into_owned());
                 continue;
             }
             if n.kind == NodeKind::Dir {
                 if let Some(sub) = n.subtree {
                     let (new, below) = crate::ops::backup::deeper(|| self.tree(sub, &p))?;
                     n.subtree = Some(new);
-                    removed.extend(below);
+                    removed.extend(&below);
                 }
             }
             nodes.push(n);
         }
-        let new = if removed.is_empty() {
+        let new = if removed.count == 0 {
             id
         } else {
             let mut t = Tree { nodes };
@@ -145,7 +173,7 @@ pub fn rewrite(
     let mut new_snaps = Vec::new();
     for (id, s) in snaps {
         let (tree, removed) = rw.tree(s.tree, Path::new("/"))?;
-        if removed.is_empty() {
+        if removed.count == 0 {
             continue;
         }
         let mut n = s.clone();
@@ -155,7 +183,8 @@ pub fn rewrite(
         report.rewritten.push(Rewritten {
             old: id.to_hex(),
             new: String::new(),
-            removed,
+            removed_count: removed.count,
+            removed: removed.sample,
         });
     }
     if opts.dry_run {
