@@ -22,13 +22,25 @@ use crate::hiargs::{filter, lock_exclusive, open};
 use crate::ui::{human_bytes, lossy};
 use crate::{Cli, DiffArgs, DumpArgs, FindArgs, TagArgs};
 
-/// Snapshots named twice (`latest` and its id) once, in the order first named.
-pub(crate) fn dedup(snaps: Vec<(Id, Snapshot)>) -> Vec<(Id, Snapshot)> {
+/// The snapshots a command names: `specs` (ids, `latest`) if any, else every snapshot the
+/// filters allow; each once, in the order first named (`latest` and its own id are one).
+pub(crate) fn select(
+    all: &[(Id, Snapshot)],
+    specs: &[String],
+    f: &cairn_engine::SnapshotFilter,
+) -> Result<Vec<(Id, Snapshot)>> {
+    if specs.is_empty() {
+        return Ok(all.iter().filter(|(_, s)| f.matches(s)).cloned().collect());
+    }
     let mut seen = std::collections::HashSet::new();
-    snaps
-        .into_iter()
-        .filter(|(id, _)| seen.insert(*id))
-        .collect()
+    let mut out = Vec::new();
+    for spec in specs {
+        let (id, s) = resolve(all, spec, f)?;
+        if seen.insert(*id) {
+            out.push((*id, s.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// The tree id `SNAPSHOT[:PATH]` names (a directory).
@@ -126,14 +138,7 @@ pub fn find_cmd(cli: &Cli, a: &FindArgs) -> Result<u8> {
     let ix = repo.indexed()?;
     let all = repo.load_snapshots()?;
     let f = filter(&a.filter);
-    let snaps: Vec<(Id, Snapshot)> = if a.snapshots.is_empty() {
-        all.iter().filter(|(_, s)| f.matches(s)).cloned().collect()
-    } else {
-        a.snapshots
-            .iter()
-            .map(|spec| resolve(&all, spec, &f).cloned())
-            .collect::<cairn_engine::Result<_>>()?
-    };
+    let snaps = select(&all, &a.snapshots, &f)?;
     let opts = FindOptions {
         patterns: a.patterns.clone(),
         ignore_case: a.ignore_case,
@@ -261,15 +266,7 @@ pub fn tag_cmd(cli: &Cli, a: &TagArgs) -> Result<u8> {
     let lock = lock_exclusive(cli, &repo)?;
     let all = repo.load_snapshots()?;
     let f = filter(&a.filter);
-    let snaps: Vec<(Id, Snapshot)> = if a.ids.is_empty() {
-        all.iter().filter(|(_, s)| f.matches(s)).cloned().collect()
-    } else {
-        a.ids
-            .iter()
-            .map(|spec| resolve(&all, spec, &f).cloned())
-            .collect::<cairn_engine::Result<_>>()?
-    };
-    let snaps = dedup(snaps);
+    let snaps = select(&all, &a.ids, &f)?;
     if snaps.is_empty() {
         bail!("no snapshot matches");
     }

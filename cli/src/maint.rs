@@ -447,15 +447,7 @@ pub fn rewrite_cmd(cli: &Cli, a: &crate::RewriteArgs) -> Result<u8> {
     let lock = crate::hiargs::lock_exclusive(cli, &repo)?;
     let all = repo.load_snapshots()?;
     let f = crate::hiargs::filter(&a.filter);
-    let snaps: Vec<_> = if a.ids.is_empty() {
-        all.iter().filter(|(_, s)| f.matches(s)).cloned().collect()
-    } else {
-        a.ids
-            .iter()
-            .map(|spec| cairn_engine::snapshots::resolve(&all, spec, &f).cloned())
-            .collect::<cairn_engine::Result<_>>()?
-    };
-    let snaps = crate::explore::dedup(snaps);
+    let snaps = crate::explore::select(&all, &a.ids, &f)?;
     let report = rewrite(
         &lock,
         &snaps,
@@ -525,15 +517,7 @@ pub fn copy_cmd(cli: &Cli, a: &crate::CopyArgs) -> Result<u8> {
     let ix = src.indexed()?;
     let all = src.load_snapshots()?;
     let f = crate::hiargs::filter(&a.filter);
-    let snaps: Vec<_> = if a.ids.is_empty() {
-        all.iter().filter(|(_, s)| f.matches(s)).cloned().collect()
-    } else {
-        a.ids
-            .iter()
-            .map(|spec| cairn_engine::snapshots::resolve(&all, spec, &f).cloned())
-            .collect::<cairn_engine::Result<_>>()?
-    };
-    let snaps = crate::explore::dedup(snaps);
+    let snaps = crate::explore::select(&all, &a.ids, &f)?;
     let progress = std::sync::Arc::new(cairn_engine::Progress::default());
     let started = std::time::Instant::now();
     let report = {
