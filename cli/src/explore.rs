@@ -127,10 +127,7 @@ fn parse_file_time(s: &str) -> Result<FileTime> {
     let t = cairn_engine::util::parse_time(s).ok_or_else(|| {
         anyhow!("cannot read {s:?} as a time (e.g. 2024-05-07 or 2024-05-07 02:00:00)")
     })?;
-    Ok(FileTime {
-        secs: t.unix_nanos.div_euclid(1_000_000_000),
-        nanos: t.unix_nanos.rem_euclid(1_000_000_000) as u32,
-    })
+    Ok(FileTime::from_unix_nanos(t.unix_nanos))
 }
 
 pub fn find_cmd(cli: &Cli, a: &FindArgs) -> Result<u8> {
@@ -189,32 +186,6 @@ pub fn find_cmd(cli: &Cli, a: &FindArgs) -> Result<u8> {
     Ok(if total > 0 { 0 } else { 1 })
 }
 
-/// A directory node standing for a snapshot's root (which has no node of its own).
-fn root_node(tree: Id) -> cairn_format::Node {
-    let t = FileTime { secs: 0, nanos: 0 };
-    cairn_format::Node {
-        name: b"root".to_vec(),
-        kind: NodeKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        user: String::new(),
-        group: String::new(),
-        mtime: t,
-        atime: t,
-        ctime: t,
-        size: 0,
-        inode: 0,
-        device: 0,
-        rdev: 0,
-        links: 1,
-        link_target: Vec::new(),
-        xattrs: Vec::new(),
-        content: Vec::new(),
-        subtree: Some(tree),
-    }
-}
-
 pub fn dump_cmd(cli: &Cli, a: &DumpArgs) -> Result<u8> {
     let repo = open(cli)?;
     let ix = repo.indexed()?;
@@ -225,7 +196,7 @@ pub fn dump_cmd(cli: &Cli, a: &DumpArgs) -> Result<u8> {
         .components()
         .all(|c| !matches!(c, std::path::Component::Normal(_)));
     let node = if is_root {
-        root_node(snap.tree)
+        cairn_engine::snapshots::root_node(snap)
     } else {
         find_node(&ix, &snap.tree, &sub)?
             .ok_or_else(|| anyhow!("path {} not found in snapshot", a.path))?

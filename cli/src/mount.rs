@@ -124,44 +124,14 @@ impl Fs {
                     Arc::make_mut(children).insert(OsString::from(name), ino);
                 }
                 let t = &mut inodes[parent as usize].time;
-                if (time.secs, time.nanos) > (t.secs, t.nanos) {
-                    *t = time;
-                }
+                *t = (*t).max(time);
                 ino
             };
         let names = snapshot_names(snaps);
-        let root_node = |s: &Snapshot| -> Kind {
-            let mut n = Node {
-                name: b"snapshot".to_vec(),
-                kind: NodeKind::Dir,
-                mode: 0o755,
-                uid: s.uid,
-                gid: s.gid,
-                user: s.username.clone(),
-                group: String::new(),
-                mtime: FileTime {
-                    secs: s.time.unix_nanos.div_euclid(1_000_000_000),
-                    nanos: s.time.unix_nanos.rem_euclid(1_000_000_000) as u32,
-                },
-                atime: zero,
-                ctime: zero,
-                size: 0,
-                inode: 0,
-                device: 0,
-                rdev: 0,
-                links: 2,
-                link_target: Vec::new(),
-                xattrs: Vec::new(),
-                content: Vec::new(),
-                subtree: Some(s.tree),
-            };
-            n.atime = n.mtime;
-            n.ctime = n.mtime;
-            Kind::Node {
-                node: Box::new(n),
-                children: None,
-                offsets: None,
-            }
+        let root_node = |s: &Snapshot| Kind::Node {
+            node: Box::new(cairn_engine::snapshots::root_node(s)),
+            children: None,
+            offsets: None,
         };
         let dirs: Vec<u64> = ["snapshots", "hosts", "tags", "ids"]
             .iter()
@@ -170,10 +140,7 @@ impl Fs {
         let mut groups: HashMap<(u64, String), u64> = HashMap::new();
         let mut latest: HashMap<u64, String> = HashMap::new();
         for ((id, s), name) in snaps.iter().zip(&names) {
-            let t = FileTime {
-                secs: s.time.unix_nanos.div_euclid(1_000_000_000),
-                nanos: s.time.unix_nanos.rem_euclid(1_000_000_000) as u32,
-            };
+            let t = FileTime::from_unix_nanos(s.time.unix_nanos);
             add(&mut inodes, dirs[0], name, root_node(s), t);
             latest.insert(dirs[0], name.clone());
             add(&mut inodes, dirs[3], &id.to_hex()[..8], root_node(s), t);

@@ -167,12 +167,7 @@ fn run_job_and_times(
         }
         eprintln!("warning: {msg}");
     };
-    // The job waits for other runs and nodes by default; --retry-lock overrides the file.
-    let wait = match cli.retry_lock {
-        Some(w) => w,
-        None => cfg.repository.retry_lock()?,
-    };
-    let report = run_job(&repo, cfg, a.dry_run, wait, &warn)?;
+    let report = run_job(&repo, cfg, a.dry_run, job_wait(cli, cfg)?, &warn)?;
     let mut last = BTreeMap::new();
     if !a.dry_run && cfg.metrics.textfile.is_some() {
         for (_, s) in repo.load_snapshots()? {
@@ -267,17 +262,22 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// How long commands driven by a job file wait for a lock: its `retry-lock` (1 h by
+/// default: other runs and nodes are expected), unless `--retry-lock` says otherwise.
+fn job_wait(cli: &Cli, cfg: &JobConfig) -> Result<std::time::Duration> {
+    match cli.retry_lock {
+        Some(w) => Ok(w),
+        None => Ok(cfg.repository.retry_lock()?),
+    }
+}
+
 /// Open the repository a `k3s` subcommand names, and lock it shared, waiting as the job
 /// file's `retry-lock` says (the command line's `--retry-lock` wins).
 fn open_for_k3s(cli: &Cli, config: Option<&Path>) -> Result<(Repository, std::time::Duration)> {
     match config {
         Some(c) => {
             let cfg = load_config(c)?;
-            let wait = match cli.retry_lock {
-                Some(w) => w,
-                None => cfg.repository.retry_lock()?,
-            };
-            Ok((open_job_repo(cli, &cfg)?, wait))
+            Ok((open_job_repo(cli, &cfg)?, job_wait(cli, &cfg)?))
         }
         None => Ok((
             crate::hiargs::open(cli)?,

@@ -92,3 +92,31 @@ pub fn snapshot_subpath(spec: &str) -> Result<PathBuf> {
         .filter(|c| matches!(c, std::path::Component::Normal(_)))
         .collect())
 }
+
+/// A directory node standing for a snapshot's root, which has no node of its own: owned by
+/// the snapshot's user, timed at the snapshot, its tree the snapshot's (for `mount` and
+/// `dump`, which show a snapshot as a directory).
+pub fn root_node(s: &Snapshot) -> cairn_format::Node {
+    let t = cairn_format::FileTime::from_unix_nanos(s.time.unix_nanos);
+    cairn_format::Node {
+        name: b"snapshot".to_vec(),
+        kind: cairn_format::NodeKind::Dir,
+        mode: 0o755,
+        uid: s.uid,
+        gid: s.gid,
+        user: s.username.clone(),
+        group: String::new(),
+        mtime: t,
+        atime: t,
+        ctime: t,
+        size: 0,
+        inode: 0,
+        device: 0,
+        rdev: 0,
+        links: 2,
+        link_target: Vec::new(),
+        xattrs: Vec::new(),
+        content: Vec::new(),
+        subtree: Some(s.tree),
+    }
+}

@@ -38,6 +38,16 @@ pub struct FileTime {
     pub nanos: u32,
 }
 
+impl FileTime {
+    /// From nanoseconds since the epoch (a snapshot's `Timestamp`), negative before it.
+    pub fn from_unix_nanos(n: i64) -> FileTime {
+        FileTime {
+            secs: n.div_euclid(1_000_000_000),
+            nanos: n.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+}
+
 /// An extended attribute.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Xattr {

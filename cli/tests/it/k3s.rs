@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use crate::job::{job_cmd, job_file, run_job};
 use crate::util::{assert_trees_equal, s, write_file, Env};
 
+/// `cairn k3s restore --config JOB --target TARGET`.
+fn k3s_restore(env: &Env, job: &Path, target: &Path) -> crate::util::Output {
+    job_cmd(
+        env,
+        &["k3s", "restore", "--config", s(job), "--target", s(target)],
+    )
+}
+
 fn have(bin: &str, arg: &str) -> bool {
     Command::new(bin)
         .arg(arg)
@@ -117,17 +125,7 @@ fn a_live_sqlite_datastore_is_stored_consistently_and_restored_verified() {
         ls.dump()
     );
     let target = env.path("restored");
-    let out = job_cmd(
-        &env,
-        &[
-            "k3s",
-            "restore",
-            "--config",
-            s(&job),
-            "--target",
-            s(&target),
-        ],
-    );
+    let out = k3s_restore(&env, &job, &target);
     out.success();
     let restored = target.join("state.db");
     assert!(
@@ -274,17 +272,7 @@ fn zipped_etcd_snapshots_are_verified_inside_and_restored_by_role() {
     // Restore: the roles come from the snapshot, the zip is checked again, and the stored
     // snapshot can be verified without restoring it by hand.
     let target = env.path("restore");
-    let out = job_cmd(
-        &env,
-        &[
-            "k3s",
-            "restore",
-            "--config",
-            s(&job),
-            "--target",
-            s(&target),
-        ],
-    );
+    let out = k3s_restore(&env, &job, &target);
     out.success();
     let restored = target.join(s(&good_zip).trim_start_matches('/'));
     let restored_token = target.join(s(&token).trim_start_matches('/'));
@@ -990,17 +978,7 @@ fn role_tags_cannot_point_a_restore_elsewhere_and_printed_paths_are_quoted() {
     );
     run_job(&env, &["--config", s(&job)]).success();
     let target = env.path("out");
-    let out = job_cmd(
-        &env,
-        &[
-            "k3s",
-            "restore",
-            "--config",
-            s(&job),
-            "--target",
-            s(&target),
-        ],
-    );
+    let out = k3s_restore(&env, &job, &target);
     out.success();
     let quoted_token = format!(
         "--token-file='{}'",

@@ -88,41 +88,44 @@ pub fn backup_sqlite(src: &Path, dst: &Path, busy: Duration) -> Result<SqliteInf
 /// self-contained rollback-journal database with no WAL or journal beside it, or what was
 /// checked (the database with a WAL merged in) would not be what gets installed.
 pub fn check_restored_sqlite(path: &Path) -> Result<SqliteInfo> {
-    let mut head = [0u8; 20];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .map_err(|e| Error::io(path, e))?;
-    if head[18] != 1 || head[19] != 1 {
-        return Err(Error::Invalid(format!(
-            "{} is in WAL mode: not a database cairn stored (those are self-contained)",
-            path.display()
-        )));
-    }
-    for suffix in ["-wal", "-journal", "-shm"] {
-        let mut side = path.as_os_str().to_owned();
-        side.push(suffix);
-        if std::fs::symlink_metadata(&side).is_ok() {
-            return Err(Error::Invalid(format!(
-                "{} has a {suffix} file beside it: what would be installed is not what is checked",
-                path.display()
-            )));
-        }
-    }
-    check_sqlite(path)
+    check(path, true)
 }
 
 /// `PRAGMA integrity_check` plus kine's table: the checks a copy passes before it is stored
 /// and a restored file before it is offered for K3s.
 pub fn check_sqlite(path: &Path) -> Result<SqliteInfo> {
-    let mut head = [0u8; 16];
+    check(path, false)
+}
+
+fn check(path: &Path, standalone: bool) -> Result<SqliteInfo> {
+    // The header: magic, then (bytes 18 and 19) the write/read format, 2 in WAL mode.
+    let mut head = Vec::with_capacity(20);
     std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 20), &mut head))
         .map_err(|e| Error::io(path, e))?;
-    if &head != b"SQLite format 3\0" {
+    if !head.starts_with(b"SQLite format 3\0") {
         return Err(Error::Invalid(format!(
             "{} is not an SQLite database",
             path.display()
         )));
+    }
+    if standalone {
+        if head.get(18..20) != Some(&[1u8, 1][..]) {
+            return Err(Error::Invalid(format!(
+                "{} is in WAL mode: not a database cairn stored (those are self-contained)",
+                path.display()
+            )));
+        }
+        for suffix in ["-wal", "-journal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            if std::fs::symlink_metadata(&side).is_ok() {
+                return Err(Error::Invalid(format!(
+                    "{} has a {suffix} file beside it: what would be installed is not what is checked",
+                    path.display()
+                )));
+            }
+        }
     }
     let db = Connection::open_with_flags(
         path,

@@ -932,11 +932,7 @@ impl Archiver<'_> {
             }
             Err(e) => return Err(e),
         };
-        let now_ns = now_timestamp().unix_nanos;
-        let now = cairn_format::FileTime {
-            secs: now_ns.div_euclid(1_000_000_000),
-            nanos: now_ns.rem_euclid(1_000_000_000) as u32,
-        };
+        let now = cairn_format::FileTime::from_unix_nanos(now_timestamp().unix_nanos);
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
         {

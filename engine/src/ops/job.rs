@@ -504,38 +504,51 @@ pub struct RunReport {
 /// How long a source's command (or `save-command`) may run unless its `timeout` says.
 pub const DEFAULT_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Kills a command's whole process group once its time is up: a hung `kubectl` must fail
-/// its source, not hold the repository's lock (and every later night) for ever.
-struct Watchdog {
+/// Runs `action` once `timeout` has passed, unless dropped first (which stops and joins
+/// its thread at once). One mechanism for every time limit of the job: a command's (kill
+/// its process group) and the whole run's (raise the interrupt flag).
+struct Alarm {
     stop: Option<std::sync::mpsc::Sender<()>>,
     fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Watchdog {
-    fn start(pid: u32, timeout: std::time::Duration) -> Watchdog {
+impl Alarm {
+    fn start(
+        name: &str,
+        timeout: std::time::Duration,
+        action: impl FnOnce() + Send + 'static,
+    ) -> Alarm {
         let (stop, wake) = std::sync::mpsc::channel::<()>();
         let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = fired.clone();
         let thread = std::thread::Builder::new()
-            .name("cairn-timeout".into())
+            .name(name.into())
             .spawn(move || {
                 if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wake.recv_timeout(timeout)
                 {
                     flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                    // The command runs in its own process group (see `shell`): kill it all.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(-(pid as i32)),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    action();
                 }
             })
             .ok();
-        Watchdog {
+        Alarm {
             stop: Some(stop),
             fired,
             thread,
         }
+    }
+
+    /// Kills a command's whole process group once its time is up: a hung `kubectl` must
+    /// fail its source, not hold the repository's lock (and every later night) for ever.
+    fn watchdog(pid: u32, timeout: std::time::Duration) -> Alarm {
+        Alarm::start("cairn-timeout", timeout, move || {
+            // The command runs in its own process group (see `shell`): kill it all.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(pid as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        })
     }
 
     fn fired(&self) -> bool {
@@ -543,7 +556,7 @@ impl Watchdog {
     }
 }
 
-impl Drop for Watchdog {
+impl Drop for Alarm {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
@@ -566,7 +579,7 @@ struct CommandReader {
     child: Child,
     out: std::process::ChildStdout,
     what: String,
-    watchdog: Watchdog,
+    watchdog: Alarm,
     timeout: std::time::Duration,
 }
 
@@ -616,7 +629,7 @@ fn spawn_shell(cmd: &str, timeout: std::time::Duration) -> Result<CommandReader>
         .stdout
         .take()
         .ok_or_else(|| Error::Invalid("no stdout".into()))?;
-    let watchdog = Watchdog::start(child.id(), timeout);
+    let watchdog = Alarm::watchdog(child.id(), timeout);
     Ok(CommandReader {
         child,
         out,
@@ -630,7 +643,7 @@ fn run_checked(cmd: &str, timeout: std::time::Duration) -> Result<()> {
     let mut child = shell(cmd)
         .spawn()
         .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
-    let watchdog = Watchdog::start(child.id(), timeout);
+    let watchdog = Alarm::watchdog(child.id(), timeout);
     let status = child
         .wait()
         .map_err(|e| Error::io(format!("command {cmd:?}"), e))?;
@@ -690,7 +703,7 @@ pub fn run_on_failure(
         .env("CAIRN_RUN_SUMMARY", env_safe(summary.join("\n")))
         .spawn()
         .map_err(|e| Error::io(format!("on-failure command {cmd:?}"), e))?;
-    let watchdog = Watchdog::start(child.id(), HOOK_TIMEOUT);
+    let watchdog = Alarm::watchdog(child.id(), HOOK_TIMEOUT);
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its input must not block the run: write from a thread
         // and ignore a closed pipe.
@@ -747,36 +760,24 @@ pub fn newest_etcd_snapshot(dir: &Path) -> Result<PathBuf> {
 struct Deadline {
     end: Option<Instant>,
     limit: Option<std::time::Duration>,
-    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    _stop: Option<std::sync::mpsc::Sender<()>>,
+    alarm: Option<Alarm>,
 }
 
 impl Deadline {
     fn start(limit: Option<std::time::Duration>) -> Deadline {
-        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut stop = None;
-        if let Some(limit) = limit {
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let flag = fired.clone();
-            // The thread ends when the run does (the sender is dropped) or at the deadline.
-            let _ = std::thread::Builder::new()
-                .name("cairn-run-timeout".into())
-                .spawn(move || {
-                    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit)
-                    {
-                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                        crate::progress::INTERRUPTED
-                            .store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                });
-            stop = Some(tx);
-        }
         Deadline {
             end: limit.map(|l| Instant::now() + l),
             limit,
-            fired,
-            _stop: stop,
+            alarm: limit.map(|l| {
+                Alarm::start("cairn-run-timeout", l, || {
+                    crate::progress::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+                })
+            }),
         }
+    }
+
+    fn fired(&self) -> bool {
+        self.alarm.as_ref().is_some_and(Alarm::fired)
     }
 
     /// Time left, if the run has a limit.
@@ -793,7 +794,7 @@ impl Deadline {
     }
 
     fn interrupted_error(&self) -> Error {
-        if self.fired.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.fired() {
             Error::Invalid(self.message())
         } else {
             Error::Interrupted
@@ -805,8 +806,14 @@ impl Drop for Deadline {
     fn drop(&mut self) {
         // The deadline raised the process-wide interrupt flag to stop the run; the run is
         // over now, and what comes after it (metrics, the failure hook, the report) must
-        // not be cut short as if Ctrl-C had been pressed.
-        if self.fired.load(std::sync::atomic::Ordering::SeqCst) {
+        // not be cut short as if Ctrl-C had been pressed. The alarm is stopped first, so it
+        // cannot fire after this check.
+        let fired = self.alarm.take().is_some_and(|a| {
+            let f = a.fired.clone();
+            drop(a);
+            f.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        if fired {
             crate::progress::INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
         }
     }
