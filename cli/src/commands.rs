@@ -547,7 +547,7 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
             let ix = repo.indexed()?;
             let index = ix.index();
             let id = Id::from_hex(need_id()?)?;
-            let loc = *index.get(&id).ok_or_else(|| anyhow!("blob {id} not in the index"))?;
+            let loc = index.get(&id).ok_or_else(|| anyhow!("blob {id} not in the index"))?;
             let data = ix.read_blob(loc.blob_type, &id)?;
             if loc.blob_type == BlobType::Data && !cli.json {
                 std::io::stdout().write_all(&data)?;

@@ -337,7 +337,7 @@ pub fn list(cli: &Cli, kind: &str) -> Result<u8> {
                     out,
                     "{t} {} {}",
                     id.to_hex(),
-                    index.pack_id(loc).to_hex()
+                    index.pack_id(&loc).to_hex()
                 ));
             }
             return Ok(0);

@@ -1,9 +1,16 @@
 //! The in-memory master index: blob id → where it is stored.
 //!
-//! Memory: one hash-map entry per blob (32-byte id + 20-byte location, ~72 bytes with
-//! hashbrown's overhead at its load factor), plus 32 bytes per pack.
+//! Memory: 48 bytes per blob in one array sorted by id (no hash-table slack, no per-entry
+//! allocation), a bucket table of 4 bytes per ~8 blobs that narrows each lookup to a few
+//! entries, and ~60 bytes per pack. A million blobs take ~50 MB. The array is built once
+//! ([`IndexBuilder`]); blobs added later (prune's repack, `repair`) go to a small hash
+//! map that is merged into the array when it grows.
+//!
+//! Because the array is sorted and free of duplicates, a blob's position in it is a dense
+//! number: prune and check mark used blobs in a bit set of one bit per blob
+//! ([`MasterIndex::position`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cairn_format::{BlobType, Id, IndexFile, IndexPack, PackEntry};
 
@@ -22,39 +29,257 @@ pub struct BlobLocation {
     pub raw_length: u32,
 }
 
+/// The high bit of [`Slot::pack`] marks a tree blob; packs are numbered below it.
+const TREE_BIT: u32 = 1 << 31;
+
+/// One blob, packed into 48 bytes.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    id: Id,
+    pack: u32,
+    offset: u32,
+    length: u32,
+    raw_length: u32,
+}
+
+impl Slot {
+    fn new(id: Id, pack: u32, e: &PackEntry) -> Slot {
+        let tree = if e.blob_type == BlobType::Tree {
+            TREE_BIT
+        } else {
+            0
+        };
+        Slot {
+            id,
+            pack: pack | tree,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+        }
+    }
+
+    fn pack(&self) -> u32 {
+        self.pack & !TREE_BIT
+    }
+
+    fn location(&self) -> BlobLocation {
+        BlobLocation {
+            pack: self.pack(),
+            blob_type: if self.pack & TREE_BIT != 0 {
+                BlobType::Tree
+            } else {
+                BlobType::Data
+            },
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+        }
+    }
+}
+
+/// Per pack: how many index entries name it and how many sealed bytes they cover, counted
+/// before duplicates are dropped (prune's accounting of a pack's unused space).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackTotals {
+    /// Index entries in this pack.
+    pub blobs: u32,
+    /// Sum of their sealed lengths.
+    pub bytes: u64,
+}
+
 /// All index files merged.
 #[derive(Debug, Default, Clone)]
 pub struct MasterIndex {
     packs: Vec<Id>,
     pack_pos: HashMap<Id, u32>,
-    blobs: HashMap<Id, BlobLocation>,
+    totals: Vec<PackTotals>,
+    /// Sorted by id, one entry per id.
+    sorted: Vec<Slot>,
+    /// `buckets[b]..buckets[b + 1]`: the range of `sorted` whose ids start with the
+    /// `shift`-bit prefix `b`.
+    buckets: Vec<u32>,
+    bucket_bits: u32,
+    /// Blobs added after the array was built, not yet merged into it.
+    recent: HashMap<Id, BlobLocation>,
     /// Index files that were loaded (by name).
     pub files: Vec<Id>,
 }
 
-impl MasterIndex {
-    /// Merge index files, in order.
-    pub fn from_files(files: &[(Id, IndexFile)]) -> MasterIndex {
-        let mut idx = MasterIndex::default();
-        for (id, f) in files {
-            idx.add_file(*id, f);
-        }
-        idx
+/// Collects index files, then builds a [`MasterIndex`] in one sort. Holds 48 bytes per
+/// index entry and no index file: callers add each file as it is decoded and drop it.
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    packs: Vec<Id>,
+    pack_pos: HashMap<Id, u32>,
+    slots: Vec<Slot>,
+    files: Vec<FileRecord>,
+}
+
+#[derive(Debug)]
+struct FileRecord {
+    id: Id,
+    /// Its entries: `slots[start..end]`.
+    start: usize,
+    end: usize,
+    supersedes: Vec<Id>,
+    /// Packs it names (indices into `packs`).
+    packs: Vec<u32>,
+}
+
+impl IndexBuilder {
+    /// An empty builder.
+    pub fn new() -> IndexBuilder {
+        IndexBuilder::default()
     }
 
-    /// Merge index files, keeping only the packs `exists` accepts: what to deduplicate
-    /// against when the index may name packs that are gone.
-    pub fn from_files_where(
-        files: &[(Id, IndexFile)],
-        exists: impl Fn(&Id) -> bool,
-    ) -> MasterIndex {
-        let mut idx = MasterIndex::default();
-        for p in files.iter().flat_map(|(_, f)| &f.packs) {
-            if exists(&p.id) {
-                idx.add_pack(p);
+    /// Add an index file (in any order: the result does not depend on it).
+    pub fn add_file(&mut self, name: Id, file: &IndexFile) {
+        let start = self.slots.len();
+        self.slots
+            .reserve(file.packs.iter().map(|p| p.blobs.len()).sum());
+        let mut packs = Vec::with_capacity(file.packs.len());
+        for p in &file.packs {
+            let pack = self.pack(&p.id);
+            packs.push(pack);
+            self.slots
+                .extend(p.blobs.iter().map(|e| Slot::new(e.id, pack, e)));
+        }
+        self.files.push(FileRecord {
+            id: name,
+            start,
+            end: self.slots.len(),
+            supersedes: file.supersedes.clone(),
+            packs,
+        });
+    }
+
+    fn pack(&mut self, id: &Id) -> u32 {
+        match self.pack_pos.get(id) {
+            Some(&i) => i,
+            None => {
+                let i = self.packs.len() as u32;
+                self.packs.push(*id);
+                self.pack_pos.insert(*id, i);
+                i
             }
         }
+    }
+
+    /// The merged index. Files another file lists in `supersedes` (replaced by prune or
+    /// repair; a crash may have left them behind) are left out, and so are packs only they
+    /// name. Of several entries for one blob the one in the pack with the smallest id is
+    /// kept: any copy is valid, and the choice must not depend on load order.
+    pub fn finish(self) -> MasterIndex {
+        let IndexBuilder {
+            packs,
+            slots: mut all,
+            mut files,
+            ..
+        } = self;
+        let superseded: HashSet<Id> = files
+            .iter()
+            .flat_map(|f| f.supersedes.iter().copied())
+            .collect();
+        if files.iter().any(|f| superseded.contains(&f.id)) {
+            // Drop the superseded files' entries in place (ranges are disjoint).
+            files.sort_by_key(|f| f.start);
+            let mut keep = vec![true; all.len()];
+            for f in files.iter().filter(|f| superseded.contains(&f.id)) {
+                keep[f.start..f.end].iter_mut().for_each(|k| *k = false);
+            }
+            let mut i = 0;
+            all.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+            files.retain(|f| !superseded.contains(&f.id));
+        }
+        // Packs that a file in force names, renumbered densely.
+        let mut live = vec![false; packs.len()];
+        for f in &files {
+            for &p in &f.packs {
+                live[p as usize] = true;
+            }
+        }
+        let mut idx = MasterIndex::default();
+        let mut renumber = vec![u32::MAX; packs.len()];
+        for (i, id) in packs.iter().enumerate() {
+            if live[i] {
+                renumber[i] = idx.packs.len() as u32;
+                idx.pack_pos.insert(*id, idx.packs.len() as u32);
+                idx.packs.push(*id);
+            }
+        }
+        idx.totals = vec![PackTotals::default(); idx.packs.len()];
+        for s in &mut all {
+            let p = renumber[s.pack() as usize];
+            s.pack = p | (s.pack & TREE_BIT);
+            let t = &mut idx.totals[p as usize];
+            t.blobs += 1;
+            t.bytes += u64::from(s.length);
+        }
+        let pack_ids = &idx.packs;
+        all.sort_unstable_by(|a, b| {
+            a.id.cmp(&b.id)
+                .then_with(|| pack_ids[a.pack() as usize].cmp(&pack_ids[b.pack() as usize]))
+                .then(a.offset.cmp(&b.offset))
+        });
+        all.dedup_by(|later, first| later.id == first.id);
+        all.shrink_to_fit();
+        idx.sorted = all;
+        idx.files = files.into_iter().map(|f| f.id).collect();
+        idx.rebuild_buckets();
         idx
+    }
+}
+
+impl MasterIndex {
+    /// Merge index files (none superseding another).
+    pub fn from_files(files: &[(Id, IndexFile)]) -> MasterIndex {
+        let mut b = IndexBuilder::new();
+        for (id, f) in files {
+            b.add_file(*id, f);
+        }
+        b.finish()
+    }
+
+    fn rebuild_buckets(&mut self) {
+        // About eight blobs per bucket: a lookup is one bucket read and a short search.
+        let n = self.sorted.len();
+        let bits = (usize::BITS - (n / 8).leading_zeros()).min(24);
+        self.bucket_bits = bits;
+        let count = 1usize << bits;
+        let mut buckets = Vec::with_capacity(count + 1);
+        let mut pos = 0usize;
+        for b in 0..count {
+            while pos < n && (self.prefix(&self.sorted[pos].id) as usize) < b {
+                pos += 1;
+            }
+            buckets.push(pos as u32);
+        }
+        buckets.push(n as u32);
+        self.buckets = buckets;
+    }
+
+    fn prefix(&self, id: &Id) -> u32 {
+        if self.bucket_bits == 0 {
+            return 0;
+        }
+        let head = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+        head >> (32 - self.bucket_bits)
+    }
+
+    /// Position of a blob in the sorted array (see [`MasterIndex::position`]).
+    fn find(&self, id: &Id) -> Option<usize> {
+        if self.sorted.is_empty() {
+            return None;
+        }
+        let b = self.prefix(id) as usize;
+        let (lo, hi) = (self.buckets[b] as usize, self.buckets[b + 1] as usize);
+        self.sorted[lo..hi]
+            .binary_search_by(|s| s.id.cmp(id))
+            .ok()
+            .map(|i| lo + i)
     }
 
     /// Add every pack of an index file.
@@ -65,7 +290,7 @@ impl MasterIndex {
         }
     }
 
-    /// Add one pack's blobs. A blob already indexed elsewhere keeps its first location.
+    /// Add one pack's blobs. A blob already indexed keeps its location.
     pub fn add_pack(&mut self, p: &IndexPack) {
         let pack = match self.pack_pos.get(&p.id) {
             Some(&i) => i,
@@ -73,28 +298,125 @@ impl MasterIndex {
                 let i = self.packs.len() as u32;
                 self.packs.push(p.id);
                 self.pack_pos.insert(p.id, i);
+                self.totals.push(PackTotals::default());
                 i
             }
         };
         for e in &p.blobs {
-            self.blobs.entry(e.id).or_insert(BlobLocation {
-                pack,
-                blob_type: e.blob_type,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-            });
+            let t = &mut self.totals[pack as usize];
+            t.blobs += 1;
+            t.bytes += u64::from(e.length);
+            if self.find(&e.id).is_none() {
+                self.recent
+                    .entry(e.id)
+                    .or_insert_with(|| Slot::new(e.id, pack, e).location());
+            }
+        }
+        if self.recent.len() > 4096 && self.recent.len() > self.sorted.len() / 4 {
+            self.merge_recent();
         }
     }
 
+    /// Move the blobs added since the build into the sorted array.
+    fn merge_recent(&mut self) {
+        if self.recent.is_empty() {
+            return;
+        }
+        let mut add: Vec<Slot> = self
+            .recent
+            .drain()
+            .map(|(id, l)| {
+                let tree = if l.blob_type == BlobType::Tree {
+                    TREE_BIT
+                } else {
+                    0
+                };
+                Slot {
+                    id,
+                    pack: l.pack | tree,
+                    offset: l.offset,
+                    length: l.length,
+                    raw_length: l.raw_length,
+                }
+            })
+            .collect();
+        add.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let old = std::mem::take(&mut self.sorted);
+        let mut merged = Vec::with_capacity(old.len() + add.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), add.into_iter().peekable());
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.id <= y.id,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            merged.extend(if take_a { a.next() } else { b.next() });
+        }
+        self.sorted = merged;
+        self.rebuild_buckets();
+    }
+
+    /// Fold later additions into the sorted array, so that [`MasterIndex::position`] covers
+    /// every blob.
+    pub fn compact(&mut self) {
+        self.merge_recent();
+    }
+
+    /// Keep only the blobs of the packs `keep` accepts (and only those packs), renumbering
+    /// packs. A blob whose indexed copy is in a dropped pack is gone from the index even if
+    /// another pack holds a copy too: callers use this to deduplicate against what certainly
+    /// exists, where a missed copy only costs storing the blob again.
+    pub fn retain_packs(&mut self, keep: impl Fn(&Id) -> bool) {
+        self.compact();
+        let mut renumber = vec![u32::MAX; self.packs.len()];
+        let (mut packs, mut totals) = (Vec::new(), Vec::new());
+        for (i, id) in self.packs.iter().enumerate() {
+            if keep(id) {
+                renumber[i] = packs.len() as u32;
+                packs.push(*id);
+                totals.push(self.totals[i]);
+            }
+        }
+        self.sorted.retain_mut(|s| {
+            let p = renumber[s.pack() as usize];
+            s.pack = p | (s.pack & TREE_BIT);
+            p != u32::MAX
+        });
+        self.pack_pos = packs
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i as u32))
+            .collect();
+        self.packs = packs;
+        self.totals = totals;
+        self.rebuild_buckets();
+    }
+
     /// Look a blob up.
-    pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    pub fn get(&self, id: &Id) -> Option<BlobLocation> {
+        match self.find(id) {
+            Some(i) => Some(self.sorted[i].location()),
+            None => self.recent.get(id).copied(),
+        }
     }
 
     /// Whether a blob is stored.
     pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
+        self.find(id).is_some() || self.recent.contains_key(id)
+    }
+
+    /// A blob's dense number in `0..len()`, for bit sets over the index. Only for an index
+    /// without later additions ([`MasterIndex::compact`] folds them in).
+    pub fn position(&self, id: &Id) -> Option<usize> {
+        debug_assert!(self.recent.is_empty());
+        self.find(id)
+    }
+
+    /// The blob at a position.
+    pub fn at(&self, pos: usize) -> (Id, BlobLocation) {
+        let s = &self.sorted[pos];
+        (s.id, s.location())
     }
 
     /// The pack name for a location.
@@ -107,29 +429,234 @@ impl MasterIndex {
         &self.packs
     }
 
+    /// What the index files say each pack holds (duplicates included), by pack number.
+    pub fn pack_totals(&self) -> &[PackTotals] {
+        &self.totals
+    }
+
     /// Number of blobs.
     pub fn len(&self) -> usize {
-        self.blobs.len()
+        self.sorted.len() + self.recent.len()
     }
 
     /// No blobs.
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
+        self.len() == 0
     }
 
-    /// Iterate blobs.
-    pub fn iter(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
-        self.blobs.iter()
+    /// Iterate blobs (sorted by id, then the later additions).
+    pub fn iter(&self) -> impl Iterator<Item = (Id, BlobLocation)> + '_ {
+        self.sorted
+            .iter()
+            .map(|s| (s.id, s.location()))
+            .chain(self.recent.iter().map(|(id, l)| (*id, *l)))
+    }
+
+    /// The index's content as index-file packs, each pack's blobs by offset: what prune and
+    /// repair write as the new index. Built one pack at a time from a 4-byte-per-blob order.
+    pub fn index_packs(&self) -> impl Iterator<Item = IndexPack> + '_ {
+        let mut by_pack: Vec<(u32, u32, u32)> = self
+            .sorted
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pack(), s.offset, i as u32))
+            .collect();
+        let recent: Vec<(Id, BlobLocation)> = self.recent.iter().map(|(i, l)| (*i, *l)).collect();
+        by_pack.sort_unstable();
+        let mut recent_by_pack: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+        for (id, l) in recent {
+            recent_by_pack
+                .entry(l.pack)
+                .or_default()
+                .push(entry_of(id, &l));
+        }
+        let mut pos = 0usize;
+        (0..self.packs.len() as u32).filter_map(move |p| {
+            let mut blobs: Vec<PackEntry> = Vec::new();
+            while pos < by_pack.len() && by_pack[pos].0 == p {
+                let (id, l) = self.at(by_pack[pos].2 as usize);
+                blobs.push(entry_of(id, &l));
+                pos += 1;
+            }
+            if let Some(more) = recent_by_pack.remove(&p) {
+                blobs.extend(more);
+                blobs.sort_by_key(|e| e.offset);
+            }
+            (!blobs.is_empty()).then(|| IndexPack {
+                id: self.packs[p as usize],
+                blobs,
+            })
+        })
     }
 
     /// Reconstruct a pack entry.
     pub fn entry(&self, id: &Id) -> Option<PackEntry> {
-        self.blobs.get(id).map(|l| PackEntry {
-            blob_type: l.blob_type,
-            id: *id,
-            offset: l.offset,
-            length: l.length,
-            raw_length: l.raw_length,
-        })
+        self.get(id).map(|l| entry_of(*id, &l))
+    }
+}
+
+fn entry_of(id: Id, l: &BlobLocation) -> PackEntry {
+    PackEntry {
+        blob_type: l.blob_type,
+        id,
+        offset: l.offset,
+        length: l.length,
+        raw_length: l.raw_length,
+    }
+}
+
+/// A set of index positions, one bit each: "used" marks over a million blobs take 128 KB.
+#[derive(Debug, Clone, Default)]
+pub struct BlobSet {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl BlobSet {
+    /// A set for an index of `len` blobs.
+    pub fn new(len: usize) -> BlobSet {
+        BlobSet {
+            words: vec![0; len.div_ceil(64)],
+            count: 0,
+        }
+    }
+
+    /// Add a position; whether it was new.
+    pub fn insert(&mut self, pos: usize) -> bool {
+        let (w, b) = (pos / 64, 1u64 << (pos % 64));
+        let new = self.words[w] & b == 0;
+        self.words[w] |= b;
+        self.count += usize::from(new);
+        new
+    }
+
+    /// Whether a position is in the set.
+    pub fn contains(&self, pos: usize) -> bool {
+        self.words[pos / 64] & (1u64 << (pos % 64)) != 0
+    }
+
+    /// Number of positions in the set.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Nothing in the set.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> Id {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.to_be_bytes());
+        // Spread the prefix like a hash would, so buckets are exercised.
+        Id(*blake3::hash(&b).as_bytes())
+    }
+
+    fn pack(p: u32, blobs: std::ops::Range<u32>) -> IndexPack {
+        IndexPack {
+            id: id(1_000_000 + p),
+            blobs: blobs
+                .enumerate()
+                .map(|(i, b)| PackEntry {
+                    blob_type: if b % 7 == 0 {
+                        BlobType::Tree
+                    } else {
+                        BlobType::Data
+                    },
+                    id: id(b),
+                    offset: i as u32 * 100,
+                    length: 100,
+                    raw_length: 90 + b,
+                })
+                .collect(),
+        }
+    }
+
+    fn file(packs: Vec<IndexPack>, supersedes: Vec<Id>) -> IndexFile {
+        IndexFile { supersedes, packs }
+    }
+
+    #[test]
+    fn lookups_match_a_hash_map_at_every_size() {
+        for n in [0u32, 1, 7, 8, 9, 100, 5000] {
+            let f = file(vec![pack(0, 0..n / 2), pack(1, n / 2..n)], vec![]);
+            let idx = MasterIndex::from_files(&[(id(9_999_999), f.clone())]);
+            assert_eq!(idx.len(), n as usize);
+            for p in &f.packs {
+                for e in &p.blobs {
+                    let l = idx.get(&e.id).unwrap();
+                    assert_eq!(idx.pack_id(&l), p.id);
+                    assert_eq!(idx.entry(&e.id), Some(*e));
+                    let pos = idx.position(&e.id).unwrap();
+                    assert_eq!(idx.at(pos).0, e.id);
+                }
+            }
+            assert!(!idx.contains(&id(n + 1)));
+        }
+    }
+
+    #[test]
+    fn duplicates_resolve_the_same_way_in_any_order() {
+        let a = (id(1), file(vec![pack(0, 0..10)], vec![]));
+        let b = (id(2), file(vec![pack(1, 5..15)], vec![]));
+        let x = MasterIndex::from_files(&[a.clone(), b.clone()]);
+        let y = MasterIndex::from_files(&[b, a]);
+        assert_eq!(x.len(), 15);
+        for n in 0..15 {
+            let (lx, ly) = (x.get(&id(n)).unwrap(), y.get(&id(n)).unwrap());
+            assert_eq!(x.pack_id(&lx), y.pack_id(&ly));
+        }
+        // Totals count every entry, duplicates included.
+        let total: u32 = x.pack_totals().iter().map(|t| t.blobs).sum();
+        assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn superseded_files_and_their_packs_are_left_out() {
+        let old = (id(1), file(vec![pack(0, 0..10), pack(1, 10..20)], vec![]));
+        let new = (id(2), file(vec![pack(1, 10..18)], vec![id(1)]));
+        let idx = MasterIndex::from_files(&[old, new]);
+        assert_eq!(idx.files, vec![id(2)]);
+        assert_eq!(idx.packs(), &[id(1_000_001)]);
+        assert_eq!(idx.len(), 8);
+        assert!(!idx.contains(&id(3)) && !idx.contains(&id(19)) && idx.contains(&id(17)));
+    }
+
+    #[test]
+    fn later_additions_merge_and_packs_can_be_dropped() {
+        let mut idx = MasterIndex::from_files(&[(id(1), file(vec![pack(0, 0..100)], vec![]))]);
+        for p in 1..80 {
+            idx.add_pack(&pack(p, p * 100..p * 100 + 100));
+        }
+        // Re-adding a known blob keeps its first location.
+        idx.add_pack(&pack(500, 0..3));
+        assert_eq!(idx.pack_id(&idx.get(&id(1)).unwrap()), id(1_000_000));
+        assert_eq!(idx.len(), 8000);
+        idx.compact();
+        assert!(idx.position(&id(7999)).is_some());
+        let written: usize = idx.index_packs().map(|p| p.blobs.len()).sum();
+        assert_eq!(written, 8000);
+        idx.retain_packs(|p| *p != id(1_000_000));
+        assert_eq!(idx.len(), 7900);
+        assert!(idx.get(&id(1)).is_none() && idx.get(&id(150)).is_some());
+        for p in idx.index_packs() {
+            assert!(p.blobs.windows(2).all(|w| w[0].offset < w[1].offset));
+            for e in &p.blobs {
+                assert_eq!(idx.pack_id(&idx.get(&e.id).unwrap()), p.id);
+            }
+        }
+    }
+
+    #[test]
+    fn blob_set_counts() {
+        let mut s = BlobSet::new(130);
+        assert!(s.insert(0) && s.insert(129) && !s.insert(129));
+        assert!(s.contains(129) && !s.contains(64));
+        assert_eq!(s.len(), 2);
     }
 }

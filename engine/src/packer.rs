@@ -141,7 +141,9 @@ struct Shared {
     done: Mutex<Vec<IndexPack>>,
     error: Mutex<Option<Error>>,
     stats: Mutex<PackerStats>,
-    indexed: Mutex<Vec<IndexPack>>,
+    /// The packs written, kept only for callers that write them into a new index
+    /// ([`Packer::recording`]): a backup of a million files would hold ~50 MB here.
+    indexed: Mutex<Option<Vec<IndexPack>>>,
     /// Packs per index file (see [`Packer::index_every`]).
     packs_per_index: std::sync::atomic::AtomicUsize,
 }
@@ -178,7 +180,9 @@ impl Shared {
         };
         self.repo.save(FileKind::Index, &file)?;
         self.stats.lock().index_files += 1;
-        self.indexed.lock().extend(file.packs);
+        if let Some(v) = self.indexed.lock().as_mut() {
+            v.extend(file.packs);
+        }
         Ok(())
     }
 }
@@ -303,6 +307,12 @@ impl Packer {
         self
     }
 
+    /// Keep the packs written, for [`Packer::finish`] to return.
+    pub fn recording(self) -> Packer {
+        *self.shared.indexed.lock() = Some(Vec::new());
+        self
+    }
+
     /// Whether `id` is stored already or queued in this run.
     pub fn has(&self, id: &Id) -> bool {
         self.known.contains(id) || self.seen[id.0[0] as usize % 64].lock().contains(id)
@@ -416,7 +426,7 @@ impl Packer {
     }
 
     /// Flush the open packs, wait for every upload, write the last index file.
-    /// Returns the packs this run added.
+    /// Returns the packs this run added if the packer is [`Packer::recording`], else none.
     pub fn finish(&self) -> Result<Vec<IndexPack>> {
         for slot in &self.open {
             let p = slot.lock().take();
@@ -437,7 +447,7 @@ impl Packer {
             return Err(e);
         }
         self.shared.flush_index(true)?;
-        Ok(std::mem::take(&mut *self.shared.indexed.lock()))
+        Ok(self.shared.indexed.lock().take().unwrap_or_default())
     }
 }
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::index::MasterIndex;
+use crate::index::{IndexBuilder, MasterIndex};
 use crate::util::{hostname, now_timestamp, username};
 use crate::{Error, Result};
 
@@ -344,18 +344,18 @@ impl Repository {
     }
 
     /// Load the index in force into a master index. Damaged index files are skipped with a
-    /// warning that names them (see [`Repository::load_index_files_lenient`]): their packs'
+    /// warning that names them (see [`Repository::load_index_lenient`]): their packs'
     /// blobs look absent, so a backup stores them again and a restore reports exactly the
     /// files it cannot restore.
     pub fn load_index(&self) -> Result<MasterIndex> {
-        let (files, damaged) = self.load_index_files_lenient()?;
+        let (index, damaged) = self.load_index_lenient()?;
         for (id, e) in &damaged {
             tracing::warn!(
                 "index file {} is damaged ({e}); run `cairn repair index`",
                 id.short()
             );
         }
-        Ok(MasterIndex::from_files(&files))
+        Ok(index)
     }
 
     /// The index a backup deduplicates against. With a damaged index file, only packs that
@@ -363,9 +363,9 @@ impl Repository {
     /// which then name packs a prune has deleted, and deduplicating against those would make
     /// new snapshots that cannot be restored.
     pub(crate) fn load_index_for_writing(&self) -> Result<MasterIndex> {
-        let (files, damaged) = self.load_index_files_lenient()?;
+        let (mut index, damaged) = self.load_index_lenient()?;
         if damaged.is_empty() {
-            return Ok(MasterIndex::from_files(&files));
+            return Ok(index);
         }
         for (id, e) in &damaged {
             tracing::warn!(
@@ -379,9 +379,71 @@ impl Repository {
             .into_iter()
             .map(|o| o.name)
             .collect();
-        Ok(MasterIndex::from_files_where(&files, |id| {
-            stored.contains(&id.to_hex())
-        }))
+        index.retain_packs(|id| stored.contains(&id.to_hex()));
+        Ok(index)
+    }
+
+    /// The index in force, or an error if any index file is damaged: for operations that
+    /// delete (prune), which must know every pack in use.
+    pub fn load_index_strict(&self) -> Result<MasterIndex> {
+        let (index, damaged) = self.load_index_lenient()?;
+        if let Some((id, e)) = damaged.first() {
+            return Err(Error::Integrity(format!(
+                "index file {} is damaged ({e}); refusing to go on without knowing every pack in use: run `cairn repair index` first",
+                id.short()
+            )));
+        }
+        Ok(index)
+    }
+
+    /// The index in force and the index files that did not decode. Each file is merged as
+    /// soon as it is decoded and then dropped, so memory is the merged index (48 bytes a
+    /// blob) plus one decoded file per thread, never every file at once. A file that decodes
+    /// but has entries beyond the format's limits keeps its other entries (and its
+    /// `supersedes`) and is reported as damaged all the same; files another one supersedes
+    /// are left out ([`IndexBuilder::finish`]). Transient errors (I/O, network) fail:
+    /// skipping an index file that is merely unreachable would make a restore report good
+    /// data as missing.
+    #[allow(clippy::type_complexity)]
+    pub fn load_index_lenient(&self) -> Result<(MasterIndex, Vec<(Id, Error)>)> {
+        let ids = self.list_ids(FileKind::Index)?;
+        let builder = parking_lot::Mutex::new(IndexBuilder::new());
+        let damaged = parking_lot::Mutex::new(Vec::new());
+        ids.par_iter().try_for_each(|id| -> Result<()> {
+            match self.load::<IndexFile>(FileKind::Index, id) {
+                Ok(f) => {
+                    let f = self.within_limits(id, f, &damaged);
+                    builder.lock().add_file(*id, &f);
+                }
+                Err(e) if e.is_damage() => damaged.lock().push((*id, e)),
+                // A file deleted between listing and reading was superseded by a prune.
+                Err(Error::ObjectNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        })?;
+        let mut damaged = damaged.into_inner();
+        damaged.sort_by_key(|(id, _)| *id);
+        Ok((builder.into_inner().finish(), damaged))
+    }
+
+    /// An index file without its entries beyond the format's limits (each reported once, the
+    /// file recorded as damaged).
+    fn within_limits(
+        &self,
+        id: &Id,
+        mut f: IndexFile,
+        damaged: &parking_lot::Mutex<Vec<(Id, Error)>>,
+    ) -> IndexFile {
+        if let Some((e, err)) = f.drop_over_limit(&self.config).into_iter().next() {
+            tracing::warn!(
+                "index file {}: entry for blob {} ignored ({err})",
+                id.short(),
+                e.id.short()
+            );
+            damaged.lock().push((*id, Error::Format(err)));
+        }
+        f
     }
 
     /// The index files in force, in listing order: every index file except those another
@@ -412,27 +474,18 @@ impl Repository {
             .par_iter()
             .map(|id| (*id, self.load::<IndexFile>(FileKind::Index, id)))
             .collect();
+        let damaged = parking_lot::Mutex::new(Vec::new());
         let mut files = Vec::new();
-        let mut damaged = Vec::new();
         for (id, r) in loaded {
             match r {
-                Ok(mut f) => {
-                    if let Some((e, err)) = f.drop_over_limit(&self.config).into_iter().next() {
-                        tracing::warn!(
-                            "index file {}: entry for blob {} ignored ({err})",
-                            id.short(),
-                            e.id.short()
-                        );
-                        damaged.push((id, Error::Format(err)));
-                    }
-                    files.push((id, f));
-                }
-                Err(e) if e.is_damage() => damaged.push((id, e)),
+                Ok(f) => files.push((id, self.within_limits(&id, f, &damaged))),
+                Err(e) if e.is_damage() => damaged.lock().push((id, e)),
                 // A file deleted between listing and reading was superseded by a prune.
                 Err(Error::ObjectNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
+        let damaged = damaged.into_inner();
         let superseded: std::collections::HashSet<Id> = files
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
@@ -525,7 +578,7 @@ impl Repository {
         };
         // Checked before the read: the read allocates `length` bytes.
         cairn_format::check_entry_limits(&entry, self.config.max_blob_len(blob_type))?;
-        let pack = index.pack_id(loc);
+        let pack = index.pack_id(&loc);
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
         let mut sealed = if blob_type == BlobType::Tree {

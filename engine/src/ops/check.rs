@@ -4,13 +4,12 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_format::{
-    decode_pack_header, BlobType, FileKind, Id, IndexFile, NodeKind, PackEntry, Snapshot, Tree,
+    decode_pack_header, BlobType, FileKind, Id, NodeKind, PackEntry, Snapshot, Tree,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::index::MasterIndex;
 use crate::lock::SharedLock;
 use crate::ops::prune::find_leftovers;
 use crate::ops::repair::read_pack_header;
@@ -83,42 +82,12 @@ pub fn check(
         }
     }
 
-    // Index files: decode each; a damaged one is reported and the rest still checked.
-    let mut index = MasterIndex::default();
-    let mut entries_by_pack: HashMap<Id, Vec<PackEntry>> = HashMap::new();
-    let ids = repo.list_ids(FileKind::Index)?;
-    let loaded: Vec<(Id, Result<IndexFile>)> = ids
-        .par_iter()
-        .map(|id| (*id, repo.load::<IndexFile>(FileKind::Index, id)))
-        .collect();
-    let superseded: HashSet<Id> = loaded
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .flat_map(|f| f.supersedes.iter().copied())
-        .collect();
-    let mut damaged_index = false;
-    for (id, r) in loaded {
-        let r = r.map(|mut f| {
-            for (e, x) in f.drop_over_limit(repo.config()) {
-                damaged_index = true;
-                err(format!("index {}: {x}", id.short()));
-                let _ = e;
-            }
-            f
-        });
-        match r {
-            Ok(f) if !superseded.contains(&id) => {
-                index.add_file(id, &f);
-                for p in f.packs {
-                    entries_by_pack.entry(p.id).or_default().extend(p.blobs);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                damaged_index = true;
-                err(format!("index {}: {e}", id.short()));
-            }
-        }
+    // Index files: decoded and merged one by one; a damaged one is reported and the rest
+    // still checked.
+    let (index, damaged) = repo.load_index_lenient()?;
+    let damaged_index = !damaged.is_empty();
+    for (id, e) in damaged {
+        err(format!("index {}: {e}", id.short()));
     }
     let damaged_packs: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -129,15 +98,16 @@ pub fn check(
         .into_iter()
         .map(|o| (o.name, o.size))
         .collect();
-    let indexed: HashSet<String> = entries_by_pack.keys().map(Id::to_hex).collect();
+    let indexed: HashSet<String> = index.packs().iter().map(Id::to_hex).collect();
     report.unreferenced_packs = stored
         .keys()
         .filter(|n| !indexed.contains(*n))
         .cloned()
         .collect();
     report.unreferenced_packs.sort();
-    let pack_list: Vec<(&Id, &Vec<PackEntry>)> = entries_by_pack.iter().collect();
-    pack_list.par_iter().for_each(|(pid, entries)| {
+    // One pack's entries at a time, from the merged index.
+    index.index_packs().par_bridge().for_each(|p| {
+        let (pid, entries) = (&p.id, &p.blobs);
         let name = pid.to_hex();
         let Some(&size) = stored.get(&name) else {
             err(format!("pack {name} is indexed but missing"));
@@ -166,7 +136,7 @@ pub fn check(
         }
         Progress::add(&progress.files, 1);
     });
-    report.packs_checked = pack_list.len() as u64;
+    report.packs_checked = index.packs().len() as u64;
 
     // Snapshots and trees: everything they name decodes and is indexed.
     let mut roots = Vec::new();
@@ -184,9 +154,22 @@ pub fn check(
         }
     }
     let mut incomplete_snapshots = false;
-    let mut seen: HashSet<Id> = HashSet::new();
-    let mut frontier: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| seen.insert(*t)).collect();
-    while !frontier.is_empty() {
+    // Trees: a bounded batch at a time (memory stays flat however many there are); a tree
+    // reached twice is checked once (marked by its index position; one not indexed is an
+    // error when it is read).
+    let mut seen = crate::index::BlobSet::new(index.len());
+    let mut seen_unindexed: HashSet<Id> = HashSet::new();
+    let mut first_visit = |id: &Id| match index.position(id) {
+        Some(p) => seen.insert(p),
+        None => seen_unindexed.insert(*id),
+    };
+    let mut pending: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| first_visit(t)).collect();
+    let batch = (4 * rayon::current_num_threads()).max(2 * repo.backend().connections());
+    while !pending.is_empty() {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let frontier = pending.split_off(pending.len().saturating_sub(batch));
         let results: Vec<(Id, Result<Tree>)> = frontier
             .par_iter()
             .map(|(snap, t)| {
@@ -202,7 +185,6 @@ pub fn check(
                 )
             })
             .collect();
-        let mut next = Vec::new();
         for (snap, r) in results {
             match r {
                 Ok(tree) => {
@@ -238,8 +220,8 @@ pub fn check(
                             ));
                         }
                         if let Some(s) = n.subtree {
-                            if seen.insert(s) {
-                                next.push((snap, s));
+                            if first_visit(&s) {
+                                pending.push((snap, s));
                             }
                         }
                     }
@@ -250,12 +232,12 @@ pub fn check(
                 }
             }
         }
-        frontier = next;
     }
 
     // Contents.
-    let selected: Vec<&Id> = entries_by_pack
-        .keys()
+    let selected: Vec<&Id> = index
+        .packs()
+        .iter()
         .filter(|id| stored.contains_key(&id.to_hex()))
         .filter(|id| match read_data {
             ReadData::None => false,

@@ -19,11 +19,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_format::{FileKind, Id, IndexPack, PackEntry, Snapshot, Tree};
+use cairn_format::{FileKind, Id, PackEntry, Snapshot, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::index::MasterIndex;
+use crate::index::{BlobSet, MasterIndex};
 use crate::lock::ExclusiveLock;
 use crate::ops::repair::replace_index;
 use crate::packer::Packer;
@@ -31,37 +31,53 @@ use crate::progress::{interrupted, Progress};
 use crate::repository::{verify_name, Repository};
 use crate::{Error, Result};
 
-/// Every blob reachable from `roots` (tree ids), walking the trees level by level in parallel.
-/// Memory: one 32-byte id (plus hash-set overhead, ~48 bytes) per used blob.
-pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Result<HashSet<Id>> {
-    let mut used: HashSet<Id> = HashSet::new();
-    let mut frontier: Vec<Id> = roots
-        .iter()
-        .copied()
-        .filter(|id| used.insert(*id))
-        .collect();
-    while !frontier.is_empty() {
+/// Trees read at once while marking: enough to keep every core (or connection) busy, few
+/// enough that the trees in memory stay a small constant.
+fn trees_at_once(repo: &Repository) -> usize {
+    (4 * rayon::current_num_threads()).max(2 * repo.backend().connections())
+}
+
+/// Every blob reachable from `roots` (tree ids), as positions in `index`: one bit per
+/// indexed blob. Trees are read a bounded batch at a time, in parallel; a subtree already
+/// marked is not entered again. A blob the trees name but the index lacks is an error.
+pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Result<BlobSet> {
+    let mut used = BlobSet::new(index.len());
+    let mark = |used: &mut BlobSet, id: &Id| -> Result<bool> {
+        match index.position(id) {
+            Some(p) => Ok(used.insert(p)),
+            None => Err(Error::Integrity(format!(
+                "blob {id} is used by a snapshot but not indexed; refusing to prune (run `cairn check`, then `cairn repair index`)"
+            ))),
+        }
+    };
+    let mut pending: Vec<Id> = Vec::new();
+    for r in roots {
+        if mark(&mut used, r)? {
+            pending.push(*r);
+        }
+    }
+    let batch = trees_at_once(repo);
+    while !pending.is_empty() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        let trees: Vec<Tree> = frontier
+        let take = pending.split_off(pending.len().saturating_sub(batch));
+        let trees: Vec<Tree> = take
             .par_iter()
             .map(|id| repo.load_tree(index, id))
             .collect::<Result<_>>()?;
-        let mut next = Vec::new();
         for t in &trees {
             for n in &t.nodes {
                 for c in &n.content {
-                    used.insert(*c);
+                    mark(&mut used, c)?;
                 }
                 if let Some(s) = n.subtree {
-                    if used.insert(s) {
-                        next.push(s);
+                    if mark(&mut used, &s)? {
+                        pending.push(s);
                     }
                 }
             }
         }
-        frontier = next;
     }
     Ok(used)
 }
@@ -213,7 +229,7 @@ struct PackUse {
     size: u64,
     used_bytes: u64,
     unused_bytes: u64,
-    used_blobs: Vec<PackEntry>,
+    used_blobs: u32,
 }
 
 /// Remove unreferenced data (with `dry_run`: only compute what would go).
@@ -223,20 +239,10 @@ pub fn prune(
     progress: &Progress,
 ) -> Result<PruneReport> {
     let repo: &Repository = lock;
-    // Loaded once: the merged map for lookups, the files themselves for per-pack accounting
-    // and for the index that replaces them.
-    let files = repo.load_index_files()?;
-    let index = MasterIndex::from_files(&files);
+    let index = repo.load_index_strict()?;
     let snaps: Vec<(Id, Snapshot)> = repo.load_snapshots_strict()?;
     let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
     let used = used_blobs(repo, &index, &roots)?;
-    for id in &used {
-        if !index.contains(id) {
-            return Err(Error::Integrity(format!(
-                "blob {id} is used by a snapshot but not indexed; refusing to prune (run `cairn check`, then `cairn repair index`)"
-            )));
-        }
-    }
 
     let stored: HashMap<String, u64> = repo
         .backend()
@@ -244,49 +250,36 @@ pub fn prune(
         .into_iter()
         .map(|o| (o.name, o.size))
         .collect();
-    let mut packs: HashMap<Id, PackUse> = HashMap::new();
-    for pid in index.packs() {
-        let Some(&size) = stored.get(&pid.to_hex()) else {
-            return Err(Error::Integrity(format!(
-                "pack {pid} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
-            )));
-        };
-        packs.insert(
-            *pid,
-            PackUse {
+    // Per pack, by the index's pack numbers: what its index entries cover (duplicate copies
+    // of a blob count as unused in every pack but the one the index resolves it to).
+    let mut packs: Vec<PackUse> = index
+        .packs()
+        .iter()
+        .zip(index.pack_totals())
+        .map(|(pid, t)| match stored.get(&pid.to_hex()) {
+            Some(&size) => Ok(PackUse {
                 id: *pid,
                 size,
                 used_bytes: 0,
-                unused_bytes: 0,
-                used_blobs: Vec::new(),
-            },
-        );
-    }
-    // Walk the index files themselves (not the merged map) so that duplicate copies of a blob
-    // in a second pack count as unused there.
-    let mut seen_pack: HashSet<Id> = HashSet::new();
-    let mut blobs_unused = 0u64;
-    for p in files.iter().flat_map(|(_, f)| &f.packs) {
-        let pid = p.id;
-        if !seen_pack.insert(pid) {
-            continue;
-        }
-        let Some(pu) = packs.get_mut(&pid) else {
-            continue;
-        };
-        for &e in &p.blobs {
-            let canonical = index
-                .get(&e.id)
-                .is_some_and(|l| index.pack_id(l) == pid && l.offset == e.offset);
-            if canonical && used.contains(&e.id) {
-                pu.used_bytes += u64::from(e.length);
-                pu.used_blobs.push(e);
-            } else {
-                pu.unused_bytes += u64::from(e.length);
-                blobs_unused += 1;
-            }
+                used_blobs: 0,
+                unused_bytes: t.bytes,
+            }),
+            None => Err(Error::Integrity(format!(
+                "pack {pid} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    for pos in 0..index.len() {
+        if used.contains(pos) {
+            let (_, l) = index.at(pos);
+            let pu = &mut packs[l.pack as usize];
+            pu.used_bytes += u64::from(l.length);
+            pu.unused_bytes -= u64::from(l.length);
+            pu.used_blobs += 1;
         }
     }
+    let entries: u64 = index.pack_totals().iter().map(|t| u64::from(t.blobs)).sum();
+    let blobs_unused = entries - used.len() as u64;
 
     let mut report = PruneReport {
         packs_total: stored.len() as u64,
@@ -306,8 +299,8 @@ pub fn prune(
 
     let mut delete: Vec<Id> = Vec::new();
     let mut partial: Vec<&PackUse> = Vec::new();
-    for p in packs.values() {
-        if p.used_blobs.is_empty() {
+    for p in &packs {
+        if p.used_blobs == 0 {
             delete.push(p.id);
         } else if p.unused_bytes > 0 {
             partial.push(p);
@@ -321,8 +314,8 @@ pub fn prune(
         rb.total_cmp(&ra).then(a.id.cmp(&b.id))
     });
     let kept_size: u64 = packs
-        .values()
-        .filter(|p| !p.used_blobs.is_empty())
+        .iter()
+        .filter(|p| p.used_blobs > 0)
         .map(|p| p.size)
         .sum();
     let mut unused_left: u64 = partial.iter().map(|p| p.unused_bytes).sum();
@@ -347,7 +340,11 @@ pub fn prune(
     report.packs_repacked = repack.len() as u64;
     report.bytes_repacked = repack.iter().map(|p| p.used_bytes).sum();
     report.bytes_unused_left = unused_left;
-    let deleted_bytes: u64 = delete.iter().map(|id| packs[id].size).sum::<u64>()
+    let deleted_bytes: u64 = packs
+        .iter()
+        .filter(|p| p.used_blobs == 0)
+        .map(|p| p.size)
+        .sum::<u64>()
         + repack.iter().map(|p| p.size).sum::<u64>()
         + unreferenced.iter().map(|(_, s)| s).sum::<u64>();
     report.bytes_freed = deleted_bytes.saturating_sub(report.bytes_repacked);
@@ -368,51 +365,63 @@ pub fn prune(
         return Ok(report);
     }
 
-    // 1. Repack.
+    // 1. Repack: the used blobs of each repacked pack, found in one pass over the index.
     let repack_ids: HashSet<Id> = repack.iter().map(|p| p.id).collect();
     let delete_ids: HashSet<Id> = delete.iter().copied().collect();
-    let mut kept = MasterIndex::default();
-    let mut kept_packs: Vec<IndexPack> = Vec::new();
-    for (_, f) in &files {
-        for p in &f.packs {
-            if repack_ids.contains(&p.id)
-                || delete_ids.contains(&p.id)
-                || kept_packs.iter().any(|k| k.id == p.id)
-            {
-                continue;
-            }
-            kept.add_pack(p);
-            kept_packs.push(p.clone());
+    let mut to_copy: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+    for pos in 0..index.len() {
+        let (id, l) = index.at(pos);
+        if used.contains(pos) && repack_ids.contains(&index.pack_id(&l)) {
+            to_copy.entry(l.pack).or_default().push(PackEntry {
+                blob_type: l.blob_type,
+                id,
+                offset: l.offset,
+                length: l.length,
+                raw_length: l.raw_length,
+            });
         }
     }
-    let packer = Packer::new(repo, std::sync::Arc::new(kept));
-    repack.par_iter().try_for_each(|p| -> Result<()> {
-        if interrupted() {
-            return Err(Error::Interrupted);
-        }
-        let mut data = repo.backend().get(FileKind::Pack, &p.id.to_hex())?;
-        verify_name(FileKind::Pack, &p.id.to_hex(), &data)?;
-        for e in &p.used_blobs {
-            let a = e.offset as usize;
-            let sealed = data
-                .get_mut(a..a + e.length as usize)
-                .ok_or_else(|| Error::Integrity(format!("pack {} truncated", p.id)))?;
-            let plain = repo.open_blob(&p.id, e, sealed).map_err(|err| {
-                Error::Integrity(format!(
-                    "{err}; refusing to repack (run `cairn check --read-data`)"
-                ))
-            })?;
-            packer.add(e.blob_type, e.id, &plain)?;
-            Progress::add(&progress.bytes, u64::from(e.raw_length));
-        }
-        Ok(())
-    })?;
+    let mut to_copy: Vec<(Id, Vec<PackEntry>)> = to_copy
+        .into_iter()
+        .map(|(p, mut v)| {
+            v.sort_by_key(|e| e.offset);
+            (index.packs()[p as usize], v)
+        })
+        .collect();
+    to_copy.sort_by_key(|(id, _)| *id);
+    drop(used);
+    let mut kept = index;
+    kept.retain_packs(|id| !repack_ids.contains(id) && !delete_ids.contains(id));
+    let kept = std::sync::Arc::new(kept);
+    let packer = Packer::new(repo, kept.clone()).recording();
+    to_copy
+        .par_iter()
+        .try_for_each(|(pid, blobs)| -> Result<()> {
+            if interrupted() {
+                return Err(Error::Interrupted);
+            }
+            let mut data = repo.backend().get(FileKind::Pack, &pid.to_hex())?;
+            verify_name(FileKind::Pack, &pid.to_hex(), &data)?;
+            for e in blobs {
+                let a = e.offset as usize;
+                let sealed = data
+                    .get_mut(a..a + e.length as usize)
+                    .ok_or_else(|| Error::Integrity(format!("pack {pid} truncated")))?;
+                let plain = repo.open_blob(pid, e, sealed).map_err(|err| {
+                    Error::Integrity(format!(
+                        "{err}; refusing to repack (run `cairn check --read-data`)"
+                    ))
+                })?;
+                packer.add(e.blob_type, e.id, &plain)?;
+                Progress::add(&progress.bytes, u64::from(e.raw_length));
+            }
+            Ok(())
+        })?;
     let new_packs = packer.finish()?;
     drop(packer);
-    kept_packs.extend(new_packs);
 
     // 2.+3. The complete new index, then the old index files go.
-    report.index_files_replaced = replace_index(repo, kept_packs)?;
+    report.index_files_replaced = replace_index(repo, kept.index_packs().chain(new_packs))?;
     // 4. Packs nothing names any more.
     for id in delete.iter().chain(repack_ids.iter()) {
         repo.backend().delete(FileKind::Pack, &id.to_hex())?;

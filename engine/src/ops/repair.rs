@@ -216,7 +216,7 @@ pub fn repair_packs(
     if dry_run {
         return Ok(report);
     }
-    let packer = Packer::new(repo, Arc::new(kept));
+    let packer = Packer::new(repo, Arc::new(kept)).recording();
     // Copy the intact blobs, one damaged pack at a time. A blob that read fine a moment ago
     // and does not now (failing media) stops the repair before anything is deleted.
     for (pid, first) in &damaged {
@@ -293,7 +293,7 @@ impl SnapshotFixer<'_> {
     /// Whether a data blob can be read back: indexed as data, in a pack that exists.
     fn present(&self, id: &Id) -> Option<u64> {
         let loc = self.index.get(id)?;
-        (loc.blob_type == BlobType::Data && self.stored.contains(&self.index.pack_id(loc)))
+        (loc.blob_type == BlobType::Data && self.stored.contains(&self.index.pack_id(&loc)))
             .then_some(u64::from(loc.raw_length))
     }
 
@@ -308,7 +308,7 @@ impl SnapshotFixer<'_> {
 
     fn tree_readable(&self, id: &Id) -> bool {
         self.index.get(id).is_some_and(|l| {
-            l.blob_type == BlobType::Tree && self.stored.contains(&self.index.pack_id(l))
+            l.blob_type == BlobType::Tree && self.stored.contains(&self.index.pack_id(&l))
         })
     }
 
@@ -415,8 +415,7 @@ pub fn repair_snapshots(
 ) -> Result<RepairSnapshotsReport> {
     let repo: &Repository = lock;
     // A damaged index would make intact data look lost: repair it first.
-    let files = repo.load_index_files()?;
-    let index = MasterIndex::from_files(&files);
+    let index = repo.load_index_strict()?;
     let (snaps, damaged) = repo.load_snapshots_lenient()?;
     let stored: HashSet<Id> = repo
         .backend()
@@ -426,7 +425,8 @@ pub fn repair_snapshots(
         .collect();
     // What the packer may deduplicate against: blobs in packs that exist. A tree the
     // repair writes must not be "found" in a pack that is gone.
-    let known = MasterIndex::from_files_where(&files, |id| stored.contains(id));
+    let mut known = index.clone();
+    known.retain_packs(|id| stored.contains(id));
     let mut fixer = SnapshotFixer {
         repo,
         index: &index,
@@ -541,39 +541,48 @@ pub fn repair_index(lock: &ExclusiveLock<'_>, progress: &Progress) -> Result<Rep
 /// A crash before the last new file leaves the old index in force (new files only add
 /// duplicates); a crash after it leaves superseded files that readers ignore. Returns how
 /// many index files were replaced.
-pub(crate) fn replace_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<u64> {
+pub(crate) fn replace_index(
+    repo: &Repository,
+    packs: impl IntoIterator<Item = IndexPack>,
+) -> Result<u64> {
     let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
+    let mut new_files = HashSet::new();
     // At most PACKS_PER_INDEX_FILE packs and a quarter of the format's blob limit per file.
-    let mut chunks: Vec<Vec<IndexPack>> = vec![Vec::new()];
+    // Each full file is written as soon as the next pack does not fit, so only one file's
+    // packs are in memory; the last one, written after the loop, carries `supersedes`.
+    let mut chunk: Vec<IndexPack> = Vec::new();
     let mut blobs = 0usize;
     for p in packs {
-        let full = chunks.last().is_some_and(|c| {
-            c.len() >= PACKS_PER_INDEX_FILE
-                || (!c.is_empty() && blobs + p.blobs.len() > cairn_format::MAX_INDEX_BLOBS / 4)
-        });
+        let full = chunk.len() >= PACKS_PER_INDEX_FILE
+            || (!chunk.is_empty() && blobs + p.blobs.len() > cairn_format::MAX_INDEX_BLOBS / 4);
         if full {
-            chunks.push(Vec::new());
+            // Stopping before the last file leaves the old index in force (see above).
+            if interrupted() {
+                return Err(Error::Interrupted);
+            }
+            let packs = std::mem::take(&mut chunk);
+            new_files.insert(repo.save(
+                FileKind::Index,
+                &IndexFile {
+                    supersedes: Vec::new(),
+                    packs,
+                },
+            )?);
             blobs = 0;
         }
         blobs += p.blobs.len();
-        if let Some(c) = chunks.last_mut() {
-            c.push(p);
-        }
+        chunk.push(p);
     }
-    let last = chunks.len() - 1;
-    let mut new_files = HashSet::new();
-    for (i, packs) in chunks.into_iter().enumerate() {
-        // Stopping before the last file leaves the old index in force (see above).
-        if interrupted() {
-            return Err(Error::Interrupted);
-        }
-        let supersedes = if i == last {
-            old_files.clone()
-        } else {
-            Vec::new()
-        };
-        new_files.insert(repo.save(FileKind::Index, &IndexFile { supersedes, packs })?);
+    if interrupted() {
+        return Err(Error::Interrupted);
     }
+    new_files.insert(repo.save(
+        FileKind::Index,
+        &IndexFile {
+            supersedes: old_files.clone(),
+            packs: chunk,
+        },
+    )?);
     for id in &old_files {
         if !new_files.contains(id) {
             repo.backend().delete(FileKind::Index, &id.to_hex())?;

@@ -477,7 +477,7 @@ pub fn restore(
         for id in &e.node.content {
             match index.get(id) {
                 Some(loc) if loc.blob_type == BlobType::Data => {
-                    placed.push((loc.pack, *id, *loc, off));
+                    placed.push((loc.pack, *id, loc, off));
                     off += u64::from(loc.raw_length);
                 }
                 _ => {
