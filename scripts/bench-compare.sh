@@ -3,16 +3,21 @@
 #
 # Builds cairn (release), prepares data sets under a work dir, then for R repetitions runs,
 # alternating which tool goes first: first backup (fresh repos), unchanged re-backup, backup
-# after touching 1 % of the files, restore into an empty dir, forget --keep-last 1 --prune
-# (cairn: only when it has `forget`), and measures wall time, CPU, peak RSS (GNU time) and
-# repository size. Prints medians and cairn/restic ratios as a markdown table and writes it
-# to a file.
+# after touching 1 % of the files, restore into an empty dir (plus a `cp -a` of the data set
+# into an empty dir as a reference), forget --keep-last 1 --prune (cairn: only when it has
+# `forget`), check, and measures wall time and peak RSS of every phase (GNU time), CPU and
+# repository size. Prints medians and cairn/restic (and cairn/cp -a) ratios as a markdown
+# table and writes it to a file.
 #
 # The machine is noisy: only compare ratios measured in one run.
 #
 # Usage: scripts/bench-compare.sh [options]
-#   --data LIST          comma-separated: real, k3s, incompressible, bigfile, speedup (default: real)
+#   --data LIST          comma-separated: real, k3s, incompressible, bigfile, files:N, speedup
+#                        (default: real). files:N = N small text files (50 B .. 16 KiB, median
+#                        1.5 KB) in a nested tree, like a volume or a source checkout
+#                        (e.g. files:1000000; cached in WORK/data/files-N).
 #                        speedup = cairn alone on the bigfile with RAYON_NUM_THREADS=1 vs 2
+#   --seed S             seed of the files:N data set (default 1)
 #   --work DIR           work dir (default /var/tmp/cairn-bench)
 #   --reps R             repetitions (default 3)
 #   --threads N          RAYON_NUM_THREADS=N for cairn, GOMAXPROCS=N for restic
@@ -22,6 +27,7 @@
 #   --bigfile-mb N       (default 4000)
 #   --speedup-threads "A B"  thread counts for --data speedup (default "1 2")
 #   --pct P              percent of files touched for the "1 %" backup (default 1)
+#   --no-cp              skip the `cp -a` reference in the restore phase
 #   --s3                 repositories in the S3 bucket the environment names (AWS_ENDPOINT_URL,
 #                        S3_BUCKET, AWS_* credentials; e.g. eval "$(scripts/s3-server.sh up)"),
 #                        a fresh prefix per tool and repetition; cairn runs with -v and its
@@ -49,6 +55,8 @@ INCOMP_MB=1000
 BIG_MB=4000
 SPEEDUP_THREADS="1 2"
 PCT=1
+SEED=1
+CP_REF=1
 BUILD=1
 CAIRN_BIN_SRC=""
 OUT=""
@@ -72,6 +80,8 @@ while [[ $# -gt 0 ]]; do
         --bigfile-mb) BIG_MB="$2"; shift 2 ;;
         --speedup-threads) SPEEDUP_THREADS="$2"; shift 2 ;;
         --pct) PCT="$2"; shift 2 ;;
+        --seed) SEED="$2"; shift 2 ;;
+        --no-cp) CP_REF=0; shift ;;
         --no-build) BUILD=0; shift ;;
         --cairn-bin) CAIRN_BIN_SRC="$2"; BUILD=0; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
@@ -84,6 +94,13 @@ done
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+IFS=',' read -r -a SETS <<<"$DATA"
+for s in "${SETS[@]}"; do   # fail now, not after hours of the sets before a typo
+    [[ "$s" =~ ^(real|k3s|incompressible|bigfile|speedup|files:[1-9][0-9]*)$ ]] ||
+        die "unknown data set '$s' (real, k3s, incompressible, bigfile, files:N, speedup)"
+done
+[[ "$SEED" =~ ^[0-9]+$ ]] || die "--seed needs a non-negative integer, got '$SEED'"
 
 # ---------------------------------------------------------------- prerequisites
 if [[ ! -x /usr/bin/time ]]; then
@@ -98,7 +115,7 @@ WORK="$(cd "$WORK" && pwd)"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 RUN_DIR="$WORK/results/run-$STAMP"
 mkdir -p "$RUN_DIR"
-[[ -n "$OUT" ]] || OUT="$WORK/results/${DATA//,/-}-$STAMP.md"
+[[ -n "$OUT" ]] || OUT="$WORK/results/${DATA//[,:]/-}-$STAMP.md"
 CMDLOG="$RUN_DIR/commands.log"
 : >"$CMDLOG"
 
@@ -143,7 +160,7 @@ cairn_env=(env "CAIRN_PASSWORD=$PASSWORD" "CAIRN_CACHE_DIR=$WORK/cairn-cache")
 if [[ "$S3" == 1 ]]; then
     [[ -n "${AWS_ENDPOINT_URL:-}" && -n "${S3_BUCKET:-}" ]] || die "--s3 needs AWS_ENDPOINT_URL and S3_BUCKET (eval \"\$(scripts/s3-server.sh up)\")"
     # -v: cairn logs its S3 request counts at exit.
-    cairn_env+=(CAIRN_LOG=warn,cairn_engine::backend::s3=info)
+    cairn_env+=("CAIRN_LOG=warn,cairn_engine::backend::s3=info")
 fi
 restic_env=(env "RESTIC_PASSWORD=$PASSWORD" "RESTIC_CACHE_DIR=$WORK/restic-cache")
 if [[ -n "$THREADS" ]]; then
@@ -172,6 +189,9 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "  the first timed run, so both tools read from a warm cache; \`sync\` (untimed) runs before"
     echo "  every timed command so that one tool's dirty pages are not flushed on the other's clock."
     echo "- cairn forget/prune: $([[ $CAIRN_HAS_FORGET == 1 ]] && echo "present ($CAIRN_FORGET_MODE)" || echo "absent (n/a)")"
+    echo "- check: \`cairn check\` and \`restic check\` (both without --read-data; restic with its"
+    echo "  default fresh temporary cache), after forget+prune"
+    [[ "$CP_REF" == 1 ]] && echo "- cp -a: \`cp -a DATA/. EMPTY_DIR\` (same state as the restores), timed after both restores"
     echo "- MB = 10^6 bytes; MiB = 2^20 bytes; RSS = GNU time %M (max resident set); CPU = %U + %S;
   \"cores busy\" = CPU / wall (other load on the machine lowers it for both tools)"
     echo
@@ -316,10 +336,32 @@ prep_bigfile() {
     echo "$params" >"$WORK/data/bigfile.params"
 }
 
+prep_files() { # N
+    local n="$1"
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "files:N needs a positive integer N, got '$n'"
+    local params="files n=$n seed=$SEED v1"
+    DATA_PATH="$WORK/data/files-$n"
+    prepared "files-$n" "$params" && return
+    log "preparing data set 'files:$n': $n small files, seed $SEED"
+    rm -rf "$DATA_PATH" "$WORK/data/files-$n.params"
+    python3 "$HELPER" files "$DATA_PATH" "$n" "$SEED" >/dev/null
+    echo "$params" >"$WORK/data/files-$n.params"
+}
+
+# prep_set SET: prepare a data set of --data (sets DATA_PATH).
+prep_set() {
+    case "$1" in
+        speedup) prep_bigfile ;;
+        files:*) prep_files "${1#files:}" ;;
+        real|k3s|incompressible|bigfile) "prep_$1" ;;
+        *) die "unknown data set $1 (real, k3s, incompressible, bigfile, files:N, speedup)" ;;
+    esac
+}
+
 # ---------------------------------------------------------------- one comparison
-compare() { # name
-    local name="$1"
-    "prep_$name"
+compare() { # set (name in file names: ':' -> '-')
+    local name="${1//:/-}"
+    prep_set "$1"
     local data="$DATA_PATH"
     read -r NFILES NBYTES < <(python3 "$HELPER" stats "$data")
     local mb
@@ -342,10 +384,10 @@ compare() { # name
             tool_cmd "$t" "${REPO[$t]}" backup --json "$data"
             timed "$rep" "$t" "first backup" "$RUN_DIR/$name.$rep.$t.backup1.json" -- "${CMD[@]}"
             record "$rep" "$t" "first backup: wall s" "$T_WALL"
+            record "$rep" "$t" "first backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "first backup: MB/s" "$(calc 'a[0]/1e6/a[1]' "$NBYTES" "$T_WALL")"
             record "$rep" "$t" "first backup: CPU s (user+sys)" "$(calc 'a[0]+a[1]' "$T_USER" "$T_SYS")"
             record "$rep" "$t" "first backup: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
-            record "$rep" "$t" "first backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "first backup: voluntary context switches" "$T_VCSW"
             [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "first backup: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.backup1.json.err")"
             record "$rep" "$t" "first backup: data_added MB (pre-compression)" \
@@ -368,16 +410,17 @@ compare() { # name
             tool_cmd "$t" "${REPO[$t]}" backup --json "$data"
             timed "$rep" "$t" "backup after ${PCT}% touched" "$RUN_DIR/$name.$rep.$t.backup3.json" -- "${CMD[@]}"
             record "$rep" "$t" "${PCT}% touched backup: wall s" "$T_WALL"
+            record "$rep" "$t" "${PCT}% touched backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "${PCT}% touched backup: data_added MB" \
                 "$(calc 'a[0]/1e6' "$(python3 "$HELPER" data-added "$t" "$RUN_DIR/$name.$rep.$t.backup3.json")")"
-            record "$rep" "$t" "${PCT}% touched backup: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
         done
-        # 4. restore into an empty dir (the latest snapshot = the modified state).
-        # Both tools' restores are deleted only after both ran: ext4 skips inodes freed in the
+        # 4. restore into an empty dir (the latest snapshot = the modified state), then the
+        # reference: `cp -a` of the data set (same state) into an empty dir, as tool "cp-a".
+        # All restores are deleted only after all ran: ext4 skips inodes freed in the
         # last 60-300 s when allocating (`recently_deleted`, ~45 % of a restore's CPU in a
         # profile right after an `rm -rf` of the previous restore), so deleting one tool's
         # restore before the other's would slow the second. Repetition 1 runs on a clean
-        # file system for both; later repetitions pay it alike.
+        # file system for all; later repetitions pay it alike.
         read -r _ want_bytes < <(python3 "$HELPER" stats "$data")
         for t in "${order[@]}"; do
             local restore_dir="$WORK/restore/$t"
@@ -390,12 +433,26 @@ compare() { # name
                 log "WARNING: $t restore has $got_files files / $got_bytes bytes, expected $NFILES / $want_bytes"
             fi
             record "$rep" "$t" "restore: wall s" "$T_WALL"
+            record "$rep" "$t" "restore: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "restore: MB/s" "$(calc 'a[0]/1e6/a[1]' "$want_bytes" "$T_WALL")"
             record "$rep" "$t" "restore: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
-            record "$rep" "$t" "restore: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "restore: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.restore.out.err")"
         done
-        rm -rf "$WORK/restore/cairn" "$WORK/restore/restic"
+        if [[ "$CP_REF" == 1 ]]; then
+            local cp_dir="$WORK/restore/cp-a"
+            rm -rf "$cp_dir"
+            mkdir -p "$cp_dir"
+            timed "$rep" cp-a "cp -a (restore reference)" "$RUN_DIR/$name.$rep.cp-a.out" -- cp -a "$data/." "$cp_dir/"
+            read -r got_files got_bytes < <(python3 "$HELPER" stats "$cp_dir")
+            if [[ "$got_files" != "$NFILES" || "$got_bytes" != "$want_bytes" ]]; then
+                log "WARNING: cp -a copy has $got_files files / $got_bytes bytes, expected $NFILES / $want_bytes"
+            fi
+            record "$rep" cp-a "restore: wall s" "$T_WALL"
+            record "$rep" cp-a "restore: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            record "$rep" cp-a "restore: MB/s" "$(calc 'a[0]/1e6/a[1]' "$want_bytes" "$T_WALL")"
+            record "$rep" cp-a "restore: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
+        fi
+        rm -rf "$WORK/restore/cairn" "$WORK/restore/restic" "$WORK/restore/cp-a"
         python3 "$HELPER" undo "$undo"
         # 5. repository size, forget + prune
         for t in "${order[@]}"; do
@@ -422,6 +479,16 @@ compare() { # name
             record "$rep" "$t" "forget --keep-last 1 --prune: wall s" "$T_WALL"
             record "$rep" "$t" "forget --keep-last 1 --prune: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" "$t" "repo size after prune MB" "$(calc 'a[0]/1e6' "$(repo_bytes "$repo")")"
+        done
+        # 6. check (structure only, no --read-data), on the pruned repositories
+        for t in "${order[@]}"; do
+            tool_cmd "$t" "${REPO[$t]}" check
+            timed "$rep" "$t" "check" "$RUN_DIR/$name.$rep.$t.check.out" -- "${CMD[@]}"
+            record "$rep" "$t" "check: wall s" "$T_WALL"
+            record "$rep" "$t" "check: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
+            if [[ "$S3" == 1 && "$t" == cairn ]]; then
+                record "$rep" "$t" "check: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.check.out.err")"
+            fi
         done
         [[ "$S3" == 1 ]] || rm -rf "$WORK/repos/cairn" "$WORK/repos/restic"
     done
@@ -469,13 +536,9 @@ speedup() {
 }
 
 # ---------------------------------------------------------------- main
-IFS=',' read -r -a SETS <<<"$DATA"
 if [[ "$PREPARE_ONLY" == 1 ]]; then
     for s in "${SETS[@]}"; do
-        case "$s" in
-            speedup) prep_bigfile ;;
-            *) "prep_$s" ;;
-        esac
+        prep_set "$s"
         read -r n b < <(python3 "$HELPER" stats "$DATA_PATH")
         log "data set $s ready: $DATA_PATH ($n files, $b bytes)"
     done
@@ -483,9 +546,9 @@ if [[ "$PREPARE_ONLY" == 1 ]]; then
 fi
 for s in "${SETS[@]}"; do
     case "$s" in
-        real|k3s|incompressible|bigfile) compare "$s" ;;
+        real|k3s|incompressible|bigfile|files:*) compare "$s" ;;
         speedup) speedup ;;
-        *) die "unknown data set $s (real, k3s, incompressible, bigfile, speedup)" ;;
+        *) die "unknown data set $s (real, k3s, incompressible, bigfile, files:N, speedup)" ;;
     esac
 done
 

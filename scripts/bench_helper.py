@@ -5,6 +5,8 @@ Subcommands:
   copy-capped DST CAP_BYTES SRC...   cp -a whole subtrees of SRC... into DST until CAP_BYTES
   mixed OUT SIZE_BYTES SEED SRC...   one file: real files from SRC... concatenated, with 1/4
                                      of the bytes pseudo-random (incompressible) blocks
+  files DIR N SEED                   N small files of compressible text in a nested tree
+                                     (deterministic for N and SEED; progress on stderr)
   stats PATH...                      "<files> <bytes>": regular files and their apparent size
   modify PATH UNDO_JSON SEED PCT     touch PCT % of the regular files: append a line or
                                      rewrite a few bytes, bump mtime; record how to undo
@@ -12,10 +14,13 @@ Subcommands:
   parse-time FILE                    last line of /usr/bin/time -f '%e %U %S %M %w' output
   data-added TOOL FILE               data_added (bytes) from a backup's --json output
   report CSV OUT_MD TITLE            medians per (measurement, tool) -> markdown table
+                                     (tools cairn, restic and, where recorded, cp-a)
   speedup-report CSV OUT_MD TITLE    medians per thread count -> markdown table
 """
 
+import itertools
 import json
+import math
 import os
 import random
 import shutil
@@ -158,6 +163,124 @@ def mixed(out, size, seed, srcs):
     print(written)
 
 
+def gen_files(top, n, seed):
+    """A tree of `n` small files shaped like a persistent volume or a source checkout.
+
+    Directories: leaf directories of ~100-300 files, up to 4 levels of ~20-50 subdirectories
+    (fewer levels and a smaller fan-out for small `n`), a few files in the inner directories.
+    Sizes: log-normal, median 1.5 KB, clipped to 50 B .. 16 KiB. Content: lines of words from
+    a generated vocabulary (Zipf-like frequencies), cut from a shared pool at random offsets,
+    with a random-token line per KiB so files differ; ~2 % of the files are exact copies of
+    an earlier file. Everything depends only on `n` and `seed`."""
+    rng = random.Random(seed)
+    t0 = time.time()
+    # -- vocabulary and a pool of text lines
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    lw = [12.0, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0, 2.0,
+          1.9, 1.5, 1.0, 0.8, 0.15, 0.15, 0.1, 0.07]
+    vocab = set()
+    while len(vocab) < 6000:
+        vocab.add("".join(rng.choices(letters, weights=lw, k=rng.randint(2, 11))))
+    vocab = sorted(vocab)
+    rng.shuffle(vocab)
+    vocab += ["{", "}", "=", ":", "-", "return", "if", "the", "of", "and", "error", "value"]
+    cum = list(itertools.accumulate(1.0 / (i + 1) ** 1.07 for i in range(len(vocab))))
+    words = rng.choices(vocab, cum_weights=cum, k=2_400_000)
+    indents = ["", "", "", "  ", "    ", "    ", "        ", "\t", "\t\t", "# ", "// "]
+    lines = []
+    i = 0
+    while i < len(words):
+        k = rng.randint(1, 14)
+        lines.append(rng.choice(indents) + " ".join(words[i:i + k]))
+        if rng.random() < 0.15:
+            lines.append("%s = %d" % (words[i], rng.randrange(100000)))
+        if rng.random() < 0.05:
+            lines.append("")
+        i += k
+    pool = ("\n".join(lines) + "\n").encode()
+    del words, lines
+    plen = len(pool)
+    # Line starts, so that every cut begins at a line.
+    starts = []
+    p = pool.find(b"\n")
+    while 0 <= p < plen - 20000:
+        starts.append(p + 1)
+        p = pool.find(b"\n", p + 1)
+
+    # -- directory tree
+    leaves = max(1, round(n / 200))
+    levels = 1
+    while levels < 4 and leaves ** (1.0 / levels) > 50:
+        levels += 1
+    if levels < 2 and leaves >= 9:
+        levels = 2
+    dirnames = vocab[:4000]
+    dirs = []  # (relative path, weight of files)
+
+    def tree(rel, level, want):
+        """`want` leaf directories below `rel` (the fan-out varies, the total stays close)."""
+        if level == levels:
+            dirs.append((rel, rng.uniform(100, 300)))
+            return
+        if level > 0:
+            dirs.append((rel, rng.uniform(0, 20)))  # a few files (README, config) inside
+        k = max(1, round(want ** (1.0 / (levels - level)) * rng.uniform(0.7, 1.3)))
+        for j in range(k):
+            tree(os.path.join(rel, "%s-%d" % (rng.choice(dirnames), j)), level + 1, want / k)
+
+    tree("", 0, leaves)
+    total_w = sum(w for _, w in dirs)
+    exts = [".txt", ".go", ".rs", ".py", ".json", ".yaml", ".log", ".md", ".c", ".h", ".conf", ""]
+    os.makedirs(top, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    mu, sigma = math.log(1500), 1.0
+    lognorm = rng.lognormvariate
+    randrange = rng.randrange
+    getrandbits = rng.getrandbits
+    rand = rng.random
+    nstarts = len(starts)
+    recent = []
+    made = 0
+    nbytes = 0
+    cw = 0.0
+    for rel, w in dirs:
+        cw += w
+        count = round(n * cw / total_w) - made
+        if count <= 0:
+            continue
+        d = os.path.join(top, rel)
+        os.makedirs(d, exist_ok=True)
+        stem = rng.choice(dirnames)
+        for j in range(count):
+            if recent and rand() < 0.02:
+                data = recent[randrange(len(recent))]
+            else:
+                size = int(lognorm(mu, sigma))
+                size = 50 if size < 50 else (16384 if size > 16384 else size)
+                parts = [b"%016x %s\n" % (getrandbits(64), stem.encode())]
+                got = len(parts[0])
+                while got < size:
+                    s = starts[randrange(nstarts)]
+                    seg = pool[s:s + min(size - got, 1024)]
+                    parts.append(seg)
+                    parts.append(b"\n%x %d\n" % (getrandbits(48), randrange(1 << 20)))
+                    got += len(seg) + 22
+                data = b"".join(parts)[:size]
+                if len(recent) < 256:
+                    recent.append(data)
+                else:
+                    recent[randrange(256)] = data
+            fd = os.open("%s/%s_%d%s" % (d, stem, j, exts[j % len(exts)]), flags, 0o644)
+            os.write(fd, data)
+            os.close(fd)
+            nbytes += len(data)
+            made += 1
+            if made % 100000 == 0:
+                sys.stderr.write("  files: %d of %d, %.0f MB, %.0f s\n" % (made, n, nbytes / 1e6, time.time() - t0))
+    sys.stderr.write("  files: %d in %d directories, %.0f MB, %.0f s\n" % (made, len(dirs), nbytes / 1e6, time.time() - t0))
+    print(made, nbytes)
+
+
 def stats(paths):
     files = 0
     total = 0
@@ -298,18 +421,44 @@ def report(csv, out_md, title):
         except ValueError:
             x = float("nan")
         data.setdefault((meas, tool), []).append(x)
+    # Peak RSS right after the wall time of the same phase (older CSVs recorded it later).
+    for meas in [m for m in order if m.endswith(": peak RSS MiB")]:
+        wall = meas[: -len("peak RSS MiB")] + "wall s"
+        if wall in order:
+            order.remove(meas)
+            order.insert(order.index(wall) + 1, meas)
     reps = len({r[0] for r in rows})
-    lines = [f"### {title}", "",
-             f"median of {reps} repetition(s); ratio = cairn / restic (for times and sizes < 1 means cairn is better; for MB/s > 1)", "",
-             "| measurement | cairn | restic | ratio cairn/restic | cairn runs | restic runs |",
-             "|---|---:|---:|---:|---|---|"]
+    # The `cp -a` reference (tool "cp-a", restore rows only) gets its own columns when the
+    # CSV has it (older CSVs do not).
+    has_cp = any(tool == "cp-a" for _, tool, _, _ in rows)
+    head = "| measurement | cairn | restic | ratio cairn/restic |"
+    rule = "|---|---:|---:|---:|"
+    if has_cp:
+        head += " cp -a | ratio cairn/cp -a |"
+        rule += "---:|---:|"
+    head += " cairn runs | restic runs |" + (" cp -a runs |" if has_cp else "")
+    rule += "---|---|" + ("---|" if has_cp else "")
+    note = "ratio = cairn / restic (for times and sizes < 1 means cairn is better; for MB/s > 1)"
+    if has_cp:
+        note += "; cp -a = `cp -a` of the data set into an empty dir, the floor for a restore"
+    lines = [f"### {title}", "", f"median of {reps} repetition(s); {note}", "", head, rule]
+
+    def runs(meas, tool):
+        return " ".join(fmt(v) for v in data.get((meas, tool), [])) or "n/a"
+
     for meas in order:
         c = med(data.get((meas, "cairn"), []))
         r = med(data.get((meas, "restic"), []))
         ratio = (c / r) if (c is not None and r not in (None, 0)) else None
-        runs_c = " ".join(fmt(v) for v in data.get((meas, "cairn"), [])) or "n/a"
-        runs_r = " ".join(fmt(v) for v in data.get((meas, "restic"), [])) or "n/a"
-        lines.append(f"| {meas} | {fmt(c)} | {fmt(r)} | {('%.2f' % ratio) if ratio is not None else 'n/a'} | {runs_c} | {runs_r} |")
+        row = f"| {meas} | {fmt(c)} | {fmt(r)} | {('%.2f' % ratio) if ratio is not None else 'n/a'} |"
+        if has_cp:
+            cp = med(data.get((meas, "cp-a"), []))
+            cratio = (c / cp) if (meas.endswith("wall s") and c is not None and cp) else None
+            row += f" {fmt(cp) if cp is not None else ''} | {('%.2f' % cratio) if cratio is not None else ''} |"
+        row += f" {runs(meas, 'cairn')} | {runs(meas, 'restic')} |"
+        if has_cp:
+            row += f" {runs(meas, 'cp-a') if (meas, 'cp-a') in data else ''} |"
+        lines.append(row)
     text = "\n".join(lines) + "\n"
     with open(out_md, "a") as f:
         f.write(text + "\n")
@@ -348,6 +497,8 @@ def main():
         copy_capped(args[0], int(args[1]), args[2:])
     elif cmd == "mixed":
         mixed(args[0], int(args[1]), int(args[2]), args[3:])
+    elif cmd == "files":
+        gen_files(args[0], int(args[1]), int(args[2]))
     elif cmd == "stats":
         stats(args)
     elif cmd == "modify":

@@ -340,7 +340,7 @@ impl MasterIndex {
                 }
             })
             .collect();
-        add.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        add.sort_unstable_by_key(|a| a.id);
         let old = std::mem::take(&mut self.sorted);
         let mut merged = Vec::with_capacity(old.len() + add.len());
         let (mut a, mut b) = (old.into_iter().peekable(), add.into_iter().peekable());
@@ -547,6 +547,7 @@ impl BlobSet {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
