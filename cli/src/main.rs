@@ -708,6 +708,12 @@ fn tune_allocator() {
         // Fixing one threshold freezes the other at its 128 KiB default, and trimming the
         // heap that eagerly re-faults the next chunk's buffers: keep up to 16 MiB.
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        // One arena per thread keeps each thread's freed small blocks out of the others'
+        // reach: a first backup of a million small files peaked at 135 MiB with the
+        // default arenas and 111 MiB with two, at the same speed.
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 

@@ -211,3 +211,26 @@ fn apply_metadata_short(path: &Path, node: &Node, chown: bool) -> Result<()> {
     filetime::set_symlink_file_times(path, atime, mtime).map_err(|e| Error::io(path, e))?;
     Ok(())
 }
+
+/// [`apply_metadata`] through an open regular file: owner, mode, xattrs, then times, with no
+/// path lookup (restore sets the metadata of each file it has just written through the
+/// descriptor it wrote with). `path` is for messages only.
+pub fn apply_metadata_fd(f: &std::fs::File, path: &Path, node: &Node, chown: bool) -> Result<()> {
+    use std::os::fd::AsFd;
+    let io = |e| Error::io(path, e);
+    if chown {
+        std::os::unix::fs::fchown(f.as_fd(), Some(node.uid), Some(node.gid)).map_err(io)?;
+    }
+    // After chown, which clears setuid/setgid bits.
+    f.set_permissions(std::fs::Permissions::from_mode(node.mode & 0o7777))
+        .map_err(io)?;
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        if let Err(e) = xattr::FileExt::set_xattr(f, name, &x.value) {
+            tracing::debug!("xattr {:?} on {}: {e}", name, path.display());
+        }
+    }
+    let mtime = filetime::FileTime::from_unix_time(node.mtime.secs, node.mtime.nanos);
+    let atime = filetime::FileTime::from_unix_time(node.atime.secs, node.atime.nanos);
+    filetime::set_file_handle_times(f, Some(atime), Some(mtime)).map_err(io)
+}

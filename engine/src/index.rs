@@ -29,6 +29,11 @@ pub struct BlobLocation {
     pub raw_length: u32,
 }
 
+/// Blobs per index file written: a reader decodes one whole file at a time (one per
+/// thread), so this bounds the transient memory of loading an index (~4 MB a file)
+/// however large the repository; 16 files for a million blobs.
+pub const BLOBS_PER_INDEX_FILE: usize = 1 << 16;
+
 /// The high bit of [`Slot::pack`] marks a tree blob; packs are numbered below it.
 const TREE_BIT: u32 = 1 << 31;
 
@@ -135,8 +140,10 @@ impl IndexBuilder {
     /// Add an index file (in any order: the result does not depend on it).
     pub fn add_file(&mut self, name: Id, file: &IndexFile) {
         let start = self.slots.len();
+        // Exactly: amortized doubling would leave up to half the array unused at its peak,
+        // and growing a large allocation is a remap, not a copy.
         self.slots
-            .reserve(file.packs.iter().map(|p| p.blobs.len()).sum());
+            .reserve_exact(file.packs.iter().map(|p| p.blobs.len()).sum());
         let mut packs = Vec::with_capacity(file.packs.len());
         for p in &file.packs {
             let pack = self.pack(&p.id);
@@ -455,14 +462,12 @@ impl MasterIndex {
     /// The index's content as index-file packs, each pack's blobs by offset: what prune and
     /// repair write as the new index. Built one pack at a time from a 4-byte-per-blob order.
     pub fn index_packs(&self) -> impl Iterator<Item = IndexPack> + '_ {
-        let mut by_pack: Vec<(u32, u32, u32)> = self
-            .sorted
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.pack(), s.offset, i as u32))
-            .collect();
+        let mut by_pack: Vec<u32> = (0..self.sorted.len() as u32).collect();
+        by_pack.sort_unstable_by_key(|&i| {
+            let s = &self.sorted[i as usize];
+            (s.pack(), s.offset)
+        });
         let recent: Vec<(Id, BlobLocation)> = self.recent.iter().map(|(i, l)| (*i, *l)).collect();
-        by_pack.sort_unstable();
         let mut recent_by_pack: HashMap<u32, Vec<PackEntry>> = HashMap::new();
         for (id, l) in recent {
             recent_by_pack
@@ -473,8 +478,8 @@ impl MasterIndex {
         let mut pos = 0usize;
         (0..self.packs.len() as u32).filter_map(move |p| {
             let mut blobs: Vec<PackEntry> = Vec::new();
-            while pos < by_pack.len() && by_pack[pos].0 == p {
-                let (id, l) = self.at(by_pack[pos].2 as usize);
+            while pos < by_pack.len() && self.sorted[by_pack[pos] as usize].pack() == p {
+                let (id, l) = self.at(by_pack[pos] as usize);
                 blobs.push(entry_of(id, &l));
                 pos += 1;
             }

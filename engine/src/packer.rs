@@ -30,9 +30,10 @@ const QUEUE: usize = 2;
 /// Packs listed per index file (a crash loses at most this many packs' worth of index,
 /// i.e. that data is re-uploaded by the next backup).
 const PACKS_PER_INDEX: usize = 64;
-/// An index file is written once its packs hold this many blobs, whatever their count: a
-/// quarter of the format's limit, so even one more pack of the smallest blobs stays below it.
-const INDEX_FLUSH_BLOBS: usize = cairn_format::MAX_INDEX_BLOBS / 4;
+/// An index file is written once its packs hold this many blobs, whatever their count (see
+/// `BLOBS_PER_INDEX_FILE`); one more pack of the smallest blobs stays far below the
+/// format's limit.
+const INDEX_FLUSH_BLOBS: usize = crate::index::BLOBS_PER_INDEX_FILE;
 
 thread_local! {
     /// Each sealing thread's blob buffer: reused, so a blob costs no allocation, and the pack
@@ -159,8 +160,8 @@ impl Shared {
     fn flush_index(&self, force: bool) -> Result<()> {
         let packs = {
             let mut done = self.done.lock();
-            // Also by blob count: packs of small blobs (database cells) must not make an
-            // index file exceed the format's limit (`MAX_INDEX_BLOBS`).
+            // Also by blob count: packs of small blobs (database cells, small files) must not
+            // make index files that readers need much memory to decode.
             let blobs: usize = done.iter().map(|p| p.blobs.len()).sum();
             if done.is_empty()
                 || (!force

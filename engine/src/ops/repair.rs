@@ -547,14 +547,14 @@ pub(crate) fn replace_index(
 ) -> Result<u64> {
     let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
     let mut new_files = HashSet::new();
-    // At most PACKS_PER_INDEX_FILE packs and a quarter of the format's blob limit per file.
+    // At most PACKS_PER_INDEX_FILE packs and BLOBS_PER_INDEX_FILE blobs per file.
     // Each full file is written as soon as the next pack does not fit, so only one file's
     // packs are in memory; the last one, written after the loop, carries `supersedes`.
     let mut chunk: Vec<IndexPack> = Vec::new();
     let mut blobs = 0usize;
     for p in packs {
         let full = chunk.len() >= PACKS_PER_INDEX_FILE
-            || (!chunk.is_empty() && blobs + p.blobs.len() > cairn_format::MAX_INDEX_BLOBS / 4);
+            || (!chunk.is_empty() && blobs + p.blobs.len() > crate::index::BLOBS_PER_INDEX_FILE);
         if full {
             // Stopping before the last file leaves the old index in force (see above).
             if interrupted() {

@@ -1,23 +1,33 @@
-//! Restore: plan from the trees, create directories and empty files, then write contents
-//! pack by pack in parallel with positioned writes, then links and special files, then
-//! metadata (directories last, deepest first, so their mtimes stick).
+//! Restore: a planner thread walks the trees depth-first, creates directories, and cuts the
+//! plan into bounded batches; the calling thread writes each batch while the next one is
+//! planned: contents pack by pack in parallel with positioned writes (each file created by
+//! the writer of its only blob, or by the planner when it has several, and given its
+//! metadata through the same descriptor as its last byte lands), then the batch's hard
+//! links, special files and symlinks, then the metadata of the directories completed in it
+//! (post-order, so their mtimes and modes stick). Memory is bounded by the batch size, not
+//! by the snapshot's file count.
 //!
-//! Safety: every name was validated when its tree was decoded (no `/`, `.`, `..`, NUL);
-//! directories are created by us and checked to be real directories; files are opened with
-//! `O_NOFOLLOW`; symlinks are created only after all contents are written, so no write can
-//! follow a link placed by a malicious snapshot out of the target.
+//! Safety: every name was validated when its tree was decoded (no `/`, `.`, `..`, NUL;
+//! names unique in a directory); directories are created by us and checked to be real
+//! directories; files are created with `O_EXCL | O_NOFOLLOW` (whatever was at the path is
+//! removed first, never written through) and reopened with `O_NOFOLLOW`; a symlink is
+//! created only after every write of its batch and earlier ones, and never replaces a
+//! directory, so no write can follow a link placed by a malicious snapshot out of the
+//! target.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use cairn_format::{BlobType, FileKind, Id, Node, NodeKind, Tree};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use crate::fsmeta::{apply_metadata, can_chown};
+use crate::fsmeta::{apply_metadata, apply_metadata_fd, can_chown};
 use crate::index::{BlobLocation, MasterIndex};
 use crate::longpath;
 use crate::pattern::Patterns;
@@ -89,76 +99,6 @@ pub struct RestoreResult {
     pub integrity_failures: u64,
 }
 
-/// One node to restore. Its path is not stored but rebuilt from the parent chain on use:
-/// full paths per entry cost memory quadratic in the depth (a crafted 20 000-level tree
-/// would take gigabytes), and the restore plan is the largest thing a restore holds.
-struct Entry {
-    /// Index of the directory entry this node is in, or [`TOP`].
-    parent: u32,
-    /// A directory restored whole (not only for an include below it): `delete` may clean it.
-    whole: bool,
-    node: Node,
-}
-
-/// `Entry::parent` of the nodes at the top of the restored tree.
-const TOP: u32 = u32::MAX;
-
-/// The path of entry `i` relative to the target.
-fn rel_path(entries: &[Box<Entry>], i: usize) -> PathBuf {
-    let mut names: Vec<&[u8]> = Vec::new();
-    let mut cur = i as u32;
-    while cur != TOP {
-        let e = &entries[cur as usize];
-        names.push(&e.node.name);
-        cur = e.parent;
-    }
-    let mut p = PathBuf::new();
-    for n in names.iter().rev() {
-        p.push(std::ffi::OsStr::from_bytes(n));
-    }
-    p
-}
-
-/// Visit the entries in plan order (depth-first, parents before children) with their full
-/// paths under `target`, built incrementally in one buffer; `leave` is called for each
-/// directory after everything inside it (post-order: children before parents). Cost is the
-/// sum of name lengths, not of path lengths, which matters for crafted deep trees.
-fn walk_paths(
-    entries: &[Box<Entry>],
-    target: &Path,
-    mut visit: impl FnMut(usize, &Path),
-    mut leave: impl FnMut(usize, &Path),
-) {
-    let mut buf: Vec<u8> = target.as_os_str().as_bytes().to_vec();
-    let mut stack: Vec<(u32, usize)> = Vec::new();
-    let as_path = |b: &[u8]| -> PathBuf { PathBuf::from(std::ffi::OsStr::from_bytes(b)) };
-    for (i, e) in entries.iter().enumerate() {
-        while let Some(&(top, len)) = stack.last() {
-            if top == e.parent {
-                break;
-            }
-            leave(top as usize, &as_path(&buf));
-            buf.truncate(len);
-            stack.pop();
-        }
-        let before = buf.len();
-        if buf.last() != Some(&b'/') {
-            buf.push(b'/');
-        }
-        buf.extend_from_slice(&e.node.name);
-        visit(i, Path::new(std::ffi::OsStr::from_bytes(&buf)));
-        if e.node.kind == NodeKind::Dir {
-            stack.push((i as u32, before));
-        } else {
-            buf.truncate(before);
-        }
-    }
-    while let Some((top, len)) = stack.pop() {
-        leave(top as usize, &as_path(&buf));
-        buf.truncate(len);
-    }
-}
-
 /// A failure message without the path (the caller prints the path beside it).
 fn reason(e: &Error) -> String {
     match e {
@@ -167,84 +107,450 @@ fn reason(e: &Error) -> String {
     }
 }
 
+/// What one batch of the plan holds at most: its files (each ~0.5 KB of plan: path, node,
+/// counters) and their blob placements. Memory is two batches (one planned, one written),
+/// whatever the snapshot's size.
+const BATCH_FILES: usize = 4096;
+/// See [`BATCH_FILES`].
+const BATCH_PLACEMENTS: usize = 32768;
+
+/// One regular file being restored. A file's blobs may span batches; the job is shared.
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+    /// Content bytes not yet written. The writer that brings it to zero sets the file's
+    /// metadata through the descriptor it wrote with and closes it.
+    remaining: AtomicU64,
+    /// The file has exactly one blob: the writer of that blob creates it (one `open`), so
+    /// the planner never touches it. Otherwise the planner creates and sizes it.
+    create: bool,
+    failed: Mutex<Option<String>>,
+    /// It failed because the repository's data is damaged or missing (exit 13, not 3).
+    integrity: AtomicBool,
+}
+
+impl FileJob {
+    fn fail(&self, msg: String, damage: bool) {
+        let mut f = self.failed.lock();
+        if f.is_none() {
+            *f = Some(msg);
+        }
+        if damage {
+            self.integrity.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.lock().is_some()
+    }
+}
+
+/// Where one blob's plaintext goes: (file in the batch, offset in the file).
+type Targets = Vec<(usize, u64)>;
+
+/// Files each restore task keeps open at once (tasks run on every core, or `connections`
+/// for a remote repository): far below the usual 1024-descriptor soft limit.
+const OPEN_FILES_PER_PACK: usize = 32;
+/// One pack's blobs to restore, sorted by offset.
+type PackJob = (u32, Vec<(Id, BlobLocation, Targets)>);
+
+/// A bounded part of the plan, handed from the planner to the writers. Everything in it is
+/// applied after its contents are written, in this order: hard links, special files and
+/// symlinks (so no write of this or an earlier batch can follow a link the snapshot
+/// placed), then the metadata of the directories completed in it (post-order, so their
+/// mtimes and read-only modes stick).
+#[derive(Default)]
+struct Batch {
+    files: Vec<Arc<FileJob>>,
+    /// Indices into `files` of the jobs whose last blobs are in this batch.
+    finals: Vec<usize>,
+    packs: HashMap<u32, HashMap<Id, (BlobLocation, Targets)>>,
+    placements: usize,
+    /// (path, node, the first file of its hard-link group).
+    links: Vec<(PathBuf, Node, Arc<FileJob>)>,
+    specials: Vec<(PathBuf, Node)>,
+    dirs_done: Vec<(PathBuf, Node)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+            && self.links.is_empty()
+            && self.specials.is_empty()
+            && self.dirs_done.is_empty()
+    }
+}
+
+/// One directory of the walk: its remaining entries and where it is.
+struct Frame {
+    nodes: std::vec::IntoIter<Node>,
+    /// Its own node (for its metadata); `None` for the target itself.
+    node: Option<Node>,
+    /// Length of the target path / snapshot path buffers with its own name.
+    path_len: usize,
+    snap_len: usize,
+    /// Restored whole (not only for an include below it): it is created even if empty,
+    /// and `delete` may clean it.
+    whole: bool,
+    /// Created (or found) on disk.
+    created: bool,
+    /// With `delete`: the names it keeps.
+    keep: Option<HashSet<Vec<u8>>>,
+}
+
+/// Walks the trees depth-first (explicitly: a crafted 20 000-level tree must not overflow
+/// the stack, and paths are one buffer cut back per name, so the walk costs the sum of name
+/// lengths, not of path lengths), creates directories (lazily: a directory only an include
+/// below it reaches is created only if something inside it is) and files with more than
+/// one blob, and cuts the plan into batches.
 struct Planner<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
+    opts: &'a RestoreOptions,
     includes: Option<Patterns>,
     excludes: Patterns,
-    /// Boxed: a `Node` is ~300 bytes, and a `Vec` of them doubling while the walk grows it
-    /// held twice the plan in memory at once (heaptrack, 71 k files: peak heap 126 -> 111 MB).
-    #[allow(clippy::vec_box)]
-    entries: Vec<Box<Entry>>,
-    /// The snapshot path of the node being planned.
-    snap: PathBuf,
+    /// `excludes` plus `keep`: what `delete` leaves alone.
+    delete_excludes: Patterns,
+    chown: bool,
+    path: Vec<u8>,
+    snap: Vec<u8>,
+    stack: Vec<Frame>,
+    /// The first file of each hard-link group, by (device, inode) as recorded at backup.
+    primary: HashMap<(u64, u64), Arc<FileJob>>,
+    batch: Batch,
+    /// Counts and failures of what the planner did itself.
+    result: RestoreResult,
+    /// Anything was selected (else an include matched nothing).
+    any: bool,
+    progress: &'a Progress,
+    /// To the writers; `None` in a dry run.
+    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
+}
+
+fn as_path(b: &[u8]) -> &Path {
+    Path::new(std::ffi::OsStr::from_bytes(b))
 }
 
 impl Planner<'_> {
-    /// Add `tree`'s nodes below entry `parent` (the directory at `self.snap` in the
-    /// snapshot; `above` = it or an ancestor matches an include); returns whether anything
-    /// was added. `self.snap` is one buffer, extended and cut back per name, so the walk
-    /// costs the sum of name lengths, not of path lengths (deep crafted trees).
-    fn walk(&mut self, tree: &Tree, parent: u32, above: bool) -> Result<bool> {
-        let mut any = false;
-        for node in &tree.nodes {
-            let name = std::ffi::OsStr::from_bytes(&node.name);
-            self.snap.push(name);
-            let r = self.node(node, name, parent, above);
-            self.snap.pop();
-            any |= r?;
+    fn push_name(buf: &mut Vec<u8>, name: &[u8]) {
+        if buf.last() != Some(&b'/') {
+            buf.push(b'/');
         }
-        if self.entries.len() >= TOP as usize {
-            return Err(Error::Invalid(
-                "more than 4 billion entries to restore: restore a subtree".into(),
-            ));
-        }
-        Ok(any)
+        buf.extend_from_slice(name);
     }
 
-    /// One node at `self.snap`; whether it (or anything below it) was added.
-    fn node(
-        &mut self,
-        node: &Node,
-        name: &std::ffi::OsStr,
-        parent: u32,
-        above: bool,
-    ) -> Result<bool> {
-        if !self.excludes.is_empty() && self.excludes.matches(&self.snap, name) {
+    /// The names `delete` keeps in a directory restored whole: every entry not excluded.
+    fn keep_names(&self, nodes: &[Node]) -> Option<HashSet<Vec<u8>>> {
+        (self.opts.delete).then(|| {
+            nodes
+                .iter()
+                .filter(|n| {
+                    let name = std::ffi::OsStr::from_bytes(&n.name);
+                    let mut snap = self.snap.clone();
+                    Self::push_name(&mut snap, &n.name);
+                    self.excludes.is_empty() || !self.excludes.matches(as_path(&snap), name)
+                })
+                .map(|n| n.name.clone())
+                .collect()
+        })
+    }
+
+    /// Walk everything below the top frame, sending full batches to the writers.
+    fn run(&mut self) -> Result<()> {
+        while let Some(frame) = self.stack.last_mut() {
+            let Some(node) = frame.nodes.next() else {
+                self.leave()?;
+                continue;
+            };
+            let (path_len, snap_len) = (self.path.len(), self.snap.len());
+            Self::push_name(&mut self.path, &node.name);
+            Self::push_name(&mut self.snap, &node.name);
+            let r = self.node(node);
+            if !matches!(r, Ok(true)) {
+                self.path.truncate(path_len);
+                self.snap.truncate(snap_len);
+            }
+            r?;
+            if self.batch.files.len() >= BATCH_FILES || self.batch.placements >= BATCH_PLACEMENTS {
+                self.flush()?;
+            }
+        }
+        self.flush()
+    }
+
+    /// Hand the batch to the writers (waiting while they are a batch behind).
+    fn flush(&mut self) -> Result<()> {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let b = std::mem::take(&mut self.batch);
+        if b.is_empty() {
+            return Ok(());
+        }
+        match &self.tx {
+            Some(tx) if tx.send(b).is_ok() => Ok(()),
+            // The writers stopped (they report why).
+            _ => Err(Error::Interrupted),
+        }
+    }
+
+    /// The node whose name was just pushed; `Ok(true)` when it is a directory now on the
+    /// stack (its name stays in the buffers until it is left).
+    fn node(&mut self, node: Node) -> Result<bool> {
+        let name = std::ffi::OsStr::from_bytes(&node.name);
+        if !self.excludes.is_empty() && self.excludes.matches(as_path(&self.snap), name) {
             return Ok(false);
         }
-        let included = above
+        let Some(frame) = self.stack.last() else {
+            return Ok(false);
+        };
+        let included = frame.whole
             || self
                 .includes
                 .as_ref()
-                .is_none_or(|g| g.matches(&self.snap, name));
+                .is_none_or(|g| g.matches(as_path(&self.snap), name));
         if node.kind == NodeKind::Dir {
-            let pos = self.entries.len();
-            self.entries.push(Box::new(Entry {
-                parent,
-                whole: included,
-                node: node.clone(),
-            }));
             let sub = match node.subtree {
                 Some(id) => self.repo.load_tree(self.index, &id)?,
                 None => Tree::default(),
             };
-            let inner = crate::ops::backup::deeper(|| self.walk(&sub, pos as u32, included))?;
-            if inner || included {
-                return Ok(true);
-            }
-            self.entries.truncate(pos);
-            Ok(false)
-        } else if included {
-            self.entries.push(Box::new(Entry {
-                parent,
-                whole: false,
-                node: node.clone(),
-            }));
-            Ok(true)
-        } else {
-            Ok(false)
+            let keep = if included {
+                self.keep_names(&sub.nodes)
+            } else {
+                None
+            };
+            self.stack.push(Frame {
+                nodes: sub.nodes.into_iter(),
+                node: Some(node),
+                path_len: self.path.len(),
+                snap_len: self.snap.len(),
+                whole: included,
+                created: false,
+                keep,
+            });
+            return Ok(true);
         }
+        if !included {
+            return Ok(false);
+        }
+        self.ensure_dirs()?;
+        self.any = true;
+        let path = as_path(&self.path).to_path_buf();
+        match node.kind {
+            NodeKind::File => self.file(path, node),
+            // Not restorable: nothing is created (a dry run counts it).
+            NodeKind::Socket => {
+                self.result.others += u64::from(self.opts.dry_run);
+                Ok(())
+            }
+            _ => {
+                if self.opts.dry_run {
+                    self.result.others += 1;
+                } else {
+                    self.batch.specials.push((path, node));
+                }
+                Ok(())
+            }
+        }
+        .map(|()| false)
+    }
+
+    /// Leave the innermost directory: create it if it is restored whole but was empty, and
+    /// queue its metadata after everything inside it.
+    fn leave(&mut self) -> Result<()> {
+        if self.stack.last().is_some_and(|f| f.whole && !f.created) {
+            self.ensure_dirs()?;
+        }
+        let Some(f) = self.stack.pop() else {
+            return Ok(());
+        };
+        if let (true, Some(node)) = (f.created, f.node) {
+            if !self.opts.dry_run {
+                self.batch
+                    .dirs_done
+                    .push((as_path(&self.path[..f.path_len]).to_path_buf(), node));
+            }
+        }
+        // Back to the parent's path (the top frame keeps the target's).
+        if let Some(parent) = self.stack.last() {
+            self.path.truncate(parent.path_len);
+            self.snap.truncate(parent.snap_len);
+        }
+        Ok(())
+    }
+
+    /// Create every directory on the stack not created yet (outermost first) and clean
+    /// those restored whole of what the snapshot does not hold.
+    fn ensure_dirs(&mut self) -> Result<()> {
+        for i in 0..self.stack.len() {
+            if self.stack[i].created {
+                continue;
+            }
+            self.stack[i].created = true;
+            self.any = true;
+            self.result.dirs += 1;
+            let path = as_path(&self.path[..self.stack[i].path_len]).to_path_buf();
+            if !self.opts.dry_run {
+                ensure_real_dir(&path, self.chown)?;
+            }
+            self.clean(i, &path);
+        }
+        Ok(())
+    }
+
+    /// `delete`: remove what directory `i` of the stack holds that the snapshot does not.
+    /// Done when the directory is first reached, before anything is written into it.
+    fn clean(&mut self, i: usize, dir: &Path) {
+        let Some(keep) = self.stack[i].keep.take() else {
+            return;
+        };
+        if self.opts.dry_run && !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return;
+        }
+        let snap_dir = as_path(&self.snap[..self.stack[i].snap_len]).to_path_buf();
+        for path in extraneous(dir, &keep, &self.delete_excludes, &snap_dir) {
+            if self.opts.dry_run {
+                self.result.deleted.push(path);
+                continue;
+            }
+            match remove_tree(&path, None) {
+                Ok(()) => self.result.deleted.push(path),
+                Err(e) => self.result.failed.push((path, format!("delete: {e}"))),
+            }
+        }
+    }
+
+    /// Plan one regular file.
+    fn file(&mut self, path: PathBuf, node: Node) -> Result<()> {
+        if !self.opts.dry_run && keep_existing(self.opts.overwrite, &path, &node) {
+            self.result.skipped += 1;
+            if self.opts.overwrite != Overwrite::Never {
+                if let Err(err) = apply_metadata(&path, &node, self.chown) {
+                    self.result
+                        .failed
+                        .push((path, format!("metadata: {}", reason(&err))));
+                }
+            }
+            return Ok(());
+        }
+        let group = (node.links > 1 && node.inode != 0).then_some((node.device, node.inode));
+        if let Some(primary) = group.and_then(|k| self.primary.get(&k)) {
+            if self.opts.dry_run {
+                self.result.files += 1;
+            } else {
+                let primary = primary.clone();
+                self.batch.links.push((path, node, primary));
+            }
+            return Ok(());
+        }
+        // Where each blob goes, checked against the node's size before the file is created
+        // and sized: a node whose size disagrees with its blobs is damaged (and one claiming
+        // 1 TiB must not become a 1 TiB sparse file).
+        let mut placed: Vec<(Id, BlobLocation, u64)> = Vec::with_capacity(node.content.len());
+        let mut off = 0u64;
+        let mut bad = None;
+        for id in &node.content {
+            match self.index.get(id) {
+                Some(loc) if loc.blob_type == BlobType::Data => {
+                    placed.push((*id, loc, off));
+                    off += u64::from(loc.raw_length);
+                }
+                _ => {
+                    bad = Some(format!(
+                        "data blob {} is missing from the index (see `cairn check`)",
+                        id.short()
+                    ));
+                    break;
+                }
+            }
+        }
+        if bad.is_none() && off != node.size {
+            bad = Some(format!(
+                "the snapshot says {} bytes but the file's data holds {off}: the snapshot is damaged (see `cairn check`)",
+                node.size
+            ));
+        }
+        if self.opts.dry_run {
+            self.result.files += 1;
+            self.result.bytes += node.size;
+            return Ok(());
+        }
+        let size = node.size;
+        let job = Arc::new(FileJob {
+            path,
+            remaining: AtomicU64::new(size),
+            create: placed.len() == 1,
+            node,
+            failed: Mutex::new(None),
+            integrity: AtomicBool::new(false),
+        });
+        if let Some(k) = group {
+            self.primary.insert(k, job.clone());
+        }
+        Progress::add(&self.progress.total_files, 1);
+        Progress::add(&self.progress.total_bytes, size);
+        if let Some(msg) = bad {
+            job.fail(msg, true);
+        } else if !job.create {
+            // Created and sized here (holes stay holes); an empty file is complete now.
+            match create_file(&job.path).and_then(|f| {
+                f.set_len(size).map_err(|e| Error::io(&job.path, e))?;
+                if size == 0 {
+                    apply_metadata_fd(&f, &job.path, &job.node, self.chown)?;
+                }
+                Ok(())
+            }) {
+                Ok(()) => {}
+                Err(e) => job.fail(reason(&e), false),
+            }
+        }
+        let mut fi = self.batch.files.len();
+        self.batch.files.push(job.clone());
+        if !job.has_failed() {
+            for (id, loc, off) in placed {
+                if self.batch.placements >= BATCH_PLACEMENTS {
+                    // The rest of this file's blobs go in the next batch.
+                    self.flush()?;
+                    fi = self.batch.files.len();
+                    self.batch.files.push(job.clone());
+                }
+                self.batch
+                    .packs
+                    .entry(loc.pack)
+                    .or_default()
+                    .entry(id)
+                    .or_insert_with(|| (loc, Vec::new()))
+                    .1
+                    .push((fi, off));
+                self.batch.placements += 1;
+            }
+        }
+        self.batch.finals.push(fi);
+        Ok(())
+    }
+}
+
+/// Create a new regular file at `path` for writing (mode 0600 until its metadata is set),
+/// never following a symlink and never writing into an existing file: whatever is at the
+/// path (another link to a file outside the target, say) is removed first.
+fn create_file(path: &Path) -> Result<File> {
+    let open = || {
+        longpath::with(path, |p| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(p)
+        })
+    };
+    match open() {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_non_dir(path)?;
+            open().map_err(|e| Error::io(path, e))
+        }
+        Err(e) => Err(Error::io(path, e)),
     }
 }
 
@@ -283,24 +589,329 @@ fn remove_non_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Where one blob's plaintext goes: (file index, offset in the file).
-type Targets = Vec<(usize, u64)>;
+/// Writes the batches the planner sends, in order: contents pack by pack in parallel
+/// (each file's metadata set as its last byte lands), then the batch's hard links, special
+/// files and symlinks, and the metadata of the directories completed in it.
+struct Writer<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    opts: &'a RestoreOptions,
+    chown: bool,
+    progress: &'a Progress,
+    /// A remote backend is latency-bound: `connections` downloads in flight even on a
+    /// 2-core machine (decryption and writes run on the same threads).
+    pool: Option<rayon::ThreadPool>,
+    result: RestoreResult,
+}
 
-/// Files each restore task keeps open at once (tasks run on every core, or `connections`
-/// for a remote repository): far below the usual 1024-descriptor soft limit.
-const OPEN_FILES_PER_PACK: usize = 32;
-/// One pack's blobs to restore, sorted by offset.
-type PackJob = (u32, Vec<(Id, BlobLocation, Targets)>);
+impl Writer<'_> {
+    fn write(&mut self, batch: Batch) {
+        let Batch {
+            files,
+            finals,
+            packs,
+            links,
+            specials,
+            dirs_done,
+            ..
+        } = batch;
+        let mut packs: Vec<PackJob> = packs
+            .into_iter()
+            .map(|(p, m)| {
+                let mut v: Vec<_> = m.into_iter().map(|(id, (loc, t))| (id, loc, t)).collect();
+                v.sort_by_key(|b| b.1.offset);
+                (p, v)
+            })
+            .collect();
+        packs.sort_by_key(|p| p.0);
+        let run = || {
+            packs
+                .par_iter()
+                .for_each(|(pack, blobs)| self.write_pack(&files, *pack, blobs));
+        };
+        match &self.pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }
+        if interrupted() {
+            return;
+        }
+        let result = &mut self.result;
+        for &fi in &finals {
+            let job = &files[fi];
+            match job.failed.lock().clone() {
+                Some(msg) => {
+                    if job.integrity.load(Ordering::Relaxed) {
+                        result.integrity_failures += 1;
+                    }
+                    result.failed.push((job.path.clone(), msg));
+                }
+                None => {
+                    result.files += 1;
+                    result.bytes += job.node.size;
+                    Progress::add(&self.progress.files, 1);
+                }
+            }
+        }
+        let overwrite = self.opts.overwrite;
+        let keep = |result: &mut RestoreResult, path: &Path, node: &Node| -> bool {
+            if !keep_existing(overwrite, path, node) {
+                return false;
+            }
+            result.skipped += 1;
+            if overwrite != Overwrite::Never {
+                if let Err(err) = apply_metadata(path, node, self.chown) {
+                    let msg = format!("metadata: {}", reason(&err));
+                    result.failed.push((path.to_path_buf(), msg));
+                }
+            }
+            true
+        };
+        for (path, node, first) in links {
+            if keep(result, &path, &node) {
+                continue;
+            }
+            if first.has_failed() {
+                // The content behind this name is the failed file's: never present it as good.
+                let msg = format!(
+                    "hard link to {}, which could not be restored",
+                    first.path.display()
+                );
+                result.failed.push((path, msg));
+                continue;
+            }
+            let r = remove_non_dir(&path).and_then(|()| {
+                longpath::with(&first.path, |f| {
+                    longpath::with(&path, |p| fs::hard_link(f, p))
+                })
+                .map_err(|e| Error::io(&path, e))
+            });
+            match r {
+                Ok(()) => result.files += 1,
+                Err(e) => result.failed.push((path, reason(&e))),
+            }
+        }
+        for (path, node) in specials {
+            if keep(result, &path, &node) {
+                continue;
+            }
+            let mode = nix::sys::stat::Mode::from_bits_truncate(node.mode);
+            let made = remove_non_dir(&path).and_then(|()| {
+                longpath::with(&path, |p| match node.kind {
+                    NodeKind::Symlink => std::os::unix::fs::symlink(
+                        std::ffi::OsStr::from_bytes(&node.link_target),
+                        p,
+                    ),
+                    NodeKind::Fifo => nix::unistd::mkfifo(p, mode).map_err(Into::into),
+                    _ => {
+                        let kind = if node.kind == NodeKind::CharDevice {
+                            nix::sys::stat::SFlag::S_IFCHR
+                        } else {
+                            nix::sys::stat::SFlag::S_IFBLK
+                        };
+                        nix::sys::stat::mknod(p, kind, mode, node.rdev as libc::dev_t)
+                            .map_err(Into::into)
+                    }
+                })
+                .map_err(|err| Error::io(&path, err))
+                .and_then(|()| apply_metadata(&path, &node, self.chown))
+            });
+            match made {
+                Ok(()) => result.others += 1,
+                Err(err) => result.failed.push((path, reason(&err))),
+            }
+        }
+        for (path, node) in dirs_done {
+            if let Err(err) = apply_metadata(&path, &node, self.chown) {
+                result
+                    .failed
+                    .push((path, format!("metadata: {}", reason(&err))));
+            }
+        }
+        if self.opts.verify && !interrupted() {
+            // Every file written (not those left alone), read back blob by blob and hashed
+            // with the repository's key: what is on disk is exactly what the snapshot holds.
+            let outcome: Vec<Option<(PathBuf, String)>> = finals
+                .par_iter()
+                .filter(|&&fi| !files[fi].has_failed())
+                .map(|&fi| {
+                    let job = &files[fi];
+                    verify_file(self.repo, self.index, &job.path, &job.node)
+                        .err()
+                        .map(|why| (job.path.clone(), format!("verify: {why}")))
+                })
+                .collect();
+            for o in outcome {
+                match o {
+                    Some(f) => self.result.failed.push(f),
+                    None => self.result.verified += 1,
+                }
+            }
+        }
+    }
 
-struct FileJob {
-    /// Its entry in the plan (the path is rebuilt from it when the file is opened).
-    entry: usize,
-    size: u64,
-    failed: Mutex<Option<String>>,
+    /// One pack's blobs of a batch; adjacent blobs are fetched with one ranged read.
+    fn write_pack(&self, files: &[Arc<FileJob>], pack: u32, blobs: &[(Id, BlobLocation, Targets)]) {
+        if interrupted() {
+            return;
+        }
+        let repo = self.repo;
+        let pack_id = self.index.packs()[pack as usize];
+        // Each coalesced span is read whole into memory: RSS grows with threads × span,
+        // while spans beyond a few MiB buy nothing (measured: 8 vs 32 MiB, same speed).
+        let max_span: u32 = 8 << 20;
+        let mut handles: HashMap<usize, File> = HashMap::new();
+        let write_to = |handles: &mut HashMap<usize, File>, fi: usize, data: &[u8], off| {
+            let job = &files[fi];
+            let res = (|| {
+                // A pack of small files touches thousands of them: keep a bounded set open
+                // (blobs come in pack order, so a file's blobs are mostly together), or the
+                // process runs out of descriptors (EMFILE).
+                if handles.len() >= OPEN_FILES_PER_PACK && !handles.contains_key(&fi) {
+                    handles.clear();
+                }
+                let f = match handles.entry(fi) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(if job.create {
+                        create_file(&job.path).map_err(|e| reason(&e))?
+                    } else {
+                        longpath::with(&job.path, |p| {
+                            OpenOptions::new()
+                                .write(true)
+                                .custom_flags(libc::O_NOFOLLOW)
+                                .open(p)
+                        })
+                        .map_err(|e| e.to_string())?
+                    }),
+                };
+                let to_end = write_sparse(f, data, off).map_err(|e| e.to_string())?;
+                Progress::add(&self.progress.bytes, data.len() as u64);
+                let n = data.len() as u64;
+                if job.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+                    // The last bytes of the file: its metadata now, through this descriptor.
+                    if let Some(f) = handles.remove(&fi) {
+                        if job.create && !to_end {
+                            // Its tail was a hole: give the file its length.
+                            f.set_len(job.node.size).map_err(|e| e.to_string())?;
+                        }
+                        apply_metadata_fd(&f, &job.path, &job.node, self.chown)
+                            .map_err(|e| format!("metadata: {}", reason(&e)))?;
+                    }
+                }
+                Ok::<(), String>(())
+            })();
+            if let Err(msg) = res {
+                job.fail(msg, false);
+            }
+        };
+        let mut gather = Gather::default();
+        let flush = |gather: &mut Gather, handles: &mut HashMap<usize, File>| {
+            if !gather.buf.is_empty() {
+                write_to(handles, gather.fi, &gather.buf, gather.off);
+                gather.buf.clear();
+            }
+        };
+        let mut i = 0;
+        while i < blobs.len() {
+            // Coalesce blobs whose gaps are small into one read.
+            let start = blobs[i].1.offset;
+            let mut j = i;
+            let mut end = start + blobs[i].1.length;
+            while j + 1 < blobs.len()
+                && blobs[j + 1].1.offset <= end + (256 << 10)
+                && end - start < max_span
+            {
+                j += 1;
+                end = end.max(blobs[j].1.offset + blobs[j].1.length);
+            }
+            let mut span = repo.backend().get_range(
+                FileKind::Pack,
+                &pack_id.to_hex(),
+                u64::from(start),
+                u64::from(end - start),
+            );
+            for (id, loc, targets) in &blobs[i..=j] {
+                // Decrypted in the span buffer itself; a raw blob is written from there.
+                // Err((message, whether the repository's data is damaged)): a network or
+                // disk error reading the repository is not damage (exit 3, not 13).
+                let plain = match span.as_mut() {
+                    // A pack the index names but storage lacks is lost data too.
+                    Err(e) => Err((
+                        e.to_string(),
+                        e.is_damage() || matches!(e, Error::ObjectNotFound { .. }),
+                    )),
+                    Ok(buf) => {
+                        let a = (loc.offset - start) as usize;
+                        match buf.get_mut(a..a + loc.length as usize) {
+                            Some(sealed) => repo
+                                .open_blob(
+                                    &pack_id,
+                                    &cairn_format::PackEntry {
+                                        blob_type: BlobType::Data,
+                                        id: *id,
+                                        offset: loc.offset,
+                                        length: loc.length,
+                                        raw_length: loc.raw_length,
+                                    },
+                                    sealed,
+                                )
+                                .map_err(|e| (e.to_string(), e.is_damage())),
+                            None => Err((
+                                format!(
+                                    "pack {}: short read of blob {}",
+                                    pack_id.short(),
+                                    id.short()
+                                ),
+                                true,
+                            )),
+                        }
+                    }
+                };
+                for &(fi, off) in targets {
+                    let job = &files[fi];
+                    if job.has_failed() {
+                        continue;
+                    }
+                    let data = match &plain {
+                        Ok(d) => &d[..],
+                        Err((msg, damage)) => {
+                            job.fail(msg.clone(), *damage);
+                            continue;
+                        }
+                    };
+                    // Small blobs that continue the pending run of the same file are
+                    // gathered into one write: a database restores as thousands of
+                    // page-sized blobs, and a syscall per blob cost more than the copy.
+                    if data.len() < GATHER_PIECE
+                        && gather.fi == fi
+                        && gather.off + gather.buf.len() as u64 == off
+                        && gather.buf.len() + data.len() <= GATHER_MAX
+                    {
+                        gather.buf.extend_from_slice(data);
+                        continue;
+                    }
+                    flush(&mut gather, &mut handles);
+                    if data.len() < GATHER_PIECE {
+                        gather.fi = fi;
+                        gather.off = off;
+                        gather.buf.extend_from_slice(data);
+                    } else {
+                        write_to(&mut handles, fi, data, off);
+                    }
+                }
+            }
+            i = j + 1;
+        }
+        flush(&mut gather, &mut handles);
+    }
 }
 
 /// Restore the node at `sub` (a directory's content, or one file) of the snapshot whose root
 /// tree is `root` into `opts.target`.
+///
+/// A planner thread walks the trees and cuts the plan into bounded batches; this thread
+/// writes each batch while the next is planned. Memory is two batches plus the trees on
+/// the current path (and one entry per hard-link group), not the snapshot's file count.
 pub fn restore(
     _lock: &crate::lock::SharedLock<'_>,
     ix: &Indexed<'_>,
@@ -315,13 +926,13 @@ pub fn restore(
     } else {
         Some(Patterns::new(&opts.includes)?)
     };
-    let mut planner = Planner {
-        repo,
-        index,
-        includes,
-        excludes: Patterns::new(&opts.excludes)?,
-        entries: Vec::new(),
-        snap: PathBuf::from("/"),
+    let excludes = Patterns::new(&opts.excludes)?;
+    let delete_excludes = if opts.delete && !opts.keep.is_empty() {
+        let mut all = opts.excludes.clone();
+        all.extend(opts.keep.iter().cloned());
+        Patterns::new(&all)?
+    } else {
+        Patterns::new(&opts.excludes)?
     };
     if sub
         .components()
@@ -336,540 +947,146 @@ pub fn restore(
     let is_root = sub
         .components()
         .all(|c| !matches!(c, std::path::Component::Normal(_)));
-    // Whether the target directory itself stands for a directory restored whole.
-    let mut top_whole = planner.includes.is_none();
-    if is_root {
+    // The top of the walk: the entries that go straight into the target, the snapshot
+    // directory they are in, whether they are included whatever the includes say, and
+    // whether the target stands for a directory restored whole (`delete` may clean it).
+    let (top, top_snap, above, top_whole) = if is_root {
         let tree = repo.load_tree(index, root)?;
-        planner.walk(&tree, TOP, false)?;
+        (tree, PathBuf::from("/"), false, includes.is_none())
     } else {
         let node = crate::ops::ls::find_node(ix, root, sub)?.ok_or_else(|| {
             Error::Invalid(format!("path {} not found in snapshot", sub_abs.display()))
         })?;
         if node.kind == NodeKind::Dir {
             let tree = repo.load_tree(index, &node.subtree.unwrap_or_default())?;
-            let above = planner
-                .includes
+            let above = includes
                 .as_ref()
                 .is_some_and(|g| g.matches_path_or_ancestor(&sub_abs));
-            planner.snap = sub_abs.clone();
-            top_whole |= above;
-            planner.walk(&tree, TOP, above)?;
+            (tree, sub_abs.clone(), above, includes.is_none() || above)
         } else {
             let parent = sub_abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-            let above = planner
-                .includes
+            let above = includes
                 .as_ref()
                 .is_some_and(|g| g.matches_path_or_ancestor(&parent));
-            planner.snap = parent;
             // One file: nothing beside it is the restore's business.
-            top_whole = false;
-            planner.walk(&Tree { nodes: vec![node] }, TOP, above)?;
+            (Tree { nodes: vec![node] }, parent, above, false)
+        }
+    };
+    let target = &opts.target;
+    if !opts.dry_run {
+        fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        if !fs::metadata(target)
+            .map_err(|e| Error::io(target, e))?
+            .is_dir()
+        {
+            return Err(Error::Invalid(format!(
+                "{} is not a directory",
+                target.display()
+            )));
         }
     }
-    let entries = planner.entries;
-    let excludes = if opts.delete && !opts.keep.is_empty() {
-        let mut all = opts.excludes.clone();
-        all.extend(opts.keep.iter().cloned());
-        Patterns::new(&all)?
-    } else {
-        planner.excludes
+    let chown = can_chown();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+    let mut planner = Planner {
+        repo,
+        index,
+        opts,
+        includes,
+        excludes,
+        delete_excludes,
+        chown,
+        path: target.as_os_str().as_bytes().to_vec(),
+        snap: top_snap.as_os_str().as_bytes().to_vec(),
+        stack: Vec::new(),
+        primary: HashMap::new(),
+        batch: Batch::default(),
+        result: RestoreResult::default(),
+        any: false,
+        progress,
+        tx: (!opts.dry_run).then_some(tx),
     };
-    if entries.is_empty() && !opts.includes.is_empty() {
+    let keep = if opts.delete && top_whole {
+        planner.keep_names(&top.nodes)
+    } else {
+        None
+    };
+    planner.stack.push(Frame {
+        nodes: top.nodes.into_iter(),
+        node: None,
+        path_len: planner.path.len(),
+        snap_len: planner.snap.len(),
+        whole: above,
+        created: true,
+        keep,
+    });
+    planner.clean(0, target);
+
+    let mut writer = Writer {
+        repo,
+        index,
+        opts,
+        chown,
+        progress,
+        pool: repo
+            .backend()
+            .is_remote()
+            .then(|| {
+                let n = repo
+                    .backend()
+                    .connections()
+                    .max(rayon::current_num_threads());
+                rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()
+            })
+            .flatten(),
+        result: RestoreResult::default(),
+    };
+    let (planned, planner) = std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let r = planner.run();
+            // Closing the channel ends the writer's loop.
+            planner.tx = None;
+            (r, planner)
+        });
+        while let Ok(b) = rx.recv() {
+            writer.write(b);
+            if interrupted() {
+                break;
+            }
+        }
+        drop(rx);
+        h.join()
+    })
+    .map_err(|_| Error::Invalid("the restore planner failed unexpectedly".into()))?;
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
+    planned?;
+    if !planner.any && !opts.includes.is_empty() {
         return Err(Error::Invalid(format!(
             "nothing in the snapshot matches --include {} (patterns: engine/src/pattern.rs; `*` does not match `/`, `**` does)",
             opts.includes.join(" ")
         )));
     }
-    let target = &opts.target;
-    let path_of = |i: usize| target.join(rel_path(&entries, i));
-
-    if opts.dry_run {
-        let mut result = RestoreResult::default();
-        for e in &entries {
-            match e.node.kind {
-                NodeKind::Dir => result.dirs += 1,
-                NodeKind::File => {
-                    result.files += 1;
-                    result.bytes += e.node.size;
-                }
-                _ => result.others += 1,
-            }
-        }
-        if opts.delete && fs::metadata(target).is_ok_and(|m| m.is_dir()) {
-            result.deleted = extraneous(&entries, target, top_whole, &excludes, &sub_abs);
-        }
-        return Ok(result);
-    }
-
-    fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
-    if !fs::metadata(target)
-        .map_err(|e| Error::io(target, e))?
-        .is_dir()
-    {
-        return Err(Error::Invalid(format!(
-            "{} is not a directory",
-            target.display()
-        )));
-    }
-    let mut result = RestoreResult::default();
-    let chown = can_chown();
-
-    // Directories, parents first (plan order is depth-first).
-    let mut dir_err = None;
-    walk_paths(
-        &entries,
-        target,
-        |i, p| {
-            if dir_err.is_none() && entries[i].node.kind == NodeKind::Dir {
-                match ensure_real_dir(p, chown) {
-                    Ok(()) => result.dirs += 1,
-                    Err(e) => dir_err = Some(e),
-                }
-            }
-        },
-        |_, _| {},
-    );
-    if let Some(e) = dir_err {
-        return Err(e);
-    }
-
-    // Files: create, size (holes), and collect blob jobs grouped by pack.
-    let mut files: Vec<FileJob> = Vec::new();
-    let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut links: Vec<(usize, usize)> = Vec::new();
-    let mut jobs: HashMap<u32, HashMap<Id, (BlobLocation, Targets)>> = HashMap::new();
-    let mut integrity: Vec<bool> = Vec::new();
-    let mut total_bytes = 0u64;
-    let mut skipped = vec![false; entries.len()];
-    let mut skip_count = 0u64;
-    let mut plan_file = |ei: usize, path: &Path| {
-        let e = &entries[ei];
-        if e.node.kind != NodeKind::File {
-            return;
-        }
-        if keep_existing(opts.overwrite, path, &e.node) {
-            skipped[ei] = true;
-            skip_count += 1;
-            return;
-        }
-        if e.node.links > 1 && e.node.inode != 0 {
-            let key = (e.node.device, e.node.inode);
-            if let Some(&first) = primary.get(&key) {
-                links.push((ei, first));
-                return;
-            }
-            primary.insert(key, ei);
-        }
-        let fi = files.len();
-        files.push(FileJob {
-            entry: ei,
-            size: e.node.size,
-            failed: Mutex::new(None),
-        });
-        integrity.push(false);
-        // Where each blob goes, checked against the node's size before the file is created
-        // and sized: a node whose size disagrees with its blobs is damaged (and one claiming
-        // 1 TiB must not become a 1 TiB sparse file).
-        let mut placed: Vec<(u32, Id, BlobLocation, u64)> =
-            Vec::with_capacity(e.node.content.len());
-        let mut off = 0u64;
-        let mut bad = None;
-        for id in &e.node.content {
-            match index.get(id) {
-                Some(loc) if loc.blob_type == BlobType::Data => {
-                    placed.push((loc.pack, *id, loc, off));
-                    off += u64::from(loc.raw_length);
-                }
-                _ => {
-                    bad = Some(format!(
-                        "data blob {} is missing from the index (see `cairn check`)",
-                        id.short()
-                    ));
-                    break;
-                }
-            }
-        }
-        if bad.is_none() && off != e.node.size {
-            bad = Some(format!(
-                "the snapshot says {} bytes but the file's data holds {off}: the snapshot is damaged (see `cairn check`)",
-                e.node.size
-            ));
-        }
-        if let Some(msg) = bad {
-            *files[fi].failed.lock() = Some(msg);
-            integrity[fi] = true;
-            return;
-        }
-        let created = remove_non_dir(path).and_then(|()| {
-            longpath::with(path, |p| {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(p)?;
-                f.set_len(e.node.size)
-            })
-            .map_err(|err| Error::io(path, err))
-        });
-        if let Err(err) = created {
-            *files[fi].failed.lock() = Some(reason(&err));
-            return;
-        }
-        for (pack, id, loc, off) in placed {
-            jobs.entry(pack)
-                .or_default()
-                .entry(id)
-                .or_insert_with(|| (loc, Vec::new()))
-                .1
-                .push((fi, off));
-        }
-        total_bytes += e.node.size;
-    };
-    walk_paths(&entries, target, &mut plan_file, |_, _| {});
-    result.skipped = skip_count;
-    Progress::add(&progress.total_bytes, total_bytes);
-    Progress::add(&progress.total_files, files.len() as u64);
-
-    // Contents, one pack per task; adjacent blobs are fetched with one ranged read.
-    let mut packs: Vec<PackJob> = jobs
-        .into_iter()
-        .map(|(p, m)| {
-            let mut v: Vec<_> = m.into_iter().map(|(id, (loc, t))| (id, loc, t)).collect();
-            v.sort_by_key(|b| b.1.offset);
-            (p, v)
-        })
-        .collect();
-    packs.sort_by_key(|p| p.0);
-    // A remote backend is latency-bound: keep `connections` downloads in flight even on a
-    // 2-core machine (decryption and writes run on the same threads).
-    let remote_threads = repo.backend().is_remote().then(|| {
-        repo.backend()
-            .connections()
-            .max(rayon::current_num_threads())
-    });
-    // Each coalesced span is read whole into memory: RSS grows with threads × span, while
-    // spans beyond a few MiB buy nothing (measured: 8 vs 32 MiB, same speed).
-    let max_span: u32 = 8 << 20;
-    // Set where a file failed because a blob could not be read or verified (damage).
-    let job_integrity: Vec<std::sync::atomic::AtomicBool> = integrity
-        .iter()
-        .map(|&b| std::sync::atomic::AtomicBool::new(b))
-        .collect();
-    let run = || {
-        packs.par_iter().for_each(|(pack, blobs)| {
-            if interrupted() {
-                return;
-            }
-            let pack_id = index.packs()[*pack as usize];
-            let mut handles: HashMap<usize, File> = HashMap::new();
-            let write_to = |handles: &mut HashMap<usize, File>, fi: usize, data: &[u8], off| {
-                let job = &files[fi];
-                let res = (|| {
-                    // A pack of small files touches thousands of them: keep a bounded set
-                    // open (blobs come in pack order, so a file's blobs are mostly together),
-                    // or the process runs out of descriptors (EMFILE).
-                    if handles.len() >= OPEN_FILES_PER_PACK && !handles.contains_key(&fi) {
-                        handles.clear();
-                    }
-                    let f = match handles.entry(fi) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                            longpath::with(&path_of(job.entry), |p| {
-                                OpenOptions::new()
-                                    .write(true)
-                                    .custom_flags(libc::O_NOFOLLOW)
-                                    .open(p)
-                            })
-                            .map_err(|e| e.to_string())?,
-                        ),
-                    };
-                    write_sparse(f, data, off).map_err(|e| e.to_string())?;
-                    Progress::add(&progress.bytes, data.len() as u64);
-                    Ok::<(), String>(())
-                })();
-                if let Err(msg) = res {
-                    *job.failed.lock() = Some(msg);
-                }
-            };
-            let mut batch = Batch::default();
-            let flush = |batch: &mut Batch, handles: &mut HashMap<usize, File>| {
-                if !batch.buf.is_empty() {
-                    write_to(handles, batch.fi, &batch.buf, batch.off);
-                    batch.buf.clear();
-                }
-            };
-            let mut i = 0;
-            while i < blobs.len() {
-                // Coalesce blobs whose gaps are small into one read.
-                let start = blobs[i].1.offset;
-                let mut j = i;
-                let mut end = start + blobs[i].1.length;
-                while j + 1 < blobs.len()
-                    && blobs[j + 1].1.offset <= end + (256 << 10)
-                    && end - start < max_span
-                {
-                    j += 1;
-                    end = end.max(blobs[j].1.offset + blobs[j].1.length);
-                }
-                let mut span = repo.backend().get_range(
-                    FileKind::Pack,
-                    &pack_id.to_hex(),
-                    u64::from(start),
-                    u64::from(end - start),
-                );
-                for (id, loc, targets) in &blobs[i..=j] {
-                    // Decrypted in the span buffer itself; a raw blob is written from there.
-                    // Err((message, whether the repository's data is damaged)): a network or
-                    // disk error reading the repository is not damage (exit 3, not 13).
-                    let plain = match span.as_mut() {
-                        // A pack the index names but storage lacks is lost data too.
-                        Err(e) => Err((
-                            e.to_string(),
-                            e.is_damage() || matches!(e, Error::ObjectNotFound { .. }),
-                        )),
-                        Ok(buf) => {
-                            let a = (loc.offset - start) as usize;
-                            match buf.get_mut(a..a + loc.length as usize) {
-                                Some(sealed) => repo
-                                    .open_blob(
-                                        &pack_id,
-                                        &cairn_format::PackEntry {
-                                            blob_type: BlobType::Data,
-                                            id: *id,
-                                            offset: loc.offset,
-                                            length: loc.length,
-                                            raw_length: loc.raw_length,
-                                        },
-                                        sealed,
-                                    )
-                                    .map_err(|e| (e.to_string(), e.is_damage())),
-                                None => Err((
-                                    format!(
-                                        "pack {}: short read of blob {}",
-                                        pack_id.short(),
-                                        id.short()
-                                    ),
-                                    true,
-                                )),
-                            }
-                        }
-                    };
-                    for &(fi, off) in targets {
-                        let job = &files[fi];
-                        if job.failed.lock().is_some() {
-                            continue;
-                        }
-                        let data = match &plain {
-                            Ok(d) => &d[..],
-                            Err((msg, damage)) => {
-                                *job.failed.lock() = Some(msg.clone());
-                                if *damage {
-                                    job_integrity[fi]
-                                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                                }
-                                continue;
-                            }
-                        };
-                        // Small blobs that continue the pending run of the same file are
-                        // gathered into one write: a database restores as thousands of
-                        // page-sized blobs, and a syscall per blob cost more than the copy.
-                        if data.len() < BATCH_PIECE
-                            && batch.fi == fi
-                            && batch.off + batch.buf.len() as u64 == off
-                            && batch.buf.len() + data.len() <= BATCH_MAX
-                        {
-                            batch.buf.extend_from_slice(data);
-                            continue;
-                        }
-                        flush(&mut batch, &mut handles);
-                        if data.len() < BATCH_PIECE {
-                            batch.fi = fi;
-                            batch.off = off;
-                            batch.buf.extend_from_slice(data);
-                        } else {
-                            write_to(&mut handles, fi, data, off);
-                        }
-                    }
-                }
-                i = j + 1;
-            }
-            flush(&mut batch, &mut handles);
-        });
-    };
-    match remote_threads.and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()) {
-        Some(pool) => pool.install(run),
-        None => run(),
-    }
-    if interrupted() {
-        return Err(Error::Interrupted);
-    }
-
-    let mut failed_entries = vec![false; entries.len()];
-    let mut failed_primaries: std::collections::HashSet<usize> = std::collections::HashSet::new();
-    for (fi, job) in files.iter().enumerate() {
-        if let Some(msg) = job.failed.lock().take() {
-            failed_entries[job.entry] = true;
-            failed_primaries.insert(job.entry);
-            if job_integrity[fi].load(std::sync::atomic::Ordering::Relaxed) {
-                result.integrity_failures += 1;
-            }
-            result.failed.push((path_of(job.entry), msg));
-        } else {
-            result.files += 1;
-            result.bytes += job.size;
-            Progress::add(&progress.files, 1);
-        }
-    }
-    for &(ei, first) in &links {
-        let path = path_of(ei);
-        if keep_existing(opts.overwrite, &path, &entries[ei].node) {
-            skipped[ei] = true;
-            result.skipped += 1;
-            continue;
-        }
-        if failed_primaries.contains(&first) {
-            // The content behind this name is the failed file's: never present it as good.
-            failed_entries[ei] = true;
-            result.failed.push((
-                path,
-                format!(
-                    "hard link to {}, which could not be restored",
-                    path_of(first).display()
-                ),
-            ));
-            continue;
-        }
-        let first_path = path_of(first);
-        let r = remove_non_dir(&path).and_then(|()| {
-            longpath::with(&first_path, |f| {
-                longpath::with(&path, |p| fs::hard_link(f, p))
-            })
-            .map_err(|e| Error::io(&path, e))
-        });
-        match r {
-            Ok(()) => result.files += 1,
-            Err(e) => {
-                failed_entries[ei] = true;
-                result.failed.push((path, reason(&e)));
-            }
-        }
-    }
-
-    // Special files, then symlinks last of all content.
-    walk_paths(
-        &entries,
-        target,
-        |ei, path| {
-            let e = &entries[ei];
-            if matches!(
-                e.node.kind,
-                NodeKind::Dir | NodeKind::File | NodeKind::Socket
-            ) {
-                return;
-            }
-            if keep_existing(opts.overwrite, path, &e.node) {
-                skipped[ei] = true;
-                result.skipped += 1;
-                return;
-            }
-            let mode = nix::sys::stat::Mode::from_bits_truncate(e.node.mode);
-            let made = remove_non_dir(path).and_then(|()| {
-                longpath::with(path, |p| match e.node.kind {
-                    NodeKind::Symlink => std::os::unix::fs::symlink(
-                        std::ffi::OsStr::from_bytes(&e.node.link_target),
-                        p,
-                    ),
-                    NodeKind::Fifo => nix::unistd::mkfifo(p, mode).map_err(Into::into),
-                    _ => {
-                        let kind = if e.node.kind == NodeKind::CharDevice {
-                            nix::sys::stat::SFlag::S_IFCHR
-                        } else {
-                            nix::sys::stat::SFlag::S_IFBLK
-                        };
-                        nix::sys::stat::mknod(p, kind, mode, e.node.rdev as libc::dev_t)
-                            .map_err(Into::into)
-                    }
-                })
-                .map_err(|err| Error::io(path, err))
-            });
-            match made {
-                Ok(()) => result.others += 1,
-                Err(err) => {
-                    failed_entries[ei] = true;
-                    result.failed.push((path.to_path_buf(), reason(&err)));
-                }
-            }
-        },
-        |_, _| {},
-    );
-
-    // What the snapshot does not have goes before the metadata pass, so that directory
-    // mtimes set there stay as the snapshot says.
-    if opts.delete && !interrupted() {
-        for path in extraneous(&entries, target, top_whole, &excludes, &sub_abs) {
-            let removed = remove_tree(&path, None);
-            match removed {
-                Ok(()) => result.deleted.push(path),
-                Err(e) => result.failed.push((path, format!("delete: {e}"))),
-            }
-        }
-    }
-
-    // Metadata: every non-directory, and each directory after everything inside it, so that
-    // its mtime and (read-only) mode stick.
-    let failed_entries = failed_entries;
-    let mut meta_failed: Vec<(PathBuf, String)> = Vec::new();
-    let mut apply = |ei: usize, path: &Path| {
-        if let Err(err) = apply_metadata(path, &entries[ei].node, chown) {
-            meta_failed.push((path.to_path_buf(), format!("metadata: {}", reason(&err))));
-        }
-    };
-    let apply_cell = std::cell::RefCell::new(&mut apply);
-    walk_paths(
-        &entries,
-        target,
-        |ei, path| {
-            let k = entries[ei].node.kind;
-            let left_alone = skipped[ei] && opts.overwrite == Overwrite::Never;
-            if k != NodeKind::Dir && k != NodeKind::Socket && !failed_entries[ei] && !left_alone {
-                (apply_cell.borrow_mut())(ei, path);
-            }
-        },
-        |ei, path| (apply_cell.borrow_mut())(ei, path),
-    );
-    result.failed.extend(meta_failed);
-
-    if opts.verify && !interrupted() {
-        // Every file written (not those left alone), read back blob by blob and hashed with
-        // the repository's key: what is on disk is exactly what the snapshot holds.
-        let checks: Vec<(usize, PathBuf)> = files
-            .iter()
-            .filter(|j| !failed_entries[j.entry])
-            .map(|j| (j.entry, path_of(j.entry)))
-            .collect();
-        let outcome: Vec<Option<(PathBuf, String)>> = checks
-            .par_iter()
-            .map(|(ei, p)| {
-                verify_file(repo, index, p, &entries[*ei].node)
-                    .err()
-                    .map(|why| (p.clone(), format!("verify: {why}")))
-            })
-            .collect();
-        for o in outcome {
-            match o {
-                Some(f) => result.failed.push(f),
-                None => result.verified += 1,
-            }
-        }
-    }
+    let mut result = planner.result;
+    let w = writer.result;
+    result.files += w.files;
+    result.dirs += w.dirs;
+    result.others += w.others;
+    result.bytes += w.bytes;
+    result.skipped += w.skipped;
+    result.verified += w.verified;
+    result.integrity_failures += w.integrity_failures;
+    result.failed.extend(w.failed);
+    result.deleted.extend(w.deleted);
     Ok(result)
 }
 
 /// Whether `overwrite` leaves the existing entry at `path` for `node` as it is.
 fn keep_existing(overwrite: Overwrite, path: &Path, node: &Node) -> bool {
     use std::os::unix::fs::MetadataExt;
+    if overwrite == Overwrite::Always {
+        return false;
+    }
     let Ok(m) = longpath::with(path, |p| fs::symlink_metadata(p)) else {
         return false;
     };
@@ -964,90 +1181,61 @@ fn remove_tree(path: &Path, dev: Option<u64>) -> std::io::Result<()> {
     longpath::with(path, |p| fs::remove_dir(p))
 }
 
-/// What `delete` removes: in the target directory (when `top_whole`) and in every directory
-/// restored whole, each entry whose name the snapshot's directory does not hold, unless an
-/// exclude names it (as a snapshot path, `sub` + its place under the target).
-#[allow(clippy::vec_box)]
+/// What `delete` removes from `dir`, a directory restored whole: each entry whose name the
+/// snapshot's directory (at `snap_dir`) does not `keep`, unless `excludes` names it (as a
+/// snapshot path), and never a mount point (another file system was never the restore's:
+/// a backup with --one-file-system records it as an empty directory).
 fn extraneous(
-    entries: &[Box<Entry>],
-    target: &Path,
-    top_whole: bool,
+    dir: &Path,
+    keep: &HashSet<Vec<u8>>,
     excludes: &Patterns,
-    sub: &Path,
+    snap_dir: &Path,
 ) -> Vec<PathBuf> {
-    let mut names: HashMap<u32, std::collections::HashSet<&[u8]>> = HashMap::new();
-    for e in entries {
-        names.entry(e.parent).or_default().insert(&e.node.name);
-    }
-    let mut out = Vec::new();
-    let empty = std::collections::HashSet::new();
-    let mut scan = |key: u32, dir: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(rd) = longpath::with(dir, |d| fs::read_dir(d)) else {
-            return;
-        };
-        let Ok(dir_dev) = longpath::with(dir, |d| fs::symlink_metadata(d)).map(|m| m.dev()) else {
-            return;
-        };
-        let keep = names.get(&key).unwrap_or(&empty);
-        let mut found: Vec<PathBuf> = Vec::new();
-        for e in rd.flatten() {
-            let name = e.file_name();
-            if keep.contains(name.as_bytes()) {
-                continue;
-            }
-            let path = dir.join(&name);
-            // A mount point (another file system) was never the restore's: a backup with
-            // --one-file-system records it as an empty directory.
-            match longpath::with(&path, |p| fs::symlink_metadata(p)) {
-                Ok(m) if m.dev() == dir_dev => {}
-                _ => continue,
-            }
-            if !excludes.is_empty() {
-                let rel = path.strip_prefix(target).unwrap_or(&path);
-                if excludes.matches(&sub.join(rel), &name) {
-                    continue;
-                }
-            }
-            found.push(path);
-        }
-        found.sort();
-        out.extend(found);
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = longpath::with(dir, |d| fs::read_dir(d)) else {
+        return Vec::new();
     };
-    if top_whole {
-        scan(TOP, target);
+    let Ok(dir_dev) = longpath::with(dir, |d| fs::symlink_metadata(d)).map(|m| m.dev()) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if keep.contains(name.as_bytes()) {
+            continue;
+        }
+        let path = dir.join(&name);
+        match longpath::with(&path, |p| fs::symlink_metadata(p)) {
+            Ok(m) if m.dev() == dir_dev => {}
+            _ => continue,
+        }
+        if !excludes.is_empty() && excludes.matches(&snap_dir.join(&name), &name) {
+            continue;
+        }
+        found.push(path);
     }
-    walk_paths(
-        entries,
-        target,
-        |i, p| {
-            let e = &entries[i];
-            if e.node.kind == NodeKind::Dir && e.whole {
-                scan(i as u32, p);
-            }
-        },
-        |_, _| {},
-    );
-    out
+    found.sort();
+    found
 }
 
-/// Write `data` at `off`, leaving 4 KiB blocks (aligned to the file) that are all zero as
-/// holes: the file was pre-sized with `set_len`, so skipped blocks read back as zeros and
-/// sparse files stay sparse.
 /// Blobs below this size are gathered into per-file runs before writing.
-const BATCH_PIECE: usize = 64 << 10;
+const GATHER_PIECE: usize = 64 << 10;
 /// Largest gathered run.
-const BATCH_MAX: usize = 1 << 20;
+const GATHER_MAX: usize = 1 << 20;
 
 /// A run of small blobs that continue each other in one file, not yet written.
 #[derive(Default)]
-struct Batch {
+struct Gather {
     fi: usize,
     off: u64,
     buf: Vec<u8>,
 }
 
-fn write_sparse(f: &File, data: &[u8], off: u64) -> std::io::Result<()> {
+/// Write `data` at `off`, leaving 4 KiB blocks (aligned to the file) that are all zero as
+/// holes: the file was pre-sized with `set_len`, so skipped blocks read back as zeros and
+/// sparse files stay sparse. Returns whether the last byte of `data` was written (not
+/// left as a hole): a file created without pre-sizing needs its length set if not.
+fn write_sparse(f: &File, data: &[u8], off: u64) -> std::io::Result<bool> {
     const BLOCK: u64 = 4096;
     let mut pos = 0usize;
     let mut run_start: Option<usize> = None;
@@ -1068,6 +1256,7 @@ fn write_sparse(f: &File, data: &[u8], off: u64) -> std::io::Result<()> {
     }
     if let Some(s) = run_start {
         f.write_all_at(&data[s..], off + s as u64)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(data.is_empty())
 }
