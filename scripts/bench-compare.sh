@@ -37,6 +37,10 @@
 #   --out FILE           also append the tables to FILE (default WORK/results/<data>-<time>.md)
 #   --regen              regenerate the data sets even if they exist
 #   --prepare-only       only build and prepare the data sets
+#   --restore-fs loop|dir  where restores (and cp -a) go: loop (default when running as root
+#                        with loop devices) = a fresh ext4 file system per restore on a sparse
+#                        image under WORK/tmp, so no run pays for the previous one's deleted
+#                        inodes; dir = plain directories
 #   -h, --help
 
 set -euo pipefail
@@ -62,6 +66,7 @@ CAIRN_BIN_SRC=""
 OUT=""
 REGEN=0
 PREPARE_ONLY=0
+RESTORE_FS=""
 S3=0
 SHARED="${CAIRN_BENCH_SHARED:-/work/shared}"
 
@@ -87,10 +92,20 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --regen) REGEN=1; shift ;;
         --prepare-only) PREPARE_ONLY=1; shift ;;
+        --restore-fs) RESTORE_FS="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+if [[ -z "$RESTORE_FS" ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v mkfs.ext4 >/dev/null && losetup -f >/dev/null 2>&1; then
+        RESTORE_FS=loop
+    else
+        RESTORE_FS=dir
+    fi
+fi
+[[ "$RESTORE_FS" == loop || "$RESTORE_FS" == dir ]] || { echo "--restore-fs: loop or dir" >&2; exit 2; }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -192,6 +207,7 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "- check: \`cairn check\` and \`restic check\` (both without --read-data; restic with its"
     echo "  default fresh temporary cache), after forget+prune"
     [[ "$CP_REF" == 1 ]] && echo "- cp -a: \`cp -a DATA/. EMPTY_DIR\` (same state as the restores), timed after both restores"
+    echo "- restore targets: $([[ "$RESTORE_FS" == loop ]] && echo "a fresh ext4 file system per restore (loop-mounted sparse image, inode tables initialised before timing)" || echo "plain directories, deleted after all restores of a repetition ran")"
     echo "- MB = 10^6 bytes; MiB = 2^20 bytes; RSS = GNU time %M (max resident set); CPU = %U + %S;
   \"cores busy\" = CPU / wall (other load on the machine lowers it for both tools)"
     echo
@@ -272,6 +288,31 @@ tool_cmd() { # tool repo subcommand... → prints nothing; fills CMD array
     else
         CMD=("${restic_env[@]}" restic -r "$repo" "$@")
     fi
+}
+
+# fresh_target DIR FILES BYTES: an empty restore target. With --restore-fs loop, a new ext4
+# file system on a sparse image (inode tables written now, not lazily during the timed
+# run; enough inodes for FILES), mounted at DIR; else an empty directory.
+fresh_target() {
+    local dir="$1" files="$2" bytes="$3"
+    release_target "$dir"
+    mkdir -p "$dir"
+    [[ "$RESTORE_FS" == loop ]] || return 0
+    local img="$WORK/tmp/$(basename "$dir").img"
+    rm -f "$img"
+    truncate -s $((bytes * 2 + files * 8192 + (1 << 30))) "$img"
+    mkfs.ext4 -q -F -N $((files * 11 / 10 + 10000)) \
+        -E lazy_itable_init=0,lazy_journal_init=0 "$img" >/dev/null
+    mount -o loop "$img" "$dir"
+}
+
+release_target() {
+    local dir="$1"
+    if mountpoint -q "$dir" 2>/dev/null; then
+        umount "$dir"
+    fi
+    rm -f "$WORK/tmp/$(basename "$dir").img"
+    rm -rf "$dir"
 }
 
 warm_cache() {
@@ -416,16 +457,16 @@ compare() { # set (name in file names: ':' -> '-')
         done
         # 4. restore into an empty dir (the latest snapshot = the modified state), then the
         # reference: `cp -a` of the data set (same state) into an empty dir, as tool "cp-a".
-        # All restores are deleted only after all ran: ext4 skips inodes freed in the
-        # last 60-300 s when allocating (`recently_deleted`, ~45 % of a restore's CPU in a
-        # profile right after an `rm -rf` of the previous restore), so deleting one tool's
-        # restore before the other's would slow the second. Repetition 1 runs on a clean
-        # file system for all; later repetitions pay it alike.
+        # Each goes to a fresh ext4 file system of its own (--restore-fs loop, the default
+        # when loop devices work): ext4 skips inodes freed in the last minutes when
+        # allocating (`recently_deleted`), so on a file system where the previous
+        # repetition's restore was just deleted, a 100 000-file restore or `cp -a` took 4-7x
+        # longer, all of it kernel time, and the medians measured the deletions. With
+        # --restore-fs dir, restores go to plain directories deleted after all ran.
         read -r _ want_bytes < <(python3 "$HELPER" stats "$data")
         for t in "${order[@]}"; do
             local restore_dir="$WORK/restore/$t"
-            rm -rf "$restore_dir"
-            mkdir -p "$restore_dir"
+            fresh_target "$restore_dir" "$NFILES" "$want_bytes"
             tool_cmd "$t" "${REPO[$t]}" restore latest --target "$restore_dir"
             timed "$rep" "$t" "restore" "$RUN_DIR/$name.$rep.$t.restore.out" -- "${CMD[@]}"
             read -r got_files got_bytes < <(python3 "$HELPER" stats "$restore_dir")
@@ -437,11 +478,11 @@ compare() { # set (name in file names: ':' -> '-')
             record "$rep" "$t" "restore: MB/s" "$(calc 'a[0]/1e6/a[1]' "$want_bytes" "$T_WALL")"
             record "$rep" "$t" "restore: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
             [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "restore: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.restore.out.err")"
+            release_target "$restore_dir"
         done
         if [[ "$CP_REF" == 1 ]]; then
             local cp_dir="$WORK/restore/cp-a"
-            rm -rf "$cp_dir"
-            mkdir -p "$cp_dir"
+            fresh_target "$cp_dir" "$NFILES" "$want_bytes"
             timed "$rep" cp-a "cp -a (restore reference)" "$RUN_DIR/$name.$rep.cp-a.out" -- cp -a "$data/." "$cp_dir/"
             read -r got_files got_bytes < <(python3 "$HELPER" stats "$cp_dir")
             if [[ "$got_files" != "$NFILES" || "$got_bytes" != "$want_bytes" ]]; then
@@ -451,6 +492,7 @@ compare() { # set (name in file names: ':' -> '-')
             record "$rep" cp-a "restore: peak RSS MiB" "$(calc 'a[0]/1024' "$T_RSS")"
             record "$rep" cp-a "restore: MB/s" "$(calc 'a[0]/1e6/a[1]' "$want_bytes" "$T_WALL")"
             record "$rep" cp-a "restore: cores busy (cpu/wall)" "$(calc '(a[0]+a[1])/a[2]' "$T_USER" "$T_SYS" "$T_WALL")"
+            release_target "$cp_dir"
         fi
         rm -rf "$WORK/restore/cairn" "$WORK/restore/restic" "$WORK/restore/cp-a"
         python3 "$HELPER" undo "$undo"

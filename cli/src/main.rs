@@ -697,22 +697,22 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
 /// windows, so that costs no page faults). Measured on the 2 GB tree: peak RSS of a first
 /// backup to S3 280 -> 100 MiB; 1 GB incompressible file at unchanged speed.
 fn tune_allocator() {
-    // A user's own MALLOC_MMAP_THRESHOLD_ (already applied by glibc) wins.
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        // Fixing one threshold freezes the other at its 128 KiB default, and trimming the
-        // heap that eagerly re-faults the next chunk's buffers: keep up to 16 MiB.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
         // One arena per thread keeps each thread's freed small blocks out of the others'
         // reach: a first backup of a million small files peaked at 135 MiB with the
-        // default arenas and 111 MiB with two, at the same speed.
+        // default arenas and 111 MiB with two, at the same speed. A user's own
+        // MALLOC_ARENA_MAX (already applied by glibc) wins.
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+        // A user's own MALLOC_MMAP_THRESHOLD_ (already applied by glibc) wins.
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+            // Fixing one threshold freezes the other at its 128 KiB default, and trimming
+            // the heap that eagerly re-faults the next chunk's buffers: keep up to 16 MiB.
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
         }
     }
 }

@@ -10,7 +10,6 @@
 //! backend reported it durable, and the caller writes the snapshot only after [`Packer::finish`]
 //! wrote the last index. A crash leaves at most unreferenced packs.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -21,7 +20,7 @@ use cairn_format::{
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
 
-use crate::index::MasterIndex;
+use crate::index::{IdSet, MasterIndex};
 use crate::repository::Repository;
 use crate::{Error, Result};
 
@@ -192,7 +191,8 @@ impl Shared {
 pub struct Packer {
     shared: Arc<Shared>,
     known: Arc<MasterIndex>,
-    seen: Vec<Mutex<HashSet<Id>>>,
+    /// Blobs this run stored or queued, sharded by their first byte for less contention.
+    seen: Vec<Mutex<IdSet>>,
     open: [Mutex<Option<OpenPack>>; 2],
     tx: Mutex<Option<Sender<Finished>>>,
     temp_dir: std::path::PathBuf,

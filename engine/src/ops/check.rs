@@ -105,14 +105,19 @@ pub fn check(
         .cloned()
         .collect();
     report.unreferenced_packs.sort();
-    // One pack's entries at a time, from the merged index.
+    for pid in index.packs() {
+        let name = pid.to_hex();
+        if !stored.contains_key(&name) {
+            err(format!("pack {name} is indexed but missing"));
+            // In full: `repair packs` resolves short ids only among stored packs.
+            damaged_packs.lock().push(name);
+        }
+    }
+    // One pack's entries at a time (every copy of each blob), from the merged index.
     index.index_packs().par_bridge().for_each(|p| {
         let (pid, entries) = (&p.id, &p.blobs);
         let name = pid.to_hex();
         let Some(&size) = stored.get(&name) else {
-            err(format!("pack {name} is indexed but missing"));
-            // In full: `repair packs` resolves short ids only among stored packs.
-            damaged_packs.lock().push(name.clone());
             return;
         };
         let header = read_pack_header(repo, &name, size);

@@ -107,8 +107,9 @@ fn reason(e: &Error) -> String {
     }
 }
 
-/// What one batch of the plan holds at most: its files (each ~0.5 KB of plan: path, node,
-/// counters) and their blob placements. Memory is two batches (one planned, one written),
+/// What one batch of the plan holds at most: its files, links, special files and finished
+/// directories (each ~0.5 KB of plan: path, node, counters) and its files' blob placements.
+/// Memory is at most three batches (one being planned, one queued, one being written),
 /// whatever the snapshot's size.
 const BATCH_FILES: usize = 4096;
 /// See [`BATCH_FILES`].
@@ -127,6 +128,9 @@ struct FileJob {
     failed: Mutex<Option<String>>,
     /// It failed because the repository's data is damaged or missing (exit 13, not 3).
     integrity: AtomicBool,
+    /// Its content is right but its metadata could not be set (reported; its hard links
+    /// are still made, as they share the content).
+    meta_failed: Mutex<Option<String>>,
 }
 
 impl FileJob {
@@ -271,7 +275,9 @@ impl Planner<'_> {
                 self.snap.truncate(snap_len);
             }
             r?;
-            if self.batch.files.len() >= BATCH_FILES || self.batch.placements >= BATCH_PLACEMENTS {
+            let b = &self.batch;
+            let items = b.files.len() + b.links.len() + b.specials.len() + b.dirs_done.len();
+            if items >= BATCH_FILES || b.placements >= BATCH_PLACEMENTS {
                 self.flush()?;
             }
         }
@@ -479,10 +485,13 @@ impl Planner<'_> {
         let job = Arc::new(FileJob {
             path,
             remaining: AtomicU64::new(size),
-            create: placed.len() == 1,
+            // (An empty file is created here even if its one blob is empty: the writers
+            // write nothing for it.)
+            create: placed.len() == 1 && size > 0,
             node,
             failed: Mutex::new(None),
             integrity: AtomicBool::new(false),
+            meta_failed: Mutex::new(None),
         });
         if let Some(k) = group {
             self.primary.insert(k, job.clone());
@@ -496,7 +505,9 @@ impl Planner<'_> {
             match create_file(&job.path).and_then(|f| {
                 f.set_len(size).map_err(|e| Error::io(&job.path, e))?;
                 if size == 0 {
-                    apply_metadata_fd(&f, &job.path, &job.node, self.chown)?;
+                    if let Err(e) = apply_metadata_fd(&f, &job.path, &job.node, self.chown) {
+                        *job.meta_failed.lock() = Some(format!("metadata: {}", reason(&e)));
+                    }
                 }
                 Ok(())
             }) {
@@ -650,6 +661,9 @@ impl Writer<'_> {
                     result.files += 1;
                     result.bytes += job.node.size;
                     Progress::add(&self.progress.files, 1);
+                    if let Some(msg) = job.meta_failed.lock().clone() {
+                        result.failed.push((job.path.clone(), msg));
+                    }
                 }
             }
         }
@@ -794,8 +808,9 @@ impl Writer<'_> {
                             // Its tail was a hole: give the file its length.
                             f.set_len(job.node.size).map_err(|e| e.to_string())?;
                         }
-                        apply_metadata_fd(&f, &job.path, &job.node, self.chown)
-                            .map_err(|e| format!("metadata: {}", reason(&e)))?;
+                        if let Err(e) = apply_metadata_fd(&f, &job.path, &job.node, self.chown) {
+                            *job.meta_failed.lock() = Some(format!("metadata: {}", reason(&e)));
+                        }
                     }
                 }
                 Ok::<(), String>(())
