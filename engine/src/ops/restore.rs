@@ -155,8 +155,12 @@ type Targets = Vec<(usize, u64)>;
 /// Files each restore task keeps open at once (tasks run on every core, or `connections`
 /// for a remote repository): far below the usual 1024-descriptor soft limit.
 const OPEN_FILES_PER_PACK: usize = 32;
+/// Blobs of one pack per restore task (see `Writer::write`).
+const TASK_BLOBS: usize = 256;
+/// One blob to restore: where it is, where it goes.
+type BlobJob = (Id, BlobLocation, Targets);
 /// One pack's blobs to restore, sorted by offset.
-type PackJob = (u32, Vec<(Id, BlobLocation, Targets)>);
+type PackJob = (u32, Vec<BlobJob>);
 
 /// A bounded part of the plan, handed from the planner to the writers. Everything in it is
 /// applied after its contents are written, in this order: hard links, special files and
@@ -635,8 +639,15 @@ impl Writer<'_> {
             })
             .collect();
         packs.sort_by_key(|p| p.0);
+        // A pack of small files holds thousands of them, and a batch's files often fit in
+        // one or two packs: runs of at most TASK_BLOBS blobs, not whole packs, are the tasks,
+        // so every core creates and writes files.
+        let tasks: Vec<(u32, &[BlobJob])> = packs
+            .iter()
+            .flat_map(|(p, blobs)| blobs.chunks(TASK_BLOBS).map(move |c| (*p, c)))
+            .collect();
         let run = || {
-            packs
+            tasks
                 .par_iter()
                 .for_each(|(pack, blobs)| self.write_pack(&files, *pack, blobs));
         };
@@ -764,8 +775,8 @@ impl Writer<'_> {
         }
     }
 
-    /// One pack's blobs of a batch; adjacent blobs are fetched with one ranged read.
-    fn write_pack(&self, files: &[Arc<FileJob>], pack: u32, blobs: &[(Id, BlobLocation, Targets)]) {
+    /// Blobs of one pack (sorted by offset); adjacent ones are fetched with one ranged read.
+    fn write_pack(&self, files: &[Arc<FileJob>], pack: u32, blobs: &[BlobJob]) {
         if interrupted() {
             return;
         }
