@@ -387,12 +387,7 @@ impl Repository {
     /// delete (prune), which must know every pack in use.
     pub fn load_index_strict(&self) -> Result<MasterIndex> {
         let (index, damaged) = self.load_index_lenient()?;
-        if let Some((id, e)) = damaged.first() {
-            return Err(Error::Integrity(format!(
-                "index file {} is damaged ({e}); refusing to go on without knowing every pack in use: run `cairn repair index` first",
-                id.short()
-            )));
-        }
+        refuse_damaged_index(&damaged)?;
         Ok(index)
     }
 
@@ -449,15 +444,11 @@ impl Repository {
     /// The index files in force, in listing order: every index file except those another
     /// one lists in `supersedes` (replaced by prune or repair; a crash may have left them
     /// behind, and they must not resurrect deleted packs). Any damaged index file is an
-    /// error: this is for operations that delete (prune), which must know every pack in use.
+    /// error. For `repair packs`, which needs each file's own listing; everything else loads
+    /// the merged index without holding the files ([`Repository::load_index_strict`]).
     pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let (files, damaged) = self.load_index_files_lenient()?;
-        if let Some((id, e)) = damaged.first() {
-            return Err(Error::Integrity(format!(
-                "index file {} is damaged ({e}); refusing to go on without knowing every pack in use: run `cairn repair index` first",
-                id.short()
-            )));
-        }
+        refuse_damaged_index(&damaged)?;
         Ok(files)
     }
 
@@ -690,6 +681,18 @@ impl<'r> Indexed<'r> {
     /// Read, authenticate and verify one blob.
     pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
         self.repo.read_blob(&self.index, blob_type, id)
+    }
+}
+
+/// The error of an operation that deletes (prune, repair) when an index file is damaged: it
+/// cannot know every pack in use.
+fn refuse_damaged_index(damaged: &[(Id, Error)]) -> Result<()> {
+    match damaged.first() {
+        Some((id, e)) => Err(Error::Integrity(format!(
+            "index file {} is damaged ({e}); refusing to go on without knowing every pack in use: run `cairn repair index` first",
+            id.short()
+        ))),
+        None => Ok(()),
     }
 }
 
