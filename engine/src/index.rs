@@ -49,17 +49,30 @@ struct Slot {
 
 impl Slot {
     fn new(id: Id, pack: u32, e: &PackEntry) -> Slot {
-        let tree = if e.blob_type == BlobType::Tree {
+        Slot::at(
+            id,
+            &BlobLocation {
+                pack,
+                blob_type: e.blob_type,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+            },
+        )
+    }
+
+    fn at(id: Id, l: &BlobLocation) -> Slot {
+        let tree = if l.blob_type == BlobType::Tree {
             TREE_BIT
         } else {
             0
         };
         Slot {
             id,
-            pack: pack | tree,
-            offset: e.offset,
-            length: e.length,
-            raw_length: e.raw_length,
+            pack: l.pack | tree,
+            offset: l.offset,
+            length: l.length,
+            raw_length: l.raw_length,
         }
     }
 
@@ -166,15 +179,7 @@ impl IndexBuilder {
     }
 
     fn pack(&mut self, id: &Id) -> u32 {
-        match self.pack_pos.get(id) {
-            Some(&i) => i,
-            None => {
-                let i = self.packs.len() as u32;
-                self.packs.push(*id);
-                self.pack_pos.insert(*id, i);
-                i
-            }
-        }
+        intern_pack(&mut self.packs, &mut self.pack_pos, id).0
     }
 
     /// The merged index. Files another file lists in `supersedes` (replaced by prune or
@@ -321,25 +326,19 @@ impl MasterIndex {
 
     /// Add one pack's blobs. A blob already indexed keeps its location.
     pub fn add_pack(&mut self, p: &IndexPack) {
-        let pack = match self.pack_pos.get(&p.id) {
-            Some(&i) => i,
-            None => {
-                let i = self.packs.len() as u32;
-                self.packs.push(p.id);
-                self.pack_pos.insert(p.id, i);
-                self.totals.push(PackTotals::default());
-                i
-            }
-        };
+        let (pack, new) = intern_pack(&mut self.packs, &mut self.pack_pos, &p.id);
+        if new {
+            self.totals.push(PackTotals::default());
+        }
         for e in &p.blobs {
             let t = &mut self.totals[pack as usize];
             t.blobs += 1;
             t.bytes += u64::from(e.length);
+            let slot = Slot::new(e.id, pack, e);
             if self.contains(&e.id) {
-                self.dups.push(Slot::new(e.id, pack, e));
+                self.dups.push(slot);
             } else {
-                self.recent
-                    .insert(e.id, Slot::new(e.id, pack, e).location());
+                self.recent.insert(e.id, slot.location());
             }
         }
         if self.recent.len() > 4096 && self.recent.len() > self.sorted.len() / 4 {
@@ -352,38 +351,12 @@ impl MasterIndex {
         if self.recent.is_empty() {
             return;
         }
-        let mut add: Vec<Slot> = self
+        let add: Vec<Slot> = self
             .recent
             .drain()
-            .map(|(id, l)| {
-                let tree = if l.blob_type == BlobType::Tree {
-                    TREE_BIT
-                } else {
-                    0
-                };
-                Slot {
-                    id,
-                    pack: l.pack | tree,
-                    offset: l.offset,
-                    length: l.length,
-                    raw_length: l.raw_length,
-                }
-            })
+            .map(|(id, l)| Slot::at(id, &l))
             .collect();
-        add.sort_unstable_by_key(|a| a.id);
-        let old = std::mem::take(&mut self.sorted);
-        let mut merged = Vec::with_capacity(old.len() + add.len());
-        let (mut a, mut b) = (old.into_iter().peekable(), add.into_iter().peekable());
-        loop {
-            let take_a = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => x.id <= y.id,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            merged.extend(if take_a { a.next() } else { b.next() });
-        }
-        self.sorted = merged;
+        self.sorted = merge_sorted(std::mem::take(&mut self.sorted), add, |s| s.id);
         self.rebuild_buckets();
     }
 
@@ -551,13 +524,45 @@ impl MasterIndex {
     }
 }
 
-fn entry_of(id: Id, l: &BlobLocation) -> PackEntry {
+/// The index entry of blob `id` at `l`.
+pub(crate) fn entry_of(id: Id, l: &BlobLocation) -> PackEntry {
     PackEntry {
         blob_type: l.blob_type,
         id,
         offset: l.offset,
         length: l.length,
         raw_length: l.raw_length,
+    }
+}
+
+/// `sorted` (ordered by `key`) with `add` (any order) merged in, in one pass: how both the
+/// index and the id set fold their recent additions into their sorted arrays.
+fn merge_sorted<T, K: Ord>(sorted: Vec<T>, mut add: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    add.sort_unstable_by_key(&key);
+    let mut merged = Vec::with_capacity(sorted.len() + add.len());
+    let (mut a, mut b) = (sorted.into_iter().peekable(), add.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => key(x) <= key(y),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        merged.extend(if take_a { a.next() } else { b.next() });
+    }
+    merged
+}
+
+/// The number of pack `id` in `packs`, added if new; whether it was.
+fn intern_pack(packs: &mut Vec<Id>, pos: &mut HashMap<Id, u32>, id: &Id) -> (u32, bool) {
+    match pos.get(id) {
+        Some(&i) => (i, false),
+        None => {
+            let i = packs.len() as u32;
+            packs.push(*id);
+            pos.insert(*id, i);
+            (i, true)
+        }
     }
 }
 
@@ -583,21 +588,8 @@ impl IdSet {
             return false;
         }
         if self.recent.len() >= (self.sorted.len() / 8).max(1024) {
-            let mut add: Vec<Id> = self.recent.drain().collect();
-            add.sort_unstable();
-            let old = std::mem::take(&mut self.sorted);
-            let mut merged = Vec::with_capacity(old.len() + add.len());
-            let (mut a, mut b) = (old.into_iter().peekable(), add.into_iter().peekable());
-            loop {
-                let take_a = match (a.peek(), b.peek()) {
-                    (Some(x), Some(y)) => x <= y,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (None, None) => break,
-                };
-                merged.extend(if take_a { a.next() } else { b.next() });
-            }
-            self.sorted = merged;
+            let add: Vec<Id> = self.recent.drain().collect();
+            self.sorted = merge_sorted(std::mem::take(&mut self.sorted), add, |id| *id);
         }
         true
     }

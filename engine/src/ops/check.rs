@@ -169,7 +169,7 @@ pub fn check(
         None => seen_unindexed.insert(*id),
     };
     let mut pending: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| first_visit(t)).collect();
-    let batch = (4 * rayon::current_num_threads()).max(2 * repo.backend().connections());
+    let batch = crate::ops::prune::trees_at_once(repo);
     while !pending.is_empty() {
         if interrupted() {
             return Err(Error::Interrupted);

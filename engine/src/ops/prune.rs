@@ -23,7 +23,7 @@ use cairn_format::{FileKind, Id, PackEntry, Snapshot, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::index::{BlobSet, MasterIndex};
+use crate::index::{entry_of, BlobSet, MasterIndex};
 use crate::lock::ExclusiveLock;
 use crate::ops::repair::replace_index;
 use crate::packer::Packer;
@@ -33,7 +33,7 @@ use crate::{Error, Result};
 
 /// Trees read at once while marking: enough to keep every core (or connection) busy, few
 /// enough that the trees in memory stay a small constant.
-fn trees_at_once(repo: &Repository) -> usize {
+pub(crate) fn trees_at_once(repo: &Repository) -> usize {
     (4 * rayon::current_num_threads()).max(2 * repo.backend().connections())
 }
 
@@ -372,13 +372,7 @@ pub fn prune(
     for pos in 0..index.len() {
         let (id, l) = index.at(pos);
         if used.contains(pos) && repack_ids.contains(&index.pack_id(&l)) {
-            to_copy.entry(l.pack).or_default().push(PackEntry {
-                blob_type: l.blob_type,
-                id,
-                offset: l.offset,
-                length: l.length,
-                raw_length: l.raw_length,
-            });
+            to_copy.entry(l.pack).or_default().push(entry_of(id, &l));
         }
     }
     let mut to_copy: Vec<(Id, Vec<PackEntry>)> = to_copy

@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::fsmeta::{apply_metadata, apply_metadata_fd, can_chown};
-use crate::index::{BlobLocation, MasterIndex};
+use crate::index::{entry_of, BlobLocation, MasterIndex};
 use crate::longpath;
 use crate::pattern::Patterns;
 use crate::progress::{interrupted, Progress};
@@ -250,13 +250,17 @@ impl Planner<'_> {
     /// The names `delete` keeps in a directory restored whole: every entry not excluded.
     fn keep_names(&self, nodes: &[Node]) -> Option<HashSet<Vec<u8>>> {
         (self.opts.delete).then(|| {
+            let mut snap = self.snap.clone();
+            let len = snap.len();
             nodes
                 .iter()
                 .filter(|n| {
                     let name = std::ffi::OsStr::from_bytes(&n.name);
-                    let mut snap = self.snap.clone();
                     Self::push_name(&mut snap, &n.name);
-                    self.excludes.is_empty() || !self.excludes.matches(as_path(&snap), name)
+                    let kept =
+                        self.excludes.is_empty() || !self.excludes.matches(as_path(&snap), name);
+                    snap.truncate(len);
+                    kept
                 })
                 .map(|n| n.name.clone())
                 .collect()
@@ -432,15 +436,15 @@ impl Planner<'_> {
 
     /// Plan one regular file.
     fn file(&mut self, path: PathBuf, node: Node) -> Result<()> {
-        if !self.opts.dry_run && keep_existing(self.opts.overwrite, &path, &node) {
-            self.result.skipped += 1;
-            if self.opts.overwrite != Overwrite::Never {
-                if let Err(err) = apply_metadata(&path, &node, self.chown) {
-                    self.result
-                        .failed
-                        .push((path, format!("metadata: {}", reason(&err))));
-                }
-            }
+        if !self.opts.dry_run
+            && leave_existing(
+                self.opts.overwrite,
+                &path,
+                &node,
+                self.chown,
+                &mut self.result,
+            )
+        {
             return Ok(());
         }
         let group = (node.links > 1 && node.inode != 0).then_some((node.device, node.inode));
@@ -678,19 +682,9 @@ impl Writer<'_> {
                 }
             }
         }
-        let overwrite = self.opts.overwrite;
-        let keep = |result: &mut RestoreResult, path: &Path, node: &Node| -> bool {
-            if !keep_existing(overwrite, path, node) {
-                return false;
-            }
-            result.skipped += 1;
-            if overwrite != Overwrite::Never {
-                if let Err(err) = apply_metadata(path, node, self.chown) {
-                    let msg = format!("metadata: {}", reason(&err));
-                    result.failed.push((path.to_path_buf(), msg));
-                }
-            }
-            true
+        let (overwrite, chown) = (self.opts.overwrite, self.chown);
+        let keep = |result: &mut RestoreResult, path: &Path, node: &Node| {
+            leave_existing(overwrite, path, node, chown, result)
         };
         for (path, node, first) in links {
             if keep(result, &path, &node) {
@@ -870,17 +864,7 @@ impl Writer<'_> {
                         let a = (loc.offset - start) as usize;
                         match buf.get_mut(a..a + loc.length as usize) {
                             Some(sealed) => repo
-                                .open_blob(
-                                    &pack_id,
-                                    &cairn_format::PackEntry {
-                                        blob_type: BlobType::Data,
-                                        id: *id,
-                                        offset: loc.offset,
-                                        length: loc.length,
-                                        raw_length: loc.raw_length,
-                                    },
-                                    sealed,
-                                )
+                                .open_blob(&pack_id, &entry_of(*id, loc), sealed)
                                 .map_err(|e| (e.to_string(), e.is_damage())),
                             None => Err((
                                 format!(
@@ -1105,6 +1089,28 @@ pub fn restore(
     result.failed.extend(w.failed);
     result.deleted.extend(w.deleted);
     Ok(result)
+}
+
+/// Whether `overwrite` leaves the existing entry at `path` as it is; if so it is counted as
+/// skipped and, unless `Never`, given `node`'s metadata (a failure to is reported).
+fn leave_existing(
+    overwrite: Overwrite,
+    path: &Path,
+    node: &Node,
+    chown: bool,
+    result: &mut RestoreResult,
+) -> bool {
+    if !keep_existing(overwrite, path, node) {
+        return false;
+    }
+    result.skipped += 1;
+    if overwrite != Overwrite::Never {
+        if let Err(err) = apply_metadata(path, node, chown) {
+            let msg = format!("metadata: {}", reason(&err));
+            result.failed.push((path.to_path_buf(), msg));
+        }
+    }
+    true
 }
 
 /// Whether `overwrite` leaves the existing entry at `path` for `node` as it is.
