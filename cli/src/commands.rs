@@ -15,8 +15,7 @@ use cairn_engine::{
     BackupOptions, InitOptions, Progress, Repository, RestoreOptions, SnapshotFilter,
 };
 use cairn_format::{
-    decode_pack_header, BlobType, FileKind, Id, IndexFile, KdfParams, Lock, Node, NodeKind,
-    DEFAULT_KDF_LANES,
+    decode_pack_header, BlobType, FileKind, Id, KdfParams, Lock, Node, NodeKind, DEFAULT_KDF_LANES,
 };
 use serde_json::{json, Value};
 
@@ -46,6 +45,7 @@ pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
         same_blobs_as: template,
         compression_level: a.compression_level,
         pack_size: a.pack_size_mib.saturating_mul(1 << 20),
+        format_version: a.format_version,
         kdf: KdfParams::new(
             a.kdf_memory_mib.saturating_mul(1024),
             a.kdf_iterations,
@@ -501,7 +501,7 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
         }
         "index" => {
             let id = repo.find_id(FileKind::Index, need_id()?)?;
-            serde_json::to_value(repo.load::<IndexFile>(FileKind::Index, &id)?)?
+            serde_json::to_value(repo.load_index_file(&id)?)?
         }
         "lock" => {
             let id = repo.find_id(FileKind::Lock, need_id()?)?;

@@ -97,6 +97,9 @@ pub enum Command {
     /// Repair repository metadata.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Upgrade the repository to the newest format version (FORMAT.md §16). Upgrade cairn
+    /// on every node that uses the repository first: older builds cannot read it afterwards.
+    Migrate,
     /// Run the nightly job described by a TOML file (sources, retention, prune, metrics).
     Run(RunArgs),
     /// Print a systemd timer/service pair or a cron line for a job file.
@@ -452,6 +455,11 @@ pub struct InitArgs {
     /// Argon2id passes of the first key.
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
+    /// Repository format version: 2 (small blobs compressed in groups), or 1 for a
+    /// repository that nodes running a cairn older than format 2 must keep using
+    /// (`cairn migrate` upgrades it later).
+    #[arg(long, default_value_t = cairn_format::FORMAT_VERSION, value_parser = clap::value_parser!(u16).range(1..=i64::from(cairn_format::FORMAT_VERSION)))]
+    pub format_version: u16,
     /// Name and cut blobs like the --from-repo repository, so that `copy` from it sends
     /// only what is missing and never reads a blob twice (the encryption key stays new).
     #[arg(long, requires = "from_repo")]
@@ -859,6 +867,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Prune(a) => crate::maint::prune_cmd(cli, &a.opts, a.dry_run),
         Command::Check(a) => crate::maint::check_cmd(cli, a),
         Command::Repair(crate::RepairCommand::Index) => crate::maint::repair_index_cmd(cli),
+        Command::Migrate => crate::maint::migrate_cmd(cli),
         Command::Repair(crate::RepairCommand::Packs(a)) => crate::maint::repair_packs_cmd(cli, a),
         Command::Repair(crate::RepairCommand::Snapshots(a)) => {
             crate::maint::repair_snapshots_cmd(cli, a)

@@ -330,6 +330,24 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
     }
 }
 
+pub fn migrate_cmd(cli: &Cli) -> Result<u8> {
+    let repo = open(cli)?;
+    let lock = lock_exclusive(cli, &repo)?;
+    let r = cairn_engine::ops::migrate::migrate(&lock)?;
+    if cli.json {
+        println!("{}", json!({"message_type": "migrate", "report": r}));
+    } else if r.from == r.to {
+        println!("the repository is at format version {} already", r.to);
+    } else {
+        println!(
+            "upgraded the repository from format version {} to {} ({} index files checked); \
+             cairn builds older than format {} can no longer open it",
+            r.from, r.to, r.index_files, r.to
+        );
+    }
+    Ok(0)
+}
+
 pub fn repair_index_cmd(cli: &Cli) -> Result<u8> {
     let repo = open(cli)?;
     let lock = lock_exclusive(cli, &repo)?;

@@ -1,6 +1,6 @@
 //! The in-memory master index: blob id → where it is stored.
 //!
-//! Memory: 48 bytes per blob in one array sorted by id (no hash-table slack, no per-entry
+//! Memory: 52 bytes per blob in one array sorted by id (no hash-table slack, no per-entry
 //! allocation), a bucket table of 4 bytes per ~8 blobs that narrows each lookup to a few
 //! entries, and ~60 bytes per pack. A million blobs take ~50 MB. The array is built once
 //! ([`IndexBuilder`]); blobs added later (prune's repack, `repair`) go to a small hash
@@ -27,6 +27,9 @@ pub struct BlobLocation {
     pub length: u32,
     /// Plaintext length.
     pub raw_length: u32,
+    /// Where the blob starts in its group's plaintext, if it is sealed in a group
+    /// (`offset` and `length` are then the group's).
+    pub group_offset: Option<u32>,
 }
 
 /// Blobs per index file written: a reader decodes one whole file at a time (one per
@@ -37,7 +40,7 @@ pub const BLOBS_PER_INDEX_FILE: usize = 1 << 16;
 /// The high bit of [`Slot::pack`] marks a tree blob; packs are numbered below it.
 const TREE_BIT: u32 = 1 << 31;
 
-/// One blob, packed into 48 bytes.
+/// One blob, packed into 52 bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     id: Id,
@@ -45,7 +48,12 @@ struct Slot {
     offset: u32,
     length: u32,
     raw_length: u32,
+    /// `group_offset`, or [`NO_GROUP`].
+    group: u32,
 }
+
+/// [`Slot::group`] of a blob sealed alone (a group offset is below `MAX_GROUP_LEN`).
+const NO_GROUP: u32 = u32::MAX;
 
 impl Slot {
     fn new(id: Id, pack: u32, e: &PackEntry) -> Slot {
@@ -57,6 +65,7 @@ impl Slot {
                 offset: e.offset,
                 length: e.length,
                 raw_length: e.raw_length,
+                group_offset: e.group_offset,
             },
         )
     }
@@ -73,6 +82,7 @@ impl Slot {
             offset: l.offset,
             length: l.length,
             raw_length: l.raw_length,
+            group: l.group_offset.unwrap_or(NO_GROUP),
         }
     }
 
@@ -91,6 +101,37 @@ impl Slot {
             offset: self.offset,
             length: self.length,
             raw_length: self.raw_length,
+            group_offset: (self.group != NO_GROUP).then_some(self.group),
+        }
+    }
+}
+
+impl PackTotals {
+    fn count(&mut self, l: &BlobLocation) {
+        self.blobs += 1;
+        match l.group_offset {
+            None => self.bytes += u64::from(l.length),
+            Some(start) => {
+                self.grouped_raw += u64::from(l.raw_length);
+                // A group's box is counted once, with its first blob.
+                if start == 0 {
+                    self.bytes += u64::from(l.length);
+                    self.grouped_bytes += u64::from(l.length);
+                }
+            }
+        }
+    }
+
+    /// The sealed bytes a blob of this pack accounts for: its own length, or for a grouped
+    /// blob its share of the pack's groups by plaintext size (prune weighs a pack's unused
+    /// space with this; a group is kept or dropped whole).
+    pub fn share(&self, l: &BlobLocation) -> u64 {
+        match l.group_offset {
+            None => u64::from(l.length),
+            Some(_) => {
+                (u128::from(l.raw_length) * u128::from(self.grouped_bytes)
+                    / u128::from(self.grouped_raw.max(1))) as u64
+            }
         }
     }
 }
@@ -101,8 +142,12 @@ impl Slot {
 pub struct PackTotals {
     /// Index entries in this pack.
     pub blobs: u32,
-    /// Sum of their sealed lengths.
+    /// Sealed bytes they cover (each group's box once).
     pub bytes: u64,
+    /// Plaintext bytes of the grouped blobs.
+    pub grouped_raw: u64,
+    /// Sealed bytes of the groups.
+    pub grouped_bytes: u64,
 }
 
 /// All index files merged.
@@ -128,7 +173,7 @@ pub struct MasterIndex {
     pub files: Vec<Id>,
 }
 
-/// Collects index files, then builds a [`MasterIndex`] in one sort. Holds 48 bytes per
+/// Collects index files, then builds a [`MasterIndex`] in one sort. Holds 52 bytes per
 /// index entry and no index file: callers add each file as it is decoded and drop it.
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
@@ -257,9 +302,7 @@ impl IndexBuilder {
         idx.dups = dups;
         idx.totals = vec![PackTotals::default(); idx.packs.len()];
         for s in idx.sorted.iter().chain(&idx.dups) {
-            let t = &mut idx.totals[s.pack() as usize];
-            t.blobs += 1;
-            t.bytes += u64::from(s.length);
+            idx.totals[s.pack() as usize].count(&s.location());
         }
         idx.files = files.into_iter().map(|f| f.id).collect();
         idx.rebuild_buckets();
@@ -331,10 +374,8 @@ impl MasterIndex {
             self.totals.push(PackTotals::default());
         }
         for e in &p.blobs {
-            let t = &mut self.totals[pack as usize];
-            t.blobs += 1;
-            t.bytes += u64::from(e.length);
             let slot = Slot::new(e.id, pack, e);
+            self.totals[pack as usize].count(&slot.location());
             if self.contains(&e.id) {
                 self.dups.push(slot);
             } else {
@@ -489,7 +530,7 @@ impl MasterIndex {
         let mut by_pack: Vec<u32> = (0..(n + self.dups.len()) as u32).collect();
         by_pack.sort_unstable_by_key(|&i| {
             let s = slot(i);
-            (s.pack(), s.offset)
+            (s.pack(), s.offset, s.group)
         });
         let recent: Vec<(Id, BlobLocation)> = self.recent.iter().map(|(i, l)| (*i, *l)).collect();
         let mut recent_by_pack: HashMap<u32, Vec<PackEntry>> = HashMap::new();
@@ -509,7 +550,7 @@ impl MasterIndex {
             }
             if let Some(more) = recent_by_pack.remove(&p) {
                 blobs.extend(more);
-                blobs.sort_by_key(|e| e.offset);
+                blobs.sort_by_key(|e| (e.offset, e.group_offset));
             }
             (!blobs.is_empty()).then(|| IndexPack {
                 id: self.packs[p as usize],
@@ -532,6 +573,7 @@ pub(crate) fn entry_of(id: Id, l: &BlobLocation) -> PackEntry {
         offset: l.offset,
         length: l.length,
         raw_length: l.raw_length,
+        group_offset: l.group_offset,
     }
 }
 
@@ -673,6 +715,7 @@ mod tests {
                     offset: i as u32 * 100,
                     length: 100,
                     raw_length: 90 + b,
+                    group_offset: None,
                 })
                 .collect(),
         }

@@ -6,6 +6,13 @@
 //! no memory: a finished pack is fsynced and handed to uploader threads over a bounded
 //! channel, and the local backend publishes it with a rename.
 //!
+//! Small data blobs (database pages, SQLite cells, small files) are sealed in **groups**
+//! when the repository's format allows it (version 2): each thread gathers the small blobs
+//! it stores, in the order it stores them (a file's pages one after another), and seals
+//! them as one compressed box once they reach [`GROUP_TARGET`] bytes. zstd then has the
+//! neighbouring pages as context, which a 4 KiB page alone lacks; every blob keeps its own
+//! id, index entry and deduplication.
+//!
 //! Crash safety comes from ordering: a pack is listed in an index file only after the
 //! backend reported it durable, and the caller writes the snapshot only after [`Packer::finish`]
 //! wrote the last index. A crash leaves at most unreferenced packs.
@@ -14,8 +21,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cairn_format::{
-    finish_pack, preamble, seal_blob_into, BlobType, FileKind, Id, IndexFile, IndexPack, PackEntry,
-    PackHeader,
+    finish_pack, preamble_of, seal_blob_into, seal_group_into, BlobType, FileKind, Id, IndexFile,
+    IndexPack, PackEntry, PackHeader,
 };
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
@@ -34,6 +41,46 @@ const PACKS_PER_INDEX: usize = 64;
 /// format's limit.
 const INDEX_FLUSH_BLOBS: usize = crate::index::BLOBS_PER_INDEX_FILE;
 
+/// Data blobs up to this size are sealed in groups: page-sized and cell-sized chunks and
+/// small files, which zstd compresses poorly alone. Larger blobs carry their own context.
+pub const GROUP_BLOB_MAX: usize = 32 << 10;
+/// A group is sealed once its blobs reach this many bytes: zstd's gain flattens out
+/// beyond it (measured on the K3s week: 128 KiB → 256 KiB saves 0.5 % of the first night,
+/// 1 MiB another 1 %), and reading one blob of a group decompresses at most about this much.
+pub const GROUP_TARGET: usize = 256 << 10;
+/// zstd level of groups, at least: small blobs are a small share of the bytes of most
+/// trees, so a level above the repository's bulk default costs little time (measured:
+/// level 3 instead of 2 made no difference to the bench tree's backup time).
+const GROUP_LEVEL_MIN: i32 = 3;
+/// ... or this many blobs (the format allows `MAX_GROUP_BLOBS`).
+const GROUP_MAX_BLOBS: usize = 1024;
+
+/// The small blobs one thread gathered and has not sealed yet.
+#[derive(Default)]
+struct Group {
+    plain: Vec<u8>,
+    blobs: Vec<(Id, u32)>,
+}
+
+thread_local! {
+    /// Which of a packer's group slots this thread uses (assigned on first use).
+    static GROUP_SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The group slot of the calling thread: threads get distinct slots in turn, so that the
+/// blobs of one thread, usually consecutive pieces of one file, are grouped together.
+fn group_slot(slots: usize) -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    GROUP_SLOT.with(|s| {
+        let n = s.get().unwrap_or_else(|| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.set(Some(n));
+            n
+        });
+        n % slots
+    })
+}
+
 thread_local! {
     /// Each sealing thread's blob buffer: reused, so a blob costs no allocation, and the pack
     /// lock is held only for the write.
@@ -49,7 +96,7 @@ struct OpenPack {
 }
 
 impl OpenPack {
-    fn create(dir: &std::path::Path) -> Result<OpenPack> {
+    fn create(dir: &std::path::Path, version: u16) -> Result<OpenPack> {
         use rand::RngCore;
         let path = dir.join(format!(
             ".tmp-{}-pack-{:016x}",
@@ -70,7 +117,7 @@ impl OpenPack {
             len: 0,
             entries: Vec::new(),
         };
-        p.write(&preamble(FileKind::Pack))?;
+        p.write(&preamble_of(FileKind::Pack, version))?;
         Ok(p)
     }
 
@@ -178,7 +225,7 @@ impl Shared {
             supersedes: Vec::new(),
             packs,
         };
-        self.repo.save(FileKind::Index, &file)?;
+        self.repo.save_index(&file)?;
         self.stats.lock().index_files += 1;
         if let Some(v) = self.indexed.lock().as_mut() {
             v.extend(file.packs);
@@ -199,6 +246,11 @@ pub struct Packer {
     uploaders: Mutex<Vec<JoinHandle<()>>>,
     pack_size: usize,
     level: i32,
+    /// The format version of the packs written.
+    version: u16,
+    /// Per-thread groups of small data blobs; empty when the format has no groups or
+    /// compression is off (a group then saves only the per-blob sealing overhead).
+    groups: Vec<Mutex<Group>>,
 }
 
 impl std::fmt::Debug for Packer {
@@ -295,6 +347,15 @@ impl Packer {
             uploaders: Mutex::new(uploaders),
             pack_size: repo.config().pack_size as usize,
             level: repo.config().compression_level,
+            version: repo.pack_version(),
+            groups: if repo.pack_version() >= 2 && repo.config().compression_level != 0 {
+                let threads = std::thread::available_parallelism().map_or(4, usize::from);
+                (0..(2 * threads).max(8))
+                    .map(|_| Mutex::default())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -332,6 +393,23 @@ impl Packer {
         if self.known.contains(&id) || !self.seen[id.0[0] as usize % 64].lock().insert(id) {
             return Ok(false);
         }
+        if blob_type == BlobType::Data
+            && plaintext.len() <= GROUP_BLOB_MAX
+            && !plaintext.is_empty()
+            && !self.groups.is_empty()
+        {
+            let mut g = self.groups[group_slot(self.groups.len())].lock();
+            // A group never exceeds the format's limit, whatever the target.
+            if g.plain.len() + plaintext.len() > cairn_format::MAX_GROUP_LEN as usize {
+                self.seal_group(&mut g)?;
+            }
+            g.plain.extend_from_slice(plaintext);
+            g.blobs.push((id, plaintext.len() as u32));
+            if g.plain.len() >= GROUP_TARGET || g.blobs.len() >= GROUP_MAX_BLOBS {
+                self.seal_group(&mut g)?;
+            }
+            return Ok(true);
+        }
         // Trees are small and compress well at any level; data follows the repository setting.
         let level = if blob_type == BlobType::Tree {
             self.level.max(1)
@@ -349,40 +427,92 @@ impl Packer {
                 level,
                 &mut sealed,
             );
-            self.append(blob_type, id, &sealed, plaintext.len())
+            self.append_one(blob_type, id, &sealed, plaintext.len())
         })?;
         Ok(true)
     }
 
-    /// Write one sealed blob to the open pack of its type; ship the pack when it is full.
-    fn append(&self, blob_type: BlobType, id: Id, sealed: &[u8], raw_length: usize) -> Result<()> {
-        {
-            let mut st = self.shared.stats.lock();
-            match blob_type {
-                BlobType::Data => st.data_blobs += 1,
-                BlobType::Tree => st.tree_blobs += 1,
-            }
-            st.bytes_added += raw_length as u64;
-            st.bytes_packed += sealed.len() as u64;
+    /// Seal a thread's gathered small blobs as one group and append it to the data pack.
+    fn seal_group(&self, g: &mut Group) -> Result<()> {
+        if g.blobs.is_empty() {
+            return Ok(());
         }
+        SEAL_BUF.with(|buf| {
+            let mut sealed = buf.borrow_mut();
+            sealed.clear();
+            seal_group_into(
+                self.shared.repo.key(),
+                &g.plain,
+                self.level.max(GROUP_LEVEL_MIN),
+                &mut sealed,
+            );
+            let mut start = 0u32;
+            let blobs = g.blobs.iter().map(|&(id, len)| {
+                let at = start;
+                start += len;
+                (id, len, Some(at))
+            });
+            self.append(BlobType::Data, &sealed, blobs)
+        })?;
+        g.plain.clear();
+        g.blobs.clear();
+        Ok(())
+    }
+
+    /// Write one sealed blob to the open pack of its type; ship the pack when it is full.
+    fn append_one(
+        &self,
+        blob_type: BlobType,
+        id: Id,
+        sealed: &[u8],
+        raw_length: usize,
+    ) -> Result<()> {
+        self.append(
+            blob_type,
+            sealed,
+            std::iter::once((id, raw_length as u32, None)),
+        )
+    }
+
+    /// Write one sealed box holding `blobs` (id, plaintext length, place in the group) to
+    /// the open pack of their type; ship the pack when it is full.
+    fn append(
+        &self,
+        blob_type: BlobType,
+        sealed: &[u8],
+        blobs: impl Iterator<Item = (Id, u32, Option<u32>)>,
+    ) -> Result<()> {
         let slot = usize::from(blob_type == BlobType::Tree);
         let full = {
             let mut guard = self.open[slot].lock();
             if guard.is_none() {
-                *guard = Some(OpenPack::create(&self.temp_dir)?);
+                *guard = Some(OpenPack::create(&self.temp_dir, self.version)?);
             }
             let p = guard
                 .as_mut()
                 .ok_or_else(|| Error::Backend("no open pack".into()))?;
             let offset = p.len as u32;
             p.write(sealed)?;
-            p.entries.push(PackEntry {
-                blob_type,
-                id,
-                offset,
-                length: sealed.len() as u32,
-                raw_length: raw_length as u32,
-            });
+            let before = p.entries.len();
+            p.entries
+                .extend(blobs.map(|(id, raw_length, group_offset)| PackEntry {
+                    blob_type,
+                    id,
+                    offset,
+                    length: sealed.len() as u32,
+                    raw_length,
+                    group_offset,
+                }));
+            {
+                let mut st = self.shared.stats.lock();
+                let added = &p.entries[before..];
+                match blob_type {
+                    BlobType::Data => st.data_blobs += added.len() as u64,
+                    BlobType::Tree => st.tree_blobs += added.len() as u64,
+                }
+                st.bytes_added += added.iter().map(|e| u64::from(e.raw_length)).sum::<u64>();
+                st.bytes_packed += sealed.len() as u64;
+            }
             if p.len >= self.pack_size as u64 {
                 guard.take()
             } else {
@@ -400,7 +530,7 @@ impl Packer {
             entries: std::mem::take(&mut p.entries),
         };
         let mut tail = Vec::new();
-        finish_pack(self.shared.repo.key(), &mut tail, &header);
+        finish_pack(self.shared.repo.key(), self.version, &mut tail, &header)?;
         p.write(&tail)?;
         let id = Id(*p.hasher.finalize().as_bytes());
         let file = p.file.try_clone().map_err(|e| Error::io(&p.path, e))?;
@@ -429,6 +559,9 @@ impl Packer {
     /// Flush the open packs, wait for every upload, write the last index file.
     /// Returns the packs this run added if the packer is [`Packer::recording`], else none.
     pub fn finish(&self) -> Result<Vec<IndexPack>> {
+        for g in &self.groups {
+            self.seal_group(&mut g.lock())?;
+        }
         for slot in &self.open {
             let p = slot.lock().take();
             if let Some(p) = p {

@@ -41,6 +41,9 @@ pub struct InitOptions {
     /// never reads one it has (restic's `--copy-chunker-params`). The encryption key stays
     /// the new repository's own.
     pub same_blobs_as: Option<Arc<Repository>>,
+    /// Repository format version (FORMAT.md §2): the newest by default; 1 for repositories
+    /// that nodes running an older cairn must keep reading.
+    pub format_version: u16,
 }
 
 /// zstd level of new repositories: on a 2 GB tree of real files level 2 took 24 % less CPU
@@ -57,6 +60,7 @@ impl Default for InitOptions {
             kdf: KdfParams::new_default(),
             page_rules: cairn_format::default_page_rules(),
             same_blobs_as: None,
+            format_version: cairn_format::FORMAT_VERSION,
         }
     }
 }
@@ -95,7 +99,7 @@ impl Repository {
             None => (opts.chunker, opts.page_rules),
         };
         let config = Config {
-            version: cairn_format::FORMAT_VERSION,
+            version: opts.format_version,
             repo_id,
             chunker,
             compression_level: opts.compression_level,
@@ -284,6 +288,28 @@ impl Repository {
             .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))
     }
 
+    /// Replace the config with `config` (the one object ever rewritten: `migrate`), as one
+    /// atomic write. The caller holds the exclusive lock.
+    pub(crate) fn rewrite_config(&mut self, config: Config) -> Result<()> {
+        config.validate()?;
+        self.backend.put(
+            FileKind::Config,
+            "config",
+            &encode_sealed(&self.key, FileKind::Config, &config, 3),
+        )?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// A reader of the blobs of pack `pack` (see [`BlobOpener`]).
+    pub(crate) fn opener(&self, pack: Id) -> BlobOpener<'_> {
+        BlobOpener {
+            repo: self,
+            pack,
+            group: None,
+        }
+    }
+
     /// The master key.
     pub fn key(&self) -> &MasterKey {
         &self.key
@@ -305,6 +331,29 @@ impl Repository {
         let id = Id::of_object(&data);
         self.backend.put(kind, &id.to_hex(), &data)?;
         Ok(id)
+    }
+
+    /// Encode, seal and store an index file in the repository's format version.
+    pub(crate) fn save_index(&self, file: &IndexFile) -> Result<Id> {
+        let version = cairn_format::object_version(FileKind::Index, self.config.version);
+        let data = file.encode_sealed(&self.key, version, self.config.compression_level.max(1))?;
+        let id = Id::of_object(&data);
+        self.backend.put(FileKind::Index, &id.to_hex(), &data)?;
+        Ok(id)
+    }
+
+    /// Load, verify and decode an index file (of any version).
+    pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
+        let name = id.to_hex();
+        let max = cairn_format::max_decoded_len(FileKind::Index) as u64 + 1 + SEALED_FILE_OVERHEAD;
+        let data = self.backend.get_max(FileKind::Index, &name, max)?;
+        verify_name(FileKind::Index, &name, &data)?;
+        Ok(IndexFile::decode_sealed(&self.key, &data)?)
+    }
+
+    /// The version new packs are written in.
+    pub(crate) fn pack_version(&self) -> u16 {
+        cairn_format::object_version(FileKind::Pack, self.config.version)
     }
 
     /// Load, verify and decode a typed object. Nothing larger than the format allows for
@@ -405,7 +454,7 @@ impl Repository {
         let builder = parking_lot::Mutex::new(IndexBuilder::new());
         let damaged = parking_lot::Mutex::new(Vec::new());
         ids.par_iter().try_for_each(|id| -> Result<()> {
-            match self.load::<IndexFile>(FileKind::Index, id) {
+            match self.load_index_file(id) {
                 Ok(f) => {
                     let f = self.within_limits(id, f, &damaged);
                     builder.lock().add_file(*id, &f);
@@ -463,7 +512,7 @@ impl Repository {
         let ids = self.list_ids(FileKind::Index)?;
         let loaded: Vec<(Id, Result<IndexFile>)> = ids
             .par_iter()
-            .map(|id| (*id, self.load::<IndexFile>(FileKind::Index, id)))
+            .map(|id| (*id, self.load_index_file(id)))
             .collect();
         let damaged = parking_lot::Mutex::new(Vec::new());
         let mut files = Vec::new();
@@ -560,13 +609,7 @@ impl Repository {
                 loc.blob_type
             )));
         }
-        let entry = cairn_format::PackEntry {
-            blob_type,
-            id: *id,
-            offset: loc.offset,
-            length: loc.length,
-            raw_length: loc.raw_length,
-        };
+        let entry = crate::index::entry_of(*id, &loc);
         // Checked before the read: the read allocates `length` bytes.
         cairn_format::check_entry_limits(&entry, self.config.max_blob_len(blob_type))?;
         let pack = index.pack_id(&loc);
@@ -577,7 +620,7 @@ impl Repository {
         } else {
             self.backend.get_range(FileKind::Pack, &name, offset, len)?
         };
-        Ok(self.open_blob(&pack, &entry, &mut sealed)?.into_owned())
+        Ok(self.opener(pack).open(&entry, &mut sealed)?.into_owned())
     }
 
     /// Read and decode a tree blob.
@@ -681,6 +724,60 @@ impl<'r> Indexed<'r> {
     /// Read, authenticate and verify one blob.
     pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
         self.repo.read_blob(&self.index, blob_type, id)
+    }
+}
+
+/// Opens the blobs of one pack from buffers that hold its bytes. A blob sealed alone is
+/// opened in place. A group's box (format version 2) is opened once and its blobs are then
+/// served from the decoded group: callers walk a pack's entries in order, so the blobs of a
+/// group come one after the other, and only the first of them reads the box (which is left
+/// decrypted in the caller's buffer).
+pub(crate) struct BlobOpener<'r> {
+    repo: &'r Repository,
+    pack: Id,
+    /// The last group opened: its box (offset, length) and its plaintext, or why it failed.
+    group: Option<((u32, u32), std::result::Result<Vec<u8>, String>)>,
+}
+
+impl BlobOpener<'_> {
+    /// Open the blob of entry `e`; `sealed` holds its box (`e.offset .. e.offset + e.length`
+    /// of the pack). Authenticated, decompressed within the format's limits and verified
+    /// against the id and length; errors name the pack.
+    pub(crate) fn open<'s>(
+        &'s mut self,
+        e: &cairn_format::PackEntry,
+        sealed: &'s mut [u8],
+    ) -> Result<std::borrow::Cow<'s, [u8]>> {
+        if !e.grouped() {
+            return self.repo.open_blob(&self.pack, e, sealed);
+        }
+        let pack = self.pack;
+        let damaged = move |err: String| Error::Integrity(format!("pack {}: {err}", pack.short()));
+        cairn_format::check_entry_limits(e, self.repo.config.max_blob_len(e.blob_type))
+            .map_err(|err| damaged(err.to_string()))?;
+        let span = (e.offset, e.length);
+        if self.group.as_ref().map(|(k, _)| *k) != Some(span) {
+            let opened = cairn_format::open_group_in_place(&self.repo.key, sealed)
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|err| err.to_string());
+            self.group = Some((span, opened));
+        }
+        match &self.group {
+            Some((_, Ok(group))) => cairn_format::blob_in_group(&self.repo.key, e, group)
+                .map(std::borrow::Cow::Borrowed)
+                .map_err(|err| damaged(err.to_string())),
+            Some((_, Err(msg))) => Err(damaged(msg.clone())),
+            None => Err(damaged("no group".into())),
+        }
+    }
+
+    /// The plaintext length of the group opened last, if it opened: `check` compares it
+    /// with what the pack header says the group holds.
+    pub(crate) fn group_len(&self) -> Option<usize> {
+        match &self.group {
+            Some((_, Ok(g))) => Some(g.len()),
+            _ => None,
+        }
     }
 }
 

@@ -91,6 +91,7 @@ fn small_repo(dir: &Path) -> Repository {
         kdf: KdfParams::new(8 * 1024, 1, 1),
         page_rules: cairn_format::default_page_rules(),
         same_blobs_as: None,
+        format_version: cairn_format::FORMAT_VERSION,
     };
     Repository::init(Arc::new(LocalBackend::new(dir)), PW, opts).unwrap()
 }

@@ -88,7 +88,14 @@ fn decompress_cached(body: &[u8], limit: usize) -> Option<Vec<u8>> {
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new().ok()?);
         }
-        slot.as_mut()?.decompress(body, limit).ok()
+        // The buffer is sized by what the frame says it holds when that is within the limit
+        // (a group of small blobs is read for one of them, and must not cost the group limit
+        // each time); a frame that understates its size fails to fit and is refused.
+        let capacity = match zstd::zstd_safe::get_frame_content_size(body) {
+            Ok(Some(n)) if n <= limit as u64 => n as usize,
+            _ => limit,
+        };
+        slot.as_mut()?.decompress(body, capacity).ok()
     })
 }
 

@@ -70,7 +70,8 @@ impl ChunkerParams {
 /// The repository configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Config {
-    /// Repository format version (equal to the preamble version at creation).
+    /// Repository format version: 1, or 2 (grouped blobs). Writers use the newest encoding
+    /// of each object kind that this version allows (`object_version`).
     pub version: u16,
     /// Random repository id, used for the local cache directory and lock ownership.
     pub repo_id: [u8; 32],
@@ -105,7 +106,7 @@ impl Config {
 
     /// Reject a config that would make the engine misbehave.
     pub fn validate(&self) -> Result<(), FormatError> {
-        if self.version != crate::FORMAT_VERSION {
+        if !(1..=crate::FORMAT_VERSION).contains(&self.version) {
             return Err(FormatError::UnsupportedVersion {
                 kind: "config",
                 version: self.version,

@@ -18,8 +18,25 @@ use crate::FormatError;
 pub const MAGIC: &[u8; 5] = b"cairn";
 /// Length of the preamble.
 pub const PREAMBLE_LEN: usize = 8;
-/// The newest format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest repository format version this build writes and reads (`Config::version`).
+///
+/// Objects carry the version of their own kind's encoding: version 2 changed only packs and
+/// index files (grouped blobs), so the other kinds are still written as version 1.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The newest version of `kind`'s encoding this build reads.
+pub fn newest_version(kind: FileKind) -> u16 {
+    match kind {
+        FileKind::Pack | FileKind::Index => 2,
+        FileKind::Config | FileKind::Key | FileKind::Lock | FileKind::Snapshot => 1,
+    }
+}
+
+/// The version a writer uses for an object of `kind` in a repository of format
+/// `repo_version`: the newest encoding of the kind that the repository's version allows.
+pub fn object_version(kind: FileKind, repo_version: u16) -> u16 {
+    newest_version(kind).min(repo_version).max(1)
+}
 
 /// Upper bound for any decoded metadata payload: the largest of the per-kind limits of
 /// [`max_decoded_len`].
@@ -121,12 +138,17 @@ impl FileKind {
     }
 }
 
-/// The 8-byte preamble of a file of `kind` at the current version.
+/// The 8-byte preamble of a version-1 file of `kind`.
 pub fn preamble(kind: FileKind) -> [u8; PREAMBLE_LEN] {
+    preamble_of(kind, 1)
+}
+
+/// The 8-byte preamble of a file of `kind` at `version`.
+pub fn preamble_of(kind: FileKind, version: u16) -> [u8; PREAMBLE_LEN] {
     let mut p = [0u8; PREAMBLE_LEN];
     p[..5].copy_from_slice(MAGIC);
     p[5] = kind.letter();
-    p[6..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    p[6..8].copy_from_slice(&version.to_le_bytes());
     p
 }
 
@@ -156,11 +178,11 @@ pub fn check_preamble(data: &[u8], kind: FileKind) -> Result<(u16, &[u8]), Forma
         });
     }
     let version = u16::from_le_bytes([data[6], data[7]]);
-    if version == 0 || version > FORMAT_VERSION {
+    if version == 0 || version > newest_version(kind) {
         return Err(FormatError::UnsupportedVersion {
             kind: kind.name(),
             version,
-            supported: FORMAT_VERSION,
+            supported: newest_version(kind),
         });
     }
     Ok((version, &data[PREAMBLE_LEN..]))
@@ -211,13 +233,44 @@ pub fn encode_sealed_with_nonce<T: Serialize>(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    let pre = preamble(kind);
-    let payload = pack_payload(&to_postcard(value), level);
+    debug_assert!(
+        kind != FileKind::Index,
+        "index files are encoded with IndexFile::encode_sealed"
+    );
+    seal_file(key, kind, 1, &to_postcard(value), level, nonce)
+}
+
+/// Seal already encoded bytes as a file of `kind` at `version`: the preamble is the AEAD's
+/// associated data.
+pub(crate) fn seal_file(
+    key: &MasterKey,
+    kind: FileKind,
+    version: u16,
+    encoded: &[u8],
+    level: i32,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    let pre = preamble_of(kind, version);
+    let payload = pack_payload(encoded, level);
     let sealed = seal_with_nonce(&key.encryption, nonce, &pre, &payload);
     let mut out = Vec::with_capacity(PREAMBLE_LEN + sealed.len());
     out.extend_from_slice(&pre);
     out.extend_from_slice(&sealed);
     out
+}
+
+/// Open a sealed file of `kind`: its version and decoded (decompressed) payload.
+pub(crate) fn open_file(
+    key: &MasterKey,
+    kind: FileKind,
+    data: &[u8],
+) -> Result<(u16, Vec<u8>), FormatError> {
+    let (version, body) = check_preamble(data, kind)?;
+    let payload = key.open(&data[..PREAMBLE_LEN], body, kind.name())?;
+    Ok((
+        version,
+        unpack_payload(&payload, max_decoded_len(kind), kind.name())?,
+    ))
 }
 
 /// Decode a file written by [`encode_sealed`].
@@ -226,8 +279,21 @@ pub fn decode_sealed<T: DeserializeOwned>(
     kind: FileKind,
     data: &[u8],
 ) -> Result<T, FormatError> {
-    let (_version, body) = check_preamble(data, kind)?;
-    let payload = key.open(&data[..PREAMBLE_LEN], body, kind.name())?;
-    let plain = unpack_payload(&payload, max_decoded_len(kind), kind.name())?;
+    if kind == FileKind::Index {
+        // Index files have their own encodings per version.
+        return Err(FormatError::InvalidParameter(
+            "index files are decoded with IndexFile::decode_sealed".into(),
+        ));
+    }
+    let (version, plain) = open_file(key, kind, data)?;
+    if version != 1 {
+        // Only index files and packs have a version 2, each with its own decoder
+        // (`IndexFile::decode_sealed`, `decode_pack_header`).
+        return Err(FormatError::UnsupportedVersion {
+            kind: kind.name(),
+            version,
+            supported: 1,
+        });
+    }
     from_postcard(&plain, kind.name())
 }

@@ -8,8 +8,9 @@
 //! [`seed_corpus`] gives valid encodings (sealed with [`fuzz_key`]) to start fuzzing from.
 
 use crate::{
-    decode_pack_header, decode_sealed, decode_sealed_header, encode_sealed_with_nonce,
-    finish_pack_with_nonce, header_span, open_blob, preamble, seal_blob_with_nonce, to_postcard,
+    blob_in_group, decode_pack_header, decode_sealed, decode_sealed_header,
+    encode_sealed_with_nonce, finish_pack_with_nonce, header_span, open_blob, open_group_in_place,
+    preamble, preamble_of, seal_blob_with_nonce, seal_group_with_nonce, to_postcard,
     unpack_payload, BlobType, ChunkerParams, Config, FileKind, FileTime, Id, IndexFile, IndexPack,
     KdfParams, KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot,
     SnapshotSummary, Timestamp, Tree, Xattr, NONCE_LEN,
@@ -29,8 +30,9 @@ pub type Target = fn(&[u8]);
 
 /// Every fuzz target: its name (the file in `fuzz/fuzz_targets/` and the corpus directory)
 /// and its entry point.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("pack_header", pack_header),
+    ("blob_group", blob_group),
     ("index", index),
     ("tree", tree),
     ("snapshot", snapshot),
@@ -129,16 +131,24 @@ pub fn snapshot(data: &[u8]) {
     roundtrip::<Snapshot>(data, "snapshot");
 }
 
-/// Index file decoder.
+/// Index file decoder (both versions).
 pub fn index(data: &[u8]) {
     let config = fuzz_config();
-    if let Ok(f) = decode_sealed::<IndexFile>(&fuzz_key(), FileKind::Index, data) {
+    if let Ok(f) = IndexFile::decode_sealed(&fuzz_key(), data) {
         index_limits(&f, &config);
     }
-    if let Ok(f) = crate::from_postcard::<IndexFile>(data, "index") {
-        index_limits(&f, &config);
+    for version in [1, 2] {
+        if let Ok(f) = IndexFile::decode(version, data) {
+            index_limits(&f, &config);
+            let again = f
+                .encode(version)
+                .and_then(|b| IndexFile::decode(version, &b));
+            assert!(
+                matches!(again, Ok(ref g) if *g == f),
+                "decoded index (v{version}) does not survive re-encoding"
+            );
+        }
     }
-    roundtrip::<IndexFile>(data, "index");
 }
 
 /// A repository config with the default rules, as new repositories get.
@@ -163,11 +173,20 @@ fn index_limits(f: &IndexFile, config: &Config) {
                 "accepted raw length {} > {max}",
                 e.raw_length
             );
+            let (covers, start) = match e.group_offset {
+                Some(start) => (crate::MAX_GROUP_LEN, u64::from(start)),
+                None => (e.raw_length, 0),
+            };
             assert!(
-                u64::from(e.length) <= u64::from(e.raw_length) + 1 + crate::SEAL_OVERHEAD as u64,
+                u64::from(e.length) <= u64::from(covers) + 1 + crate::SEAL_OVERHEAD as u64,
                 "accepted sealed length {} for raw {}",
                 e.length,
                 e.raw_length
+            );
+            assert!(
+                start + u64::from(e.raw_length) <= u64::from(crate::MAX_GROUP_LEN)
+                    || e.group_offset.is_none(),
+                "accepted a blob beyond the group limit"
             );
         }
     }
@@ -199,26 +218,73 @@ pub fn config(data: &[u8]) {
 pub fn pack(data: &[u8]) {
     let key = fuzz_key();
     let _ = decode_pack_header(&key, data);
-    let _ = crate::from_postcard::<PackHeader>(data, "pack header");
+    for version in [1, 2] {
+        if let Ok(h) = PackHeader::decode(version, data) {
+            let again = h
+                .encode(version)
+                .and_then(|b| PackHeader::decode(version, &b));
+            assert!(
+                matches!(again, Ok(ref g) if *g == h),
+                "decoded pack header (v{version}) does not survive re-encoding"
+            );
+        }
+    }
     let _ = open_blob(&key, BlobType::Data, &Id::default(), data, 1 << 20);
+    let _ = open_group_in_place(&key, &mut data.to_vec());
     let _ = unpack_payload(data, 1 << 20, "fuzz");
 }
 
+/// A sealed group and one entry's claims on it: the first 8 bytes are the entry's
+/// `group_offset` and `raw_length` (u32 LE), the rest the sealed box. A group decodes to at
+/// most `MAX_GROUP_LEN` bytes, and a blob taken from it is exactly the bytes claimed.
+pub fn blob_group(data: &[u8]) {
+    let key = fuzz_key();
+    let (head, sealed) = data.split_at(data.len().min(8));
+    let word = |i: usize| {
+        head.get(i..i + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut sealed = sealed.to_vec();
+    let sealed_len = sealed.len() as u32;
+    if let Ok(group) = open_group_in_place(&key, &mut sealed) {
+        assert!(
+            group.len() <= crate::MAX_GROUP_LEN as usize,
+            "group over the limit"
+        );
+        let (start, raw) = (word(0), word(4));
+        let e = PackEntry {
+            blob_type: BlobType::Data,
+            id: key.blob_id(group.get(start as usize..).unwrap_or_default()),
+            offset: 8,
+            length: sealed_len,
+            raw_length: raw,
+            group_offset: Some(start),
+        };
+        if let Ok(blob) = blob_in_group(&key, &e, &group) {
+            assert_eq!(blob.len(), raw as usize, "blob of the wrong length");
+        }
+    }
+}
+
 /// Pack decoder as a reader uses it: header from the whole pack, then every blob it lists.
-/// Every entry of a header that decodes must lie inside the pack, before the header.
+/// Every entry of a header that decodes must lie inside the pack, before the header; the
+/// blobs of a group must lie inside its decoded plaintext.
 pub fn pack_header(data: &[u8]) {
     pack(data);
     let key = fuzz_key();
     if let Ok(h) = decode_pack_header(&key, data) {
-        // Every entry covers at least one sealed byte: the header-size bound holds.
+        // Every sealed box covers at least one sealed byte, and a group holds at most
+        // MAX_GROUP_BLOBS blobs: the header-size bound holds.
+        let boxes = data.len() as u64 / (crate::SEAL_OVERHEAD as u64 + 1);
         assert!(
-            h.entries.len() as u64 <= data.len() as u64 / (crate::SEAL_OVERHEAD as u64 + 1),
+            h.entries.len() as u64 <= boxes * crate::MAX_GROUP_BLOBS as u64,
             "more entries than the pack has room for"
         );
         let mut trailer = [0u8; 4];
         trailer.copy_from_slice(&data[data.len() - 4..]);
         let (start, _) =
             header_span(data.len() as u64, trailer).expect("header_span refused a decoded pack");
+        let mut group: Option<(u32, Vec<u8>)> = None;
         for e in &h.entries {
             let end = u64::from(e.offset) + u64::from(e.length);
             assert!(
@@ -226,11 +292,32 @@ pub fn pack_header(data: &[u8]) {
                 "pack header entry reaches past the header start"
             );
             let sealed = &data[e.offset as usize..end as usize];
-            let _ = open_blob(&key, e.blob_type, &e.id, sealed, e.raw_length);
+            match e.group_offset {
+                None => {
+                    let _ = open_blob(&key, e.blob_type, &e.id, sealed, e.raw_length);
+                }
+                Some(at) => {
+                    assert!(
+                        u64::from(at) + u64::from(e.raw_length) <= u64::from(crate::MAX_GROUP_LEN),
+                        "grouped blob beyond the group limit"
+                    );
+                    if group.as_ref().is_none_or(|(o, _)| *o != e.offset) {
+                        let opened = open_group_in_place(&key, &mut sealed.to_vec())
+                            .map(|g| g.into_owned())
+                            .unwrap_or_default();
+                        group = Some((e.offset, opened));
+                    }
+                    if let Some((_, g)) = &group {
+                        let _ = blob_in_group(&key, e, g);
+                    }
+                }
+            }
         }
     }
-    // The range-read path: the input taken as a sealed header alone.
-    let _ = decode_sealed_header(&key, data, data.len() as u64);
+    // The range-read path: the input taken as a sealed header alone, of either version.
+    for version in [1, 2] {
+        let _ = decode_sealed_header(&key, version, data, data.len() as u64);
+    }
 }
 
 /// Decode `T` from plaintext postcard; a value that decodes must re-encode and decode to itself.
@@ -337,19 +424,76 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
             offset: pack.len() as u32,
             length: sealed.len() as u32,
             raw_length: plain.len() as u32,
+            group_offset: None,
         });
         pack.extend_from_slice(&sealed);
     }
     let header = PackHeader {
         entries: entries.clone(),
     };
-    finish_pack_with_nonce(&key, &mut pack, &header, &nonce(0x20));
+    let _ = finish_pack_with_nonce(&key, 1, &mut pack, &header, &nonce(0x20));
     let pack_id = Id::of_object(&pack);
     out.push(("pack_header", pack));
-    out.push(("pack_header", to_postcard(&header)));
+    if let Ok(plain) = header.encode(1) {
+        out.push(("pack_header", plain));
+    }
     let mut empty_pack = preamble(FileKind::Pack).to_vec();
-    finish_pack_with_nonce(&key, &mut empty_pack, &PackHeader::default(), &nonce(0x21));
+    let _ = finish_pack_with_nonce(
+        &key,
+        1,
+        &mut empty_pack,
+        &PackHeader::default(),
+        &nonce(0x21),
+    );
     out.push(("pack_header", empty_pack));
+
+    // Version 2: a group of three small blobs, then a blob alone.
+    let pieces: [&[u8]; 3] = [
+        b"page one, page one\n",
+        b"page two, page two\n",
+        b"page 3\n",
+    ];
+    let mut v2 = preamble_of(FileKind::Pack, 2).to_vec();
+    let group: Vec<u8> = pieces.concat();
+    let sealed_group = seal_group_with_nonce(&key, &group, 3, &nonce(0x22));
+    let mut v2_entries = Vec::new();
+    let mut at = 0u32;
+    for p in pieces {
+        v2_entries.push(PackEntry {
+            blob_type: BlobType::Data,
+            id: key.blob_id(p),
+            offset: v2.len() as u32,
+            length: sealed_group.len() as u32,
+            raw_length: p.len() as u32,
+            group_offset: Some(at),
+        });
+        at += p.len() as u32;
+    }
+    // The second blob's claims, then the group.
+    let mut blob_seed = (pieces[0].len() as u32).to_le_bytes().to_vec();
+    blob_seed.extend_from_slice(&(pieces[1].len() as u32).to_le_bytes());
+    blob_seed.extend_from_slice(&sealed_group);
+    out.push(("blob_group", blob_seed));
+    v2.extend_from_slice(&sealed_group);
+    let sealed = seal_blob_with_nonce(&key, BlobType::Data, &data_id, &hello, 0, &nonce(0x23));
+    v2_entries.push(PackEntry {
+        blob_type: BlobType::Data,
+        id: data_id,
+        offset: v2.len() as u32,
+        length: sealed.len() as u32,
+        raw_length: hello.len() as u32,
+        group_offset: None,
+    });
+    v2.extend_from_slice(&sealed);
+    let v2_header = PackHeader {
+        entries: v2_entries.clone(),
+    };
+    let _ = finish_pack_with_nonce(&key, 2, &mut v2, &v2_header, &nonce(0x24));
+    let v2_id = Id::of_object(&v2);
+    out.push(("pack_header", v2));
+    if let Ok(plain) = v2_header.encode(2) {
+        out.push(("pack_header", plain));
+    }
 
     let index_file = IndexFile {
         supersedes: vec![Id([1; 32])],
@@ -358,15 +502,28 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
             blobs: entries,
         }],
     };
-    out.push((
-        "index",
-        encode_sealed_with_nonce(&key, FileKind::Index, &index_file, 0, &nonce(0x30)),
-    ));
-    out.push((
-        "index",
-        encode_sealed_with_nonce(&key, FileKind::Index, &index_file, 3, &nonce(0x31)),
-    ));
-    out.push(("index", to_postcard(&index_file)));
+    if let Ok(bytes) = index_file.encode_sealed_with_nonce(&key, 1, 0, &nonce(0x30)) {
+        out.push(("index", bytes));
+    }
+    if let Ok(bytes) = index_file.encode_sealed_with_nonce(&key, 1, 3, &nonce(0x31)) {
+        out.push(("index", bytes));
+    }
+    if let Ok(plain) = index_file.encode(1) {
+        out.push(("index", plain));
+    }
+    let v2_index = IndexFile {
+        supersedes: Vec::new(),
+        packs: vec![IndexPack {
+            id: v2_id,
+            blobs: v2_entries,
+        }],
+    };
+    if let Ok(bytes) = v2_index.encode_sealed_with_nonce(&key, 2, 3, &nonce(0x32)) {
+        out.push(("index", bytes));
+    }
+    if let Ok(plain) = v2_index.encode(2) {
+        out.push(("index", plain));
+    }
 
     let snap = Snapshot {
         time: ts(1_714_532_400, 7200),

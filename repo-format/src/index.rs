@@ -14,6 +14,32 @@ pub struct IndexPack {
     pub blobs: Vec<PackEntry>,
 }
 
+/// Version 1 of [`IndexFile`]: entries without `group_offset`.
+#[derive(Serialize, Deserialize)]
+struct V1File {
+    supersedes: Vec<Id>,
+    packs: Vec<V1Pack>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct V1Pack {
+    id: Id,
+    blobs: Vec<crate::pack::v1::Entry>,
+}
+
+/// Version 2 of [`IndexFile`]: each pack's entries as units (blobs alone and groups).
+#[derive(Serialize, Deserialize)]
+struct V2File {
+    supersedes: Vec<Id>,
+    packs: Vec<V2Pack>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct V2Pack {
+    id: Id,
+    units: Vec<crate::pack::v2::Unit>,
+}
+
 /// An index file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IndexFile {
@@ -25,6 +51,112 @@ pub struct IndexFile {
 }
 
 impl IndexFile {
+    /// The postcard encoding of this index file in format `version`. Fails only for
+    /// entries that `version` cannot express (grouped blobs in version 1).
+    pub fn encode(&self, version: u16) -> Result<Vec<u8>, crate::FormatError> {
+        Ok(match version {
+            1 => crate::file::to_postcard(&V1File {
+                supersedes: self.supersedes.clone(),
+                packs: self
+                    .packs
+                    .iter()
+                    .map(|p| {
+                        Ok(V1Pack {
+                            id: p.id,
+                            blobs: crate::pack::v1::entries(&p.blobs)?,
+                        })
+                    })
+                    .collect::<Result<_, crate::FormatError>>()?,
+            }),
+            _ => crate::file::to_postcard(&V2File {
+                supersedes: self.supersedes.clone(),
+                packs: self
+                    .packs
+                    .iter()
+                    .map(|p| {
+                        Ok(V2Pack {
+                            id: p.id,
+                            units: crate::pack::v2::units(&p.blobs)?,
+                        })
+                    })
+                    .collect::<Result<_, crate::FormatError>>()?,
+            }),
+        })
+    }
+
+    /// Decode the postcard encoding of an index file of format `version`.
+    pub fn decode(version: u16, plain: &[u8]) -> Result<IndexFile, crate::FormatError> {
+        Ok(match version {
+            1 => {
+                let f: V1File = crate::file::from_postcard(plain, "index")?;
+                IndexFile {
+                    supersedes: f.supersedes,
+                    packs: f
+                        .packs
+                        .into_iter()
+                        .map(|p| IndexPack {
+                            id: p.id,
+                            blobs: p.blobs.into_iter().map(PackEntry::from).collect(),
+                        })
+                        .collect(),
+                }
+            }
+            _ => {
+                let f: V2File = crate::file::from_postcard(plain, "index")?;
+                IndexFile {
+                    supersedes: f.supersedes,
+                    packs: f
+                        .packs
+                        .into_iter()
+                        .map(|p| {
+                            Ok(IndexPack {
+                                id: p.id,
+                                blobs: crate::pack::v2::entries(p.units)?,
+                            })
+                        })
+                        .collect::<Result<_, crate::FormatError>>()?,
+                }
+            }
+        })
+    }
+
+    /// Encode and seal this index file at format `version` (the repository's).
+    pub fn encode_sealed(
+        &self,
+        key: &crate::MasterKey,
+        version: u16,
+        level: i32,
+    ) -> Result<Vec<u8>, crate::FormatError> {
+        self.encode_sealed_with_nonce(key, version, level, &crate::crypto::random_nonce())
+    }
+
+    /// [`IndexFile::encode_sealed`] with an explicit nonce, for test vectors and fixtures.
+    pub fn encode_sealed_with_nonce(
+        &self,
+        key: &crate::MasterKey,
+        version: u16,
+        level: i32,
+        nonce: &[u8; crate::NONCE_LEN],
+    ) -> Result<Vec<u8>, crate::FormatError> {
+        Ok(crate::file::seal_file(
+            key,
+            crate::FileKind::Index,
+            version,
+            &self.encode(version)?,
+            level,
+            nonce,
+        ))
+    }
+
+    /// Open and decode a sealed index file of either version.
+    pub fn decode_sealed(
+        key: &crate::MasterKey,
+        data: &[u8],
+    ) -> Result<IndexFile, crate::FormatError> {
+        let (version, plain) = crate::file::open_file(key, crate::FileKind::Index, data)?;
+        IndexFile::decode(version, &plain)
+    }
+
     /// Check every entry against the repository's limits ([`crate::Config::max_blob_len`]),
     /// so that no later read allocates what a hostile index claims.
     pub fn check_limits(&self, config: &crate::Config) -> Result<(), crate::FormatError> {

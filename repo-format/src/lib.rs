@@ -41,18 +41,20 @@ pub use crypto::{
 pub use error::FormatError;
 pub use file::{
     check_preamble, decode_sealed, encode_sealed, encode_sealed_with_nonce, from_postcard,
-    max_decoded_len, preamble, to_postcard, FileKind, FORMAT_VERSION, MAGIC, MAX_CONFIG_LEN,
-    MAX_INDEX_BLOBS, MAX_INDEX_LEN, MAX_LOCK_LEN, MAX_METADATA_LEN, MAX_SNAPSHOT_LEN, MAX_TREE_LEN,
-    PREAMBLE_LEN,
+    max_decoded_len, newest_version, object_version, preamble, preamble_of, to_postcard, FileKind,
+    FORMAT_VERSION, MAGIC, MAX_CONFIG_LEN, MAX_INDEX_BLOBS, MAX_INDEX_LEN, MAX_LOCK_LEN,
+    MAX_METADATA_LEN, MAX_SNAPSHOT_LEN, MAX_TREE_LEN, PREAMBLE_LEN,
 };
 pub use id::Id;
 pub use index::{IndexFile, IndexPack};
 pub use key::KeyFile;
 pub use lock::Lock;
 pub use pack::{
-    blob_aad, check_entry_limits, decode_pack_header, decode_sealed_header, finish_pack,
-    finish_pack_with_nonce, header_span, open_blob, open_blob_in_place, pack_header_aad, seal_blob,
-    seal_blob_into, seal_blob_with_nonce, BlobType, PackEntry, PackHeader, PACK_HEADER_LEVEL,
+    blob_aad, blob_in_group, check_entry_limits, decode_pack_header, decode_sealed_header,
+    finish_pack, finish_pack_with_nonce, group_aad, header_span, open_blob, open_blob_in_place,
+    open_group_in_place, pack_header_aad, pack_header_aad_of, seal_blob, seal_blob_into,
+    seal_blob_with_nonce, seal_group_into, seal_group_with_nonce, BlobType, PackEntry, PackHeader,
+    MAX_GROUP_BLOBS, MAX_GROUP_LEN, PACK_HEADER_LEVEL,
 };
 pub use pages::{
     default_page_rules, sqlite_cell_cuts, sqlite_window_cuts, PageFormat, PageRule, PageStrategy,

@@ -7,6 +7,12 @@
 //! ```
 //! Blob ids are bound into the associated data, so a blob moved or swapped to another
 //! index entry fails authentication.
+//!
+//! Version 2 adds **groups**: several small data blobs compressed and sealed as one box
+//! (`seal(aad = group_aad(), flag || zstd?(blob_1 || … || blob_k))`), so that a 4 KiB database
+//! page is compressed with its neighbours as context instead of alone. Each blob keeps its
+//! own id and index entry; its entry names the group's box (`offset`, `length`) and where
+//! the blob starts inside the decoded group (`group_offset`).
 
 use serde::{Deserialize, Serialize};
 
@@ -44,12 +50,22 @@ pub struct PackEntry {
     pub blob_type: BlobType,
     /// Keyed BLAKE3 of the plaintext.
     pub id: Id,
-    /// Offset of the sealed blob from the start of the pack file.
+    /// Offset of the sealed blob (or of its group's sealed box) from the start of the pack.
     pub offset: u32,
-    /// Sealed length.
+    /// Sealed length (of the blob, or of its whole group).
     pub length: u32,
     /// Plaintext length.
     pub raw_length: u32,
+    /// `Some(start)`: the blob is sealed in a group (format version 2) and starts `start`
+    /// bytes into the group's decoded plaintext. `None`: sealed alone.
+    pub group_offset: Option<u32>,
+}
+
+impl PackEntry {
+    /// Whether the blob is sealed in a group with others.
+    pub fn grouped(&self) -> bool {
+        self.group_offset.is_some()
+    }
 }
 
 /// The pack header.
@@ -57,6 +73,211 @@ pub struct PackEntry {
 pub struct PackHeader {
     /// Entries in file order.
     pub entries: Vec<PackEntry>,
+}
+
+impl PackHeader {
+    /// The postcard encoding of this header in format `version` (the plaintext that
+    /// [`finish_pack`] compresses and seals). Fails for what `version` cannot express.
+    pub fn encode(&self, version: u16) -> Result<Vec<u8>, FormatError> {
+        encode_header(version, self)
+    }
+
+    /// Decode a header's postcard encoding of format `version` (no tiling checks: those
+    /// need the pack, see [`decode_pack_header`]).
+    pub fn decode(version: u16, plain: &[u8]) -> Result<PackHeader, FormatError> {
+        decode_header(version, plain)
+    }
+}
+
+/// Largest decoded group (format version 2): 1 MiB. Readers refuse entries that claim a
+/// place beyond it, so reading one grouped blob never inflates more than this.
+pub const MAX_GROUP_LEN: u32 = 1 << 20;
+/// Most blobs one group may hold.
+pub const MAX_GROUP_BLOBS: usize = 4096;
+
+/// The encodings of version 1, where no blob is grouped: the same fields without
+/// `group_offset`.
+pub(crate) mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{BlobType, PackEntry};
+    use crate::{FormatError, Id};
+
+    #[derive(Serialize, Deserialize)]
+    pub(crate) struct Entry {
+        blob_type: BlobType,
+        id: Id,
+        offset: u32,
+        length: u32,
+        raw_length: u32,
+    }
+
+    impl From<Entry> for PackEntry {
+        fn from(e: Entry) -> PackEntry {
+            PackEntry {
+                blob_type: e.blob_type,
+                id: e.id,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+                group_offset: None,
+            }
+        }
+    }
+
+    impl TryFrom<&PackEntry> for Entry {
+        type Error = FormatError;
+
+        fn try_from(e: &PackEntry) -> Result<Entry, FormatError> {
+            if e.grouped() {
+                return Err(FormatError::InvalidParameter(format!(
+                    "blob {} is grouped, which format version 1 cannot express",
+                    e.id.short()
+                )));
+            }
+            Ok(Entry {
+                blob_type: e.blob_type,
+                id: e.id,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+            })
+        }
+    }
+
+    /// Version-1 entries of a list.
+    pub(crate) fn entries(list: &[PackEntry]) -> Result<Vec<Entry>, FormatError> {
+        list.iter().map(Entry::try_from).collect()
+    }
+}
+
+/// The encoding of version 2: a list of sealed boxes ("units"), each a blob alone or a
+/// group of data blobs. A group states its box once and each blob's id and length; where
+/// a blob starts inside the group follows from the lengths before it.
+pub(crate) mod v2 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{v1, BlobType, PackEntry};
+    use crate::{FormatError, Id};
+
+    #[derive(Serialize, Deserialize)]
+    pub(crate) enum Unit {
+        /// A blob sealed alone (the fields of a version-1 entry).
+        Blob(v1::Entry),
+        /// Data blobs sealed together: the box's offset and length, then the blobs in the
+        /// order of their plaintext in the group.
+        Group {
+            offset: u32,
+            length: u32,
+            blobs: Vec<(Id, u32)>,
+        },
+    }
+
+    /// The units of `entries` (which must list each group's blobs together, in order).
+    pub(crate) fn units(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
+        let mut out: Vec<Unit> = Vec::new();
+        let mut next = 0u64;
+        for e in entries {
+            let Some(start) = e.group_offset else {
+                out.push(Unit::Blob(v1::Entry::try_from(e)?));
+                continue;
+            };
+            let bad = || {
+                FormatError::InvalidParameter(format!(
+                    "grouped blob {} out of order in its group",
+                    e.id.short()
+                ))
+            };
+            if e.blob_type != BlobType::Data {
+                return Err(bad());
+            }
+            match out.last_mut() {
+                Some(Unit::Group {
+                    offset,
+                    length,
+                    blobs,
+                }) if *offset == e.offset && *length == e.length => {
+                    if u64::from(start) != next {
+                        return Err(bad());
+                    }
+                    blobs.push((e.id, e.raw_length));
+                }
+                _ => {
+                    if start != 0 {
+                        return Err(bad());
+                    }
+                    out.push(Unit::Group {
+                        offset: e.offset,
+                        length: e.length,
+                        blobs: vec![(e.id, e.raw_length)],
+                    });
+                }
+            }
+            next = u64::from(start) + u64::from(e.raw_length);
+        }
+        Ok(out)
+    }
+
+    /// The entries of `units`, each group's blobs with their place in it.
+    pub(crate) fn entries(units: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
+        let mut out = Vec::with_capacity(units.len());
+        for u in units {
+            match u {
+                Unit::Blob(e) => out.push(PackEntry::from(e)),
+                Unit::Group {
+                    offset,
+                    length,
+                    blobs,
+                } => {
+                    if blobs.is_empty() {
+                        return Err(FormatError::Malformed {
+                            what: "pack entries",
+                            detail: "an empty group".into(),
+                        });
+                    }
+                    let mut start = 0u32;
+                    for (id, raw_length) in blobs {
+                        out.push(PackEntry {
+                            blob_type: BlobType::Data,
+                            id,
+                            offset,
+                            length,
+                            raw_length,
+                            group_offset: Some(start),
+                        });
+                        start = start
+                            .checked_add(raw_length)
+                            .ok_or(FormatError::Malformed {
+                                what: "pack entries",
+                                detail: "a group longer than 4 GiB".into(),
+                            })?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The postcard bytes of a pack header in format `version`.
+fn encode_header(version: u16, header: &PackHeader) -> Result<Vec<u8>, FormatError> {
+    Ok(match version {
+        1 => to_postcard(&v1::entries(&header.entries)?),
+        _ => to_postcard(&v2::units(&header.entries)?),
+    })
+}
+
+/// Decode a pack header's postcard bytes of format `version`.
+fn decode_header(version: u16, plain: &[u8]) -> Result<PackHeader, FormatError> {
+    Ok(PackHeader {
+        entries: match version {
+            1 => from_postcard::<Vec<v1::Entry>>(plain, "pack header")?
+                .into_iter()
+                .map(PackEntry::from)
+                .collect(),
+            _ => v2::entries(from_postcard::<Vec<v2::Unit>>(plain, "pack header")?)?,
+        },
+    })
 }
 
 /// Associated data of a sealed blob: `"cairnB" || version u16 LE || type || id`.
@@ -166,8 +387,73 @@ pub fn open_blob_in_place<'a>(
     Ok(plain)
 }
 
-/// The longest postcard encoding of one [`PackEntry`]: type (1) + id (32) + three u32 varints (5 each).
-const MAX_ENTRY_LEN: u64 = 1 + 32 + 3 * 5;
+/// Associated data of a sealed group (format version 2): `"cairnG" || 02 00 || 'D'`.
+/// Only data blobs are grouped; each blob inside is still verified against its own id.
+pub fn group_aad() -> [u8; 9] {
+    *b"cairnG\x02\x00D"
+}
+
+/// Seal the concatenated plaintexts of a group's blobs, appended to `out`.
+pub fn seal_group_into(key: &MasterKey, plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
+    out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
+    seal_append(&key.encryption, &random_nonce(), &group_aad(), out, |o| {
+        pack_payload_into(plaintext, level, o)
+    });
+}
+
+/// [`seal_group_into`] with an explicit nonce, for test vectors and reproducible fixtures.
+pub fn seal_group_with_nonce(
+    key: &MasterKey,
+    plaintext: &[u8],
+    level: i32,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    seal_with_nonce(
+        &key.encryption,
+        nonce,
+        &group_aad(),
+        &pack_payload(plaintext, level),
+    )
+}
+
+/// Open a sealed group in place and decompress it (at most [`MAX_GROUP_LEN`] bytes).
+pub fn open_group_in_place<'a>(
+    key: &MasterKey,
+    sealed: &'a mut [u8],
+) -> Result<Cow<'a, [u8]>, FormatError> {
+    let payload = open_in_place(&key.encryption, &group_aad(), sealed, "blob group")?;
+    unpack_payload_ref(payload, MAX_GROUP_LEN as usize, "blob group")
+}
+
+/// The blob `e` names inside its opened group, verified against its id and length.
+pub fn blob_in_group<'a>(
+    key: &MasterKey,
+    e: &PackEntry,
+    group: &'a [u8],
+) -> Result<&'a [u8], FormatError> {
+    let what = || format!("{:?} blob {}", e.blob_type, e.id.short());
+    let start = e.group_offset.unwrap_or(0) as usize;
+    let plain = group
+        .get(start..start + e.raw_length as usize)
+        .ok_or_else(|| FormatError::LengthMismatch {
+            what: what(),
+            expected: start as u64 + u64::from(e.raw_length),
+            actual: group.len() as u64,
+        })?;
+    let actual = key.blob_id(plain);
+    if actual != e.id {
+        return Err(FormatError::IdMismatch {
+            what: what(),
+            expected: e.id.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(plain)
+}
+
+/// The longest postcard encoding of one [`PackEntry`]: type (1) + id (32) + three u32
+/// varints (5 each) + the optional group offset (1 + 5).
+const MAX_ENTRY_LEN: u64 = 1 + 32 + 3 * 5 + 6;
 
 /// Check an index entry's claims against the format's limits before anything is allocated
 /// for it: its plaintext at most `max_raw` bytes (FORMAT.md, "Limits"), and its sealed length
@@ -181,6 +467,26 @@ pub fn check_entry_limits(e: &PackEntry, max_raw: u32) -> Result<(), FormatError
             claimed: u64::from(e.raw_length),
             limit: u64::from(max_raw),
         });
+    }
+    if let Some(start) = e.group_offset {
+        // A group's box holds at most MAX_GROUP_LEN plaintext bytes; only data is grouped.
+        let end = u64::from(start) + u64::from(e.raw_length);
+        if e.blob_type != BlobType::Data
+            || e.raw_length == 0
+            || end > u64::from(MAX_GROUP_LEN)
+            || u64::from(e.length) > u64::from(MAX_GROUP_LEN) + 1 + SEAL_OVERHEAD as u64
+            || (e.length as usize) < SEAL_OVERHEAD + 1
+        {
+            return Err(FormatError::Malformed {
+                what: "index entry",
+                detail: format!(
+                    "{} claims bytes {start}..{end} of a group of sealed length {}",
+                    what(),
+                    e.length
+                ),
+            });
+        }
+        return Ok(());
     }
     let max_sealed = u64::from(e.raw_length) + 1 + SEAL_OVERHEAD as u64;
     if u64::from(e.length) > max_sealed || (e.length as usize) < SEAL_OVERHEAD + 1 {
@@ -197,33 +503,53 @@ pub fn check_entry_limits(e: &PackEntry, max_raw: u32) -> Result<(), FormatError
     Ok(())
 }
 
-/// Associated data of a sealed pack header: the pack preamble followed by `"header"` (14 bytes).
+/// Associated data of a sealed version-1 pack header: the pack preamble followed by
+/// `"header"` (14 bytes).
 pub fn pack_header_aad() -> Vec<u8> {
-    // Scheme constant (pack preamble of version 1 + "header"), not derived from the build's
-    // current version, for the same reason as in `blob_aad`.
-    b"cairnP\x01\x00header".to_vec()
+    pack_header_aad_of(1)
+}
+
+/// Associated data of a sealed pack header of format `version`: the pack preamble of that
+/// version followed by `"header"`, so a header cannot be decoded as another version's.
+pub fn pack_header_aad_of(version: u16) -> Vec<u8> {
+    let mut aad = b"cairnP\x01\x00header".to_vec();
+    aad[6..8].copy_from_slice(&version.to_le_bytes());
+    aad
 }
 
 /// zstd level of pack headers, whatever the repository's compression setting.
 pub const PACK_HEADER_LEVEL: i32 = 3;
 
-/// Seal a pack header and append it and its length to `pack`, which must already hold the
-/// preamble and the blobs.
-pub fn finish_pack(key: &MasterKey, pack: &mut Vec<u8>, header: &PackHeader) {
-    finish_pack_with_nonce(key, pack, header, &random_nonce());
+/// Seal a pack header of format `version` (that of the pack's preamble) and append it and
+/// its length to `pack`, which must already hold the preamble and the blobs. Fails only for
+/// a header that `version` cannot express (grouped blobs in version 1).
+pub fn finish_pack(
+    key: &MasterKey,
+    version: u16,
+    pack: &mut Vec<u8>,
+    header: &PackHeader,
+) -> Result<(), FormatError> {
+    finish_pack_with_nonce(key, version, pack, header, &random_nonce())
 }
 
 /// [`finish_pack`] with an explicit nonce, for test vectors and reproducible fixtures.
 pub fn finish_pack_with_nonce(
     key: &MasterKey,
+    version: u16,
     pack: &mut Vec<u8>,
     header: &PackHeader,
     nonce: &[u8; NONCE_LEN],
-) {
-    let payload = pack_payload(&to_postcard(header), PACK_HEADER_LEVEL);
-    let sealed = seal_with_nonce(&key.encryption, nonce, &pack_header_aad(), &payload);
+) -> Result<(), FormatError> {
+    let payload = pack_payload(&encode_header(version, header)?, PACK_HEADER_LEVEL);
+    let sealed = seal_with_nonce(
+        &key.encryption,
+        nonce,
+        &pack_header_aad_of(version),
+        &payload,
+    );
     pack.extend_from_slice(&sealed);
     pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+    Ok(())
 }
 
 /// Where the sealed header sits, given the pack's total length and its last 4 bytes.
@@ -240,39 +566,83 @@ pub fn header_span(pack_len: u64, trailer: [u8; 4]) -> Result<(u64, u64), Format
 
 /// Decode a pack's header from the whole pack bytes, and check every entry fits before it.
 pub fn decode_pack_header(key: &MasterKey, pack: &[u8]) -> Result<PackHeader, FormatError> {
-    check_preamble(pack, FileKind::Pack)?;
+    let (version, _) = check_preamble(pack, FileKind::Pack)?;
     if pack.len() < PREAMBLE_LEN + 4 {
         return Err(FormatError::Truncated("pack"));
     }
     let mut trailer = [0u8; 4];
     trailer.copy_from_slice(&pack[pack.len() - 4..]);
     let (start, len) = header_span(pack.len() as u64, trailer)?;
-    decode_sealed_header(key, &pack[start as usize..(start + len) as usize], start)
+    decode_sealed_header(
+        key,
+        version,
+        &pack[start as usize..(start + len) as usize],
+        start,
+    )
 }
 
-/// Decode a sealed header alone (fetched with a range read); `header_start` is its offset,
-/// which every blob must end before.
+/// Decode a sealed header alone (fetched with a range read); `version` is the pack's
+/// (from its preamble), `header_start` the header's offset, which every blob must end before.
 pub fn decode_sealed_header(
     key: &MasterKey,
+    version: u16,
     sealed: &[u8],
     header_start: u64,
 ) -> Result<PackHeader, FormatError> {
-    let payload = key.open(&pack_header_aad(), sealed, "pack header")?;
-    // Every entry covers at least one sealed byte of the pack before the header, so the
-    // header cannot honestly hold more entries than that; each encodes in at most
-    // MAX_ENTRY_LEN bytes. This bounds what a hostile header can make a reader allocate.
-    let max_entries = header_start.saturating_sub(PREAMBLE_LEN as u64) / (SEAL_OVERHEAD as u64 + 1);
+    let payload = key.open(&pack_header_aad_of(version), sealed, "pack header")?;
+    // Every sealed box covers at least one sealed byte of the pack before the header, and
+    // a group holds at most MAX_GROUP_BLOBS blobs, so the header cannot honestly hold more
+    // entries than that; each encodes in at most MAX_ENTRY_LEN bytes. This bounds what a
+    // hostile header can make a reader allocate.
+    let boxes = header_start.saturating_sub(PREAMBLE_LEN as u64) / (SEAL_OVERHEAD as u64 + 1);
+    let max_entries = if version == 1 {
+        boxes
+    } else {
+        boxes.saturating_mul(MAX_GROUP_BLOBS as u64)
+    };
     let limit =
         (max_entries.saturating_mul(MAX_ENTRY_LEN) + 16).min(crate::file::MAX_METADATA_LEN as u64);
     let plain = unpack_payload(&payload, limit as usize, "pack header")?;
-    let header: PackHeader = from_postcard(&plain, "pack header")?;
+    let header = decode_header(version, &plain)?;
+    check_tiling(&header.entries, header_start)?;
+    Ok(header)
+}
+
+/// The entries of a pack header must tile the pack exactly: each sealed box (a blob, or a
+/// group shared by consecutive entries) starts where the previous one ended, and the blobs
+/// of a group tile its plaintext from 0 in order.
+fn check_tiling(entries: &[PackEntry], header_start: u64) -> Result<(), FormatError> {
+    let bad = |e: &PackEntry, why: &str| FormatError::Malformed {
+        what: "pack header",
+        detail: format!("entry {}: {why}", e.id.short()),
+    };
     let mut expected = PREAMBLE_LEN as u64;
-    for e in &header.entries {
+    // The group being walked: (its box's offset, length, next blob's start, blobs so far).
+    let mut group: Option<(u32, u32, u64, usize)> = None;
+    for e in entries {
+        if let Some((off, len, next, n)) = group {
+            if e.offset == off && e.length == len {
+                let Some(start) = e.group_offset else {
+                    return Err(bad(e, "a blob alone shares a group's box"));
+                };
+                if u64::from(start) != next || n >= MAX_GROUP_BLOBS {
+                    return Err(bad(e, "blobs do not tile their group"));
+                }
+                check_entry_limits(e, u32::MAX)?;
+                group = Some((off, len, next + u64::from(e.raw_length), n + 1));
+                continue;
+            }
+        }
+        group = None;
         if u64::from(e.offset) != expected || (e.length as usize) < SEAL_OVERHEAD + 1 {
-            return Err(FormatError::Malformed {
-                what: "pack header",
-                detail: format!("entry {} at bad offset/length", e.id.short()),
-            });
+            return Err(bad(e, "bad offset/length"));
+        }
+        if let Some(start) = e.group_offset {
+            if start != 0 {
+                return Err(bad(e, "a group does not start with its first blob"));
+            }
+            check_entry_limits(e, u32::MAX)?;
+            group = Some((e.offset, e.length, u64::from(e.raw_length), 1));
         }
         expected += u64::from(e.length);
     }
@@ -282,5 +652,5 @@ pub fn decode_sealed_header(
             detail: "entries do not reach the header".into(),
         });
     }
-    Ok(header)
+    Ok(())
 }

@@ -18,7 +18,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cairn_format::fuzz::{fuzz_key, seed_corpus, TARGETS};
 use cairn_format::{
-    pack_header_aad, pack_payload, preamble, seal_with_nonce, FileKind, PREAMBLE_LEN,
+    pack_header_aad_of, pack_payload, preamble, preamble_of, seal_with_nonce, FileKind,
+    PREAMBLE_LEN,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -99,12 +100,23 @@ fn mutate(rng: &mut StdRng, input: &[u8], pool: &[Vec<u8>]) -> Vec<u8> {
 
 /// Seal `plaintext` the way a sealed file of `kind` is stored, with the fuzz key.
 fn reseal_file(rng: &mut StdRng, kind: FileKind, plaintext: &[u8]) -> Vec<u8> {
+    // Index files have a version 2; either may be the one that decodes.
+    let version = if kind == FileKind::Index && rng.random_bool(0.5) {
+        2
+    } else {
+        1
+    };
+    reseal_file_at(rng, kind, version, plaintext)
+}
+
+/// [`reseal_file`] at an explicit version.
+fn reseal_file_at(rng: &mut StdRng, kind: FileKind, version: u16, plaintext: &[u8]) -> Vec<u8> {
     let payload = if rng.random_bool(0.3) {
         pack_payload(plaintext, 3)
     } else {
         [&[0u8][..], plaintext].concat()
     };
-    let pre = preamble(kind);
+    let pre = preamble_of(kind, version);
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
     let mut out = pre.to_vec();
@@ -120,7 +132,13 @@ fn reseal_file(rng: &mut StdRng, kind: FileKind, plaintext: &[u8]) -> Vec<u8> {
 /// A pack whose header plaintext is `header` (possibly garbage), sealed with the fuzz key,
 /// after `filler` bytes of "blobs".
 fn reseal_pack(rng: &mut StdRng, header: &[u8]) -> Vec<u8> {
-    let mut pack = preamble(FileKind::Pack).to_vec();
+    let version = if rng.random_bool(0.5) { 2 } else { 1 };
+    reseal_pack_at(rng, version, header)
+}
+
+/// [`reseal_pack`] at an explicit version.
+fn reseal_pack_at(rng: &mut StdRng, version: u16, header: &[u8]) -> Vec<u8> {
+    let mut pack = preamble_of(FileKind::Pack, version).to_vec();
     let filler = rng.random_range(0..200);
     for _ in 0..filler {
         pack.push(rng.random());
@@ -128,7 +146,12 @@ fn reseal_pack(rng: &mut StdRng, header: &[u8]) -> Vec<u8> {
     let payload = [&[0u8][..], header].concat();
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
-    let sealed = seal_with_nonce(&fuzz_key().encryption, &nonce, &pack_header_aad(), &payload);
+    let sealed = seal_with_nonce(
+        &fuzz_key().encryption,
+        &nonce,
+        &pack_header_aad_of(version),
+        &payload,
+    );
     pack.extend_from_slice(&sealed);
     pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
     pack
@@ -220,9 +243,15 @@ fn resealed_valid_plaintexts_decode() {
         }
         match t {
             "index" => {
-                let f = reseal_file(&mut rng, FileKind::Index, &b);
-                cairn_format::decode_sealed::<cairn_format::IndexFile>(&key, FileKind::Index, &f)
-                    .unwrap();
+                let decoded = [1, 2].iter().filter(|&&v| {
+                    let f = reseal_file_at(&mut rng, FileKind::Index, v, &b);
+                    cairn_format::IndexFile::decode_sealed(&key, &f).is_ok()
+                });
+                assert_eq!(
+                    decoded.count(),
+                    1,
+                    "an index seed decodes as exactly one version"
+                );
             }
             "snapshot" => {
                 let f = reseal_file(&mut rng, FileKind::Snapshot, &b);
@@ -232,15 +261,17 @@ fn resealed_valid_plaintexts_decode() {
             "pack_header" => {
                 // The seed header lists blobs at real offsets of another pack: the tiling check
                 // must refuse it here, after authentication succeeded.
-                let p = reseal_pack(&mut rng, &b);
-                let e = cairn_format::decode_pack_header(&key, &p).unwrap_err();
-                assert!(
-                    matches!(e, cairn_format::FormatError::Malformed { .. }),
-                    "{e:?}"
-                );
-                let empty = reseal_pack(&mut rng, &[0]);
-                if empty.len() == PREAMBLE_LEN + 42 + 4 {
-                    cairn_format::decode_pack_header(&key, &empty).unwrap();
+                for version in [1, 2] {
+                    let p = reseal_pack_at(&mut rng, version, &b);
+                    let e = cairn_format::decode_pack_header(&key, &p).unwrap_err();
+                    assert!(
+                        matches!(e, cairn_format::FormatError::Malformed { .. }),
+                        "{e:?}"
+                    );
+                    let empty = reseal_pack_at(&mut rng, version, &[0]);
+                    if empty.len() == PREAMBLE_LEN + 42 + 4 {
+                        cairn_format::decode_pack_header(&key, &empty).unwrap();
+                    }
                 }
             }
             _ => {}

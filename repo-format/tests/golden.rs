@@ -19,12 +19,13 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 
 use cairn_format::{
-    blob_aad, check_preamble, decode_pack_header, decode_sealed, encode_sealed_with_nonce,
-    finish_pack_with_nonce, from_postcard, open_blob, open_with_key, pack_header_aad, preamble,
-    seal_blob_with_nonce, to_postcard, BlobType, ChunkerParams, Config, FileKind, FormatError, Id,
-    IndexFile, IndexPack, KdfParams, KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry,
-    PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr, FORMAT_VERSION, NONCE_LEN,
-    PREAMBLE_LEN, TAG_LEN,
+    blob_aad, blob_in_group, check_preamble, decode_pack_header, decode_sealed,
+    encode_sealed_with_nonce, finish_pack_with_nonce, from_postcard, group_aad, open_blob,
+    open_group_in_place, open_with_key, pack_header_aad, pack_header_aad_of, preamble, preamble_of,
+    seal_blob_with_nonce, seal_group_with_nonce, to_postcard, BlobType, ChunkerParams, Config,
+    FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, MasterKey, Node,
+    NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr,
+    FORMAT_VERSION, NONCE_LEN, PREAMBLE_LEN, TAG_LEN,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -47,6 +48,9 @@ fn nonce(tag: u8) -> [u8; NONCE_LEN] {
 }
 
 const PASSWORD: &[u8] = b"cairn-golden-v1";
+/// The version of the vectors below that existing repositories hold; version 2's own
+/// vectors (groups) are named `*-v2`.
+const V1: u16 = 1;
 const N_BLOB_DATA: u8 = 0xb1;
 const N_BLOB_TREE: u8 = 0xb2;
 const N_PACK_HEADER: u8 = 0xb3;
@@ -56,6 +60,10 @@ const N_LOCK: u8 = 0xc2;
 const N_SNAPSHOT: u8 = 0xc3;
 const N_SNAPSHOT_ZSTD: u8 = 0xc4;
 const N_INDEX: u8 = 0xc5;
+const N_GROUP: u8 = 0xd1;
+const N_BLOB_V2: u8 = 0xd2;
+const N_PACK_HEADER_V2: u8 = 0xd3;
+const N_INDEX_V2: u8 = 0xd4;
 
 /// 2024-05-01 03:00:00 +02:00.
 fn time() -> Timestamp {
@@ -159,11 +167,12 @@ fn fixture() -> Fx {
             offset: pack.len() as u32,
             length: sealed.len() as u32,
             raw_length: plain.len() as u32,
+            group_offset: None,
         });
         pack.extend_from_slice(sealed);
     }
     let header = PackHeader { entries };
-    finish_pack_with_nonce(&key, &mut pack, &header, &nonce(N_PACK_HEADER));
+    finish_pack_with_nonce(&key, 1, &mut pack, &header, &nonce(N_PACK_HEADER)).unwrap();
     let pack_id = Id::of_object(&pack);
 
     let index = IndexFile {
@@ -207,7 +216,7 @@ fn fixture() -> Fx {
         }),
     };
     let config = Config {
-        version: FORMAT_VERSION,
+        version: V1,
         repo_id: seq(0x60),
         chunker: ChunkerParams::default_bulk(),
         compression_level: 3,
@@ -254,6 +263,284 @@ fn fixture() -> Fx {
         config,
         lock,
         keyfile,
+    }
+}
+
+/// Version 2: a pack holding a group of two data blobs and a data blob alone, and the
+/// index file listing it.
+struct FxV2 {
+    pieces: [Vec<u8>; 3],
+    group: Vec<u8>,
+    blob: Vec<u8>,
+    header: PackHeader,
+    pack: Vec<u8>,
+    pack_id: Id,
+    index: IndexFile,
+}
+
+const V2: u16 = 2;
+
+fn fixture_v2(fx: &Fx) -> FxV2 {
+    let key = &fx.key;
+    let pieces = [
+        b"hello world\n".to_vec(),
+        b"hello again, world\n".to_vec(),
+        b"a blob alone\n".to_vec(),
+    ];
+    let group = seal_group_with_nonce(key, &pieces[..2].concat(), 0, &nonce(N_GROUP));
+    let alone_id = key.blob_id(&pieces[2]);
+    let blob = seal_blob_with_nonce(
+        key,
+        BlobType::Data,
+        &alone_id,
+        &pieces[2],
+        0,
+        &nonce(N_BLOB_V2),
+    );
+    let mut pack = preamble_of(FileKind::Pack, V2).to_vec();
+    let mut entries = Vec::new();
+    let mut at = 0;
+    for p in &pieces[..2] {
+        entries.push(PackEntry {
+            blob_type: BlobType::Data,
+            id: key.blob_id(p),
+            offset: pack.len() as u32,
+            length: group.len() as u32,
+            raw_length: p.len() as u32,
+            group_offset: Some(at),
+        });
+        at += p.len() as u32;
+    }
+    pack.extend_from_slice(&group);
+    entries.push(PackEntry {
+        blob_type: BlobType::Data,
+        id: alone_id,
+        offset: pack.len() as u32,
+        length: blob.len() as u32,
+        raw_length: pieces[2].len() as u32,
+        group_offset: None,
+    });
+    pack.extend_from_slice(&blob);
+    let header = PackHeader { entries };
+    finish_pack_with_nonce(key, V2, &mut pack, &header, &nonce(N_PACK_HEADER_V2)).unwrap();
+    let pack_id = Id::of_object(&pack);
+    let index = IndexFile {
+        supersedes: vec![Id([0x55; 32])],
+        packs: vec![IndexPack {
+            id: pack_id,
+            blobs: header.entries.clone(),
+        }],
+    };
+    FxV2 {
+        pieces,
+        group,
+        blob,
+        header,
+        pack,
+        pack_id,
+        index,
+    }
+}
+
+/// The vectors of version 2's additions.
+fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
+    let v = fixture_v2(fx);
+    for kind in [FileKind::Index, FileKind::Pack] {
+        out.push(vector(
+            if kind == FileKind::Pack {
+                "preamble/pack-v2"
+            } else {
+                "preamble/index-v2"
+            },
+            format!(
+                "\"cairn\" || '{}' || u16 LE version 2",
+                kind.letter() as char
+            ),
+            preamble_of(kind, V2).to_vec(),
+            None,
+            Box::new(move |b| match check_preamble(b, kind) {
+                Ok((2, [])) => Ok(()),
+                other => Err(format!("check_preamble gave {other:?}")),
+            }),
+        ));
+    }
+    out.push(vector(
+        "aad/group",
+        "group AAD: \"cairnG\" || 02 00 || 'D'",
+        group_aad().to_vec(),
+        None,
+        Box::new(|b| {
+            if b == group_aad() {
+                Ok(())
+            } else {
+                Err("aad differs".into())
+            }
+        }),
+    ));
+    out.push(vector(
+        "aad/pack-header-v2",
+        "pack header AAD of version 2: \"cairnP\" 02 00 \"header\"",
+        pack_header_aad_of(V2),
+        None,
+        Box::new(|b| {
+            if b == pack_header_aad_of(V2) {
+                Ok(())
+            } else {
+                Err("aad differs".into())
+            }
+        }),
+    ));
+    {
+        let key = fx.key.clone();
+        let header = v.header.clone();
+        let pieces = v.pieces.clone();
+        out.push(vector(
+            "group/hello-v2",
+            format!(
+                "seal(nonce = {N_GROUP:02x}×24, aad = aad/group, 0x00 || \"hello world\\n\" || \"hello again, world\\n\"): \
+                 a group of two data blobs"
+            ),
+            v.group.clone(),
+            None,
+            Box::new(move |b| {
+                let group = open_group_in_place(&key, &mut b.to_vec())
+                    .map_err(|e| e.to_string())?
+                    .into_owned();
+                for (e, want) in header.entries.iter().zip(&pieces).take(2) {
+                    same("grouped blob", blob_in_group(&key, e, &group).map(<[u8]>::to_vec), want)?;
+                }
+                Ok(())
+            }),
+        ));
+    }
+    {
+        let want = v.header.clone();
+        out.push(vector(
+            "postcard/pack_header-v2",
+            "postcard of the v2 pack header: units, a Group (variant 1: offset, length, blobs as \
+             (id, raw_length)) then a Blob (variant 0: a v1 entry)",
+            v.header.encode(V2).unwrap(),
+            json_of(&want),
+            Box::new(move |b| same("postcard/pack_header-v2", PackHeader::decode(V2, b), &want)),
+        ));
+        let want = v.index.clone();
+        out.push(vector(
+            "postcard/index-v2",
+            "postcard(IndexFile) of version 2 listing pack/tiny-v2 (supersedes one file 55×32)",
+            v.index.encode(V2).unwrap(),
+            json_of(&want),
+            Box::new(move |b| same("postcard/index-v2", IndexFile::decode(V2, b), &want)),
+        ));
+    }
+    {
+        let key = fx.key.clone();
+        let header = v.header.clone();
+        let pieces = v.pieces.clone();
+        out.push(vector(
+            "pack/tiny-v2",
+            format!(
+                "preamble v2 || group/hello-v2 || seal(nonce = {N_BLOB_V2:02x}×24, blob_aad(Data, id), 0x00 || \"a blob alone\\n\") \
+                 || seal(nonce = {N_PACK_HEADER_V2:02x}×24, aad = aad/pack-header-v2, 0x00 || postcard/pack_header-v2) || u32 LE length"
+            ),
+            v.pack.clone(),
+            json_of(&v.header),
+            Box::new(move |b| {
+                same("pack header", decode_pack_header(&key, b), &header)?;
+                let mut opened: Option<Vec<u8>> = None;
+                for (e, want) in header.entries.iter().zip(&pieces) {
+                    let sealed = &b[e.offset as usize..(e.offset + e.length) as usize];
+                    let got = match e.group_offset {
+                        None => open_blob(&key, e.blob_type, &e.id, sealed, e.raw_length),
+                        Some(_) => {
+                            if opened.is_none() {
+                                opened = Some(
+                                    open_group_in_place(&key, &mut sealed.to_vec())
+                                        .map_err(|e| e.to_string())?
+                                        .into_owned(),
+                                );
+                            }
+                            blob_in_group(&key, e, opened.as_deref().unwrap_or_default()).map(<[u8]>::to_vec)
+                        }
+                    };
+                    same("pack blob", got, want)?;
+                }
+                Ok(())
+            }),
+        ));
+        let pack = v.pack.clone();
+        out.push(vector(
+            "object_id/pack-v2",
+            "unkeyed BLAKE3 of pack/tiny-v2",
+            v.pack_id.0.to_vec(),
+            None,
+            Box::new(move |b| {
+                if b == Id::of_object(&pack).0 {
+                    Ok(())
+                } else {
+                    Err("object id differs".into())
+                }
+            }),
+        ));
+    }
+    {
+        let key = fx.key.clone();
+        let want = v.index.clone();
+        out.push(vector(
+            "sealed/index-v2",
+            format!(
+                "preamble v2 || seal(nonce = {N_INDEX_V2:02x}×24, aad = preamble, 0x00 || postcard/index-v2)"
+            ),
+            v.index.encode_sealed_with_nonce(&fx.key, V2, 0, &nonce(N_INDEX_V2)).unwrap(),
+            None,
+            Box::new(move |b| same("sealed/index-v2", IndexFile::decode_sealed(&key, b), &want)),
+        ));
+    }
+    // What version 2 readers refuse.
+    {
+        let key = fx.key.clone();
+        let mut as_v1 = v.pack.clone();
+        as_v1[6..8].copy_from_slice(&1u16.to_le_bytes());
+        out.push(vector(
+            "reject/pack-v2-as-v1",
+            "pack/tiny-v2 with its preamble version changed to 1: the header's AAD names its \
+             version, so it does not open as a version-1 header",
+            as_v1,
+            None,
+            Box::new(move |b| {
+                refused(decode_pack_header(&key, b), |e| {
+                    matches!(e, FormatError::Authentication(_))
+                })
+            }),
+        ));
+        // A Group unit with no blobs: [units: 1][variant 1][offset 8][length 41][blobs: 0].
+        out.push(vector(
+            "reject/pack_header-v2-empty-group",
+            "postcard of a v2 header whose one unit is a group without blobs: refused",
+            vec![0x01, 0x01, 0x08, 0x29, 0x00],
+            None,
+            Box::new(|b| {
+                refused(PackHeader::decode(V2, b), |e| {
+                    matches!(e, FormatError::Malformed { .. })
+                })
+            }),
+        ));
+        let key = fx.key.clone();
+        let mut index_v3 = v
+            .index
+            .encode_sealed_with_nonce(&fx.key, V2, 0, &nonce(N_INDEX_V2))
+            .unwrap();
+        index_v3[6..8].copy_from_slice(&3u16.to_le_bytes());
+        out.push(vector(
+            "reject/index-v3",
+            "sealed/index-v2 with version 3: refused before decryption (upgrade cairn)",
+            index_v3,
+            None,
+            Box::new(move |b| {
+                refused(IndexFile::decode_sealed(&key, b), |e| {
+                    matches!(e, FormatError::UnsupportedVersion { version: 3, .. })
+                })
+            }),
+        ));
     }
 }
 
@@ -327,6 +614,13 @@ where
 
 /// The page rules of the first v1 repositories (SQLite cut per page). Frozen: the fixture
 /// config and its dump in FORMAT.md use them, whatever `default_page_rules` becomes.
+/// sealed/index: the index file listing the tiny pack, version 1, stored raw.
+fn index_file(fx: &Fx) -> Vec<u8> {
+    fx.index
+        .encode_sealed_with_nonce(&fx.key, V1, 0, &nonce(N_INDEX))
+        .unwrap()
+}
+
 fn first_page_rules() -> Vec<cairn_format::PageRule> {
     use cairn_format::{PageFormat, PageRule, PageStrategy};
     let small = ChunkerParams {
@@ -382,7 +676,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         out.push(vector(
             name,
             format!(
-                "\"cairn\" || '{}' || u16 LE version {FORMAT_VERSION}",
+                "\"cairn\" || '{}' || u16 LE version {V1}",
                 kind.letter() as char
             ),
             preamble(kind).to_vec(),
@@ -511,18 +805,24 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         fx.snapshot.clone(),
         "postcard(Snapshot)"
     );
-    postcard_vector!(
-        "postcard/index",
-        IndexFile,
-        fx.index.clone(),
-        "postcard(IndexFile) listing the tiny pack"
-    );
-    postcard_vector!(
-        "postcard/pack_header",
-        PackHeader,
-        fx.header.clone(),
-        "postcard(PackHeader) of the tiny pack"
-    );
+    {
+        let want = fx.index.clone();
+        out.push(vector(
+            "postcard/index",
+            "postcard(IndexFile) listing the tiny pack",
+            fx.index.encode(V1).unwrap(),
+            json_of(&want),
+            Box::new(move |b| same("postcard/index", IndexFile::decode(V1, b), &want)),
+        ));
+        let want = fx.header.clone();
+        out.push(vector(
+            "postcard/pack_header",
+            "postcard(PackHeader) of the tiny pack",
+            fx.header.encode(V1).unwrap(),
+            json_of(&want),
+            Box::new(move |b| same("postcard/pack_header", PackHeader::decode(V1, b), &want)),
+        ));
+    }
     postcard_vector!(
         "postcard/key_file",
         KeyFile,
@@ -608,14 +908,19 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         3,
         N_SNAPSHOT_ZSTD
     );
-    sealed_vector!(
-        "sealed/index",
-        FileKind::Index,
-        IndexFile,
-        fx.index.clone(),
-        0,
-        N_INDEX
-    );
+    {
+        let want = fx.index.clone();
+        let key = fx.key.clone();
+        out.push(vector(
+            "sealed/index",
+            format!(
+                "preamble || seal(key = encryption key, nonce = {N_INDEX:02x}×24, aad = preamble, 0x00 || postcard) (zstd level 0)"
+            ),
+            index_file(fx),
+            None,
+            Box::new(move |b| same("sealed/index", IndexFile::decode_sealed(&key, b), &want)),
+        ));
+    }
 
     for (name, kind, level, n) in [
         ("object_id/config", FileKind::Config, 0, N_CONFIG),
@@ -625,7 +930,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         let file = match kind {
             FileKind::Config => sealed_file(fx, kind, &fx.config, level, n),
             FileKind::Snapshot => sealed_file(fx, kind, &fx.snapshot, level, n),
-            _ => sealed_file(fx, kind, &fx.index, level, n),
+            _ => index_file(fx),
         };
         out.push(vector(
             name,
@@ -804,7 +1109,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         swapped,
         None,
         Box::new(move |b| {
-            refused(decode_sealed::<IndexFile>(&k4, FileKind::Index, b), |e| {
+            refused(IndexFile::decode_sealed(&k4, b), |e| {
                 matches!(e, FormatError::Authentication(_))
             })?;
             refused(decode_sealed::<Snapshot>(&k4, FileKind::Snapshot, b), |e| {
@@ -845,6 +1150,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
             refused(open_blob(&k5, BlobType::Tree, &hello_id, b, 12), |e| matches!(e, FormatError::Authentication(_)))
         }),
     ));
+    vectors_v2(fx, &mut out);
     out
 }
 
@@ -1016,7 +1322,7 @@ impl Dump {
             format!("kind '{}' ({})", kind.letter() as char, kind.name()),
             &p[5..6],
         );
-        self.raw(format!("version {FORMAT_VERSION} (u16 LE)"), &p[6..8])
+        self.raw(format!("version {V1} (u16 LE)"), &p[6..8])
     }
 
     fn sealed_box(&mut self, what: &str, sealed: &[u8]) -> &mut Self {
@@ -1155,22 +1461,20 @@ fn dump_node(d: &mut Dump, n: &Node) {
 fn dump_entries(d: &mut Dump, field: &str, entries: &[PackEntry]) {
     d.len(field, entries.len());
     for (i, e) in entries.iter().enumerate() {
-        d.pc(
-            format!(
-                "{field}[{i}].blob_type: BlobType variant index = {:?}",
-                e.blob_type
-            ),
-            &e.blob_type,
-        );
-        d.id(&format!("{field}[{i}].id"), &e.id);
-        d.uint(&format!("{field}[{i}].offset"), "u32", u64::from(e.offset));
-        d.uint(&format!("{field}[{i}].length"), "u32", u64::from(e.length));
-        d.uint(
-            &format!("{field}[{i}].raw_length"),
-            "u32",
-            u64::from(e.raw_length),
-        );
+        dump_entry(d, &format!("{field}[{i}]"), e);
     }
+}
+
+/// One entry's version-1 fields.
+fn dump_entry(d: &mut Dump, at: &str, e: &PackEntry) {
+    d.pc(
+        format!("{at}.blob_type: BlobType variant index = {:?}", e.blob_type),
+        &e.blob_type,
+    );
+    d.id(&format!("{at}.id"), &e.id);
+    d.uint(&format!("{at}.offset"), "u32", u64::from(e.offset));
+    d.uint(&format!("{at}.length"), "u32", u64::from(e.length));
+    d.uint(&format!("{at}.raw_length"), "u32", u64::from(e.raw_length));
 }
 
 fn dump_snapshot(d: &mut Dump, s: &Snapshot) {
@@ -1273,10 +1577,7 @@ fn examples(fx: &Fx) -> BTreeMap<&'static str, String> {
 
     let mut d = Dump::default();
     d.raw("\"cairnB\"", b"cairnB")
-        .raw(
-            format!("version {FORMAT_VERSION} (u16 LE)"),
-            &FORMAT_VERSION.to_le_bytes(),
-        )
+        .raw(format!("version {V1} (u16 LE)"), &V1.to_le_bytes())
         .raw("blob type 'D' (data; 'T' for tree)", b"D")
         .id(
             "blob id = keyed BLAKE3(id_key, \"hello world\\n\")",
@@ -1344,8 +1645,76 @@ fn examples(fx: &Fx) -> BTreeMap<&'static str, String> {
     d.id("packs[0].id (the pack's name)", &fx.index.packs[0].id);
     dump_entries(&mut d, "packs[0].blobs", &fx.index.packs[0].blobs);
     let mut want = vec![0u8];
-    want.extend(to_postcard(&fx.index));
+    want.extend(fx.index.encode(V1).unwrap());
     ex.insert("index-payload", d.checked("index payload", &want));
+
+    let v = fixture_v2(fx);
+    let mut d = Dump::default();
+    d.raw("magic \"cairn\"", b"cairn")
+        .raw("kind 'P' (pack)", b"P")
+        .raw("version 2 (u16 LE)", &V2.to_le_bytes());
+    d.sealed_box("group (blobs 0 and 1)", &v.group);
+    d.sealed_box("blob 2 (alone)", &v.blob);
+    let hstart = PREAMBLE_LEN + v.group.len() + v.blob.len();
+    let hlen = v.pack.len() - 4 - hstart;
+    d.sealed_box("header", &v.pack[hstart..hstart + hlen]);
+    d.raw(
+        format!("header length: u32 LE = {hlen}"),
+        &v.pack[v.pack.len() - 4..],
+    );
+    let mut h = Dump::default();
+    h.raw("flag 0x00 (zstd did not shrink it)", &[0]);
+    h.len("units", 2);
+    h.raw("units[0]: Unit variant index 1 = Group", &[1]);
+    h.uint(
+        "units[0].offset",
+        "u32",
+        u64::from(v.header.entries[0].offset),
+    );
+    h.uint(
+        "units[0].length",
+        "u32",
+        u64::from(v.header.entries[0].length),
+    );
+    h.len("units[0].blobs", 2);
+    for (i, e) in v.header.entries[..2].iter().enumerate() {
+        h.id(&format!("units[0].blobs[{i}].0 (id)"), &e.id);
+        h.uint(
+            &format!("units[0].blobs[{i}].1 (raw_length)"),
+            "u32",
+            u64::from(e.raw_length),
+        );
+    }
+    h.raw("units[1]: Unit variant index 0 = Blob", &[0]);
+    dump_entry(&mut h, "units[1]", &v.header.entries[2]);
+    let payload = open_with_key(
+        &fx.key.encryption,
+        &pack_header_aad_of(V2),
+        &v.pack[hstart..hstart + hlen],
+        "h",
+    )
+    .unwrap();
+    let mut g = Dump::default();
+    g.raw("flag 0x00: not compressed", &[0]);
+    g.raw("blob 0 at group offset 0: \"hello world\\n\"", &v.pieces[0]);
+    g.raw(
+        format!(
+            "blob 1 at group offset {}: \"hello again, world\\n\"",
+            v.pieces[0].len()
+        ),
+        &v.pieces[1],
+    );
+    let group_payload = open_with_key(&fx.key.encryption, &group_aad(), &v.group, "g").unwrap();
+    ex.insert(
+        "pack-v2",
+        format!(
+            "{}\nthe group opens (aad = \"cairnG\" 02 00 'D') to:\n\n{}\nthe header opens (aad = \"cairnP\" 02 00 \"header\") to:\n\n{}\npack name: {}\n",
+            d.checked("pack v2", &v.pack),
+            g.checked("group payload", &group_payload),
+            h.checked("pack v2 header payload", &payload),
+            v.pack_id,
+        ),
+    );
 
     let mut d = Dump::default();
     d.raw("flag 0x00: not compressed", &[0]);

@@ -542,13 +542,11 @@ fn claims_beyond_the_format_limits_are_refused_without_allocating() {
                 offset: 8,
                 length: u32::MAX,
                 raw_length: u32::MAX,
+                group_offset: None,
             }],
         }],
     };
-    let name = forger.put(
-        "index",
-        &encode_sealed(&forger.key, FileKind::Index, &idx, 3),
-    );
+    let name = forger.put("index", &idx.encode_sealed(&forger.key, 1, 3).unwrap());
     let out = env.run(&["cat", "blob", &"09".repeat(32)]);
     assert_ne!(out.code, 0, "{}", out.dump());
     assert!(out.stderr.contains("limit"), "{}", out.dump());
@@ -741,8 +739,7 @@ fn length_mismatch_is_reported_as_such() {
     forger.store(&[(BlobType::Data, plain)]);
     for p in env.objects("index") {
         let bytes = fs::read(&p).unwrap();
-        let mut f: IndexFile =
-            cairn_format::decode_sealed(&forger.key, FileKind::Index, &bytes).unwrap();
+        let mut f: IndexFile = IndexFile::decode_sealed(&forger.key, &bytes).unwrap();
         let mut changed = false;
         for e in f.packs.iter_mut().flat_map(|p| p.blobs.iter_mut()) {
             if e.id == id {
@@ -752,7 +749,7 @@ fn length_mismatch_is_reported_as_such() {
         }
         if changed {
             fs::remove_file(&p).unwrap();
-            forger.put("index", &encode_sealed(&forger.key, FileKind::Index, &f, 3));
+            forger.put("index", &f.encode_sealed(&forger.key, 1, 3).unwrap());
         }
     }
     let out = env.run(&["cat", "blob", &id.to_hex()]);

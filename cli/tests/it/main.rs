@@ -15,6 +15,7 @@ mod copy;
 mod crash;
 mod errors;
 mod explore;
+mod format;
 mod hardening;
 mod harness;
 mod incremental;

@@ -741,17 +741,20 @@ impl<'a> Forger<'a> {
                 offset: pack.len() as u32,
                 length: sealed.len() as u32,
                 raw_length: plain.len() as u32,
+                group_offset: None,
             });
             pack.extend_from_slice(&sealed);
             ids.push(id);
         }
         finish_pack(
             &self.key,
+            1,
             &mut pack,
             &PackHeader {
                 entries: entries.clone(),
             },
-        );
+        )
+        .unwrap();
         let pack_id = Id::of_object(&pack).to_hex();
         write_file(
             &self
@@ -769,10 +772,7 @@ impl<'a> Forger<'a> {
                 blobs: entries,
             }],
         };
-        self.put(
-            "index",
-            &encode_sealed(&self.key, FileKind::Index, &index, 3),
-        );
+        self.put("index", &index.encode_sealed(&self.key, 1, 3).unwrap());
         ids
     }
 

@@ -260,10 +260,27 @@ pub fn check(
             let header = decode_pack_header(repo.key(), &data)?;
             // The header checked that its entries tile the pack before it, so the blobs are
             // decrypted in place, without a copy each.
-            for e in &header.entries {
+            let mut opener = repo.opener(**pid);
+            for (i, e) in header.entries.iter().enumerate() {
                 let a = e.offset as usize;
-                repo.open_blob(pid, e, &mut data[a..a + e.length as usize])?;
+                opener.open(e, &mut data[a..a + e.length as usize])?;
                 blobs_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A group decodes to exactly its blobs, nothing after the last one.
+                let last_of_group = e.grouped()
+                    && header
+                        .entries
+                        .get(i + 1)
+                        .is_none_or(|n| n.offset != e.offset);
+                if last_of_group {
+                    let end = e.group_offset.unwrap_or(0) as usize + e.raw_length as usize;
+                    if opener.group_len() != Some(end) {
+                        return Err(Error::Integrity(format!(
+                            "the group at offset {} decodes to {:?} bytes, its blobs end at {end}",
+                            e.offset,
+                            opener.group_len()
+                        )));
+                    }
+                }
             }
             Progress::add(&progress.bytes, data.len() as u64);
             Ok(())

@@ -37,6 +37,7 @@ pub mod forget;
 pub mod job;
 pub mod k3s_restore;
 pub mod ls;
+pub mod migrate;
 pub mod prune;
 pub mod repair;
 pub mod restore;

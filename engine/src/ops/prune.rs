@@ -269,12 +269,14 @@ pub fn prune(
             ))),
         })
         .collect::<Result<_>>()?;
+    let totals = index.pack_totals();
     for pos in 0..index.len() {
         if used.contains(pos) {
             let (_, l) = index.at(pos);
+            let share = totals[l.pack as usize].share(&l);
             let pu = &mut packs[l.pack as usize];
-            pu.used_bytes += u64::from(l.length);
-            pu.unused_bytes -= u64::from(l.length);
+            pu.used_bytes += share;
+            pu.unused_bytes = pu.unused_bytes.saturating_sub(share);
             pu.used_blobs += 1;
         }
     }
@@ -378,7 +380,7 @@ pub fn prune(
     let mut to_copy: Vec<(Id, Vec<PackEntry>)> = to_copy
         .into_iter()
         .map(|(p, mut v)| {
-            v.sort_by_key(|e| e.offset);
+            v.sort_by_key(|e| (e.offset, e.group_offset));
             (index.packs()[p as usize], v)
         })
         .collect();
@@ -396,12 +398,13 @@ pub fn prune(
             }
             let mut data = repo.backend().get(FileKind::Pack, &pid.to_hex())?;
             verify_name(FileKind::Pack, &pid.to_hex(), &data)?;
+            let mut opener = repo.opener(*pid);
             for e in blobs {
                 let a = e.offset as usize;
                 let sealed = data
                     .get_mut(a..a + e.length as usize)
                     .ok_or_else(|| Error::Integrity(format!("pack {pid} truncated")))?;
-                let plain = repo.open_blob(pid, e, sealed).map_err(|err| {
+                let plain = opener.open(e, sealed).map_err(|err| {
                     Error::Integrity(format!(
                         "{err}; refusing to repack (run `cairn check --read-data`)"
                     ))

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_format::{
-    decode_sealed_header, header_span, BlobType, FileKind, Id, IndexFile, IndexPack, NodeKind,
-    PackEntry, Snapshot, Tree,
+    check_preamble, decode_sealed_header, header_span, BlobType, FileKind, Id, IndexFile,
+    IndexPack, NodeKind, PackEntry, Snapshot, Tree, PREAMBLE_LEN,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -134,12 +134,13 @@ pub fn repair_packs(
                 }
             }
         }
+        let mut opener = repo.opener(*pid);
         for e in &out.listed {
             let a = e.offset as usize;
             let opened = data
                 .get_mut(a..a + e.length as usize)
                 .ok_or_else(|| Error::Integrity("truncated".into()))
-                .and_then(|sealed| repo.open_blob(pid, e, sealed));
+                .and_then(|sealed| opener.open(e, sealed));
             match opened {
                 Ok(plain) => {
                     if let Some(p) = sink {
@@ -561,13 +562,10 @@ pub(crate) fn replace_index(
                 return Err(Error::Interrupted);
             }
             let packs = std::mem::take(&mut chunk);
-            new_files.insert(repo.save(
-                FileKind::Index,
-                &IndexFile {
-                    supersedes: Vec::new(),
-                    packs,
-                },
-            )?);
+            new_files.insert(repo.save_index(&IndexFile {
+                supersedes: Vec::new(),
+                packs,
+            })?);
             blobs = 0;
         }
         blobs += p.blobs.len();
@@ -576,13 +574,10 @@ pub(crate) fn replace_index(
     if interrupted() {
         return Err(Error::Interrupted);
     }
-    new_files.insert(repo.save(
-        FileKind::Index,
-        &IndexFile {
-            supersedes: old_files.clone(),
-            packs: chunk,
-        },
-    )?);
+    new_files.insert(repo.save_index(&IndexFile {
+        supersedes: old_files.clone(),
+        packs: chunk,
+    })?);
     for id in &old_files {
         if !new_files.contains(id) {
             repo.backend().delete(FileKind::Index, &id.to_hex())?;
@@ -600,6 +595,10 @@ pub(crate) fn read_pack_header(repo: &Repository, name: &str, size: u64) -> Resu
         .backend()
         .get_range(FileKind::Pack, name, size - 4, 4)?;
     let (start, len) = header_span(size, [tail[0], tail[1], tail[2], tail[3]])?;
+    let pre = repo
+        .backend()
+        .get_range(FileKind::Pack, name, 0, PREAMBLE_LEN as u64)?;
+    let (version, _) = check_preamble(&pre, FileKind::Pack)?;
     let sealed = repo.backend().get_range(FileKind::Pack, name, start, len)?;
-    Ok(decode_sealed_header(repo.key(), &sealed, start)?.entries)
+    Ok(decode_sealed_header(repo.key(), version, &sealed, start)?.entries)
 }

@@ -831,6 +831,7 @@ impl Writer<'_> {
                 gather.buf.clear();
             }
         };
+        let mut opener = repo.opener(pack_id);
         let mut i = 0;
         while i < blobs.len() {
             // Coalesce blobs whose gaps are small into one read.
@@ -863,8 +864,8 @@ impl Writer<'_> {
                     Ok(buf) => {
                         let a = (loc.offset - start) as usize;
                         match buf.get_mut(a..a + loc.length as usize) {
-                            Some(sealed) => repo
-                                .open_blob(&pack_id, &entry_of(*id, loc), sealed)
+                            Some(sealed) => opener
+                                .open(&entry_of(*id, loc), sealed)
                                 .map_err(|e| (e.to_string(), e.is_damage())),
                             None => Err((
                                 format!(

@@ -46,16 +46,18 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         pack_bytes: packs.iter().map(|o| o.size).sum(),
         ..Stats::default()
     };
+    let totals = index.pack_totals();
     for (_, loc) in index.iter() {
         match loc.blob_type {
             BlobType::Data => s.data_blobs += 1,
             BlobType::Tree => s.tree_blobs += 1,
         }
         s.raw_bytes += u64::from(loc.raw_length);
-        s.stored_bytes += u64::from(loc.length);
+        s.stored_bytes += totals[loc.pack as usize].share(&loc);
     }
     s.blobs = s.data_blobs + s.tree_blobs;
-    s.index_memory_bytes = s.blobs * 72;
+    // The master index's sorted array (52 bytes a blob) and bucket table (~8 blobs a bucket).
+    s.index_memory_bytes = s.blobs * 52 + s.blobs / 2;
     let l = find_leftovers(repo)?;
     s.leftover_temp_files = l.temp_files.len() as u64;
     s.leftover_temp_bytes = l.temp_bytes();

@@ -1,0 +1,177 @@
+//! Format version 2 (grouped small blobs) and the migration from version 1 (FORMAT.md §9.1,
+//! §16), through the binary.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// Small compressible files of varied content: each is one data blob of a few KiB, the
+/// kind of blob that is grouped.
+fn small_files(dir: &Path, n: usize, seed: u64) {
+    for i in 0..n {
+        let words = [
+            "apiVersion",
+            "kind",
+            "metadata",
+            "spec",
+            "status",
+            "replicas",
+            "image",
+        ];
+        let mut text = String::new();
+        for j in 0..(50 + (i * 37 + seed as usize) % 300) {
+            text.push_str(words[(i + j * 7 + seed as usize) % words.len()]);
+            text.push_str(&format!(": {}\n", (i * 131 + j * 17) as u64 ^ seed));
+        }
+        write_file(&dir.join(format!("d{}/f{i}.yaml", i % 7)), text.as_bytes());
+    }
+}
+
+/// Every blob entry of every index file, as `cat index` prints them.
+fn index_entries(env: &Env) -> Vec<Value> {
+    index_entries_by_pack(env)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// [`index_entries`] with the name of each entry's pack.
+fn index_entries_by_pack(env: &Env) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for p in env.objects("index") {
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        let index = env.json(&["cat", "index", &name]);
+        for pack in index["packs"].as_array().unwrap() {
+            let id = pack["id"].as_str().unwrap().to_owned();
+            for e in pack["blobs"].as_array().unwrap() {
+                out.push((id.clone(), e.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The preamble versions of the stored objects of a kind directory.
+fn versions(env: &Env, dir: &str) -> Vec<u16> {
+    env.objects(dir)
+        .iter()
+        .map(|p| {
+            let b = fs::read(p).unwrap();
+            u16::from_le_bytes([b[6], b[7]])
+        })
+        .collect()
+}
+
+#[test]
+fn small_blobs_are_grouped_and_survive_prune_and_check() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_files(&src, 400, 1);
+    env.backup(&[s(&src)]);
+    let entries = index_entries(&env);
+    let grouped = entries
+        .iter()
+        .filter(|e| !e["group_offset"].is_null())
+        .count();
+    assert!(
+        grouped >= 400,
+        "{grouped} of {} entries grouped",
+        entries.len()
+    );
+    assert!(versions(&env, "data").iter().all(|&v| v == 2));
+    assert!(versions(&env, "index").iter().all(|&v| v == 2));
+    env.ok(&["check", "--read-data"]);
+    env.restore_latest_exact(&src, &env.path("out1"), &[]);
+
+    // Change a third of the files: the next prune finds partly used groups and repacks.
+    for i in (0..400).step_by(3) {
+        let p = src.join(format!("d{}/f{i}.yaml", i % 7));
+        let mut b = fs::read(&p).unwrap();
+        b.extend_from_slice(b"changed: true\n");
+        write_file(&p, &b);
+    }
+    env.backup(&[s(&src)]);
+    env.ok(&["forget", "--keep-last", "1", "--prune", "--max-unused", "0"]);
+    env.ok(&["check", "--read-data"]);
+    env.restore_latest_exact(&src, &env.path("out2"), &[]);
+    // What prune kept is exactly what the one snapshot left uses.
+    let stats = env.json(&["stats", "--json"]);
+    let data = stats["data_blobs"].as_u64().unwrap();
+    assert_eq!(data, 400, "{stats}");
+}
+
+#[test]
+fn a_damaged_group_is_damage_for_check_and_restore() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_files(&src, 50, 2);
+    env.backup(&[s(&src)]);
+    let (pack_id, entry) = index_entries_by_pack(&env)
+        .into_iter()
+        .find(|(_, e)| !e["group_offset"].is_null())
+        .expect("a grouped blob");
+    let offset = entry["offset"].as_u64().unwrap() as usize;
+    let pack = env.repo.join("data").join(&pack_id[..2]).join(&pack_id);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[offset + 30] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    env.run(&["check", "--read-data"])
+        .assert_reports(13, &[&pack_id[..8]]);
+    let out = env.run(&["restore", "latest", "--target", s(&env.path("out"))]);
+    assert_eq!(out.code, 13, "{}", out.dump());
+}
+
+#[test]
+fn a_version_1_repository_stays_version_1_until_migrated() {
+    let env = Env::with_init_args(&["--format-version", "1"]);
+    let src = env.path("src");
+    small_files(&src, 120, 3);
+    env.backup(&[s(&src)]);
+    assert_eq!(env.json(&["cat", "config"])["version"], 1);
+    assert!(versions(&env, "data").iter().all(|&v| v == 1));
+    assert!(versions(&env, "index").iter().all(|&v| v == 1));
+    assert!(index_entries(&env)
+        .iter()
+        .all(|e| e["group_offset"].is_null()));
+
+    let out = env.ok(&["migrate"]);
+    assert!(
+        out.stdout.contains("from format version 1 to 2"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(env.json(&["cat", "config"])["version"], 2);
+    let out = env.ok(&["migrate"]);
+    assert!(out.stdout.contains("already"), "{}", out.dump());
+
+    // Old objects stay as they are; new ones are version 2 with groups.
+    let old_packs = env.objects("data");
+    small_files(&src, 120, 4);
+    env.backup(&[s(&src)]);
+    let new_packs: Vec<_> = env
+        .objects("data")
+        .into_iter()
+        .filter(|p| !old_packs.contains(p))
+        .collect();
+    assert!(!new_packs.is_empty());
+    for p in &new_packs {
+        assert_eq!(fs::read(p).unwrap()[6], 2, "{}", p.display());
+    }
+    assert!(index_entries(&env)
+        .iter()
+        .any(|e| !e["group_offset"].is_null()));
+    env.ok(&["check", "--read-data"]);
+    env.restore_latest_exact(&src, &env.path("out"), &[]);
+    let first = env.snapshots::<&str>(&[])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.ok(&["restore", &first, "--target", s(&env.path("first"))]);
+    // Prune across both versions (old version-1 packs are repacked into groups).
+    env.ok(&["forget", "--keep-last", "1", "--prune", "--max-unused", "0"]);
+    env.ok(&["check", "--read-data"]);
+    env.restore_latest_exact(&src, &env.path("out2"), &[]);
+}
