@@ -613,6 +613,9 @@ impl Repository {
         // Checked before the read: the read allocates `length` bytes.
         cairn_format::check_entry_limits(&entry, self.config.max_blob_len(blob_type))?;
         let pack = index.pack_id(&loc);
+        if entry.grouped() {
+            return self.read_grouped(pack, &entry);
+        }
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
         let mut sealed = if blob_type == BlobType::Tree {
@@ -621,6 +624,58 @@ impl Repository {
             self.backend.get_range(FileKind::Pack, &name, offset, len)?
         };
         Ok(self.opener(pack).open(&entry, &mut sealed)?.into_owned())
+    }
+
+    /// Read one grouped blob. The groups this thread read last are kept (a few, at most
+    /// `MAX_GROUP_LEN` each): readers that go through a file blob by blob (`dump`, `mount`,
+    /// `copy`) find its next pages there instead of reading and inflating a group per page,
+    /// also when the file's pages were stored in a few groups side by side.
+    fn read_grouped(&self, pack: Id, e: &cairn_format::PackEntry) -> Result<Vec<u8>> {
+        type Key = ([u8; 32], Id, u32, u32);
+        const KEEP: usize = 4;
+        thread_local! {
+            static RECENT: std::cell::RefCell<Vec<(Key, Arc<Vec<u8>>)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Keyed by repository too: the plaintext depends on the repository's key.
+        let key = (self.config.repo_id, pack, e.offset, e.length);
+        let cached = RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            let i = r.iter().position(|(k, _)| *k == key)?;
+            let hit = r.remove(i);
+            let group = hit.1.clone();
+            r.push(hit);
+            Some(group)
+        });
+        let group = match cached {
+            Some(g) => g,
+            None => {
+                let mut sealed = self.backend.get_range(
+                    FileKind::Pack,
+                    &pack.to_hex(),
+                    u64::from(e.offset),
+                    u64::from(e.length),
+                )?;
+                let group = Arc::new(
+                    cairn_format::open_group_in_place(&self.key, &mut sealed)
+                        .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))?
+                        .into_owned(),
+                );
+                RECENT.with(|r| {
+                    let mut r = r.borrow_mut();
+                    if r.len() >= KEEP {
+                        r.remove(0);
+                    }
+                    r.push((key, group.clone()));
+                });
+                group
+            }
+        };
+        // The cached group was authenticated when it was opened; every blob taken from it
+        // is still checked against its own id.
+        cairn_format::blob_in_group(&self.key, e, &group)
+            .map(<[u8]>::to_vec)
+            .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))
     }
 
     /// Read and decode a tree blob.
@@ -736,8 +791,11 @@ pub(crate) struct BlobOpener<'r> {
     repo: &'r Repository,
     pack: Id,
     /// The last group opened: its box (offset, length) and its plaintext, or why it failed.
-    group: Option<((u32, u32), std::result::Result<Vec<u8>, String>)>,
+    group: Option<OpenedGroup>,
 }
+
+/// A group's box (offset, length) and its plaintext, or why it did not open.
+type OpenedGroup = ((u32, u32), std::result::Result<Vec<u8>, String>);
 
 impl BlobOpener<'_> {
     /// Open the blob of entry `e`; `sealed` holds its box (`e.offset .. e.offset + e.length`

@@ -68,7 +68,7 @@ impl IndexFile {
                     })
                     .collect::<Result<_, crate::FormatError>>()?,
             }),
-            _ => crate::file::to_postcard(&V2File {
+            2 => crate::file::to_postcard(&V2File {
                 supersedes: self.supersedes.clone(),
                 packs: self
                     .packs
@@ -81,6 +81,7 @@ impl IndexFile {
                     })
                     .collect::<Result<_, crate::FormatError>>()?,
             }),
+            v => return Err(crate::pack::unknown_version(v)),
         })
     }
 
@@ -101,7 +102,7 @@ impl IndexFile {
                         .collect(),
                 }
             }
-            _ => {
+            2 => {
                 let f: V2File = crate::file::from_postcard(plain, "index")?;
                 IndexFile {
                     supersedes: f.supersedes,
@@ -117,6 +118,7 @@ impl IndexFile {
                         .collect::<Result<_, crate::FormatError>>()?,
                 }
             }
+            v => return Err(crate::pack::unknown_version(v)),
         })
     }
 

@@ -103,7 +103,7 @@ pub(crate) mod v1 {
     use super::{BlobType, PackEntry};
     use crate::{FormatError, Id};
 
-    #[derive(Serialize, Deserialize)]
+    #[derive(Clone, Copy, Serialize, Deserialize)]
     pub(crate) struct Entry {
         blob_type: BlobType,
         id: Id,
@@ -220,8 +220,26 @@ pub(crate) mod v2 {
 
     /// The entries of `units`, each group's blobs with their place in it.
     pub(crate) fn entries(units: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
-        let mut out = Vec::with_capacity(units.len());
+        let mut out: Vec<PackEntry> = Vec::with_capacity(units.len());
         for u in units {
+            // Two units naming one box would not encode back the same (`units` would see
+            // one group): refused, so that decoding and encoding are exact inverses.
+            let (offset, length) = match &u {
+                Unit::Blob(e) => {
+                    let e = PackEntry::from(*e);
+                    (e.offset, e.length)
+                }
+                Unit::Group { offset, length, .. } => (*offset, *length),
+            };
+            if out
+                .last()
+                .is_some_and(|p| p.offset == offset && p.length == length)
+            {
+                return Err(FormatError::Malformed {
+                    what: "pack entries",
+                    detail: format!("two units name the box at offset {offset}"),
+                });
+            }
             match u {
                 Unit::Blob(e) => out.push(PackEntry::from(e)),
                 Unit::Group {
@@ -229,10 +247,10 @@ pub(crate) mod v2 {
                     length,
                     blobs,
                 } => {
-                    if blobs.is_empty() {
+                    if blobs.is_empty() || blobs.len() > crate::MAX_GROUP_BLOBS {
                         return Err(FormatError::Malformed {
                             what: "pack entries",
-                            detail: "an empty group".into(),
+                            detail: format!("a group of {} blobs", blobs.len()),
                         });
                     }
                     let mut start = 0u32;
@@ -261,10 +279,11 @@ pub(crate) mod v2 {
 
 /// The postcard bytes of a pack header in format `version`.
 fn encode_header(version: u16, header: &PackHeader) -> Result<Vec<u8>, FormatError> {
-    Ok(match version {
-        1 => to_postcard(&v1::entries(&header.entries)?),
-        _ => to_postcard(&v2::units(&header.entries)?),
-    })
+    match version {
+        1 => Ok(to_postcard(&v1::entries(&header.entries)?)),
+        2 => Ok(to_postcard(&v2::units(&header.entries)?)),
+        v => Err(unknown_version(v)),
+    }
 }
 
 /// Decode a pack header's postcard bytes of format `version`.
@@ -275,9 +294,19 @@ fn decode_header(version: u16, plain: &[u8]) -> Result<PackHeader, FormatError> 
                 .into_iter()
                 .map(PackEntry::from)
                 .collect(),
-            _ => v2::entries(from_postcard::<Vec<v2::Unit>>(plain, "pack header")?)?,
+            2 => v2::entries(from_postcard::<Vec<v2::Unit>>(plain, "pack header")?)?,
+            v => return Err(unknown_version(v)),
         },
     })
+}
+
+/// The error for an encoding version this build does not know.
+pub(crate) fn unknown_version(version: u16) -> FormatError {
+    FormatError::UnsupportedVersion {
+        kind: "pack or index",
+        version,
+        supported: crate::FORMAT_VERSION,
+    }
 }
 
 /// Associated data of a sealed blob: `"cairnB" || version u16 LE || type || id`.
@@ -433,8 +462,9 @@ pub fn blob_in_group<'a>(
 ) -> Result<&'a [u8], FormatError> {
     let what = || format!("{:?} blob {}", e.blob_type, e.id.short());
     let start = e.group_offset.unwrap_or(0) as usize;
-    let plain = group
-        .get(start..start + e.raw_length as usize)
+    let plain = start
+        .checked_add(e.raw_length as usize)
+        .and_then(|end| group.get(start..end))
         .ok_or_else(|| FormatError::LengthMismatch {
             what: what(),
             expected: start as u64 + u64::from(e.raw_length),
@@ -451,9 +481,13 @@ pub fn blob_in_group<'a>(
     Ok(plain)
 }
 
-/// The longest postcard encoding of one [`PackEntry`]: type (1) + id (32) + three u32
-/// varints (5 each) + the optional group offset (1 + 5).
-const MAX_ENTRY_LEN: u64 = 1 + 32 + 3 * 5 + 6;
+/// The longest postcard encoding of one version-1 [`PackEntry`]: type (1) + id (32) + three
+/// u32 varints (5 each).
+const MAX_ENTRY_LEN: u64 = 1 + 32 + 3 * 5;
+/// Version 2: an entry is at most a `Blob` unit (a variant byte + a version-1 entry); a
+/// group adds at most its variant byte, offset, length and blob count (1 + 3 × 5) once.
+const MAX_UNIT_LEN: u64 = 1 + MAX_ENTRY_LEN;
+const MAX_GROUP_HEAD_LEN: u64 = 1 + 3 * 5;
 
 /// Check an index entry's claims against the format's limits before anything is allocated
 /// for it: its plaintext at most `max_raw` bytes (FORMAT.md, "Limits"), and its sealed length
@@ -595,13 +629,15 @@ pub fn decode_sealed_header(
     // entries than that; each encodes in at most MAX_ENTRY_LEN bytes. This bounds what a
     // hostile header can make a reader allocate.
     let boxes = header_start.saturating_sub(PREAMBLE_LEN as u64) / (SEAL_OVERHEAD as u64 + 1);
-    let max_entries = if version == 1 {
-        boxes
+    let bound = if version == 1 {
+        boxes.saturating_mul(MAX_ENTRY_LEN)
     } else {
-        boxes.saturating_mul(MAX_GROUP_BLOBS as u64)
+        boxes
+            .saturating_mul(MAX_GROUP_BLOBS as u64)
+            .saturating_mul(MAX_UNIT_LEN)
+            .saturating_add(boxes.saturating_mul(MAX_GROUP_HEAD_LEN))
     };
-    let limit =
-        (max_entries.saturating_mul(MAX_ENTRY_LEN) + 16).min(crate::file::MAX_METADATA_LEN as u64);
+    let limit = (bound + 16).min(crate::file::MAX_METADATA_LEN as u64);
     let plain = unpack_payload(&payload, limit as usize, "pack header")?;
     let header = decode_header(version, &plain)?;
     check_tiling(&header.entries, header_start)?;

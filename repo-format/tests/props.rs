@@ -897,6 +897,27 @@ fn wrong_password_and_wrong_kdf_fail() {
 }
 
 #[test]
+fn two_units_naming_one_box_are_refused() {
+    // [units: 2] [Group, offset 8, length 72, 1 blob: id 01×32, 12] twice: decoding this and
+    // encoding it again would not give the same bytes (one group of two blobs).
+    let mut unit = vec![0x01, 0x08, 0x48, 0x01];
+    unit.extend_from_slice(&[1; 32]);
+    unit.push(12);
+    let mut twice = vec![0x02];
+    twice.extend_from_slice(&unit);
+    twice.extend_from_slice(&unit);
+    assert!(matches!(
+        PackHeader::decode(2, &twice),
+        Err(FormatError::Malformed { .. })
+    ));
+    let mut once = vec![0x01];
+    once.extend_from_slice(&unit);
+    let h = PackHeader::decode(2, &once).unwrap();
+    assert_eq!(h.encode(2).unwrap(), once);
+    assert!(PackHeader::decode(3, &once).is_err());
+}
+
+#[test]
 fn preamble_checks() {
     use cairn_format::check_preamble;
     for kind in FileKind::ALL {

@@ -101,6 +101,10 @@ fn small_blobs_are_grouped_and_survive_prune_and_check() {
     let stats = env.json(&["stats", "--json"]);
     let data = stats["data_blobs"].as_u64().unwrap();
     assert_eq!(data, 400, "{stats}");
+    // Fully used groups are not unused space: a second prune has nothing to repack.
+    let again = env.json(&["prune", "--max-unused", "0"]);
+    assert_eq!(again["report"]["packs_repacked"], 0, "{again}");
+    assert_eq!(again["report"]["bytes_unused_left"], 0, "{again}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! `migrate`: raise a repository's format version in place (FORMAT.md §16).
 //!
-//! Plan, then apply: the plan says what would change; applying checks that every index
-//! file decodes (a damaged index is repaired first, by `repair index`, under the old
-//! version) and rewrites the config. Nothing else is rewritten: objects of the old version
-//! stay readable, and new writes use the new version.
+//! Under the exclusive lock: check that every index file decodes (a damaged index is
+//! repaired first, by `repair index`, under the old version), then rewrite the config. Nothing
+//! else is rewritten: objects of the old version stay readable, and new writes use the new
+//! version. Run again, it changes nothing.
 
 use serde::Serialize;
 

@@ -280,6 +280,14 @@ pub fn prune(
             pu.used_blobs += 1;
         }
     }
+    // A grouped blob's share is rounded down: a pack whose blobs are all used has no unused
+    // bytes, whatever the rounding left.
+    for (pu, t) in packs.iter_mut().zip(totals) {
+        if pu.used_blobs == t.blobs {
+            pu.used_bytes = t.bytes;
+            pu.unused_bytes = 0;
+        }
+    }
     let entries: u64 = index.pack_totals().iter().map(|t| u64::from(t.blobs)).sum();
     let blobs_unused = entries - used.len() as u64;
 

@@ -134,6 +134,10 @@ pub fn repair_packs(
                 }
             }
         }
+        // One pack may be listed by two index files (a replacement of the index that was
+        // interrupted): each box is opened once, a group's blobs one after another.
+        out.listed.sort_by_key(|e| (e.offset, e.group_offset, e.id));
+        out.listed.dedup();
         let mut opener = repo.opener(*pid);
         for e in &out.listed {
             let a = e.offset as usize;

@@ -648,7 +648,7 @@ impl Writer<'_> {
         // so every core creates and writes files.
         let tasks: Vec<(u32, &[BlobJob])> = packs
             .iter()
-            .flat_map(|(p, blobs)| blobs.chunks(TASK_BLOBS).map(move |c| (*p, c)))
+            .flat_map(|(p, blobs)| task_runs(blobs).map(move |c| (*p, c)))
             .collect();
         let run = || {
             tasks
@@ -1292,4 +1292,23 @@ fn write_sparse(f: &File, data: &[u8], off: u64) -> std::io::Result<bool> {
         return Ok(true);
     }
     Ok(data.is_empty())
+}
+
+/// A pack's blobs (sorted by offset) cut into runs of about [`TASK_BLOBS`]: a run never
+/// ends inside a group (blobs sharing one sealed box), so each group is read and inflated
+/// by one task only.
+fn task_runs(blobs: &[BlobJob]) -> impl Iterator<Item = &[BlobJob]> {
+    let mut rest = blobs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(TASK_BLOBS);
+        while end < rest.len() && rest[end].1.offset == rest[end - 1].1.offset {
+            end += 1;
+        }
+        let (run, tail) = rest.split_at(end);
+        rest = tail;
+        Some(run)
+    })
 }
