@@ -344,16 +344,17 @@ pub fn seal_blob_into(
     level: i32,
     out: &mut Vec<u8>,
 ) {
+    seal_payload_into(key, &blob_aad(blob_type, id), plaintext, level, out);
+}
+
+/// Compress and seal under `aad` with a fresh nonce, appended to `out` and encrypted in place.
+fn seal_payload_into(key: &MasterKey, aad: &[u8], plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
     // Room for the largest outcome (a raw payload) up front and exactly: `out` is a per-thread
     // buffer reused for every blob, and amortized growth would double it for the tag.
     out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
-    seal_append(
-        &key.encryption,
-        &random_nonce(),
-        &blob_aad(blob_type, id),
-        out,
-        |o| pack_payload_into(plaintext, level, o),
-    );
+    seal_append(&key.encryption, &random_nonce(), aad, out, |o| {
+        pack_payload_into(plaintext, level, o)
+    });
 }
 
 /// [`seal_blob`] with an explicit nonce, for test vectors and reproducible fixtures.
@@ -365,12 +366,18 @@ pub fn seal_blob_with_nonce(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_with_nonce(
-        &key.encryption,
-        nonce,
-        &blob_aad(blob_type, id),
-        &pack_payload(plaintext, level),
-    )
+    seal_payload_with_nonce(key, &blob_aad(blob_type, id), plaintext, level, nonce)
+}
+
+/// Compress (flag byte + zstd at `level`) and seal under `aad` with an explicit nonce.
+fn seal_payload_with_nonce(
+    key: &MasterKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    level: i32,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    seal_with_nonce(&key.encryption, nonce, aad, &pack_payload(plaintext, level))
 }
 
 /// Open a sealed blob and verify that its plaintext hashes to `id`.
@@ -398,14 +405,7 @@ pub fn open_blob_in_place<'a>(
     let what = format!("{blob_type:?} blob {}", id.short());
     let payload = open_in_place(&key.encryption, &blob_aad(blob_type, id), sealed, &what)?;
     let plain = unpack_payload_ref(payload, raw_length as usize, &what)?;
-    let actual = key.blob_id(&plain);
-    if actual != *id {
-        return Err(FormatError::IdMismatch {
-            what,
-            expected: id.to_hex(),
-            actual: actual.to_hex(),
-        });
-    }
+    check_plaintext(key, id, &plain, || what.clone())?;
     if plain.len() != raw_length as usize {
         return Err(FormatError::LengthMismatch {
             what,
@@ -416,6 +416,24 @@ pub fn open_blob_in_place<'a>(
     Ok(plain)
 }
 
+/// A blob's plaintext must hash to its id (under the id key), wherever it was stored.
+fn check_plaintext(
+    key: &MasterKey,
+    id: &Id,
+    plain: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<(), FormatError> {
+    let actual = key.blob_id(plain);
+    if actual != *id {
+        return Err(FormatError::IdMismatch {
+            what: what(),
+            expected: id.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(())
+}
+
 /// Associated data of a sealed group (format version 2): `"cairnG" || 02 00 || 'D'`.
 /// Only data blobs are grouped; each blob inside is still verified against its own id.
 pub fn group_aad() -> [u8; 9] {
@@ -424,10 +442,7 @@ pub fn group_aad() -> [u8; 9] {
 
 /// Seal the concatenated plaintexts of a group's blobs, appended to `out`.
 pub fn seal_group_into(key: &MasterKey, plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
-    out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
-    seal_append(&key.encryption, &random_nonce(), &group_aad(), out, |o| {
-        pack_payload_into(plaintext, level, o)
-    });
+    seal_payload_into(key, &group_aad(), plaintext, level, out);
 }
 
 /// [`seal_group_into`] with an explicit nonce, for test vectors and reproducible fixtures.
@@ -437,12 +452,7 @@ pub fn seal_group_with_nonce(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_with_nonce(
-        &key.encryption,
-        nonce,
-        &group_aad(),
-        &pack_payload(plaintext, level),
-    )
+    seal_payload_with_nonce(key, &group_aad(), plaintext, level, nonce)
 }
 
 /// Open a sealed group in place and decompress it (at most [`MAX_GROUP_LEN`] bytes).
@@ -470,14 +480,7 @@ pub fn blob_in_group<'a>(
             expected: start as u64 + u64::from(e.raw_length),
             actual: group.len() as u64,
         })?;
-    let actual = key.blob_id(plain);
-    if actual != e.id {
-        return Err(FormatError::IdMismatch {
-            what: what(),
-            expected: e.id.to_hex(),
-            actual: actual.to_hex(),
-        });
-    }
+    check_plaintext(key, &e.id, plain, what)?;
     Ok(plain)
 }
 
