@@ -121,18 +121,32 @@ impl PackTotals {
             }
         }
     }
+}
 
-    /// The sealed bytes a blob of this pack accounts for: its own length, or for a grouped
-    /// blob its share of the pack's groups by plaintext size (prune weighs a pack's unused
-    /// space with this; a group is kept or dropped whole).
-    pub fn share(&self, l: &BlobLocation) -> u64 {
+/// The sealed bytes some of one pack's blobs account for: blobs alone by their length,
+/// grouped blobs by their plaintext's share of the pack's groups (a group is kept or
+/// dropped whole). Summed exactly and divided once, so all of a pack's blobs account for
+/// exactly its [`PackTotals::bytes`] (prune weighs a pack's unused space with this).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackShare {
+    alone: u64,
+    grouped_raw: u64,
+}
+
+impl PackShare {
+    /// Count a blob of the pack.
+    pub fn add(&mut self, l: &BlobLocation) {
         match l.group_offset {
-            None => u64::from(l.length),
-            Some(_) => {
-                (u128::from(l.raw_length) * u128::from(self.grouped_bytes)
-                    / u128::from(self.grouped_raw.max(1))) as u64
-            }
+            None => self.alone += u64::from(l.length),
+            Some(_) => self.grouped_raw += u64::from(l.raw_length),
         }
+    }
+
+    /// The sealed bytes of the blobs counted, in a pack of totals `t`.
+    pub fn bytes(&self, t: &PackTotals) -> u64 {
+        let grouped = u128::from(self.grouped_raw) * u128::from(t.grouped_bytes)
+            / u128::from(t.grouped_raw.max(1));
+        self.alone + grouped as u64
     }
 }
 

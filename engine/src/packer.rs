@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cairn_format::{
-    finish_pack, preamble_of, seal_blob_into, seal_group_into, BlobType, FileKind, Id, IndexFile,
-    IndexPack, PackEntry, PackHeader,
+    finish_pack, group_entries, preamble_of, seal_blob_into, seal_group_into, BlobType, FileKind,
+    Id, IndexFile, IndexPack, PackEntry, PackHeader,
 };
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
@@ -463,13 +463,10 @@ impl Packer {
                 self.level.max(GROUP_LEVEL_MIN),
                 &mut sealed,
             );
-            let mut start = 0u32;
-            let blobs = g.blobs.iter().map(|&(id, len)| {
-                let at = start;
-                start += len;
-                (id, len, Some(at))
-            });
-            self.append(BlobType::Data, &sealed, blobs)
+            let length = sealed.len() as u32;
+            self.append(BlobType::Data, &sealed, |offset| {
+                Ok(group_entries(offset, length, g.blobs.iter().copied())?)
+            })
         })?;
         g.plain.clear();
         g.blobs.clear();
@@ -484,20 +481,25 @@ impl Packer {
         sealed: &[u8],
         raw_length: usize,
     ) -> Result<()> {
-        self.append(
-            blob_type,
-            sealed,
-            std::iter::once((id, raw_length as u32, None)),
-        )
+        self.append(blob_type, sealed, |offset| {
+            Ok(vec![PackEntry {
+                blob_type,
+                id,
+                offset,
+                length: sealed.len() as u32,
+                raw_length: raw_length as u32,
+                group_offset: None,
+            }])
+        })
     }
 
-    /// Write one sealed box holding `blobs` (id, plaintext length, place in the group) to
-    /// the open pack of their type; ship the pack when it is full.
+    /// Write one sealed box to the open pack of its type, listed by the entries `entries`
+    /// makes for the box's offset; ship the pack when it is full.
     fn append(
         &self,
         blob_type: BlobType,
         sealed: &[u8],
-        blobs: impl Iterator<Item = (Id, u32, Option<u32>)>,
+        entries: impl FnOnce(u32) -> Result<Vec<PackEntry>>,
     ) -> Result<()> {
         let slot = usize::from(blob_type == BlobType::Tree);
         let full = {
@@ -508,18 +510,11 @@ impl Packer {
             let p = guard
                 .as_mut()
                 .ok_or_else(|| Error::Backend("no open pack".into()))?;
-            let offset = p.len as u32;
+            // Listed before written: a box the header would not list breaks its tiling.
+            let listed = entries(p.len as u32)?;
             p.write(sealed)?;
             let before = p.entries.len();
-            p.entries
-                .extend(blobs.map(|(id, raw_length, group_offset)| PackEntry {
-                    blob_type,
-                    id,
-                    offset,
-                    length: sealed.len() as u32,
-                    raw_length,
-                    group_offset,
-                }));
+            p.entries.extend(listed);
             {
                 let mut st = self.shared.stats.lock();
                 let added = &p.entries[before..];

@@ -273,21 +273,6 @@ impl Repository {
         })
     }
 
-    /// Open one sealed blob in place: the one function every reader of blobs goes through
-    /// (tree and blob reads, restore, check, prune's repack, repair). Checks the entry
-    /// against the format's limits first, authenticates, decompresses within `raw_length`
-    /// and verifies the id and length; errors name the pack.
-    pub(crate) fn open_blob<'b>(
-        &self,
-        pack: &Id,
-        e: &cairn_format::PackEntry,
-        sealed: &'b mut [u8],
-    ) -> Result<std::borrow::Cow<'b, [u8]>> {
-        cairn_format::check_entry_limits(e, self.config.max_blob_len(e.blob_type))?;
-        open_blob_in_place(&self.key, e.blob_type, &e.id, sealed, e.raw_length)
-            .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))
-    }
-
     /// Replace the config with `config` (the one object ever rewritten: `migrate`), as one
     /// atomic write. The caller holds the exclusive lock.
     pub(crate) fn rewrite_config(&mut self, config: Config) -> Result<()> {
@@ -327,28 +312,32 @@ impl Repository {
 
     /// Encode, seal and store a typed object; returns its name.
     pub(crate) fn save<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
-        let data = encode_sealed(&self.key, kind, value, self.config.compression_level.max(1));
-        let id = Id::of_object(&data);
-        self.backend.put(kind, &id.to_hex(), &data)?;
-        Ok(id)
+        let level = self.config.compression_level.max(1);
+        self.put_object(kind, &encode_sealed(&self.key, kind, value, level))
     }
 
     /// Encode, seal and store an index file in the repository's format version.
     pub(crate) fn save_index(&self, file: &IndexFile) -> Result<Id> {
         let version = cairn_format::object_version(FileKind::Index, self.config.version);
-        let data = file.encode_sealed(&self.key, version, self.config.compression_level.max(1))?;
-        let id = Id::of_object(&data);
-        self.backend.put(FileKind::Index, &id.to_hex(), &data)?;
+        let level = self.config.compression_level.max(1);
+        self.put_object(
+            FileKind::Index,
+            &file.encode_sealed(&self.key, version, level)?,
+        )
+    }
+
+    /// Store a content-addressed object under its name.
+    fn put_object(&self, kind: FileKind, data: &[u8]) -> Result<Id> {
+        let id = Id::of_object(data);
+        self.backend.put(kind, &id.to_hex(), data)?;
         Ok(id)
     }
 
     /// Load, verify and decode an index file (of any version).
     pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
-        let name = id.to_hex();
-        let max = cairn_format::max_decoded_len(FileKind::Index) as u64 + 1 + SEALED_FILE_OVERHEAD;
-        let data = self.backend.get_max(FileKind::Index, &name, max)?;
-        verify_name(FileKind::Index, &name, &data)?;
-        Ok(IndexFile::decode_sealed(&self.key, &data)?)
+        self.load_with(FileKind::Index, id, |data| {
+            IndexFile::decode_sealed(&self.key, data)
+        })
     }
 
     /// The version new packs are written in.
@@ -359,11 +348,21 @@ impl Repository {
     /// Load, verify and decode a typed object. Nothing larger than the format allows for
     /// `kind` is read or inflated (FORMAT.md, "Limits").
     pub fn load<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
+        self.load_with(kind, id, |data| decode_sealed(&self.key, kind, data))
+    }
+
+    /// Read object `id` of `kind` within the format's size limit, verify its name, decode it.
+    fn load_with<T>(
+        &self,
+        kind: FileKind,
+        id: &Id,
+        decode: impl FnOnce(&[u8]) -> std::result::Result<T, cairn_format::FormatError>,
+    ) -> Result<T> {
         let name = id.to_hex();
         let max = cairn_format::max_decoded_len(kind) as u64 + 1 + SEALED_FILE_OVERHEAD;
         let data = self.backend.get_max(kind, &name, max)?;
         verify_name(kind, &name, &data)?;
-        Ok(decode_sealed(&self.key, kind, &data)?)
+        Ok(decode(&data)?)
     }
 
     /// The one object of `kind` whose name starts with `prefix` (hex): ids as users type them.
@@ -658,7 +657,7 @@ impl Repository {
                 )?;
                 let group = Arc::new(
                     cairn_format::open_group_in_place(&self.key, &mut sealed)
-                        .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))?
+                        .map_err(|err| damaged_pack(&pack, err))?
                         .into_owned(),
                 );
                 RECENT.with(|r| {
@@ -675,7 +674,7 @@ impl Repository {
         // is still checked against its own id.
         cairn_format::blob_in_group(&self.key, e, &group)
             .map(<[u8]>::to_vec)
-            .map_err(|err| Error::Integrity(format!("pack {}: {err}", pack.short())))
+            .map_err(|err| damaged_pack(&pack, err))
     }
 
     /// Read and decode a tree blob.
@@ -806,13 +805,14 @@ impl BlobOpener<'_> {
         e: &cairn_format::PackEntry,
         sealed: &'s mut [u8],
     ) -> Result<std::borrow::Cow<'s, [u8]>> {
-        if !e.grouped() {
-            return self.repo.open_blob(&self.pack, e, sealed);
-        }
         let pack = self.pack;
-        let damaged = move |err: String| Error::Integrity(format!("pack {}: {err}", pack.short()));
-        cairn_format::check_entry_limits(e, self.repo.config.max_blob_len(e.blob_type))
-            .map_err(|err| damaged(err.to_string()))?;
+        let damaged = move |err: String| damaged_pack(&pack, err);
+        // Checked before anything is opened: the decoders allocate what an entry claims.
+        cairn_format::check_entry_limits(e, self.repo.config.max_blob_len(e.blob_type))?;
+        if !e.grouped() {
+            return open_blob_in_place(&self.repo.key, e.blob_type, &e.id, sealed, e.raw_length)
+                .map_err(|err| damaged(err.to_string()));
+        }
         let span = (e.offset, e.length);
         if self.group.as_ref().map(|(k, _)| *k) != Some(span) {
             let opened = cairn_format::open_group_in_place(&self.repo.key, sealed)
@@ -837,6 +837,11 @@ impl BlobOpener<'_> {
             _ => None,
         }
     }
+}
+
+/// A blob or group of `pack` that failed authentication or verification.
+fn damaged_pack(pack: &Id, err: impl std::fmt::Display) -> Error {
+    Error::Integrity(format!("pack {}: {err}", pack.short()))
 }
 
 /// The error of an operation that deletes (prune, repair) when an index file is damaged: it

@@ -456,19 +456,12 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
     let mut v2 = preamble_of(FileKind::Pack, 2).to_vec();
     let group: Vec<u8> = pieces.concat();
     let sealed_group = seal_group_with_nonce(&key, &group, 3, &nonce(0x22));
-    let mut v2_entries = Vec::new();
-    let mut at = 0u32;
-    for p in pieces {
-        v2_entries.push(PackEntry {
-            blob_type: BlobType::Data,
-            id: key.blob_id(p),
-            offset: v2.len() as u32,
-            length: sealed_group.len() as u32,
-            raw_length: p.len() as u32,
-            group_offset: Some(at),
-        });
-        at += p.len() as u32;
-    }
+    let mut v2_entries = crate::group_entries(
+        v2.len() as u32,
+        sealed_group.len() as u32,
+        pieces.iter().map(|p| (key.blob_id(p), p.len() as u32)),
+    )
+    .unwrap_or_default();
     // The second blob's claims, then the group.
     let mut blob_seed = (pieces[0].len() as u32).to_le_bytes().to_vec();
     blob_seed.extend_from_slice(&(pieces[1].len() as u32).to_le_bytes());

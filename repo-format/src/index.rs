@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pack::PackEntry;
+use crate::pack::{PackEntry, Wire};
 use crate::Id;
 
 /// One pack's blobs.
@@ -14,30 +14,13 @@ pub struct IndexPack {
     pub blobs: Vec<PackEntry>,
 }
 
-/// Version 1 of [`IndexFile`]: entries without `group_offset`.
+/// An index file as one format version stores it: each pack's id, then its entries in that
+/// version's wire form ([`Wire`]).
 #[derive(Serialize, Deserialize)]
-struct V1File {
+#[serde(bound = "W: Wire")]
+struct WireFile<W> {
     supersedes: Vec<Id>,
-    packs: Vec<V1Pack>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct V1Pack {
-    id: Id,
-    blobs: Vec<crate::pack::v1::Entry>,
-}
-
-/// Version 2 of [`IndexFile`]: each pack's entries as units (blobs alone and groups).
-#[derive(Serialize, Deserialize)]
-struct V2File {
-    supersedes: Vec<Id>,
-    packs: Vec<V2Pack>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct V2Pack {
-    id: Id,
-    units: Vec<crate::pack::v2::Unit>,
+    packs: Vec<(Id, Vec<W>)>,
 }
 
 /// An index file.
@@ -54,72 +37,47 @@ impl IndexFile {
     /// The postcard encoding of this index file in format `version`. Fails only for
     /// entries that `version` cannot express (grouped blobs in version 1).
     pub fn encode(&self, version: u16) -> Result<Vec<u8>, crate::FormatError> {
-        Ok(match version {
-            1 => crate::file::to_postcard(&V1File {
-                supersedes: self.supersedes.clone(),
-                packs: self
-                    .packs
-                    .iter()
-                    .map(|p| {
-                        Ok(V1Pack {
-                            id: p.id,
-                            blobs: crate::pack::v1::entries(&p.blobs)?,
-                        })
-                    })
-                    .collect::<Result<_, crate::FormatError>>()?,
-            }),
-            2 => crate::file::to_postcard(&V2File {
-                supersedes: self.supersedes.clone(),
-                packs: self
-                    .packs
-                    .iter()
-                    .map(|p| {
-                        Ok(V2Pack {
-                            id: p.id,
-                            units: crate::pack::v2::units(&p.blobs)?,
-                        })
-                    })
-                    .collect::<Result<_, crate::FormatError>>()?,
-            }),
-            v => return Err(crate::pack::unknown_version(v)),
-        })
+        fn encode<W: Wire>(f: &IndexFile) -> Result<Vec<u8>, crate::FormatError> {
+            let packs = f
+                .packs
+                .iter()
+                .map(|p| Ok((p.id, W::encode(&p.blobs)?)))
+                .collect::<Result<_, crate::FormatError>>()?;
+            Ok(crate::file::to_postcard(&WireFile::<W> {
+                supersedes: f.supersedes.clone(),
+                packs,
+            }))
+        }
+        match version {
+            1 => encode::<crate::pack::v1::Entry>(self),
+            2 => encode::<crate::pack::v2::Unit>(self),
+            v => Err(crate::pack::unknown_version(v)),
+        }
     }
 
     /// Decode the postcard encoding of an index file of format `version`.
     pub fn decode(version: u16, plain: &[u8]) -> Result<IndexFile, crate::FormatError> {
-        Ok(match version {
-            1 => {
-                let f: V1File = crate::file::from_postcard(plain, "index")?;
-                IndexFile {
-                    supersedes: f.supersedes,
-                    packs: f
-                        .packs
-                        .into_iter()
-                        .map(|p| IndexPack {
-                            id: p.id,
-                            blobs: p.blobs.into_iter().map(PackEntry::from).collect(),
+        fn decode<W: Wire>(plain: &[u8]) -> Result<IndexFile, crate::FormatError> {
+            let f: WireFile<W> = crate::file::from_postcard(plain, "index")?;
+            Ok(IndexFile {
+                supersedes: f.supersedes,
+                packs: f
+                    .packs
+                    .into_iter()
+                    .map(|(id, list)| {
+                        Ok(IndexPack {
+                            id,
+                            blobs: W::decode(list)?,
                         })
-                        .collect(),
-                }
-            }
-            2 => {
-                let f: V2File = crate::file::from_postcard(plain, "index")?;
-                IndexFile {
-                    supersedes: f.supersedes,
-                    packs: f
-                        .packs
-                        .into_iter()
-                        .map(|p| {
-                            Ok(IndexPack {
-                                id: p.id,
-                                blobs: crate::pack::v2::entries(p.units)?,
-                            })
-                        })
-                        .collect::<Result<_, crate::FormatError>>()?,
-                }
-            }
-            v => return Err(crate::pack::unknown_version(v)),
-        })
+                    })
+                    .collect::<Result<_, crate::FormatError>>()?,
+            })
+        }
+        match version {
+            1 => decode::<crate::pack::v1::Entry>(plain),
+            2 => decode::<crate::pack::v2::Unit>(plain),
+            v => Err(crate::pack::unknown_version(v)),
+        }
     }
 
     /// Encode and seal this index file at format `version` (the repository's).

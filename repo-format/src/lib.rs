@@ -51,10 +51,10 @@ pub use key::KeyFile;
 pub use lock::Lock;
 pub use pack::{
     blob_aad, blob_in_group, check_entry_limits, decode_pack_header, decode_sealed_header,
-    finish_pack, finish_pack_with_nonce, group_aad, header_span, open_blob, open_blob_in_place,
-    open_group_in_place, pack_header_aad, pack_header_aad_of, seal_blob, seal_blob_into,
-    seal_blob_with_nonce, seal_group_into, seal_group_with_nonce, BlobType, PackEntry, PackHeader,
-    MAX_GROUP_BLOBS, MAX_GROUP_LEN, PACK_HEADER_LEVEL,
+    finish_pack, finish_pack_with_nonce, group_aad, group_entries, header_span, open_blob,
+    open_blob_in_place, open_group_in_place, pack_header_aad, pack_header_aad_of, seal_blob,
+    seal_blob_into, seal_blob_with_nonce, seal_group_into, seal_group_with_nonce, BlobType,
+    PackEntry, PackHeader, MAX_GROUP_BLOBS, MAX_GROUP_LEN, PACK_HEADER_LEVEL,
 };
 pub use pages::{
     default_page_rules, sqlite_cell_cuts, sqlite_window_cuts, PageFormat, PageRule, PageStrategy,

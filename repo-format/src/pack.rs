@@ -145,9 +145,14 @@ pub(crate) mod v1 {
         }
     }
 
-    /// Version-1 entries of a list.
-    pub(crate) fn entries(list: &[PackEntry]) -> Result<Vec<Entry>, FormatError> {
-        list.iter().map(Entry::try_from).collect()
+    impl super::Wire for Entry {
+        fn encode(entries: &[PackEntry]) -> Result<Vec<Entry>, FormatError> {
+            entries.iter().map(Entry::try_from).collect()
+        }
+
+        fn decode(list: Vec<Entry>) -> Result<Vec<PackEntry>, FormatError> {
+            Ok(list.into_iter().map(PackEntry::from).collect())
+        }
     }
 }
 
@@ -173,8 +178,18 @@ pub(crate) mod v2 {
         },
     }
 
+    impl super::Wire for Unit {
+        fn encode(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
+            units(entries)
+        }
+
+        fn decode(list: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
+            entries(list)
+        }
+    }
+
     /// The units of `entries` (which must list each group's blobs together, in order).
-    pub(crate) fn units(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
+    fn units(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
         let mut out: Vec<Unit> = Vec::new();
         let mut next = 0u64;
         for e in entries {
@@ -219,7 +234,7 @@ pub(crate) mod v2 {
     }
 
     /// The entries of `units`, each group's blobs with their place in it.
-    pub(crate) fn entries(units: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
+    fn entries(units: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
         let mut out: Vec<PackEntry> = Vec::with_capacity(units.len());
         for u in units {
             // Two units naming one box would not encode back the same (`units` would see
@@ -253,23 +268,7 @@ pub(crate) mod v2 {
                             detail: format!("a group of {} blobs", blobs.len()),
                         });
                     }
-                    let mut start = 0u32;
-                    for (id, raw_length) in blobs {
-                        out.push(PackEntry {
-                            blob_type: BlobType::Data,
-                            id,
-                            offset,
-                            length,
-                            raw_length,
-                            group_offset: Some(start),
-                        });
-                        start = start
-                            .checked_add(raw_length)
-                            .ok_or(FormatError::Malformed {
-                                what: "pack entries",
-                                detail: "a group longer than 4 GiB".into(),
-                            })?;
-                    }
+                    out.extend(super::group_entries(offset, length, blobs)?);
                 }
             }
         }
@@ -277,27 +276,70 @@ pub(crate) mod v2 {
     }
 }
 
+/// How one format version encodes a pack's list of entries: the whole of a pack header, and
+/// each pack of an index file.
+pub(crate) trait Wire: Sized + Serialize + serde::de::DeserializeOwned {
+    /// The wire form of `entries` (fails for what this version cannot express).
+    fn encode(entries: &[PackEntry]) -> Result<Vec<Self>, FormatError>;
+    /// The entries a decoded wire list stands for.
+    fn decode(list: Vec<Self>) -> Result<Vec<PackEntry>, FormatError>;
+}
+
+/// The entries of a group whose box is at `offset` (sealed `length` bytes) and whose blobs,
+/// `(id, raw_length)` in plaintext order, follow one another: each starts where the previous
+/// one ended. The one place that computes `group_offset`.
+pub fn group_entries(
+    offset: u32,
+    length: u32,
+    blobs: impl IntoIterator<Item = (Id, u32)>,
+) -> Result<Vec<PackEntry>, FormatError> {
+    let mut start = 0u32;
+    blobs
+        .into_iter()
+        .map(|(id, raw_length)| {
+            let e = PackEntry {
+                blob_type: BlobType::Data,
+                id,
+                offset,
+                length,
+                raw_length,
+                group_offset: Some(start),
+            };
+            start = start
+                .checked_add(raw_length)
+                .ok_or(FormatError::Malformed {
+                    what: "pack entries",
+                    detail: "a group longer than 4 GiB".into(),
+                })?;
+            Ok(e)
+        })
+        .collect()
+}
+
 /// The postcard bytes of a pack header in format `version`.
 fn encode_header(version: u16, header: &PackHeader) -> Result<Vec<u8>, FormatError> {
+    fn encode<W: Wire>(header: &PackHeader) -> Result<Vec<u8>, FormatError> {
+        Ok(to_postcard(&W::encode(&header.entries)?))
+    }
     match version {
-        1 => Ok(to_postcard(&v1::entries(&header.entries)?)),
-        2 => Ok(to_postcard(&v2::units(&header.entries)?)),
+        1 => encode::<v1::Entry>(header),
+        2 => encode::<v2::Unit>(header),
         v => Err(unknown_version(v)),
     }
 }
 
 /// Decode a pack header's postcard bytes of format `version`.
 fn decode_header(version: u16, plain: &[u8]) -> Result<PackHeader, FormatError> {
-    Ok(PackHeader {
-        entries: match version {
-            1 => from_postcard::<Vec<v1::Entry>>(plain, "pack header")?
-                .into_iter()
-                .map(PackEntry::from)
-                .collect(),
-            2 => v2::entries(from_postcard::<Vec<v2::Unit>>(plain, "pack header")?)?,
-            v => return Err(unknown_version(v)),
-        },
-    })
+    fn decode<W: Wire>(plain: &[u8]) -> Result<PackHeader, FormatError> {
+        Ok(PackHeader {
+            entries: W::decode(from_postcard::<Vec<W>>(plain, "pack header")?)?,
+        })
+    }
+    match version {
+        1 => decode::<v1::Entry>(plain),
+        2 => decode::<v2::Unit>(plain),
+        v => Err(unknown_version(v)),
+    }
 }
 
 /// The error for an encoding version this build does not know.

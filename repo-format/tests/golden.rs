@@ -20,11 +20,11 @@ use std::path::PathBuf;
 
 use cairn_format::{
     blob_aad, blob_in_group, check_preamble, decode_pack_header, decode_sealed,
-    encode_sealed_with_nonce, finish_pack_with_nonce, from_postcard, group_aad, open_blob,
-    open_group_in_place, open_with_key, pack_header_aad, pack_header_aad_of, preamble, preamble_of,
-    seal_blob_with_nonce, seal_group_with_nonce, to_postcard, BlobType, ChunkerParams, Config,
-    FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, MasterKey, Node,
-    NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr,
+    encode_sealed_with_nonce, finish_pack_with_nonce, from_postcard, group_aad, group_entries,
+    open_blob, open_group_in_place, open_with_key, pack_header_aad, pack_header_aad_of, preamble,
+    preamble_of, seal_blob_with_nonce, seal_group_with_nonce, to_postcard, BlobType, ChunkerParams,
+    Config, FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, MasterKey,
+    Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr,
     FORMAT_VERSION, NONCE_LEN, PREAMBLE_LEN, TAG_LEN,
 };
 use serde::Serialize;
@@ -298,19 +298,12 @@ fn fixture_v2(fx: &Fx) -> FxV2 {
         &nonce(N_BLOB_V2),
     );
     let mut pack = preamble_of(FileKind::Pack, V2).to_vec();
-    let mut entries = Vec::new();
-    let mut at = 0;
-    for p in &pieces[..2] {
-        entries.push(PackEntry {
-            blob_type: BlobType::Data,
-            id: key.blob_id(p),
-            offset: pack.len() as u32,
-            length: group.len() as u32,
-            raw_length: p.len() as u32,
-            group_offset: Some(at),
-        });
-        at += p.len() as u32;
-    }
+    let mut entries = group_entries(
+        pack.len() as u32,
+        group.len() as u32,
+        pieces[..2].iter().map(|p| (key.blob_id(p), p.len() as u32)),
+    )
+    .unwrap();
     pack.extend_from_slice(&group);
     entries.push(PackEntry {
         blob_type: BlobType::Data,
@@ -467,19 +460,10 @@ fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
                 Ok(())
             }),
         ));
-        let pack = v.pack.clone();
-        out.push(vector(
+        out.push(object_id_vector(
             "object_id/pack-v2",
-            "unkeyed BLAKE3 of pack/tiny-v2",
-            v.pack_id.0.to_vec(),
-            None,
-            Box::new(move |b| {
-                if b == Id::of_object(&pack).0 {
-                    Ok(())
-                } else {
-                    Err("object id differs".into())
-                }
-            }),
+            "unkeyed BLAKE3 of pack/tiny-v2".into(),
+            v.pack.clone(),
         ));
     }
     {
@@ -576,6 +560,24 @@ fn vector(
         encode_exact: true,
         check,
     }
+}
+
+/// The vector of an object's name: the unkeyed BLAKE3 of its stored bytes.
+fn object_id_vector(name: &'static str, note: String, object: Vec<u8>) -> Vector {
+    let id = Id::of_object(&object);
+    vector(
+        name,
+        note,
+        id.0.to_vec(),
+        None,
+        Box::new(move |b| {
+            if b == Id::of_object(&object).0 {
+                Ok(())
+            } else {
+                Err("object id differs".into())
+            }
+        }),
+    )
 }
 
 fn same<T: PartialEq + Debug>(
@@ -932,33 +934,21 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
             FileKind::Snapshot => sealed_file(fx, kind, &fx.snapshot, level, n),
             _ => index_file(fx),
         };
-        out.push(vector(
+        out.push(object_id_vector(
             name,
             format!(
                 "unkeyed BLAKE3 of the stored bytes of sealed/{}: the object's file name",
                 kind.name()
             ),
-            Id::of_object(&file).0.to_vec(),
-            None,
-            Box::new(move |b| {
-                if b == Id::of_object(&file).0 {
-                    Ok(())
-                } else {
-                    Err("object id differs".into())
-                }
-            }),
+            file,
         ));
     }
-    {
-        let pack = fx.pack.clone();
-        out.push(vector(
-            "object_id/pack",
-            "unkeyed BLAKE3 of pack/tiny: the pack's name (stored as data/<first 2 hex digits>/<name>)",
-            fx.pack_id.0.to_vec(),
-            None,
-            Box::new(move |b| if b == Id::of_object(&pack).0 { Ok(()) } else { Err("object id differs".into()) }),
-        ));
-    }
+    out.push(object_id_vector(
+        "object_id/pack",
+        "unkeyed BLAKE3 of pack/tiny: the pack's name (stored as data/<first 2 hex digits>/<name>)"
+            .into(),
+        fx.pack.clone(),
+    ));
 
     // Blobs and the pack.
     for (name, t, id, plain, sealed, n) in [

@@ -487,18 +487,14 @@ fn build_pack_v2(key: &MasterKey, blobs: &[(u8, Vec<u8>)], level: i32) -> (Vec<u
             let all: Vec<u8> = run.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let mut sealed = Vec::new();
             cairn_format::seal_group_into(key, &all, level, &mut sealed);
-            let mut at = 0u32;
-            for (_, plain) in run {
-                entries.push(PackEntry {
-                    blob_type: BlobType::Data,
-                    id: key.blob_id(plain),
-                    offset: pack.len() as u32,
-                    length: sealed.len() as u32,
-                    raw_length: plain.len() as u32,
-                    group_offset: Some(at),
-                });
-                at += plain.len() as u32;
-            }
+            entries.extend(
+                cairn_format::group_entries(
+                    pack.len() as u32,
+                    sealed.len() as u32,
+                    run.iter().map(|(_, p)| (key.blob_id(p), p.len() as u32)),
+                )
+                .unwrap(),
+            );
             pack.extend_from_slice(&sealed);
         }
         i = j;

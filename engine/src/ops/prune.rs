@@ -23,7 +23,7 @@ use cairn_format::{FileKind, Id, PackEntry, Snapshot, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::index::{entry_of, BlobSet, MasterIndex};
+use crate::index::{entry_of, BlobSet, MasterIndex, PackShare};
 use crate::lock::ExclusiveLock;
 use crate::ops::repair::replace_index;
 use crate::packer::Packer;
@@ -230,6 +230,8 @@ struct PackUse {
     used_bytes: u64,
     unused_bytes: u64,
     used_blobs: u32,
+    /// What its used blobs account for.
+    used: PackShare,
 }
 
 /// Remove unreferenced data (with `dry_run`: only compute what would go).
@@ -263,30 +265,24 @@ pub fn prune(
                 used_bytes: 0,
                 used_blobs: 0,
                 unused_bytes: t.bytes,
+                used: PackShare::default(),
             }),
             None => Err(Error::Integrity(format!(
                 "pack {pid} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
             ))),
         })
         .collect::<Result<_>>()?;
-    let totals = index.pack_totals();
     for pos in 0..index.len() {
         if used.contains(pos) {
             let (_, l) = index.at(pos);
-            let share = totals[l.pack as usize].share(&l);
             let pu = &mut packs[l.pack as usize];
-            pu.used_bytes += share;
-            pu.unused_bytes = pu.unused_bytes.saturating_sub(share);
+            pu.used.add(&l);
             pu.used_blobs += 1;
         }
     }
-    // A grouped blob's share is rounded down: a pack whose blobs are all used has no unused
-    // bytes, whatever the rounding left.
-    for (pu, t) in packs.iter_mut().zip(totals) {
-        if pu.used_blobs == t.blobs {
-            pu.used_bytes = t.bytes;
-            pu.unused_bytes = 0;
-        }
+    for (pu, t) in packs.iter_mut().zip(index.pack_totals()) {
+        pu.used_bytes = pu.used.bytes(t);
+        pu.unused_bytes = t.bytes.saturating_sub(pu.used_bytes);
     }
     let entries: u64 = index.pack_totals().iter().map(|t| u64::from(t.blobs)).sum();
     let blobs_unused = entries - used.len() as u64;

@@ -3,6 +3,7 @@
 use cairn_format::{BlobType, FileKind};
 use serde::Serialize;
 
+use crate::index::PackShare;
 use crate::ops::prune::find_leftovers;
 use crate::repository::Repository;
 use crate::Result;
@@ -46,15 +47,20 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         pack_bytes: packs.iter().map(|o| o.size).sum(),
         ..Stats::default()
     };
-    let totals = index.pack_totals();
+    let mut stored = vec![PackShare::default(); index.packs().len()];
     for (_, loc) in index.iter() {
         match loc.blob_type {
             BlobType::Data => s.data_blobs += 1,
             BlobType::Tree => s.tree_blobs += 1,
         }
         s.raw_bytes += u64::from(loc.raw_length);
-        s.stored_bytes += totals[loc.pack as usize].share(&loc);
+        stored[loc.pack as usize].add(&loc);
     }
+    s.stored_bytes = stored
+        .iter()
+        .zip(index.pack_totals())
+        .map(|(share, t)| share.bytes(t))
+        .sum();
     s.blobs = s.data_blobs + s.tree_blobs;
     // The master index's sorted array (52 bytes a blob) and bucket table (~8 blobs a bucket).
     s.index_memory_bytes = s.blobs * 52 + s.blobs / 2;
