@@ -15,7 +15,7 @@ use cairn_engine::{
     BackupOptions, InitOptions, Progress, Repository, RestoreOptions, SnapshotFilter,
 };
 use cairn_format::{
-    decode_pack_header, BlobType, FileKind, Id, KdfParams, Lock, Node, NodeKind, DEFAULT_KDF_LANES,
+    decode_pack_header, BlobType, FileKind, Id, KdfParams, Node, NodeKind, DEFAULT_KDF_LANES,
 };
 use serde_json::{json, Value};
 
@@ -505,7 +505,7 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
         }
         "lock" => {
             let id = repo.find_id(FileKind::Lock, need_id()?)?;
-            serde_json::to_value(repo.load::<Lock>(FileKind::Lock, &id)?)?
+            serde_json::to_value(repo.load_lock(&id)?)?
         }
         "key" => {
             let id = repo.find_id(FileKind::Key, need_id()?)?;

@@ -276,10 +276,13 @@ pub fn version(cli: &Cli) -> Result<u8> {
     if cli.json {
         println!(
             "{}",
-            json!({"message_type": "version", "version": v, "format_version": 1, "target": target})
+            json!({"message_type": "version", "version": v, "format_version": cairn_format::FORMAT_VERSION, "target": target})
         );
     } else {
-        println!("cairn {v} (repository format 1) {target}");
+        println!(
+            "cairn {v} (repository format {}) {target}",
+            cairn_format::FORMAT_VERSION
+        );
     }
     Ok(0)
 }

@@ -4,13 +4,20 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use cairn_engine::{Backend, ExclusiveLock, Repository, SharedLock, SnapshotFilter};
+use cairn_engine::{
+    Backend, ExclusiveLock, MaintenanceLock, Repository, SharedLock, SnapshotFilter,
+};
 
 use crate::{Cli, FilterArgs};
 
 /// A shared lock, waiting as `--retry-lock` says (default: not at all).
 pub(crate) fn lock_shared<'r>(cli: &Cli, repo: &'r Repository) -> Result<SharedLock<'r>> {
     Ok(repo.lock_shared(cli.retry_lock.unwrap_or_default())?)
+}
+
+/// A maintenance lock (forget, prune), waiting as `--retry-lock` says (default: not at all).
+pub(crate) fn lock_maintenance<'r>(cli: &Cli, repo: &'r Repository) -> Result<MaintenanceLock<'r>> {
+    Ok(repo.lock_maintenance(cli.retry_lock.unwrap_or_default())?)
 }
 
 /// An exclusive lock, waiting as `--retry-lock` says (default: not at all).

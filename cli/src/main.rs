@@ -378,6 +378,11 @@ pub struct PruneOpts {
     /// Repack at most this many bytes (`2G`, `500M`).
     #[arg(long)]
     pub max_repack_size: Option<String>,
+    /// How far the clocks of the hosts using the repository may disagree (`30s`, `10m`):
+    /// a pack prune condemned is deleted only when no operation that started before the
+    /// condemnation plus this is still running.
+    #[arg(long, default_value = "10m", value_parser = parse_wait)]
+    pub clock_skew: std::time::Duration,
 }
 
 /// `prune` options.
@@ -455,9 +460,9 @@ pub struct InitArgs {
     /// Argon2id passes of the first key.
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
-    /// Repository format version: 2 (small blobs compressed in groups), or 1 for a
-    /// repository that nodes running a cairn older than format 2 must keep using
-    /// (`cairn migrate` upgrades it later).
+    /// Repository format version: 3 (prune beside running backups), or 2 / 1 for a
+    /// repository that nodes running an older cairn must keep using (`cairn migrate`
+    /// upgrades it later). 2 adds small blobs compressed in groups.
     #[arg(long, default_value_t = cairn_format::FORMAT_VERSION, value_parser = clap::value_parser!(u16).range(1..=i64::from(cairn_format::FORMAT_VERSION)))]
     pub format_version: u16,
     /// Name and cut blobs like the --from-repo repository, so that `copy` from it sends

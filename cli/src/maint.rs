@@ -13,7 +13,7 @@ use cairn_engine::Progress;
 use cairn_format::{FileKind, Id};
 use serde_json::json;
 
-use crate::hiargs::{filter, lock_exclusive, lock_shared, open};
+use crate::hiargs::{filter, lock_exclusive, lock_maintenance, lock_shared, open};
 use crate::ui::snapshot_json;
 use crate::ui::{human_bytes, Reporter};
 use crate::{CheckArgs, Cli, ForgetArgs, PruneOpts};
@@ -69,6 +69,7 @@ fn prune_options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
         max_unused,
         max_repack_bytes,
         dry_run,
+        clock_skew: o.clock_skew,
     })
 }
 
@@ -128,7 +129,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         None
     };
     let repo = open(cli)?;
-    let lock = lock_exclusive(cli, &repo)?;
+    let lock = lock_maintenance(cli, &repo)?;
     let all = repo.load_snapshots()?;
     let plan = forget_op::plan(&all, &opts, now_timestamp().unix_nanos)?;
     for w in &plan.warnings {
@@ -168,14 +169,14 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
         out_groups.push(json!({"group": g.key, "keep": keep_json, "remove": remove_json}));
     }
     if !a.dry_run {
-        forget_op::apply(&lock, &plan)?;
+        forget_op::apply(lock.as_maintenance(), &plan)?;
     }
     let mut prune_report = None;
     if let (Some(prune_opts), false) = (&prune_opts, plan.remove.is_empty()) {
         let progress = Arc::new(Progress::default());
         let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
         // A dry run cannot mark with the removals applied; it reports prune as things stand.
-        prune_report = Some(prune(&lock, prune_opts, &progress)?);
+        prune_report = Some(prune(lock.as_maintenance(), prune_opts, &progress)?);
     }
     if cli.json {
         println!(
@@ -209,15 +210,32 @@ fn print_prune(r: &PruneReport) {
         r.blobs_used,
         r.blobs_unused
     );
+    let unreferenced = if r.packs_condemned > 0 && !r.quiet {
+        0
+    } else {
+        r.packs_unreferenced
+    };
     println!(
         "  deleted {} unused and {} unreferenced packs, repacked {} packs ({} copied), freed {}, {} unused left",
         r.packs_deleted,
-        r.packs_unreferenced,
+        unreferenced,
         r.packs_repacked,
         human_bytes(r.bytes_repacked),
         human_bytes(r.bytes_freed),
         human_bytes(r.bytes_unused_left)
     );
+    if r.packs_waiting > 0 || r.packs_recovered > 0 {
+        println!(
+            "  {} condemned pack(s) ({}) wait for operations that were running to finish: a later prune deletes them{}",
+            r.packs_waiting,
+            human_bytes(r.bytes_waiting),
+            if r.packs_recovered > 0 {
+                format!("; {} condemned pack(s) were needed again and kept", r.packs_recovered)
+            } else {
+                String::new()
+            }
+        );
+    }
     if r.temp_files_removed > 0 || r.stale_locks_removed > 0 {
         println!(
             "  {} {} temporary file(s) ({}) and {} stale lock(s) left by interrupted runs",
@@ -232,11 +250,11 @@ fn print_prune(r: &PruneReport) {
 pub fn prune_cmd(cli: &Cli, o: &PruneOpts, dry_run: bool) -> Result<u8> {
     let opts = prune_options(o, dry_run).map_err(usage)?;
     let repo = open(cli)?;
-    let lock = lock_exclusive(cli, &repo)?;
+    let lock = lock_maintenance(cli, &repo)?;
     let progress = Arc::new(Progress::default());
     let r = {
         let _r = Reporter::start("prune", progress.clone(), cli.json, cli.quiet);
-        prune(&lock, &opts, &progress)?
+        prune(lock.as_maintenance(), &opts, &progress)?
     };
     if cli.json {
         println!("{}", json!({"message_type": "prune", "report": r}));
@@ -299,6 +317,9 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
                 human_bytes(r.leftover_temp_bytes),
                 r.stale_locks
             );
+        }
+        if r.condemned_packs > 0 && !cli.quiet {
+            println!("{} pack(s) condemned by prune, deleted by a later prune once nothing that was running may use them", r.condemned_packs);
         }
         if !r.unreferenced_packs.is_empty() && !cli.quiet {
             println!("{} pack(s) not referenced by any index (left by an interrupted backup; `cairn prune` removes them)", r.unreferenced_packs.len());

@@ -52,6 +52,10 @@ pub enum Error {
     /// Another process holds a conflicting lock.
     #[error("repository is locked: {0}")]
     Locked(String),
+    /// This process's lock may have expired while it worked (suspended, or cut off from the
+    /// repository): what depends on it was not committed.
+    #[error("lock lost: {0}")]
+    LockLost(String),
     /// A blob the index or a tree names is missing or unreadable.
     #[error("data integrity: {0}")]
     Integrity(String),
@@ -111,7 +115,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::RepoNotFound(_) | Error::NotARepository(_) => 10,
-            Error::Locked(_) => 11,
+            Error::Locked(_) | Error::LockLost(_) => 11,
             Error::Format(FormatError::WrongPassword) => 12,
             Error::Format(FormatError::UnsupportedVersion { .. }) => 14,
             Error::Format(_) | Error::ObjectHashMismatch { .. } | Error::Integrity(_) => 13,

@@ -9,10 +9,14 @@
 //! Because the array is sorted and free of duplicates, a blob's position in it is a dense
 //! number: prune and check mark used blobs in a bit set of one bit per blob
 //! ([`MasterIndex::position`]).
+//!
+//! Packs are live or condemned (format 3, FORMAT.md §10): a pack is condemned when every
+//! record in force that names it is. A blob resolves to a copy in a live pack when there is
+//! one; [`MasterIndex::contains`], what writers deduplicate against, is true only then.
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_format::{BlobType, Id, IndexFile, IndexPack, PackEntry};
+use cairn_format::{BlobType, Id, IndexFile, IndexPack, PackEntry, Timestamp};
 
 /// Where one blob lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,8 +187,17 @@ pub struct MasterIndex {
     /// the index says each pack holds: prune counts them as unused space, check compares
     /// them with the pack headers, and a rewritten index keeps them.
     dups: Vec<Slot>,
-    /// Index files that were loaded (by name).
+    /// Per pack: when it was condemned, if every record naming it is condemned.
+    condemned: Vec<Option<Timestamp>>,
+    /// Index files that were loaded (by name), except superseded ones.
     pub files: Vec<Id>,
+    /// Index files that were loaded but another one supersedes (left by a replacement that
+    /// stopped before deleting them): readers ignore them, prune deletes them.
+    pub superseded: Vec<Id>,
+    /// Per loaded file (parallel to `files`): the packs it names, each with whether its
+    /// record there is condemned. Prune rewrites exactly the files that name a pack whose
+    /// record changes.
+    file_packs: Vec<Vec<(u32, bool)>>,
 }
 
 /// Collects index files, then builds a [`MasterIndex`] in one sort. Holds 52 bytes per
@@ -204,8 +217,8 @@ struct FileRecord {
     start: usize,
     end: usize,
     supersedes: Vec<Id>,
-    /// Packs it names (indices into `packs`).
-    packs: Vec<u32>,
+    /// Packs it names (indices into `packs`), with their records' condemnation times.
+    packs: Vec<(u32, Option<Timestamp>)>,
 }
 
 impl IndexBuilder {
@@ -224,7 +237,7 @@ impl IndexBuilder {
         let mut packs = Vec::with_capacity(file.packs.len());
         for p in &file.packs {
             let pack = self.pack(&p.id);
-            packs.push(pack);
+            packs.push((pack, p.condemned));
             self.slots
                 .extend(p.blobs.iter().map(|e| Slot::new(e.id, pack, e)));
         }
@@ -256,7 +269,12 @@ impl IndexBuilder {
             .iter()
             .flat_map(|f| f.supersedes.iter().copied())
             .collect();
-        if files.iter().any(|f| superseded.contains(&f.id)) {
+        let superseded_loaded: Vec<Id> = files
+            .iter()
+            .filter(|f| superseded.contains(&f.id))
+            .map(|f| f.id)
+            .collect();
+        if !superseded_loaded.is_empty() {
             // Drop the superseded files' entries in place (ranges are disjoint).
             files.sort_by_key(|f| f.start);
             let mut keep = vec![true; all.len()];
@@ -270,20 +288,32 @@ impl IndexBuilder {
             });
             files.retain(|f| !superseded.contains(&f.id));
         }
-        // Packs that a file in force names, renumbered densely.
+
+        // Packs that a file in force names, renumbered densely; a pack is condemned when
+        // every record naming it is (at the latest of their times).
+        let mut named = vec![false; packs.len()];
+        let mut status: Vec<Option<Timestamp>> = vec![None; packs.len()];
         let mut live = vec![false; packs.len()];
         for f in &files {
-            for &p in &f.packs {
-                live[p as usize] = true;
+            for &(p, condemned) in &f.packs {
+                named[p as usize] = true;
+                match condemned {
+                    None => live[p as usize] = true,
+                    Some(t) => {
+                        let s = &mut status[p as usize];
+                        *s = Some(s.map_or(t, |old: Timestamp| old.max(t)));
+                    }
+                }
             }
         }
         let mut idx = MasterIndex::default();
         let mut renumber = vec![u32::MAX; packs.len()];
         for (i, id) in packs.iter().enumerate() {
-            if live[i] {
+            if named[i] {
                 renumber[i] = idx.packs.len() as u32;
                 idx.pack_pos.insert(*id, idx.packs.len() as u32);
                 idx.packs.push(*id);
+                idx.condemned.push(if live[i] { None } else { status[i] });
             }
         }
         for s in &mut all {
@@ -291,8 +321,15 @@ impl IndexBuilder {
             s.pack = p | (s.pack & TREE_BIT);
         }
         let pack_ids = &idx.packs;
+        let condemned = &idx.condemned;
+        // Of several copies, one in a live pack comes first: it is the one lookups return.
         all.sort_unstable_by(|a, b| {
             a.id.cmp(&b.id)
+                .then_with(|| {
+                    condemned[a.pack() as usize]
+                        .is_some()
+                        .cmp(&condemned[b.pack() as usize].is_some())
+                })
                 .then_with(|| pack_ids[a.pack() as usize].cmp(&pack_ids[b.pack() as usize]))
                 .then(a.offset.cmp(&b.offset))
         });
@@ -318,7 +355,17 @@ impl IndexBuilder {
         for s in idx.sorted.iter().chain(&idx.dups) {
             idx.totals[s.pack() as usize].count(&s.location());
         }
+        idx.file_packs = files
+            .iter()
+            .map(|f| {
+                f.packs
+                    .iter()
+                    .map(|&(p, c)| (renumber[p as usize], c.is_some()))
+                    .collect()
+            })
+            .collect();
         idx.files = files.into_iter().map(|f| f.id).collect();
+        idx.superseded = superseded_loaded;
         idx.rebuild_buckets();
         idx
     }
@@ -379,21 +426,43 @@ impl MasterIndex {
         for p in &file.packs {
             self.add_pack(p);
         }
+        self.file_packs.push(
+            file.packs
+                .iter()
+                .map(|p| (self.pack_pos[&p.id], p.condemned.is_some()))
+                .collect(),
+        );
     }
 
-    /// Add one pack's blobs. A blob already indexed keeps its location.
+    /// Add one pack's blobs. A blob already indexed keeps its location, unless only a
+    /// condemned pack held it and this one is live.
     pub fn add_pack(&mut self, p: &IndexPack) {
         let (pack, new) = intern_pack(&mut self.packs, &mut self.pack_pos, &p.id);
         if new {
             self.totals.push(PackTotals::default());
+            self.condemned.push(p.condemned);
+        } else if p.condemned.is_none() {
+            self.condemned[pack as usize] = None;
         }
+        let live = self.condemned[pack as usize].is_none();
         for e in &p.blobs {
             let slot = Slot::new(e.id, pack, e);
             self.totals[pack as usize].count(&slot.location());
-            if self.contains(&e.id) {
-                self.dups.push(slot);
-            } else {
-                self.recent.insert(e.id, slot.location());
+            match self.get(&e.id) {
+                None => {
+                    self.recent.insert(e.id, slot.location());
+                }
+                Some(old) if live && self.condemned[old.pack as usize].is_some() => {
+                    // The live copy becomes the one lookups return.
+                    self.dups.push(Slot::at(e.id, &old));
+                    match self.find(&e.id) {
+                        Some(i) => self.sorted[i] = slot,
+                        None => {
+                            self.recent.insert(e.id, slot.location());
+                        }
+                    }
+                }
+                Some(_) => self.dups.push(slot),
             }
         }
         if self.recent.len() > 4096 && self.recent.len() > self.sorted.len() / 4 {
@@ -432,13 +501,20 @@ impl MasterIndex {
     pub fn retain_packs(&mut self, keep: impl Fn(&Id) -> bool) {
         self.compact();
         let mut renumber = vec![u32::MAX; self.packs.len()];
-        let (mut packs, mut totals) = (Vec::new(), Vec::new());
+        let (mut packs, mut totals, mut condemned) = (Vec::new(), Vec::new(), Vec::new());
         for (i, id) in self.packs.iter().enumerate() {
             if keep(id) {
                 renumber[i] = packs.len() as u32;
                 packs.push(*id);
                 totals.push(self.totals[i]);
+                condemned.push(self.condemned[i]);
             }
+        }
+        for f in &mut self.file_packs {
+            f.retain_mut(|(p, _)| {
+                *p = renumber[*p as usize];
+                *p != u32::MAX
+            });
         }
         let keep_slot = |s: &mut Slot| {
             let p = renumber[s.pack() as usize];
@@ -447,14 +523,29 @@ impl MasterIndex {
         };
         self.sorted.retain_mut(keep_slot);
         self.dups.retain_mut(keep_slot);
-        // A copy whose indexed twin was in a dropped pack is now the blob's location.
+        // A copy whose indexed twin was in a dropped pack is now the blob's location (a
+        // live one rather than a condemned one).
         let dups = std::mem::take(&mut self.dups);
         let mut promoted: HashMap<Id, BlobLocation> = HashMap::new();
         for d in dups {
-            if self.find_sorted(&d.id).is_none() && !promoted.contains_key(&d.id) {
-                promoted.insert(d.id, d.location());
-            } else {
+            if self.find_sorted(&d.id).is_some() {
                 self.dups.push(d);
+                continue;
+            }
+            match promoted.get(&d.id) {
+                Some(p)
+                    if !(condemned[p.pack as usize].is_some()
+                        && condemned[d.pack() as usize].is_none()) =>
+                {
+                    self.dups.push(d)
+                }
+                Some(p) => {
+                    self.dups.push(Slot::at(d.id, p));
+                    promoted.insert(d.id, d.location());
+                }
+                None => {
+                    promoted.insert(d.id, d.location());
+                }
             }
         }
         self.recent.extend(promoted);
@@ -465,11 +556,13 @@ impl MasterIndex {
             .collect();
         self.packs = packs;
         self.totals = totals;
+        self.condemned = condemned;
         self.rebuild_buckets();
         self.merge_recent();
     }
 
-    /// Look a blob up.
+    /// Look a blob up: its copy in a live pack if there is one, else in a condemned pack
+    /// (still readable until a prune deletes it).
     pub fn get(&self, id: &Id) -> Option<BlobLocation> {
         match self.find(id) {
             Some(i) => Some(self.sorted[i].location()),
@@ -477,9 +570,34 @@ impl MasterIndex {
         }
     }
 
-    /// Whether a blob is stored.
+    /// Whether a live pack holds the blob: what writers deduplicate against. A blob held
+    /// only by condemned packs is stored again (a prune may delete those packs).
     pub fn contains(&self, id: &Id) -> bool {
-        self.find(id).is_some() || self.recent.contains_key(id)
+        self.get(id)
+            .is_some_and(|l| self.condemned[l.pack as usize].is_none())
+    }
+
+    /// Set pack number `pack`'s state in memory (prune, before it writes it): condemned at
+    /// `t`, or live. Lookups keep their copies; [`MasterIndex::contains`] follows at once.
+    pub fn set_condemned(&mut self, pack: u32, t: Option<Timestamp>) {
+        self.condemned[pack as usize] = t;
+    }
+
+    /// When pack number `pack` was condemned, if it is (FORMAT.md §10).
+    pub fn condemned_at(&self, pack: u32) -> Option<Timestamp> {
+        self.condemned[pack as usize]
+    }
+
+    /// The pack number of a pack id.
+    pub fn pack_number(&self, id: &Id) -> Option<u32> {
+        self.pack_pos.get(id).copied()
+    }
+
+    /// Per loaded index file: the packs it names, with whether its record is condemned.
+    pub fn file_packs(&self) -> impl Iterator<Item = (&Id, &[(u32, bool)])> {
+        self.files
+            .iter()
+            .zip(self.file_packs.iter().map(Vec::as_slice))
     }
 
     /// A blob's dense number in `0..len()`, for bit sets over the index. Only for an index
@@ -566,9 +684,12 @@ impl MasterIndex {
                 blobs.extend(more);
                 blobs.sort_by_key(|e| (e.offset, e.group_offset));
             }
-            (!blobs.is_empty()).then(|| IndexPack {
+            let condemned = self.condemned[p as usize];
+            // A condemned pack that no index named lists no blobs, and is kept all the same.
+            (!blobs.is_empty() || condemned.is_some()).then(|| IndexPack {
                 id: self.packs[p as usize],
                 blobs,
+                condemned,
             })
         })
     }
@@ -716,6 +837,7 @@ mod tests {
 
     fn pack(p: u32, blobs: std::ops::Range<u32>) -> IndexPack {
         IndexPack {
+            condemned: None,
             id: id(1_000_000 + p),
             blobs: blobs
                 .enumerate()

@@ -36,7 +36,7 @@ pub use backend::{Backend, LocalBackend, ObjectInfo, S3Backend, S3Config, TempFi
 pub use durable::{sync_dir, write_atomic, write_atomic_mode};
 pub use error::{Error, Result};
 pub use index::MasterIndex;
-pub use lock::{ExclusiveLock, SharedLock};
+pub use lock::{ExclusiveLock, MaintenanceLock, MaintenanceView, SharedLock};
 pub use ops::backup::{BackupOptions, BackupResult};
 pub use ops::restore::{RestoreOptions, RestoreResult};
 pub use progress::Progress;

@@ -1,20 +1,27 @@
-//! Repository locks: shared for backup/restore/check, exclusive for maintenance.
+//! Repository locks: shared for backup/restore/check, maintenance for forget/prune,
+//! exclusive for repair and the like.
 //!
-//! Operations say which lock they need by type: [`SharedLock`] and [`ExclusiveLock`] are
-//! what [`Repository::lock_shared`] and [`Repository::lock_exclusive`] return, and derefer
-//! to the repository. Both can wait for a conflicting lock to go away (`--retry-lock`);
-//! snapshots are deleted only through [`ExclusiveLock::delete_snapshot`].
+//! Operations say which lock they need by type: [`SharedLock`], [`MaintenanceLock`] and
+//! [`ExclusiveLock`] are what [`Repository::lock_shared`], [`Repository::lock_maintenance`]
+//! and [`Repository::lock_exclusive`] return, and derefer to the repository. All can wait for
+//! a conflicting lock to go away (`--retry-lock`); snapshots are deleted only through
+//! [`MaintenanceLock::delete_snapshot`] and [`ExclusiveLock::delete_snapshot`].
+//!
+//! In a repository of format 3, a maintenance lock coexists with shared ones (prune beside
+//! running backups, FORMAT.md §15); in older ones it is written and honoured as exclusive.
 //!
 //! A lock is an ordinary immutable object. Refreshing writes a new lock object and deletes the
 //! old one (no rename on object stores). A lock is stale when it was not refreshed for
-//! [`STALE_AFTER`], or when it belongs to this host and its process is gone.
+//! [`STALE_AFTER`], or when it belongs to this host and its process is gone. A holder that
+//! could not refresh for [`LOST_AFTER`] must assume others treat its lock as stale
+//! ([`LockGuard::check_held`]).
 
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cairn_format::{FileKind, Id, Lock};
+use cairn_format::{FileKind, Id, Lock, LockMode, Timestamp};
 use parking_lot::Mutex;
 
 use crate::repository::Repository;
@@ -25,6 +32,10 @@ use crate::{Error, Result};
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Held locks are rewritten this often.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// A holder whose last successful refresh is this old considers its lock lost: by the time
+/// the next refresh could land, others may already treat it as stale.
+pub const LOST_AFTER: Duration =
+    Duration::from_secs(STALE_AFTER.as_secs() - REFRESH_EVERY.as_secs());
 
 /// Whether a lock can be ignored.
 pub fn is_stale(lock: &Lock) -> bool {
@@ -45,17 +56,53 @@ pub fn is_stale(lock: &Lock) -> bool {
 
 /// A held lock; released on drop.
 #[derive(Debug)]
-struct LockGuard {
+pub struct LockGuard {
     repo: Repository,
     current: Arc<Mutex<Id>>,
+    /// When the lock was last written successfully (wall clock: a suspended machine's
+    /// monotonic clock may not advance, but others' clocks do).
+    refreshed: Arc<Mutex<std::time::SystemTime>>,
+    /// What the lock objects say about its holder.
+    started: Timestamp,
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
 
 impl LockGuard {
+    /// When this lock was taken (its `started`).
+    pub fn started(&self) -> Timestamp {
+        self.started
+    }
+
+    /// Whether `lock` is one of this guard's lock objects (the current one or an earlier
+    /// refresh still listed).
+    pub fn owns(&self, lock: &Lock) -> bool {
+        lock.started == self.started
+            && lock.pid == std::process::id()
+            && lock.hostname == hostname()
+    }
+
+    /// Fail unless this lock has certainly stayed live: a holder that was suspended, or cut off
+    /// from the repository, for [`LOST_AFTER`] may have been taken for dead, and a prune may
+    /// then have deleted packs it relies on. Called before committing what depends on the lock
+    /// (a backup's snapshot, prune's deletions).
+    pub fn check_held(&self) -> Result<()> {
+        let last = *self.refreshed.lock();
+        let age = std::time::SystemTime::now()
+            .duration_since(last)
+            .unwrap_or_default();
+        if age > LOST_AFTER {
+            return Err(Error::LockLost(format!(
+                "the repository lock was last refreshed {}s ago (the process was suspended or could not reach the repository); others may have taken it for stale, so nothing that relies on it is committed — run the command again",
+                age.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
     /// Take a lock; while a conflicting live lock exists, try again until `wait` has passed
     /// (zero: fail at once with [`Error::Locked`]).
-    fn acquire_waiting(repo: &Repository, exclusive: bool, wait: Duration) -> Result<LockGuard> {
+    fn acquire_waiting(repo: &Repository, mode: LockMode, wait: Duration) -> Result<LockGuard> {
         // An absurd wait means "as long as it takes", not a panic.
         let deadline = Instant::now()
             .checked_add(wait)
@@ -63,7 +110,7 @@ impl LockGuard {
         let mut pause = Duration::from_millis(250);
         let mut told = false;
         loop {
-            match Self::acquire(repo, exclusive) {
+            match Self::acquire(repo, mode) {
                 Err(Error::Locked(msg)) if Instant::now() < deadline => {
                     if !told {
                         tracing::warn!("repository is locked ({msg}); waiting up to {wait:?}");
@@ -88,26 +135,35 @@ impl LockGuard {
     }
 
     /// Take a lock, refusing if a conflicting live lock exists.
-    fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
-        check_conflicts(repo, exclusive, None)?;
-        let id = write_lock(repo, exclusive)?;
+    fn acquire(repo: &Repository, mode: LockMode) -> Result<LockGuard> {
+        // Before format 3 nothing may run beside maintenance.
+        let mode = match mode {
+            LockMode::Maintenance if repo.config().version < 3 => LockMode::Exclusive,
+            m => m,
+        };
+        check_conflicts(repo, mode, None)?;
+        let started = now_timestamp();
+        let id = write_lock(repo, mode, started)?;
         // Two processes may have passed the first check at once: look again now that ours is
         // visible, and back off if we conflict.
-        if let Err(e) = check_conflicts(repo, exclusive, Some(id)) {
+        if let Err(e) = check_conflicts(repo, mode, Some(id)) {
             let _ = repo.backend().delete(FileKind::Lock, &id.to_hex());
             return Err(e);
         }
         let current = Arc::new(Mutex::new(id));
+        let refreshed = Arc::new(Mutex::new(std::time::SystemTime::now()));
         // Dropping the sender wakes the refresher at once: a sleeping poll loop would add up to
         // its period to every command's exit.
         let (stop, wake) = std::sync::mpsc::channel::<()>();
         let refresher = {
-            let (repo, current) = (repo.clone(), current.clone());
+            let (repo, current, refreshed) = (repo.clone(), current.clone(), refreshed.clone());
             std::thread::Builder::new()
                 .name("cairn-lock".into())
                 .spawn(move || {
                     while let Err(RecvTimeoutError::Timeout) = wake.recv_timeout(REFRESH_EVERY) {
-                        if let Ok(new) = write_lock(&repo, exclusive) {
+                        let before = std::time::SystemTime::now();
+                        if let Ok(new) = write_lock(&repo, mode, started) {
+                            *refreshed.lock() = before;
                             let old = std::mem::replace(&mut *current.lock(), new);
                             let _ = repo.backend().delete(FileKind::Lock, &old.to_hex());
                         }
@@ -118,46 +174,105 @@ impl LockGuard {
         Ok(LockGuard {
             repo: repo.clone(),
             current,
+            refreshed,
+            started,
             stop: Some(stop),
             refresher,
         })
     }
 }
 
-/// A shared lock on a repository (backup, restore, check): other shared locks may coexist,
-/// an exclusive one may not. Released on drop.
+/// A shared lock on a repository (backup, restore, check): other shared locks and a
+/// maintenance lock may coexist, an exclusive one may not. Released on drop.
 #[derive(Debug)]
 pub struct SharedLock<'r> {
     repo: &'r Repository,
-    _guard: LockGuard,
+    guard: LockGuard,
 }
 
-/// An exclusive lock on a repository (forget, prune, repair): nothing else holds a lock.
-/// Released on drop.
+/// A maintenance lock on a repository (forget, prune): at most one at a time, beside any
+/// number of shared locks (in format 3; before, it is exclusive). Released on drop.
+#[derive(Debug)]
+pub struct MaintenanceLock<'r> {
+    repo: &'r Repository,
+    guard: LockGuard,
+}
+
+/// An exclusive lock on a repository (repair, migrate, rewrite, tag): nothing else holds a
+/// lock. Released on drop.
 #[derive(Debug)]
 pub struct ExclusiveLock<'r> {
     repo: &'r Repository,
-    _guard: LockGuard,
+    guard: LockGuard,
 }
 
-impl std::ops::Deref for SharedLock<'_> {
-    type Target = Repository;
-    fn deref(&self) -> &Repository {
-        self.repo
-    }
-}
+macro_rules! lock_type {
+    ($t:ident) => {
+        impl std::ops::Deref for $t<'_> {
+            type Target = Repository;
+            fn deref(&self) -> &Repository {
+                self.repo
+            }
+        }
 
-impl std::ops::Deref for ExclusiveLock<'_> {
-    type Target = Repository;
-    fn deref(&self) -> &Repository {
-        self.repo
+        impl $t<'_> {
+            /// The held lock.
+            pub fn guard(&self) -> &LockGuard {
+                &self.guard
+            }
+        }
+    };
+}
+lock_type!(SharedLock);
+lock_type!(MaintenanceLock);
+lock_type!(ExclusiveLock);
+
+impl MaintenanceLock<'_> {
+    /// Delete a snapshot: with [`ExclusiveLock::delete_snapshot`], the one place snapshots
+    /// are removed.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.repo.backend().delete(FileKind::Snapshot, &id.to_hex())
     }
 }
 
 impl ExclusiveLock<'_> {
-    /// Delete a snapshot: the one place snapshots are removed.
+    /// Delete a snapshot (`rewrite --forget`, `repair snapshots --forget`).
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
         self.repo.backend().delete(FileKind::Snapshot, &id.to_hex())
+    }
+
+    /// Everything a maintenance lock allows is allowed under an exclusive one.
+    pub fn as_maintenance(&self) -> MaintenanceView<'_> {
+        MaintenanceView(self.repo, &self.guard)
+    }
+}
+
+/// What a maintenance operation needs of its lock: the repository and the lock's
+/// [`LockGuard`]. Held by a [`MaintenanceLock`], or borrowed from an [`ExclusiveLock`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaintenanceView<'a>(&'a Repository, &'a LockGuard);
+
+impl<'a> MaintenanceView<'a> {
+    /// The repository.
+    pub fn repo(&self) -> &'a Repository {
+        self.0
+    }
+
+    /// The held lock.
+    pub fn guard(&self) -> &'a LockGuard {
+        self.1
+    }
+
+    /// Delete a snapshot.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.0.backend().delete(FileKind::Snapshot, &id.to_hex())
+    }
+}
+
+impl MaintenanceLock<'_> {
+    /// The view maintenance operations take.
+    pub fn as_maintenance(&self) -> MaintenanceView<'_> {
+        MaintenanceView(self.repo, &self.guard)
     }
 }
 
@@ -166,7 +281,15 @@ impl Repository {
     pub fn lock_shared(&self, wait: Duration) -> Result<SharedLock<'_>> {
         Ok(SharedLock {
             repo: self,
-            _guard: LockGuard::acquire_waiting(self, false, wait)?,
+            guard: LockGuard::acquire_waiting(self, LockMode::Shared, wait)?,
+        })
+    }
+
+    /// Take a maintenance lock, waiting up to `wait` for conflicting ones to go away.
+    pub fn lock_maintenance(&self, wait: Duration) -> Result<MaintenanceLock<'_>> {
+        Ok(MaintenanceLock {
+            repo: self,
+            guard: LockGuard::acquire_waiting(self, LockMode::Maintenance, wait)?,
         })
     }
 
@@ -174,7 +297,7 @@ impl Repository {
     pub fn lock_exclusive(&self, wait: Duration) -> Result<ExclusiveLock<'_>> {
         Ok(ExclusiveLock {
             repo: self,
-            _guard: LockGuard::acquire_waiting(self, true, wait)?,
+            guard: LockGuard::acquire_waiting(self, LockMode::Exclusive, wait)?,
         })
     }
 }
@@ -192,31 +315,33 @@ impl Drop for LockGuard {
     }
 }
 
-fn write_lock(repo: &Repository, exclusive: bool) -> Result<Id> {
+fn write_lock(repo: &Repository, mode: LockMode, started: Timestamp) -> Result<Id> {
     let lock = Lock {
         time: now_timestamp(),
-        exclusive,
+        started,
+        mode,
         hostname: hostname(),
         username: username(),
         pid: std::process::id(),
     };
-    repo.save(FileKind::Lock, &lock)
+    repo.save_lock(&lock)
 }
 
-fn check_conflicts(repo: &Repository, exclusive: bool, ours: Option<Id>) -> Result<()> {
+fn check_conflicts(repo: &Repository, mode: LockMode, ours: Option<Id>) -> Result<()> {
     for (id, lock) in list_locks(repo)? {
         if Some(id) == ours || is_stale(&lock) {
             continue;
         }
-        if exclusive || lock.exclusive {
+        if mode.conflicts_with(lock.mode) {
             return Err(Error::Locked(format!(
-                "{} lock {} held by {}@{} (pid {}) since {}; wait for it with --retry-lock, or if that process is gone, run `cairn unlock`",
-                if lock.exclusive { "exclusive" } else { "shared" },
+                "{} lock {} held by {}@{} (pid {}) since {}; wait for it with --retry-lock; a lock whose holder died expires {} min after its last refresh (or at once on its own host), or remove it with `cairn unlock`",
+                lock.mode.name(),
                 id.short(),
                 lock.username,
                 lock.hostname,
                 lock.pid,
-                crate::util::format_timestamp(&lock.time)
+                crate::util::format_timestamp(&lock.started),
+                STALE_AFTER.as_secs() / 60,
             )));
         }
     }
@@ -239,7 +364,7 @@ fn read_locks(repo: &Repository) -> Result<(Vec<(Id, Lock)>, Vec<Id>)> {
     let mut locks = Vec::new();
     let mut damaged = Vec::new();
     for id in repo.list_ids(FileKind::Lock)? {
-        match repo.load::<Lock>(FileKind::Lock, &id) {
+        match repo.load_lock(&id) {
             Ok(l) => locks.push((id, l)),
             Err(Error::ObjectNotFound { .. }) => {}
             Err(e) if e.is_damage() => {
@@ -265,7 +390,7 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
 pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
     for id in repo.list_ids(FileKind::Lock)? {
-        if all || abandoned(&repo.load::<Lock>(FileKind::Lock, &id)) {
+        if all || abandoned(&repo.load_lock(&id)) {
             repo.backend().delete(FileKind::Lock, &id.to_hex())?;
             n += 1;
         }
@@ -273,19 +398,31 @@ pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
     Ok(n)
 }
 
-/// What the locks say about writers, from one read of every lock: the (host, pid) of every
-/// live lock (who may own a temporary file, see [`crate::util::writer_tag`]), and the stale
-/// or damaged locks that [`unlock`] without `all` (and `prune`) would remove.
-#[allow(clippy::type_complexity)]
-pub fn survey(repo: &Repository) -> Result<(Vec<(String, u32)>, Vec<Id>)> {
-    let (locks, mut abandoned_ids) = read_locks(repo)?;
-    let mut live = Vec::new();
+/// What the locks say, from one read of every lock: the live ones (their holders may own
+/// temporary files, see [`crate::util::writer_tag`], and may rely on packs a prune
+/// condemned), and the stale or damaged ones that [`unlock`] without `all` (and `prune`)
+/// would remove.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Live locks.
+    pub live: Vec<(Id, Lock)>,
+    /// Stale or undecodable locks.
+    pub abandoned: Vec<Id>,
+}
+
+/// Read every lock once and sort them into a [`Survey`].
+pub fn survey(repo: &Repository) -> Result<Survey> {
+    let (locks, abandoned) = read_locks(repo)?;
+    let mut s = Survey {
+        live: Vec::new(),
+        abandoned,
+    };
     for (id, l) in locks {
         if is_stale(&l) {
-            abandoned_ids.push(id);
+            s.abandoned.push(id);
         } else {
-            live.push((l.hostname, l.pid));
+            s.live.push((id, l));
         }
     }
-    Ok((live, abandoned_ids))
+    Ok(s)
 }

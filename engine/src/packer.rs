@@ -315,10 +315,7 @@ impl Packer {
                                         st.packs
                                     };
                                     crash_point(packs);
-                                    shared.done.lock().push(IndexPack {
-                                        id: f.id,
-                                        blobs: f.entries,
-                                    });
+                                    shared.done.lock().push(IndexPack::new(f.id, f.entries));
                                     if let Err(e) = shared.flush_index(false) {
                                         shared.fail(e);
                                     }

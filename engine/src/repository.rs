@@ -316,6 +316,19 @@ impl Repository {
         self.put_object(kind, &encode_sealed(&self.key, kind, value, level))
     }
 
+    /// Encode, seal and store a lock in the repository's lock version.
+    pub(crate) fn save_lock(&self, lock: &cairn_format::Lock) -> Result<Id> {
+        let version = cairn_format::object_version(FileKind::Lock, self.config.version);
+        self.put_object(FileKind::Lock, &lock.encode_sealed(&self.key, version, 0)?)
+    }
+
+    /// Load, verify and decode a lock (of any version).
+    pub fn load_lock(&self, id: &Id) -> Result<cairn_format::Lock> {
+        self.load_with(FileKind::Lock, id, |data| {
+            cairn_format::Lock::decode_sealed(&self.key, data)
+        })
+    }
+
     /// Encode, seal and store an index file in the repository's format version.
     pub(crate) fn save_index(&self, file: &IndexFile) -> Result<Id> {
         let version = cairn_format::object_version(FileKind::Index, self.config.version);

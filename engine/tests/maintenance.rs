@@ -253,11 +253,26 @@ fn assert_healthy(repo: &Repository, fx: &Fixture, restore_into: &Path) {
 
 #[test]
 fn prune_killed_at_every_write_loses_nothing() {
+    killed_at_every_write(false);
+}
+
+/// The two-phase path: another process holds a shared lock (a backup running beside the
+/// prune), so prune condemns instead of deleting; killed at every write of that prune, then
+/// of the prune that deletes once the other process is gone.
+#[test]
+fn condemning_prune_killed_at_every_write_loses_nothing() {
+    killed_at_every_write(true);
+}
+
+fn killed_at_every_write(beside_a_backup: bool) {
     let fx = fixture();
     let opts = PruneOptions {
         max_unused: MaxUnused::Fraction(0.0),
         ..PruneOptions::default()
     };
+    // A shared lock of "another process": a second handle of this process, taken before the
+    // prune (its start time differs from the prune's own lock).
+    let other = |dir: &Path| beside_a_backup.then(|| reopen(dir));
 
     // Count the writes of a complete prune on a copy.
     let probe = tempfile::tempdir().unwrap();
@@ -268,16 +283,26 @@ fn prune_killed_at_every_write_loses_nothing() {
         fail_at: usize::MAX,
     });
     let repo = Repository::open(be.clone(), PW).unwrap();
+    let holder = other(probe.path());
+    let held = holder.as_ref().map(|r| r.lock_shared(NO_WAIT).unwrap());
     let report = prune(
-        &repo.lock_exclusive(NO_WAIT).unwrap(),
+        repo.lock_maintenance(NO_WAIT).unwrap().as_maintenance(),
         &opts,
         &Progress::default(),
     )
     .unwrap();
-    assert!(
-        report.packs_deleted > 0 && report.packs_repacked > 0,
-        "fixture must exercise delete and repack: {report:?}"
-    );
+    if beside_a_backup {
+        assert!(
+            report.packs_deleted == 0 && report.packs_condemned > 0 && report.packs_repacked > 0,
+            "beside a running backup prune condemns and repacks, deletes nothing: {report:?}"
+        );
+    } else {
+        assert!(
+            report.packs_deleted > 0 && report.packs_repacked > 0,
+            "fixture must exercise delete and repack: {report:?}"
+        );
+    }
+    drop(held);
     let total = be.ops.load(Ordering::SeqCst);
     assert!(total >= 5, "expected several writes, got {total}");
 
@@ -290,31 +315,63 @@ fn prune_killed_at_every_write_loses_nothing() {
             ops: AtomicUsize::new(0),
             fail_at,
         });
+        let holder = other(&dir);
+        let held = holder.as_ref().map(|r| r.lock_shared(NO_WAIT).unwrap());
         let repo = Repository::open(be, PW).unwrap();
         let err = repo
-            .lock_exclusive(NO_WAIT)
-            .and_then(|lock| prune(&lock, &opts, &Progress::default()));
+            .lock_maintenance(NO_WAIT)
+            .and_then(|lock| prune(lock.as_maintenance(), &opts, &Progress::default()));
         assert!(
             err.is_err(),
             "prune with failure at write {fail_at} should fail"
         );
         // The failed run could not delete its lock either; a killed process's lock would be
-        // stale (dead pid), this one belongs to the live test process: remove it by hand.
+        // stale (dead pid), this one belongs to the live test process: remove it by hand
+        // (keeping the other process's lock, which is live).
+        let keep: Vec<_> = match &held {
+            Some(_) => reopen(&dir)
+                .list_ids(FileKind::Lock)
+                .unwrap()
+                .into_iter()
+                .filter(|id| {
+                    reopen(&dir)
+                        .load_lock(id)
+                        .is_ok_and(|l| l.mode == cairn_format::LockMode::Shared)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         for l in std::fs::read_dir(dir.join("locks")).unwrap() {
-            std::fs::remove_file(l.unwrap().path()).unwrap();
+            let l = l.unwrap();
+            let name = l.file_name().to_string_lossy().into_owned();
+            if !keep.iter().any(|id| id.to_hex() == name) {
+                std::fs::remove_file(l.path()).unwrap();
+            }
         }
 
         // Interrupted: every snapshot still restores exactly and check passes.
         let repo = reopen(&dir);
         assert_healthy(&repo, &fx, &tmp.path().join("r1"));
-        // Re-running prune finishes the job.
+        // Re-running prune finishes the job: beside the other process, it condemns what is
+        // left and deletes nothing; once it is gone, the next prune deletes.
         let again = prune(
-            &repo.lock_exclusive(NO_WAIT).unwrap(),
+            repo.lock_maintenance(NO_WAIT).unwrap().as_maintenance(),
             &opts,
             &Progress::default(),
         )
         .unwrap();
         assert!(!again.dry_run);
+        if held.is_some() {
+            assert_eq!(again.packs_deleted, 0, "{again:?}");
+            assert_healthy(&repo, &fx, &tmp.path().join("r2"));
+            drop(held);
+            prune(
+                repo.lock_maintenance(NO_WAIT).unwrap().as_maintenance(),
+                &opts,
+                &Progress::default(),
+            )
+            .unwrap();
+        }
         let after = check(
             &repo.lock_shared(NO_WAIT).unwrap(),
             ReadData::All,
@@ -322,11 +379,12 @@ fn prune_killed_at_every_write_loses_nothing() {
         )
         .unwrap();
         assert!(
-            after.unreferenced_packs.is_empty(),
-            "leftovers after second prune at {fail_at}: {:?}",
-            after.unreferenced_packs
+            after.unreferenced_packs.is_empty() && after.condemned_packs == 0,
+            "leftovers after the last prune at {fail_at}: {:?}, {} condemned",
+            after.unreferenced_packs,
+            after.condemned_packs
         );
-        assert_healthy(&repo, &fx, &tmp.path().join("r2"));
+        assert_healthy(&repo, &fx, &tmp.path().join("r3"));
     }
 }
 
@@ -366,7 +424,7 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
     let mut prunes = 0;
     let started = std::time::Instant::now();
     while prunes < 3 && started.elapsed() < std::time::Duration::from_secs(120) {
-        match repo.lock_exclusive(NO_WAIT) {
+        match repo.lock_maintenance(NO_WAIT) {
             Ok(g) => {
                 // Forget all but the newest snapshot, then prune.
                 let snaps = repo.load_snapshots().unwrap();
@@ -374,7 +432,7 @@ fn prune_and_backups_racing_never_lose_referenced_data() {
                     g.delete_snapshot(id).unwrap();
                 }
                 prune(
-                    &g,
+                    g.as_maintenance(),
                     &PruneOptions {
                         max_unused: MaxUnused::Fraction(0.0),
                         ..PruneOptions::default()

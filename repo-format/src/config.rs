@@ -70,7 +70,8 @@ impl ChunkerParams {
 /// The repository configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Config {
-    /// Repository format version: 1, or 2 (grouped blobs). Writers use the newest encoding
+    /// Repository format version: 1, 2 (grouped blobs) or 3 (condemned packs, maintenance
+    /// locks: prune beside running backups). Writers use the newest encoding
     /// of each object kind that this version allows (`object_version`).
     pub version: u16,
     /// Random repository id, used for the local cache directory and lock ownership.

@@ -20,22 +20,37 @@ pub const MAGIC: &[u8; 5] = b"cairn";
 pub const PREAMBLE_LEN: usize = 8;
 /// The newest repository format version this build writes and reads (`Config::version`).
 ///
-/// Objects carry the version of their own kind's encoding: version 2 changed only packs and
-/// index files (grouped blobs), so the other kinds are still written as version 1.
-pub const FORMAT_VERSION: u16 = 2;
+/// Objects carry the version of their own kind's encoding, numbered by the repository
+/// version that introduced it: version 2 changed packs and index files (grouped blobs),
+/// version 3 index files (condemned packs) and locks (modes, start time); the other kinds are
+/// still written as version 1.
+pub const FORMAT_VERSION: u16 = 3;
 
 /// The newest version of `kind`'s encoding this build reads.
 pub fn newest_version(kind: FileKind) -> u16 {
     match kind {
-        FileKind::Pack | FileKind::Index => 2,
-        FileKind::Config | FileKind::Key | FileKind::Lock | FileKind::Snapshot => 1,
+        FileKind::Index | FileKind::Lock => 3,
+        FileKind::Pack => 2,
+        FileKind::Config | FileKind::Key | FileKind::Snapshot => 1,
+    }
+}
+
+/// Whether `version` is an encoding of `kind` that this build knows. A kind's versions are
+/// the repository versions that changed it, so they can have gaps (locks: 1 and 3).
+pub fn knows_version(kind: FileKind, version: u16) -> bool {
+    match kind {
+        FileKind::Lock => matches!(version, 1 | 3),
+        _ => (1..=newest_version(kind)).contains(&version),
     }
 }
 
 /// The version a writer uses for an object of `kind` in a repository of format
 /// `repo_version`: the newest encoding of the kind that the repository's version allows.
 pub fn object_version(kind: FileKind, repo_version: u16) -> u16 {
-    newest_version(kind).min(repo_version).max(1)
+    (1..=newest_version(kind).min(repo_version))
+        .rev()
+        .find(|v| knows_version(kind, *v))
+        .unwrap_or(1)
 }
 
 /// Upper bound for any decoded metadata payload: the largest of the per-kind limits of
@@ -178,7 +193,7 @@ pub fn check_preamble(data: &[u8], kind: FileKind) -> Result<(u16, &[u8]), Forma
         });
     }
     let version = u16::from_le_bytes([data[6], data[7]]);
-    if version == 0 || version > newest_version(kind) {
+    if !knows_version(kind, version) {
         return Err(FormatError::UnsupportedVersion {
             kind: kind.name(),
             version,
@@ -234,8 +249,8 @@ pub fn encode_sealed_with_nonce<T: Serialize>(
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
     debug_assert!(
-        kind != FileKind::Index,
-        "index files are encoded with IndexFile::encode_sealed"
+        kind != FileKind::Index && kind != FileKind::Lock,
+        "index files and locks have their own encoders (IndexFile, Lock::encode_sealed)"
     );
     seal_file(key, kind, 1, &to_postcard(value), level, nonce)
 }
@@ -279,16 +294,17 @@ pub fn decode_sealed<T: DeserializeOwned>(
     kind: FileKind,
     data: &[u8],
 ) -> Result<T, FormatError> {
-    if kind == FileKind::Index {
-        // Index files have their own encodings per version.
-        return Err(FormatError::InvalidParameter(
-            "index files are decoded with IndexFile::decode_sealed".into(),
-        ));
+    if kind == FileKind::Index || kind == FileKind::Lock {
+        // Index files and locks have their own encodings per version.
+        return Err(FormatError::InvalidParameter(format!(
+            "{} files are decoded by their own type's decode_sealed",
+            kind.name()
+        )));
     }
     let (version, plain) = open_file(key, kind, data)?;
     if version != 1 {
-        // Only index files and packs have a version 2, each with its own decoder
-        // (`IndexFile::decode_sealed`, `decode_pack_header`).
+        // Only index files, locks and packs have later versions, each with its own decoder
+        // (`IndexFile::decode_sealed`, `Lock::decode_sealed`, `decode_pack_header`).
         return Err(FormatError::UnsupportedVersion {
             kind: kind.name(),
             version,

@@ -137,7 +137,7 @@ pub fn index(data: &[u8]) {
     if let Ok(f) = IndexFile::decode_sealed(&fuzz_key(), data) {
         index_limits(&f, &config);
     }
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         if let Ok(f) = IndexFile::decode(version, data) {
             index_limits(&f, &config);
             let again = f
@@ -210,8 +210,16 @@ pub fn config(data: &[u8]) {
     if let Ok(c) = crate::from_postcard::<Config>(data, "config") {
         limits(&c);
     }
-    let _ = decode_sealed::<Lock>(&fuzz_key(), FileKind::Lock, data);
-    roundtrip::<Lock>(data, "lock");
+    let _ = Lock::decode_sealed(&fuzz_key(), data);
+    for version in [1, 3] {
+        if let Ok(l) = Lock::decode(version, data) {
+            let again = l.encode(version).and_then(|b| Lock::decode(version, &b));
+            assert!(
+                matches!(again, Ok(ref m) if *m == l),
+                "decoded lock (v{version}) does not survive re-encoding"
+            );
+        }
+    }
 }
 
 /// Pack header and blob decoders.
@@ -490,10 +498,7 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
 
     let index_file = IndexFile {
         supersedes: vec![Id([1; 32])],
-        packs: vec![IndexPack {
-            id: pack_id,
-            blobs: entries,
-        }],
+        packs: vec![IndexPack::new(pack_id, entries)],
     };
     if let Ok(bytes) = index_file.encode_sealed_with_nonce(&key, 1, 0, &nonce(0x30)) {
         out.push(("index", bytes));
@@ -506,15 +511,35 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
     }
     let v2_index = IndexFile {
         supersedes: Vec::new(),
-        packs: vec![IndexPack {
-            id: v2_id,
-            blobs: v2_entries,
-        }],
+        packs: vec![IndexPack::new(v2_id, v2_entries.clone())],
     };
     if let Ok(bytes) = v2_index.encode_sealed_with_nonce(&key, 2, 3, &nonce(0x32)) {
         out.push(("index", bytes));
     }
     if let Ok(plain) = v2_index.encode(2) {
+        out.push(("index", plain));
+    }
+    // Version 3: a live pack, a condemned one, and a condemned one without blobs.
+    let v3_index = IndexFile {
+        supersedes: vec![Id([1; 32])],
+        packs: vec![
+            IndexPack::new(v2_id, v2_entries.clone()),
+            IndexPack {
+                id: Id([3; 32]),
+                blobs: v2_entries,
+                condemned: Some(ts(1_714_532_400, 0)),
+            },
+            IndexPack {
+                id: Id([4; 32]),
+                blobs: Vec::new(),
+                condemned: Some(ts(1_714_532_401, 0)),
+            },
+        ],
+    };
+    if let Ok(bytes) = v3_index.encode_sealed_with_nonce(&key, 3, 3, &nonce(0x33)) {
+        out.push(("index", bytes));
+    }
+    if let Ok(plain) = v3_index.encode(3) {
         out.push(("index", plain));
     }
 
@@ -559,15 +584,20 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("sqlite_pages", sqlite_seed()));
     let lock = Lock {
         time: ts(1_714_532_400, 0),
-        exclusive: true,
+        started: ts(1_714_532_000, 0),
+        mode: crate::LockMode::Maintenance,
         hostname: "fuzzhost".into(),
         username: "alice".into(),
         pid: 4242,
     };
-    out.push((
-        "config",
-        encode_sealed_with_nonce(&key, FileKind::Lock, &lock, 0, &nonce(0x51)),
-    ));
+    for (version, n) in [(1, 0x51), (3, 0x52)] {
+        if let Ok(bytes) = lock.encode_sealed_with_nonce(&key, version, 0, &nonce(n)) {
+            out.push(("config", bytes));
+        }
+        if let Ok(plain) = lock.encode(version) {
+            out.push(("config", plain));
+        }
+    }
 
     // The cheapest Argon2id cost there is, so the `key` target can unwrap it.
     let kdf = KdfParams {

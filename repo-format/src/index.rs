@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pack::{PackEntry, Wire};
-use crate::Id;
+use crate::{FormatError, Id, Timestamp};
 
 /// One pack's blobs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -12,6 +12,23 @@ pub struct IndexPack {
     pub id: Id,
     /// Its blobs, as in its header.
     pub blobs: Vec<PackEntry>,
+    /// Version 3: when a prune condemned the pack (no snapshot used it, or its used blobs were
+    /// copied elsewhere). A pack every record of which is condemned is not deduplicated
+    /// against, and is deleted by a later prune (FORMAT.md §10, §15). A condemned record may
+    /// list no blobs: a pack no index named when it was condemned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condemned: Option<Timestamp>,
+}
+
+impl IndexPack {
+    /// A live record of a pack and its blobs.
+    pub fn new(id: Id, blobs: Vec<PackEntry>) -> IndexPack {
+        IndexPack {
+            id,
+            blobs,
+            condemned: None,
+        }
+    }
 }
 
 /// An index file as one format version stores it: each pack's id, then its entries in that
@@ -21,6 +38,13 @@ pub struct IndexPack {
 struct WireFile<W> {
     supersedes: Vec<Id>,
     packs: Vec<(Id, Vec<W>)>,
+}
+
+/// A version-3 index file: each pack's id, its condemnation time, then its units.
+#[derive(Serialize, Deserialize)]
+struct WireFile3 {
+    supersedes: Vec<Id>,
+    packs: Vec<(Id, Option<Timestamp>, Vec<crate::pack::v2::Unit>)>,
 }
 
 /// An index file.
@@ -35,13 +59,19 @@ pub struct IndexFile {
 
 impl IndexFile {
     /// The postcard encoding of this index file in format `version`. Fails only for
-    /// entries that `version` cannot express (grouped blobs in version 1).
+    /// what `version` cannot express (grouped blobs in version 1, condemned packs before
+    /// version 3).
     pub fn encode(&self, version: u16) -> Result<Vec<u8>, crate::FormatError> {
         fn encode<W: Wire>(f: &IndexFile) -> Result<Vec<u8>, crate::FormatError> {
             let packs = f
                 .packs
                 .iter()
-                .map(|p| Ok((p.id, W::encode(&p.blobs)?)))
+                .map(|p| match p.condemned {
+                    Some(_) => Err(FormatError::InvalidParameter(
+                        "condemned packs need repository format version 3".into(),
+                    )),
+                    None => Ok((p.id, W::encode(&p.blobs)?)),
+                })
                 .collect::<Result<_, crate::FormatError>>()?;
             Ok(crate::file::to_postcard(&WireFile::<W> {
                 supersedes: f.supersedes.clone(),
@@ -51,6 +81,17 @@ impl IndexFile {
         match version {
             1 => encode::<crate::pack::v1::Entry>(self),
             2 => encode::<crate::pack::v2::Unit>(self),
+            3 => {
+                let packs = self
+                    .packs
+                    .iter()
+                    .map(|p| Ok((p.id, p.condemned, crate::pack::v2::Unit::encode(&p.blobs)?)))
+                    .collect::<Result<_, FormatError>>()?;
+                Ok(crate::file::to_postcard(&WireFile3 {
+                    supersedes: self.supersedes.clone(),
+                    packs,
+                }))
+            }
             v => Err(crate::pack::unknown_version(v)),
         }
     }
@@ -64,18 +105,39 @@ impl IndexFile {
                 packs: f
                     .packs
                     .into_iter()
-                    .map(|(id, list)| {
-                        Ok(IndexPack {
-                            id,
-                            blobs: W::decode(list)?,
-                        })
-                    })
+                    .map(|(id, list)| Ok(IndexPack::new(id, W::decode(list)?)))
                     .collect::<Result<_, crate::FormatError>>()?,
             })
         }
         match version {
             1 => decode::<crate::pack::v1::Entry>(plain),
             2 => decode::<crate::pack::v2::Unit>(plain),
+            3 => {
+                let f: WireFile3 = crate::file::from_postcard(plain, "index")?;
+                Ok(IndexFile {
+                    supersedes: f.supersedes,
+                    packs: f
+                        .packs
+                        .into_iter()
+                        .map(|(id, condemned, units)| {
+                            let blobs = crate::pack::v2::Unit::decode(units)?;
+                            if condemned.is_none() && blobs.is_empty() {
+                                // Only a condemned record may name a pack without its
+                                // blobs; a live one would hide the pack's content.
+                                return Err(FormatError::Malformed {
+                                    what: "index",
+                                    detail: format!("live record of pack {id} lists no blobs"),
+                                });
+                            }
+                            Ok(IndexPack {
+                                id,
+                                blobs,
+                                condemned,
+                            })
+                        })
+                        .collect::<Result<_, FormatError>>()?,
+                })
+            }
             v => Err(crate::pack::unknown_version(v)),
         }
     }

@@ -41,14 +41,14 @@ pub use crypto::{
 pub use error::FormatError;
 pub use file::{
     check_preamble, decode_sealed, encode_sealed, encode_sealed_with_nonce, from_postcard,
-    max_decoded_len, newest_version, object_version, preamble, preamble_of, to_postcard, FileKind,
-    FORMAT_VERSION, MAGIC, MAX_CONFIG_LEN, MAX_INDEX_BLOBS, MAX_INDEX_LEN, MAX_LOCK_LEN,
-    MAX_METADATA_LEN, MAX_SNAPSHOT_LEN, MAX_TREE_LEN, PREAMBLE_LEN,
+    knows_version, max_decoded_len, newest_version, object_version, preamble, preamble_of,
+    to_postcard, FileKind, FORMAT_VERSION, MAGIC, MAX_CONFIG_LEN, MAX_INDEX_BLOBS, MAX_INDEX_LEN,
+    MAX_LOCK_LEN, MAX_METADATA_LEN, MAX_SNAPSHOT_LEN, MAX_TREE_LEN, PREAMBLE_LEN,
 };
 pub use id::Id;
 pub use index::{IndexFile, IndexPack};
 pub use key::KeyFile;
-pub use lock::Lock;
+pub use lock::{Lock, LockMode};
 pub use pack::{
     blob_aad, blob_in_group, check_entry_limits, decode_pack_header, decode_sealed_header,
     finish_pack, finish_pack_with_nonce, group_aad, group_entries, header_span, open_blob,

@@ -345,7 +345,7 @@ fn decode_header(version: u16, plain: &[u8]) -> Result<PackHeader, FormatError> 
 /// The error for an encoding version this build does not know.
 pub(crate) fn unknown_version(version: u16) -> FormatError {
     FormatError::UnsupportedVersion {
-        kind: "pack or index",
+        kind: "pack, index or lock",
         version,
         supported: crate::FORMAT_VERSION,
     }

@@ -243,7 +243,7 @@ fn resealed_valid_plaintexts_decode() {
         }
         match t {
             "index" => {
-                let decoded = [1, 2].iter().filter(|&&v| {
+                let decoded = [1, 2, 3].iter().filter(|&&v| {
                     let f = reseal_file_at(&mut rng, FileKind::Index, v, &b);
                     cairn_format::IndexFile::decode_sealed(&key, &f).is_ok()
                 });

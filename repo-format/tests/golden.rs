@@ -23,9 +23,9 @@ use cairn_format::{
     encode_sealed_with_nonce, finish_pack_with_nonce, from_postcard, group_aad, group_entries,
     open_blob, open_group_in_place, open_with_key, pack_header_aad, pack_header_aad_of, preamble,
     preamble_of, seal_blob_with_nonce, seal_group_with_nonce, to_postcard, BlobType, ChunkerParams,
-    Config, FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, MasterKey,
-    Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr,
-    FORMAT_VERSION, NONCE_LEN, PREAMBLE_LEN, TAG_LEN,
+    Config, FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, LockMode,
+    MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree,
+    Xattr, FORMAT_VERSION, NONCE_LEN, PREAMBLE_LEN, TAG_LEN,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -64,6 +64,8 @@ const N_GROUP: u8 = 0xd1;
 const N_BLOB_V2: u8 = 0xd2;
 const N_PACK_HEADER_V2: u8 = 0xd3;
 const N_INDEX_V2: u8 = 0xd4;
+const N_LOCK_V3: u8 = 0xe1;
+const N_INDEX_V3: u8 = 0xe2;
 
 /// 2024-05-01 03:00:00 +02:00.
 fn time() -> Timestamp {
@@ -177,10 +179,7 @@ fn fixture() -> Fx {
 
     let index = IndexFile {
         supersedes: Vec::new(),
-        packs: vec![IndexPack {
-            id: pack_id,
-            blobs: header.entries.clone(),
-        }],
+        packs: vec![IndexPack::new(pack_id, header.entries.clone())],
     };
     let snapshot = Snapshot {
         time: time(),
@@ -225,7 +224,8 @@ fn fixture() -> Fx {
     };
     let lock = Lock {
         time: time(),
-        exclusive: false,
+        started: Timestamp::default(),
+        mode: LockMode::Shared,
         hostname: "fixture".into(),
         username: "alice".into(),
         pid: 4242,
@@ -319,10 +319,7 @@ fn fixture_v2(fx: &Fx) -> FxV2 {
     let pack_id = Id::of_object(&pack);
     let index = IndexFile {
         supersedes: vec![Id([0x55; 32])],
-        packs: vec![IndexPack {
-            id: pack_id,
-            blobs: header.entries.clone(),
-        }],
+        packs: vec![IndexPack::new(pack_id, header.entries.clone())],
     };
     FxV2 {
         pieces,
@@ -332,6 +329,173 @@ fn fixture_v2(fx: &Fx) -> FxV2 {
         pack,
         pack_id,
         index,
+    }
+}
+
+const V3: u16 = 3;
+
+/// Version 3's fixtures: a maintenance lock, and an index file with a live pack (the v2 pack),
+/// a condemned pack with its blobs, and a condemned pack no index named (no blobs).
+fn fixture_v3(fx: &Fx) -> (Lock, IndexFile) {
+    let v = fixture_v2(fx);
+    let lock = Lock {
+        time: time(),
+        started: Timestamp {
+            unix_nanos: time().unix_nanos - 3_600_000_000_000,
+            utc_offset_secs: time().utc_offset_secs,
+        },
+        mode: LockMode::Maintenance,
+        ..fx.lock.clone()
+    };
+    let condemned = Timestamp {
+        unix_nanos: time().unix_nanos - 86_400_000_000_000,
+        utc_offset_secs: 0,
+    };
+    let index = IndexFile {
+        supersedes: vec![Id([0x55; 32])],
+        packs: vec![
+            IndexPack::new(v.pack_id, v.header.entries.clone()),
+            IndexPack {
+                id: fx.index.packs[0].id,
+                blobs: fx.index.packs[0].blobs.clone(),
+                condemned: Some(condemned),
+            },
+            IndexPack {
+                id: Id([0x66; 32]),
+                blobs: Vec::new(),
+                condemned: Some(condemned),
+            },
+        ],
+    };
+    (lock, index)
+}
+
+/// The vectors of version 3's additions.
+fn vectors_v3(fx: &Fx, out: &mut Vec<Vector>) {
+    let (lock, index) = fixture_v3(fx);
+    for kind in [FileKind::Index, FileKind::Lock] {
+        out.push(vector(
+            if kind == FileKind::Lock {
+                "preamble/lock-v3"
+            } else {
+                "preamble/index-v3"
+            },
+            format!(
+                "\"cairn\" || '{}' || u16 LE version 3",
+                kind.letter() as char
+            ),
+            preamble_of(kind, V3).to_vec(),
+            None,
+            Box::new(move |b| {
+                check_preamble(b, kind)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(v, _)| {
+                        if v == V3 {
+                            Ok(())
+                        } else {
+                            Err(format!("version {v}"))
+                        }
+                    })
+            }),
+        ));
+    }
+    {
+        let want = lock.clone();
+        out.push(vector(
+            "postcard/lock-v3",
+            "postcard of a version-3 lock: time, started, mode (LockMode variant index), hostname, username, pid",
+            lock.encode(V3).unwrap(),
+            json_of(&json!({
+                "time": lock.time,
+                "started": lock.started,
+                "mode": "Maintenance",
+                "hostname": lock.hostname,
+                "username": lock.username,
+                "pid": lock.pid,
+            })),
+            Box::new(move |b| same("postcard/lock-v3", Lock::decode(V3, b), &want)),
+        ));
+        let want = lock.clone();
+        let key = fx.key.clone();
+        out.push(vector(
+            "sealed/lock-v3",
+            format!(
+                "preamble v3 || seal(nonce = {N_LOCK_V3:02x}×24, aad = preamble, 0x00 || postcard/lock-v3)"
+            ),
+            lock.encode_sealed_with_nonce(&fx.key, V3, 0, &nonce(N_LOCK_V3)).unwrap(),
+            None,
+            Box::new(move |b| same("sealed/lock-v3", Lock::decode_sealed(&key, b), &want)),
+        ));
+    }
+    {
+        let want = index.clone();
+        out.push(vector(
+            "postcard/index-v3",
+            "postcard of a version-3 index file: supersedes, then per pack (id, condemned: \
+             Option<Timestamp>, units); a live pack, a condemned one, a condemned one without blobs",
+            index.encode(V3).unwrap(),
+            json_of(&index),
+            Box::new(move |b| same("postcard/index-v3", IndexFile::decode(V3, b), &want)),
+        ));
+        let want = index.clone();
+        let key = fx.key.clone();
+        out.push(vector(
+            "sealed/index-v3",
+            format!(
+                "preamble v3 || seal(nonce = {N_INDEX_V3:02x}×24, aad = preamble, 0x00 || postcard/index-v3)"
+            ),
+            index.encode_sealed_with_nonce(&fx.key, V3, 0, &nonce(N_INDEX_V3)).unwrap(),
+            None,
+            Box::new(move |b| same("sealed/index-v3", IndexFile::decode_sealed(&key, b), &want)),
+        ));
+    }
+    // What version 3 readers refuse.
+    {
+        let key = fx.key.clone();
+        let mut lock_v2 = lock
+            .encode_sealed_with_nonce(&fx.key, V3, 0, &nonce(N_LOCK_V3))
+            .unwrap();
+        lock_v2[6..8].copy_from_slice(&2u16.to_le_bytes());
+        out.push(vector(
+            "reject/lock-v2",
+            "sealed/lock-v3 with version 2: locks have versions 1 and 3 only, refused before decryption",
+            lock_v2,
+            None,
+            Box::new(move |b| {
+                refused(Lock::decode_sealed(&key, b), |e| {
+                    matches!(e, FormatError::UnsupportedVersion { version: 2, .. })
+                })
+            }),
+        ));
+        // [supersedes: 0][packs: 1][id: 32 bytes][condemned: None][units: 0]
+        let mut live_empty = vec![0x00, 0x01];
+        live_empty.extend_from_slice(&[0x66; 32]);
+        live_empty.extend_from_slice(&[0x00, 0x00]);
+        out.push(vector(
+            "reject/index-v3-live-empty",
+            "postcard of a v3 index file with a live pack record listing no blobs: refused \
+             (only a condemned record may be empty)",
+            live_empty,
+            None,
+            Box::new(|b| {
+                refused(IndexFile::decode(V3, b), |e| {
+                    matches!(e, FormatError::Malformed { .. })
+                })
+            }),
+        ));
+        let v2_index = fixture_v2(fx).index;
+        let condemned = index.clone();
+        out.push(vector(
+            "reject/index-v2-condemned",
+            "a condemned pack cannot be written as version 2 (nor 1): the encoder refuses",
+            v2_index.encode(V2).unwrap(),
+            None,
+            Box::new(move |_| {
+                refused(condemned.encode(V2), |e| {
+                    matches!(e, FormatError::InvalidParameter(_))
+                })
+            }),
+        ));
     }
 }
 
@@ -509,19 +673,19 @@ fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
             }),
         ));
         let key = fx.key.clone();
-        let mut index_v3 = v
+        let mut index_v4 = v
             .index
             .encode_sealed_with_nonce(&fx.key, V2, 0, &nonce(N_INDEX_V2))
             .unwrap();
-        index_v3[6..8].copy_from_slice(&3u16.to_le_bytes());
+        index_v4[6..8].copy_from_slice(&4u16.to_le_bytes());
         out.push(vector(
-            "reject/index-v3",
-            "sealed/index-v2 with version 3: refused before decryption (upgrade cairn)",
-            index_v3,
+            "reject/index-v4",
+            "sealed/index-v2 with version 4: refused before decryption (upgrade cairn)",
+            index_v4,
             None,
             Box::new(move |b| {
                 refused(IndexFile::decode_sealed(&key, b), |e| {
-                    matches!(e, FormatError::UnsupportedVersion { version: 3, .. })
+                    matches!(e, FormatError::UnsupportedVersion { version: 4, .. })
                 })
             }),
         ));
@@ -800,7 +964,22 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
          SqliteCells, plus GitPack (PageFormat variant 4) -> Cdc { 16 KiB, 64 KiB, 256 KiB, \
          normalization 1 } and Text (variant 5) -> Cdc { 128 KiB, 512 KiB, 2 MiB, 1 }"
     );
-    postcard_vector!("postcard/lock", Lock, fx.lock.clone(), "postcard(Lock)");
+    {
+        let want = fx.lock.clone();
+        out.push(vector(
+            "postcard/lock",
+            "postcard(Lock)",
+            fx.lock.encode(V1).unwrap(),
+            Some(json!({
+                "exclusive": false,
+                "hostname": fx.lock.hostname,
+                "pid": fx.lock.pid,
+                "time": fx.lock.time,
+                "username": fx.lock.username,
+            })),
+            Box::new(move |b| same("postcard/lock", Lock::decode(V1, b), &want)),
+        ));
+    }
     postcard_vector!(
         "postcard/snapshot",
         Snapshot,
@@ -886,14 +1065,21 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         0,
         N_CONFIG
     );
-    sealed_vector!(
-        "sealed/lock",
-        FileKind::Lock,
-        Lock,
-        fx.lock.clone(),
-        0,
-        N_LOCK
-    );
+    {
+        let want = fx.lock.clone();
+        let key = fx.key.clone();
+        out.push(vector(
+            "sealed/lock",
+            format!(
+                "preamble || seal(key = encryption key, nonce = {N_LOCK:02x}×24, aad = preamble, 0x00 || postcard) (zstd level 0)"
+            ),
+            fx.lock
+                .encode_sealed_with_nonce(&fx.key, V1, 0, &nonce(N_LOCK))
+                .unwrap(),
+            None,
+            Box::new(move |b| same("sealed/lock", Lock::decode_sealed(&key, b), &want)),
+        ));
+    }
     sealed_vector!(
         "sealed/snapshot",
         FileKind::Snapshot,
@@ -1141,6 +1327,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         }),
     ));
     vectors_v2(fx, &mut out);
+    vectors_v3(fx, &mut out);
     out
 }
 
@@ -1714,15 +1901,58 @@ fn examples(fx: &Fx) -> BTreeMap<&'static str, String> {
     ex.insert("snapshot-payload", d.checked("snapshot payload", &want));
 
     let mut d = Dump::default();
+    let exclusive = fx.lock.mode != LockMode::Shared;
     d.timestamp("time", &fx.lock.time)
-        .pc(
-            format!("exclusive: bool = {}", fx.lock.exclusive),
-            &fx.lock.exclusive,
-        )
+        .pc(format!("exclusive: bool = {exclusive}"), &exclusive)
         .bytes_field("hostname", fx.lock.hostname.as_bytes())
         .bytes_field("username", fx.lock.username.as_bytes())
         .uint("pid", "u32", u64::from(fx.lock.pid));
-    ex.insert("lock-postcard", d.checked("lock", &to_postcard(&fx.lock)));
+    ex.insert(
+        "lock-postcard",
+        d.checked("lock", &fx.lock.encode(V1).unwrap()),
+    );
+
+    let (lock3, index3) = fixture_v3(fx);
+    let mut d = Dump::default();
+    d.timestamp("time", &lock3.time)
+        .timestamp("started", &lock3.started)
+        .pc("mode: LockMode variant index = Maintenance", &1u8)
+        .bytes_field("hostname", lock3.hostname.as_bytes())
+        .bytes_field("username", lock3.username.as_bytes())
+        .uint("pid", "u32", u64::from(lock3.pid));
+    ex.insert(
+        "lock-postcard-v3",
+        d.checked("lock v3", &lock3.encode(V3).unwrap()),
+    );
+
+    let mut d = Dump::default();
+    d.len("supersedes", index3.supersedes.len());
+    for (i, s) in index3.supersedes.iter().enumerate() {
+        d.id(&format!("supersedes[{i}]"), s);
+    }
+    d.len("packs", index3.packs.len());
+    for (i, p) in index3.packs.iter().enumerate() {
+        d.id(&format!("packs[{i}].id"), &p.id);
+        match &p.condemned {
+            None => {
+                d.raw(format!("packs[{i}].condemned: None"), &[0]);
+            }
+            Some(t) => {
+                d.raw(format!("packs[{i}].condemned: Some"), &[1]);
+                d.timestamp(&format!("packs[{i}].condemned"), t);
+            }
+        }
+        let units = PackHeader {
+            entries: p.blobs.clone(),
+        }
+        .encode(V2)
+        .unwrap();
+        d.raw(format!("packs[{i}].units (as in a v2 pack header)"), &units);
+    }
+    ex.insert(
+        "index-v3-postcard",
+        d.checked("index v3", &index3.encode(V3).unwrap()),
+    );
 
     let kf = &fx.keyfile;
     let mut d = Dump::default();

@@ -10,10 +10,11 @@
 use cairn_format::{
     decode_pack_header, decode_sealed, encode_sealed, finish_pack, from_postcard, open_blob,
     preamble, seal_blob, to_postcard, BlobType, ChunkerParams, Config, FileKind, FormatError, Id,
-    IndexFile, IndexPack, KdfParams, KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry,
+    IndexFile, IndexPack, KdfParams, KeyFile, Lock, LockMode, MasterKey, Node, NodeKind, PackEntry,
     PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr, PREAMBLE_LEN,
 };
 use proptest::collection::vec;
+use proptest::option;
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -119,10 +120,16 @@ fn key_file() -> impl Strategy<Value = KeyFile> {
 }
 
 fn lock() -> impl Strategy<Value = Lock> {
-    (timestamp(), any::<bool>(), text(), text(), any::<u32>()).prop_map(
-        |(time, exclusive, hostname, username, pid)| Lock {
+    let mode = prop_oneof![
+        Just(LockMode::Shared),
+        Just(LockMode::Maintenance),
+        Just(LockMode::Exclusive)
+    ];
+    (timestamp(), timestamp(), mode, text(), text(), any::<u32>()).prop_map(
+        |(time, started, mode, hostname, username, pid)| Lock {
             time,
-            exclusive,
+            started,
+            mode,
             hostname,
             username,
             pid,
@@ -152,7 +159,13 @@ fn pack_header() -> impl Strategy<Value = PackHeader> {
 }
 
 fn index_file() -> impl Strategy<Value = IndexFile> {
-    let pack = (id(), vec(pack_entry(), 0..4)).prop_map(|(id, blobs)| IndexPack { id, blobs });
+    let pack = (id(), vec(pack_entry(), 1..4), option::of(timestamp())).prop_map(
+        |(id, blobs, condemned)| IndexPack {
+            id,
+            blobs,
+            condemned,
+        },
+    );
     (vec(id(), 0..3), vec(pack, 0..3))
         .prop_map(|(supersedes, packs)| IndexFile { supersedes, packs })
 }
@@ -367,10 +380,18 @@ impl Sealed {
     fn encode(&self, key: &MasterKey, level: i32) -> Vec<u8> {
         match self {
             Sealed::Config(v) => encode_sealed(key, FileKind::Config, v, level),
-            Sealed::Lock(v) => encode_sealed(key, FileKind::Lock, v, level),
+            Sealed::Lock(v) => v.encode_sealed(key, 3, level).unwrap(),
             Sealed::Snapshot(v) => encode_sealed(key, FileKind::Snapshot, &**v, level),
-            // Both index versions: the level's parity picks one.
-            Sealed::Index(v) => v.encode_sealed(key, 1 + (level % 2) as u16, level).unwrap(),
+            // Every index version that can hold the file: the level picks one.
+            Sealed::Index(v) => {
+                let any_condemned = v.packs.iter().any(|p| p.condemned.is_some());
+                let version = if any_condemned {
+                    3
+                } else {
+                    1 + (level % 3) as u16
+                };
+                v.encode_sealed(key, version, level).unwrap()
+            }
         }
     }
 
@@ -379,7 +400,7 @@ impl Sealed {
     fn decode_same(&self, key: &MasterKey, data: &[u8]) -> Result<bool, FormatError> {
         Ok(match self {
             Sealed::Config(v) => decode_sealed::<Config>(key, FileKind::Config, data)? == *v,
-            Sealed::Lock(v) => decode_sealed::<Lock>(key, FileKind::Lock, data)? == *v,
+            Sealed::Lock(v) => Lock::decode_sealed(key, data)? == *v,
             Sealed::Snapshot(v) => decode_sealed::<Snapshot>(key, FileKind::Snapshot, data)? == **v,
             Sealed::Index(v) => IndexFile::decode_sealed(key, data)? == *v,
         })
@@ -390,7 +411,7 @@ impl Sealed {
 fn decode_as(key: &MasterKey, kind: FileKind, data: &[u8]) -> Result<(), FormatError> {
     match kind {
         FileKind::Config => decode_sealed::<Config>(key, kind, data).map(drop),
-        FileKind::Lock => decode_sealed::<Lock>(key, kind, data).map(drop),
+        FileKind::Lock => Lock::decode_sealed(key, data).map(drop),
         FileKind::Snapshot => decode_sealed::<Snapshot>(key, kind, data).map(drop),
         FileKind::Index => IndexFile::decode_sealed(key, data).map(drop),
         FileKind::Key => KeyFile::decode(data).map(drop),
@@ -555,9 +576,21 @@ proptest! {
         roundtrip(&c.chunker)?;
         roundtrip(&k)?;
         roundtrip(&k.kdf)?;
-        roundtrip(&l)?;
+        for version in [1, 3] {
+            let back = Lock::decode(version, &l.encode(version).unwrap()).unwrap();
+            if version == 3 {
+                prop_assert_eq!(&back, &l);
+            } else {
+                // Version 1 keeps no start time and knows no maintenance mode.
+                prop_assert_eq!(back.time, l.time);
+                prop_assert_eq!(back.mode == LockMode::Shared, l.mode == LockMode::Shared);
+                prop_assert_eq!(&back.hostname, &l.hostname);
+            }
+        }
         roundtrip(&h)?;
-        roundtrip(&i)?;
+        // Index files are stored only through their versioned wire forms.
+        let back = IndexFile::decode(3, &i.encode(3).unwrap()).unwrap();
+        prop_assert_eq!(&back, &i);
         roundtrip(&s)?;
         roundtrip(&s.summary)?;
         roundtrip(&n)?;
@@ -576,7 +609,7 @@ proptest! {
         let data = v.encode(&key, lvl);
         let version = u16::from_le_bytes([data[6], data[7]]);
         prop_assert_eq!(&data[..PREAMBLE_LEN], &cairn_format::preamble_of(v.kind(), version)[..]);
-        prop_assert!(version == 1 || v.kind() == FileKind::Index);
+        prop_assert!(version == 1 || matches!(v.kind(), FileKind::Index | FileKind::Lock));
         prop_assert!(v.decode_same(&key, &data).unwrap());
     }
 
@@ -814,10 +847,11 @@ proptest! {
         // Relabelled to the other kind, the preamble no longer matches the AAD.
         let mut relabelled = data.clone();
         relabelled[5] = other.letter();
-        // (A version-2 index relabelled as a kind without a version 2 is refused earlier.)
+        // (A version-2 or -3 object relabelled as a kind without that version is refused
+        // earlier.)
         check!(matches!(
             decode_as(&key, other, &relabelled),
-            Err(FormatError::Authentication(_) | FormatError::UnsupportedVersion { version: 2, .. })
+            Err(FormatError::Authentication(_) | FormatError::UnsupportedVersion { version: 2 | 3, .. })
         ));
         // A newer version is refused before decryption.
         let newer = cairn_format::newest_version(v.kind()) + 1;

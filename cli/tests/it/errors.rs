@@ -491,12 +491,16 @@ fn foreign_exclusive_lock_exits_11_until_removed() {
             unix_nanos: now,
             utc_offset_secs: 0,
         },
-        exclusive: true,
+        started: cairn_format::Timestamp {
+            unix_nanos: now,
+            utc_offset_secs: 0,
+        },
+        mode: cairn_format::LockMode::Exclusive,
         hostname: "some-other-host".into(),
         username: "maintenance".into(),
         pid: 4242,
     };
-    let bytes = cairn_format::encode_sealed(&forger.key, cairn_format::FileKind::Lock, &lock, 3);
+    let bytes = lock.encode_sealed(&forger.key, 3, 3).unwrap();
     forger.put("locks", &bytes);
 
     env.run(&["backup", s(&src)])

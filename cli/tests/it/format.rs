@@ -82,7 +82,7 @@ fn small_blobs_are_grouped_and_survive_prune_and_check() {
         entries.len()
     );
     assert!(versions(&env, "data").iter().all(|&v| v == 2));
-    assert!(versions(&env, "index").iter().all(|&v| v == 2));
+    assert!(versions(&env, "index").iter().all(|&v| v == 3));
     env.ok(&["check", "--read-data"]);
     env.restore_latest_exact(&src, &env.path("out1"), &[]);
 
@@ -143,15 +143,16 @@ fn a_version_1_repository_stays_version_1_until_migrated() {
 
     let out = env.ok(&["migrate"]);
     assert!(
-        out.stdout.contains("from format version 1 to 2"),
+        out.stdout.contains("from format version 1 to 3"),
         "{}",
         out.dump()
     );
-    assert_eq!(env.json(&["cat", "config"])["version"], 2);
+    assert_eq!(env.json(&["cat", "config"])["version"], 3);
     let out = env.ok(&["migrate"]);
     assert!(out.stdout.contains("already"), "{}", out.dump());
 
-    // Old objects stay as they are; new ones are version 2 with groups.
+    // Old objects stay as they are; new packs are version 2 with groups, new index files
+    // version 3.
     let old_packs = env.objects("data");
     small_files(&src, 120, 4);
     env.backup(&[s(&src)]);
@@ -164,6 +165,7 @@ fn a_version_1_repository_stays_version_1_until_migrated() {
     for p in &new_packs {
         assert_eq!(fs::read(p).unwrap()[6], 2, "{}", p.display());
     }
+    assert!(versions(&env, "index").contains(&3));
     assert!(index_entries(&env)
         .iter()
         .any(|e| !e["group_offset"].is_null()));

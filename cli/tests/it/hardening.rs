@@ -535,6 +535,7 @@ fn claims_beyond_the_format_limits_are_refused_without_allocating() {
     let idx = IndexFile {
         supersedes: Vec::new(),
         packs: vec![IndexPack {
+            condemned: None,
             id: Id([7; 32]),
             blobs: vec![PackEntry {
                 blob_type: BlobType::Data,

@@ -344,12 +344,16 @@ fn plant_foreign_lock(env: &Env) -> PathBuf {
             unix_nanos: now,
             utc_offset_secs: 0,
         },
-        exclusive: true,
+        started: cairn_format::Timestamp {
+            unix_nanos: now,
+            utc_offset_secs: 0,
+        },
+        mode: cairn_format::LockMode::Exclusive,
         hostname: "other-node".into(),
         username: "root".into(),
         pid: 4242,
     };
-    let bytes = cairn_format::encode_sealed(&forger.key, cairn_format::FileKind::Lock, &lock, 3);
+    let bytes = lock.encode_sealed(&forger.key, 3, 3).unwrap();
     env.repo.join("locks").join(forger.put("locks", &bytes))
 }
 

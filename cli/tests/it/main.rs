@@ -27,3 +27,4 @@ mod retention;
 mod s3;
 mod safety;
 mod util;
+mod writers;

@@ -767,10 +767,7 @@ impl<'a> Forger<'a> {
         );
         let index = IndexFile {
             supersedes: Vec::new(),
-            packs: vec![IndexPack {
-                id: Id::of_object(&pack),
-                blobs: entries,
-            }],
+            packs: vec![IndexPack::new(Id::of_object(&pack), entries)],
         };
         self.put("index", &index.encode_sealed(&self.key, 1, 3).unwrap());
         ids

@@ -194,7 +194,13 @@ impl Backend for LocalBackend {
                 if !super::is_object_name(name) {
                     continue;
                 }
-                let size = e.metadata().map_err(|err| Error::io(e.path(), err))?.len();
+                // Deleted between the listing and this look (a prune or a released lock,
+                // from another process): not an object any more.
+                let size = match e.metadata() {
+                    Ok(m) => m.len(),
+                    Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                    Err(err) => return Err(Error::io(e.path(), err)),
+                };
                 out.push(ObjectInfo {
                     name: name.to_owned(),
                     size,

@@ -434,7 +434,11 @@ pub fn backup(
             errors,
         }),
     };
-    // The snapshot goes last: everything it references is indexed and durable by now.
+    // The snapshot goes last: everything it references is indexed and durable by now. A
+    // prune may delete packs condemned after this backup loaded the index only once this
+    // lock is gone or stale, so the snapshot is committed only while the lock is certainly
+    // live (FORMAT.md §15).
+    lock.guard().check_held()?;
     let id = repo.save(FileKind::Snapshot, &snapshot)?;
     Ok(BackupResult { id, snapshot })
 }

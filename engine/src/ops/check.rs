@@ -35,8 +35,11 @@ pub enum ReadData {
 pub struct CheckReport {
     /// Errors (the repository is damaged).
     pub errors: Vec<String>,
-    /// Packs that no index names (harmless; prune removes them).
+    /// Packs that no index names (harmless: left by an interrupted backup, or being written
+    /// by a running one; prune condemns them).
     pub unreferenced_packs: Vec<String>,
+    /// Packs a prune condemned and a later prune deletes (format 3, FORMAT.md §10).
+    pub condemned_packs: u64,
     /// Snapshots checked.
     pub snapshots: u64,
     /// Packs whose header was checked.
@@ -105,14 +108,31 @@ pub fn check(
         .cloned()
         .collect();
     report.unreferenced_packs.sort();
-    for pid in index.packs() {
+    // A condemned pack may be deleted by a prune running beside this check: missing, it is
+    // an error only if a snapshot needs it (found below, with the trees).
+    let condemned = |pid: &Id| {
+        index
+            .pack_number(pid)
+            .is_some_and(|p| index.condemned_at(p).is_some())
+    };
+    let mut gone: HashSet<u32> = HashSet::new();
+    for (p, pid) in index.packs().iter().enumerate() {
         let name = pid.to_hex();
+        if condemned(pid) {
+            report.condemned_packs += 1;
+        }
         if !stored.contains_key(&name) {
+            if condemned(pid) {
+                gone.insert(p as u32);
+                continue;
+            }
             err(format!("pack {name} is indexed but missing"));
             // In full: `repair packs` resolves short ids only among stored packs.
             damaged_packs.lock().push(name);
         }
     }
+    let deleted_meanwhile =
+        |pid: &Id, e: &Error| matches!(e, Error::ObjectNotFound { .. }) && condemned(pid);
     // One pack's entries at a time (every copy of each blob), from the merged index.
     index.index_packs().par_bridge().for_each(|p| {
         let (pid, entries) = (&p.id, &p.blobs);
@@ -134,6 +154,7 @@ pub fn check(
                     }
                 }
             }
+            Err(e) if deleted_meanwhile(pid, &e) => {}
             Err(e) => {
                 err(format!("pack {}: header: {e}", pid.short()));
                 damaged_packs.lock().push(pid.short());
@@ -152,6 +173,8 @@ pub fn check(
                 roots.push((id, s.tree));
                 report.snapshots += 1;
             }
+            // Removed by a forget running beside this check.
+            Err(Error::ObjectNotFound { .. }) => {}
             Err(e) => {
                 damaged_snapshots = true;
                 err(format!("snapshot {}: {e}", id.short()));
@@ -198,6 +221,17 @@ pub fn check(
                         let mut held = Some(0u64);
                         for c in &n.content {
                             match index.get(c) {
+                                Some(l) if gone.contains(&l.pack) => {
+                                    held = None;
+                                    incomplete_snapshots = true;
+                                    err(format!(
+                                        "snapshot {}: file {:?}: data blob {} is only in pack {}, which a prune deleted",
+                                        snap.short(),
+                                        String::from_utf8_lossy(&n.name),
+                                        c.short(),
+                                        index.packs()[l.pack as usize].short()
+                                    ));
+                                }
                                 Some(l) if l.blob_type == BlobType::Data => {
                                     held = held.map(|h| h + u64::from(l.raw_length));
                                 }
@@ -232,6 +266,15 @@ pub fn check(
                     }
                 }
                 Err(e) => {
+                    // A snapshot a forget removed meanwhile may lose its trees to the prune
+                    // after it: not damage.
+                    if repo
+                        .backend()
+                        .stat(FileKind::Snapshot, &snap.to_hex())?
+                        .is_none()
+                    {
+                        continue;
+                    }
                     incomplete_snapshots = true;
                     err(e.to_string());
                 }
@@ -285,9 +328,13 @@ pub fn check(
             Progress::add(&progress.bytes, data.len() as u64);
             Ok(())
         })();
-        if let Err(e) = res {
-            err(format!("pack {}: {e}", pid.short()));
-            damaged_packs.lock().push(pid.short());
+        match res {
+            Ok(()) => {}
+            Err(e) if deleted_meanwhile(pid, &e) => {}
+            Err(e) => {
+                err(format!("pack {}: {e}", pid.short()));
+                damaged_packs.lock().push(pid.short());
+            }
         }
     });
     // Reads cut short by Ctrl-C/SIGTERM (a remote backend gives up on them) are not damage.

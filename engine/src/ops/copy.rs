@@ -237,6 +237,8 @@ pub fn copy(
     // Everything the snapshots reference is durable and indexed before they are written.
     c.packer.finish()?;
     for (old, s) in todo {
+        // As a backup does: committed only while the lock is certainly live.
+        dst.guard().check_held()?;
         let new = dst_repo.save(FileKind::Snapshot, &s)?;
         report.copied.push((old.to_hex(), new.to_hex()));
     }

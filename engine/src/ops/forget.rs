@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use cairn_format::{Id, Snapshot};
 use serde::Serialize;
 
-use crate::lock::ExclusiveLock;
+use crate::lock::MaintenanceView;
 use crate::retention::{apply_policy, group, Decision, GroupBy, GroupKey, Policy};
 use crate::snapshots::{resolve, SnapshotFilter};
 use crate::Result;
@@ -119,7 +119,7 @@ pub fn plan(snaps: &[(Id, Snapshot)], opts: &ForgetOptions, now_nanos: i64) -> R
 }
 
 /// Remove what `plan` says.
-pub fn apply(lock: &ExclusiveLock<'_>, plan: &ForgetPlan) -> Result<ForgetReport> {
+pub fn apply(lock: MaintenanceView<'_>, plan: &ForgetPlan) -> Result<ForgetReport> {
     let mut report = ForgetReport::default();
     for id in &plan.remove {
         lock.delete_snapshot(id)?;

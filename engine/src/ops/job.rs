@@ -924,7 +924,7 @@ pub fn run_job(
         let excl = if dry_run || plans.iter().all(|(_, p)| p.remove.is_empty()) {
             None
         } else {
-            let lock = repo.lock_exclusive(wait)?;
+            let lock = repo.lock_maintenance(wait)?;
             plans = plan_all(&repo.load_snapshots()?)?;
             Some(lock)
         };
@@ -944,7 +944,7 @@ pub fn run_job(
             return Ok(());
         };
         for (_, plan) in &plans {
-            forget_op::apply(&excl, plan)?;
+            forget_op::apply(excl.as_maintenance(), plan)?;
         }
         if cfg.prune.enabled {
             let opts = PruneOptions {
@@ -953,7 +953,7 @@ pub fn run_job(
                 ),
                 ..PruneOptions::default()
             };
-            prune_report = Some(prune(&excl, &opts, &Progress::default())?);
+            prune_report = Some(prune(excl.as_maintenance(), &opts, &Progress::default())?);
         }
         Ok(())
     })();

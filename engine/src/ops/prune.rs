@@ -1,34 +1,51 @@
 //! `prune`: which blobs are used, and removing the rest; the leftovers of killed processes.
 //!
-//! ## Why prune takes an exclusive lock
-//! Backups hold a shared lock for their whole run, and prune an exclusive one, so a prune
-//! never sees a pack that a running backup has uploaded but not yet indexed or referenced.
-//! The two-phase alternative (mark now, delete after a grace period, as kopia does) lets
-//! backups and prune overlap, but it needs every client to honour the grace period and
-//! roughly synchronized clocks.
+//! ## Prune beside running backups (format 3)
+//! Prune holds a maintenance lock, which coexists with the shared locks of backups, so it
+//! must never delete a pack that a running backup may reference. It deletes in two phases
+//! (FORMAT.md §15): a pack that no snapshot needs (or whose used blobs were just copied
+//! elsewhere) is first **condemned** — its index record is rewritten with the time — and a
+//! prune deletes it only when
+//! - no snapshot needs a blob that only condemned packs hold (else the pack is **recovered**:
+//!   its record is live again), and
+//! - no live lock, as listed *before* the snapshots were, started earlier than the
+//!   condemnation time plus [`PruneOptions::clock_skew`]: any operation that loaded the index
+//!   before the mark existed is still running (and holds the deletion back) or has finished
+//!   (and its snapshot was in the listing).
+//!
+//! Writers never deduplicate against condemned packs, and a backup commits its snapshot only
+//! while its lock is certainly live ([`crate::lock::LockGuard::check_held`]). When nothing
+//! else holds a lock and no snapshot appeared since the listing, the packs condemned in
+//! this run are deleted at once (a quiet repository frees space in one run, as before).
+//!
+//! Repositories of format 1 and 2 have no condemned records: there prune's maintenance
+//! lock is exclusive and what it would condemn is deleted at once.
 //!
 //! ## Prune's crash-safe order
 //! 1. repack: copy still-used blobs out of mostly-unused packs into new packs (indexed by
 //!    their own new index files) — old and new copies coexist;
-//! 2. write the complete new index; only its **last** file lists the old index files in
-//!    `supersedes`, so a crash before that leaves the old index in force;
+//! 2. rewrite the index files whose records change (condemned, recovered, removed) and merge
+//!    small ones; only the **last** new file lists the files it replaces in `supersedes`, so a
+//!    crash before that leaves the old records in force;
 //! 3. delete the superseded index files;
 //! 4. delete packs that no index file names any more.
 //!
 //! A kill at any point leaves every snapshot restorable; re-running prune finishes the job.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
-use cairn_format::{FileKind, Id, PackEntry, Snapshot, Tree};
+use cairn_format::{FileKind, Id, IndexPack, Lock, PackEntry, Snapshot, Timestamp, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::index::{entry_of, BlobSet, MasterIndex, PackShare};
-use crate::lock::ExclusiveLock;
+use crate::index::{entry_of, BlobSet, MasterIndex, PackShare, BLOBS_PER_INDEX_FILE};
+use crate::lock::MaintenanceView;
 use crate::ops::repair::replace_index;
 use crate::packer::Packer;
 use crate::progress::{interrupted, Progress};
 use crate::repository::{verify_name, Repository};
+use crate::util::now_timestamp;
 use crate::{Error, Result};
 
 /// Trees read at once while marking: enough to keep every core (or connection) busy, few
@@ -100,7 +117,13 @@ pub struct PruneOptions {
     pub max_repack_bytes: u64,
     /// Only report.
     pub dry_run: bool,
+    /// How far the clocks of hosts using the repository may disagree: a condemned pack is
+    /// held back by every live lock that started before its condemnation time plus this.
+    pub clock_skew: Duration,
 }
+
+/// The default [`PruneOptions::clock_skew`].
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
 
 impl Default for PruneOptions {
     fn default() -> Self {
@@ -108,6 +131,7 @@ impl Default for PruneOptions {
             max_unused: MaxUnused::Fraction(0.05),
             max_repack_bytes: u64::MAX,
             dry_run: false,
+            clock_skew: DEFAULT_CLOCK_SKEW,
         }
     }
 }
@@ -123,11 +147,24 @@ pub struct PruneReport {
     pub blobs_used: u64,
     /// Unused blobs.
     pub blobs_unused: u64,
-    /// Packs with no used blob, deleted.
+    /// Packs deleted: condemned ones whose time had come (format 3), and, when nothing else
+    /// ran, the packs this run condemned (before format 3: every pack with no used blob).
     pub packs_deleted: u64,
+    /// Packs this run condemned (no used blob, repacked, or named by no index); with
+    /// `packs_deleted` they may overlap when nothing else ran.
+    pub packs_condemned: u64,
+    /// Nothing else held a lock: what this run condemned was deleted at once (format 3).
+    pub quiet: bool,
+    /// Condemned packs a snapshot needs again (made live).
+    pub packs_recovered: u64,
+    /// Condemned packs still waiting for their deletion (held back by running operations).
+    pub packs_waiting: u64,
+    /// Their bytes.
+    pub bytes_waiting: u64,
     /// Packs rewritten.
     pub packs_repacked: u64,
-    /// Packs no index named (left by interrupted backups), deleted.
+    /// Packs no index named (left by interrupted backups, or being written by running ones):
+    /// deleted before format 3, condemned since.
     pub packs_unreferenced: u64,
     /// Bytes of used blobs copied by repacking.
     pub bytes_repacked: u64,
@@ -177,11 +214,16 @@ const UNTAGGED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(36
 /// repositories sharing the local pack directory); one of another host's process without a
 /// lock after 15 minutes; an untagged one (older versions) after an hour.
 pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
-    // Every lock is read once, for both questions.
-    let (writers, stale_locks) = crate::lock::survey(repo)?;
-    let live: HashSet<String> = writers
-        .into_iter()
-        .map(|(host, pid)| crate::util::writer_tag(&host, pid))
+    find_leftovers_in(repo, crate::lock::survey(repo)?)
+}
+
+/// [`find_leftovers`] from a survey of the locks already read.
+fn find_leftovers_in(repo: &Repository, survey: crate::lock::Survey) -> Result<Leftovers> {
+    let stale_locks = survey.abandoned;
+    let live: HashSet<String> = survey
+        .live
+        .iter()
+        .map(|(_, l)| crate::util::writer_tag(&l.hostname, l.pid))
         .collect();
     let temp_files = repo
         .backend()
@@ -204,8 +246,8 @@ pub fn find_leftovers(repo: &Repository) -> Result<Leftovers> {
 }
 
 /// Remove what [`find_leftovers`] found; returns (temp files, their bytes, locks) removed.
-pub fn remove_leftovers(lock: &ExclusiveLock<'_>, l: &Leftovers) -> Result<(u64, u64, u64)> {
-    let repo: &Repository = lock;
+pub fn remove_leftovers(lock: MaintenanceView<'_>, l: &Leftovers) -> Result<(u64, u64, u64)> {
+    let repo = lock.repo();
     let (mut files, mut bytes) = (0, 0);
     for t in &l.temp_files {
         // One file that cannot be removed (another user's, in a shared temp directory)
@@ -224,27 +266,67 @@ pub fn remove_leftovers(lock: &ExclusiveLock<'_>, l: &Leftovers) -> Result<(u64,
     Ok((files, bytes, l.stale_locks.len() as u64))
 }
 
+/// A live pack's use, for choosing what to repack.
 struct PackUse {
-    id: Id,
+    pack: u32,
     size: u64,
     used_bytes: u64,
     unused_bytes: u64,
-    used_blobs: u32,
-    /// What its used blobs account for.
-    used: PackShare,
 }
+
+/// What happens to a pack's index records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Unchanged (live, or condemned and still waiting).
+    Keep,
+    /// Condemned by this run: no used blob, or repacked.
+    Condemn,
+    /// Condemned before, needed by a snapshot again: live.
+    Recover,
+    /// Records removed and the pack deleted (or already gone).
+    Delete,
+}
+
+/// Index files with fewer blobs than this are merged by prune once there are
+/// [`MERGE_SMALL_FILES`] of them: every backup's last index file is small, and readers pay
+/// per file.
+const SMALL_FILE_BLOBS: u64 = (BLOBS_PER_INDEX_FILE / 8) as u64;
+/// See [`SMALL_FILE_BLOBS`].
+const MERGE_SMALL_FILES: usize = 16;
 
 /// Remove unreferenced data (with `dry_run`: only compute what would go).
 pub fn prune(
-    lock: &ExclusiveLock<'_>,
+    lock: MaintenanceView<'_>,
     opts: &PruneOptions,
     progress: &Progress,
 ) -> Result<PruneReport> {
-    let repo: &Repository = lock;
-    let index = repo.load_index_strict()?;
+    let repo = lock.repo();
+    let two_phase = repo.config().version >= 3;
+    // Who is running, listed before the snapshots: an operation missing here has finished
+    // (its snapshot is in the listing below) or starts after it (and sees this run's marks).
+    let survey = crate::lock::survey(repo)?;
+    let others: Vec<Lock> = survey
+        .live
+        .iter()
+        .filter(|(_, l)| !lock.guard().owns(l))
+        .map(|(_, l)| l.clone())
+        .collect();
+    // Snapshots before the index: a snapshot is written after its index files, so every
+    // blob a listed snapshot uses is in the index loaded next.
     let snaps: Vec<(Id, Snapshot)> = repo.load_snapshots_strict()?;
+    let snap_ids: HashSet<Id> = snaps.iter().map(|(id, _)| *id).collect();
+    let mut index = repo.load_index_strict()?;
     let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
     let used = used_blobs(repo, &index, &roots)?;
+    let now = now_timestamp();
+    let skew = i64::try_from(opts.clock_skew.as_nanos()).unwrap_or(i64::MAX);
+    // A condemned pack waits while an operation that may have loaded the index before its
+    // mark is still running.
+    let held_back = |t: Timestamp| {
+        others
+            .iter()
+            .any(|l| l.started.unix_nanos < t.unix_nanos.saturating_add(skew))
+    };
 
     let stored: HashMap<String, u64> = repo
         .backend()
@@ -252,80 +334,84 @@ pub fn prune(
         .into_iter()
         .map(|o| (o.name, o.size))
         .collect();
-    // Per pack, by the index's pack numbers: what its index entries cover (duplicate copies
-    // of a blob count as unused in every pack but the one the index resolves it to).
-    let mut packs: Vec<PackUse> = index
-        .packs()
-        .iter()
-        .zip(index.pack_totals())
-        .map(|(pid, t)| match stored.get(&pid.to_hex()) {
-            Some(&size) => Ok(PackUse {
-                id: *pid,
-                size,
-                used_bytes: 0,
-                used_blobs: 0,
-                unused_bytes: t.bytes,
-                used: PackShare::default(),
-            }),
-            None => Err(Error::Integrity(format!(
-                "pack {pid} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
-            ))),
-        })
-        .collect::<Result<_>>()?;
+    let n = index.packs().len();
+    // Used blobs per pack, as the index resolves them (a copy in a live pack first).
+    let mut share = vec![PackShare::default(); n];
+    let mut used_count = vec![0u32; n];
     for pos in 0..index.len() {
         if used.contains(pos) {
             let (_, l) = index.at(pos);
-            let pu = &mut packs[l.pack as usize];
-            pu.used.add(&l);
-            pu.used_blobs += 1;
+            share[l.pack as usize].add(&l);
+            used_count[l.pack as usize] += 1;
         }
     }
-    for (pu, t) in packs.iter_mut().zip(index.pack_totals()) {
-        pu.used_bytes = pu.used.bytes(t);
-        pu.unused_bytes = t.bytes.saturating_sub(pu.used_bytes);
-    }
     let entries: u64 = index.pack_totals().iter().map(|t| u64::from(t.blobs)).sum();
-    let blobs_unused = entries - used.len() as u64;
-
     let mut report = PruneReport {
         packs_total: stored.len() as u64,
         bytes_total: stored.values().sum(),
         blobs_used: used.len() as u64,
-        blobs_unused,
+        blobs_unused: entries - used.len() as u64,
         dry_run: opts.dry_run,
         ..PruneReport::default()
     };
-    let indexed: HashSet<String> = index.packs().iter().map(Id::to_hex).collect();
-    let unreferenced: Vec<(String, u64)> = stored
-        .iter()
-        .filter(|(n, _)| !indexed.contains(*n))
-        .map(|(n, s)| (n.clone(), *s))
-        .collect();
-    report.packs_unreferenced = unreferenced.len() as u64;
 
-    let mut delete: Vec<Id> = Vec::new();
-    let mut partial: Vec<&PackUse> = Vec::new();
-    for p in &packs {
-        if p.used_blobs == 0 {
-            delete.push(p.id);
-        } else if p.unused_bytes > 0 {
-            partial.push(p);
+    let mut fate = vec![Fate::Keep; n];
+    let mut live: Vec<PackUse> = Vec::new();
+    for p in 0..n {
+        let id = index.packs()[p];
+        let size = stored.get(&id.to_hex()).copied();
+        match (index.condemned_at(p as u32), size) {
+            (None, None) => {
+                return Err(Error::Integrity(format!(
+                    "pack {id} is indexed but missing from storage; refusing to prune (run `cairn repair index`)"
+                )))
+            }
+            (Some(_), None) if used_count[p] > 0 => {
+                return Err(Error::Integrity(format!(
+                    "pack {id} holds the only copy of {} used blobs but is gone from storage; refusing to prune (run `cairn check`, then `cairn repair packs`)",
+                    used_count[p]
+                )))
+            }
+            // Condemned and gone (a prune stopped between deleting it and its records).
+            (Some(_), None) => fate[p] = Fate::Delete,
+            (Some(_), Some(_)) if used_count[p] > 0 => fate[p] = Fate::Recover,
+            (Some(t), Some(_)) => {
+                if !two_phase || !held_back(t) {
+                    fate[p] = Fate::Delete;
+                }
+            }
+            (None, Some(_)) if used_count[p] == 0 => fate[p] = Fate::Condemn,
+            (None, Some(size)) => {
+                let t = &index.pack_totals()[p];
+                let used_bytes = share[p].bytes(t);
+                live.push(PackUse {
+                    pack: p as u32,
+                    size,
+                    used_bytes,
+                    unused_bytes: t.bytes.saturating_sub(used_bytes),
+                });
+            }
         }
     }
-    report.packs_deleted = delete.len() as u64;
-    // Repack the emptiest packs first until the unused share is within bounds.
+    let indexed: HashSet<String> = index.packs().iter().map(Id::to_hex).collect();
+    let mut unreferenced: Vec<(Id, u64)> = stored
+        .iter()
+        .filter(|(name, _)| !indexed.contains(*name))
+        .map(|(name, size)| Ok((Id::from_hex(name)?, *size)))
+        .collect::<Result<_>>()?;
+    unreferenced.sort();
+    report.packs_unreferenced = unreferenced.len() as u64;
+
+    // Repack the emptiest live packs first until the unused share is within bounds.
+    let mut partial: Vec<&PackUse> = live.iter().filter(|p| p.unused_bytes > 0).collect();
     partial.sort_by(|a, b| {
         let ra = a.unused_bytes as f64 / a.size.max(1) as f64;
         let rb = b.unused_bytes as f64 / b.size.max(1) as f64;
-        rb.total_cmp(&ra).then(a.id.cmp(&b.id))
+        rb.total_cmp(&ra).then(a.pack.cmp(&b.pack))
     });
-    let kept_size: u64 = packs
-        .iter()
-        .filter(|p| p.used_blobs > 0)
-        .map(|p| p.size)
-        .sum();
+    let kept_size: u64 = live.iter().map(|p| p.size).sum();
     let mut unused_left: u64 = partial.iter().map(|p| p.unused_bytes).sum();
-    let mut repack: Vec<&PackUse> = Vec::new();
+    let mut repack: Vec<u32> = Vec::new();
     let mut repack_bytes = 0u64;
     for p in &partial {
         let size_after = kept_size.saturating_sub(p.unused_bytes);
@@ -341,22 +427,64 @@ pub fn prune(
         }
         repack_bytes += p.size;
         unused_left -= p.unused_bytes;
-        repack.push(p);
+        report.bytes_repacked += p.used_bytes;
+        repack.push(p.pack);
     }
     report.packs_repacked = repack.len() as u64;
-    report.bytes_repacked = repack.iter().map(|p| p.used_bytes).sum();
     report.bytes_unused_left = unused_left;
-    let deleted_bytes: u64 = packs
-        .iter()
-        .filter(|p| p.used_blobs == 0)
-        .map(|p| p.size)
-        .sum::<u64>()
-        + repack.iter().map(|p| p.size).sum::<u64>()
-        + unreferenced.iter().map(|(_, s)| s).sum::<u64>();
-    report.bytes_freed = deleted_bytes.saturating_sub(report.bytes_repacked);
+    for &p in &repack {
+        fate[p as usize] = Fate::Condemn;
+    }
+    // Before format 3 there are no marks: what would be condemned goes at once (nothing else
+    // runs beside the exclusive lock).
+    if !two_phase {
+        for f in fate.iter_mut().filter(|f| **f == Fate::Condemn) {
+            *f = Fate::Delete;
+        }
+    }
+    let size_of = |p: usize| stored.get(&index.packs()[p].to_hex()).copied().unwrap_or(0);
+    let count = |want: Fate| fate.iter().filter(|f| **f == want).count() as u64;
+    let bytes = |want: Fate| {
+        (0..n)
+            .filter(|&p| fate[p] == want)
+            .map(size_of)
+            .sum::<u64>()
+    };
+    report.packs_condemned = count(Fate::Condemn)
+        + if two_phase {
+            unreferenced.len() as u64
+        } else {
+            0
+        };
+    report.packs_recovered = count(Fate::Recover);
+    let unreferenced_bytes: u64 = unreferenced.iter().map(|(_, s)| s).sum();
+    // What goes now, and what this run condemns that goes at once if nothing else runs.
+    let mut freed = bytes(Fate::Delete) + if two_phase { 0 } else { unreferenced_bytes };
+    let condemned_bytes = bytes(Fate::Condemn) + if two_phase { unreferenced_bytes } else { 0 };
+    let waiting: Vec<usize> = (0..n)
+        .filter(|&p| fate[p] == Fate::Keep && index.condemned_at(p as u32).is_some())
+        .collect();
+    report.packs_waiting = waiting.len() as u64;
+    report.bytes_waiting = waiting.iter().map(|&p| size_of(p)).sum();
+    report.packs_deleted = count(Fate::Delete)
+        + if two_phase {
+            0
+        } else {
+            report.packs_unreferenced
+        };
+
     // Leftovers of killed processes: temporary files no live writer owns, stale locks.
-    let leftovers = find_leftovers(repo)?;
+    let leftovers = find_leftovers_in(repo, survey)?;
     if opts.dry_run {
+        if others.is_empty() {
+            freed += condemned_bytes;
+            report.packs_deleted += report.packs_condemned - unreferenced.len() as u64;
+            report.quiet = true;
+        } else {
+            report.packs_waiting += report.packs_condemned;
+            report.bytes_waiting += condemned_bytes;
+        }
+        report.bytes_freed = freed.saturating_sub(report.bytes_repacked);
         report.temp_files_removed = leftovers.temp_files.len() as u64;
         report.temp_bytes_removed = leftovers.temp_bytes();
         report.stale_locks_removed = leftovers.stale_locks.len() as u64;
@@ -367,68 +495,227 @@ pub fn prune(
         report.temp_bytes_removed,
         report.stale_locks_removed,
     ) = remove_leftovers(lock, &leftovers)?;
-    if delete.is_empty() && repack.is_empty() && unreferenced.is_empty() {
-        return Ok(report);
+
+    // Writers (this run's repack too) must not deduplicate against what goes. (The time
+    // recorded is taken again below, when the marks are written.)
+    for (p, f) in fate.iter().enumerate() {
+        match f {
+            Fate::Condemn | Fate::Delete => index.set_condemned(p as u32, Some(now)),
+            Fate::Recover => index.set_condemned(p as u32, None),
+            Fate::Keep => {}
+        }
     }
 
     // 1. Repack: the used blobs of each repacked pack, found in one pass over the index.
-    let repack_ids: HashSet<Id> = repack.iter().map(|p| p.id).collect();
-    let delete_ids: HashSet<Id> = delete.iter().copied().collect();
-    let mut to_copy: HashMap<u32, Vec<PackEntry>> = HashMap::new();
-    for pos in 0..index.len() {
-        let (id, l) = index.at(pos);
-        if used.contains(pos) && repack_ids.contains(&index.pack_id(&l)) {
-            to_copy.entry(l.pack).or_default().push(entry_of(id, &l));
+    let repack_set: HashSet<u32> = repack.iter().copied().collect();
+    if !repack_set.is_empty() {
+        let mut to_copy: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+        for pos in 0..index.len() {
+            let (id, l) = index.at(pos);
+            if used.contains(pos) && repack_set.contains(&l.pack) {
+                to_copy.entry(l.pack).or_default().push(entry_of(id, &l));
+            }
+        }
+        let mut to_copy: Vec<(Id, Vec<PackEntry>)> = to_copy
+            .into_iter()
+            .map(|(p, mut v)| {
+                v.sort_by_key(|e| (e.offset, e.group_offset));
+                (index.packs()[p as usize], v)
+            })
+            .collect();
+        to_copy.sort_by_key(|(id, _)| *id);
+        let known = std::sync::Arc::new(index);
+        let packer = Packer::new(repo, known.clone());
+        to_copy
+            .par_iter()
+            .try_for_each(|(pid, blobs)| -> Result<()> {
+                if interrupted() {
+                    return Err(Error::Interrupted);
+                }
+                let mut data = repo.backend().get(FileKind::Pack, &pid.to_hex())?;
+                verify_name(FileKind::Pack, &pid.to_hex(), &data)?;
+                let mut opener = repo.opener(*pid);
+                for e in blobs {
+                    let a = e.offset as usize;
+                    let sealed = data
+                        .get_mut(a..a + e.length as usize)
+                        .ok_or_else(|| Error::Integrity(format!("pack {pid} truncated")))?;
+                    let plain = opener.open(e, sealed).map_err(|err| {
+                        Error::Integrity(format!(
+                            "{err}; refusing to repack (run `cairn check --read-data`)"
+                        ))
+                    })?;
+                    packer.add(e.blob_type, e.id, &plain)?;
+                    Progress::add(&progress.bytes, u64::from(e.raw_length));
+                }
+                Ok(())
+            })?;
+        // The copies' packs and index files are durable before any record changes.
+        packer.finish()?;
+        drop(packer);
+        index = std::sync::Arc::try_unwrap(known)
+            .map_err(|_| Error::Backend("the repacking packer outlived prune".into()))?;
+    }
+
+    drop(used);
+    // 2.+3. Rewrite the index files whose records change. The condemnation time is taken
+    // now, after the repack: an operation that started while it ran loaded the index before
+    // the marks exist, and must hold their deletion back.
+    let now = now_timestamp();
+    for (p, f) in fate.iter().enumerate() {
+        if *f == Fate::Condemn {
+            index.set_condemned(p as u32, Some(now));
         }
     }
-    let mut to_copy: Vec<(Id, Vec<PackEntry>)> = to_copy
-        .into_iter()
-        .map(|(p, mut v)| {
-            v.sort_by_key(|e| (e.offset, e.group_offset));
-            (index.packs()[p as usize], v)
+    let condemned_now: HashSet<Id> = (0..n)
+        .filter(|&p| fate[p] == Fate::Condemn)
+        .map(|p| index.packs()[p])
+        .chain(
+            two_phase
+                .then(|| unreferenced.iter().map(|(id, _)| *id))
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+    let new_unreferenced: Vec<IndexPack> = if two_phase {
+        unreferenced
+            .iter()
+            .map(|(id, _)| IndexPack {
+                id: *id,
+                blobs: Vec::new(),
+                condemned: Some(now),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (old_files, rewrite) = files_to_rewrite(&index, &fate);
+    let written = if old_files.is_empty() && new_unreferenced.is_empty() {
+        Vec::new()
+    } else {
+        let records = index
+            .index_packs()
+            .filter(|ip| {
+                index
+                    .pack_number(&ip.id)
+                    .is_some_and(|p| rewrite.contains(&p) && fate[p as usize] != Fate::Delete)
+            })
+            .chain(new_unreferenced);
+        report.index_files_replaced = old_files.len() as u64;
+        replace_index(repo, &old_files, records)?
+    };
+    // Files a replacement that stopped early left behind (readers ignore them).
+    for id in &index.superseded {
+        match repo.backend().delete(FileKind::Index, &id.to_hex()) {
+            Ok(()) | Err(Error::ObjectNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut gone: Vec<Id> = (0..n)
+        .filter(|&p| fate[p] == Fate::Delete)
+        .map(|p| index.packs()[p])
+        .collect();
+    drop(index);
+
+    // 4. Packs nothing names any more.
+    if !two_phase {
+        gone.extend(unreferenced.iter().map(|(id, _)| *id));
+    }
+    delete_packs(lock, &gone)?;
+
+    // A quiet repository: nothing else holds a lock and no snapshot appeared since the
+    // listing, so nothing can reference what this run condemned. It goes now.
+    if two_phase && !condemned_now.is_empty() {
+        let others_now = crate::lock::survey(repo)?
+            .live
+            .into_iter()
+            .any(|(_, l)| !lock.guard().owns(&l));
+        let new_snapshot = !others_now
+            && repo
+                .list_ids(FileKind::Snapshot)?
+                .iter()
+                .any(|id| !snap_ids.contains(id));
+        if !others_now && !new_snapshot {
+            drop_records(repo, &written, &condemned_now)?;
+            let ids: Vec<Id> = condemned_now.iter().copied().collect();
+            delete_packs(lock, &ids)?;
+            freed += condemned_bytes;
+            report.packs_deleted += (condemned_now.len() - unreferenced.len()) as u64;
+            report.quiet = true;
+        } else {
+            report.packs_waiting += condemned_now.len() as u64;
+            report.bytes_waiting += condemned_bytes;
+        }
+    }
+    report.bytes_freed = freed.saturating_sub(report.bytes_repacked);
+    Ok(report)
+}
+
+/// The index files whose records change with `fate` (a record's condemned flag differs from
+/// its pack's new state, or its pack goes), plus the small files once there are enough of
+/// them to merge; and the packs those files name, whose records are written anew.
+fn files_to_rewrite(index: &MasterIndex, fate: &[Fate]) -> (Vec<Id>, HashSet<u32>) {
+    let mut touched = Vec::new();
+    let mut small = Vec::new();
+    let mut packs = HashSet::new();
+    for (file, records) in index.file_packs() {
+        let changes = records.iter().any(|&(p, condemned)| {
+            fate[p as usize] == Fate::Delete || condemned != index.condemned_at(p).is_some()
+        });
+        if changes {
+            touched.push((*file, records));
+        } else {
+            let blobs: u64 = records
+                .iter()
+                .map(|&(p, _)| u64::from(index.pack_totals()[p as usize].blobs))
+                .sum();
+            if blobs < SMALL_FILE_BLOBS {
+                small.push((*file, records));
+            }
+        }
+    }
+    if small.len() >= MERGE_SMALL_FILES {
+        touched.extend(small);
+    }
+    let files = touched
+        .iter()
+        .map(|(file, records)| {
+            packs.extend(records.iter().map(|&(p, _)| p));
+            *file
         })
         .collect();
-    to_copy.sort_by_key(|(id, _)| *id);
-    drop(used);
-    let mut kept = index;
-    kept.retain_packs(|id| !repack_ids.contains(id) && !delete_ids.contains(id));
-    let kept = std::sync::Arc::new(kept);
-    let packer = Packer::new(repo, kept.clone()).recording();
-    to_copy
-        .par_iter()
-        .try_for_each(|(pid, blobs)| -> Result<()> {
-            if interrupted() {
-                return Err(Error::Interrupted);
-            }
-            let mut data = repo.backend().get(FileKind::Pack, &pid.to_hex())?;
-            verify_name(FileKind::Pack, &pid.to_hex(), &data)?;
-            let mut opener = repo.opener(*pid);
-            for e in blobs {
-                let a = e.offset as usize;
-                let sealed = data
-                    .get_mut(a..a + e.length as usize)
-                    .ok_or_else(|| Error::Integrity(format!("pack {pid} truncated")))?;
-                let plain = opener.open(e, sealed).map_err(|err| {
-                    Error::Integrity(format!(
-                        "{err}; refusing to repack (run `cairn check --read-data`)"
-                    ))
-                })?;
-                packer.add(e.blob_type, e.id, &plain)?;
-                Progress::add(&progress.bytes, u64::from(e.raw_length));
-            }
-            Ok(())
-        })?;
-    let new_packs = packer.finish()?;
-    drop(packer);
+    (files, packs)
+}
 
-    // 2.+3. The complete new index, then the old index files go.
-    report.index_files_replaced = replace_index(repo, kept.index_packs().chain(new_packs))?;
-    // 4. Packs nothing names any more.
-    for id in delete.iter().chain(repack_ids.iter()) {
-        repo.backend().delete(FileKind::Pack, &id.to_hex())?;
+/// Delete packs whose records are gone, once this process's lock is certainly still live
+/// (FORMAT.md §15). A pack already gone is fine: a prune stopped after deleting it.
+fn delete_packs(lock: MaintenanceView<'_>, ids: &[Id]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    for (name, _) in &unreferenced {
-        repo.backend().delete(FileKind::Pack, name)?;
+    lock.guard().check_held()?;
+    for id in ids {
+        match lock.repo().backend().delete(FileKind::Pack, &id.to_hex()) {
+            Ok(()) | Err(Error::ObjectNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(report)
+    Ok(())
+}
+
+/// Rewrite the index files `written` (this run's) without the records of `drop`, one file
+/// at a time.
+fn drop_records(repo: &Repository, written: &[Id], drop: &HashSet<Id>) -> Result<()> {
+    for id in written {
+        let file = repo.load_index_file(id)?;
+        if file.packs.iter().any(|p| drop.contains(&p.id)) {
+            let keep: Vec<IndexPack> = file
+                .packs
+                .into_iter()
+                .filter(|p| !drop.contains(&p.id))
+                .collect();
+            replace_index(repo, &[*id], keep)?;
+        }
+    }
+    Ok(())
 }

@@ -243,7 +243,9 @@ pub fn repair_packs(
         return Err(Error::Interrupted);
     }
     // The index without the damaged packs is durable before they go.
-    report.index_files_replaced = replace_index(repo, kept_packs)?;
+    let old_files = repo.list_ids(FileKind::Index)?;
+    replace_index(repo, &old_files, kept_packs)?;
+    report.index_files_replaced = old_files.len() as u64;
     for (pid, _) in &damaged {
         repo.backend().delete(FileKind::Pack, &pid.to_hex())?;
     }
@@ -530,6 +532,7 @@ pub fn repair_index(lock: &ExclusiveLock<'_>, progress: &Progress) -> Result<Rep
                 report.packs += 1;
                 report.blobs += entries.len() as u64;
                 packs.push(IndexPack {
+                    condemned: None,
                     id: Id::from_hex(&name)?,
                     blobs: entries,
                 });
@@ -537,21 +540,24 @@ pub fn repair_index(lock: &ExclusiveLock<'_>, progress: &Progress) -> Result<Rep
             Err(e) => report.unreadable_packs.push(format!("{name}: {e}")),
         }
     }
-    report.index_files_replaced = replace_index(repo, packs)?;
+    let old_files = repo.list_ids(FileKind::Index)?;
+    replace_index(repo, &old_files, packs)?;
+    report.index_files_replaced = old_files.len() as u64;
     Ok(report)
 }
 
-/// Replace the whole index by one listing exactly `packs`: write the new index files, the
-/// last one naming every older index file in `supersedes`, then delete the older ones.
-/// A crash before the last new file leaves the old index in force (new files only add
-/// duplicates); a crash after it leaves superseded files that readers ignore. Returns how
-/// many index files were replaced.
+/// Replace the index files `old_files` by new ones listing exactly `packs`: write the new
+/// files, the last one naming every old file in `supersedes`, then delete the old ones.
+/// A crash before the last new file leaves the old files in force (new files only add
+/// duplicates); a crash after it leaves superseded files that readers ignore. Only files
+/// the caller read may be replaced: a file written meanwhile by a backup stays. Returns the
+/// new files.
 pub(crate) fn replace_index(
     repo: &Repository,
+    old_files: &[Id],
     packs: impl IntoIterator<Item = IndexPack>,
-) -> Result<u64> {
-    let old_files: Vec<Id> = repo.list_ids(FileKind::Index)?;
-    let mut new_files = HashSet::new();
+) -> Result<Vec<Id>> {
+    let mut new_files = Vec::new();
     // At most PACKS_PER_INDEX_FILE packs and BLOBS_PER_INDEX_FILE blobs per file.
     // Each full file is written as soon as the next pack does not fit, so only one file's
     // packs are in memory; the last one, written after the loop, carries `supersedes`.
@@ -566,7 +572,7 @@ pub(crate) fn replace_index(
                 return Err(Error::Interrupted);
             }
             let packs = std::mem::take(&mut chunk);
-            new_files.insert(repo.save_index(&IndexFile {
+            new_files.push(repo.save_index(&IndexFile {
                 supersedes: Vec::new(),
                 packs,
             })?);
@@ -578,16 +584,19 @@ pub(crate) fn replace_index(
     if interrupted() {
         return Err(Error::Interrupted);
     }
-    new_files.insert(repo.save_index(&IndexFile {
-        supersedes: old_files.clone(),
+    new_files.push(repo.save_index(&IndexFile {
+        supersedes: old_files.to_vec(),
         packs: chunk,
     })?);
-    for id in &old_files {
+    for id in old_files {
         if !new_files.contains(id) {
-            repo.backend().delete(FileKind::Index, &id.to_hex())?;
+            match repo.backend().delete(FileKind::Index, &id.to_hex()) {
+                Ok(()) | Err(Error::ObjectNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
-    Ok(old_files.len() as u64)
+    Ok(new_files)
 }
 
 /// Read and decode a pack's header with two ranged reads (trailer, then header).

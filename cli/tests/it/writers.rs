@@ -1,0 +1,253 @@
+//! Many writers, one repository (FORMAT.md §15): four "nodes" (own `--host`, own cache)
+//! back up changing data in a loop while `forget --keep-last 2 --prune` runs in a loop beside
+//! them, on a local repository and on S3. No backup and no prune may fail; at the end `check
+//! --read-data` is clean and every snapshot left restores exactly what was backed up. The long
+//! version (minutes, the 3-node Garage cluster with a node restarted) is
+//! `scripts/stress-writers.sh`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::util::{assert_trees_equal, random_bytes, run_command, s, write_file, Env, Output};
+
+const WRITERS: usize = 4;
+
+/// A small deterministic generator, so that every writer's edits differ run to run only by
+/// how many iterations fit in the time.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+/// A writer's first tree: a few larger files (several chunks) and many small ones.
+fn seed_tree(src: &Path, w: usize) {
+    for i in 0..3 {
+        write_file(
+            &src.join(format!("pv/vol{i}.img")),
+            &random_bytes(600_000 + 100_000 * i, (w * 10 + i) as u64),
+        );
+    }
+    for i in 0..40 {
+        write_file(
+            &src.join(format!("manifests/ns{}/obj{i}.yaml", i % 4)),
+            format!("kind: ConfigMap\nmetadata:\n  name: w{w}-obj{i}\ndata:\n  k: {i}\n")
+                .as_bytes(),
+        );
+    }
+}
+
+/// One night's changes: rewrite part of a volume, add and drop small files, edit one.
+fn mutate(src: &Path, rng: &mut Lcg, round: u64) {
+    let vol = src.join(format!("pv/vol{}.img", rng.next() % 3));
+    let mut data = std::fs::read(&vol).unwrap();
+    let at = (rng.next() as usize) % data.len().saturating_sub(70_000).max(1);
+    let fresh = random_bytes(65_536, rng.next());
+    let n = fresh.len().min(data.len() - at);
+    data[at..at + n].copy_from_slice(&fresh[..n]);
+    write_file(&vol, &data);
+    write_file(
+        &src.join(format!("manifests/new/r{round}.yaml")),
+        format!("kind: Secret\nround: {round}\n").as_bytes(),
+    );
+    if round >= 2 {
+        let _ = std::fs::remove_file(src.join(format!("manifests/new/r{}.yaml", round - 2)));
+    }
+    let edit = src.join(format!(
+        "manifests/ns{}/obj{}.yaml",
+        rng.next() % 4,
+        rng.next() % 10 * 4
+    ));
+    if let Ok(mut b) = std::fs::read(&edit) {
+        b.extend_from_slice(format!("# round {round}\n").as_bytes());
+        write_file(&edit, &b);
+    }
+}
+
+/// `cp -a`: the copy keeps modes and mtimes, for an exact comparison after restore.
+fn copy_tree(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn run_as_writer(env: &Env, w: usize, args: &[&str]) -> Output {
+    let mut cmd = env.cmd();
+    // Each writer is a separate node with its own cache.
+    cmd.env("XDG_CACHE_HOME", env.path(&format!("cache{w}")));
+    cmd.args(args);
+    run_command(cmd, None)
+}
+
+struct Outcome {
+    backups: usize,
+    prunes: usize,
+    condemned: u64,
+    deleted: u64,
+    failures: Vec<String>,
+    /// Snapshot id → the copy of what it backed up.
+    copies: Vec<(String, PathBuf)>,
+}
+
+fn many_writers(env: &Env, run_for: Duration) {
+    let deadline = Instant::now() + run_for;
+    let outcome = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                scope.spawn(move || {
+                    let src = env.path(&format!("node{w}/data"));
+                    seed_tree(&src, w);
+                    let mut rng = Lcg(w as u64 + 1);
+                    let mut out = Outcome {
+                        backups: 0,
+                        prunes: 0,
+                        condemned: 0,
+                        deleted: 0,
+                        failures: Vec::new(),
+                        copies: Vec::new(),
+                    };
+                    let host = format!("node{w}");
+                    let mut round = 0u64;
+                    while Instant::now() < deadline {
+                        mutate(&src, &mut rng, round);
+                        round += 1;
+                        let r =
+                            run_as_writer(env, w, &["--json", "backup", "--host", &host, s(&src)]);
+                        if r.code != 0 {
+                            out.failures.push(format!("backup {host}: {}", r.dump()));
+                            continue;
+                        }
+                        out.backups += 1;
+                        let id = r.summary()["snapshot_id"].as_str().unwrap().to_owned();
+                        let copy = env.path(&format!("copies/{id}"));
+                        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+                        copy_tree(&src, &copy);
+                        out.copies.push((id, copy));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let pruner = scope.spawn(move || {
+            let mut out = Outcome {
+                backups: 0,
+                prunes: 0,
+                condemned: 0,
+                deleted: 0,
+                failures: Vec::new(),
+                copies: Vec::new(),
+            };
+            let mut round = 0;
+            while Instant::now() < deadline {
+                // Every other run assumes perfectly synchronized clocks (one host here), so
+                // that packs are deleted while backups run, not only in quiet moments.
+                round += 1;
+                let skew = if round % 2 == 0 { "0s" } else { "10m" };
+                let r = run_as_writer(
+                    env,
+                    WRITERS,
+                    &[
+                        "--json",
+                        "forget",
+                        "--keep-last",
+                        "2",
+                        "--prune",
+                        "--max-unused",
+                        "0",
+                        "--clock-skew",
+                        skew,
+                    ],
+                );
+                if r.code != 0 {
+                    out.failures.push(format!("forget --prune: {}", r.dump()));
+                } else {
+                    out.prunes += 1;
+                    for line in r.stdout.lines() {
+                        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                        if let Some(p) = v.get("prune").filter(|p| p.is_object()) {
+                            out.condemned += p["packs_condemned"].as_u64().unwrap_or(0);
+                            out.deleted += p["packs_deleted"].as_u64().unwrap_or(0);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            out
+        });
+        let mut all: Vec<Outcome> = writers.into_iter().map(|h| h.join().unwrap()).collect();
+        all.push(pruner.join().unwrap());
+        all
+    });
+    let failures: Vec<&String> = outcome.iter().flat_map(|o| &o.failures).collect();
+    assert!(failures.is_empty(), "failed commands:\n{failures:#?}");
+    let backups: usize = outcome.iter().map(|o| o.backups).sum();
+    let prunes: usize = outcome.iter().map(|o| o.prunes).sum();
+    let condemned: u64 = outcome.iter().map(|o| o.condemned).sum();
+    let deleted: u64 = outcome.iter().map(|o| o.deleted).sum();
+    eprintln!(
+        "{backups} backups, {prunes} prunes ({condemned} packs condemned, {deleted} deleted)"
+    );
+    assert!(
+        backups >= 2 * WRITERS && prunes >= 2,
+        "too little ran to test anything: {backups} backups, {prunes} prunes"
+    );
+
+    env.ok(&["check", "--read-data"]);
+    // Every snapshot left restores exactly what its backup read.
+    let left: Vec<(String, String)> = env
+        .snapshots::<&str>(&[])
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["paths"][0].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(left.len() >= WRITERS, "{left:?}");
+    for (id, copy) in outcome.iter().flat_map(|o| &o.copies) {
+        let Some((_, path)) = left.iter().find(|(i, _)| i == id) else {
+            continue;
+        };
+        let target = env.path(&format!("restored/{id}"));
+        env.ok(&["restore", &format!("{id}:{path}"), "--target", s(&target)]);
+        assert_trees_equal(copy, &target, false);
+    }
+    // With the writers gone, one more prune deletes everything condemned.
+    env.ok(&["prune", "--max-unused", "0"]);
+    let check = env.json(&["check"]);
+    assert_eq!(check["report"]["condemned_packs"], 0, "{check}");
+    assert_eq!(
+        check["report"]["unreferenced_packs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "{check}"
+    );
+}
+
+#[test]
+fn four_writers_and_a_prune_loop_on_a_local_repository() {
+    let env = Env::new();
+    many_writers(&env, Duration::from_secs(12));
+}
+
+#[test]
+fn four_writers_and_a_prune_loop_on_s3() {
+    let Some(env) = Env::s3("writers") else {
+        return;
+    };
+    env.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
+    many_writers(&env, Duration::from_secs(12));
+}
