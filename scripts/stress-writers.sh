@@ -3,7 +3,7 @@
 #
 #   scripts/stress-writers.sh [--backend local|garage1|garage3] [--writers N] [--duration SECS]
 #       [--cairn-bin PATH] [--dir DIR] [--port BASE] [--restart-node|--no-restart-node]
-#       [--retry-lock DUR] [--cmd-timeout SECS] [--json FILE] [--throughput [--reps N]]
+#       [--retry-lock DUR] [--cmd-timeout SECS] [--json FILE] [--throughput [--reps N]] [--scale F]
 #
 # N writers (own source tree ~25-35 MB, own CAIRN_CACHE_DIR, --host nodeK) mutate their tree
 # and back it up in a loop for SECS; one loop runs `forget --keep-last 2 --prune` every 1-3 s.
@@ -13,6 +13,12 @@
 # Exits non-zero if a backup, prune, check or restore failed, or a snapshot is missing or differs.
 # --throughput: 1 writer backing up the N sources one after another vs N concurrent writers,
 # fresh repository each, alternated --reps times (default 3); medians and ratio.
+# --scale F multiplies the sizes of the big files of each source (default 1: ~25-35 MB per source;
+# e.g. 20: ~0.5 GB), for throughput runs long enough to time.
+# Every successful backup's --json summary also gives index_files, index_bytes and
+# index_bytes_fetched (index files loaded, their bytes, and the bytes fetched from the repository
+# rather than the local cache; `-` if the binary does not report them): median and max per writer,
+# medians over all backups, and the repository's index size at the end.
 # Work dir DIR/run-* (default DIR /var/tmp/cairn-stress) is removed on success, kept on failure.
 # --retry-lock DUR is passed to every cairn command (default none: lock conflicts are failures);
 # --cmd-timeout (default 600 s) bounds each command. Needs python3, jq, timeout.
@@ -22,7 +28,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 CAIRN=""; DIR=/var/tmp/cairn-stress; PORT=39300; BACKEND=local; WRITERS=4; DURATION=120
-RESTART=""; JSON_OUT=""; THROUGHPUT=0; REPS=3; RETRY_LOCK=""; CMD_TIMEOUT=600
+RESTART=""; JSON_OUT=""; THROUGHPUT=0; REPS=3; RETRY_LOCK=""; CMD_TIMEOUT=600; SCALE=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --backend) BACKEND=$2; shift 2 ;;
@@ -38,12 +44,17 @@ while [[ $# -gt 0 ]]; do
     --json) JSON_OUT=$2; shift 2 ;;
     --throughput) THROUGHPUT=1; shift ;;
     --reps) REPS=$2; shift 2 ;;
-    *) sed -n '2,21p' "$0"; exit 2 ;;
+    --scale) SCALE=$2; shift 2 ;;
+    *) sed -n '2,26p' "$0"; exit 2 ;;
   esac
 done
 case $BACKEND in local|garage1|garage3) ;; *) echo "stress: bad --backend $BACKEND" >&2; exit 2 ;; esac
 [[ $WRITERS =~ ^[1-9][0-9]*$ && $DURATION =~ ^[1-9][0-9]*$ && $REPS =~ ^[1-9][0-9]*$ ]] || {
   echo "stress: --writers, --duration and --reps take positive integers" >&2; exit 2; }
+if ! [[ $SCALE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || ! awk -v s="$SCALE" 'BEGIN { exit !(s > 0) }'; then
+  echo "stress: --scale takes a positive number" >&2; exit 2
+fi
+export STRESS_SCALE=$SCALE
 [[ -z $RESTART ]] && RESTART=$([[ $BACKEND == garage3 ]] && echo 1 || echo 0)
 if [[ $RESTART == 1 && $BACKEND != garage3 ]]; then
   echo "stress: --restart-node needs --backend garage3" >&2; exit 2
@@ -97,6 +108,10 @@ def sizes(r):  # small-file size distribution: mean ~20 KiB
     x = r.random()
     return r.randint(100, 4096) if x < .6 else r.randint(4096, 32768) if x < .9 else r.randint(32768, 262144)
 
+SCALE = float(os.environ.get("STRESS_SCALE", "1"))  # --scale: sizes of the big files
+def big(n):
+    return max(1, int(n * SCALE))
+
 WORDS = b"alpha beta gamma delta pod node kubelet etcd lease ready error warn info debug".split()
 def text(r, n):
     out = bytearray()
@@ -135,9 +150,9 @@ def generate(src, r):
     os.chmod(os.path.join(src, "private"), 0o700)
     write(os.path.join(src, "private", "token"), r.randbytes(64), 0o600)
     os.makedirs(os.path.join(src, "big"), exist_ok=True)
-    write(os.path.join(src, "big", "db.log"), text(r, r.randint(2, 4) << 20))      # compressible
+    write(os.path.join(src, "big", "db.log"), text(r, big(r.randint(2, 4) << 20)))      # compressible
     for i in range(4):
-        write(os.path.join(src, "big", "vol%d.img" % i), r.randbytes(r.randint(2 << 20, 6 << 20)))
+        write(os.path.join(src, "big", "vol%d.img" % i), r.randbytes(big(r.randint(2 << 20, 6 << 20))))
     write(os.path.join(src, "log.txt"), text(r, 65536))
     os.symlink("big/vol0.img", os.path.join(src, "link-vol0"))
     os.symlink("does/not/exist", os.path.join(src, "link-dangling"))
@@ -157,7 +172,7 @@ def mutate(src, r, it):
             f.write(r.randbytes(n))
     if it % 5 == 0:                                           # replace a big file (new inode)
         b = r.choice(bigs)
-        write(b, r.randbytes(r.randint(2 << 20, 6 << 20)))
+        write(b, r.randbytes(big(r.randint(2 << 20, 6 << 20))))
     lp = os.path.join(src, "log.txt")                         # append (rotate at 4 MiB)
     if os.path.getsize(lp) > 4 << 20:
         write(lp, text(r, 65536))
@@ -211,6 +226,27 @@ def med(xs):
 def fmt(x, unit="s"):
     return "-" if x is None else "%.2f %s" % (x, unit)
 
+# backup-K.tsv columns: it rc t1 dur_us snapshot processed added endpoint index_files index_bytes index_bytes_fetched
+INDEX_FIELDS = ("index_files", "index_bytes", "index_bytes_fetched")
+
+def index_values(rows):
+    """{field: [values of the rows that report it]} for the index fields of backup rows."""
+    out = {f: [] for f in INDEX_FIELDS}
+    for r in rows:
+        for i, f in enumerate(INDEX_FIELDS):
+            v = r[8 + i] if len(r) > 8 + i else ""
+            if v.isdigit():
+                out[f].append(int(v))
+    return out
+
+def med_max(xs):
+    return {"n": len(xs), "median": med(xs), "max": max(xs) if xs else None}
+
+def fnum(x, kb=False):
+    if x is None:
+        return "-"
+    return "%.1f kB" % (x / 1e3) if kb else ("%g" % x)
+
 def errdigest(logs, failed, limit=10):
     """Print the stderr of failed commands, and a count of distinct last lines."""
     counts = {}
@@ -250,6 +286,7 @@ def summary(work, cfg_json, out_json):
     existing = {s["id"] for s in snaps}
     failed_cmds, writers, lost = [], [], []
     tot_ok = tot_fail = tot_bytes = tot_added = 0
+    all_index = {f: [] for f in INDEX_FIELDS}
     for k in range(1, cfg["writers"] + 1):
         rows = tsv(os.path.join(res, "backup-%d.tsv" % k))
         ok = [r for r in rows if r[1] == "0"]
@@ -264,9 +301,13 @@ def summary(work, cfg_json, out_json):
         for idx, r in enumerate(rows):
             if r[1] == "0" and r[4] and len(rows) - 1 - idx < 2 and snaps_ok and r[4] not in existing:
                 lost.append({"writer": k, "iteration": int(r[0]), "snapshot": r[4]})
+        iv = index_values(ok)
+        for f in INDEX_FIELDS:
+            all_index[f] += iv[f]
         writers.append({"writer": k, "host": "node%d" % k, "backups_ok": len(ok), "backups_failed": len(bad),
                         "median_backup_s": med(durs), "max_backup_s": max(durs) if durs else None,
-                        "bytes_processed": b, "data_added": a})
+                        "bytes_processed": b, "data_added": a,
+                        **{f: med_max(iv[f]) for f in INDEX_FIELDS}})
         tot_ok += len(ok); tot_fail += len(bad); tot_bytes += b; tot_added += a
     prows = tsv(os.path.join(res, "prune.tsv"))
     pok = [r for r in prows if r[1] == "0"]
@@ -284,6 +325,10 @@ def summary(work, cfg_json, out_json):
         vstat[r[2]] = vstat.get(r[2], 0) + 1
         if r[2] == "restore-failed":
             failed_cmds.append(("restore %s (%s)" % (r[0][:8], r[1]), os.path.join(logs, "restore-%s.err" % r[0])))
+    irow = (tsv(os.path.join(res, "repo-index.tsv")) or [["", "", ""]])[0] + ["", "", ""]
+    repo_index = {"files_listed": int(irow[0]) if irow[0].isdigit() else None,   # cairn list index
+                  "objects": int(irow[1]) if irow[1].isdigit() else None,        # files/objects under index/
+                  "bytes": int(irow[2]) if irow[2].isdigit() else None}
     events = [{"t_s": round((int(r[0]) - int(run["loops_start_us"])) / 1e6, 1), "event": r[1]}
               for r in tsv(os.path.join(res, "events.tsv"))]
     out = {
@@ -299,6 +344,8 @@ def summary(work, cfg_json, out_json):
         "restores_verified": vstat.get("ok", 0), "restores_mismatched": vstat.get("mismatch", 0),
         "restores_failed": vstat.get("restore-failed", 0), "snapshots_without_copy": vstat.get("no-copy", 0),
         "snapshots_lost": lost, "events": events,
+        "index_per_backup": {f: med_max(all_index[f]) for f in INDEX_FIELDS},
+        "repo_index_at_end": repo_index,
     }
     fail = (tot_fail or pbad or crow[0] != "0" or not snaps_ok or vstat.get("mismatch") or
             vstat.get("restore-failed") or lost or tot_ok == 0)
@@ -312,6 +359,21 @@ def summary(work, cfg_json, out_json):
     for w in writers:
         print("%-8s %6d %6d %10s %10s %9.1f MB %9.1f MB" % (w["host"], w["backups_ok"], w["backups_failed"],
               fmt(w["median_backup_s"]), fmt(w["max_backup_s"]), w["bytes_processed"] / 1e6, w["data_added"] / 1e6))
+    print("index loaded per successful backup (median / max; fetched = from the repository, not the local cache):")
+    print("%-8s %6s %15s %23s %23s" % ("writer", "n", "index files", "index bytes", "fetched bytes"))
+    for w in writers:
+        print("%-8s %6d %15s %23s %23s" % (w["host"], w["index_files"]["n"],
+              "%s / %s" % (fnum(w["index_files"]["median"]), fnum(w["index_files"]["max"])),
+              "%s / %s" % (fnum(w["index_bytes"]["median"], True), fnum(w["index_bytes"]["max"], True)),
+              "%s / %s" % (fnum(w["index_bytes_fetched"]["median"], True),
+                           fnum(w["index_bytes_fetched"]["max"], True))))
+    ai = out["index_per_backup"]
+    print("%-8s %6d %15s %23s %23s" % ("all", ai["index_files"]["n"],
+          "%s / %s" % (fnum(ai["index_files"]["median"]), fnum(ai["index_files"]["max"])),
+          "%s / %s" % (fnum(ai["index_bytes"]["median"], True), fnum(ai["index_bytes"]["max"], True)),
+          "%s / %s" % (fnum(ai["index_bytes_fetched"]["median"], True), fnum(ai["index_bytes_fetched"]["max"], True))))
+    print("repository index at the end: %s index files listed by cairn, %s objects, %s" %
+          (fnum(repo_index["files_listed"]), fnum(repo_index["objects"]), fnum(repo_index["bytes"], True)))
     print("backups: %d ok, %d failed; aggregate %.1f MB/s processed, %.1f MB/s added" %
           (tot_ok, tot_fail, tot_bytes / wall / 1e6 if wall else 0, tot_added / wall / 1e6 if wall else 0))
     print("forget --prune: %d ok, %d failed, median %s, %d snapshots removed" %
@@ -361,6 +423,28 @@ def tp_summary(work, cfg_json, out_json):
             json.dump(out, f, indent=2)
     return 0 if out["pass"] else 1
 
+def index_size(where, bucket="", prefix=""):
+    """Print "objects<TAB>bytes" of the index files: a directory, or an S3 endpoint (boto3)."""
+    if not where.startswith("http"):
+        d = os.path.join(where, "index")
+        n = b = 0
+        for dp, _, fs in os.walk(d):
+            for f in fs:
+                n += 1
+                b += os.path.getsize(os.path.join(dp, f))
+        print("%d\t%d" % (n, b))
+        return 0
+    import boto3, botocore.config
+    s3 = boto3.client("s3", endpoint_url=where, region_name=os.environ.get("AWS_REGION", "garage"),
+                      config=botocore.config.Config(s3={"addressing_style": "path"}))
+    n = b = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/index/"):
+        for o in page.get("Contents", []):
+            n += 1
+            b += o["Size"]
+    print("%d\t%d" % (n, b))
+    return 0
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "mutate":  # mutate WRITER ITERATION SRC
@@ -371,6 +455,8 @@ if __name__ == "__main__":
         manifest(sys.argv[2])
     elif cmd == "summary":
         sys.exit(summary(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else ""))
+    elif cmd == "index-size":  # index-size DIR | index-size ENDPOINT BUCKET PREFIX
+        sys.exit(index_size(*sys.argv[2:5]))
     elif cmd == "tp-summary":
         sys.exit(tp_summary(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else ""))
 PY
@@ -454,7 +540,7 @@ end_us=$((start_us + DURATION * 1000000))
 
 writer() {  # writer K: mutate, back up, record, save a manifest of what was backed up
   set +e
-  local k=$1 src=$work/src/w$1 saved=$work/saved/node$1 ep=$(( ($1 - 1) % WEP )) it=0 t1 t2 rc sid line
+  local k=$1 src=$work/src/w$1 saved=$work/saved/node$1 ep=$(( ($1 - 1) % WEP )) it=0 t1 t2 rc sid line ix
   export CAIRN_CACHE_DIR=$work/cache/w$k
   mkdir -p "$saved"
   while (( $(now_us) < end_us )); do
@@ -467,8 +553,13 @@ writer() {  # writer K: mutate, back up, record, save a manifest of what was bac
     line=$(jq -r 'select(.message_type == "summary") | "\(.snapshot_id)\t\(.total_bytes_processed)\t\(.data_added)"' \
       "$logs/backup-$k-$it.out" 2>/dev/null | tail -1)
     [[ -z $line ]] && line=$'\t\t'
+    # index files loaded, their bytes, bytes fetched from the repository (empty if not reported)
+    ix=$(jq -r 'select(.message_type == "summary")
+                | [.index_files, .index_bytes, .index_bytes_fetched] | map(. // "" | tostring) | join("\t")' \
+      "$logs/backup-$k-$it.out" 2>/dev/null | tail -1)
+    [[ -z $ix ]] && ix=$'\t\t'
     sid=${line%%$'\t'*}
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$it" "$rc" "$t1" "$((t2 - t1))" "$line" "$ep" >>"$res/backup-$k.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$it" "$rc" "$t1" "$((t2 - t1))" "$line" "$ep" "$ix" >>"$res/backup-$k.tsv"
     if [[ $rc == 0 && -n $sid ]]; then
       helper manifest "$src" >"$saved/$sid.manifest"
       rm -f "$logs/backup-$k-$it.out" "$logs/backup-$k-$it.err"
@@ -537,6 +628,13 @@ cairn 0 -- check --read-data >"$logs/check.out" 2>"$logs/check.err" || rc=$?
 printf '%s\t%s\n' "$rc" "$(( $(now_us) - t1 ))" >"$res/check.tsv"
 log "check --read-data: exit $rc"
 cairn 0 -- snapshots --json >"$res/snapshots.json" 2>"$logs/snapshots.err" || log "snapshots --json failed"
+# size of the repository's index at the end: files cairn lists, and objects/bytes under index/
+nidx=""
+if idx=$(cairn 0 -- list index 2>"$logs/list-index.err"); then nidx=$(grep -c . <<<"$idx" || true); fi
+if [[ $BACKEND == local ]]; then isz=$(helper index-size "$(repo_at)" 2>>"$logs/list-index.err" || true)
+else isz=$(helper index-size "${EP[0]}" "$S3_BUCKET" stress 2>>"$logs/list-index.err" || true); fi
+printf '%s\t%s\n' "${nidx:-}" "${isz:-$'\t'}" >"$res/repo-index.tsv"
+log "repository index at the end: ${nidx:-?} files listed; objects/bytes: ${isz/$'\t'/ / }"
 
 i=0
 jq -r '.[] | "\(.id)\t\(.hostname)"' "$res/snapshots.json" 2>/dev/null | while IFS=$'\t' read -r sid host; do

@@ -170,6 +170,8 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
                 "data_blobs": s.data_blobs, "tree_blobs": s.tree_blobs, "data_added": s.data_added,
                 "data_added_packed": s.data_added_packed, "total_files_processed": s.total_files_processed,
                 "total_bytes_processed": s.total_bytes_processed, "total_duration": secs, "errors": s.errors,
+                "index_files": res.index_files, "index_bytes": res.index_bytes,
+                "index_bytes_fetched": res.index_bytes_fetched.unwrap_or(res.index_bytes),
             })
         );
     } else if !cli.quiet {

@@ -45,6 +45,8 @@ pub struct CachedBackend {
     verified: Mutex<HashSet<String>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Bytes fetched from the repository: snapshots, index files.
+    fetched: [AtomicU64; 2],
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -77,6 +79,7 @@ impl CachedBackend {
             verified: Mutex::new(HashSet::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            fetched: Default::default(),
         })
     }
 
@@ -261,6 +264,8 @@ impl Backend for CachedBackend {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let data = self.inner.get(kind, name)?;
+        self.fetched[usize::from(kind == FileKind::Index)]
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         // Only a verified object is cached; a bad one is the repository's problem to report.
         if verify_name(kind, name, &data).is_ok() {
             self.store(&path, &data);
@@ -316,6 +321,11 @@ impl Backend for CachedBackend {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn fetched_bytes(&self, kind: FileKind) -> Option<u64> {
+        cached_kind(kind)
+            .then(|| self.fetched[usize::from(kind == FileKind::Index)].load(Ordering::Relaxed))
+    }
+
     fn request_summary(&self) -> Option<String> {
         let (h, m) = self.stats();
         Some(match self.inner.request_summary() {

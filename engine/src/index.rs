@@ -967,4 +967,101 @@ mod tests {
         assert!(s.contains(129) && !s.contains(64));
         assert_eq!(s.len(), 2);
     }
+
+    fn condemned(mut p: IndexPack, secs: i64) -> IndexPack {
+        p.condemned = Some(Timestamp {
+            unix_nanos: secs * 1_000_000_000,
+            utc_offset_secs: 0,
+        });
+        p
+    }
+
+    #[test]
+    fn a_live_copy_wins_and_condemned_packs_are_not_deduplicated_against() {
+        // Pack 0 holds blobs 0..10, condemned; pack 1 (live) holds copies of 5..10 and 10..12.
+        // Pack ids are chosen so that the condemned one sorts first by id too.
+        let mut a = condemned(pack(0, 0..10), 100);
+        let mut b = pack(1, 5..12);
+        if a.id > b.id {
+            std::mem::swap(&mut a.id, &mut b.id);
+        }
+        let idx =
+            MasterIndex::from_files(&[(id(9_000_001), file(vec![a.clone(), b.clone()], vec![]))]);
+        let (pa, pb) = (
+            idx.pack_number(&a.id).unwrap(),
+            idx.pack_number(&b.id).unwrap(),
+        );
+        assert!(idx.condemned_at(pa).is_some() && idx.condemned_at(pb).is_none());
+        for n in 0..12 {
+            let l = idx.get(&id(n)).unwrap();
+            // Copies in the live pack resolve there; the rest stay readable where they are.
+            assert_eq!(l.pack, if n >= 5 { pb } else { pa }, "blob {n}");
+            assert_eq!(idx.contains(&id(n)), n >= 5, "blob {n}");
+        }
+        // Both packs keep every entry they hold (a rewrite lists them all).
+        let back: Vec<IndexPack> = idx.index_packs().collect();
+        assert_eq!(back.len(), 2);
+        let ra = back.iter().find(|p| p.id == a.id).unwrap();
+        assert_eq!(ra.blobs.len(), 10);
+        assert_eq!(ra.condemned, a.condemned);
+    }
+
+    #[test]
+    fn a_pack_is_condemned_only_when_every_record_is() {
+        let p = pack(0, 0..4);
+        // Condemned in one file, live in another: live.
+        let idx = MasterIndex::from_files(&[
+            (id(9_000_001), file(vec![condemned(p.clone(), 5)], vec![])),
+            (id(9_000_002), file(vec![p.clone()], vec![])),
+        ]);
+        assert_eq!(idx.condemned_at(0), None);
+        assert!(idx.contains(&id(1)));
+        let per_file: Vec<(Id, Vec<(u32, bool)>)> =
+            idx.file_packs().map(|(f, r)| (*f, r.to_vec())).collect();
+        assert_eq!(per_file.len(), 2);
+        assert!(per_file.iter().any(|(_, r)| r == &[(0, true)]));
+        assert!(per_file.iter().any(|(_, r)| r == &[(0, false)]));
+        // Condemned twice: the later time counts. A condemned record without blobs (a pack
+        // no index named) is a pack of the index all the same.
+        let empty = IndexPack {
+            id: id(7_777),
+            blobs: Vec::new(),
+            condemned: None,
+        };
+        let idx = MasterIndex::from_files(&[
+            (id(9_000_001), file(vec![condemned(p.clone(), 5)], vec![])),
+            (
+                id(9_000_002),
+                file(vec![condemned(p, 9), condemned(empty.clone(), 3)], vec![]),
+            ),
+        ]);
+        assert_eq!(idx.condemned_at(0).unwrap().unix_nanos, 9_000_000_000);
+        assert!(!idx.contains(&id(1)) && idx.get(&id(1)).is_some());
+        let n = idx.pack_number(&empty.id).unwrap();
+        assert_eq!(idx.condemned_at(n).unwrap().unix_nanos, 3_000_000_000);
+        assert!(idx
+            .index_packs()
+            .any(|p| p.id == empty.id && p.blobs.is_empty()));
+    }
+
+    #[test]
+    fn a_live_pack_added_later_takes_over_from_a_condemned_copy() {
+        let mut idx = MasterIndex::from_files(&[(
+            id(9_000_001),
+            file(vec![condemned(pack(0, 0..6), 5)], vec![]),
+        )]);
+        assert!(!idx.contains(&id(2)));
+        // A backup (or prune's repack) stores blobs 2..4 again in a new live pack.
+        let again = pack(1, 2..4);
+        idx.add_pack(&again);
+        let live = idx.pack_number(&again.id).unwrap();
+        for n in 2..4 {
+            assert!(idx.contains(&id(n)));
+            assert_eq!(idx.get(&id(n)).unwrap().pack, live);
+        }
+        assert!(!idx.contains(&id(5)));
+        // Prune's in-memory decisions: recovering makes a pack's blobs count as stored.
+        idx.set_condemned(0, None);
+        assert!(idx.contains(&id(5)));
+    }
 }

@@ -196,6 +196,8 @@ struct Shared {
     indexed: Mutex<Option<Vec<IndexPack>>>,
     /// Packs per index file (see [`Packer::index_every`]).
     packs_per_index: std::sync::atomic::AtomicUsize,
+    /// The index files written.
+    index_files: Mutex<Vec<Id>>,
 }
 
 impl Shared {
@@ -228,7 +230,8 @@ impl Shared {
             supersedes: Vec::new(),
             packs,
         };
-        self.repo.save_index(&file)?;
+        let id = self.repo.save_index(&file)?;
+        self.index_files.lock().push(id);
         self.stats.lock().index_files += 1;
         if let Some(v) = self.indexed.lock().as_mut() {
             v.extend(file.packs);
@@ -276,6 +279,7 @@ impl Packer {
             stats: Mutex::default(),
             indexed: Mutex::default(),
             packs_per_index: std::sync::atomic::AtomicUsize::new(PACKS_PER_INDEX),
+            index_files: Mutex::new(Vec::new()),
         });
         let (tx, rx) = bounded::<Finished>(QUEUE);
         let uploaders = (0..repo.backend().connections().max(1))
@@ -558,6 +562,11 @@ impl Packer {
                 .map_err(|_| Error::Backend("upload threads stopped".into())),
             None => Err(Error::Backend("packer already finished".into())),
         }
+    }
+
+    /// The index files this packer wrote so far.
+    pub fn index_files(&self) -> Vec<Id> {
+        self.shared.index_files.lock().clone()
     }
 
     /// Counters so far.

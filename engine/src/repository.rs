@@ -72,6 +72,8 @@ pub struct Repository {
     key: Arc<MasterKey>,
     config: Config,
     key_id: Id,
+    /// Bytes of index files read (from the cache or the repository), shared by clones.
+    index_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Repository {
@@ -121,6 +123,7 @@ impl Repository {
             key: Arc::new(key),
             config,
             key_id,
+            index_bytes: Arc::default(),
         })
     }
 
@@ -182,6 +185,7 @@ impl Repository {
                         key: Arc::new(key),
                         config,
                         key_id,
+                        index_bytes: Arc::default(),
                     });
                 }
                 Err(FormatError::WrongPassword) => {}
@@ -349,8 +353,19 @@ impl Repository {
     /// Load, verify and decode an index file (of any version).
     pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
         self.load_with(FileKind::Index, id, |data| {
+            self.index_bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             IndexFile::decode_sealed(&self.key, data)
         })
+    }
+
+    /// What loading index files cost so far: bytes read, and of those the bytes fetched from
+    /// the repository rather than the local cache (`None` without a cache: all of them).
+    pub fn index_io(&self) -> (u64, Option<u64>) {
+        (
+            self.index_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            self.backend.fetched_bytes(FileKind::Index),
+        )
     }
 
     /// The version new packs are written in.

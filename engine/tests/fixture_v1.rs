@@ -1,7 +1,8 @@
-//! The frozen repositories `repo-format/testdata/repo-v1/` (format 1) and `repo-v2/` (format
-//! 2: small blobs in groups) must stay readable: open each with its password through the
-//! engine API, restore its snapshot, and compare every path with the manifest recorded when
-//! it was made. Both were made from the same source tree.
+//! The frozen repositories `repo-format/testdata/repo-v1/` (format 1), `repo-v2/` (format
+//! 2: small blobs in groups) and `repo-v3/` (format 3: condemned index records) must stay
+//! readable: open each with its password through the engine API, restore its snapshot, and
+//! compare every path with the manifest recorded when it was made. All were made from the
+//! same source tree.
 //!
 //! The repository is never written to: it is copied (files only, as a git checkout has no
 //! empty directories) into a temporary directory first.
@@ -44,6 +45,12 @@ const V2: Fixture = Fixture {
     version: 2,
     password: "cairn-fixture-v2",
     source_path: "/tmp/cairn-fixture-v2/src",
+};
+
+const V3: Fixture = Fixture {
+    version: 3,
+    password: "cairn-fixture-v3",
+    source_path: "/tmp/cairn-fixture-v3/src",
 };
 
 /// `--host`.
@@ -275,6 +282,7 @@ fn make_fixture_source() {
     // CAIRN_FIXTURE_VERSION=2 for repo-v2 (make-repo-v2.sh).
     let f = match std::env::var("CAIRN_FIXTURE_VERSION").as_deref() {
         Ok("2") => &V2,
+        Ok("3") => &V3,
         _ => &V1,
     };
     let src = std::env::var_os("CAIRN_FIXTURE_SRC")
@@ -338,11 +346,69 @@ fn fixture_v2_opens_and_restores_exactly() {
     opens_and_restores_exactly(&V2);
 }
 
-fn opens_and_restores_exactly(f: &Fixture) {
-    let manifest = load_manifest(f);
+#[test]
+fn fixture_v3_opens_and_restores_exactly() {
+    opens_and_restores_exactly(&V3);
+}
+
+/// Format 3's condemned records: check accepts them, restore does not need them, and a prune
+/// (nothing else running) deletes the condemned packs and leaves the snapshot intact.
+#[test]
+fn fixture_v3_condemned_packs_are_checked_then_deleted_by_prune() {
+    use cairn_engine::ops::check::{check, ReadData};
+    use cairn_engine::ops::prune::{prune, PruneOptions};
     let tmp = tempfile::tempdir().unwrap();
     let repo_dir = tmp.path().join("repo");
-    copy_files(&fixture_dir(f), &repo_dir);
+    copy_files(&fixture_dir(&V3), &repo_dir);
+    let repo = Repository::open(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        V3.password.as_bytes(),
+    )
+    .unwrap();
+    let no_wait = std::time::Duration::ZERO;
+    let before = check(
+        &repo.lock_shared(no_wait).unwrap(),
+        ReadData::All,
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(before.errors.is_empty(), "{:?}", before.errors);
+    assert!(
+        before.condemned_packs > 0,
+        "the fixture has condemned packs"
+    );
+    let r = prune(
+        repo.lock_maintenance(no_wait).unwrap().as_maintenance(),
+        &PruneOptions::default(),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert_eq!(r.packs_deleted, before.condemned_packs, "{r:?}");
+    let after = check(
+        &repo.lock_shared(no_wait).unwrap(),
+        ReadData::All,
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(
+        after.errors.is_empty() && after.condemned_packs == 0,
+        "{after:?}"
+    );
+    // The one snapshot still restores exactly (the full comparison, on the pruned copy).
+    drop(repo);
+    opens_and_restores_exactly_in(&V3, tmp.path());
+}
+
+fn opens_and_restores_exactly(f: &Fixture) {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_files(&fixture_dir(f), &tmp.path().join("repo"));
+    opens_and_restores_exactly_in(f, tmp.path());
+}
+
+/// [`opens_and_restores_exactly`] on a copy already in `dir/repo`.
+fn opens_and_restores_exactly_in(f: &Fixture, dir: &Path) {
+    let manifest = load_manifest(f);
+    let repo_dir = dir.join("repo");
 
     let repo = Repository::open(
         Arc::new(LocalBackend::new(&repo_dir)),
@@ -372,7 +438,8 @@ fn opens_and_restores_exactly(f: &Fixture) {
 
     let ix = repo.indexed().unwrap();
     let index = ix.index();
-    // Every pack listed in the index is present, and the index covers every pack.
+    // Every pack listed in the index is present, and the index covers every pack (the
+    // condemned ones of format 3 included, until a prune deletes them).
     let mut packs: Vec<_> = index.packs().to_vec();
     packs.sort();
     assert_eq!(packs, repo.list_ids(FileKind::Pack).unwrap());
@@ -402,7 +469,7 @@ fn opens_and_restores_exactly(f: &Fixture) {
         big.content.len()
     );
 
-    let target = tmp.path().join("restored");
+    let target = dir.join("restored");
     let opts = RestoreOptions {
         target: target.clone(),
         ..RestoreOptions::default()
@@ -451,6 +518,11 @@ fn fixture_v2_objects_are_intact() {
     objects_are_intact(&V2);
 }
 
+#[test]
+fn fixture_v3_objects_are_intact() {
+    objects_are_intact(&V3);
+}
+
 fn objects_are_intact(f: &Fixture) {
     // Every object's name is the BLAKE3 of its bytes; the fixture is under 1 MiB.
     let dir = fixture_dir(f);
@@ -497,7 +569,7 @@ fn source_tree_generator_still_matches_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     build_source_tree(&src);
-    for f in [&V1, &V2] {
+    for f in [&V1, &V2, &V3] {
         let manifest = load_manifest(f);
         let want = manifest["entries"].as_array().unwrap();
         assert_eq!(&manifest_of(&src), want);

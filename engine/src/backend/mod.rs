@@ -134,6 +134,12 @@ pub trait Backend: Send + Sync + Debug {
     fn request_summary(&self) -> Option<String> {
         None
     }
+
+    /// Bytes of objects of `kind` fetched from the repository so far, for caching backends
+    /// (what was served from the cache is not counted).
+    fn fetched_bytes(&self, _kind: FileKind) -> Option<u64> {
+        None
+    }
 }
 
 /// Whether `name` can be a repository object name (hex digits only, so it can never become

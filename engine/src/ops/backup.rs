@@ -88,6 +88,12 @@ pub struct BackupResult {
     pub id: Id,
     /// The snapshot.
     pub snapshot: Snapshot,
+    /// Index files this backup loaded to deduplicate against.
+    pub index_files: u64,
+    /// Their bytes (from the cache or the repository).
+    pub index_bytes: u64,
+    /// Of those, the bytes fetched from the repository (`None`: no cache, all of them).
+    pub index_bytes_fetched: Option<u64>,
 }
 
 /// Called with each warning (unreadable or changing files).
@@ -275,6 +281,8 @@ pub fn backup(
     let repo: &Repository = lock;
     let start = now_timestamp();
     let index = Arc::new(repo.load_index_for_writing()?);
+    let index_files = index.files.len() as u64;
+    let (index_bytes, index_bytes_fetched) = repo.index_io();
     let host = opts.host.clone().unwrap_or_else(hostname);
     let mut paths: Vec<PathBuf> = Vec::new();
     if let Some((name, _)) = &opts.stdin {
@@ -440,7 +448,13 @@ pub fn backup(
     // live (FORMAT.md §15).
     lock.guard().check_held()?;
     let id = repo.save(FileKind::Snapshot, &snapshot)?;
-    Ok(BackupResult { id, snapshot })
+    Ok(BackupResult {
+        id,
+        snapshot,
+        index_files,
+        index_bytes,
+        index_bytes_fetched,
+    })
 }
 
 impl Archiver<'_> {

@@ -506,6 +506,14 @@ pub fn prune(
         }
     }
 
+    // Index files this run read or writes: any other one a quiet check finds was written
+    // by someone else meanwhile.
+    let mut ours: HashSet<Id> = index
+        .files
+        .iter()
+        .chain(&index.superseded)
+        .copied()
+        .collect();
     // 1. Repack: the used blobs of each repacked pack, found in one pass over the index.
     let repack_set: HashSet<u32> = repack.iter().copied().collect();
     if !repack_set.is_empty() {
@@ -552,6 +560,7 @@ pub fn prune(
             })?;
         // The copies' packs and index files are durable before any record changes.
         packer.finish()?;
+        ours.extend(packer.index_files());
         drop(packer);
         index = std::sync::Arc::try_unwrap(known)
             .map_err(|_| Error::Backend("the repacking packer outlived prune".into()))?;
@@ -630,12 +639,21 @@ pub fn prune(
             .live
             .into_iter()
             .any(|(_, l)| !lock.guard().owns(&l));
+        // A writer that finished meanwhile left a snapshot, or (failed after writing an
+        // index file naming a pack this run found unreferenced) an index file.
+        ours.extend(written.iter().copied());
         let new_snapshot = !others_now
             && repo
                 .list_ids(FileKind::Snapshot)?
                 .iter()
                 .any(|id| !snap_ids.contains(id));
-        if !others_now && !new_snapshot {
+        let new_index = !others_now
+            && !new_snapshot
+            && repo
+                .list_ids(FileKind::Index)?
+                .iter()
+                .any(|id| !ours.contains(id));
+        if !others_now && !new_snapshot && !new_index {
             drop_records(repo, &written, &condemned_now)?;
             let ids: Vec<Id> = condemned_now.iter().copied().collect();
             delete_packs(lock, &ids)?;
