@@ -251,3 +251,86 @@ fn four_writers_and_a_prune_loop_on_s3() {
     env.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
     many_writers(&env, Duration::from_secs(12));
 }
+
+/// A lock of another host's process, written with the given mode, start and refresh times
+/// (seconds before now).
+fn foreign_lock(env: &Env, mode: cairn_format::LockMode, started_ago: i64, refreshed_ago: i64) {
+    let forger = crate::util::Forger::new(env);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let at = |ago: i64| cairn_format::Timestamp {
+        unix_nanos: now - ago * 1_000_000_000,
+        utc_offset_secs: 0,
+    };
+    let lock = cairn_format::Lock {
+        time: at(refreshed_ago),
+        started: at(started_ago),
+        mode,
+        hostname: "other-node".into(),
+        username: "root".into(),
+        pid: 4242,
+    };
+    forger.put("locks", &lock.encode_sealed(&forger.key, 3, 3).unwrap());
+}
+
+#[test]
+fn one_prune_at_a_time_backups_beside_it_and_dead_locks_expire() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("f"), &random_bytes(300_000, 1));
+    env.backup(&[s(&src)]);
+    write_file(&src.join("f"), &random_bytes(300_000, 2));
+    env.backup(&[s(&src)]);
+
+    // Another node's prune is running (refreshed a minute ago).
+    foreign_lock(&env, cairn_format::LockMode::Maintenance, 600, 60);
+    // Backups and restores go on beside it...
+    write_file(&src.join("g"), b"beside a prune");
+    env.backup(&[s(&src)]);
+    env.restore_latest_exact(&src, &env.path("r1"), &[]);
+    // ...a second prune or forget does not, even when it waits a little.
+    env.run(&["prune"])
+        .assert_error(11, &["maintenance lock", "other-node"]);
+    env.run(&[
+        "--retry-lock",
+        "1s",
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+    ])
+    .assert_reports(11, &["maintenance lock", "waiting up to 1s"]);
+    assert_eq!(env.snapshots::<&str>(&[]).len(), 3);
+    // Repair needs the repository alone.
+    env.run(&["repair", "index"])
+        .assert_error(11, &["maintenance lock"]);
+    env.ok(&["unlock", "--remove-all"]);
+
+    // A node died in the middle of its backup 31 minutes after its last refresh: its lock
+    // holds nothing back, and the next prune removes it (no `unlock` needed).
+    foreign_lock(&env, cairn_format::LockMode::Shared, 3600, 31 * 60);
+    let r = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(r["prune"]["stale_locks_removed"], 1, "{r}");
+    assert!(r["prune"]["quiet"].as_bool().unwrap(), "{r}");
+    assert!(r["prune"]["packs_deleted"].as_u64().unwrap() > 0, "{r}");
+    assert!(env.objects("locks").is_empty());
+
+    // A live backup on another node that started before the prune holds its deletions back:
+    // what prune condemns waits, and goes once that backup is gone.
+    write_file(&src.join("f"), &random_bytes(300_000, 3));
+    env.backup(&[s(&src)]);
+    foreign_lock(&env, cairn_format::LockMode::Shared, 5, 5);
+    let r = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(r["prune"]["packs_deleted"], 0, "{r}");
+    assert!(r["prune"]["packs_waiting"].as_u64().unwrap() > 0, "{r}");
+    env.ok(&["check", "--read-data"]);
+    env.restore_latest_exact(&src, &env.path("r2"), &[]);
+    env.ok(&["unlock", "--remove-all"]);
+    let r = env.json(&["prune"]);
+    assert!(r["report"]["packs_deleted"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["report"]["packs_waiting"], 0, "{r}");
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["report"]["condemned_packs"], 0, "{c}");
+}
