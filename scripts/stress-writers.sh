@@ -112,6 +112,9 @@ SCALE = float(os.environ.get("STRESS_SCALE", "1"))  # --scale: sizes of the big 
 def big(n):
     return max(1, int(n * SCALE))
 
+def rbytes(r, n):  # r.randbytes(n); in 64 MiB pieces above that (getrandbits takes < 2**31 bits)
+    return r.randbytes(n) if n <= 1 << 26 else b"".join(r.randbytes(min(1 << 26, n - i)) for i in range(0, n, 1 << 26))
+
 WORDS = b"alpha beta gamma delta pod node kubelet etcd lease ready error warn info debug".split()
 def text(r, n):
     out = bytearray()
@@ -152,7 +155,7 @@ def generate(src, r):
     os.makedirs(os.path.join(src, "big"), exist_ok=True)
     write(os.path.join(src, "big", "db.log"), text(r, big(r.randint(2, 4) << 20)))      # compressible
     for i in range(4):
-        write(os.path.join(src, "big", "vol%d.img" % i), r.randbytes(big(r.randint(2 << 20, 6 << 20))))
+        write(os.path.join(src, "big", "vol%d.img" % i), rbytes(r, big(r.randint(2 << 20, 6 << 20))))
     write(os.path.join(src, "log.txt"), text(r, 65536))
     os.symlink("big/vol0.img", os.path.join(src, "link-vol0"))
     os.symlink("does/not/exist", os.path.join(src, "link-dangling"))
@@ -172,7 +175,7 @@ def mutate(src, r, it):
             f.write(r.randbytes(n))
     if it % 5 == 0:                                           # replace a big file (new inode)
         b = r.choice(bigs)
-        write(b, r.randbytes(big(r.randint(2 << 20, 6 << 20))))
+        write(b, rbytes(r, big(r.randint(2 << 20, 6 << 20))))
     lp = os.path.join(src, "log.txt")                         # append (rotate at 4 MiB)
     if os.path.getsize(lp) > 4 << 20:
         write(lp, text(r, 65536))
@@ -498,7 +501,7 @@ wait_node3() {  # until node 3 answers (reads need quorum after a restart)
 # ---------------------------------------------------------------------------------------------
 if [[ $THROUGHPUT == 1 ]]; then
   for k in $(seq 1 "$WRITERS"); do helper mutate "$k" 1 "$work/src/w$k"; done
-  bytes=$(du -sb --apparent-size "$work"/src/w* | awk '{ s += $1 } END { print s }')
+  bytes=$(du -sb --apparent-size "$work"/src/w* | awk '{ s += $1 } END { printf "%.0f\n", s }')
   log "throughput: $WRITERS sources, $((bytes / 1000000)) MB; $REPS repetitions of (a) sequential, (b) concurrent"
   for rep in $(seq 1 "$REPS"); do
     for mode in sequential concurrent; do

@@ -210,10 +210,12 @@ fn print_prune(r: &PruneReport) {
         r.blobs_used,
         r.blobs_unused
     );
-    let unreferenced = if r.packs_condemned > 0 && !r.quiet {
-        0
-    } else {
+    // Unreferenced packs are deleted at once before format 3 (where nothing is condemned)
+    // or when nothing else ran; otherwise they wait with the other condemned packs.
+    let unreferenced = if r.quiet || r.packs_condemned == 0 {
         r.packs_unreferenced
+    } else {
+        0
     };
     println!(
         "  deleted {} unused and {} unreferenced packs, repacked {} packs ({} copied), freed {}, {} unused left",
@@ -226,9 +228,13 @@ fn print_prune(r: &PruneReport) {
     );
     if r.packs_waiting > 0 || r.packs_recovered > 0 {
         println!(
-            "  {} condemned pack(s) ({}) wait for operations that were running to finish: a later prune deletes them{}",
+            "  {} condemned pack(s) ({}) wait for operations that were running to finish{}: a later prune deletes them{}",
             r.packs_waiting,
             human_bytes(r.bytes_waiting),
+            r.held_back_by
+                .as_ref()
+                .map(|b| format!(" (the oldest: {b})"))
+                .unwrap_or_default(),
             if r.packs_recovered > 0 {
                 format!("; {} condemned pack(s) were needed again and kept", r.packs_recovered)
             } else {

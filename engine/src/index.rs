@@ -441,8 +441,13 @@ impl MasterIndex {
         if new {
             self.totals.push(PackTotals::default());
             self.condemned.push(p.condemned);
-        } else if p.condemned.is_none() {
-            self.condemned[pack as usize] = None;
+        } else {
+            // Live if any record is; condemned at the latest of the records' times.
+            let c = &mut self.condemned[pack as usize];
+            *c = match (*c, p.condemned) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
         }
         let live = self.condemned[pack as usize].is_none();
         for e in &p.blobs {

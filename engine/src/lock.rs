@@ -37,6 +37,19 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 pub const LOST_AFTER: Duration =
     Duration::from_secs(STALE_AFTER.as_secs() - REFRESH_EVERY.as_secs());
 
+/// Whether a lock may still belong to a live holder when the reader's clock may be up to
+/// `skew` ahead of the holder's: prune's view for holding deletions back, and for removing
+/// locks (a removed live lock would be invisible to the next prune until its holder's next
+/// refresh). Its holder gives up at [`LOST_AFTER`], well inside this.
+pub fn may_be_live(lock: &Lock, skew: Duration) -> bool {
+    if lock.hostname == hostname() {
+        return !is_stale(lock);
+    }
+    let now = now_timestamp().unix_nanos;
+    let age = Duration::from_nanos(now.saturating_sub(lock.time.unix_nanos).max(0) as u64);
+    age <= STALE_AFTER + skew
+}
+
 /// Whether a lock can be ignored.
 pub fn is_stale(lock: &Lock) -> bool {
     let now = now_timestamp().unix_nanos;
@@ -54,14 +67,69 @@ pub fn is_stale(lock: &Lock) -> bool {
     false
 }
 
+/// Whether a held lock has certainly stayed live: shared by the lock's refresher and by what
+/// commits work that relies on the lock (a backup's snapshot, every index file written under
+/// it, prune's deletions).
+#[derive(Debug, Clone)]
+pub struct LockWatch(Arc<Mutex<WatchState>>);
+
+#[derive(Debug)]
+struct WatchState {
+    /// When the lock was last written successfully (wall clock: a suspended machine's
+    /// monotonic clock may not advance, but others' clocks do).
+    refreshed: std::time::SystemTime,
+    /// Once a refresh came too late, the lock may have been taken for stale meanwhile, and
+    /// stays lost even after later refreshes succeed.
+    lost: Option<u64>,
+}
+
+impl LockWatch {
+    fn new() -> LockWatch {
+        LockWatch(Arc::new(Mutex::new(WatchState {
+            refreshed: std::time::SystemTime::now(),
+            lost: None,
+        })))
+    }
+
+    /// Seconds since the last successful refresh.
+    fn age(st: &WatchState) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(st.refreshed)
+            .unwrap_or_default()
+            .as_secs()
+    }
+
+    /// Record a successful refresh written at `at` (its write started then).
+    fn refreshed(&self, at: std::time::SystemTime) {
+        let mut st = self.0.lock();
+        let gap = at.duration_since(st.refreshed).unwrap_or_default();
+        if gap > LOST_AFTER && st.lost.is_none() {
+            st.lost = Some(gap.as_secs());
+        }
+        st.refreshed = at;
+    }
+
+    /// Fail unless the lock has certainly stayed live since it was taken: a holder that was
+    /// suspended, or cut off from the repository, for [`LOST_AFTER`] may have been taken for
+    /// dead, and a prune may then have deleted packs it relies on.
+    pub fn check(&self) -> Result<()> {
+        let st = self.0.lock();
+        let gap = st.lost.unwrap_or(0).max(Self::age(&st));
+        if gap > LOST_AFTER.as_secs() {
+            return Err(Error::LockLost(format!(
+                "the repository lock went {gap}s without a refresh (the process was suspended or could not reach the repository); others may have taken it for stale, so nothing that relies on it is committed — run the command again"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A held lock; released on drop.
 #[derive(Debug)]
 pub struct LockGuard {
     repo: Repository,
     current: Arc<Mutex<Id>>,
-    /// When the lock was last written successfully (wall clock: a suspended machine's
-    /// monotonic clock may not advance, but others' clocks do).
-    refreshed: Arc<Mutex<std::time::SystemTime>>,
+    watch: LockWatch,
     /// What the lock objects say about its holder.
     started: Timestamp,
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -77,27 +145,21 @@ impl LockGuard {
     /// Whether `lock` is one of this guard's lock objects (the current one or an earlier
     /// refresh still listed).
     pub fn owns(&self, lock: &Lock) -> bool {
-        lock.started == self.started
+        // A version-1 lock (format 1 and 2) stores no start time: it reads as the epoch.
+        (lock.started == self.started || lock.started == Timestamp::default())
             && lock.pid == std::process::id()
             && lock.hostname == hostname()
     }
 
-    /// Fail unless this lock has certainly stayed live: a holder that was suspended, or cut off
-    /// from the repository, for [`LOST_AFTER`] may have been taken for dead, and a prune may
-    /// then have deleted packs it relies on. Called before committing what depends on the lock
-    /// (a backup's snapshot, prune's deletions).
+    /// Fail unless this lock has certainly stayed live ([`LockWatch::check`]). Called before
+    /// committing what depends on the lock (a backup's snapshot, prune's deletions).
     pub fn check_held(&self) -> Result<()> {
-        let last = *self.refreshed.lock();
-        let age = std::time::SystemTime::now()
-            .duration_since(last)
-            .unwrap_or_default();
-        if age > LOST_AFTER {
-            return Err(Error::LockLost(format!(
-                "the repository lock was last refreshed {}s ago (the process was suspended or could not reach the repository); others may have taken it for stale, so nothing that relies on it is committed — run the command again",
-                age.as_secs()
-            )));
-        }
-        Ok(())
+        self.watch.check()
+    }
+
+    /// The lock's watch, for writers that commit under it (the packer's index files).
+    pub fn watch(&self) -> LockWatch {
+        self.watch.clone()
     }
 
     /// Take a lock; while a conflicting live lock exists, try again until `wait` has passed
@@ -151,19 +213,19 @@ impl LockGuard {
             return Err(e);
         }
         let current = Arc::new(Mutex::new(id));
-        let refreshed = Arc::new(Mutex::new(std::time::SystemTime::now()));
+        let watch = LockWatch::new();
         // Dropping the sender wakes the refresher at once: a sleeping poll loop would add up to
         // its period to every command's exit.
         let (stop, wake) = std::sync::mpsc::channel::<()>();
         let refresher = {
-            let (repo, current, refreshed) = (repo.clone(), current.clone(), refreshed.clone());
+            let (repo, current, watch) = (repo.clone(), current.clone(), watch.clone());
             std::thread::Builder::new()
                 .name("cairn-lock".into())
                 .spawn(move || {
                     while let Err(RecvTimeoutError::Timeout) = wake.recv_timeout(REFRESH_EVERY) {
                         let before = std::time::SystemTime::now();
                         if let Ok(new) = write_lock(&repo, mode, started) {
-                            *refreshed.lock() = before;
+                            watch.refreshed(before);
                             let old = std::mem::replace(&mut *current.lock(), new);
                             let _ = repo.backend().delete(FileKind::Lock, &old.to_hex());
                         }
@@ -174,7 +236,7 @@ impl LockGuard {
         Ok(LockGuard {
             repo: repo.clone(),
             current,
-            refreshed,
+            watch,
             started,
             stop: Some(stop),
             refresher,
@@ -348,36 +410,67 @@ fn check_conflicts(repo: &Repository, mode: LockMode, ours: Option<Id>) -> Resul
     Ok(())
 }
 
-/// Whether a lock, as read, is one nobody honours: stale, or undecodable (a live holder
-/// rewrites its lock every [`REFRESH_EVERY`]). A lock deleted as it was read is neither.
+/// How far the clocks of the hosts using a repository may disagree, unless prune is told
+/// otherwise (`--clock-skew`).
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a lock, as read, is one nobody honours and `unlock` may remove: stale even for a
+/// reader whose clock runs [`DEFAULT_CLOCK_SKEW`] ahead (a removed live lock would hide its
+/// holder from prune until the next refresh), or undecodable (a live holder rewrites its
+/// lock every [`REFRESH_EVERY`]). A lock deleted as it was read is neither.
 fn abandoned(read: &Result<Lock>) -> bool {
     match read {
-        Ok(l) => is_stale(l),
+        Ok(l) => !may_be_live(l, DEFAULT_CLOCK_SKEW),
         Err(e) => e.is_damage(),
     }
 }
 
-/// Every lock, read once: the readable ones, and the ids of the undecodable ones (each named
-/// in a warning). Locks deleted as they are read are skipped; other errors fail.
+/// Every lock: the readable ones, and the ids of the undecodable ones (each named in a
+/// warning). A lock listed but gone when read was released, or replaced by its holder's
+/// refresh (which writes the new object before deleting the old one): the locks are then
+/// listed again, so that a live holder caught mid-refresh is never missed. Other errors fail.
 #[allow(clippy::type_complexity)]
 fn read_locks(repo: &Repository) -> Result<(Vec<(Id, Lock)>, Vec<Id>)> {
-    let mut locks = Vec::new();
-    let mut damaged = Vec::new();
-    for id in repo.list_ids(FileKind::Lock)? {
-        match repo.load_lock(&id) {
-            Ok(l) => locks.push((id, l)),
-            Err(Error::ObjectNotFound { .. }) => {}
-            Err(e) if e.is_damage() => {
-                tracing::warn!(
-                    "lock {} is damaged and was ignored ({e}); `cairn prune` or `cairn unlock` removes it",
-                    id.short()
-                );
-                damaged.push(id);
+    let mut read: std::collections::HashMap<Id, Option<Lock>> = std::collections::HashMap::new();
+    for _ in 0..20 {
+        let listed = repo.list_ids(FileKind::Lock)?;
+        let mut vanished = false;
+        for id in &listed {
+            if read.contains_key(id) {
+                continue;
             }
-            Err(e) => return Err(e),
+            match repo.load_lock(id) {
+                Ok(l) => {
+                    read.insert(*id, Some(l));
+                }
+                Err(Error::ObjectNotFound { .. }) => vanished = true,
+                Err(e) if e.is_damage() => {
+                    tracing::warn!(
+                        "lock {} is damaged and was ignored ({e}); `cairn prune` or `cairn unlock` removes it",
+                        id.short()
+                    );
+                    read.insert(*id, None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !vanished {
+            // The locks of this listing, as read.
+            let mut locks = Vec::new();
+            let mut damaged = Vec::new();
+            for id in listed {
+                match read.remove(&id) {
+                    Some(Some(l)) => locks.push((id, l)),
+                    Some(None) => damaged.push(id),
+                    None => {}
+                }
+            }
+            return Ok((locks, damaged));
         }
     }
-    Ok((locks, damaged))
+    Err(Error::Backend(
+        "the repository's locks kept changing while they were read (20 listings); try again".into(),
+    ))
 }
 
 /// Every readable lock. Damaged ones are skipped with a warning: nobody honours them, and
@@ -412,17 +505,74 @@ pub struct Survey {
 
 /// Read every lock once and sort them into a [`Survey`].
 pub fn survey(repo: &Repository) -> Result<Survey> {
+    survey_with_skew(repo, Duration::ZERO)
+}
+
+/// [`survey`] by a reader whose clock may be up to `skew` ahead of the holders'
+/// ([`may_be_live`]).
+pub fn survey_with_skew(repo: &Repository, skew: Duration) -> Result<Survey> {
     let (locks, abandoned) = read_locks(repo)?;
     let mut s = Survey {
         live: Vec::new(),
         abandoned,
     };
     for (id, l) in locks {
-        if is_stale(&l) {
+        if !may_be_live(&l, skew) {
             s.abandoned.push(id);
         } else {
             s.live.push((id, l));
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_refresh_loses_the_lock_for_good() {
+        let w = LockWatch::new();
+        w.check().unwrap();
+        // Suspended for longer than LOST_AFTER: the refresh that finally lands does not
+        // make the lock trustworthy again.
+        let long_ago = std::time::SystemTime::now() - LOST_AFTER - Duration::from_secs(60);
+        w.0.lock().refreshed = long_ago;
+        assert!(matches!(w.check(), Err(Error::LockLost(_))));
+        w.refreshed(std::time::SystemTime::now());
+        assert!(matches!(w.check(), Err(Error::LockLost(_))));
+        // Refreshes on time never lose it.
+        let w = LockWatch::new();
+        w.0.lock().refreshed = std::time::SystemTime::now() - REFRESH_EVERY;
+        w.refreshed(std::time::SystemTime::now());
+        w.check().unwrap();
+    }
+
+    #[test]
+    fn prune_counts_locks_live_for_the_clock_skew_beyond_staleness() {
+        let now = now_timestamp().unix_nanos;
+        let lock = |ago: Duration| Lock {
+            time: Timestamp {
+                unix_nanos: now - ago.as_nanos() as i64,
+                utc_offset_secs: 0,
+            },
+            started: Timestamp::default(),
+            mode: LockMode::Shared,
+            hostname: "another-host".into(),
+            username: "u".into(),
+            pid: 1,
+        };
+        let stale = lock(STALE_AFTER + Duration::from_secs(60));
+        assert!(is_stale(&stale));
+        assert!(!may_be_live(&stale, Duration::ZERO));
+        // A reader whose clock may be 10 min ahead still counts it.
+        assert!(may_be_live(&stale, Duration::from_secs(600)));
+        assert!(!may_be_live(
+            &lock(STALE_AFTER + Duration::from_secs(660)),
+            Duration::from_secs(600)
+        ));
+        // The holder gives up well before anyone may take it for dead.
+        const { assert!(LOST_AFTER.as_secs() < STALE_AFTER.as_secs()) };
+    }
 }

@@ -198,6 +198,10 @@ struct Shared {
     packs_per_index: std::sync::atomic::AtomicUsize,
     /// The index files written.
     index_files: Mutex<Vec<Id>>,
+    /// The lock this packer writes under: no index file is written once it may have been
+    /// taken for stale (a prune may have deleted the packs it would name, or condemned what
+    /// they deduplicate against).
+    watch: Mutex<Option<crate::lock::LockWatch>>,
 }
 
 impl Shared {
@@ -230,6 +234,9 @@ impl Shared {
             supersedes: Vec::new(),
             packs,
         };
+        if let Some(w) = self.watch.lock().as_ref() {
+            w.check()?;
+        }
         let id = self.repo.save_index(&file)?;
         self.index_files.lock().push(id);
         self.stats.lock().index_files += 1;
@@ -280,6 +287,7 @@ impl Packer {
             indexed: Mutex::default(),
             packs_per_index: std::sync::atomic::AtomicUsize::new(PACKS_PER_INDEX),
             index_files: Mutex::new(Vec::new()),
+            watch: Mutex::new(None),
         });
         let (tx, rx) = bounded::<Finished>(QUEUE);
         let uploaders = (0..repo.backend().connections().max(1))
@@ -370,6 +378,12 @@ impl Packer {
         self.shared
             .packs_per_index
             .store(packs.max(1), std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// Write index files only while `lock` has certainly stayed live.
+    pub fn under(self, lock: &crate::lock::LockGuard) -> Packer {
+        *self.shared.watch.lock() = Some(lock.watch());
         self
     }
 

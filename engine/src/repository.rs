@@ -1,5 +1,6 @@
 //! Opening, creating and reading a repository: keys, config, typed objects, blobs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use cairn_format::{
@@ -477,22 +478,45 @@ impl Repository {
     /// data as missing.
     #[allow(clippy::type_complexity)]
     pub fn load_index_lenient(&self) -> Result<(MasterIndex, Vec<(Id, Error)>)> {
-        let ids = self.list_ids(FileKind::Index)?;
         let builder = parking_lot::Mutex::new(IndexBuilder::new());
         let damaged = parking_lot::Mutex::new(Vec::new());
-        ids.par_iter().try_for_each(|id| -> Result<()> {
-            match self.load_index_file(id) {
-                Ok(f) => {
-                    let f = self.within_limits(id, f, &damaged);
-                    builder.lock().add_file(*id, &f);
+        // A file deleted between listing and reading was replaced by a prune running beside
+        // this reader: its replacement (written before the deletion) is in a new listing, and
+        // without it the files the deleted one superseded would seem in force again. So the
+        // files are listed again until a listing's files could all be read.
+        let mut attempted: HashSet<Id> = HashSet::new();
+        let mut rounds = 0;
+        loop {
+            let ids: Vec<Id> = self
+                .list_ids(FileKind::Index)?
+                .into_iter()
+                .filter(|id| attempted.insert(*id))
+                .collect();
+            let vanished = std::sync::atomic::AtomicBool::new(false);
+            ids.par_iter().try_for_each(|id| -> Result<()> {
+                match self.load_index_file(id) {
+                    Ok(f) => {
+                        let f = self.within_limits(id, f, &damaged);
+                        builder.lock().add_file(*id, &f);
+                    }
+                    Err(e) if e.is_damage() => damaged.lock().push((*id, e)),
+                    Err(Error::ObjectNotFound { .. }) => {
+                        vanished.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.is_damage() => damaged.lock().push((*id, e)),
-                // A file deleted between listing and reading was superseded by a prune.
-                Err(Error::ObjectNotFound { .. }) => {}
-                Err(e) => return Err(e),
+                Ok(())
+            })?;
+            rounds += 1;
+            if !vanished.into_inner() {
+                break;
             }
-            Ok(())
-        })?;
+            if rounds >= 20 {
+                return Err(Error::Backend(
+                    "the index kept changing while it was read (20 listings); try again".into(),
+                ));
+            }
+        }
         let mut damaged = damaged.into_inner();
         damaged.sort_by_key(|(id, _)| *id);
         Ok((builder.into_inner().finish(), damaged))

@@ -578,3 +578,96 @@ fn repair_index_rebuilds_a_lost_index() {
     let tmp = tempfile::tempdir().unwrap();
     assert_healthy(&repo, &fx, tmp.path());
 }
+
+/// Replaces the one listed lock by another when it is first read: a holder's refresh between
+/// a reader's listing and its read.
+#[derive(Debug)]
+struct RefreshingBackend {
+    inner: LocalBackend,
+    replace: std::sync::Mutex<Option<(String, String, Vec<u8>)>>,
+}
+
+impl Backend for RefreshingBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn exists(&self) -> Result<bool> {
+        self.inner.exists()
+    }
+    fn create(&self) -> Result<()> {
+        self.inner.create()
+    }
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.inner.put(kind, name, data)
+    }
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        if kind == FileKind::Lock {
+            let mut r = self.replace.lock().unwrap();
+            if r.as_ref().is_some_and(|(old, _, _)| old == name) {
+                let (old, new, bytes) = r.take().unwrap();
+                self.inner.put(FileKind::Lock, &new, &bytes)?;
+                self.inner.delete(FileKind::Lock, &old)?;
+            }
+        }
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
+        self.inner.stat(kind, name)
+    }
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.inner.delete(kind, name)
+    }
+}
+
+#[test]
+fn a_lock_refreshed_while_prune_reads_the_locks_still_holds_deletions_back() {
+    let fx = fixture();
+    // Two lock objects of "another process": the listed one, and its refresh.
+    let holder = reopen(&fx.repo);
+    let first = holder.lock_shared(NO_WAIT).unwrap();
+    let locks = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir.join("locks"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let [a] = locks(&fx.repo).try_into().unwrap();
+    let a_bytes = std::fs::read(&a).unwrap();
+    std::fs::remove_file(&a).unwrap();
+    let second = holder.lock_shared(NO_WAIT).unwrap();
+    let [b] = locks(&fx.repo).try_into().unwrap();
+    let b_bytes = std::fs::read(&b).unwrap();
+    std::fs::remove_file(&b).unwrap();
+    std::mem::forget(first);
+    std::mem::forget(second);
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(&a, &a_bytes).unwrap();
+    let be = Arc::new(RefreshingBackend {
+        inner: LocalBackend::new(&fx.repo),
+        replace: std::sync::Mutex::new(Some((name(&a), name(&b), b_bytes))),
+    });
+    let repo = Repository::open(be, PW).unwrap();
+    let report = prune(
+        repo.lock_maintenance(NO_WAIT).unwrap().as_maintenance(),
+        &PruneOptions {
+            max_unused: MaxUnused::Fraction(0.0),
+            ..PruneOptions::default()
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(
+        report.packs_deleted == 0 && report.packs_condemned > 0,
+        "the refreshed lock must hold deletions back: {report:?}"
+    );
+    assert!(
+        report.held_back_by.is_some(),
+        "the refreshed lock must be seen: {report:?}"
+    );
+}

@@ -325,11 +325,12 @@ pub fn backup(
     };
     let parent_tree = match parent_id {
         Some(id) if !opts.force => {
-            let s: Snapshot = repo.load(FileKind::Snapshot, &id)?;
-            match repo.load_tree(&index, &s.tree) {
-                Ok(t) => Some(t),
-                // A damaged parent only costs speed: every file is read again.
-                Err(e) if e.is_damage() => {
+            // A damaged parent only costs speed: every file is read again. So does a parent
+            // chosen here that a forget running beside this backup removed meanwhile (one
+            // named with --parent must exist).
+            let snap = match repo.load::<Snapshot>(FileKind::Snapshot, &id) {
+                Ok(s) => Some(s),
+                Err(e @ Error::ObjectNotFound { .. }) if opts.parent.is_none() => {
                     tracing::warn!(
                         "parent snapshot {}: {e}; reading every file again",
                         id.short()
@@ -337,6 +338,18 @@ pub fn backup(
                     None
                 }
                 Err(e) => return Err(e),
+            };
+            match snap.map(|s| repo.load_tree(&index, &s.tree)) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) if e.is_damage() || matches!(e, Error::ObjectNotFound { .. }) => {
+                    tracing::warn!(
+                        "parent snapshot {}: {e}; reading every file again",
+                        id.short()
+                    );
+                    None
+                }
+                Some(Err(e)) => return Err(e),
             }
         }
         _ => None,
@@ -373,7 +386,7 @@ pub fn backup(
     let arch = Archiver {
         repo,
         index: &index,
-        packer: Packer::new(repo, index.clone()),
+        packer: Packer::new(repo, index.clone()).under(lock.guard()),
         chunker,
         page_rules,
         excludes: Patterns::new(&opts.excludes)?,

@@ -208,7 +208,9 @@ pub fn copy(
         // An index file after every pack: a copy interrupted after hours re-sends nothing it
         // had stored (only the pack in flight). The many small index files are merged by
         // the next prune.
-        packer: Packer::new(dst_repo, index).index_every(1),
+        packer: Packer::new(dst_repo, index)
+            .index_every(1)
+            .under(dst.guard()),
         same_ids,
         map: Mutex::new(HashMap::new()),
         trees_done: Mutex::new(HashSet::new()),

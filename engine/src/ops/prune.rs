@@ -122,8 +122,7 @@ pub struct PruneOptions {
     pub clock_skew: Duration,
 }
 
-/// The default [`PruneOptions::clock_skew`].
-pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
+pub use crate::lock::DEFAULT_CLOCK_SKEW;
 
 impl Default for PruneOptions {
     fn default() -> Self {
@@ -147,8 +146,9 @@ pub struct PruneReport {
     pub blobs_used: u64,
     /// Unused blobs.
     pub blobs_unused: u64,
-    /// Packs deleted: condemned ones whose time had come (format 3), and, when nothing else
-    /// ran, the packs this run condemned (before format 3: every pack with no used blob).
+    /// Indexed packs with no used blob deleted: condemned ones whose time had come (format
+    /// 3), and, when nothing else ran, those this run condemned (before format 3: every pack
+    /// with no used blob). Repacked and unreferenced packs are counted apart.
     pub packs_deleted: u64,
     /// Packs this run condemned (no used blob, repacked, or named by no index); with
     /// `packs_deleted` they may overlap when nothing else ran.
@@ -157,6 +157,9 @@ pub struct PruneReport {
     pub quiet: bool,
     /// Condemned packs a snapshot needs again (made live).
     pub packs_recovered: u64,
+    /// What holds condemned packs back: the earliest-started live lock of another process
+    /// (`user@host (pid N) since …`), if any.
+    pub held_back_by: Option<String>,
     /// Condemned packs still waiting for their deletion (held back by running operations).
     pub packs_waiting: u64,
     /// Their bytes.
@@ -304,7 +307,7 @@ pub fn prune(
     let two_phase = repo.config().version >= 3;
     // Who is running, listed before the snapshots: an operation missing here has finished
     // (its snapshot is in the listing below) or starts after it (and sees this run's marks).
-    let survey = crate::lock::survey(repo)?;
+    let survey = crate::lock::survey_with_skew(repo, opts.clock_skew)?;
     let others: Vec<Lock> = survey
         .live
         .iter()
@@ -372,7 +375,8 @@ pub fn prune(
                     used_count[p]
                 )))
             }
-            // Condemned and gone (a prune stopped between deleting it and its records).
+            // Condemned and already gone (a listing that missed it, or deleted by hand): only
+            // its records are left to remove.
             (Some(_), None) => fate[p] = Fate::Delete,
             (Some(_), Some(_)) if used_count[p] > 0 => fate[p] = Fate::Recover,
             (Some(t), Some(_)) => {
@@ -465,20 +469,32 @@ pub fn prune(
         .filter(|&p| fate[p] == Fate::Keep && index.condemned_at(p as u32).is_some())
         .collect();
     report.packs_waiting = waiting.len() as u64;
+    report.held_back_by = others.iter().min_by_key(|l| l.started).map(|l| {
+        format!(
+            "{} lock of {}@{} (pid {}) since {}",
+            l.mode.name(),
+            l.username,
+            l.hostname,
+            l.pid,
+            crate::util::format_timestamp(&l.started)
+        )
+    });
     report.bytes_waiting = waiting.iter().map(|&p| size_of(p)).sum();
-    report.packs_deleted = count(Fate::Delete)
-        + if two_phase {
-            0
-        } else {
-            report.packs_unreferenced
-        };
+    // Indexed packs with no used blob: the repacked ones are counted as such.
+    let unused_now = |want: Fate| {
+        (0..n)
+            .filter(|&p| fate[p] == want && !repack.contains(&(p as u32)))
+            .count() as u64
+    };
+    report.packs_deleted = unused_now(Fate::Delete);
+    let unused_condemned = unused_now(Fate::Condemn);
 
     // Leftovers of killed processes: temporary files no live writer owns, stale locks.
     let leftovers = find_leftovers_in(repo, survey)?;
     if opts.dry_run {
         if others.is_empty() {
             freed += condemned_bytes;
-            report.packs_deleted += report.packs_condemned - unreferenced.len() as u64;
+            report.packs_deleted += unused_condemned;
             report.quiet = true;
         } else {
             report.packs_waiting += report.packs_condemned;
@@ -533,7 +549,7 @@ pub fn prune(
             .collect();
         to_copy.sort_by_key(|(id, _)| *id);
         let known = std::sync::Arc::new(index);
-        let packer = Packer::new(repo, known.clone());
+        let packer = Packer::new(repo, known.clone()).under(lock.guard());
         to_copy
             .par_iter()
             .try_for_each(|(pid, blobs)| -> Result<()> {
@@ -598,10 +614,15 @@ pub fn prune(
     } else {
         Vec::new()
     };
-    let (old_files, rewrite) = files_to_rewrite(&index, &fate);
+    let (mut old_files, rewrite) = files_to_rewrite(&index, &fate);
     let written = if old_files.is_empty() && new_unreferenced.is_empty() {
         Vec::new()
     } else {
+        // The files the replaced ones superseded (left by a replacement that stopped before
+        // deleting them) are superseded by the new last file too: otherwise they would be in
+        // force again, with their stale records, once their superseder is deleted.
+        old_files.extend(index.superseded.iter().copied());
+        lock.guard().check_held()?;
         let records = index
             .index_packs()
             .filter(|ip| {
@@ -612,6 +633,16 @@ pub fn prune(
             .chain(new_unreferenced);
         report.index_files_replaced = old_files.len() as u64;
         replace_index(repo, &old_files, records)?
+    };
+    // The marks count from the moment the last new file was written: when writing took
+    // long, an operation that started after the recorded time plus the clock skew may still
+    // have loaded the index before the marks took effect. They are then stamped again, one
+    // file at a time (each a single short write).
+    let slow = now_timestamp().unix_nanos.saturating_sub(now.unix_nanos) > skew / 2;
+    let written = if two_phase && slow && !condemned_now.is_empty() {
+        restamp(lock, &written, &condemned_now)?
+    } else {
+        written
     };
     // Files a replacement that stopped early left behind (readers ignore them).
     for id in &index.superseded {
@@ -635,7 +666,7 @@ pub fn prune(
     // A quiet repository: nothing else holds a lock and no snapshot appeared since the
     // listing, so nothing can reference what this run condemned. It goes now.
     if two_phase && !condemned_now.is_empty() {
-        let others_now = crate::lock::survey(repo)?
+        let others_now = crate::lock::survey_with_skew(repo, opts.clock_skew)?
             .live
             .into_iter()
             .any(|(_, l)| !lock.guard().owns(&l));
@@ -654,11 +685,12 @@ pub fn prune(
                 .iter()
                 .any(|id| !ours.contains(id));
         if !others_now && !new_snapshot && !new_index {
+            lock.guard().check_held()?;
             drop_records(repo, &written, &condemned_now)?;
             let ids: Vec<Id> = condemned_now.iter().copied().collect();
             delete_packs(lock, &ids)?;
             freed += condemned_bytes;
-            report.packs_deleted += (condemned_now.len() - unreferenced.len()) as u64;
+            report.packs_deleted += unused_condemned;
             report.quiet = true;
         } else {
             report.packs_waiting += condemned_now.len() as u64;
@@ -721,6 +753,32 @@ fn delete_packs(lock: MaintenanceView<'_>, ids: &[Id]) -> Result<()> {
     Ok(())
 }
 
+/// Rewrite the index files `written` (this run's), one at a time, with the records of
+/// `marked` condemned as of the moment each file is written. Returns the files now in force.
+fn restamp(lock: MaintenanceView<'_>, written: &[Id], marked: &HashSet<Id>) -> Result<Vec<Id>> {
+    let repo = lock.repo();
+    let mut out = Vec::new();
+    for id in written {
+        let mut file = repo.load_index_file(id)?;
+        if !file.packs.iter().any(|p| marked.contains(&p.id)) {
+            out.push(*id);
+            continue;
+        }
+        let t = now_timestamp();
+        for p in &mut file.packs {
+            if marked.contains(&p.id) {
+                p.condemned = Some(t);
+            }
+        }
+        lock.guard().check_held()?;
+        // What the file superseded stays superseded (normally deleted already).
+        let mut old = vec![*id];
+        old.extend(file.supersedes);
+        out.extend(replace_index(repo, &old, file.packs)?);
+    }
+    Ok(out)
+}
+
 /// Rewrite the index files `written` (this run's) without the records of `drop`, one file
 /// at a time.
 fn drop_records(repo: &Repository, written: &[Id], drop: &HashSet<Id>) -> Result<()> {
@@ -732,7 +790,10 @@ fn drop_records(repo: &Repository, written: &[Id], drop: &HashSet<Id>) -> Result
                 .into_iter()
                 .filter(|p| !drop.contains(&p.id))
                 .collect();
-            replace_index(repo, &[*id], keep)?;
+            // What the file superseded stays superseded (normally deleted already).
+            let mut old = vec![*id];
+            old.extend(file.supersedes);
+            replace_index(repo, &old, keep)?;
         }
     }
     Ok(())

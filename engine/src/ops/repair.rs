@@ -188,15 +188,35 @@ pub fn repair_packs(
     }
     let dropped: HashSet<Id> = damaged.iter().map(|(id, _)| *id).collect();
     // What stays indexed: every pack but the damaged ones.
+    // One record per pack: a live one if any file has one (a pack is live when any record
+    // is), the fullest of them (a condemned record may list no blobs).
     let mut kept = MasterIndex::default();
     let mut kept_packs: Vec<IndexPack> = Vec::new();
-    let mut seen: HashSet<Id> = HashSet::new();
+    let mut at: HashMap<Id, usize> = HashMap::new();
     for p in files.iter().flat_map(|(_, f)| &f.packs) {
-        if dropped.contains(&p.id) || !seen.insert(p.id) {
+        if dropped.contains(&p.id) {
             continue;
         }
+        match at.get(&p.id) {
+            None => {
+                at.insert(p.id, kept_packs.len());
+                kept_packs.push(p.clone());
+            }
+            Some(&i) => {
+                let have = &mut kept_packs[i];
+                let better = match (have.condemned, p.condemned) {
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    _ => p.blobs.len() > have.blobs.len(),
+                };
+                if better {
+                    *have = p.clone();
+                }
+            }
+        }
+    }
+    for p in &kept_packs {
         kept.add_pack(p);
-        kept_packs.push(p.clone());
     }
     let intact_anywhere: HashSet<Id> = damaged
         .iter()
