@@ -32,7 +32,10 @@ pub mod retention;
 pub mod snapshots;
 pub mod util;
 
-pub use backend::{Backend, LocalBackend, ObjectInfo, S3Backend, S3Config, TempFile};
+pub use backend::{
+    fuzz_sftp_reply, Backend, LocalBackend, ObjectInfo, S3Backend, S3Config, SftpBackend,
+    SftpConfig, TempFile,
+};
 pub use durable::{sync_dir, write_atomic, write_atomic_mode};
 pub use error::{Error, Result};
 pub use index::MasterIndex;

@@ -56,3 +56,18 @@ fn kubeconfig_decoder_survives_mutations() {
     let seed = b"apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://127.0.0.1:6443\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nusers:\n- name: default\n  user:\n    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n    tokenFile: ../token\n";
     mutations(seed, 3000, cairn_engine::k3s::fuzz::kubeconfig);
 }
+
+#[test]
+fn sftp_reply_decoders_survive_mutations() {
+    // A NAME packet with one entry (size and mtime attributes), as a server answers READDIR.
+    let mut seed = vec![104u8];
+    seed.extend_from_slice(&1u32.to_be_bytes());
+    for s in [b"f1".as_slice(), b"-rw-r--r-- 1 f1".as_slice()] {
+        seed.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        seed.extend_from_slice(s);
+    }
+    seed.extend_from_slice(&(0x1u32 | 0x8).to_be_bytes());
+    seed.extend_from_slice(&4096u64.to_be_bytes());
+    seed.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2]);
+    mutations(&seed, 3000, cairn_engine::fuzz_sftp_reply);
+}

@@ -26,5 +26,6 @@ mod listing;
 mod retention;
 mod s3;
 mod safety;
+mod sftp;
 mod util;
 mod writers;

@@ -240,6 +240,8 @@ pub struct Env {
     pub repo: PathBuf,
     /// The password used by [`Env::run`].
     pub password: String,
+    /// Global options every command gets (`-o sftp.command=…`).
+    pub options: Vec<String>,
 }
 
 impl Env {
@@ -293,6 +295,37 @@ impl Env {
         Some(env)
     }
 
+    /// A repository under a fresh directory on the SSH server the environment names
+    /// (`CAIRN_TEST_SFTP_HOST`, `CAIRN_TEST_SFTP_COMMAND`, `CAIRN_TEST_SFTP_DIR`, as
+    /// `scripts/sshd-server.sh up` prints them), or `None` without one.
+    /// `CAIRN_TEST_SFTP_REQUIRED=1` (set by `.ci/run`) makes a missing server a failure.
+    pub fn sftp(name: &str) -> Option<Env> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (Some(host), Some(command), Some(dir)) = (
+            var("CAIRN_TEST_SFTP_HOST"),
+            var("CAIRN_TEST_SFTP_COMMAND"),
+            var("CAIRN_TEST_SFTP_DIR"),
+        ) else {
+            assert!(
+                std::env::var("CAIRN_TEST_SFTP_REQUIRED").as_deref() != Ok("1"),
+                "CAIRN_TEST_SFTP_REQUIRED=1 but CAIRN_TEST_SFTP_* are not set"
+            );
+            eprintln!("skipping {name}: no SSH server (scripts/sshd-server.sh up)");
+            return None;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let mut env = Self::uninitialized();
+        env.repo = PathBuf::from(format!(
+            "sftp:{host}:{dir}/{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        env.options = vec!["-o".into(), format!("sftp.command={command}")];
+        Some(env)
+    }
+
     /// `restore latest:SRC --target TARGET EXTRA…`, then require TARGET to hold exactly SRC.
     #[track_caller]
     pub fn restore_latest_exact(&self, src: &Path, target: &Path, extra: &[&str]) {
@@ -319,6 +352,7 @@ impl Env {
             dir,
             repo,
             password: PASSWORD.to_owned(),
+            options: Vec::new(),
         }
     }
 
@@ -332,6 +366,7 @@ impl Env {
         let mut cmd = bare_cairn();
         cmd.arg("-r")
             .arg(&self.repo)
+            .args(&self.options)
             .env("CAIRN_PASSWORD", &self.password);
         // Keep any per-user state (caches) inside the test's directory.
         cmd.env("HOME", self.dir.path())

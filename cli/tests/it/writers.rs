@@ -254,6 +254,15 @@ fn four_writers_and_a_prune_loop_on_a_local_repository() {
 }
 
 #[test]
+fn four_writers_and_a_prune_loop_over_sftp() {
+    let Some(env) = Env::sftp("writers") else {
+        return;
+    };
+    env.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
+    many_writers(&env, Duration::from_secs(10));
+}
+
+#[test]
 fn four_writers_and_a_prune_loop_on_s3() {
     let Some(env) = Env::s3("writers") else {
         return;

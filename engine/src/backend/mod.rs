@@ -4,6 +4,7 @@
 
 mod local;
 mod s3;
+mod sftp;
 
 use std::fmt::Debug;
 
@@ -11,12 +12,14 @@ use cairn_format::FileKind;
 
 pub use local::LocalBackend;
 pub use s3::{RequestCounts, S3Backend, S3Config};
+pub use sftp::{fuzz_reply as fuzz_sftp_reply, SftpBackend, SftpConfig};
 
 use crate::Result;
 
-/// The backend a repository location names: a directory (optionally `local:DIR`) or
-/// `s3:http[s]://host[:port]/bucket[/prefix]` (restic's `s3:host/bucket` means HTTPS),
-/// configured by `options` (`-o s3.*`; none apply to a directory).
+/// The backend a repository location names: a directory (optionally `local:DIR`),
+/// `s3:http[s]://host[:port]/bucket[/prefix]` (restic's `s3:host/bucket` means HTTPS) or
+/// `sftp:[user@]host:/path` (`sftp://[user@]host[:port]//path`), configured by `options`
+/// (`-o s3.*`, `-o sftp.*`; none apply to a directory).
 pub fn from_location(
     loc: &str,
     options: &[(String, String)],
@@ -25,10 +28,14 @@ pub fn from_location(
         let cfg = S3Config::parse(loc, options)?;
         return Ok(std::sync::Arc::new(S3Backend::new(cfg)?));
     }
+    if loc.starts_with("sftp:") {
+        let cfg = SftpConfig::parse(loc, options)?;
+        return Ok(std::sync::Arc::new(SftpBackend::new(cfg)?));
+    }
     let path = loc.strip_prefix("local:").unwrap_or(loc);
     if path.contains("://") {
         return Err(crate::Error::Invalid(format!(
-            "unsupported repository location {loc:?}: use a directory or s3:http[s]://host/bucket[/prefix]"
+            "unsupported repository location {loc:?}: use a directory, s3:http[s]://host/bucket[/prefix] or sftp:user@host:/path"
         )));
     }
     if let Some((k, _)) = options.first() {
