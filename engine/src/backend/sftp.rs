@@ -72,6 +72,42 @@ const ATTR_PERMISSIONS: u32 = 0x4;
 const ATTR_ACMODTIME: u32 = 0x8;
 const ATTR_EXTENDED: u32 = 0x8000_0000;
 
+/// `[user@]host[:port]` (`with_port`) → (`[user@]host` as ssh takes it, port). A bracketed
+/// IPv6 address loses its brackets (`[::1]` → `::1`).
+fn split_host(authority: &str, with_port: bool) -> Option<(String, Option<u16>)> {
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) if with_port => Some(p.parse::<u16>().ok()?),
+            Some(_) => return None,
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        (addr.to_owned(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) if with_port => (h.to_owned(), Some(p.parse::<u16>().ok()?)),
+            Some(_) => return None,
+            None => (hostport.to_owned(), None),
+        }
+    };
+    if host.is_empty() || host.contains(['[', ']', '/', ' ']) {
+        return None;
+    }
+    Some((
+        match user {
+            Some(u) if !u.is_empty() => format!("{u}@{host}"),
+            Some(_) => return None,
+            None => host,
+        },
+        port,
+    ))
+}
+
 /// Where an SFTP repository is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SftpConfig {
@@ -102,19 +138,25 @@ impl SftpConfig {
             .ok_or_else(|| bad("no sftp: prefix"))?;
         let (host, port, path) = if let Some(url) = rest.strip_prefix("//") {
             let (authority, path) = url.split_once('/').ok_or_else(|| bad("no path"))?;
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                    h.to_owned(),
-                    Some(p.parse::<u16>().map_err(|_| bad("bad port"))?),
-                ),
-                _ => (authority.to_owned(), None),
-            };
+            let (host, port) =
+                split_host(authority, true).ok_or_else(|| bad("bad host or port"))?;
             (host, port, path.to_owned())
         } else {
-            let (host, path) = rest
-                .split_once(':')
-                .ok_or_else(|| bad("no ':' before the path"))?;
-            (host.to_owned(), None, path.to_owned())
+            // `[user@]host:path`, the host maybe a bracketed IPv6 address.
+            let (host, path) = match rest.find('[') {
+                Some(open) if open < rest.find(':').unwrap_or(usize::MAX) => {
+                    let close = rest.find(']').ok_or_else(|| bad("unclosed '['"))?;
+                    let path = rest[close + 1..]
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("no ':' before the path"))?;
+                    (&rest[..=close], path)
+                }
+                _ => rest
+                    .split_once(':')
+                    .ok_or_else(|| bad("no ':' before the path"))?,
+            };
+            let (host, _) = split_host(host, false).ok_or_else(|| bad("bad host"))?;
+            (host, None, path.to_owned())
         };
         if host.is_empty() || host.starts_with('-') {
             return Err(bad("no host"));
@@ -172,7 +214,17 @@ impl SftpConfig {
                 if let Some(p) = self.port {
                     c.arg("-p").arg(p.to_string());
                 }
-                c.arg(&self.host).arg("-s").arg("sftp");
+                // A link that dies silently is noticed within a minute, a host that never
+                // answers within 30 s, instead of a hang (the user's ssh config still wins
+                // where it sets these: ssh takes the first value).
+                c.args([
+                    "-o",
+                    "ServerAliveInterval=15",
+                    "-o",
+                    "ServerAliveCountMax=4",
+                ]);
+                c.args(["-o", "ConnectTimeout=30"]);
+                c.arg("--").arg(&self.host).arg("-s").arg("sftp");
                 c
             }
         }
@@ -185,6 +237,8 @@ struct Session {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Disconnects when ssh's stderr reached its end (everything it said is in `stderr`).
+    stderr_done: std::sync::mpsc::Receiver<()>,
     next_id: u32,
     posix_rename: bool,
     fsync: bool,
@@ -274,10 +328,14 @@ enum Status {
 
 impl Session {
     fn open(cfg: &SftpConfig) -> Result<Session> {
+        use std::os::unix::process::CommandExt;
         let mut cmd = cfg.command();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Its own process group: Ctrl-C stops cairn, which then releases its lock through
+        // this session, instead of killing ssh under it.
+        cmd.process_group(0);
         let mut child = cmd.spawn().map_err(|e| {
             Error::Backend(format!(
                 "sftp: cannot run {:?}: {e} (is ssh installed?)",
@@ -287,6 +345,7 @@ impl Session {
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::with_capacity(256 << 10, child.stdout.take().expect("piped"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (done_tx, stderr_done) = std::sync::mpsc::channel::<()>();
         if let Some(mut err) = child.stderr.take() {
             let sink = stderr.clone();
             std::thread::spawn(move || {
@@ -300,6 +359,7 @@ impl Session {
                         s.extend_from_slice(&buf[..n]);
                     }
                 }
+                drop(done_tx);
             });
         }
         let mut s = Session {
@@ -307,6 +367,7 @@ impl Session {
             stdin,
             stdout,
             stderr,
+            stderr_done,
             next_id: 1,
             posix_rename: false,
             fsync: false,
@@ -329,7 +390,10 @@ impl Session {
     fn lost(&mut self, what: &str) -> Error {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Everything ssh said, unless something else holds its stderr open.
+        let _ = self
+            .stderr_done
+            .recv_timeout(std::time::Duration::from_secs(1));
         let said = String::from_utf8_lossy(&self.stderr.lock())
             .trim()
             .to_owned();
@@ -438,7 +502,9 @@ impl Session {
         let mut p = Vec::new();
         put_str(&mut p, path.as_bytes());
         put_u32(&mut p, flags);
-        put_u32(&mut p, 0); // no attributes: the server's umask decides the mode
+        // Owner only, as the local backend writes (keys and packs are nobody else's).
+        put_u32(&mut p, ATTR_PERMISSIONS);
+        put_u32(&mut p, 0o600);
         let r = self.call(FXP_OPEN, &p)?;
         Self::handle_of(&r)
     }
@@ -505,8 +571,8 @@ impl Session {
             match r.kind {
                 FXP_DATA => {
                     let data = Cursor(&r.body).string()?;
-                    if data.len() > want {
-                        return Err(self.lost("more data than asked for"));
+                    if data.len() > want || data.is_empty() {
+                        return Err(self.lost("a data packet of the wrong size"));
                     }
                     if data.len() < want && failed.is_none() && at + data.len() < end {
                         // A short read: ask again for the rest.
@@ -554,7 +620,16 @@ impl Session {
         let mut done = false;
         loop {
             while pending < PIPELINE && !done {
-                let n = data(&mut buf)?;
+                let n = match data(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Read the replies in flight, so the session stays in step.
+                        for _ in 0..pending {
+                            self.reply()?;
+                        }
+                        return Err(e);
+                    }
+                };
                 if n == 0 {
                     done = true;
                     break;
@@ -584,6 +659,12 @@ impl Session {
 
     fn fsync(&mut self, handle: &[u8]) -> Result<()> {
         if !self.fsync {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "sftp: the server offers no fsync@openssh.com: objects are renamed into place without being flushed to its disk first (a crash of the server can lose recent writes)"
+                );
+            });
             return Ok(());
         }
         let mut p = Vec::new();
@@ -602,7 +683,8 @@ impl Session {
             put_str(&mut p, path.as_bytes());
         }
         if kind == FXP_MKDIR {
-            put_u32(&mut p, 0);
+            put_u32(&mut p, ATTR_PERMISSIONS);
+            put_u32(&mut p, 0o700);
         }
         let r = self.call(kind, &p)?;
         Self::status_of(&r)
@@ -756,6 +838,7 @@ pub struct SftpBackend {
     /// Idle sessions; at most `cfg.connections` exist.
     idle: Mutex<Vec<Session>>,
     open: Mutex<usize>,
+    opening: Mutex<()>,
     freed: parking_lot::Condvar,
     counts: Counts,
 }
@@ -776,6 +859,7 @@ impl SftpBackend {
             cfg,
             idle: Mutex::new(Vec::new()),
             open: Mutex::new(0),
+            opening: Mutex::new(()),
             freed: parking_lot::Condvar::new(),
             counts: Counts::default(),
         };
@@ -787,14 +871,25 @@ impl SftpBackend {
     /// An idle session, or a new one while fewer than `connections` exist.
     fn session(&self) -> Result<Session> {
         loop {
-            if let Some(s) = self.idle.lock().pop() {
-                return Ok(s);
+            let idle = self.idle.lock().pop();
+            if let Some(mut s) = idle {
+                if matches!(s.child.try_wait(), Ok(None)) {
+                    return Ok(s);
+                }
+                // Its ssh exited while it was idle (the link dropped, the server restarted):
+                // a new session takes its place.
+                drop(s);
+                *self.open.lock() -= 1;
+                continue;
             }
             let mut open = self.open.lock();
             if *open < self.cfg.connections {
                 *open += 1;
                 drop(open);
                 self.counts.sessions.fetch_add(1, Ordering::Relaxed);
+                // One login at a time: an ssh that prompts (password, passphrase, a new host
+                // key) asks alone on the terminal.
+                let _one = self.opening.lock();
                 return Session::open(&self.cfg).inspect_err(|_| {
                     *self.open.lock() -= 1;
                     self.freed.notify_one();
@@ -827,6 +922,18 @@ impl SftpBackend {
             }
         }
         r
+    }
+
+    /// [`SftpBackend::with`], once more on a new session when the connection was lost: every
+    /// operation is idempotent (a write goes to a fresh temp name and is renamed).
+    fn retrying<T>(&self, mut f: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
+        match self.with(&mut f) {
+            Err(Error::Backend(m)) if m.starts_with("sftp: connection lost") => {
+                tracing::warn!("{m}; trying again on a new session");
+                self.with(f)
+            }
+            r => r,
+        }
     }
 
     fn path_of(&self, rel: &str) -> String {
@@ -881,6 +988,20 @@ impl SftpBackend {
             self.counts.bytes_up.fetch_add(n, Ordering::Relaxed);
             match s.rename(&tmp, &dest)? {
                 Ok(()) => Ok(()),
+                Err(st) if kind == FileKind::Config => {
+                    // The one object rewritten in place (`migrate`): it must be replaced
+                    // atomically or not at all.
+                    let _ = s.simple(FXP_REMOVE, &[&tmp]);
+                    Err(Error::Backend(format!(
+                        "sftp: cannot replace {dest} ({}){}",
+                        status_error("rename", &dest, st),
+                        if s.posix_rename {
+                            ""
+                        } else {
+                            "; the server lacks posix-rename@openssh.com, which replacing the config needs"
+                        }
+                    )))
+                }
                 Err(st) => {
                     // A plain rename refuses to replace: the same bytes are there already
                     // when the object exists (objects are named by their content).
@@ -904,7 +1025,7 @@ impl SftpBackend {
         max: u64,
     ) -> Result<Vec<u8>> {
         let path = self.object(kind, name)?;
-        let data = self.with(|s| {
+        let data = self.retrying(|s| {
             let handle = match s.open_file(&path, FXF_READ)? {
                 Ok(h) => h,
                 Err(Status::NoSuchFile) => return Err(Error::not_found(kind, name)),
@@ -956,6 +1077,18 @@ impl SftpBackend {
     }
 }
 
+/// Run `attempt` again (on a new session) when its connection was lost: a write goes to a
+/// fresh temp name and is renamed, so a second attempt is harmless.
+fn once_more_if_lost(mut attempt: impl FnMut() -> Result<()>) -> Result<()> {
+    match attempt() {
+        Err(Error::Backend(m)) if m.starts_with("sftp: connection lost") => {
+            tracing::warn!("{m}; trying again on a new session");
+            attempt()
+        }
+        r => r,
+    }
+}
+
 /// Remote temporary files are named by their remote path with this prefix in
 /// [`super::TempFile::path`], to tell them from the local pack files.
 const REMOTE: &str = "sftp-remote:";
@@ -970,7 +1103,12 @@ impl Backend for SftpBackend {
 
     fn exists(&self) -> Result<bool> {
         let p = self.path_of("");
-        self.with(|s| Ok(s.stat(p.trim_end_matches('/'))?.is_some()))
+        let p = if p == "/" {
+            p
+        } else {
+            p.trim_end_matches('/').to_owned()
+        };
+        self.retrying(|s| Ok(s.stat(&p)?.is_some()))
     }
 
     fn create(&self) -> Result<()> {
@@ -1011,30 +1149,36 @@ impl Backend for SftpBackend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        let mut at = 0usize;
-        self.store(kind, name, |buf| {
-            let n = buf.len().min(data.len() - at);
-            buf[..n].copy_from_slice(&data[at..at + n]);
-            at += n;
-            Ok(n)
-        })
+        let attempt = || {
+            let mut at = 0usize;
+            self.store(kind, name, |buf| {
+                let n = buf.len().min(data.len() - at);
+                buf[..n].copy_from_slice(&data[at..at + n]);
+                at += n;
+                Ok(n)
+            })
+        };
+        once_more_if_lost(attempt)
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
         // Streamed from the local file: a pack is never held in memory whole.
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        self.store(kind, name, |buf| {
-            let mut n = 0;
-            while n < buf.len() {
-                match f.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io(path, e)),
+        let attempt = || {
+            let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            self.store(kind, name, |buf| {
+                let mut n = 0;
+                while n < buf.len() {
+                    match f.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::io(path, e)),
+                    }
                 }
-            }
-            Ok(n)
-        })?;
+                Ok(n)
+            })
+        };
+        once_more_if_lost(attempt)?;
         std::fs::remove_file(path).map_err(|e| Error::io(path, e))
     }
 
@@ -1052,7 +1196,7 @@ impl Backend for SftpBackend {
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
         let path = self.object(kind, name)?;
-        self.with(|s| Ok(s.stat(&path)?.map(|(size, _)| size.unwrap_or(0))))
+        self.retrying(|s| Ok(s.stat(&path)?.map(|(size, _)| size.unwrap_or(0))))
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
@@ -1067,7 +1211,8 @@ impl Backend for SftpBackend {
             vec![self.path_of(kind.dir())]
         };
         let mut out = Vec::new();
-        self.with(|s| {
+        self.retrying(|s| {
+            out.clear();
             for d in &dirs {
                 for (name, size, _) in s.read_dir(d)?.unwrap_or_default() {
                     // Temp files of an interrupted write (and `.`/`..`) are not objects.
@@ -1084,7 +1229,7 @@ impl Backend for SftpBackend {
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.object(kind, name)?;
-        self.with(|s| match s.simple(FXP_REMOVE, &[&path])? {
+        self.retrying(|s| match s.simple(FXP_REMOVE, &[&path])? {
             Ok(()) | Err(Status::NoSuchFile) => Ok(()),
             Err(st) => Err(status_error("remove", &path, st)),
         })
@@ -1112,15 +1257,18 @@ impl Backend for SftpBackend {
             .unwrap_or_default()
             .as_secs();
         let dirs = self.dirs();
-        self.with(|s| {
+        let local = out.len();
+        self.retrying(|s| {
+            out.truncate(local);
             for d in &dirs {
                 for (name, size, mtime) in s.read_dir(d)?.unwrap_or_default() {
                     if name.starts_with(".tmp-") {
                         out.push(super::TempFile {
                             path: PathBuf::from(format!("{REMOTE}{d}/{name}")),
                             size,
+                            // Without a time, as new: kept until it has one.
                             age: std::time::Duration::from_secs(
-                                now.saturating_sub(u64::from(mtime.unwrap_or(0))),
+                                mtime.map_or(0, |m| now.saturating_sub(u64::from(m))),
                             ),
                         });
                     }
@@ -1135,7 +1283,7 @@ impl Backend for SftpBackend {
         match path.to_str().and_then(|p| p.strip_prefix(REMOTE)) {
             Some(remote) => {
                 let remote = remote.to_owned();
-                self.with(|s| match s.simple(FXP_REMOVE, &[&remote])? {
+                self.retrying(|s| match s.simple(FXP_REMOVE, &[&remote])? {
                     Ok(()) | Err(Status::NoSuchFile) => Ok(()),
                     Err(st) => Err(status_error("remove", &remote, st)),
                 })
@@ -1178,6 +1326,16 @@ mod tests {
             (c.host.as_str(), c.port, c.path.as_str()),
             ("u@nas", Some(2222), "/srv/r")
         );
+        // IPv6, bracketed in the location, bare for ssh.
+        let c = SftpConfig::parse("sftp://u@[::1]:2222//srv/r", &[]).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.path.as_str()),
+            ("u@::1", Some(2222), "/srv/r")
+        );
+        let c = SftpConfig::parse("sftp://[fe80::1]//r", &[]).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("fe80::1", None));
+        let c = SftpConfig::parse("sftp:u@[::1]:/srv/r", &[]).unwrap();
+        assert_eq!((c.host.as_str(), c.path.as_str()), ("u@::1", "/srv/r"));
         let c = SftpConfig::parse("sftp://nas/rel", &[]).unwrap();
         assert_eq!((c.port, c.path.as_str()), (None, "rel"));
         for bad in [
