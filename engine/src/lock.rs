@@ -428,15 +428,19 @@ fn abandoned(read: &Result<Lock>) -> bool {
 /// Every lock: the readable ones, and the ids of the undecodable ones (each named in a
 /// warning). A lock listed but gone when read was released, or replaced by its holder's
 /// refresh (which writes the new object before deleting the old one): the locks are then
-/// listed again, so that a live holder caught mid-refresh is never missed. Other errors fail.
+/// listed again, and the locks new in that listing read, until a round finds none gone —
+/// so a live holder caught mid-refresh is never missed. Other errors fail.
 #[allow(clippy::type_complexity)]
 fn read_locks(repo: &Repository) -> Result<(Vec<(Id, Lock)>, Vec<Id>)> {
     let mut read: std::collections::HashMap<Id, Option<Lock>> = std::collections::HashMap::new();
+    // Ids read or found gone: a listing that keeps naming a deleted lock (Garage does, for a
+    // while, through a node that rejoined) must not make this loop forever.
+    let mut attempted: std::collections::HashSet<Id> = std::collections::HashSet::new();
     for _ in 0..20 {
         let listed = repo.list_ids(FileKind::Lock)?;
         let mut vanished = false;
         for id in &listed {
-            if read.contains_key(id) {
+            if !attempted.insert(*id) {
                 continue;
             }
             match repo.load_lock(id) {

@@ -671,3 +671,71 @@ fn a_lock_refreshed_while_prune_reads_the_locks_still_holds_deletions_back() {
         "the refreshed lock must be seen: {report:?}"
     );
 }
+
+/// Lists a lock and an index file that are gone (a Garage node that rejoined keeps naming
+/// objects deleted while it was away): readers skip them instead of listing again for ever.
+#[derive(Debug)]
+struct GhostBackend {
+    inner: LocalBackend,
+}
+
+const GHOST: &str = "00000000000000000000000000000000000000000000000000000000000000ab";
+
+impl Backend for GhostBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn exists(&self) -> Result<bool> {
+        self.inner.exists()
+    }
+    fn create(&self) -> Result<()> {
+        self.inner.create()
+    }
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.inner.put(kind, name, data)
+    }
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
+        self.inner.stat(kind, name)
+    }
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        let mut v = self.inner.list(kind)?;
+        if matches!(kind, FileKind::Lock | FileKind::Index | FileKind::Snapshot) {
+            v.push(ObjectInfo {
+                name: GHOST.into(),
+                size: 100,
+            });
+        }
+        Ok(v)
+    }
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.inner.delete(kind, name)
+    }
+}
+
+#[test]
+fn objects_a_listing_keeps_naming_after_their_deletion_are_skipped() {
+    let fx = fixture();
+    let repo = Repository::open(
+        Arc::new(GhostBackend {
+            inner: LocalBackend::new(&fx.repo),
+        }),
+        PW,
+    )
+    .unwrap();
+    let lock = repo.lock_shared(NO_WAIT).unwrap();
+    drop(lock);
+    let report = prune(
+        repo.lock_maintenance(NO_WAIT).unwrap().as_maintenance(),
+        &PruneOptions::default(),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(report.quiet, "{report:?}");
+    assert_healthy(&repo, &fx, &tempfile::tempdir().unwrap().path().join("r"));
+}

@@ -290,6 +290,17 @@ enum Fate {
     Delete,
 }
 
+/// Whether an object of `kind` that `known` lacks exists now. A listed object that is gone
+/// (a listing that still names a deleted object) does not count.
+fn appeared(repo: &Repository, kind: FileKind, known: &HashSet<Id>) -> Result<bool> {
+    for id in repo.list_ids(kind)? {
+        if !known.contains(&id) && repo.backend().stat(kind, &id.to_hex())?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Index files with fewer blobs than this are merged by prune once there are
 /// [`MERGE_SMALL_FILES`] of them: every backup's last index file is small, and readers pay
 /// per file.
@@ -673,17 +684,8 @@ pub fn prune(
         // A writer that finished meanwhile left a snapshot, or (failed after writing an
         // index file naming a pack this run found unreferenced) an index file.
         ours.extend(written.iter().copied());
-        let new_snapshot = !others_now
-            && repo
-                .list_ids(FileKind::Snapshot)?
-                .iter()
-                .any(|id| !snap_ids.contains(id));
-        let new_index = !others_now
-            && !new_snapshot
-            && repo
-                .list_ids(FileKind::Index)?
-                .iter()
-                .any(|id| !ours.contains(id));
+        let new_snapshot = !others_now && appeared(repo, FileKind::Snapshot, &snap_ids)?;
+        let new_index = !others_now && !new_snapshot && appeared(repo, FileKind::Index, &ours)?;
         if !others_now && !new_snapshot && !new_index {
             lock.guard().check_held()?;
             drop_records(repo, &written, &condemned_now)?;
