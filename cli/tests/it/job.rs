@@ -85,6 +85,8 @@ keep-last = 1
     assert_eq!(env.snapshots::<&str>(&[]).len(), 3);
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(text.contains("cairn_run_success 1"), "{text}");
+    // Nothing else ran beside this job's prune: nothing waits.
+    assert!(text.contains("cairn_prune_packs_waiting 0"), "{text}");
     assert_prometheus_text(&text);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

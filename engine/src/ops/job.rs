@@ -331,6 +331,10 @@ pub struct PruneConfig {
     /// Tolerated unused share in percent (default 5).
     #[serde(default = "five")]
     pub max_unused_percent: f64,
+    /// How far the clocks of the nodes writing the repository may disagree (`prune
+    /// --clock-skew`; default 10m).
+    #[serde(default)]
+    pub clock_skew: Option<String>,
 }
 
 fn yes() -> bool {
@@ -345,6 +349,7 @@ impl Default for PruneConfig {
         PruneConfig {
             enabled: true,
             max_unused_percent: 5.0,
+            clock_skew: None,
         }
     }
 }
@@ -951,6 +956,10 @@ pub fn run_job(
                 max_unused: crate::ops::prune::MaxUnused::Fraction(
                     cfg.prune.max_unused_percent / 100.0,
                 ),
+                clock_skew: match &cfg.prune.clock_skew {
+                    Some(v) => crate::util::parse_wait(v)?,
+                    None => crate::ops::prune::DEFAULT_CLOCK_SKEW,
+                },
                 ..PruneOptions::default()
             };
             prune_report = Some(prune(excl.as_maintenance(), &opts, &Progress::default())?);
@@ -1356,6 +1365,26 @@ pub fn prometheus_text(
         s.push_str(&format!(
             "cairn_run_last_success_timestamp_seconds {t:.0}\n"
         ));
+    }
+    // What the run's prune did, and what waits: condemned packs that operations running on
+    // other nodes hold back (a long-running one shows as a number that does not go down).
+    if let Some(p) = report.and_then(|r| r.prune.as_ref()) {
+        for (name, help, v) in [
+            ("cairn_prune_bytes_freed", "Bytes the last prune freed.", p.bytes_freed),
+            (
+                "cairn_prune_packs_waiting",
+                "Condemned packs the last prune left for a later one (held back by running operations).",
+                p.packs_waiting,
+            ),
+            (
+                "cairn_prune_bytes_waiting",
+                "Bytes of those packs.",
+                p.bytes_waiting,
+            ),
+        ] {
+            gauge(&mut s, name, help);
+            s.push_str(&format!("{name} {v}\n"));
+        }
     }
     s
 }

@@ -334,12 +334,25 @@ pub fn prune(
     let used = used_blobs(repo, &index, &roots)?;
     let now = now_timestamp();
     let skew = i64::try_from(opts.clock_skew.as_nanos()).unwrap_or(i64::MAX);
+    // A lock written "later" than this host's clock plus the skew says the clocks disagree
+    // by more than the skew allows: then no time comparison is trusted, and every condemned
+    // pack waits while any other operation runs.
+    let clocks_disagree = others
+        .iter()
+        .any(|l| l.time.unix_nanos > now.unix_nanos.saturating_add(skew));
+    if clocks_disagree {
+        tracing::warn!(
+            "a lock of another host was written more than --clock-skew ({:?}) ahead of this host's clock: no condemned pack is deleted while other operations run (check the hosts' clocks)",
+            opts.clock_skew
+        );
+    }
     // A condemned pack waits while an operation that may have loaded the index before its
     // mark is still running.
     let held_back = |t: Timestamp| {
-        others
-            .iter()
-            .any(|l| l.started.unix_nanos < t.unix_nanos.saturating_add(skew))
+        clocks_disagree
+            || others
+                .iter()
+                .any(|l| l.started.unix_nanos < t.unix_nanos.saturating_add(skew))
     };
 
     let stored: HashMap<String, u64> = repo
