@@ -1060,6 +1060,37 @@ impl SftpBackend {
         Ok(data)
     }
 
+    /// The entries of each of `dirs` (none for a directory that does not exist), read on
+    /// all sessions at once: listing the 256 pack directories one after another would cost
+    /// a thousand round trips in a row.
+    #[allow(clippy::type_complexity)]
+    fn read_dirs(&self, dirs: &[String]) -> Result<Vec<(String, Vec<(String, u64, Option<u32>)>)>> {
+        let per = dirs.len().div_ceil(self.cfg.connections.max(1)).max(1);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = dirs
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        self.retrying(|s| {
+                            chunk
+                                .iter()
+                                .map(|d| Ok((d.clone(), s.read_dir(d)?.unwrap_or_default())))
+                                .collect::<Result<Vec<_>>>()
+                        })
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(dirs.len());
+            for p in parts {
+                out.extend(
+                    p.join()
+                        .map_err(|_| Error::Backend("sftp: a listing thread panicked".into()))??,
+                );
+            }
+            Ok(out)
+        })
+    }
+
     fn dirs(&self) -> Vec<String> {
         let mut d = vec![self.path_of("")];
         for kind in [
@@ -1211,18 +1242,14 @@ impl Backend for SftpBackend {
             vec![self.path_of(kind.dir())]
         };
         let mut out = Vec::new();
-        self.retrying(|s| {
-            out.clear();
-            for d in &dirs {
-                for (name, size, _) in s.read_dir(d)?.unwrap_or_default() {
-                    // Temp files of an interrupted write (and `.`/`..`) are not objects.
-                    if super::is_object_name(&name) {
-                        out.push(ObjectInfo { name, size });
-                    }
+        for (_, entries) in self.read_dirs(&dirs)? {
+            for (name, size, _) in entries {
+                // Temp files of an interrupted write (and `.`/`..`) are not objects.
+                if super::is_object_name(&name) {
+                    out.push(ObjectInfo { name, size });
                 }
             }
-            Ok(())
-        })?;
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -1257,25 +1284,20 @@ impl Backend for SftpBackend {
             .unwrap_or_default()
             .as_secs();
         let dirs = self.dirs();
-        let local = out.len();
-        self.retrying(|s| {
-            out.truncate(local);
-            for d in &dirs {
-                for (name, size, mtime) in s.read_dir(d)?.unwrap_or_default() {
-                    if name.starts_with(".tmp-") {
-                        out.push(super::TempFile {
-                            path: PathBuf::from(format!("{REMOTE}{d}/{name}")),
-                            size,
-                            // Without a time, as new: kept until it has one.
-                            age: std::time::Duration::from_secs(
-                                mtime.map_or(0, |m| now.saturating_sub(u64::from(m))),
-                            ),
-                        });
-                    }
+        for (d, entries) in self.read_dirs(&dirs)? {
+            for (name, size, mtime) in entries {
+                if name.starts_with(".tmp-") {
+                    out.push(super::TempFile {
+                        path: PathBuf::from(format!("{REMOTE}{d}/{name}")),
+                        size,
+                        // Without a time, as new: kept until it has one.
+                        age: std::time::Duration::from_secs(
+                            mtime.map_or(0, |m| now.saturating_sub(u64::from(m))),
+                        ),
+                    });
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(out)
     }
 
