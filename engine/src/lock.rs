@@ -290,17 +290,17 @@ lock_type!(MaintenanceLock);
 lock_type!(ExclusiveLock);
 
 impl MaintenanceLock<'_> {
-    /// Delete a snapshot: with [`ExclusiveLock::delete_snapshot`], the one place snapshots
-    /// are removed.
+    /// Delete a snapshot ([`MaintenanceView::delete_snapshot`]).
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
-        self.repo.backend().delete(FileKind::Snapshot, &id.to_hex())
+        self.as_maintenance().delete_snapshot(id)
     }
 }
 
 impl ExclusiveLock<'_> {
-    /// Delete a snapshot (`rewrite --forget`, `repair snapshots --forget`).
+    /// Delete a snapshot (`rewrite --forget`, `repair snapshots --forget`;
+    /// [`MaintenanceView::delete_snapshot`]).
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
-        self.repo.backend().delete(FileKind::Snapshot, &id.to_hex())
+        self.as_maintenance().delete_snapshot(id)
     }
 
     /// Everything a maintenance lock allows is allowed under an exclusive one.
@@ -325,7 +325,7 @@ impl<'a> MaintenanceView<'a> {
         self.1
     }
 
-    /// Delete a snapshot.
+    /// Delete a snapshot: the one place snapshots are removed.
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
         self.0.backend().delete(FileKind::Snapshot, &id.to_hex())
     }
@@ -433,16 +433,9 @@ fn abandoned(read: &Result<Lock>) -> bool {
 #[allow(clippy::type_complexity)]
 fn read_locks(repo: &Repository) -> Result<(Vec<(Id, Lock)>, Vec<Id>)> {
     let mut read: std::collections::HashMap<Id, Option<Lock>> = std::collections::HashMap::new();
-    // Ids read or found gone: a listing that keeps naming a deleted lock (Garage does, for a
-    // while, through a node that rejoined) must not make this loop forever.
-    let mut attempted: std::collections::HashSet<Id> = std::collections::HashSet::new();
-    for _ in 0..20 {
-        let listed = repo.list_ids(FileKind::Lock)?;
+    let listed = repo.read_until_settled(FileKind::Lock, |ids| {
         let mut vanished = false;
-        for id in &listed {
-            if !attempted.insert(*id) {
-                continue;
-            }
+        for id in ids {
             match repo.load_lock(id) {
                 Ok(l) => {
                     read.insert(*id, Some(l));
@@ -458,23 +451,19 @@ fn read_locks(repo: &Repository) -> Result<(Vec<(Id, Lock)>, Vec<Id>)> {
                 Err(e) => return Err(e),
             }
         }
-        if !vanished {
-            // The locks of this listing, as read.
-            let mut locks = Vec::new();
-            let mut damaged = Vec::new();
-            for id in listed {
-                match read.remove(&id) {
-                    Some(Some(l)) => locks.push((id, l)),
-                    Some(None) => damaged.push(id),
-                    None => {}
-                }
-            }
-            return Ok((locks, damaged));
+        Ok(vanished)
+    })?;
+    // The locks of the last listing, as read.
+    let mut locks = Vec::new();
+    let mut damaged = Vec::new();
+    for id in listed {
+        match read.remove(&id) {
+            Some(Some(l)) => locks.push((id, l)),
+            Some(None) => damaged.push(id),
+            None => {}
         }
     }
-    Err(Error::Backend(
-        "the repository's locks kept changing while they were read (20 listings); try again".into(),
-    ))
+    Ok((locks, damaged))
 }
 
 /// Every readable lock. Damaged ones are skipped with a warning: nobody honours them, and

@@ -482,16 +482,8 @@ impl Repository {
         let damaged = parking_lot::Mutex::new(Vec::new());
         // A file deleted between listing and reading was replaced by a prune running beside
         // this reader: its replacement (written before the deletion) is in a new listing, and
-        // without it the files the deleted one superseded would seem in force again. So the
-        // files are listed again until a listing's files could all be read.
-        let mut attempted: HashSet<Id> = HashSet::new();
-        let mut rounds = 0;
-        loop {
-            let ids: Vec<Id> = self
-                .list_ids(FileKind::Index)?
-                .into_iter()
-                .filter(|id| attempted.insert(*id))
-                .collect();
+        // without it the files the deleted one superseded would seem in force again.
+        self.read_until_settled(FileKind::Index, |ids| {
             let vanished = std::sync::atomic::AtomicBool::new(false);
             ids.par_iter().try_for_each(|id| -> Result<()> {
                 match self.load_index_file(id) {
@@ -507,19 +499,41 @@ impl Repository {
                 }
                 Ok(())
             })?;
-            rounds += 1;
-            if !vanished.into_inner() {
-                break;
-            }
-            if rounds >= 20 {
-                return Err(Error::Backend(
-                    "the index kept changing while it was read (20 listings); try again".into(),
-                ));
-            }
-        }
+            Ok(vanished.into_inner())
+        })?;
         let mut damaged = damaged.into_inner();
         damaged.sort_by_key(|(id, _)| *id);
         Ok((builder.into_inner().finish(), damaged))
+    }
+
+    /// List the objects of `kind` and give `read` the ids it has not had yet; `read` says
+    /// whether one of them was gone when read. Such an object was replaced or released by
+    /// another process meanwhile (a prune's index replacement, a lock's refresh: both write
+    /// the new object before deleting the old one), so the objects are listed again and the
+    /// new ids read, until a round finds none gone. No id is read twice, so a listing that
+    /// keeps naming a deleted object (Garage does, for a while, through a node that
+    /// rejoined) ends the loop too. Returns the last listing.
+    pub(crate) fn read_until_settled(
+        &self,
+        kind: FileKind,
+        mut read: impl FnMut(&[Id]) -> Result<bool>,
+    ) -> Result<Vec<Id>> {
+        let mut attempted: HashSet<Id> = HashSet::new();
+        for _ in 0..20 {
+            let listed = self.list_ids(kind)?;
+            let new: Vec<Id> = listed
+                .iter()
+                .copied()
+                .filter(|id| attempted.insert(*id))
+                .collect();
+            if !read(&new)? {
+                return Ok(listed);
+            }
+        }
+        Err(Error::Backend(format!(
+            "the repository's {} files kept changing while they were read (20 listings); try again",
+            kind.name()
+        )))
     }
 
     /// An index file without its entries beyond the format's limits (each reported once, the

@@ -114,11 +114,7 @@ pub trait Backend: Send + Sync + Debug {
 
     /// Remove one of [`Backend::temp_files`].
     fn remove_temp(&self, path: &std::path::Path) -> Result<()> {
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(crate::Error::io(path, e)),
-        }
+        remove_local_temp(path)
     }
 
     /// How many requests it pays to run at once against this backend.
@@ -203,6 +199,15 @@ impl TempFile {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(crate::util::temp_file_writer)
+    }
+}
+
+/// Remove a local temporary file; one already gone is fine.
+pub(crate) fn remove_local_temp(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::Error::io(path, e)),
     }
 }
 

@@ -485,12 +485,18 @@ impl Session {
         })
     }
 
+    /// The status a reply of the wrong type carries instead of the answer (an `OK` status
+    /// there is a failure too).
+    fn instead(r: &Reply, wanted: &str) -> Result<Status> {
+        Ok(Self::status_of(r)?
+            .err()
+            .unwrap_or_else(|| Status::Other(4, format!("no {wanted}"))))
+    }
+
     fn handle_of(r: &Reply) -> Result<std::result::Result<Vec<u8>, Status>> {
         match r.kind {
             FXP_HANDLE => Ok(Ok(Cursor(&r.body).string()?.to_vec())),
-            _ => Ok(Err(Self::status_of(r)?
-                .err()
-                .unwrap_or(Status::Other(4, "no handle".into())))),
+            _ => Ok(Err(Self::instead(r, "handle")?)),
         }
     }
 
@@ -525,13 +531,7 @@ impl Session {
         put_str(&mut p, handle);
         let r = self.call(FXP_FSTAT, &p)?;
         if r.kind != FXP_ATTRS {
-            return Err(status_error(
-                "fstat",
-                "",
-                Self::status_of(&r)?
-                    .err()
-                    .unwrap_or(Status::Other(4, String::new())),
-            ));
+            return Err(status_error("fstat", "", Self::instead(&r, "attributes")?));
         }
         Cursor(&r.body)
             .attrs()?
@@ -688,6 +688,14 @@ impl Session {
         }
         let r = self.call(kind, &p)?;
         Self::status_of(&r)
+    }
+
+    /// Remove a file; one already gone is fine.
+    fn remove(&mut self, path: &str) -> Result<()> {
+        match self.simple(FXP_REMOVE, &[path])? {
+            Ok(()) | Err(Status::NoSuchFile) => Ok(()),
+            Err(st) => Err(status_error("remove", path, st)),
+        }
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<std::result::Result<(), Status>> {
@@ -1256,10 +1264,7 @@ impl Backend for SftpBackend {
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.object(kind, name)?;
-        self.retrying(|s| match s.simple(FXP_REMOVE, &[&path])? {
-            Ok(()) | Err(Status::NoSuchFile) => Ok(()),
-            Err(st) => Err(status_error("remove", &path, st)),
-        })
+        self.retrying(|s| s.remove(&path))
     }
 
     fn connections(&self) -> usize {
@@ -1303,18 +1308,8 @@ impl Backend for SftpBackend {
 
     fn remove_temp(&self, path: &Path) -> Result<()> {
         match path.to_str().and_then(|p| p.strip_prefix(REMOTE)) {
-            Some(remote) => {
-                let remote = remote.to_owned();
-                self.retrying(|s| match s.simple(FXP_REMOVE, &[&remote])? {
-                    Ok(()) | Err(Status::NoSuchFile) => Ok(()),
-                    Err(st) => Err(status_error("remove", &remote, st)),
-                })
-            }
-            None => match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(path, e)),
-            },
+            Some(remote) => self.retrying(|s| s.remove(remote)),
+            None => super::remove_local_temp(path),
         }
     }
 

@@ -664,16 +664,20 @@ pub fn prune(
     // file at a time (each a single short write).
     let slow = now_timestamp().unix_nanos.saturating_sub(now.unix_nanos) > skew / 2;
     let written = if two_phase && slow && !condemned_now.is_empty() {
-        restamp(lock, &written, &condemned_now)?
+        rewrite_records(lock, &written, &condemned_now, |mut records| {
+            // As of the moment this file is written.
+            let t = now_timestamp();
+            for p in records.iter_mut().filter(|p| condemned_now.contains(&p.id)) {
+                p.condemned = Some(t);
+            }
+            records
+        })?
     } else {
         written
     };
     // Files a replacement that stopped early left behind (readers ignore them).
     for id in &index.superseded {
-        match repo.backend().delete(FileKind::Index, &id.to_hex()) {
-            Ok(()) | Err(Error::ObjectNotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        repo.backend().delete(FileKind::Index, &id.to_hex())?;
     }
     let mut gone: Vec<Id> = (0..n)
         .filter(|&p| fate[p] == Fate::Delete)
@@ -700,8 +704,12 @@ pub fn prune(
         let new_snapshot = !others_now && appeared(repo, FileKind::Snapshot, &snap_ids)?;
         let new_index = !others_now && !new_snapshot && appeared(repo, FileKind::Index, &ours)?;
         if !others_now && !new_snapshot && !new_index {
-            lock.guard().check_held()?;
-            drop_records(repo, &written, &condemned_now)?;
+            rewrite_records(lock, &written, &condemned_now, |records| {
+                records
+                    .into_iter()
+                    .filter(|p| !condemned_now.contains(&p.id))
+                    .collect()
+            })?;
             let ids: Vec<Id> = condemned_now.iter().copied().collect();
             delete_packs(lock, &ids)?;
             freed += condemned_bytes;
@@ -753,63 +761,41 @@ fn files_to_rewrite(index: &MasterIndex, fate: &[Fate]) -> (Vec<Id>, HashSet<u32
 }
 
 /// Delete packs whose records are gone, once this process's lock is certainly still live
-/// (FORMAT.md §15). A pack already gone is fine: a prune stopped after deleting it.
+/// (FORMAT.md §15). A pack already gone is fine ([`crate::Backend::delete`]).
 fn delete_packs(lock: MaintenanceView<'_>, ids: &[Id]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     lock.guard().check_held()?;
     for id in ids {
-        match lock.repo().backend().delete(FileKind::Pack, &id.to_hex()) {
-            Ok(()) | Err(Error::ObjectNotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        lock.repo().backend().delete(FileKind::Pack, &id.to_hex())?;
     }
     Ok(())
 }
 
-/// Rewrite the index files `written` (this run's), one at a time, with the records of
-/// `marked` condemned as of the moment each file is written. Returns the files now in force.
-fn restamp(lock: MaintenanceView<'_>, written: &[Id], marked: &HashSet<Id>) -> Result<Vec<Id>> {
+/// Replace, one at a time, each of this run's index files `written` that holds a record of a
+/// pack in `packs` by `edit` of its records (what the file superseded stays superseded;
+/// normally it is deleted already). Each write happens only while the lock is certainly
+/// live. Returns the files now in force.
+fn rewrite_records(
+    lock: MaintenanceView<'_>,
+    written: &[Id],
+    packs: &HashSet<Id>,
+    mut edit: impl FnMut(Vec<IndexPack>) -> Vec<IndexPack>,
+) -> Result<Vec<Id>> {
     let repo = lock.repo();
     let mut out = Vec::new();
     for id in written {
-        let mut file = repo.load_index_file(id)?;
-        if !file.packs.iter().any(|p| marked.contains(&p.id)) {
+        let file = repo.load_index_file(id)?;
+        if !file.packs.iter().any(|p| packs.contains(&p.id)) {
             out.push(*id);
             continue;
         }
-        let t = now_timestamp();
-        for p in &mut file.packs {
-            if marked.contains(&p.id) {
-                p.condemned = Some(t);
-            }
-        }
+        let records = edit(file.packs);
         lock.guard().check_held()?;
-        // What the file superseded stays superseded (normally deleted already).
         let mut old = vec![*id];
         old.extend(file.supersedes);
-        out.extend(replace_index(repo, &old, file.packs)?);
+        out.extend(replace_index(repo, &old, records)?);
     }
     Ok(out)
-}
-
-/// Rewrite the index files `written` (this run's) without the records of `drop`, one file
-/// at a time.
-fn drop_records(repo: &Repository, written: &[Id], drop: &HashSet<Id>) -> Result<()> {
-    for id in written {
-        let file = repo.load_index_file(id)?;
-        if file.packs.iter().any(|p| drop.contains(&p.id)) {
-            let keep: Vec<IndexPack> = file
-                .packs
-                .into_iter()
-                .filter(|p| !drop.contains(&p.id))
-                .collect();
-            // What the file superseded stays superseded (normally deleted already).
-            let mut old = vec![*id];
-            old.extend(file.supersedes);
-            replace_index(repo, &old, keep)?;
-        }
-    }
-    Ok(())
 }

@@ -610,10 +610,7 @@ pub(crate) fn replace_index(
     })?);
     for id in old_files {
         if !new_files.contains(id) {
-            match repo.backend().delete(FileKind::Index, &id.to_hex()) {
-                Ok(()) | Err(Error::ObjectNotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            repo.backend().delete(FileKind::Index, &id.to_hex())?;
         }
     }
     Ok(new_files)
