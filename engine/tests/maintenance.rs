@@ -21,25 +21,37 @@ const NO_WAIT: std::time::Duration = std::time::Duration::ZERO;
 use cairn_format::{ChunkerParams, FileKind, KdfParams};
 use rand::{Rng, RngCore, SeedableRng};
 
-/// Passes everything through, but fails the `fail_at`-th mutating call (put/delete) and
-/// every one after it, like a process killed at that point.
-#[derive(Debug)]
-struct FailingBackend {
-    inner: LocalBackend,
-    ops: AtomicUsize,
-    fail_at: usize,
+/// What a test backend does besides passing every call through to a local repository.
+trait Hook: Send + Sync + std::fmt::Debug {
+    /// Before a put or a delete.
+    fn before_write(&self, _kind: FileKind) -> Result<()> {
+        Ok(())
+    }
+    /// Before a get, with the repository underneath.
+    fn before_get(&self, _inner: &LocalBackend, _kind: FileKind, _name: &str) -> Result<()> {
+        Ok(())
+    }
+    /// After a listing.
+    fn listed(&self, _kind: FileKind, _objects: &mut Vec<ObjectInfo>) {}
 }
 
-impl FailingBackend {
-    fn tick(&self) -> Result<()> {
-        if self.ops.fetch_add(1, Ordering::SeqCst) >= self.fail_at {
-            return Err(Error::Backend("injected failure".into()));
-        }
-        Ok(())
+/// A local repository behind a [`Hook`].
+#[derive(Debug)]
+struct Hooked<H> {
+    inner: LocalBackend,
+    hook: H,
+}
+
+impl<H: Hook> Hooked<H> {
+    fn new(dir: &Path, hook: H) -> Arc<Hooked<H>> {
+        Arc::new(Hooked {
+            inner: LocalBackend::new(dir),
+            hook,
+        })
     }
 }
 
-impl Backend for FailingBackend {
+impl<H: Hook> Backend for Hooked<H> {
     fn location(&self) -> String {
         self.inner.location()
     }
@@ -50,13 +62,11 @@ impl Backend for FailingBackend {
         self.inner.create()
     }
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        // Locks are not part of the data path; failing them would only stop prune at start.
-        if kind != FileKind::Lock {
-            self.tick()?;
-        }
+        self.hook.before_write(kind)?;
         self.inner.put(kind, name, data)
     }
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.hook.before_get(&self.inner, kind, name)?;
         self.inner.get(kind, name)
     }
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -66,13 +76,40 @@ impl Backend for FailingBackend {
         self.inner.stat(kind, name)
     }
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(kind)
+        let mut v = self.inner.list(kind)?;
+        self.hook.listed(kind, &mut v);
+        Ok(v)
     }
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        if kind != FileKind::Lock {
-            self.tick()?;
-        }
+        self.hook.before_write(kind)?;
         self.inner.delete(kind, name)
+    }
+}
+
+/// Fails the `fail_at`-th mutating call (put/delete) and every one after it, like a process
+/// killed at that point.
+#[derive(Debug)]
+struct Failing {
+    ops: AtomicUsize,
+    fail_at: usize,
+}
+
+impl Failing {
+    fn at(fail_at: usize) -> Failing {
+        Failing {
+            ops: AtomicUsize::new(0),
+            fail_at,
+        }
+    }
+}
+
+impl Hook for Failing {
+    fn before_write(&self, kind: FileKind) -> Result<()> {
+        // Locks are not part of the data path; failing them would only stop prune at start.
+        if kind != FileKind::Lock && self.ops.fetch_add(1, Ordering::SeqCst) >= self.fail_at {
+            return Err(Error::Backend("injected failure".into()));
+        }
+        Ok(())
     }
 }
 
@@ -277,11 +314,7 @@ fn killed_at_every_write(beside_a_backup: bool) {
     // Count the writes of a complete prune on a copy.
     let probe = tempfile::tempdir().unwrap();
     copy_dir(&fx.repo, probe.path());
-    let be = Arc::new(FailingBackend {
-        inner: LocalBackend::new(probe.path()),
-        ops: AtomicUsize::new(0),
-        fail_at: usize::MAX,
-    });
+    let be = Hooked::new(probe.path(), Failing::at(usize::MAX));
     let repo = Repository::open(be.clone(), PW).unwrap();
     let holder = other(probe.path());
     let held = holder.as_ref().map(|r| r.lock_shared(NO_WAIT).unwrap());
@@ -303,18 +336,14 @@ fn killed_at_every_write(beside_a_backup: bool) {
         );
     }
     drop(held);
-    let total = be.ops.load(Ordering::SeqCst);
+    let total = be.hook.ops.load(Ordering::SeqCst);
     assert!(total >= 5, "expected several writes, got {total}");
 
     for fail_at in 0..total {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("repo");
         copy_dir(&fx.repo, &dir);
-        let be = Arc::new(FailingBackend {
-            inner: LocalBackend::new(&dir),
-            ops: AtomicUsize::new(0),
-            fail_at,
-        });
+        let be = Hooked::new(&dir, Failing::at(fail_at));
         let holder = other(&dir);
         let held = holder.as_ref().map(|r| r.lock_shared(NO_WAIT).unwrap());
         let repo = Repository::open(be, PW).unwrap();
@@ -582,46 +611,17 @@ fn repair_index_rebuilds_a_lost_index() {
 /// Replaces the one listed lock by another when it is first read: a holder's refresh between
 /// a reader's listing and its read.
 #[derive(Debug)]
-struct RefreshingBackend {
-    inner: LocalBackend,
-    replace: std::sync::Mutex<Option<(String, String, Vec<u8>)>>,
-}
+struct Refreshing(std::sync::Mutex<Option<(String, String, Vec<u8>)>>);
 
-impl Backend for RefreshingBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn exists(&self) -> Result<bool> {
-        self.inner.exists()
-    }
-    fn create(&self) -> Result<()> {
-        self.inner.create()
-    }
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        self.inner.put(kind, name, data)
-    }
-    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        if kind == FileKind::Lock {
-            let mut r = self.replace.lock().unwrap();
-            if r.as_ref().is_some_and(|(old, _, _)| old == name) {
-                let (old, new, bytes) = r.take().unwrap();
-                self.inner.put(FileKind::Lock, &new, &bytes)?;
-                self.inner.delete(FileKind::Lock, &old)?;
-            }
+impl Hook for Refreshing {
+    fn before_get(&self, inner: &LocalBackend, kind: FileKind, name: &str) -> Result<()> {
+        let mut r = self.0.lock().unwrap();
+        if kind == FileKind::Lock && r.as_ref().is_some_and(|(old, _, _)| old == name) {
+            let (old, new, bytes) = r.take().unwrap();
+            inner.put(FileKind::Lock, &new, &bytes)?;
+            inner.delete(FileKind::Lock, &old)?;
         }
-        self.inner.get(kind, name)
-    }
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.get_range(kind, name, offset, len)
-    }
-    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
-        self.inner.stat(kind, name)
-    }
-    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        self.inner.delete(kind, name)
+        Ok(())
     }
 }
 
@@ -648,10 +648,10 @@ fn a_lock_refreshed_while_prune_reads_the_locks_still_holds_deletions_back() {
     std::mem::forget(second);
     let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
     std::fs::write(&a, &a_bytes).unwrap();
-    let be = Arc::new(RefreshingBackend {
-        inner: LocalBackend::new(&fx.repo),
-        replace: std::sync::Mutex::new(Some((name(&a), name(&b), b_bytes))),
-    });
+    let be = Hooked::new(
+        &fx.repo,
+        Refreshing(std::sync::Mutex::new(Some((name(&a), name(&b), b_bytes)))),
+    );
     let repo = Repository::open(be, PW).unwrap();
     let report = prune(
         repo.lock_maintenance(NO_WAIT).unwrap().as_maintenance(),
@@ -672,62 +672,29 @@ fn a_lock_refreshed_while_prune_reads_the_locks_still_holds_deletions_back() {
     );
 }
 
-/// Lists a lock and an index file that are gone (a Garage node that rejoined keeps naming
-/// objects deleted while it was away): readers skip them instead of listing again for ever.
+/// Lists a lock, an index file and a snapshot that are gone (a Garage node that rejoined
+/// keeps naming objects deleted while it was away): readers skip them instead of listing
+/// again for ever.
 #[derive(Debug)]
-struct GhostBackend {
-    inner: LocalBackend,
-}
+struct Ghosts;
 
 const GHOST: &str = "00000000000000000000000000000000000000000000000000000000000000ab";
 
-impl Backend for GhostBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn exists(&self) -> Result<bool> {
-        self.inner.exists()
-    }
-    fn create(&self) -> Result<()> {
-        self.inner.create()
-    }
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        self.inner.put(kind, name, data)
-    }
-    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        self.inner.get(kind, name)
-    }
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.get_range(kind, name, offset, len)
-    }
-    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
-        self.inner.stat(kind, name)
-    }
-    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
-        let mut v = self.inner.list(kind)?;
+impl Hook for Ghosts {
+    fn listed(&self, kind: FileKind, objects: &mut Vec<ObjectInfo>) {
         if matches!(kind, FileKind::Lock | FileKind::Index | FileKind::Snapshot) {
-            v.push(ObjectInfo {
+            objects.push(ObjectInfo {
                 name: GHOST.into(),
                 size: 100,
             });
         }
-        Ok(v)
-    }
-    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        self.inner.delete(kind, name)
     }
 }
 
 #[test]
 fn objects_a_listing_keeps_naming_after_their_deletion_are_skipped() {
     let fx = fixture();
-    let repo = Repository::open(
-        Arc::new(GhostBackend {
-            inner: LocalBackend::new(&fx.repo),
-        }),
-        PW,
-    )
-    .unwrap();
+    let repo = Repository::open(Hooked::new(&fx.repo, Ghosts), PW).unwrap();
     let lock = repo.lock_shared(NO_WAIT).unwrap();
     drop(lock);
     let report = prune(

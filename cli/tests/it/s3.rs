@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use crate::util::{random_bytes, s, write_file, Env};
 
-fn init(env: &Env, extra: &[&str]) {
+pub(crate) fn init(env: &Env, extra: &[&str]) {
     let mut args = vec!["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"];
     args.extend_from_slice(extra);
     env.ok(&args);
 }
 
 /// Big random files (several packs), small files, a symlink, a hard link, an empty dir.
-fn make_source(env: &Env, seed: u64) -> PathBuf {
+pub(crate) fn make_source(env: &Env, seed: u64) -> PathBuf {
     let src = env.path("src");
     for i in 0..3 {
         write_file(

@@ -4,36 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::s3::{init, make_source};
 use crate::util::{random_bytes, s, write_file, Env};
-
-fn init(env: &Env, extra: &[&str]) {
-    let mut args = vec!["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"];
-    args.extend_from_slice(extra);
-    env.ok(&args);
-}
-
-/// Big random files (several packs), small files, a symlink, a hard link, an empty dir.
-fn make_source(env: &Env, seed: u64) -> PathBuf {
-    let src = env.path("src");
-    for i in 0..3 {
-        write_file(
-            &src.join(format!("big/f{i}.bin")),
-            &random_bytes(5 << 20, seed + i),
-        );
-    }
-    let noise = random_bytes(150 * 3000, seed + 100);
-    for i in 0..150 {
-        write_file(
-            &src.join(format!("small/d{}/f{i}", i % 7)),
-            &noise[i * 3000..(i + 1) * 3000 - i],
-        );
-    }
-    write_file(&src.join("etc/config.yaml"), b"kind: ConfigMap\n");
-    std::os::unix::fs::symlink("../etc/config.yaml", src.join("small/link")).unwrap();
-    std::fs::hard_link(src.join("etc/config.yaml"), src.join("etc/hard")).unwrap();
-    std::fs::create_dir_all(src.join("empty")).unwrap();
-    src
-}
 
 #[test]
 fn sftp_backup_restore_forget_prune_check() {
@@ -48,7 +20,7 @@ fn sftp_backup_restore_forget_prune_check() {
     env.ok(&["check", "--read-data"]);
 
     write_file(&src.join("small/d1/f1"), b"changed");
-    write_file(&src.join("big/f0.bin"), &random_bytes(5 << 20, 77));
+    write_file(&src.join("big/f0.bin"), &random_bytes(6 << 20, 77));
     let second = env.backup(&[s(&src)]);
     assert_eq!(second["parent"], first["snapshot_id"], "{second}");
     assert_eq!(second["files_changed"], 2, "{second}");
@@ -58,7 +30,7 @@ fn sftp_backup_restore_forget_prune_check() {
         second["index_bytes_fetched"].as_u64().unwrap() <= second["index_bytes"].as_u64().unwrap()
     );
 
-    env.json(&["forget", "--keep-last", "1", "--prune"]);
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(env.snapshots::<&str>(&[]).len(), 1);
     env.ok(&["check", "--read-data"]);
     env.restore_latest_exact(&src, &env.path("r2"), &[]);
@@ -91,12 +63,12 @@ fn sftp_killed_backup_is_resumed_and_its_leftovers_pruned() {
     let resumed = env.backup(&[s(&src)]);
     assert_eq!(resumed["errors"], 0, "{resumed}");
     env.ok(&["check"]);
-    let pruned = env.json(&["prune"]);
+    let pruned = env.ok(&["--json", "prune"]).message("prune");
     assert!(
         pruned["report"]["packs_unreferenced"].as_u64().unwrap() > 0,
         "the killed run's packs are found: {pruned}"
     );
-    let check = env.json(&["check", "--read-data"]);
+    let check = env.ok(&["--json", "check", "--read-data"]).message("check");
     assert_eq!(
         check["report"]["unreferenced_packs"]
             .as_array()

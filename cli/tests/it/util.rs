@@ -95,14 +95,21 @@ impl Output {
     /// The last `"message_type": "summary"` line of a `--json` run.
     #[track_caller]
     pub fn summary(&self) -> Value {
+        self.message("summary")
+    }
+
+    /// The last line of a `--json` run with this `message_type` (progress lines of a long
+    /// run come before it).
+    #[track_caller]
+    pub fn message(&self, message_type: &str) -> Value {
         self.stdout
             .lines()
             .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["message_type"] == "summary")
+            .find(|v| v["message_type"] == message_type)
             .unwrap_or_else(|| {
                 panic!(
-                    "no summary line in the output of `{}`\n{}",
+                    "no {message_type} line in the output of `{}`\n{}",
                     self.cmdline,
                     self.dump()
                 )
@@ -282,17 +289,10 @@ impl Env {
             );
             return None;
         };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let mut env = Self::uninitialized();
-        env.repo = PathBuf::from(format!(
-            "s3:{}/{bucket}/cairn-it/{name}-{}-{nanos}",
-            endpoint.trim_end_matches('/'),
-            std::process::id()
-        ));
-        Some(env)
+        Some(Self::fresh_under(
+            &format!("s3:{}/{bucket}/cairn-it", endpoint.trim_end_matches('/')),
+            name,
+        ))
     }
 
     /// A repository under a fresh directory on the SSH server the environment names
@@ -313,17 +313,21 @@ impl Env {
             eprintln!("skipping {name}: no SSH server (scripts/sshd-server.sh up)");
             return None;
         };
+        let mut env = Self::fresh_under(&format!("sftp:{host}:{dir}"), name);
+        env.options = vec!["-o".into(), format!("sftp.command={command}")];
+        Some(env)
+    }
+
+    /// An environment whose repository is a fresh location under the remote `base` (named
+    /// after the test, this process and the time, so runs never meet).
+    fn fresh_under(base: &str, name: &str) -> Env {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         let mut env = Self::uninitialized();
-        env.repo = PathBuf::from(format!(
-            "sftp:{host}:{dir}/{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        env.options = vec!["-o".into(), format!("sftp.command={command}")];
-        Some(env)
+        env.repo = PathBuf::from(format!("{base}/{name}-{}-{nanos}", std::process::id()));
+        env
     }
 
     /// `restore latest:SRC --target TARGET EXTRA…`, then require TARGET to hold exactly SRC.

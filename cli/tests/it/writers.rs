@@ -81,16 +81,6 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
-/// The last line of a `--json` run with this message type (progress lines come before it).
-fn last_json(out: &Output, message_type: &str) -> serde_json::Value {
-    out.stdout
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message_type"] == message_type)
-        .unwrap_or_else(|| panic!("no {message_type} line\n{}", out.dump()))
-}
-
 fn run_as_writer(env: &Env, w: usize, args: &[&str]) -> Output {
     let mut cmd = env.cmd();
     // Each writer is a separate node with its own cache.
@@ -99,6 +89,7 @@ fn run_as_writer(env: &Env, w: usize, args: &[&str]) -> Output {
     run_command(cmd, None)
 }
 
+#[derive(Default)]
 struct Outcome {
     backups: usize,
     prunes: usize,
@@ -118,14 +109,7 @@ fn many_writers(env: &Env, run_for: Duration) {
                     let src = env.path(&format!("node{w}/data"));
                     seed_tree(&src, w);
                     let mut rng = Lcg(w as u64 + 1);
-                    let mut out = Outcome {
-                        backups: 0,
-                        prunes: 0,
-                        condemned: 0,
-                        deleted: 0,
-                        failures: Vec::new(),
-                        copies: Vec::new(),
-                    };
+                    let mut out = Outcome::default();
                     let host = format!("node{w}");
                     let mut round = 0u64;
                     while Instant::now() < deadline {
@@ -149,14 +133,7 @@ fn many_writers(env: &Env, run_for: Duration) {
             })
             .collect();
         let pruner = scope.spawn(move || {
-            let mut out = Outcome {
-                backups: 0,
-                prunes: 0,
-                condemned: 0,
-                deleted: 0,
-                failures: Vec::new(),
-                copies: Vec::new(),
-            };
+            let mut out = Outcome::default();
             let mut round = 0;
             while Instant::now() < deadline {
                 // Every other run assumes perfectly synchronized clocks (one host here), so
@@ -235,7 +212,7 @@ fn many_writers(env: &Env, run_for: Duration) {
     }
     // With the writers gone, one more prune deletes everything condemned.
     env.ok(&["prune", "--max-unused", "0"]);
-    let check = last_json(&env.ok(&["--json", "check"]), "check");
+    let check = env.ok(&["--json", "check"]).message("check");
     assert_eq!(check["report"]["condemned_packs"], 0, "{check}");
     assert_eq!(
         check["report"]["unreferenced_packs"]
