@@ -8,6 +8,7 @@ mod maint;
 mod mount;
 mod password;
 mod run;
+mod serve;
 mod ui;
 
 use std::path::PathBuf;
@@ -21,7 +22,8 @@ use crate::password::PasswordArgs;
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Repository location: a directory, or s3:http[s]://host[:port]/bucket[/prefix].
+    /// Repository location: a directory, s3:http[s]://host[:port]/bucket[/prefix],
+    /// sftp:user@host:/path or rest:https://[user:password@]host:port/path.
     #[arg(
         short = 'r',
         long = "repo",
@@ -32,7 +34,9 @@ pub struct Cli {
     )]
     pub repo: Option<String>,
     /// Backend option `key=value`, repeatable: s3.region, s3.bucket-lookup=path|dns,
-    /// s3.ca-file, s3.profile, s3.connections, s3.retries, s3.ec2-metadata.
+    /// s3.ca-file, s3.profile, s3.connections, s3.retries, s3.ec2-metadata; sftp.command,
+    /// sftp.connections; rest.ca-file, rest.username, rest.password-file, rest.connections,
+    /// rest.retries.
     #[arg(short = 'o', long = "option", global = true, help_heading = "Global options", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
     /// Local cache of index, snapshot and tree data for remote repositories
@@ -104,6 +108,11 @@ pub enum Command {
     Run(RunArgs),
     /// Print a systemd timer/service pair or a cron line for a job file.
     Schedule(ScheduleArgs),
+    /// Serve the repositories under a directory over HTTP(S) to `rest:` clients, with
+    /// per-client credentials and append-only access for nodes.
+    Serve(serve::ServeArgs),
+    /// Print a `cairn serve` credentials-file line (the password hashed with Argon2id).
+    ServeCredential(serve::ServeCredentialArgs),
     /// K3s helpers.
     #[command(subcommand)]
     K3s(K3sCommand),
@@ -383,6 +392,11 @@ pub struct PruneOpts {
     /// condemnation plus this is still running.
     #[arg(long, default_value = "10m", value_parser = parse_wait)]
     pub clock_skew: std::time::Duration,
+    /// Delete what the index says holds nothing used, without reading the headers of the
+    /// packs that go (saves a read per pack). Only where every writer is trusted: an
+    /// append-only client with the password can forge index files (docs/serve.md).
+    #[arg(long)]
+    pub trust_index: bool,
 }
 
 /// `prune` options.
@@ -824,6 +838,8 @@ fn main() -> ExitCode {
     // The TLS verifier logs every rejected certificate at ERROR; the request's own error says
     // the same, with a hint, so it is shown only with -v.
     let filter = match cli.verbose {
+        // The server's refusals and failed logins are its audit log.
+        0 if matches!(cli.command, Command::Serve(_)) => "info",
         0 => "warn,rustls_platform_verifier=off",
         1 => "info",
         _ => "debug",
@@ -908,6 +924,8 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Man { dir } => explore::man(dir),
         Command::Run(a) => crate::run::run(cli, a),
         Command::Schedule(a) => crate::run::schedule(a),
+        Command::Serve(a) => crate::serve::serve(cli, a),
+        Command::ServeCredential(a) => crate::serve::credential(a),
         Command::K3s(k) => crate::run::k3s(cli, k),
         Command::Unlock(a) => {
             let repo = hiargs::open(cli)?;

@@ -70,6 +70,7 @@ fn prune_options(o: &PruneOpts, dry_run: bool) -> Result<PruneOptions> {
         max_repack_bytes,
         dry_run,
         clock_skew: o.clock_skew,
+        trust_index: o.trust_index,
     })
 }
 
@@ -240,6 +241,12 @@ fn print_prune(r: &PruneReport) {
             } else {
                 String::new()
             }
+        );
+    }
+    if r.packs_spared > 0 {
+        eprintln!(
+            "cairn: warning: kept {} pack(s) the index says can go: their own headers list used blobs whose indexed copies do not verify (a damaged or forged index: run `cairn check --read-data`)",
+            r.packs_spared
         );
     }
     if r.temp_files_removed > 0 || r.stale_locks_removed > 0 {

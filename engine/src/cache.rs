@@ -321,6 +321,10 @@ impl Backend for CachedBackend {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn may_delete(&self) -> Result<bool> {
+        self.inner.may_delete()
+    }
+
     fn fetched_bytes(&self, kind: FileKind) -> Option<u64> {
         cached_kind(kind)
             .then(|| self.fetched[usize::from(kind == FileKind::Index)].load(Ordering::Relaxed))

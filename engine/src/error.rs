@@ -73,6 +73,10 @@ pub enum Error {
     /// SIGINT/SIGTERM.
     #[error("interrupted")]
     Interrupted,
+    /// The repository server refused the credentials (401) or the operation (403: an
+    /// append-only credential asked to delete or overwrite).
+    #[error("access denied: {0}")]
+    Denied(String),
 }
 
 /// Result alias.
@@ -121,6 +125,7 @@ impl Error {
             Error::Format(_) | Error::ObjectHashMismatch { .. } | Error::Integrity(_) => 13,
             Error::RestoreIncomplete { .. } => 3,
             Error::Interrupted => 130,
+            Error::Denied(_) => 15,
             _ => 1,
         }
     }

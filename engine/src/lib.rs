@@ -33,8 +33,8 @@ pub mod snapshots;
 pub mod util;
 
 pub use backend::{
-    fuzz_sftp_reply, Backend, LocalBackend, ObjectInfo, S3Backend, S3Config, SftpBackend,
-    SftpConfig, TempFile,
+    fuzz_rest_answer, fuzz_sftp_reply, Backend, LocalBackend, ObjectInfo, S3Backend, S3Config,
+    SftpBackend, SftpConfig, TempFile,
 };
 pub use durable::{sync_dir, write_atomic, write_atomic_mode};
 pub use error::{Error, Result};

@@ -347,8 +347,22 @@ impl Repository {
         })
     }
 
+    /// Refuse before anything is written when the backend's credential cannot delete: what
+    /// needs a maintenance or exclusive lock deletes, and would otherwise fail halfway,
+    /// leaving the packs and index files it wrote first.
+    fn require_delete_rights(&self, what: &str) -> Result<()> {
+        if self.backend().may_delete()? {
+            return Ok(());
+        }
+        Err(Error::Denied(format!(
+            "{what} needs a credential that may delete, and {} gave an append-only one: run it on the repository server (`cairn prune -r /path/to/repo`) or with a full-access credential",
+            self.backend().location()
+        )))
+    }
+
     /// Take a maintenance lock, waiting up to `wait` for conflicting ones to go away.
     pub fn lock_maintenance(&self, wait: Duration) -> Result<MaintenanceLock<'_>> {
+        self.require_delete_rights("forget/prune")?;
         Ok(MaintenanceLock {
             repo: self,
             guard: LockGuard::acquire_waiting(self, LockMode::Maintenance, wait)?,
@@ -357,6 +371,7 @@ impl Repository {
 
     /// Take an exclusive lock, waiting up to `wait` for conflicting ones to go away.
     pub fn lock_exclusive(&self, wait: Duration) -> Result<ExclusiveLock<'_>> {
+        self.require_delete_rights("this operation")?;
         Ok(ExclusiveLock {
             repo: self,
             guard: LockGuard::acquire_waiting(self, LockMode::Exclusive, wait)?,

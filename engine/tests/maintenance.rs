@@ -706,3 +706,101 @@ fn objects_a_listing_keeps_naming_after_their_deletion_are_skipped() {
     assert!(report.quiet, "{report:?}");
     assert_healthy(&repo, &fx, &tempfile::tempdir().unwrap().path().join("r"));
 }
+
+/// What a node with the password but an append-only credential can still write: an index
+/// file that supersedes the real ones and places every blob of one pack in a pack of
+/// garbage. A prune that took the index's word would delete the only real copy; prune reads
+/// the headers of the packs it is about to delete and keeps that one.
+#[test]
+fn a_forged_index_does_not_make_prune_delete_real_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    std::fs::create_dir_all(&src).unwrap();
+    let repo = small_repo(&dir);
+    let be = LocalBackend::new(&dir);
+    write_files(&src, 42, 0..12);
+    let snap = do_backup(&repo, &src);
+    let expected = snapshot_of(&src);
+
+    // The forgery: a pack of garbage F (right preamble, right name: the server stores it),
+    // and an index that moves the victim pack's entries to F and supersedes every real file.
+    let files = repo.load_index_files().unwrap();
+    let mut packs: Vec<cairn_format::IndexPack> =
+        files.iter().flat_map(|(_, f)| f.packs.clone()).collect();
+    let victim = packs
+        .iter()
+        .position(|p| {
+            p.blobs
+                .iter()
+                .any(|b| b.blob_type == cairn_format::BlobType::Data)
+        })
+        .unwrap();
+    let victim_id = packs[victim].id;
+    let victim_size = std::fs::metadata(
+        dir.join("data")
+            .join(&victim_id.to_hex()[..2])
+            .join(victim_id.to_hex()),
+    )
+    .unwrap()
+    .len();
+    let mut garbage = b"cairnP\x03\x00".to_vec();
+    garbage.resize(victim_size as usize, 0x5a);
+    let forged_pack = cairn_format::Id::of_object(&garbage);
+    be.put(FileKind::Pack, &forged_pack.to_hex(), &garbage)
+        .unwrap();
+    packs[victim] = cairn_format::IndexPack::new(forged_pack, packs[victim].blobs.clone());
+    let forged = cairn_format::IndexFile {
+        supersedes: files.iter().map(|(id, _)| *id).collect(),
+        packs,
+    };
+    let version = cairn_format::object_version(FileKind::Index, repo.config().version);
+    let bytes = forged.encode_sealed(repo.key(), version, 1).unwrap();
+    be.put(
+        FileKind::Index,
+        &cairn_format::Id::of_object(&bytes).to_hex(),
+        &bytes,
+    )
+    .unwrap();
+
+    let repo = reopen(&dir);
+    let run = |trust_index: bool, dry_run: bool| {
+        let opts = PruneOptions {
+            max_unused: MaxUnused::Fraction(0.0),
+            dry_run,
+            trust_index,
+            ..PruneOptions::default()
+        };
+        let lock = repo.lock_maintenance(NO_WAIT).unwrap();
+        prune(lock.as_maintenance(), &opts, &Progress::default()).unwrap()
+    };
+    // Taking the index's word, the real pack is one nobody references: it would go.
+    let trusting = run(true, true);
+    assert_eq!(trusting.packs_unreferenced, 1, "{trusting:?}");
+    assert_eq!(trusting.packs_spared, 0);
+    // Reading its header first, it stays.
+    let r = run(false, false);
+    assert_eq!(r.packs_spared, 1, "{r:?}");
+    assert_eq!(r.packs_unreferenced, 0, "{r:?}");
+    assert!(be
+        .stat(FileKind::Pack, &victim_id.to_hex())
+        .unwrap()
+        .is_some());
+    // The damage is visible to check, and `repair index` (which reads pack headers) puts
+    // the real pack back; then everything restores.
+    let broken = check(
+        &repo.lock_shared(NO_WAIT).unwrap(),
+        ReadData::All,
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(!broken.errors.is_empty());
+    be.delete(FileKind::Pack, &forged_pack.to_hex()).unwrap();
+    cairn_engine::ops::repair::repair_index(
+        &repo.lock_exclusive(NO_WAIT).unwrap(),
+        &Progress::default(),
+    )
+    .unwrap();
+    let repo = reopen(&dir);
+    let out = tmp.path().join("out");
+    assert_eq!(restored(&repo, &snap, &src, &out), expected);
+}

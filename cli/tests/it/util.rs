@@ -249,6 +249,8 @@ pub struct Env {
     pub password: String,
     /// Global options every command gets (`-o sftp.command=…`).
     pub options: Vec<String>,
+    /// Environment variables every command gets (`CAIRN_REST_USERNAME`, …).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -320,7 +322,7 @@ impl Env {
 
     /// An environment whose repository is a fresh location under the remote `base` (named
     /// after the test, this process and the time, so runs never meet).
-    fn fresh_under(base: &str, name: &str) -> Env {
+    pub(crate) fn fresh_under(base: &str, name: &str) -> Env {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -357,6 +359,7 @@ impl Env {
             repo,
             password: PASSWORD.to_owned(),
             options: Vec::new(),
+            vars: Vec::new(),
         }
     }
 
@@ -371,7 +374,8 @@ impl Env {
         cmd.arg("-r")
             .arg(&self.repo)
             .args(&self.options)
-            .env("CAIRN_PASSWORD", &self.password);
+            .env("CAIRN_PASSWORD", &self.password)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
         // Keep any per-user state (caches) inside the test's directory.
         cmd.env("HOME", self.dir.path())
             .env("XDG_CACHE_HOME", self.dir.path().join(".cache"));

@@ -83,8 +83,13 @@ fn copy_tree(from: &Path, to: &Path) {
 
 fn run_as_writer(env: &Env, w: usize, args: &[&str]) -> Output {
     let mut cmd = env.cmd();
-    // Each writer is a separate node with its own cache.
+    // Each writer is a separate node with its own cache (and, through `cairn serve`, its
+    // own append-only credential; the pruner keeps the environment's full one).
     cmd.env("XDG_CACHE_HOME", env.path(&format!("cache{w}")));
+    if w < WRITERS && env.vars.iter().any(|(k, _)| k == "CAIRN_REST_USERNAME") {
+        cmd.env("CAIRN_REST_USERNAME", crate::rest::node_name(w))
+            .env("CAIRN_REST_PASSWORD", crate::rest::node_password(w));
+    }
     cmd.args(args);
     run_command(cmd, None)
 }
@@ -100,7 +105,7 @@ struct Outcome {
     copies: Vec<(String, PathBuf)>,
 }
 
-fn many_writers(env: &Env, run_for: Duration) {
+pub(crate) fn many_writers(env: &Env, run_for: Duration) {
     let deadline = Instant::now() + run_for;
     let outcome = std::thread::scope(|scope| {
         let writers: Vec<_> = (0..WRITERS)

@@ -3,6 +3,7 @@
 //! fits behind it without changing the engine.
 
 mod local;
+mod rest;
 mod s3;
 mod sftp;
 
@@ -11,6 +12,7 @@ use std::fmt::Debug;
 use cairn_format::FileKind;
 
 pub use local::LocalBackend;
+pub use rest::{fuzz_answer as fuzz_rest_answer, RestBackend, RestConfig};
 pub use s3::{RequestCounts, S3Backend, S3Config};
 pub use sftp::{fuzz_reply as fuzz_sftp_reply, SftpBackend, SftpConfig};
 
@@ -18,8 +20,9 @@ use crate::Result;
 
 /// The backend a repository location names: a directory (optionally `local:DIR`),
 /// `s3:http[s]://host[:port]/bucket[/prefix]` (restic's `s3:host/bucket` means HTTPS) or
-/// `sftp:[user@]host:/path` (`sftp://[user@]host[:port]//path`), configured by `options`
-/// (`-o s3.*`, `-o sftp.*`; none apply to a directory).
+/// `sftp:[user@]host:/path` (`sftp://[user@]host[:port]//path`) or
+/// `rest:http[s]://[user:password@]host[:port]/path` (`cairn serve`), configured by `options`
+/// (`-o s3.*`, `-o sftp.*`, `-o rest.*`; none apply to a directory).
 pub fn from_location(
     loc: &str,
     options: &[(String, String)],
@@ -28,6 +31,10 @@ pub fn from_location(
         let cfg = S3Config::parse(loc, options)?;
         return Ok(std::sync::Arc::new(S3Backend::new(cfg)?));
     }
+    if loc.starts_with("rest:") {
+        let cfg = RestConfig::parse(loc, options)?;
+        return Ok(std::sync::Arc::new(RestBackend::new(cfg)?));
+    }
     if loc.starts_with("sftp:") {
         let cfg = SftpConfig::parse(loc, options)?;
         return Ok(std::sync::Arc::new(SftpBackend::new(cfg)?));
@@ -35,7 +42,7 @@ pub fn from_location(
     let path = loc.strip_prefix("local:").unwrap_or(loc);
     if path.contains("://") {
         return Err(crate::Error::Invalid(format!(
-            "unsupported repository location {loc:?}: use a directory, s3:http[s]://host/bucket[/prefix] or sftp:user@host:/path"
+            "unsupported repository location {loc:?}: use a directory, s3:http[s]://host/bucket[/prefix], sftp:user@host:/path or rest:https://host:port/path"
         )));
     }
     if let Some((k, _)) = options.first() {
@@ -138,6 +145,12 @@ pub trait Backend: Send + Sync + Debug {
         None
     }
 
+    /// Whether this backend's credential may delete and overwrite objects (an append-only
+    /// credential of `cairn serve` may not).
+    fn may_delete(&self) -> Result<bool> {
+        Ok(true)
+    }
+
     /// Bytes of objects of `kind` fetched from the repository so far, for caching backends
     /// (what was served from the cache is not counted).
     fn fetched_bytes(&self, _kind: FileKind) -> Option<u64> {
@@ -153,7 +166,7 @@ pub(crate) fn is_object_name(name: &str) -> bool {
 
 /// Where an object lives relative to the repository root, the same on every backend:
 /// `config`, `<kind dir>/<name>`, and `data/<first 2 hex>/<name>` for packs.
-pub(crate) fn object_path(kind: FileKind, name: &str) -> Result<String> {
+pub fn object_path(kind: FileKind, name: &str) -> Result<String> {
     if kind == FileKind::Config {
         return Ok("config".to_owned());
     }

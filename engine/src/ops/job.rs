@@ -926,6 +926,11 @@ pub fn run_job(
         // the plans applied are made again under it, from the snapshots as they are then
         // (another run or node may have added or removed some meanwhile).
         let mut plans = plan_all(&repo.load_snapshots()?)?;
+        if !plans.is_empty() && !repo.backend().may_delete()? {
+            // A node of a `cairn serve` repository: retention is the server host's job.
+            warn("retention and prune skipped: this node's credential is append-only (run forget and prune on the repository server)");
+            return Ok(());
+        }
         let excl = if dry_run || plans.iter().all(|(_, p)| p.remove.is_empty()) {
             None
         } else {

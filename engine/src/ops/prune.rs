@@ -99,6 +99,119 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Resul
     Ok(used)
 }
 
+/// Before a pack goes, its own header (authenticated with the repository key, in an object
+/// whose name is its hash: nobody can have changed it) is read, and every used blob it lists
+/// must have a verified copy in a pack that stays — the index's word is not enough. The
+/// index is metadata any writer can add to: a node with the password but an append-only
+/// credential can write index files that supersede the real ones, or place used blobs in
+/// packs of garbage, so that a prune on the server would otherwise delete the only real
+/// copy (docs/serve.md, "Threat model"). A pack failing this is kept (`packs_spared`).
+///
+/// The cost is a header read per pack that goes (in parallel), plus a blob read for each
+/// used blob found in one — only duplicates left by concurrent backups, normally. A pack
+/// whose header does not authenticate holds nothing any reader could use and may go; a
+/// header that cannot be read (I/O, network) stops the prune.
+#[allow(clippy::too_many_arguments)]
+fn spare_what_the_index_hides(
+    repo: &Repository,
+    index: &MasterIndex,
+    used: &BlobSet,
+    stored: &HashMap<String, u64>,
+    fate: &mut [Fate],
+    repack: &mut Vec<u32>,
+    unreferenced: &mut Vec<(Id, u64)>,
+) -> Result<u64> {
+    let repacked: HashSet<u32> = repack.iter().copied().collect();
+    // (pack name, size, its number in the index if it has one)
+    let mut doomed: Vec<(Id, u64, Option<usize>)> = (0..fate.len())
+        .filter(|&p| matches!(fate[p], Fate::Delete | Fate::Condemn))
+        .filter_map(|p| {
+            let id = index.packs()[p];
+            stored.get(&id.to_hex()).map(|&size| (id, size, Some(p)))
+        })
+        .collect();
+    doomed.extend(unreferenced.iter().map(|&(id, size)| (id, size, None)));
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let verified: parking_lot::Mutex<HashMap<usize, bool>> =
+        parking_lot::Mutex::new(HashMap::new());
+    let verdicts: Vec<Result<bool>> = doomed
+        .par_iter()
+        .map(|&(id, size, p)| {
+            let entries = match crate::ops::repair::read_pack_header(repo, &id.to_hex(), size) {
+                Ok(e) => e,
+                Err(Error::ObjectNotFound { .. }) => return Ok(true),
+                Err(e) if e.is_damage() => {
+                    tracing::warn!("pack {id}: its header does not authenticate ({e}); it holds nothing usable and goes");
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            };
+            for e in entries {
+                let Some(pos) = index.position(&e.id) else {
+                    continue;
+                };
+                if !used.contains(pos) {
+                    continue;
+                }
+                let (_, loc) = index.at(pos);
+                let here = p == Some(loc.pack as usize);
+                // The copy the index names is this pack's own (and it is repacked: the repack
+                // copies it, verified), or one a repack copies: safe either way.
+                if here || repacked.contains(&loc.pack) {
+                    if here && !repacked.contains(&loc.pack) {
+                        tracing::warn!("pack {id} is to go but holds used blob {}: keeping it", e.id);
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                let known = verified.lock().get(&pos).copied();
+                let ok = match known {
+                    Some(ok) => ok,
+                    None => {
+                        let ok = match repo.read_blob(index, e.blob_type, &e.id) {
+                            Ok(_) => true,
+                            Err(err) if err.is_damage() || matches!(err, Error::ObjectNotFound { .. }) => false,
+                            Err(err) => return Err(err),
+                        };
+                        verified.lock().insert(pos, ok);
+                        ok
+                    }
+                };
+                if !ok {
+                    tracing::warn!(
+                        "pack {id} holds used blob {} whose indexed copy in pack {} does not verify: keeping pack {id} (run `cairn check --read-data`)",
+                        e.id,
+                        index.packs()[loc.pack as usize]
+                    );
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .collect();
+    let mut spared = 0;
+    let mut keep_unreferenced: HashSet<Id> = HashSet::new();
+    for (&(id, _, p), verdict) in doomed.iter().zip(verdicts) {
+        if verdict? {
+            continue;
+        }
+        spared += 1;
+        match p {
+            Some(p) => {
+                fate[p] = Fate::Keep;
+                repack.retain(|&r| r as usize != p);
+            }
+            None => {
+                keep_unreferenced.insert(id);
+            }
+        }
+    }
+    unreferenced.retain(|(id, _)| !keep_unreferenced.contains(id));
+    Ok(spared)
+}
+
 /// How much unused space prune may leave in packs it keeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxUnused {
@@ -120,6 +233,9 @@ pub struct PruneOptions {
     /// How far the clocks of hosts using the repository may disagree: a condemned pack is
     /// held back by every live lock that started before its condemnation time plus this.
     pub clock_skew: Duration,
+    /// Trust the index about what packs that go hold, without reading their headers (see
+    /// [`spare_what_the_index_hides`]): only for repositories whose every writer is trusted.
+    pub trust_index: bool,
 }
 
 pub use crate::lock::DEFAULT_CLOCK_SKEW;
@@ -131,6 +247,7 @@ impl Default for PruneOptions {
             max_repack_bytes: u64::MAX,
             dry_run: false,
             clock_skew: DEFAULT_CLOCK_SKEW,
+            trust_index: false,
         }
     }
 }
@@ -185,6 +302,9 @@ pub struct PruneReport {
     pub temp_bytes_removed: u64,
     /// Stale or damaged locks removed (or, in a dry run, found).
     pub stale_locks_removed: u64,
+    /// Packs kept although the index says they can go: their own header lists a used blob
+    /// whose copy elsewhere does not verify (a damaged or forged index; run `cairn check`).
+    pub packs_spared: u64,
 }
 
 /// What killed processes left behind: temporary files that no running writer owns, and
@@ -468,6 +588,27 @@ pub fn prune(
     if !two_phase {
         for f in fate.iter_mut().filter(|f| **f == Fate::Condemn) {
             *f = Fate::Delete;
+        }
+    }
+    if !opts.trust_index {
+        let spared = spare_what_the_index_hides(
+            repo,
+            &index,
+            &used,
+            &stored,
+            &mut fate,
+            &mut repack,
+            &mut unreferenced,
+        )?;
+        report.packs_spared = spared;
+        if spared > 0 {
+            report.packs_repacked = repack.len() as u64;
+            report.packs_unreferenced = unreferenced.len() as u64;
+            report.bytes_repacked = repack
+                .iter()
+                .filter_map(|p| live.iter().find(|u| u.pack == *p))
+                .map(|u| u.used_bytes)
+                .sum();
         }
     }
     let size_of = |p: usize| stored.get(&index.packs()[p].to_hex()).copied().unwrap_or(0);
