@@ -40,14 +40,18 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=lo
 printf 'subjectAltName=IP:127.0.0.1\n' > "$pki/ext"
 openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -days 2 \
   -extfile "$pki/ext" -out "$pki/server.pem" 2>/dev/null
-printf 'node-pw\n' > "$pki/node.pw"
+printf 'node-pw\n' > "$pki/node.pw"; printf 'admin-pw\n' > "$pki/admin.pw"
 "$CAIRN" serve-credential node-1 --access append-only --new-password-file "$pki/node.pw" > "$pki/credentials"
+"$CAIRN" serve-credential admin --access full --new-password-file "$pki/admin.pw" >> "$pki/credentials"
 "$CAIRN" serve "$WORK/serve-root" --listen 127.0.0.1:39380 --credentials "$pki/credentials" \
   --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" > "$WORK/serve.out" 2> "$WORK/serve.log" &
 serve_pid=$!
 for _ in $(seq 50); do grep -q listening "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 trap '"$here/sshd-server.sh" down -d "$sshd_dir" >/dev/null 2>&1 || true; kill $serve_pid 2>/dev/null || true' EXIT
 rest_opts=(-o "rest.ca-file=$pki/ca.pem" -o rest.username=node-1 -o "rest.password-file=$pki/node.pw")
+# The repository is created with the full credential (append-only ones create only the
+# repositories their credential names); backups and restores use the node's.
+admin_opts=(-o "rest.ca-file=$pki/ca.pem" -o rest.username=admin -o "rest.password-file=$pki/admin.pw")
 export CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
 remote=$CAIRN_TEST_SFTP_DIR
 bytes=$(du -sb "$DATA" | cut -f1)
@@ -59,8 +63,7 @@ timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>"$WORK/last.err" || 
 declare -A res
 run_tool() {
   local tool=$1 rep=$2 repo out
-  echo "cairn serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$serve_pid/status)"
-rm -rf "$WORK/restore" "$remote"/* "$WORK/local-repo" "$WORK/serve-root"/* "$WORK/cache" "$WORK/serve-root"/*
+  rm -rf "$WORK/restore" "$remote"/* "$WORK/local-repo" "$WORK/cache" "$WORK/serve-root"/*
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
   case $tool in
     cairn-local)
@@ -75,7 +78,7 @@ rm -rf "$WORK/restore" "$remote"/* "$WORK/local-repo" "$WORK/serve-root"/* "$WOR
       res[$tool,restore,$rep]=$(XDG_CACHE_HOME=$WORK/cache timed "$CAIRN" -q -r "$repo" -o "sftp.command=$CAIRN_TEST_SFTP_COMMAND" restore latest --target "$WORK/restore") ;;
     cairn-rest)
       repo="rest:https://127.0.0.1:39380/bench-$rep"
-      XDG_CACHE_HOME=$WORK/cache "$CAIRN" -q -r "$repo" "${rest_opts[@]}" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+      XDG_CACHE_HOME=$WORK/cache "$CAIRN" -q -r "$repo" "${admin_opts[@]}" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
       res[$tool,backup,$rep]=$(XDG_CACHE_HOME=$WORK/cache timed "$CAIRN" -q -r "$repo" "${rest_opts[@]}" backup "$DATA")
       res[$tool,restore,$rep]=$(XDG_CACHE_HOME=$WORK/cache timed "$CAIRN" -q -r "$repo" "${rest_opts[@]}" restore latest --target "$WORK/restore") ;;
     restic-sftp)

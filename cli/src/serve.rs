@@ -27,8 +27,9 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "credentials")]
     pub no_auth: bool,
     /// Every credential is append-only, whatever the file says: clients add and read, but
-    /// never delete or overwrite (forget and prune then run on this host).
-    #[arg(long)]
+    /// never delete or overwrite (forget and prune then run on this host). Needs
+    /// credentials: a client releases only the locks its own credential wrote.
+    #[arg(long, conflicts_with = "no_auth")]
     pub append_only: bool,
     /// TLS certificate chain (PEM); with --tls-key the server speaks HTTPS.
     #[arg(long, requires = "tls_key", value_name = "FILE")]
@@ -163,6 +164,9 @@ pub fn credential(a: &ServeCredentialArgs) -> Result<u8> {
         .map(|r| r.trim_matches('/').to_owned())
         .collect();
     for r in &repos {
+        if r.is_empty() {
+            bail!("--repositories: an empty name (leave the option out for all repositories)");
+        }
         cairn_serve::check_repo_path(r)
             .map_err(|why| anyhow::anyhow!("repository {r:?}: {why}"))?;
     }

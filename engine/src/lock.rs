@@ -350,7 +350,7 @@ impl Repository {
     /// Refuse before anything is written when the backend's credential cannot delete: what
     /// needs a maintenance or exclusive lock deletes, and would otherwise fail halfway,
     /// leaving the packs and index files it wrote first.
-    fn require_delete_rights(&self, what: &str) -> Result<()> {
+    pub(crate) fn require_delete_rights(&self, what: &str) -> Result<()> {
         if self.backend().may_delete()? {
             return Ok(());
         }

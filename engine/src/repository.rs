@@ -767,6 +767,7 @@ impl Repository {
 
     /// Remove a key file. Refuses the last key and the key in use.
     pub fn remove_key(&self, id: &Id) -> Result<()> {
+        self.require_delete_rights("key remove")?;
         let keys = self.list_keys()?;
         if !keys.iter().any(|(k, _)| k == id) {
             return Err(Error::not_found(FileKind::Key, &id.to_hex()));
@@ -787,6 +788,8 @@ impl Repository {
 
     /// Replace the current key with one for `password` (add, then remove: never zero keys).
     pub fn change_password(&mut self, password: &[u8], kdf: KdfParams) -> Result<Id> {
+        // It deletes the old key file: find out before adding the new one.
+        self.require_delete_rights("key passwd")?;
         let new_id = self.add_key(password, kdf)?;
         let old = self.key_id;
         self.key_id = new_id;

@@ -708,11 +708,14 @@ fn objects_a_listing_keeps_naming_after_their_deletion_are_skipped() {
 }
 
 /// What a node with the password but an append-only credential can still write: an index
-/// file that supersedes the real ones and places every blob of one pack in a pack of
-/// garbage. A prune that took the index's word would delete the only real copy; prune reads
-/// the headers of the packs it is about to delete and keeps that one.
-#[test]
-fn a_forged_index_does_not_make_prune_delete_real_data() {
+/// file that supersedes the real ones and places blobs of one pack in a pack of garbage. A
+/// prune that took the index's word would delete the only real copy; prune reads the headers
+/// of the packs it is about to delete and keeps that one.
+///
+/// `split`: only half of the victim's data blobs move, and the victim gets a bogus unused
+/// entry, so that prune would repack it (copying only the blobs still placed in it) and then
+/// delete it. Otherwise all of its blobs move: the victim is a pack no index names.
+fn forged_index_case(split: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
     std::fs::create_dir_all(&src).unwrap();
@@ -722,8 +725,6 @@ fn a_forged_index_does_not_make_prune_delete_real_data() {
     let snap = do_backup(&repo, &src);
     let expected = snapshot_of(&src);
 
-    // The forgery: a pack of garbage F (right preamble, right name: the server stores it),
-    // and an index that moves the victim pack's entries to F and supersedes every real file.
     let files = repo.load_index_files().unwrap();
     let mut packs: Vec<cairn_format::IndexPack> =
         files.iter().flat_map(|(_, f)| f.packs.clone()).collect();
@@ -732,7 +733,9 @@ fn a_forged_index_does_not_make_prune_delete_real_data() {
         .position(|p| {
             p.blobs
                 .iter()
-                .any(|b| b.blob_type == cairn_format::BlobType::Data)
+                .filter(|b| b.blob_type == cairn_format::BlobType::Data)
+                .count()
+                >= 2
         })
         .unwrap();
     let victim_id = packs[victim].id;
@@ -743,12 +746,28 @@ fn a_forged_index_does_not_make_prune_delete_real_data() {
     )
     .unwrap()
     .len();
+    // A pack of garbage (right preamble, right name: the server stores it).
     let mut garbage = b"cairnP\x03\x00".to_vec();
     garbage.resize(victim_size as usize, 0x5a);
     let forged_pack = cairn_format::Id::of_object(&garbage);
     be.put(FileKind::Pack, &forged_pack.to_hex(), &garbage)
         .unwrap();
-    packs[victim] = cairn_format::IndexPack::new(forged_pack, packs[victim].blobs.clone());
+    let mut blobs = packs[victim].blobs.clone();
+    if split {
+        let moved = blobs.split_off(blobs.len() / 2);
+        blobs.push(cairn_format::PackEntry {
+            blob_type: cairn_format::BlobType::Data,
+            id: cairn_format::Id::of_object(b"nobody uses this"),
+            offset: 8,
+            length: 64,
+            raw_length: 32,
+            group_offset: None,
+        });
+        packs[victim] = cairn_format::IndexPack::new(victim_id, blobs);
+        packs.push(cairn_format::IndexPack::new(forged_pack, moved));
+    } else {
+        packs[victim] = cairn_format::IndexPack::new(forged_pack, blobs);
+    }
     let forged = cairn_format::IndexFile {
         supersedes: files.iter().map(|(id, _)| *id).collect(),
         packs,
@@ -773,9 +792,14 @@ fn a_forged_index_does_not_make_prune_delete_real_data() {
         let lock = repo.lock_maintenance(NO_WAIT).unwrap();
         prune(lock.as_maintenance(), &opts, &Progress::default()).unwrap()
     };
-    // Taking the index's word, the real pack is one nobody references: it would go.
+    // Taking the index's word, the victim goes: unreferenced, or repacked without the
+    // blobs placed elsewhere.
     let trusting = run(true, true);
-    assert_eq!(trusting.packs_unreferenced, 1, "{trusting:?}");
+    if split {
+        assert!(trusting.packs_repacked >= 1, "{trusting:?}");
+    } else {
+        assert_eq!(trusting.packs_unreferenced, 1, "{trusting:?}");
+    }
     assert_eq!(trusting.packs_spared, 0);
     // Reading its header first, it stays.
     let r = run(false, false);
@@ -803,4 +827,14 @@ fn a_forged_index_does_not_make_prune_delete_real_data() {
     let repo = reopen(&dir);
     let out = tmp.path().join("out");
     assert_eq!(restored(&repo, &snap, &src, &out), expected);
+}
+
+#[test]
+fn a_forged_index_does_not_make_prune_delete_real_data() {
+    forged_index_case(false);
+}
+
+#[test]
+fn a_forged_index_does_not_make_prune_repack_away_real_data() {
+    forged_index_case(true);
 }

@@ -51,16 +51,6 @@ pub struct Credential {
     pub repositories: Option<Vec<String>>,
 }
 
-impl Credential {
-    /// Whether this credential may use the repository at `repo` (a path under the root,
-    /// `""` for the root itself).
-    pub fn may_use(&self, repo: &str) -> bool {
-        self.repositories
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|r| r == repo))
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Hash {
     Argon2(String),
@@ -141,11 +131,19 @@ impl Credentials {
                 access
             };
             let repositories = match fields.next().map(str::trim) {
-                None | Some("") | Some("*") => None,
+                None | Some("*") => None,
+                Some("") => return Err(bad(format!(
+                    "{name}: an empty repository list (leave the field out, or write *, for all)"
+                ))),
                 Some(list) => {
                     let mut repos = Vec::new();
                     for r in list.split(',') {
                         let r = r.trim().trim_matches('/');
+                        if r.is_empty() {
+                            return Err(bad(format!(
+                                "{name}: an empty repository in the list (the root is not given as an empty name)"
+                            )));
+                        }
                         crate::route::check_repo_path(r)
                             .map_err(|why| bad(format!("{name}: repository {r:?}: {why}")))?;
                         repos.push(r.to_owned());
@@ -188,16 +186,32 @@ impl Credentials {
     /// The credential `name`, if `password` is its password. Slow (an Argon2 or bcrypt run)
     /// the first time a pair is seen: call it off the async threads.
     pub fn verify(&self, name: &str, password: &[u8]) -> Option<&Credential> {
-        let digest = {
-            let mut h = blake3::Hasher::new_keyed(&self.cache_key);
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update(password);
-            *h.finalize().as_bytes()
-        };
+        let digest = self.digest(name, password);
         if self.verified.lock().contains_key(&digest) {
             return self.by_name.get(name);
         }
+        self.verify_slow(name, password, digest)
+    }
+
+    /// The credential `name`, if this pair was verified before: one keyed hash, no
+    /// Argon2 run (safe on the async threads, and never waits behind other verifications).
+    pub fn cached(&self, name: &str, password: &[u8]) -> Option<&Credential> {
+        let digest = self.digest(name, password);
+        if self.verified.lock().contains_key(&digest) {
+            return self.by_name.get(name);
+        }
+        None
+    }
+
+    fn digest(&self, name: &str, password: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.cache_key);
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(password);
+        *h.finalize().as_bytes()
+    }
+
+    fn verify_slow(&self, name: &str, password: &[u8], digest: [u8; 32]) -> Option<&Credential> {
         let Some(cred) = self.by_name.get(name) else {
             if let Some(d) = &self.decoy {
                 let _ = check(d, password);
@@ -283,8 +297,14 @@ pub fn credential_line(
     }
     // The line must read back as what was asked for.
     let parsed = Credentials::parse(&line, false)?;
-    if parsed.verify(name, password).is_none() {
-        return Err(Error::Config("the new hash does not verify".into()));
+    let back = parsed
+        .verify(name, password)
+        .ok_or_else(|| Error::Config("the new hash does not verify".into()))?;
+    let wanted = (!repositories.is_empty()).then(|| repositories.to_vec());
+    if back.access != access || back.repositories != wanted {
+        return Err(Error::Config(format!(
+            "the line reads back as something else: {line}"
+        )));
     }
     Ok(line)
 }
@@ -301,7 +321,7 @@ mod tests {
         let creds = Credentials::parse(&line, false).unwrap();
         let c = creds.verify("node-1", b"s3cret").unwrap();
         assert_eq!(c.access, Access::AppendOnly);
-        assert!(c.may_use("k3s") && !c.may_use("other"));
+        assert_eq!(c.repositories, Some(vec!["k3s".to_owned()]));
         // Cached the second time, still the same answer.
         assert!(creds.verify("node-1", b"s3cret").is_some());
         assert!(creds.verify("node-1", b"s3cret!").is_none());
@@ -339,5 +359,10 @@ mod tests {
         assert!(Credentials::parse(&format!("{line}\n{line}\n"), false).is_err());
         assert!(Credentials::parse(&format!("{line}:a//b"), false).is_err());
         assert!(Credentials::parse(&format!("{line}:../etc"), false).is_err());
+        assert!(Credentials::parse(&format!("{line}:"), false).is_err());
+        assert!(Credentials::parse(&format!("{line}:*"), false).is_ok());
+        assert!(Credentials::parse(&format!("{line}:k3s,"), false).is_err());
+        assert!(Credentials::parse(&format!("{line}: , "), false).is_err());
+        assert!(credential_line("a", b"x", Access::Full, &[String::new()]).is_err());
     }
 }

@@ -47,6 +47,10 @@ pub fn check_repo_path(repo: &str) -> Result<(), &'static str> {
         if s.starts_with('.') {
             return Err("path segments may not start with '.'");
         }
+        // A repository inside another one's layout would show up in its listings.
+        if s == "config" || FileKind::ALL.iter().any(|k| k.dir() == s) {
+            return Err("path segments may not be named like a repository's own entries");
+        }
         if !s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -154,6 +158,8 @@ mod tests {
             "/k3s/data/%2e%2e",
             "/k3s//config",
             "/k3s/whatever",
+            "/k3s/data/snapshots/",
+            "/k3s/index/config",
             "/",
             "k3s/config",
         ] {

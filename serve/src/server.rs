@@ -64,6 +64,8 @@ type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Password verifications run at once (each may take an Argon2 run's memory).
 const VERIFICATIONS_AT_ONCE: usize = 2;
+/// Listings built at once: each holds its repository's object names in memory.
+const LISTINGS_AT_ONCE: usize = 2;
 /// Bytes a response reads from disk at a time.
 const READ_CHUNK: usize = 256 << 10;
 /// Bytes of a refused upload's body read anyway, so that the client sees the answer.
@@ -76,7 +78,8 @@ struct State {
     store: Store,
     credentials: Option<Credentials>,
     open_access: Access,
-    verifications: Semaphore,
+    verifications: Arc<Semaphore>,
+    listings: Semaphore,
     max_pack_size: u64,
     /// Locks written by append-only credentials through this process: (repository, name)
     /// → credential. Only the writer may delete such a lock.
@@ -90,6 +93,22 @@ struct Who {
     name: String,
     access: Access,
     repositories: Option<Vec<String>>,
+}
+
+impl Who {
+    /// Whether the credential lists repository `repo` (or lists none: all).
+    fn may_use(&self, repo: &str) -> bool {
+        self.repositories
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|r| r == repo))
+    }
+
+    /// Whether the credential names repository `repo` itself (not "all").
+    fn names(&self, repo: &str) -> bool {
+        self.repositories
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|r| r == repo))
+    }
 }
 
 /// Serve until SIGINT or SIGTERM. `ready` is called with the bound address once the
@@ -117,7 +136,8 @@ pub fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
         store: Store::new(cfg.root.clone()),
         credentials: cfg.credentials,
         open_access: cfg.open_access,
-        verifications: Semaphore::new(VERIFICATIONS_AT_ONCE),
+        verifications: Arc::new(Semaphore::new(VERIFICATIONS_AT_ONCE)),
+        listings: Semaphore::new(LISTINGS_AT_ONCE),
         max_pack_size: cfg.max_pack_size,
         lock_owners: Mutex::new(HashMap::new()),
         in_flight: AtomicUsize::new(0),
@@ -219,9 +239,9 @@ where
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move {
-            state.in_flight.fetch_add(1, Ordering::SeqCst);
+            // Counted down on drop too: hyper drops a request whose client went away.
+            let _counted = InFlight::new(&state.in_flight);
             let resp = handle(&state, peer, req).await;
-            state.in_flight.fetch_sub(1, Ordering::SeqCst);
             Ok::<_, Infallible>(resp)
         }
     });
@@ -232,6 +252,22 @@ where
         .serve_connection(io, svc);
     if let Err(e) = conn.await {
         tracing::debug!("connection from {peer}: {e}");
+    }
+}
+
+/// One request in progress, for the shutdown's wait.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicUsize) -> InFlight<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -316,19 +352,26 @@ async fn authenticate(
     let Some((name, password)) = basic_auth(headers) else {
         return Err(unauthorized("this server needs a user name and password"));
     };
-    let Ok(_permit) = state.verifications.acquire().await else {
-        return Err(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    let found = match creds.cached(&name, &password) {
+        Some(c) => Some(c.clone()),
+        None => {
+            // The permit goes with the Argon2 run: if the client hangs up, the run (which
+            // cannot be stopped) still counts against the limit until it ends.
+            let Ok(permit) = state.verifications.clone().acquire_owned().await else {
+                return Err(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+            };
+            let st = state.clone();
+            let user = name.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let creds = st.credentials.as_ref()?;
+                creds.verify(&user, &password).cloned()
+            })
+            .await
+            .ok()
+            .flatten()
+        }
     };
-    let st = state.clone();
-    let user = name.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let creds = st.credentials.as_ref()?;
-        creds.verify(&user, &password).cloned()
-    })
-    .await
-    .ok()
-    .flatten();
-    let _ = creds;
     match found {
         Some(c) => Ok(Who {
             name: c.name,
@@ -359,11 +402,7 @@ async fn handle(state: &Arc<State>, peer: SocketAddr, req: Request<Incoming>) ->
     let mut resp = match crate::route::parse(&path, create && method == Method::POST) {
         Err(why) => text(StatusCode::BAD_REQUEST, format!("{path}: {why}")),
         Ok(route) => {
-            if who
-                .repositories
-                .as_ref()
-                .is_some_and(|list| !list.contains(&route.repo))
-            {
+            if !who.may_use(&route.repo) {
                 refuse(&who, peer, &method, &path, "not allowed on this repository")
             } else {
                 let resp = dispatch(state, &who, peer, req, &route).await;
@@ -423,6 +462,24 @@ async fn dispatch(
     let repo = route.repo.clone();
     match (&route.target, &method) {
         (Target::Repository, &Method::POST) => {
+            if who.access == Access::AppendOnly
+                && !who.names(&repo)
+                && !state.store.is_repository(&repo)
+            {
+                return refuse(
+                    who,
+                    peer,
+                    &method,
+                    &path,
+                    "append-only credentials create only the repositories their credential names",
+                );
+            }
+            if let Some(outer) = state.store.enclosing_repository(&repo) {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{path}: inside repository {outer:?}: repositories do not nest"),
+                );
+            }
             let st = state.clone();
             match blocking(move || st.store.create(&repo)).await {
                 Ok(()) => text(StatusCode::OK, "created"),
@@ -435,17 +492,24 @@ async fn dispatch(
             if !dir.is_dir() {
                 return text(StatusCode::NOT_FOUND, format!("no repository at {path}"));
             }
+            let Ok(_listing) = state.listings.acquire().await else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            };
             match blocking(move || st.store.list(&repo, kind)).await {
                 Ok(list) => {
-                    let json: Vec<_> = list
-                        .iter()
-                        .map(|o| serde_json::json!({"name": o.name, "size": o.size}))
-                        .collect();
-                    let mut r = Response::new(
-                        Full::new(Bytes::from(serde_json::Value::from(json).to_string()))
-                            .map_err(|n| match n {})
-                            .boxed(),
-                    );
+                    // Names are hex digits: the JSON needs no escaping.
+                    let mut json = String::with_capacity(list.len() * 90 + 2);
+                    json.push('[');
+                    for (i, o) in list.iter().enumerate() {
+                        if i > 0 {
+                            json.push(',');
+                        }
+                        json.push_str(&format!("{{\"name\":\"{}\",\"size\":{}}}", o.name, o.size));
+                    }
+                    json.push(']');
+                    drop(list);
+                    let mut r =
+                        Response::new(Full::new(Bytes::from(json)).map_err(|n| match n {}).boxed());
                     r.headers_mut().insert(
                         CONTENT_TYPE,
                         HeaderValue::from_static("application/vnd.x.restic.rest.v2"),

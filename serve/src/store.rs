@@ -62,6 +62,18 @@ impl Store {
         self.repo_dir(repo).join("config").is_file()
     }
 
+    /// The repository that repository path `repo` would lie inside, if any.
+    pub fn enclosing_repository(&self, repo: &str) -> Option<String> {
+        let segs: Vec<&str> = if repo.is_empty() {
+            Vec::new()
+        } else {
+            repo.split('/').collect()
+        };
+        (0..segs.len())
+            .map(|n| segs[..n].join("/"))
+            .find(|outer| self.is_repository(outer))
+    }
+
     /// All objects of `kind`.
     pub fn list(&self, repo: &str, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         Ok(self.backend(repo).list(kind)?)
@@ -103,6 +115,14 @@ impl Store {
                 what: dir.display().to_string(),
                 source: e,
             })?;
+            // The new directories' entries must be as durable as the object stored in them.
+            let top = self.repo_dir(repo);
+            let mut d = dir.as_path();
+            while d != top {
+                let Some(parent) = d.parent() else { break };
+                cairn_engine::sync_dir(parent)?;
+                d = parent;
+            }
         }
         // Named like every cairn writer's temporary files (FORMAT.md §1), so that `prune`
         // on this host knows whether the server that wrote one is still running.

@@ -502,9 +502,17 @@ fn garbage_uploads_are_refused_without_being_stored() {
     let (status, text) = upload(64 << 20, b"cairnP\x03\x00", None).unwrap();
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("hash"), "{text}");
-    // A lock body posted as a pack, a snapshot under a name in the wrong case.
+    // A lock body posted as a pack.
     let (status, _) = upload(100, b"cairnL\x03\x00", None).unwrap();
     assert_eq!(status, 400);
+    // A name in the wrong case (no object can have it).
+    let resp = http
+        .post(server.url(&format!("k3s/data/{}", name.to_uppercase())))
+        .basic_auth("node0", Some(node_password(0)))
+        .body(b"cairnP\x03\x00".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
 
     let leftovers: Vec<_> = walkdir::WalkDir::new(server.repo_dir("k3s/data"))
         .into_iter()

@@ -294,7 +294,7 @@ impl RestBackend {
                     .map(|u| format!(" of {u:?}"))
                     .unwrap_or_else(|| " (none given: put them in the URL, CAIRN_REST_USERNAME/CAIRN_REST_PASSWORD or -o rest.username/rest.password-file)".into())
             )),
-            StatusCode::FORBIDDEN => Error::Denied(format!("rest {what}: {msg}")),
+            StatusCode::FORBIDDEN => Error::Denied(format!("rest {what}: refused (403): {msg}")),
             _ => Error::Backend(format!("rest {what}: {status}: {msg}")),
         }
     }
@@ -397,7 +397,9 @@ pub fn fuzz_answer(data: &[u8]) {
 
 /// Read a response body of at most `max` bytes.
 fn read_limited(resp: Response, max: u64, what: &str) -> Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(resp.content_length().unwrap_or(0).min(max) as usize);
+    // What the server declares is only a hint: never allocate ahead more than 64 MiB on it.
+    let hint = resp.content_length().unwrap_or(0).min(max).min(64 << 20);
+    let mut data = Vec::with_capacity(hint as usize);
     resp.take(max + 1)
         .read_to_end(&mut data)
         .map_err(|e| Error::Backend(format!("rest {what}: reading the answer: {e}")))?;
@@ -503,9 +505,17 @@ impl Backend for RestBackend {
         let resp = self.send(&what, &|| Ok(self.client.head(&url)))?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(Some(resp.content_length().ok_or_else(|| {
-                Error::Backend(format!("rest {what}: no Content-Length in the answer"))
-            })?)),
+            // The header itself: for a HEAD answer the body's length (what
+            // `content_length()` reports) is 0.
+            s if s.is_success() => Ok(Some(
+                resp.headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Error::Backend(format!("rest {what}: no Content-Length in the answer"))
+                    })?,
+            )),
             _ => Err(self.refusal(&what, resp)),
         }
     }
@@ -516,7 +526,12 @@ impl Backend for RestBackend {
         }
         let url = format!("{}/{}/", self.cfg.url, kind.dir());
         let what = format!("list {}", kind.dir());
-        let resp = self.send(&what, &|| Ok(self.client.get(&url)))?;
+        let resp = self.send(&what, &|| {
+            Ok(self
+                .client
+                .get(&url)
+                .header(reqwest::header::ACCEPT, "application/vnd.x.restic.rest.v2"))
+        })?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }

@@ -101,27 +101,27 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Resul
 
 /// Before a pack goes, its own header (authenticated with the repository key, in an object
 /// whose name is its hash: nobody can have changed it) is read, and every used blob it lists
-/// must have a verified copy in a pack that stays — the index's word is not enough. The
-/// index is metadata any writer can add to: a node with the password but an append-only
-/// credential can write index files that supersede the real ones, or place used blobs in
-/// packs of garbage, so that a prune on the server would otherwise delete the only real
-/// copy (docs/serve.md, "Threat model"). A pack failing this is kept (`packs_spared`).
+/// must have a copy elsewhere that this run reads and verifies — the index's word is not
+/// enough. The index is metadata any writer can add to: a node with the password but an
+/// append-only credential can write index files that supersede the real ones, or place used
+/// blobs in packs of garbage, so that a prune on the server would otherwise delete the only
+/// real copy (docs/serve.md, "Threat model"). Returns the packs (of `fate` Delete or Condemn,
+/// repacked ones included, and of `unreferenced`) that fail this and must stay.
 ///
-/// The cost is a header read per pack that goes (in parallel), plus a blob read for each
-/// used blob found in one — only duplicates left by concurrent backups, normally. A pack
-/// whose header does not authenticate holds nothing any reader could use and may go; a
-/// header that cannot be read (I/O, network) stops the prune.
-#[allow(clippy::too_many_arguments)]
+/// Cost: a header read per pack that goes (in parallel), plus a blob read for each used blob
+/// such a header lists: none for a pack with no used blob or one repacked in this run (its
+/// used blobs are copied from it, verified, by the repack); all of them for a pack an earlier
+/// run repacked and condemned, which goes now. A pack whose header does not authenticate
+/// holds nothing any reader could use and may go; a header that cannot be read (I/O,
+/// network) stops the prune.
 fn spare_what_the_index_hides(
     repo: &Repository,
     index: &MasterIndex,
     used: &BlobSet,
     stored: &HashMap<String, u64>,
-    fate: &mut [Fate],
-    repack: &mut Vec<u32>,
-    unreferenced: &mut Vec<(Id, u64)>,
-) -> Result<u64> {
-    let repacked: HashSet<u32> = repack.iter().copied().collect();
+    fate: &[Fate],
+    unreferenced: &[(Id, u64)],
+) -> Result<Vec<Id>> {
     // (pack name, size, its number in the index if it has one)
     let mut doomed: Vec<(Id, u64, Option<usize>)> = (0..fate.len())
         .filter(|&p| matches!(fate[p], Fate::Delete | Fate::Condemn))
@@ -132,8 +132,9 @@ fn spare_what_the_index_hides(
         .collect();
     doomed.extend(unreferenced.iter().map(|&(id, size)| (id, size, None)));
     if doomed.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
+    // Blob position -> whether its indexed copy verified (each read once).
     let verified: parking_lot::Mutex<HashMap<usize, bool>> =
         parking_lot::Mutex::new(HashMap::new());
     let verdicts: Vec<Result<bool>> = doomed
@@ -143,7 +144,9 @@ fn spare_what_the_index_hides(
                 Ok(e) => e,
                 Err(Error::ObjectNotFound { .. }) => return Ok(true),
                 Err(e) if e.is_damage() => {
-                    tracing::warn!("pack {id}: its header does not authenticate ({e}); it holds nothing usable and goes");
+                    tracing::warn!(
+                        "pack {id}: its header does not authenticate ({e}); it holds nothing usable and goes"
+                    );
                     return Ok(true);
                 }
                 Err(e) => return Err(e),
@@ -156,15 +159,17 @@ fn spare_what_the_index_hides(
                     continue;
                 }
                 let (_, loc) = index.at(pos);
-                let here = p == Some(loc.pack as usize);
-                // The copy the index names is this pack's own (and it is repacked: the repack
-                // copies it, verified), or one a repack copies: safe either way.
-                if here || repacked.contains(&loc.pack) {
-                    if here && !repacked.contains(&loc.pack) {
-                        tracing::warn!("pack {id} is to go but holds used blob {}: keeping it", e.id);
-                        return Ok(false);
+                if p == Some(loc.pack as usize) {
+                    // The indexed copy is this pack's own: only a repack (which copies it,
+                    // verified, before anything goes) lets it go.
+                    if fate.get(loc.pack as usize) == Some(&Fate::Condemn) {
+                        continue;
                     }
-                    continue;
+                    tracing::warn!(
+                        "pack {id} is to go but holds the indexed copy of used blob {}: keeping it",
+                        e.id
+                    );
+                    return Ok(false);
                 }
                 let known = verified.lock().get(&pos).copied();
                 let ok = match known {
@@ -172,7 +177,12 @@ fn spare_what_the_index_hides(
                     None => {
                         let ok = match repo.read_blob(index, e.blob_type, &e.id) {
                             Ok(_) => true,
-                            Err(err) if err.is_damage() || matches!(err, Error::ObjectNotFound { .. }) => false,
+                            Err(err)
+                                if err.is_damage()
+                                    || matches!(err, Error::ObjectNotFound { .. }) =>
+                            {
+                                false
+                            }
                             Err(err) => return Err(err),
                         };
                         verified.lock().insert(pos, ok);
@@ -191,24 +201,12 @@ fn spare_what_the_index_hides(
             Ok(true)
         })
         .collect();
-    let mut spared = 0;
-    let mut keep_unreferenced: HashSet<Id> = HashSet::new();
-    for (&(id, _, p), verdict) in doomed.iter().zip(verdicts) {
-        if verdict? {
-            continue;
-        }
-        spared += 1;
-        match p {
-            Some(p) => {
-                fate[p] = Fate::Keep;
-                repack.retain(|&r| r as usize != p);
-            }
-            None => {
-                keep_unreferenced.insert(id);
-            }
+    let mut spared = Vec::new();
+    for (&(id, _, _), verdict) in doomed.iter().zip(verdicts) {
+        if !verdict? {
+            spared.push(id);
         }
     }
-    unreferenced.retain(|(id, _)| !keep_unreferenced.contains(id));
     Ok(spared)
 }
 
@@ -304,6 +302,7 @@ pub struct PruneReport {
     pub stale_locks_removed: u64,
     /// Packs kept although the index says they can go: their own header lists a used blob
     /// whose copy elsewhere does not verify (a damaged or forged index; run `cairn check`).
+    /// Not counted in `packs_unreferenced`, `packs_condemned` or `packs_repacked`.
     pub packs_spared: u64,
 }
 
@@ -591,25 +590,33 @@ pub fn prune(
         }
     }
     if !opts.trust_index {
-        let spared = spare_what_the_index_hides(
-            repo,
-            &index,
-            &used,
-            &stored,
-            &mut fate,
-            &mut repack,
-            &mut unreferenced,
-        )?;
-        report.packs_spared = spared;
-        if spared > 0 {
-            report.packs_repacked = repack.len() as u64;
-            report.packs_unreferenced = unreferenced.len() as u64;
-            report.bytes_repacked = repack
-                .iter()
-                .filter_map(|p| live.iter().find(|u| u.pack == *p))
-                .map(|u| u.used_bytes)
-                .sum();
+        let spared =
+            spare_what_the_index_hides(repo, &index, &used, &stored, &fate, &unreferenced)?;
+        report.packs_spared = spared.len() as u64;
+        let spared_set: HashSet<Id> = spared.iter().copied().collect();
+        for p in 0..n {
+            if !spared_set.contains(&index.packs()[p]) {
+                continue;
+            }
+            // Kept after all: live again (a condemned one recovered), and what the index
+            // says is unused in it stays as unused space.
+            fate[p] = if index.condemned_at(p as u32).is_some() {
+                Fate::Recover
+            } else {
+                Fate::Keep
+            };
+            repack.retain(|&r| r as usize != p);
+            let t = &index.pack_totals()[p];
+            report.bytes_unused_left += t.bytes.saturating_sub(share[p].bytes(t));
         }
+        unreferenced.retain(|(id, _)| !spared_set.contains(id));
+        report.packs_repacked = repack.len() as u64;
+        report.packs_unreferenced = unreferenced.len() as u64;
+        report.bytes_repacked = repack
+            .iter()
+            .filter_map(|p| live.iter().find(|u| u.pack == *p))
+            .map(|u| u.used_bytes)
+            .sum();
     }
     let size_of = |p: usize| stored.get(&index.packs()[p].to_hex()).copied().unwrap_or(0);
     let count = |want: Fate| fate.iter().filter(|f| **f == want).count() as u64;
