@@ -132,9 +132,10 @@ impl Credentials {
             };
             let repositories = match fields.next().map(str::trim) {
                 None | Some("*") => None,
-                Some("") => return Err(bad(format!(
-                    "{name}: an empty repository list (leave the field out, or write *, for all)"
-                ))),
+                Some("") => {
+                    let why = "an empty repository list (leave the field out, or write *, for all)";
+                    return Err(bad(format!("{name}: {why}")));
+                }
                 Some(list) => {
                     let mut repos = Vec::new();
                     for r in list.split(',') {
