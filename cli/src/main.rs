@@ -267,6 +267,20 @@ pub struct RunArgs {
     /// Check the sources and show what retention would remove; store nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// The host name snapshots are stored under, instead of the job file's `[repository]
+    /// host` or this machine's name (a DaemonSet passes its node's name).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Stay running: run the job every day at the job file's `[schedule] at` plus a random
+    /// delay of up to `randomized-delay-minutes`, until SIGTERM (for a Kubernetes DaemonSet).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub daemon: bool,
+    /// With --daemon: run once at start, then on the schedule.
+    #[arg(long, requires = "daemon")]
+    pub run_now: bool,
+    /// With --daemon: serve the last run's metrics on `http://ADDR/metrics` (and `/healthz`).
+    #[arg(long, value_name = "ADDR", requires = "daemon")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `schedule` options.

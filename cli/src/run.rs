@@ -51,29 +51,56 @@ fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
 }
 
 pub fn run(cli: &Cli, a: &RunArgs) -> Result<u8> {
-    let cfg = load_config(&a.config)?;
-    let outcome = run_job_and_times(cli, a, &cfg);
+    let mut cfg = load_config(&a.config)?;
+    if let Some(host) = &a.host {
+        cfg.repository.host = Some(host.clone());
+    }
+    if a.daemon {
+        return daemon(cli, a, &cfg);
+    }
+    let previous = cfg
+        .metrics
+        .textfile
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|t| cairn_engine::ops::job::previous_last_success(&t));
+    run_once(cli, a, &cfg, previous).0
+}
+
+/// One run of the job: its exit code (or error), and its metrics text (also written to the
+/// textfile, if the job file names one). `previous`: the last successful run's time.
+fn run_once(
+    cli: &Cli,
+    a: &RunArgs,
+    cfg: &JobConfig,
+    previous: Option<f64>,
+) -> (Result<u8>, String) {
+    let outcome = run_job_and_times(cli, a, cfg);
+    let now = cairn_engine::util::now_timestamp().unix_nanos as f64 / 1e9;
+    let text = match &outcome {
+        Ok((report, last)) => prometheus_text(
+            cfg,
+            Some(report),
+            last,
+            if report.ok { Some(now) } else { previous },
+        ),
+        Err(_) => prometheus_text(cfg, None, &BTreeMap::new(), previous),
+    };
     // The metrics file is written on every exit path once the job file is read: a run that
     // stops early (no repository, wrong password, Ctrl-C) says cairn_run_success 0 instead
     // of leaving last night's 1 in place. World-readable: node-exporter runs as nobody.
     if let (Some(path), false) = (&cfg.metrics.textfile, a.dry_run) {
-        let previous = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| cairn_engine::ops::job::previous_last_success(&t));
-        let now = cairn_engine::util::now_timestamp().unix_nanos as f64 / 1e9;
-        let text = match &outcome {
-            Ok((report, last)) => prometheus_text(
-                &cfg,
-                Some(report),
-                last,
-                if report.ok { Some(now) } else { previous },
-            ),
-            Err(_) => prometheus_text(&cfg, None, &BTreeMap::new(), previous),
-        };
         if let Err(e) = cairn_engine::write_atomic_mode(path, text.as_bytes(), 0o644) {
             eprintln!("warning: writing metrics to {}: {e}", path.display());
         }
     }
+    (report_run(cli, a, cfg, outcome), text)
+}
+
+type Outcome = Result<(cairn_engine::ops::job::RunReport, BTreeMap<String, f64>)>;
+
+/// Hooks and output of one run; its exit code.
+fn report_run(cli: &Cli, a: &RunArgs, cfg: &JobConfig, outcome: Outcome) -> Result<u8> {
     let (report, _) = match outcome {
         Ok(v) => v,
         Err(e) => {
@@ -169,7 +196,7 @@ fn run_job_and_times(
     };
     let report = run_job(&repo, cfg, a.dry_run, job_wait(cli, cfg)?, &warn)?;
     let mut last = BTreeMap::new();
-    if !a.dry_run && cfg.metrics.textfile.is_some() {
+    if !a.dry_run && (cfg.metrics.textfile.is_some() || a.daemon) {
         for (_, s) in repo.load_snapshots()? {
             let complete = s.summary.as_ref().is_some_and(|x| x.errors == 0)
                 && !s
@@ -188,6 +215,182 @@ fn run_job_and_times(
     Ok((report, last))
 }
 
+/// `run --daemon`: run the job at the job file's `[schedule] at` (local time) plus a random
+/// delay of up to `randomized-delay-minutes`, every day, until SIGTERM; serve the last run's
+/// metrics (and `/healthz`) on `--metrics-listen` meanwhile. For a DaemonSet: one pod per
+/// node, no CronJob per node.
+fn daemon(cli: &Cli, a: &RunArgs, cfg: &JobConfig) -> Result<u8> {
+    use cairn_engine::progress::interrupted;
+    let (h, m) = parse_at(&cfg.schedule.at)?;
+    let state = std::sync::Arc::new(parking_lot::Mutex::new(DaemonMetrics {
+        last_run: String::new(),
+        next_run: None,
+    }));
+    if let Some(addr) = &a.metrics_listen {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("listening on {addr} for /metrics"))?;
+        println!(
+            "serving metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let state = state.clone();
+        std::thread::spawn(move || serve_metrics(&listener, &state));
+    }
+    let mut previous = cfg
+        .metrics
+        .textfile
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|t| cairn_engine::ops::job::previous_last_success(&t));
+    let mut run_now = a.run_now;
+    loop {
+        if !run_now {
+            let delay = std::time::Duration::from_secs(
+                (rand_unit() * f64::from(cfg.schedule.randomized_delay_minutes) * 60.0) as u64,
+            );
+            let at = next_time_of_day(h, m)? + delay;
+            let unix = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            state.lock().next_run = Some(unix);
+            eprintln!(
+                "cairn: next run at {} (in {})",
+                cairn_engine::util::format_timestamp(&cairn_format::Timestamp {
+                    unix_nanos: unix as i64 * 1_000_000_000,
+                    utc_offset_secs: 0,
+                }),
+                humantime(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                )
+            );
+            while std::time::SystemTime::now() < at {
+                if interrupted() {
+                    return Ok(0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+        run_now = false;
+        let (result, text) = run_once(cli, a, cfg, previous);
+        previous = cairn_engine::ops::job::previous_last_success(&text).or(previous);
+        state.lock().last_run = text;
+        match result {
+            Ok(code) if code != 0 => {
+                eprintln!("cairn: the run failed (exit {code}); next one tomorrow")
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("cairn: error: {}", crate::error_message(&e)),
+        }
+        if interrupted() {
+            return Ok(130);
+        }
+    }
+}
+
+struct DaemonMetrics {
+    /// The last run's metrics text (empty before the first run).
+    last_run: String,
+    /// When the next run starts (Unix seconds).
+    next_run: Option<u64>,
+}
+
+fn parse_at(at: &str) -> Result<(u8, u8)> {
+    let (h, m) = at
+        .split_once(':')
+        .ok_or_else(|| anyhow!("schedule.at must be HH:MM"))?;
+    let (h, m): (u8, u8) = (h.parse()?, m.parse()?);
+    if h > 23 || m > 59 {
+        bail!("schedule.at {at:?} is not a time of day");
+    }
+    Ok((h, m))
+}
+
+/// The next time the local clock shows `h:m`.
+fn next_time_of_day(h: u8, m: u8) -> Result<std::time::SystemTime> {
+    let now = jiff::Zoned::now();
+    let mut at = now
+        .with()
+        .hour(h as i8)
+        .minute(m as i8)
+        .second(0)
+        .subsec_nanosecond(0)
+        .build()?;
+    if at <= now {
+        at = at.tomorrow()?;
+    }
+    let secs = at.timestamp().as_second();
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs)?))
+}
+
+fn rand_unit() -> f64 {
+    // Enough randomness to spread nodes over the window; not a secret.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    format!("{}h{:02}m", s / 3600, s / 60 % 60)
+}
+
+/// A minimal HTTP/1.1 responder for `GET /metrics` and `GET /healthz`, one connection at a
+/// time (Prometheus scrapes once a minute): requests are read up to 8 KiB with a timeout.
+fn serve_metrics(listener: &std::net::TcpListener, state: &parking_lot::Mutex<DaemonMetrics>) {
+    use std::io::{Read, Write};
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut buf = [0u8; 8192];
+        let mut len = 0;
+        while len < buf.len() {
+            match conn.read(&mut buf[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let request = String::from_utf8_lossy(&buf[..len]);
+        let target = request.lines().next().unwrap_or_default();
+        let (status, body) = if target.starts_with("GET /metrics ") {
+            let st = state.lock();
+            let mut body = st.last_run.clone();
+            body.push_str("# HELP cairn_daemon_next_run_timestamp_seconds When the next run of the job starts.\n");
+            body.push_str("# TYPE cairn_daemon_next_run_timestamp_seconds gauge\n");
+            body.push_str(&format!(
+                "cairn_daemon_next_run_timestamp_seconds {}\n",
+                st.next_run.unwrap_or(0)
+            ));
+            ("200 OK", body)
+        } else if target.starts_with("GET /healthz ") {
+            ("200 OK", "ok\n".to_owned())
+        } else {
+            (
+                "404 Not Found",
+                "not found: GET /metrics or /healthz\n".to_owned(),
+            )
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
 pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
     let cfg = load_config(&a.config)?;
     let config = std::path::absolute(&a.config).unwrap_or_else(|_| a.config.clone());
@@ -195,12 +398,7 @@ pub fn schedule(a: &ScheduleArgs) -> Result<u8> {
         .ok()
         .and_then(|p| p.canonicalize().ok())
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin/cairn"));
-    let (h, m) = cfg
-        .schedule
-        .at
-        .split_once(':')
-        .ok_or_else(|| anyhow!("schedule.at must be HH:MM"))?;
-    let (h, m): (u8, u8) = (h.parse()?, m.parse()?);
+    let (h, m) = parse_at(&cfg.schedule.at)?;
     let delay = cfg.schedule.randomized_delay_minutes;
     match a.print.as_str() {
         "systemd" => {

@@ -748,3 +748,110 @@ fn generated_units_bound_the_run_and_the_cron_line_is_valid_shell() {
         .unwrap();
     assert!(st.success(), "not valid shell: {cmd}");
 }
+
+/// GET `path` from a plain HTTP server on loopback; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn daemon_runs_the_job_serves_metrics_and_stops_on_sigterm() {
+    let env = Env::new();
+    let data = env.path("pv");
+    write_file(&data.join("db.bin"), &crate::util::random_bytes(1 << 20, 5));
+    let job = job_file(
+        &env,
+        "",
+        &format!(
+            "[schedule]\nat = \"03:00\"\nrandomized-delay-minutes = 30\n\n[[source]]\nname = \"volumes\"\nkind = \"path\"\npaths = [\"{}\"]\nkeep-last = 3\n",
+            s(&data)
+        ),
+    );
+    let mut child = crate::util::bare_cairn()
+        .args([
+            "run",
+            "--config",
+            s(&job),
+            "--daemon",
+            "--run-now",
+            "--host",
+            "node-7",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("HOME", env.dir.path())
+        .env("XDG_CACHE_HOME", env.dir.path().join(".cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    // Keep reading what it prints (each run's report): a closed pipe would end it.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+        rest
+    });
+    let port: u16 = line
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_eq!(http_get(port, "/healthz"), "ok\n");
+    // The first run starts at once; its metrics appear when it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let metrics = loop {
+        let m = http_get(port, "/metrics");
+        if m.contains("cairn_run_success 1") {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no successful run: {m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_prometheus_text(&metrics);
+    // The next run is tomorrow's 03:00 (local time) plus at most 30 minutes.
+    let next: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_daemon_next_run_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        next > now && next < now + 86_400.0 + 1_800.0 + 60.0,
+        "{next} vs {now}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let printed = drain.join().unwrap();
+    assert!(printed.contains("ok   volumes"), "{printed}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM while waiting ends the daemon cleanly"
+    );
+    let snaps = env.snapshots(&["--host", "node-7"]);
+    assert_eq!(snaps.len(), 1, "one snapshot, under the --host name");
+}

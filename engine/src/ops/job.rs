@@ -369,7 +369,8 @@ pub struct ScheduleConfig {
     /// Local time of day, `HH:MM`.
     #[serde(default = "two_am")]
     pub at: String,
-    /// Random delay up to this many minutes (systemd only).
+    /// Random delay up to this many minutes (the systemd timer, the cron line and
+    /// `cairn run --daemon`).
     #[serde(default)]
     pub randomized_delay_minutes: u32,
 }
