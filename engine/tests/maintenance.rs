@@ -734,7 +734,9 @@ fn forged_index_case(split: bool) {
             p.blobs
                 .iter()
                 .filter(|b| b.blob_type == cairn_format::BlobType::Data)
-                .count()
+                .map(|b| b.offset)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
                 >= 2
         })
         .unwrap();
@@ -752,9 +754,23 @@ fn forged_index_case(split: bool) {
     let forged_pack = cairn_format::Id::of_object(&garbage);
     be.put(FileKind::Pack, &forged_pack.to_hex(), &garbage)
         .unwrap();
-    let mut blobs = packs[victim].blobs.clone();
+    let blobs = packs[victim].blobs.clone();
     if split {
-        let moved = blobs.split_off(blobs.len() / 2);
+        // Whole boxes move (a group's blobs stay together and in order): the second half
+        // of the pack's boxes, by offset.
+        let boxes: Vec<u32> = blobs
+            .iter()
+            .map(|b| b.offset)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let moved_boxes: std::collections::HashSet<u32> =
+            boxes[boxes.len() / 2..].iter().copied().collect();
+        let (moved, kept): (Vec<_>, Vec<_>) = blobs
+            .into_iter()
+            .partition(|b| moved_boxes.contains(&b.offset));
+        assert!(!moved.is_empty() && !kept.is_empty());
+        let mut blobs = kept;
         blobs.push(cairn_format::PackEntry {
             blob_type: cairn_format::BlobType::Data,
             id: cairn_format::Id::of_object(b"nobody uses this"),
