@@ -5,17 +5,22 @@
 # an older one K3s still ships, and the job files in the ConfigMap are valid cairn job files.
 #
 #   deploy/validate.sh [CAIRN_BINARY]    (default: target/debug/cairn)
+#   deploy/validate.sh --tool            install kubernetes-validate if needed, print its path
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/cairn-kubernetes-validate
+if [[ ! -x $venv/bin/kubernetes-validate ]]; then
+  python3 -m venv "$venv" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q kubernetes-validate >&2
+fi
+if [[ ${1:-} == --tool ]]; then
+  echo "$venv/bin/kubernetes-validate"
+  exit 0
+fi
 cairn=${1:-$here/../target/debug/cairn}
 python3 -c 'import yaml' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-yaml >/dev/null; }
 python3 "$here/render.py" --check
 python3 "$here/render.py" --set serviceMonitor=true > /dev/null
-venv=${XDG_CACHE_HOME:-$HOME/.cache}/cairn-kubernetes-validate
-if [[ ! -x $venv/bin/kubernetes-validate ]]; then
-  python3 -m venv "$venv" >/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
-  "$venv/bin/pip" install -q kubernetes-validate
-fi
 for k in 1.37.0 1.31.0; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$k" "$here/rendered/cairn.yaml"
 done
