@@ -248,7 +248,8 @@ fn daemon(cli: &Cli, a: &RunArgs, cfg: &JobConfig) -> Result<u8> {
     loop {
         if !run_now {
             let delay = std::time::Duration::from_secs(
-                (rand_unit() * f64::from(cfg.schedule.randomized_delay_minutes) * 60.0) as u64,
+                (rand::random::<f64>() * f64::from(cfg.schedule.randomized_delay_minutes) * 60.0)
+                    as u64,
             );
             let at = next_time_of_day(h, m)? + delay;
             let unix = at
@@ -324,19 +325,6 @@ fn next_time_of_day(h: u8, m: u8) -> Result<std::time::SystemTime> {
     }
     let secs = at.timestamp().as_second();
     Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs)?))
-}
-
-fn rand_unit() -> f64 {
-    // Enough randomness to spread nodes over the window; not a secret.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn humantime(d: std::time::Duration) -> String {

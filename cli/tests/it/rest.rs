@@ -230,15 +230,7 @@ fn rest_round_trip_over_https_killed_backup_and_nightly_job() {
 
     // Killed mid-upload (abort: no cleanup), then the next backup completes.
     write_file(&src.join("big/f0.bin"), &random_bytes(6 << 20, 77));
-    let mut cmd = node.cmd();
-    cmd.args(["backup", s(&src)])
-        .env("CAIRN_FAILPOINT", "abort-after-packs:1");
-    let crashed = crate::util::run_command(cmd, None);
-    assert!(
-        crashed.code != 0 && crashed.stderr.contains("aborting after 1 packs"),
-        "{}",
-        crashed.dump()
-    );
+    node.backup_killed_after_packs(&src, 1);
     let second = node.backup(&[s(&src)]);
     assert_eq!(second["errors"], 0, "{second}");
     // The killed run's lock is left behind; the next prune sees that its process is dead.

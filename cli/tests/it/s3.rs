@@ -94,15 +94,7 @@ fn s3_killed_backup_is_resumed_and_checked() {
         write_file(&src.join(format!("f{i}")), &random_bytes(10 << 20, 500 + i));
     }
     // The first backup dies (abort: no cleanup, like SIGKILL) right after its 5th pack upload.
-    let mut cmd = env.cmd();
-    cmd.args(["backup", s(&src)])
-        .env("CAIRN_FAILPOINT", "abort-after-packs:5");
-    let crashed = crate::util::run_command(cmd, None);
-    assert!(
-        crashed.code != 0 && crashed.stderr.contains("aborting after 5 packs"),
-        "the backup did not crash mid-upload: {}",
-        crashed.dump()
-    );
+    env.backup_killed_after_packs(&src, 5);
     assert!(env.snapshots::<&str>(&[]).is_empty());
     // The dead process's lock is stale; the next backup proceeds and reuses what was uploaded.
     let resumed = env.backup(&[s(&src)]);

@@ -50,15 +50,7 @@ fn sftp_killed_backup_is_resumed_and_its_leftovers_pruned() {
         write_file(&src.join(format!("f{i}")), &random_bytes(6 << 20, 500 + i));
     }
     // Dies (abort: no cleanup, like SIGKILL) right after its 4th pack upload.
-    let mut cmd = env.cmd();
-    cmd.args(["backup", s(&src)])
-        .env("CAIRN_FAILPOINT", "abort-after-packs:4");
-    let crashed = crate::util::run_command(cmd, None);
-    assert!(
-        crashed.code != 0 && crashed.stderr.contains("aborting after 4 packs"),
-        "the backup did not crash mid-upload: {}",
-        crashed.dump()
-    );
+    env.backup_killed_after_packs(&src, 4);
     assert!(env.snapshots::<&str>(&[]).is_empty());
     let resumed = env.backup(&[s(&src)]);
     assert_eq!(resumed["errors"], 0, "{resumed}");

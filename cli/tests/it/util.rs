@@ -332,6 +332,24 @@ impl Env {
         env
     }
 
+    /// `backup SRC` that dies (abort: no cleanup, like SIGKILL) right after its `packs`-th
+    /// pack upload (`CAIRN_FAILPOINT`); requires that it did.
+    #[track_caller]
+    pub fn backup_killed_after_packs(&self, src: &Path, packs: u32) {
+        let mut cmd = self.cmd();
+        cmd.args(["backup", s(src)])
+            .env("CAIRN_FAILPOINT", format!("abort-after-packs:{packs}"));
+        let crashed = run_command(cmd, None);
+        assert!(
+            crashed.code != 0
+                && crashed
+                    .stderr
+                    .contains(&format!("aborting after {packs} packs")),
+            "the backup did not crash mid-upload: {}",
+            crashed.dump()
+        );
+    }
+
     /// `restore latest:SRC --target TARGET EXTRA…`, then require TARGET to hold exactly SRC.
     #[track_caller]
     pub fn restore_latest_exact(&self, src: &Path, target: &Path, extra: &[&str]) {

@@ -279,6 +279,25 @@ pub(crate) fn sweep_temp_files(
     removed
 }
 
+/// The certificates of a PEM file given as `s3.ca-file` / `rest.ca-file` (a private CA):
+/// a file without any is an error, not an empty trust list.
+pub(crate) fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        crate::Error::Invalid(format!(
+            "{}: not a PEM certificate file: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(crate::Error::Invalid(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 /// The error for an object larger than the format allows for its kind.
 pub(crate) fn too_large(kind: FileKind, name: &str, size: u64, max: u64) -> crate::Error {
     crate::Error::Format(cairn_format::FormatError::TooLarge {

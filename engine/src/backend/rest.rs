@@ -177,16 +177,7 @@ impl RestBackend {
             .http1_only()
             .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::io(ca, e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Invalid(format!("{}: not a PEM certificate file: {e}", ca.display()))
-            })?;
-            if certs.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "{}: no PEM certificate in the file",
-                    ca.display()
-                )));
-            }
+            let certs = super::ca_certificates(ca)?;
             builder = builder.tls_certs_merge(certs);
         }
         let client = builder

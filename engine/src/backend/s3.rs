@@ -232,16 +232,7 @@ impl S3Backend {
         let invalid = |e: opendal::Error| Error::Invalid(format!("s3 configuration: {e}"));
         let mut op = Operator::new(b).map_err(invalid)?;
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::io(ca, e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Invalid(format!("{}: not a PEM certificate file: {e}", ca.display()))
-            })?;
-            if certs.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "{}: no PEM certificate in the file",
-                    ca.display()
-                )));
-            }
+            let certs = super::ca_certificates(ca)?;
             let mut client = reqwest::Client::builder();
             for c in certs {
                 client = client.add_root_certificate(c);
