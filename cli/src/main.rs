@@ -328,6 +328,29 @@ pub enum K3sCommand {
         #[arg(long)]
         snapshot: Option<String>,
     },
+    /// Export every API resource kind the account may list into DIR, one YAML file per
+    /// namespace and kind, as the k3s-manifests source stores them, without storing
+    /// anything: for a look at what the nightly job would keep, or a copy by hand.
+    Export {
+        /// Directory to write into (created; must be empty if it exists).
+        dir: PathBuf,
+        /// Kubeconfig (default: the pod's service account inside a cluster, else
+        /// $KUBECONFIG, else /etc/rancher/k3s/k3s.yaml).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Resources to leave out, kubectl names (`secrets`, `*.cattle.io`).
+        #[arg(long = "exclude-resource", value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Resources taken out of the default excludes (`events`).
+        #[arg(long = "include-resource", value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Keep the fields the server sets (status, managedFields, uid, ...).
+        #[arg(long)]
+        raw: bool,
+        /// Objects per list request.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        page_size: u32,
+    },
 }
 
 /// `forget` options.

@@ -695,5 +695,66 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
             }
             Ok(0)
         }
+        K3sCommand::Export {
+            dir,
+            kubeconfig,
+            exclude,
+            include,
+            raw,
+            page_size,
+        } => {
+            use cairn_engine::k3s::kube;
+            match std::fs::read_dir(dir) {
+                Ok(mut d) => {
+                    if d.next().is_some() {
+                        bail!("{} is not empty", dir.display());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+            }
+            let access = kube::KubeAccess::discover(kubeconfig.as_deref())?;
+            let report = kube::export(
+                &access,
+                dir,
+                &kube::ExportOptions {
+                    exclude: exclude.clone(),
+                    include: include.clone(),
+                    raw: *raw,
+                    page_size: *page_size,
+                    ..Default::default()
+                },
+            )?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"message_type": "k3s_export", "report": report})
+                );
+            } else {
+                println!(
+                    "exported {} objects of {} kinds into {} files under {}",
+                    report.objects,
+                    report.kinds,
+                    report.files,
+                    dir.display()
+                );
+                if !report.excluded.is_empty() {
+                    println!("  left out: {}", report.excluded.join(", "));
+                }
+                for e in &report.errors {
+                    eprintln!("warning: {e}");
+                }
+            }
+            if !report.errors.is_empty() {
+                bail!(
+                    "{} kind(s) or group(s) could not be listed",
+                    report.errors.len()
+                );
+            }
+            Ok(0)
+        }
     }
 }

@@ -588,6 +588,85 @@ fn the_manifests_export_holds_every_listable_kind_one_file_per_namespace() {
 }
 
 #[test]
+fn k3s_export_writes_a_large_cluster_page_by_page() {
+    if !have("python3", "--version") {
+        eprintln!("SKIPPED: python3 not installed");
+        return;
+    }
+    let env = Env::new();
+    // 3 000 generated objects in 30 namespaces: 1 050 pods, 750 config maps, 450 secrets,
+    // 450 replica sets, 300 Helm charts, listed 200 at a time.
+    let api = stand_in(&env, "api", &["--objects", "3000"]);
+    let out_dir = env.path("export");
+    let report = env.json(&[
+        "k3s",
+        "export",
+        "--kubeconfig",
+        s(&api.kubeconfig),
+        "--page-size",
+        "200",
+        s(&out_dir),
+    ]);
+    let r = &report["report"];
+    let requests = std::fs::read_to_string(&api.log).unwrap();
+    let pod_pages = requests
+        .lines()
+        .filter(|l| l.starts_with("/api/v1/pods?"))
+        .count();
+    // 1 054 pods (4 recorded ones besides) in pages of 200.
+    assert_eq!(pod_pages, 6, "{requests}");
+    let mut per_kind: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut names = std::collections::BTreeSet::new();
+    let mut docs = 0;
+    for e in walkdir::WalkDir::new(&out_dir) {
+        let e = e.unwrap();
+        if !e.file_type().is_file() {
+            continue;
+        }
+        for d in yaml_docs(e.path()) {
+            docs += 1;
+            let ns = d["metadata"]["namespace"].as_str().unwrap_or("_cluster");
+            assert_eq!(
+                e.path().parent().unwrap().file_name().unwrap(),
+                ns,
+                "{}",
+                e.path().display()
+            );
+            assert!(names.insert(format!("{}/{}/{}", d["kind"], ns, d["metadata"]["name"])));
+            if ns.starts_with("team-") {
+                *per_kind
+                    .entry(d["kind"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(r["objects"].as_u64(), Some(docs), "{report}");
+    let expected: std::collections::BTreeMap<String, usize> = [
+        ("ConfigMap", 750),
+        ("HelmChart", 300),
+        ("Pod", 1050),
+        ("ReplicaSet", 450),
+        ("Secret", 450),
+    ]
+    .into_iter()
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect();
+    assert_eq!(per_kind, expected);
+    assert!(out_dir.join("team-29/pods.yaml").is_file());
+
+    // Into a directory that holds something: refused, nothing requested.
+    let again = env.run(&[
+        "k3s",
+        "export",
+        "--kubeconfig",
+        s(&api.kubeconfig),
+        s(&out_dir),
+    ]);
+    assert_eq!(again.code, 1, "{}", again.dump());
+    assert!(again.stderr.contains("not empty"), "{}", again.dump());
+}
+
+#[test]
 fn a_kind_the_export_cannot_list_fails_the_source_loudly() {
     if !have("python3", "--version") {
         eprintln!("SKIPPED: python3 not installed");
@@ -611,6 +690,24 @@ fn a_kind_the_export_cannot_list_fails_the_source_loudly() {
         out.stdout.contains("FAIL") && out.stdout.contains("secrets") && out.stdout.contains("403"),
         "{}",
         out.dump()
+    );
+    // The same by hand: what could be listed is written, the rest named, exit 1.
+    let by_hand = env.path("by-hand");
+    let out = env.run(&[
+        "k3s",
+        "export",
+        "--kubeconfig",
+        s(&api.kubeconfig),
+        s(&by_hand),
+    ]);
+    assert_eq!(out.code, 1, "{}", out.dump());
+    assert!(
+        out.stderr.contains("secrets") && out.stderr.contains("403"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        by_hand.join("shop/pods.yaml").is_file() && !by_hand.join("shop/secrets.yaml").exists()
     );
     // Excluding what the account may not read is the way out.
     let out = run_job(

@@ -148,6 +148,19 @@ impl KubeAccess {
             _ => None,
         };
         let basic = s(&user, "username").zip(s(&user, "password"));
+        if identity_pem.is_none() && token.is_none() && basic.is_none() {
+            // Credential plugins run programs (cloud CLIs) that a backup job should not
+            // depend on; going on without credentials would only end in 401s.
+            for plugin in ["exec", "auth-provider"] {
+                if user.get(plugin).is_some() {
+                    return Err(bad(format!(
+                        "user credentials come from an `{plugin}` plugin, which cairn does not run: \
+                         give it a kubeconfig with a client certificate or a token \
+                         (K3s's /etc/rancher/k3s/k3s.yaml has one)"
+                    )));
+                }
+            }
+        }
         Ok(KubeAccess {
             server,
             ca_pem: blob(&cluster, "certificate-authority")?,
@@ -240,6 +253,21 @@ pub struct ExportReport {
     pub errors: Vec<String>,
 }
 
+/// A list answer as the export reads it: the objects left unparsed.
+#[derive(serde::Deserialize)]
+struct ListPage<'a> {
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a serde_json::value::RawValue>>,
+    #[serde(default)]
+    metadata: Option<ListMeta>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListMeta {
+    #[serde(rename = "continue", default)]
+    cont: Option<String>,
+}
+
 /// One listable kind.
 #[derive(Debug, Clone)]
 struct Kind {
@@ -294,6 +322,16 @@ impl Api {
     }
 
     fn get(&self, path: &str, query: &[(&str, &str)]) -> std::result::Result<Value, String> {
+        let body = self.get_bytes(path, query)?;
+        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
+    }
+
+    /// The body of a successful answer, at most [`MAX_RESPONSE`] bytes.
+    fn get_bytes(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> std::result::Result<Vec<u8>, String> {
         let mut url = format!("{}{path}", self.access.server.trim_end_matches('/'));
         for (i, (k, v)) in query.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
@@ -314,7 +352,8 @@ impl Api {
                 "GET {url}: response larger than {MAX_RESPONSE} bytes"
             ));
         }
-        let mut body = Vec::new();
+        // Sized from the header when there is one: doubling would hold up to twice a page.
+        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
         std::io::Read::read_to_end(&mut std::io::Read::take(resp, MAX_RESPONSE + 1), &mut body)
             .map_err(|e| format!("GET {url}: {e}"))?;
         if body.len() as u64 > MAX_RESPONSE {
@@ -329,7 +368,7 @@ impl Api {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             return Err(format!("GET {path}: {status}: {msg}"));
         }
-        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
+        Ok(body)
     }
 }
 
@@ -508,19 +547,31 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
             if !cont.is_empty() {
                 q.push(("continue", cont.as_str()));
             }
-            let list = match api.get(&kind.list_path(), &q) {
-                Ok(l) => l,
+            let body = match api.get_bytes(&kind.list_path(), &q) {
+                Ok(b) => b,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             };
-            for mut item in list
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-            {
+            // Items stay raw JSON slices of the body until each is written: a page is held
+            // once, as bytes, plus the one object being written (a parsed page of pods
+            // takes ~15 times its JSON).
+            let list: ListPage = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed = Some(format!("{}: not a list: {e}", kind.list_path()));
+                    break;
+                }
+            };
+            for raw in list.items.unwrap_or_default() {
+                let mut item: Value = match serde_json::from_str(raw.get()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failed = Some(format!("an object that is not JSON: {e}"));
+                        continue;
+                    }
+                };
                 // List items carry no apiVersion/kind; `kubectl apply` needs both.
                 if let Some(m) = item.as_object_mut() {
                     m.insert(
@@ -556,11 +607,7 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
                 write_object(&path, &item, written.insert(path.clone()))?;
                 report.objects += 1;
             }
-            let next = list
-                .pointer("/metadata/continue")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let next = list.metadata.and_then(|m| m.cont).unwrap_or_default();
             if next.is_empty() {
                 break;
             }
@@ -861,6 +908,19 @@ mod tests {
                 "metadata": {"name": "a", "namespace": "b", "labels": {"x": "y"}},
                 "data": {"k": "v"}})
         );
+    }
+
+    #[test]
+    fn kubeconfig_with_a_credential_plugin_is_refused_by_name() {
+        let text = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://10.0.0.1:6443\n  name: c\ncontexts:\n- context:\n    cluster: c\n    user: u\n  name: x\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: aws\n";
+        let e = KubeAccess::from_kubeconfig_bytes(text.as_bytes(), Path::new("/k"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`exec` plugin"), "{e}");
+        // A token beside a plugin is enough.
+        let with_token = text.replace("    exec:", "    token: abc\n    exec:");
+        let a = KubeAccess::from_kubeconfig_bytes(with_token.as_bytes(), Path::new("/k")).unwrap();
+        assert_eq!(a.token.as_deref(), Some("abc"));
     }
 
     #[test]
