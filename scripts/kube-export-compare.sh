@@ -18,8 +18,8 @@ while [[ $# -gt 0 ]]; do
     *) sed -n '2,8p' "$0"; exit 2 ;;
   esac
 done
-for t in openssl python3 base64; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 2; }; done
-[[ -x /usr/bin/time ]] || apt-get install -y -qq time >/dev/null
+for t in openssl python3 base64 strip; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 2; }; done
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 if [[ -z $CAIRN ]]; then
   cargo build --release -q -p cairn-cli --manifest-path "$root/Cargo.toml"
   CAIRN=$root/target/release/cairn
@@ -80,9 +80,9 @@ run() { # name out cmd...
   read -r wall user sys rss < "$work/time"
   local files objs bytes
   files=$(find "$out" -type f | wc -l)
-  objs=$(find "$out" -type f -exec cat {} + | grep -c '^---$')
-  bytes=$(du -sb "$out" | cut -f1)
-  echo "$name $wall $(echo "$user + $sys" | bc) $rss $files $objs $bytes" | tee -a "$work/results"
+  objs=$(find "$out" -type f -exec cat {} + | { grep -c '^---$' || true; })
+  bytes=$(find "$out" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+  echo "$name $wall $(awk "BEGIN {print $user + $sys}") $rss $files $objs $bytes" | tee -a "$work/results"
 }
 echo "$OBJECTS generated objects, $REPS alternating runs each"
 for r in $(seq "$REPS"); do

@@ -330,12 +330,13 @@ pub enum K3sCommand {
     },
     /// Export every API resource kind the account may list into DIR, one YAML file per
     /// namespace and kind, as the k3s-manifests source stores them, without storing
-    /// anything: for a look at what the nightly job would keep, or a copy by hand.
+    /// anything: for a look at what the nightly job would keep, or a copy by hand. Exits 3
+    /// when some kinds could not be listed (the others are written).
     Export {
         /// Directory to write into (created; must be empty if it exists).
         dir: PathBuf,
         /// Kubeconfig (default: the pod's service account inside a cluster, else
-        /// $KUBECONFIG, else /etc/rancher/k3s/k3s.yaml).
+        /// /etc/rancher/k3s/k3s.yaml, as the k3s-manifests source).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// Resources to leave out, kubectl names (`secrets`, `*.cattle.io`).

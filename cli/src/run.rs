@@ -748,13 +748,17 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                     eprintln!("warning: {e}");
                 }
             }
-            if !report.errors.is_empty() {
-                bail!(
-                    "{} kind(s) or group(s) could not be listed",
+            if report.errors.is_empty() {
+                return Ok(0);
+            }
+            if !cli.json {
+                eprintln!(
+                    "error: {} kind(s) or group(s) could not be listed; the rest were exported",
                     report.errors.len()
                 );
             }
-            Ok(0)
+            // As a backup with unreadable files: finished, incomplete.
+            Ok(3)
         }
     }
 }

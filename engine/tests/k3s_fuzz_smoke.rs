@@ -1,5 +1,5 @@
 //! The k3s fuzz targets' entry points on seeds and mutations of them, as part of
-//! `cargo test` (the coverage-guided runs are `cargo fuzz run k3s_snapshot` / `kubeconfig`).
+//! `cargo test` (the coverage-guided runs are `cargo fuzz run k3s_snapshot` / `kubeconfig` / `kube_list`).
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -55,6 +55,22 @@ fn snapshot_and_zip_decoders_survive_mutations() {
 fn kubeconfig_decoder_survives_mutations() {
     let seed = b"apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://127.0.0.1:6443\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nusers:\n- name: default\n  user:\n    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n    tokenFile: ../token\n";
     mutations(seed, 3000, cairn_engine::k3s::fuzz::kubeconfig);
+}
+
+#[test]
+fn kube_list_page_decoder_survives_mutations() {
+    // A page as the API server sends it: YAML-1.1 traps in the strings, numbers of each
+    // kind, a continue token.
+    let seed = br##"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"9","continue":"MTA="},"items":[{"metadata":{"name":"web-0","namespace":"shop","uid":"u","managedFields":[{"manager":"k3s"}],"labels":{"on":"no","n":"0123"}},"spec":{"containers":[{"name":"web","image":"nginx:1.27","args":["a: b","- x","#c","",null,true,1.5e3,-7,18446744073709551615]}]},"status":{"phase":"Running"}},{"metadata":{"name":"x","namespace":"kube-system"},"data":{"multi":"line one\nline two\n","tab":"a\tb","nel":"\u0085"}}]}"##;
+    mutations(seed, 5000, cairn_engine::k3s::fuzz::list_page);
+    // Keys past YAML's 1024-byte simple-key limit, and a namespace too long for a file name.
+    let long = format!(
+        r#"{{"items":[{{"metadata":{{"namespace":"a"}},"spec":{{"{}":1,"{}":{{"x":[1]}}}}}},{{"metadata":{{"namespace":"{}"}}}}]}}"#,
+        "k".repeat(1100),
+        r"\u0001".repeat(200),
+        "n".repeat(300)
+    );
+    mutations(long.as_bytes(), 500, cairn_engine::k3s::fuzz::list_page);
 }
 
 #[test]

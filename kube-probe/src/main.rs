@@ -1,5 +1,5 @@
 //! `kube-probe KUBECONFIG DIR`: the manifests export cairn's `k3s export` does, written with
-//! the kube crate: discovery group by group (a group that is down is reported, not fatal),
+//! the kube crate: discovery group by group at the preferred version (a group that is down is reported, not fatal),
 //! every kind that supports `list`, pages of 500 followed by `continue`, one YAML file per
 //! namespace and kind with `apiVersion` and `kind` set on each object. Prints
 //! `kinds objects files errors` on stdout.
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersion;
 use kube::discovery::{self, verbs, ApiGroup, Scope};
 use kube::{Client, Config};
 
@@ -27,16 +28,25 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_from(config)?;
     let mut groups: Vec<ApiGroup> = Vec::new();
     let mut errors = Vec::new();
+    // Each group at its preferred version, one request each (as cairn's export does).
     for g in client.list_api_groups().await?.groups {
         if EXCLUDED_GROUPS.contains(&g.name.as_str()) {
             continue;
         }
-        match discovery::group(&client, &g.name).await {
+        let Some(version) = g
+            .preferred_version
+            .as_ref()
+            .or(g.versions.first())
+            .map(|v| v.version.clone())
+        else {
+            continue;
+        };
+        match discovery::pinned_group(&client, &GroupVersion::gv(&g.name, &version)).await {
             Ok(ag) => groups.push(ag),
             Err(e) => errors.push(format!("{}: {e}", g.name)),
         }
     }
-    groups.push(discovery::group(&client, ApiGroup::CORE_GROUP).await?);
+    groups.push(discovery::pinned_group(&client, &GroupVersion::gv("", "v1")).await?);
     let (mut kinds, mut objects) = (0u64, 0u64);
     let mut written: BTreeSet<PathBuf> = BTreeSet::new();
     for group in &groups {

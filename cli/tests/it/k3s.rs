@@ -664,6 +664,7 @@ fn k3s_export_writes_a_large_cluster_page_by_page() {
     ]);
     assert_eq!(again.code, 1, "{}", again.dump());
     assert!(again.stderr.contains("not empty"), "{}", again.dump());
+    assert_eq!(std::fs::read_to_string(&api.log).unwrap(), requests);
 }
 
 #[test]
@@ -691,7 +692,8 @@ fn a_kind_the_export_cannot_list_fails_the_source_loudly() {
         "{}",
         out.dump()
     );
-    // The same by hand: what could be listed is written, the rest named, exit 1.
+    // The same by hand: what could be listed is written, the rest named, exit 3
+    // (finished, incomplete).
     let by_hand = env.path("by-hand");
     let out = env.run(&[
         "k3s",
@@ -700,7 +702,7 @@ fn a_kind_the_export_cannot_list_fails_the_source_loudly() {
         s(&api.kubeconfig),
         s(&by_hand),
     ]);
-    assert_eq!(out.code, 1, "{}", out.dump());
+    assert_eq!(out.code, 3, "{}", out.dump());
     assert!(
         out.stderr.contains("secrets") && out.stderr.contains("403"),
         "{}",

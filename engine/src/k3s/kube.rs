@@ -19,7 +19,7 @@
 //! A kind (or an API group) that cannot be listed is an error of the export: the other kinds
 //! are still written, and the caller stores the export as partial and fails the source.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -253,13 +253,97 @@ pub struct ExportReport {
     pub errors: Vec<String>,
 }
 
-/// A list answer as the export reads it: the objects left unparsed.
-#[derive(serde::Deserialize)]
-struct ListPage<'a> {
-    #[serde(borrow, default)]
-    items: Option<Vec<&'a serde_json::value::RawValue>>,
-    #[serde(default)]
-    metadata: Option<ListMeta>,
+/// A list answer read as it is parsed: each of `items` is handed to `each` as a raw JSON
+/// slice of the body the moment the parser reaches it, so no per-item array is built
+/// (a page of a hundred million `0`s would otherwise cost gigabytes); the continue token is
+/// kept. `each` returns `false` to stop the parse.
+struct PageReader<'s, F> {
+    each: &'s mut F,
+    cont: &'s mut Option<String>,
+}
+
+impl<'de, F: FnMut(&'de serde_json::value::RawValue) -> bool> serde::de::Visitor<'de>
+    for PageReader<'_, F>
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes list")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "items" => map.next_value_seed(Items {
+                    each: &mut *self.each,
+                })?,
+                "metadata" => {
+                    let m: Option<ListMeta> = map.next_value()?;
+                    *self.cont = m.and_then(|m| m.cont);
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de, F: FnMut(&'de serde_json::value::RawValue) -> bool> serde::de::DeserializeSeed<'de>
+    for PageReader<'_, F>
+{
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// `items`: null or an array, element by element.
+struct Items<'s, F> {
+    each: &'s mut F,
+}
+
+impl<'de, F: FnMut(&'de serde_json::value::RawValue) -> bool> serde::de::Visitor<'de>
+    for Items<'_, F>
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of objects or null")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            if !(self.each)(item) {
+                return Err(serde::de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de, F: FnMut(&'de serde_json::value::RawValue) -> bool> serde::de::DeserializeSeed<'de>
+    for Items<'_, F>
+{
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -295,8 +379,12 @@ struct Api {
     access: KubeAccess,
 }
 
-/// Responses larger than this are refused: a page of 500 objects is far below it.
+/// List pages larger than this are refused: a page of 500 objects is far below it.
 const MAX_RESPONSE: u64 = 256 << 20;
+
+/// Discovery answers (parsed whole, unlike list pages) larger than this are refused: a K3s
+/// server's largest, `/api/v1`, is ~10 KB.
+const MAX_DISCOVERY: u64 = 16 << 20;
 
 impl Api {
     fn new(access: &KubeAccess, timeout: Duration) -> Result<Api> {
@@ -322,15 +410,16 @@ impl Api {
     }
 
     fn get(&self, path: &str, query: &[(&str, &str)]) -> std::result::Result<Value, String> {
-        let body = self.get_bytes(path, query)?;
+        let body = self.get_bytes(path, query, MAX_DISCOVERY)?;
         serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
     }
 
-    /// The body of a successful answer, at most [`MAX_RESPONSE`] bytes.
+    /// The body of a successful answer, at most `max` bytes.
     fn get_bytes(
         &self,
         path: &str,
         query: &[(&str, &str)],
+        max: u64,
     ) -> std::result::Result<Vec<u8>, String> {
         let mut url = format!("{}{path}", self.access.server.trim_end_matches('/'));
         for (i, (k, v)) in query.iter().enumerate() {
@@ -347,19 +436,15 @@ impl Api {
         }
         let resp = req.send().map_err(|e| format!("GET {url}: {e}"))?;
         let status = resp.status();
-        if resp.content_length().is_some_and(|n| n > MAX_RESPONSE) {
-            return Err(format!(
-                "GET {url}: response larger than {MAX_RESPONSE} bytes"
-            ));
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(format!("GET {url}: response larger than {max} bytes"));
         }
         // Sized from the header when there is one: doubling would hold up to twice a page.
         let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(resp, MAX_RESPONSE + 1), &mut body)
+        std::io::Read::read_to_end(&mut std::io::Read::take(resp, max + 1), &mut body)
             .map_err(|e| format!("GET {url}: {e}"))?;
-        if body.len() as u64 > MAX_RESPONSE {
-            return Err(format!(
-                "GET {url}: response larger than {MAX_RESPONSE} bytes"
-            ));
+        if body.len() as u64 > max {
+            return Err(format!("GET {url}: response larger than {max} bytes"));
         }
         if !status.is_success() {
             let msg = serde_json::from_slice::<Value>(&body)
@@ -500,9 +585,18 @@ fn clean(obj: &mut Value) {
     }
 }
 
+/// Longest name used as a path segment: `<name>.yaml` must fit a file name (255 bytes).
+const SEGMENT_MAX: usize = 250;
+
 /// A name usable as one path segment.
 fn segment(s: &str) -> Option<&str> {
-    (!s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')).then_some(s)
+    (!s.is_empty()
+        && s.len() <= SEGMENT_MAX
+        && s != "."
+        && s != ".."
+        && !s.contains('/')
+        && !s.contains('\0'))
+    .then_some(s)
 }
 
 /// Check that the API server answers and accepts these credentials (a dry run's check).
@@ -524,7 +618,7 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
         .collect();
     let mut report = ExportReport::default();
     let kinds = discover_kinds(&api, &patterns, &mut report)?;
-    let page = opts.page_size.max(1).to_string();
+    let limit = opts.page_size.max(1).to_string();
     let mut written: BTreeSet<PathBuf> = BTreeSet::new();
     for kind in &kinds {
         if patterns.iter().any(|p| matches(p, &kind.resource))
@@ -536,83 +630,49 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
         if crate::progress::interrupted() {
             return Err(Error::Interrupted);
         }
+        let Some(file) = segment(&kind.resource) else {
+            report
+                .errors
+                .push(format!("{:?}: an unusable resource name", kind.resource));
+            continue;
+        };
         let mut cont = String::new();
+        // Every token of this kind: a server that cycles through tokens would list forever.
+        let mut seen: HashSet<String> = HashSet::new();
         let mut failed = None;
         loop {
             // The run's deadline (and Ctrl-C) stop a listing between pages too.
             if crate::progress::interrupted() {
                 return Err(Error::Interrupted);
             }
-            let mut q = vec![("limit", page.as_str())];
+            let mut q = vec![("limit", limit.as_str())];
             if !cont.is_empty() {
                 q.push(("continue", cont.as_str()));
             }
-            let body = match api.get_bytes(&kind.list_path(), &q) {
+            let body = match api.get_bytes(&kind.list_path(), &q, MAX_RESPONSE) {
                 Ok(b) => b,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             };
-            // Items stay raw JSON slices of the body until each is written: a page is held
-            // once, as bytes, plus the one object being written (a parsed page of pods
-            // takes ~15 times its JSON).
-            let list: ListPage = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed = Some(format!("{}: not a list: {e}", kind.list_path()));
-                    break;
-                }
-            };
-            for raw in list.items.unwrap_or_default() {
-                let mut item: Value = match serde_json::from_str(raw.get()) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        failed = Some(format!("an object that is not JSON: {e}"));
-                        continue;
-                    }
-                };
-                // List items carry no apiVersion/kind; `kubectl apply` needs both.
-                if let Some(m) = item.as_object_mut() {
-                    m.insert(
-                        "apiVersion".into(),
-                        Value::String(kind.group_version.clone()),
-                    );
-                    m.insert("kind".into(), Value::String(kind.kind.clone()));
-                }
-                let ns = item
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                if !opts.raw {
-                    clean(&mut item);
-                }
-                let folder = if kind.namespaced {
-                    match segment(&ns) {
-                        Some(ns) => ns.to_owned(),
-                        None => {
-                            failed = Some(format!("an object with namespace {ns:?}"));
-                            continue;
-                        }
-                    }
-                } else {
-                    "_cluster".to_owned()
-                };
-                let Some(file) = segment(&kind.resource) else {
-                    failed = Some("an unusable resource name".into());
-                    break;
-                };
-                let path = dir.join(folder).join(format!("{file}.yaml"));
-                write_object(&path, &item, written.insert(path.clone()))?;
-                report.objects += 1;
+            let page = read_page(&body, kind, file, opts.raw, |rel, item| {
+                let path = dir.join(rel);
+                let first = written.insert(path.clone());
+                write_object(&path, &item, first)
+            })?;
+            report.objects += page.objects;
+            if page.failed.is_some() {
+                failed = page.failed;
             }
-            let next = list.metadata.and_then(|m| m.cont).unwrap_or_default();
+            let Some(next) = page.next else {
+                break;
+            };
             if next.is_empty() {
                 break;
             }
-            if next == cont {
-                failed = Some("the server returned the same continue token twice".into());
+            if !seen.insert(next.clone()) {
+                failed = Some("the server returned a continue token a second time".into());
                 break;
             }
             cont = next;
@@ -624,6 +684,125 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
     }
     report.files = written.len() as u64;
     Ok(report)
+}
+
+/// What one list page held.
+struct PageOutcome {
+    /// Objects handed to the writer.
+    objects: u64,
+    /// The continue token; `None` when the page could not be read, `Some("")` at the end.
+    next: Option<String>,
+    /// Objects (or the page) that could not be exported, with why.
+    failed: Option<String>,
+}
+
+/// Read one list page of `kind` and hand each object to `write` with the file it belongs
+/// in, relative to the export's directory (`<namespace>/<file>.yaml`). Items are parsed
+/// one at a time out of `body` as the parser reaches them ([`PageReader`]): a page is held
+/// once, as bytes, plus the one object being written (a parsed page of pods takes ~15 times
+/// its JSON). Only `write`'s errors are errors; whatever the server sent is a failure of
+/// this kind at worst (objects before a malformed part of the page are written).
+fn read_page(
+    body: &[u8],
+    kind: &Kind,
+    file: &str,
+    raw: bool,
+    mut write: impl FnMut(PathBuf, Value) -> Result<()>,
+) -> Result<PageOutcome> {
+    let mut out = PageOutcome {
+        objects: 0,
+        next: None,
+        failed: None,
+    };
+    let mut stopped: Option<Error> = None;
+    let mut cont = None;
+    let mut each = |json: &serde_json::value::RawValue| -> bool {
+        let mut item: Value = match serde_json::from_str(json.get()) {
+            Ok(v) => v,
+            Err(e) => {
+                out.failed = Some(format!("an object that is not JSON: {e}"));
+                return true;
+            }
+        };
+        // List items carry no apiVersion/kind; `kubectl apply` needs both.
+        if let Some(m) = item.as_object_mut() {
+            m.insert(
+                "apiVersion".into(),
+                Value::String(kind.group_version.clone()),
+            );
+            m.insert("kind".into(), Value::String(kind.kind.clone()));
+        }
+        let folder = if kind.namespaced {
+            let ns = item
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match segment(ns) {
+                Some(ns) => ns.to_owned(),
+                None => {
+                    out.failed = Some(format!("an object with namespace {ns:?}"));
+                    return true;
+                }
+            }
+        } else {
+            "_cluster".to_owned()
+        };
+        if !raw {
+            clean(&mut item);
+        }
+        match write(Path::new(&folder).join(format!("{file}.yaml")), item) {
+            Ok(()) => {
+                out.objects += 1;
+                true
+            }
+            Err(e) => {
+                stopped = Some(e);
+                false
+            }
+        }
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        PageReader {
+            each: &mut each,
+            cont: &mut cont,
+        },
+        &mut de,
+    )
+    .and_then(|()| de.end());
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    match parsed {
+        Ok(()) => out.next = Some(cont.unwrap_or_default()),
+        Err(e) => out.failed = Some(format!("{}: not a list: {e}", kind.list_path())),
+    }
+    Ok(out)
+}
+
+/// Fuzz entry: any bytes as a page of pods. Never a panic; every object handed over goes
+/// to a file one namespace deep, and its YAML reads back as exactly that object.
+pub fn fuzz_list_page(data: &[u8]) {
+    let kind = Kind {
+        resource: "pods".into(),
+        group_version: "v1".into(),
+        kind: "Pod".into(),
+        namespaced: true,
+    };
+    let _ = read_page(data, &kind, "pods", false, |rel, item| {
+        let parts: Vec<_> = rel.components().collect();
+        assert!(
+            parts.len() == 2
+                && parts
+                    .iter()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "{rel:?}"
+        );
+        let yaml = to_yaml(&item);
+        let back: Value = serde_yaml_ng::from_str(&yaml).expect("the export's YAML reads back");
+        assert_eq!(back, item, "{yaml}");
+        Ok(())
+    });
 }
 
 fn write_object(path: &Path, obj: &Value, first: bool) -> Result<()> {
@@ -666,13 +845,27 @@ fn indent(out: &mut String, n: usize) {
     out.extend(std::iter::repeat_n(' ', n));
 }
 
+/// Longest key written as an implicit `key: value`: YAML (libyaml, go-yaml) refuses simple
+/// keys past 1024 bytes; longer ones get the explicit form (`? key` then `: value`).
+const SIMPLE_KEY_MAX: usize = 1000;
+
 fn yaml_map(out: &mut String, m: &serde_json::Map<String, Value>, ind: usize) {
+    let mut key = String::new();
     for (i, (k, v)) in m.iter().enumerate() {
         // The first key of a map inside a list item follows its `- `.
         if i > 0 || !out.ends_with("- ") {
             indent(out, ind);
         }
-        yaml_string(out, k, ind, true);
+        key.clear();
+        yaml_string(&mut key, k, ind, true);
+        if key.len() > SIMPLE_KEY_MAX {
+            out.push_str("? ");
+            out.push_str(&key);
+            out.push('\n');
+            indent(out, ind);
+        } else {
+            out.push_str(&key);
+        }
         out.push(':');
         yaml_value(out, v, ind);
     }
@@ -847,6 +1040,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn keys_past_yaml_simple_key_limit_are_written_explicitly() {
+        let long = "k".repeat(1500);
+        let escaped = "\u{1}".repeat(200); // 1 200 bytes once escaped
+        let v = serde_json::json!({
+            "spec": {
+                &long: 1,
+                "short": "s",
+                &escaped: {"inner": [1, {&long: "x"}]},
+                "list": [{&long: [1, 2], "after": {}}, {&escaped: {}}],
+            },
+            &long: [],
+        });
+        round_trip(&v);
+        let y = to_yaml(&v);
+        if let Ok(f) = std::env::var("CAIRN_DUMP_YAML") {
+            std::fs::write(f, &y).unwrap();
+        }
+        assert!(y.contains(&format!("? {long}\n")), "{y}");
+        assert!(y.contains("  short: s\n"), "{y}");
+    }
+
     fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
@@ -908,6 +1123,46 @@ mod tests {
                 "metadata": {"name": "a", "namespace": "b", "labels": {"x": "y"}},
                 "data": {"k": "v"}})
         );
+    }
+
+    #[test]
+    fn a_page_is_read_object_by_object() {
+        let kind = Kind {
+            resource: "pods".into(),
+            group_version: "v1".into(),
+            kind: "Pod".into(),
+            namespaced: true,
+        };
+        let read = |body: &str| {
+            let mut got = Vec::new();
+            let out = read_page(body.as_bytes(), &kind, "pods", false, |rel, item| {
+                got.push((rel, item));
+                Ok(())
+            })
+            .unwrap();
+            (out, got)
+        };
+        let (out, got) = read(
+            r#"{"metadata":{"continue":"MTA="},"items":[{"metadata":{"name":"a","namespace":"shop","uid":"u"},"status":{}},{"metadata":{"name":"b","namespace":"../etc"}},{"metadata":{"name":"c"}},{"metadata":{"name":"d","namespace":"kube-system"}}]}"#,
+        );
+        assert_eq!(out.objects, 2);
+        assert_eq!(out.next.as_deref(), Some("MTA="));
+        assert!(out.failed.unwrap().contains("namespace"));
+        assert_eq!(got[0].0, Path::new("shop/pods.yaml"));
+        assert_eq!(
+            got[0].1,
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "shop"}})
+        );
+        assert_eq!(got[1].0, Path::new("kube-system/pods.yaml"));
+        // The last page: no token; null items and metadata are an empty last page.
+        let (out, got) = read(r#"{"metadata":null,"items":null}"#);
+        assert_eq!(
+            (out.objects, out.next.as_deref(), got.len()),
+            (0, Some(""), 0)
+        );
+        // Not a list: a failure of the kind, and no next page.
+        let (out, _) = read("<html>");
+        assert!(out.next.is_none() && out.failed.unwrap().contains("not a list"));
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub mod fuzz {
             Path::new("/nonexistent/k3s.yaml"),
         );
     }
+
+    /// A list page from the API server: see [`super::kube::fuzz_list_page`].
+    pub fn list_page(data: &[u8]) {
+        super::kube::fuzz_list_page(data);
+    }
 }
 
 use std::path::{Path, PathBuf};
