@@ -34,17 +34,7 @@ work=$(mktemp -d /var/tmp/cairn-kube-export.XXXXXX)
 pid=""
 trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 cd "$work"
-ossl() { openssl "$@" 2>/dev/null; }
-ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 2 \
-  -subj /CN=k3s-server-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-for who in server client; do
-  ossl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $who.key -out $who.csr -subj /CN=$who
-done
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
-printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
-for who in server client; do
-  ossl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $who.crt -days 2 -extfile $who.ext
-done
+sh "$root/cli/tests/fixtures/k3s_certs.sh" "$work"
 python3 "$root/cli/tests/fixtures/kube_standin.py" "$work/port" --objects "$OBJECTS" \
   --tls server.crt server.key ca.crt &
 pid=$!

@@ -308,23 +308,10 @@ fn zipped_etcd_snapshots_are_verified_inside_and_restored_by_role() {
 
 /// CA, server (127.0.0.1) and client certificates, as a K3s server has them.
 fn make_certs(dir: &Path) -> bool {
-    let script = r#"
-set -e
-cd "$1"
-ossl() { openssl "$@" 2>/dev/null; }
-ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 2 \
-  -subj /CN=k3s-server-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-for who in server client; do
-  ossl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $who.key -out $who.csr -subj /CN=$who
-done
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
-printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
-for who in server client; do
-  ossl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $who.crt -days 2 -extfile $who.ext
-done
-"#;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/k3s_certs.sh");
     Command::new("sh")
-        .args(["-c", script, "sh", s(dir)])
+        .arg(&script)
+        .arg(dir)
         .status()
         .is_ok_and(|st| st.success())
 }
