@@ -272,12 +272,23 @@ impl<'de, F: FnMut(&'de serde_json::value::RawValue) -> bool> serde::de::Visitor
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // A repeated key is refused, as a derived struct would: a second `metadata` without
+        // a token would otherwise end the listing early and look like success.
+        let (mut items, mut metadata) = (false, false);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*key {
-                "items" => map.next_value_seed(Items {
-                    each: &mut *self.each,
-                })?,
+                "items" => {
+                    if std::mem::replace(&mut items, true) {
+                        return Err(serde::de::Error::duplicate_field("items"));
+                    }
+                    map.next_value_seed(Items {
+                        each: &mut *self.each,
+                    })?
+                }
                 "metadata" => {
+                    if std::mem::replace(&mut metadata, true) {
+                        return Err(serde::de::Error::duplicate_field("metadata"));
+                    }
                     let m: Option<ListMeta> = map.next_value()?;
                     *self.cont = m.and_then(|m| m.cont);
                 }
@@ -1163,6 +1174,9 @@ mod tests {
         // Not a list: a failure of the kind, and no next page.
         let (out, _) = read("<html>");
         assert!(out.next.is_none() && out.failed.unwrap().contains("not a list"));
+        // A second `metadata` (without the token) does not end the listing as a success.
+        let (out, _) = read(r#"{"metadata":{"continue":"abc"},"items":[],"metadata":{}}"#);
+        assert!(out.next.is_none() && out.failed.unwrap().contains("duplicate field"));
     }
 
     #[test]
