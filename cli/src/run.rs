@@ -717,17 +717,24 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
                 Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
             }
             let access = kube::KubeAccess::discover(kubeconfig.as_deref())?;
-            let report = kube::export(
-                &access,
-                dir,
-                &kube::ExportOptions {
-                    exclude: exclude.clone(),
-                    include: include.clone(),
-                    raw: *raw,
-                    page_size: *page_size,
-                    ..Default::default()
-                },
-            )?;
+            // Objects count as files, their YAML as bytes.
+            let progress = std::sync::Arc::new(cairn_engine::Progress::default());
+            let report = {
+                let _r =
+                    crate::ui::Reporter::start("export", progress.clone(), cli.json, cli.quiet);
+                kube::export(
+                    &access,
+                    dir,
+                    &kube::ExportOptions {
+                        exclude: exclude.clone(),
+                        include: include.clone(),
+                        raw: *raw,
+                        page_size: *page_size,
+                        progress: Some(progress.clone()),
+                        ..Default::default()
+                    },
+                )?
+            };
             if cli.json {
                 println!(
                     "{}",

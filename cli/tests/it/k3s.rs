@@ -585,7 +585,9 @@ fn k3s_export_writes_a_large_cluster_page_by_page() {
     // 450 replica sets, 300 Helm charts, listed 200 at a time.
     let api = stand_in(&env, "api", &["--objects", "3000"]);
     let out_dir = env.path("export");
-    let report = env.json(&[
+    // With --json: status lines while it runs (if it takes a second), then the report.
+    let out = env.ok(&[
+        "--json",
         "k3s",
         "export",
         "--kubeconfig",
@@ -594,6 +596,15 @@ fn k3s_export_writes_a_large_cluster_page_by_page() {
         "200",
         s(&out_dir),
     ]);
+    let report = out.message("k3s_export");
+    for status in out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message_type"] == "status")
+    {
+        assert_eq!(status["action"], "export", "{status}");
+    }
     let r = &report["report"];
     let requests = std::fs::read_to_string(&api.log).unwrap();
     let pod_pages = requests

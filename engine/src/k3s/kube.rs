@@ -224,11 +224,14 @@ pub struct ExportOptions {
     pub page_size: u32,
     /// Per request.
     pub timeout: Duration,
+    /// Counts objects written (as files), YAML bytes and failed kinds as the export goes.
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
+            progress: None,
             exclude: Vec::new(),
             include: Vec::new(),
             raw: false,
@@ -670,7 +673,12 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
             let page = read_page(&body, kind, file, opts.raw, |rel, item| {
                 let path = dir.join(rel);
                 let first = written.insert(path.clone());
-                write_object(&path, &item, first)
+                let n = write_object(&path, &item, first)?;
+                if let Some(p) = &opts.progress {
+                    crate::Progress::add(&p.files, 1);
+                    crate::Progress::add(&p.bytes, n);
+                }
+                Ok(())
             })?;
             report.objects += page.objects;
             if page.failed.is_some() {
@@ -689,7 +697,12 @@ pub fn export(access: &KubeAccess, dir: &Path, opts: &ExportOptions) -> Result<E
             cont = next;
         }
         match failed {
-            Some(e) => report.errors.push(format!("{}: {e}", kind.resource)),
+            Some(e) => {
+                report.errors.push(format!("{}: {e}", kind.resource));
+                if let Some(p) = &opts.progress {
+                    crate::Progress::add(&p.errors, 1);
+                }
+            }
             None => report.kinds += 1,
         }
     }
@@ -816,7 +829,8 @@ pub fn fuzz_list_page(data: &[u8]) {
     });
 }
 
-fn write_object(path: &Path, obj: &Value, first: bool) -> Result<()> {
+/// Append `obj` to `path` as one YAML document; the bytes written.
+fn write_object(path: &Path, obj: &Value, first: bool) -> Result<u64> {
     if first {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -830,7 +844,8 @@ fn write_object(path: &Path, obj: &Value, first: bool) -> Result<()> {
         .map_err(|e| Error::io(path, e))?;
     f.write_all(b"---\n")
         .and_then(|_| f.write_all(yaml.as_bytes()))
-        .map_err(|e| Error::io(path, e))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(4 + yaml.len() as u64)
 }
 
 /// `v` as a YAML document that YAML 1.1 parsers read back the same, as kubectl's does
