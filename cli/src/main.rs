@@ -755,33 +755,6 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
-/// glibc raises its mmap threshold each time a large block is freed, after which 16 MiB pack
-/// buffers, 8 MiB chunks and 10 MiB read windows are carved from the per-thread arenas and
-/// stay resident after `free`. A fixed threshold (which also disables that adjustment) hands
-/// blocks of 4 MiB and more straight back to the kernel (the archiver recycles its read
-/// windows, so that costs no page faults). Measured on the 2 GB tree: peak RSS of a first
-/// backup to S3 280 -> 100 MiB; 1 GB incompressible file at unchanged speed.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
-    unsafe {
-        // One arena per thread keeps each thread's freed small blocks out of the others'
-        // reach: a first backup of a million small files peaked at 135 MiB with the
-        // default arenas and 111 MiB with two, at the same speed. A user's own
-        // MALLOC_ARENA_MAX (already applied by glibc) wins.
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-        // A user's own MALLOC_MMAP_THRESHOLD_ (already applied by glibc) wins.
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-            // Fixing one threshold freezes the other at its 128 KiB default, and trimming
-            // the heap that eagerly re-faults the next chunk's buffers: keep up to 16 MiB.
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        }
-    }
-}
-
 /// Exit code when the reader of our output went away (`cairn cat index ID | head`): what a
 /// shell reports for a process killed by SIGPIPE (128 + 13).
 const BROKEN_PIPE_EXIT: i32 = 141;
@@ -871,7 +844,7 @@ pub(crate) fn error_message(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    cairn_engine::alloc::tune();
     let cli = Cli::parse();
     // The TLS verifier logs every rejected certificate at ERROR; the request's own error says
     // the same, with a hint, so it is shown only with -v.

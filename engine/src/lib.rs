@@ -13,6 +13,7 @@
 //!
 //! Only `cairn-format` types are serialized; this crate never defines on-disk structures.
 
+pub mod alloc;
 pub mod backend;
 pub mod cache;
 pub mod chunker;

@@ -478,6 +478,11 @@ impl Repository {
     /// data as missing.
     #[allow(clippy::type_complexity)]
     pub fn load_index_lenient(&self) -> Result<(MasterIndex, Vec<(Id, Error)>)> {
+        crate::alloc::transient(|| self.load_index_lenient_inner())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_index_lenient_inner(&self) -> Result<(MasterIndex, Vec<(Id, Error)>)> {
         let builder = parking_lot::Mutex::new(IndexBuilder::new());
         let damaged = parking_lot::Mutex::new(Vec::new());
         // A file deleted between listing and reading was replaced by a prune running beside

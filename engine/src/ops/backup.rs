@@ -278,6 +278,15 @@ pub fn backup(
     progress: &Progress,
     warn: &WarnFn,
 ) -> Result<BackupResult> {
+    crate::alloc::transient(|| backup_inner(lock, opts, progress, warn))
+}
+
+fn backup_inner(
+    lock: &SharedLock<'_>,
+    opts: BackupOptions,
+    progress: &Progress,
+    warn: &WarnFn,
+) -> Result<BackupResult> {
     let repo: &Repository = lock;
     let start = now_timestamp();
     let index = Arc::new(repo.load_index_for_writing()?);

@@ -111,9 +111,9 @@ fn reason(e: &Error) -> String {
 /// directories (each ~0.5 KB of plan: path, node, counters) and its files' blob placements.
 /// Memory is at most three batches (one being planned, one queued, one being written),
 /// whatever the snapshot's size.
-const BATCH_FILES: usize = 4096;
+const BATCH_FILES: usize = 2048;
 /// See [`BATCH_FILES`].
-const BATCH_PLACEMENTS: usize = 32768;
+const BATCH_PLACEMENTS: usize = 16384;
 
 /// One regular file being restored. A file's blobs may span batches; the job is shared.
 struct FileJob {

@@ -62,8 +62,8 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         .map(|(share, t)| share.bytes(t))
         .sum();
     s.blobs = s.data_blobs + s.tree_blobs;
-    // The master index's sorted array (52 bytes a blob) and bucket table (~8 blobs a bucket).
-    s.index_memory_bytes = s.blobs * 52 + s.blobs / 2;
+    // The master index's sorted array and bucket table (~8 blobs a bucket).
+    s.index_memory_bytes = s.blobs * crate::index::BYTES_PER_BLOB as u64 + s.blobs / 2;
     let l = find_leftovers(repo)?;
     s.leftover_temp_files = l.temp_files.len() as u64;
     s.leftover_temp_bytes = l.temp_bytes();
