@@ -70,9 +70,9 @@ pub fn tune() {
 /// is trimmed past 128 KiB; afterwards the heap is trimmed and the steady thresholds
 /// return. Not for restores: there every span read would be faulted in anew (measured:
 /// restore of the 3 GB tree 10.9 -> 13.9 s), while a backup's speed did not move.
-/// Measured peak RSS at a million files (`scripts/bench-compare.sh --data files:1000000`):
-/// see ARCHITECTURE.md, "Concurrency and memory". Without [`tune`] (another allocator policy, or the user's
-/// own `MALLOC_*` settings) this only runs `f`.
+/// Peak RSS at a million files, before and after: ARCHITECTURE.md, "Concurrency and
+/// memory". Without [`tune`] (another allocator policy, or the user's own `MALLOC_*`
+/// settings) this only runs `f`.
 pub fn transient<T>(f: impl FnOnce() -> T) -> T {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if TUNED.load(Ordering::Relaxed) {

@@ -126,22 +126,30 @@ impl Slot {
         self.pack & PACK_MASK
     }
 
-    /// Where the blob starts in its group's plaintext (`None`: sealed alone); orders a
-    /// pack's blobs like the pack header does.
-    fn group(&self) -> Option<u32> {
+    /// A grouped blob's (group sealed length, own plaintext length, start in the group),
+    /// unpacked from `a` and `b` as [`Slot::at`] packed them.
+    fn grouped(&self) -> Option<(u32, u32, u32)> {
         (self.pack & GROUP_BIT != 0).then(|| {
             let w = u64::from(self.a) | u64::from(self.b) << 32;
-            (w >> (2 * GROUP_LEN_BITS)) as u32
+            let mask = (1u64 << GROUP_LEN_BITS) - 1;
+            (
+                (w & mask) as u32,
+                ((w >> GROUP_LEN_BITS) & mask) as u32,
+                (w >> (2 * GROUP_LEN_BITS)) as u32,
+            )
         })
     }
 
+    /// Where the blob starts in its group's plaintext (`None`: sealed alone); orders a
+    /// pack's blobs like the pack header does.
+    fn group(&self) -> Option<u32> {
+        self.grouped().map(|(_, _, start)| start)
+    }
+
     fn location(&self) -> BlobLocation {
-        let (length, raw_length) = if self.pack & GROUP_BIT != 0 {
-            let w = u64::from(self.a) | u64::from(self.b) << 32;
-            let mask = (1u64 << GROUP_LEN_BITS) - 1;
-            ((w & mask) as u32, ((w >> GROUP_LEN_BITS) & mask) as u32)
-        } else {
-            (self.a, self.b)
+        let (length, raw_length, group_offset) = match self.grouped() {
+            Some((length, raw, start)) => (length, raw, Some(start)),
+            None => (self.a, self.b, None),
         };
         BlobLocation {
             pack: self.pack(),
@@ -153,7 +161,7 @@ impl Slot {
             offset: self.offset,
             length,
             raw_length,
-            group_offset: self.group(),
+            group_offset,
         }
     }
 
