@@ -80,10 +80,19 @@ impl Output {
             .collect()
     }
 
-    /// Parse stdout as one JSON document.
+    /// Parse stdout as one JSON document. A run that lasts past the progress interval prints
+    /// `"message_type": "status"` lines before its report; those (and only those) are
+    /// skipped, so the parse does not depend on how fast the machine is.
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+        let mut rest = self.stdout.trim_start();
+        while let Some((line, tail)) = rest.split_once('\n') {
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) if v["message_type"] == "status" => rest = tail,
+                _ => break,
+            }
+        }
+        serde_json::from_str(rest.trim()).unwrap_or_else(|e| {
             panic!(
                 "stdout of `{}` is not JSON: {e}\n{}",
                 self.cmdline,
@@ -908,4 +917,24 @@ pub fn etcd_snapshot(pages: u64, seed: u64) -> Vec<u8> {
     let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &db);
     db.extend_from_slice(h.as_ref());
     db
+}
+
+/// The harness's `--json` parse skips progress lines and nothing else.
+#[test]
+fn json_parse_skips_status_lines_only() {
+    let out = |stdout: &str| Output {
+        code: 0,
+        stdout: stdout.to_owned(),
+        stderr: String::new(),
+        cmdline: "t".to_owned(),
+    };
+    let status = r#"{"message_type":"status","action":"prune"}"#;
+    let report = "{\n  \"removed\": 3\n}\n";
+    assert_eq!(out(report).json()["removed"], 3);
+    assert_eq!(
+        out(&format!("{status}\n{status}\n{report}")).json()["removed"],
+        3
+    );
+    let garbage = format!("{{\"message_type\":\"other\"}}\n{report}");
+    assert!(std::panic::catch_unwind(|| out(&garbage).json()).is_err());
 }
