@@ -11,7 +11,7 @@ alternately, each into its own fresh repository. Growth = on-disk repository gro
 With --components, etcd, state.db, pv, nodes and manifests also get repositories of their own
 so that e.g. etcd's own day-over-day dedup is visible. Prints growth over nights 2..N as a
 share of the nights' raw size, and the ratio cairn/restic, plus wall time and the number of
-blobs in cairn's index (index memory ~52 bytes per blob).
+blobs in cairn's index and the memory `cairn stats` gives for loading it.
 """
 import argparse
 import json
@@ -84,7 +84,9 @@ def series(name, days, work, args, env):
                 secs, _ = run([args.restic, "-r", repos[tool], "backup", "-q", "--host", "sim", src], env)
             rows[tool].append({"day": i + 1, "raw": raw, "growth": du(repos[tool]) - before, "seconds": secs})
     _, stats = run([args.cairn, "-r", repos["cairn"], "stats", "--json"], env)
-    out["blobs"] = json.loads(stats.strip().splitlines()[-1]).get("blobs")
+    st = json.loads(stats.strip().splitlines()[-1])
+    out["blobs"] = st.get("blobs")
+    out["index_memory"] = st.get("index_memory_bytes")
     out["rows"] = rows
     out["cairn_repo"] = repos["cairn"]
     return out
@@ -102,7 +104,7 @@ def summarize(name, res):
     per_day = " ".join("%d:%.1f/%.1f" % (r["day"], r["growth"] / 1e6, s["growth"] / 1e6)
                        for r, s in zip(rows["cairn"], rows["restic"]))
     print("           per night MB cairn/restic: " + per_day)
-    print("           cairn index: %s blobs (~%.1f MB of index memory)" % (res.get("blobs"), (res.get("blobs") or 0) * 52 / 1e6))
+    print("           cairn index: %s blobs (~%.1f MB of index memory)" % (res.get("blobs"), (res.get("index_memory") or 0) / 1e6))
     return {"component": name, "blobs": res.get("blobs"), "raw": raw, "growth": g, "ratio": ratio, "seconds": secs, "rows": rows}
 
 

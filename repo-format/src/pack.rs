@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use std::borrow::Cow;
 
-use crate::compress::{pack_payload, pack_payload_into, unpack_payload, unpack_payload_ref};
+use crate::compress::{
+    pack_metadata, pack_metadata_into, pack_payload, pack_payload_into, unpack_payload,
+    unpack_payload_ref,
+};
 use crate::crypto::{
     open_in_place, random_nonce, seal_append, seal_with_nonce, MasterKey, NONCE_LEN, SEAL_OVERHEAD,
 };
@@ -386,16 +389,36 @@ pub fn seal_blob_into(
     level: i32,
     out: &mut Vec<u8>,
 ) {
-    seal_payload_into(key, &blob_aad(blob_type, id), plaintext, level, out);
+    let aad = blob_aad(blob_type, id);
+    seal_payload_into(
+        key,
+        &aad,
+        plaintext,
+        level,
+        blob_type == BlobType::Tree,
+        out,
+    );
 }
 
 /// Compress and seal under `aad` with a fresh nonce, appended to `out` and encrypted in place.
-fn seal_payload_into(key: &MasterKey, aad: &[u8], plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
+/// Trees are metadata: zstd is always tried on them (see [`pack_metadata`]).
+fn seal_payload_into(
+    key: &MasterKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    level: i32,
+    metadata: bool,
+    out: &mut Vec<u8>,
+) {
     // Room for the largest outcome (a raw payload) up front and exactly: `out` is a per-thread
     // buffer reused for every blob, and amortized growth would double it for the tag.
     out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
     seal_append(&key.encryption, &random_nonce(), aad, out, |o| {
-        pack_payload_into(plaintext, level, o)
+        if metadata {
+            pack_metadata_into(plaintext, level, o)
+        } else {
+            pack_payload_into(plaintext, level, o)
+        }
     });
 }
 
@@ -408,7 +431,15 @@ pub fn seal_blob_with_nonce(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_payload_with_nonce(key, &blob_aad(blob_type, id), plaintext, level, nonce)
+    let aad = blob_aad(blob_type, id);
+    seal_payload_with_nonce(
+        key,
+        &aad,
+        plaintext,
+        level,
+        blob_type == BlobType::Tree,
+        nonce,
+    )
 }
 
 /// Compress (flag byte + zstd at `level`) and seal under `aad` with an explicit nonce.
@@ -417,9 +448,15 @@ fn seal_payload_with_nonce(
     aad: &[u8],
     plaintext: &[u8],
     level: i32,
+    metadata: bool,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_with_nonce(&key.encryption, nonce, aad, &pack_payload(plaintext, level))
+    let payload = if metadata {
+        pack_metadata(plaintext, level)
+    } else {
+        pack_payload(plaintext, level)
+    };
+    seal_with_nonce(&key.encryption, nonce, aad, &payload)
 }
 
 /// Open a sealed blob and verify that its plaintext hashes to `id`.
@@ -484,7 +521,7 @@ pub fn group_aad() -> [u8; 9] {
 
 /// Seal the concatenated plaintexts of a group's blobs, appended to `out`.
 pub fn seal_group_into(key: &MasterKey, plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
-    seal_payload_into(key, &group_aad(), plaintext, level, out);
+    seal_payload_into(key, &group_aad(), plaintext, level, false, out);
 }
 
 /// [`seal_group_into`] with an explicit nonce, for test vectors and reproducible fixtures.
@@ -494,7 +531,7 @@ pub fn seal_group_with_nonce(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_payload_with_nonce(key, &group_aad(), plaintext, level, nonce)
+    seal_payload_with_nonce(key, &group_aad(), plaintext, level, false, nonce)
 }
 
 /// Open a sealed group in place and decompress it (at most [`MAX_GROUP_LEN`] bytes).

@@ -1,0 +1,193 @@
+//! Measuring aid for the tree-format work of docs/chunking.md ("What is left"): walks every
+//! snapshot of a repository in time order and prints, per night and for nights 2..N, what
+//! the night's new trees cost as stored today, and what they would cost sealed in groups
+//! and with long content lists cut into content-defined, deduplicated sub-lists.
+//!
+//! `cargo run --release --example tree-metadata -p cairn-engine -- REPO PASSWORD_FILE`
+//!
+//! Costs count the tree bytes as stored plus [`PER_BLOB`] bytes of index entry and pack
+//! header for every new blob. Groups are modelled as the night's tree plaintexts, in walk
+//! order, compressed in 1 MiB pieces at zstd level 3 (what data groups use).
+
+use std::collections::HashSet;
+
+use cairn_engine::{backend, Repository};
+use cairn_format::{Id, NodeKind, Tree};
+
+/// Index entry (~35 bytes) plus pack-header entry (~35 bytes) of one blob.
+const PER_BLOB: u64 = 70;
+/// Average sub-list lengths tried, in ids.
+const SUBLIST_AVG: [u32; 4] = [8, 16, 32, 64];
+/// zstd levels tried for trees sealed one by one.
+const LEVELS: [i32; 4] = [2, 3, 9, 19];
+const GROUP: usize = 1 << 20;
+
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, location, password_file] = &args[..] else {
+        return Err("usage: tree-metadata REPO PASSWORD_FILE".into());
+    };
+    let password = std::fs::read_to_string(password_file)?;
+    let repo = Repository::open(
+        backend::from_location(location, &[])?,
+        password.trim_end_matches('\n').as_bytes(),
+    )?;
+    let indexed = repo.indexed()?;
+    let mut snapshots = repo.load_snapshots()?;
+    snapshots.sort_by_key(|(_, s)| s.time);
+
+    let mut seen_trees: HashSet<Id> = HashSet::new();
+    let mut seen_lists: Vec<HashSet<Id>> = vec![HashSet::new(); SUBLIST_AVG.len()];
+    let mut totals = Night::default();
+    for (night, (_, snapshot)) in snapshots.iter().enumerate() {
+        let mut n = Night::default();
+        let mut plain_all = Vec::new();
+        let mut plain_with_refs: Vec<Vec<u8>> = vec![Vec::new(); SUBLIST_AVG.len()];
+        let mut stack = vec![snapshot.tree];
+        while let Some(id) = stack.pop() {
+            if !seen_trees.insert(id) {
+                continue;
+            }
+            let location = indexed
+                .index()
+                .get(&id)
+                .ok_or_else(|| format!("tree {id} is not in the index"))?;
+            let tree = indexed.load_tree(&id)?;
+            let plain = tree.encode();
+            n.trees += 1;
+            n.stored += u64::from(location.length);
+            for (k, level) in LEVELS.iter().enumerate() {
+                n.alone[k] += zstd::bulk::compress(&plain, *level)?.len() as u64;
+            }
+            plain_all.extend_from_slice(&plain);
+            for node in &tree.nodes {
+                n.id_bytes += 32 * node.content.len() as u64;
+                if node.kind == NodeKind::Dir {
+                    stack.extend(node.subtree);
+                }
+            }
+            for (k, avg) in SUBLIST_AVG.iter().enumerate() {
+                let t = with_sublists(&tree, *avg, &mut seen_lists[k], &mut n.lists[k]);
+                plain_with_refs[k].extend_from_slice(&t.encode());
+            }
+        }
+        n.grouped = grouped_size(&plain_all)?;
+        for (k, p) in plain_with_refs.iter().enumerate() {
+            n.grouped_refs[k] = grouped_size(p)?;
+        }
+        n.print(&format!("night {}", night + 1));
+        if night > 0 {
+            totals.add(&n);
+        }
+    }
+    totals.print(&format!("nights 2-{}", snapshots.len()));
+    Ok(())
+}
+
+/// `tree` with every content list of at least `2 * avg` ids replaced by the ids of its
+/// sub-lists. A sub-list ends after an id whose first four bytes are 0 modulo `avg` (ids are
+/// keyed hashes, so the cut points are content-defined), at least `avg / 4` and at most
+/// `4 * avg` ids long. New sub-lists are counted in `new`.
+fn with_sublists(tree: &Tree, avg: u32, seen: &mut HashSet<Id>, new: &mut Lists) -> Tree {
+    let mut t = tree.clone();
+    for node in &mut t.nodes {
+        if node.content.len() < 2 * avg as usize {
+            continue;
+        }
+        let mut refs = Vec::new();
+        let mut start = 0;
+        for (i, id) in node.content.iter().enumerate() {
+            let len = (i + 1 - start) as u32;
+            let h = u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+            if (len >= avg / 4 && h % avg == 0) || len >= 4 * avg || i + 1 == node.content.len() {
+                let mut hasher = blake3::Hasher::new();
+                for id in &node.content[start..=i] {
+                    hasher.update(&id.0);
+                }
+                let list = Id(*hasher.finalize().as_bytes());
+                if seen.insert(list) {
+                    new.blobs += 1;
+                    new.bytes += 32 * u64::from(len);
+                }
+                refs.push(list);
+                start = i + 1;
+            }
+        }
+        node.content = refs;
+    }
+    t
+}
+
+fn grouped_size(plain: &[u8]) -> Result<u64, Error> {
+    let mut total = 0;
+    for piece in plain.chunks(GROUP) {
+        total += zstd::bulk::compress(piece, 3)?.len() as u64;
+    }
+    Ok(total)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Lists {
+    blobs: u64,
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct Night {
+    trees: u64,
+    stored: u64,
+    id_bytes: u64,
+    alone: [u64; LEVELS.len()],
+    grouped: u64,
+    grouped_refs: [u64; SUBLIST_AVG.len()],
+    lists: [Lists; SUBLIST_AVG.len()],
+}
+
+impl Night {
+    fn add(&mut self, o: &Night) {
+        self.trees += o.trees;
+        self.stored += o.stored;
+        self.id_bytes += o.id_bytes;
+        self.grouped += o.grouped;
+        for k in 0..LEVELS.len() {
+            self.alone[k] += o.alone[k];
+        }
+        for k in 0..SUBLIST_AVG.len() {
+            self.grouped_refs[k] += o.grouped_refs[k];
+            self.lists[k].blobs += o.lists[k].blobs;
+            self.lists[k].bytes += o.lists[k].bytes;
+        }
+    }
+
+    fn print(&self, what: &str) {
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "{what}: {} new trees, {:.2} MB of ids in them; as stored {:.2} MB (+ index and headers: {:.2} MB)",
+            self.trees,
+            mb(self.id_bytes),
+            mb(self.stored),
+            mb(self.stored + PER_BLOB * self.trees)
+        );
+        let alone: Vec<String> = LEVELS
+            .iter()
+            .zip(self.alone)
+            .map(|(l, b)| format!("level {l} {:.2}", mb(b)))
+            .collect();
+        println!("  trees alone, compressed only: {} MB", alone.join(", "));
+        println!(
+            "  trees in groups: {:.2} MB",
+            mb(self.grouped + PER_BLOB * self.trees)
+        );
+        for (k, avg) in SUBLIST_AVG.iter().enumerate() {
+            let l = self.lists[k];
+            println!(
+                "  groups + sub-lists of ~{avg} ids: {:.2} MB ({} new sub-lists, {:.2} MB of them)",
+                mb(self.grouped_refs[k] + l.bytes + PER_BLOB * (self.trees + l.blobs)),
+                l.blobs,
+                mb(l.bytes)
+            );
+        }
+    }
+}
