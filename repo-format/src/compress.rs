@@ -34,14 +34,14 @@ pub fn pack_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
 /// K3s week: trees over 64 KiB were stored raw, ~1.2 MB more of tree bytes over six nights).
 /// Index files, also mostly ids, keep the estimate: zstd saved under 1 % of them (35 bytes a
 /// blob either way), not worth a decompression on every load.
-pub fn pack_metadata(data: &[u8], level: i32) -> Vec<u8> {
+pub fn pack_tree_payload(data: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::new();
-    pack_metadata_into(data, level, &mut out);
+    pack_tree_payload_into(data, level, &mut out);
     out
 }
 
-/// [`pack_metadata`], appended to `out`.
-pub fn pack_metadata_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
+/// [`pack_tree_payload`], appended to `out`.
+pub fn pack_tree_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
     pack_into(data, level, out, false);
 }
 
@@ -221,20 +221,20 @@ mod tests {
     }
 
     #[test]
-    fn metadata_is_always_compressed_where_data_is_estimated() {
+    fn trees_are_always_compressed_where_data_is_estimated() {
         let ids = id_list();
         assert!(looks_incompressible(&ids));
         let data = pack_payload(&ids, 3);
         assert_eq!(data[0], FLAG_RAW, "the estimate skips zstd for data");
-        let meta = pack_metadata(&ids, 3);
-        assert_eq!(meta[0], FLAG_ZSTD);
+        let tree = pack_tree_payload(&ids, 3);
+        assert_eq!(tree[0], FLAG_ZSTD);
         assert!(
-            meta.len() < ids.len() * 3 / 4,
+            tree.len() < ids.len() * 3 / 4,
             "{} of {}",
-            meta.len(),
+            tree.len(),
             ids.len()
         );
-        for packed in [&data, &meta] {
+        for packed in [&data, &tree] {
             assert_eq!(
                 unpack_payload(packed, ids.len(), "t").ok(),
                 Some(ids.clone())
@@ -246,16 +246,16 @@ mod tests {
             .update(b"random")
             .finalize_xof()
             .fill(&mut random);
-        assert_eq!(pack_metadata(&random, 3)[0], FLAG_RAW);
+        assert_eq!(pack_tree_payload(&random, 3)[0], FLAG_RAW);
         assert_eq!(
-            pack_metadata(&ids, 0)[0],
+            pack_tree_payload(&ids, 0)[0],
             FLAG_RAW,
             "level 0 never compresses"
         );
     }
 
     #[test]
-    fn tree_blobs_are_sealed_as_metadata_and_data_blobs_as_data() {
+    fn tree_blobs_skip_the_estimate_and_data_blobs_keep_it() {
         use crate::{open_blob, seal_blob, BlobType, MasterKey};
         let key = MasterKey::generate();
         let ids = id_list();

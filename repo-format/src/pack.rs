@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use crate::compress::{
-    pack_metadata, pack_metadata_into, pack_payload, pack_payload_into, unpack_payload,
+    pack_payload, pack_payload_into, pack_tree_payload, pack_tree_payload_into, unpack_payload,
     unpack_payload_ref,
 };
 use crate::crypto::{
@@ -401,21 +401,21 @@ pub fn seal_blob_into(
 }
 
 /// Compress and seal under `aad` with a fresh nonce, appended to `out` and encrypted in place.
-/// Trees are metadata: zstd is always tried on them (see [`pack_metadata`]).
+/// `tree`: zstd is always tried (see [`pack_tree_payload`]).
 fn seal_payload_into(
     key: &MasterKey,
     aad: &[u8],
     plaintext: &[u8],
     level: i32,
-    metadata: bool,
+    tree: bool,
     out: &mut Vec<u8>,
 ) {
     // Room for the largest outcome (a raw payload) up front and exactly: `out` is a per-thread
     // buffer reused for every blob, and amortized growth would double it for the tag.
     out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
     seal_append(&key.encryption, &random_nonce(), aad, out, |o| {
-        if metadata {
-            pack_metadata_into(plaintext, level, o)
+        if tree {
+            pack_tree_payload_into(plaintext, level, o)
         } else {
             pack_payload_into(plaintext, level, o)
         }
@@ -448,11 +448,11 @@ fn seal_payload_with_nonce(
     aad: &[u8],
     plaintext: &[u8],
     level: i32,
-    metadata: bool,
+    tree: bool,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    let payload = if metadata {
-        pack_metadata(plaintext, level)
+    let payload = if tree {
+        pack_tree_payload(plaintext, level)
     } else {
         pack_payload(plaintext, level)
     };
