@@ -25,27 +25,16 @@ pub fn pack_payload(data: &[u8], level: i32) -> Vec<u8> {
 /// [`pack_payload`], appended to `out`: the sealing path compresses straight into the buffer
 /// it encrypts in place.
 pub fn pack_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
-    pack_into(data, level, out, true);
+    pack_payload_into_with(data, level, true, out);
 }
 
-/// [`pack_payload`] for tree blobs: zstd is always tried. A tree that lists a large file's
-/// blobs is mostly random ids, which the entropy estimate of [`looks_incompressible`] takes
-/// for media, yet the names, metadata and repeated ids among them compress (measured on the
-/// K3s week: trees over 64 KiB were stored raw, ~1.2 MB more of tree bytes over six nights).
-/// Index files, also mostly ids, keep the estimate: zstd saved under 1 % of them (35 bytes a
-/// blob either way), not worth a decompression on every load.
-pub fn pack_tree_payload(data: &[u8], level: i32) -> Vec<u8> {
-    let mut out = Vec::new();
-    pack_tree_payload_into(data, level, &mut out);
-    out
-}
-
-/// [`pack_tree_payload`], appended to `out`.
-pub fn pack_tree_payload_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
-    pack_into(data, level, out, false);
-}
-
-fn pack_into(data: &[u8], level: i32, out: &mut Vec<u8>, estimate: bool) {
+/// [`pack_payload_into`], with the incompressibility estimate on or off. Tree blobs (§4 of
+/// FORMAT.md) skip it: a tree that lists a large file's blobs is mostly random ids, which
+/// [`looks_incompressible`] takes for media, yet the names, metadata and repeated ids among
+/// them compress (measured on the K3s week: trees over 64 KiB were stored raw, ~1.2 MB more
+/// of tree bytes over six nights). Index files, also mostly ids, keep it: zstd saved under
+/// 1 % of them (35 bytes a blob either way), not worth a decompression on every load.
+pub(crate) fn pack_payload_into_with(data: &[u8], level: i32, estimate: bool, out: &mut Vec<u8>) {
     let start = out.len();
     if level != 0 && data.len() >= 64 && !(estimate && looks_incompressible(data)) {
         out.push(FLAG_ZSTD);
@@ -220,13 +209,19 @@ mod tests {
         ids
     }
 
+    fn packed_without_estimate(data: &[u8], level: i32) -> Vec<u8> {
+        let mut out = Vec::new();
+        pack_payload_into_with(data, level, false, &mut out);
+        out
+    }
+
     #[test]
     fn trees_are_always_compressed_where_data_is_estimated() {
         let ids = id_list();
         assert!(looks_incompressible(&ids));
         let data = pack_payload(&ids, 3);
         assert_eq!(data[0], FLAG_RAW, "the estimate skips zstd for data");
-        let tree = pack_tree_payload(&ids, 3);
+        let tree = packed_without_estimate(&ids, 3);
         assert_eq!(tree[0], FLAG_ZSTD);
         assert!(
             tree.len() < ids.len() * 3 / 4,
@@ -246,9 +241,9 @@ mod tests {
             .update(b"random")
             .finalize_xof()
             .fill(&mut random);
-        assert_eq!(pack_tree_payload(&random, 3)[0], FLAG_RAW);
+        assert_eq!(packed_without_estimate(&random, 3)[0], FLAG_RAW);
         assert_eq!(
-            pack_tree_payload(&ids, 0)[0],
+            packed_without_estimate(&ids, 0)[0],
             FLAG_RAW,
             "level 0 never compresses"
         );

@@ -29,8 +29,8 @@ mod snapshot;
 mod tree;
 
 pub use compress::{
-    looks_incompressible, pack_payload, pack_payload_into, pack_tree_payload,
-    pack_tree_payload_into, unpack_payload, unpack_payload_ref, FLAG_RAW, FLAG_ZSTD,
+    looks_incompressible, pack_payload, pack_payload_into, unpack_payload, unpack_payload_ref,
+    FLAG_RAW, FLAG_ZSTD,
 };
 pub use config::{cdc_limits, ChunkerParams, Config};
 pub use crypto::{

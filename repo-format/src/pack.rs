@@ -18,10 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use std::borrow::Cow;
 
-use crate::compress::{
-    pack_payload, pack_payload_into, pack_tree_payload, pack_tree_payload_into, unpack_payload,
-    unpack_payload_ref,
-};
+use crate::compress::{pack_payload, pack_payload_into_with, unpack_payload, unpack_payload_ref};
 use crate::crypto::{
     open_in_place, random_nonce, seal_append, seal_with_nonce, MasterKey, NONCE_LEN, SEAL_OVERHEAD,
 };
@@ -389,36 +386,33 @@ pub fn seal_blob_into(
     level: i32,
     out: &mut Vec<u8>,
 ) {
-    let aad = blob_aad(blob_type, id);
+    let estimate = blob_type != BlobType::Tree;
     seal_payload_into(
         key,
-        &aad,
+        &blob_aad(blob_type, id),
         plaintext,
         level,
-        blob_type == BlobType::Tree,
+        estimate,
         out,
     );
 }
 
 /// Compress and seal under `aad` with a fresh nonce, appended to `out` and encrypted in place.
-/// `tree`: zstd is always tried (see [`pack_tree_payload`]).
+/// `estimate`: whether incompressible-looking input skips zstd (not for trees, see
+/// [`pack_payload_into_with`]).
 fn seal_payload_into(
     key: &MasterKey,
     aad: &[u8],
     plaintext: &[u8],
     level: i32,
-    tree: bool,
+    estimate: bool,
     out: &mut Vec<u8>,
 ) {
     // Room for the largest outcome (a raw payload) up front and exactly: `out` is a per-thread
     // buffer reused for every blob, and amortized growth would double it for the tag.
     out.reserve_exact(SEAL_OVERHEAD + 1 + plaintext.len());
     seal_append(&key.encryption, &random_nonce(), aad, out, |o| {
-        if tree {
-            pack_tree_payload_into(plaintext, level, o)
-        } else {
-            pack_payload_into(plaintext, level, o)
-        }
+        pack_payload_into_with(plaintext, level, estimate, o)
     });
 }
 
@@ -431,13 +425,13 @@ pub fn seal_blob_with_nonce(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    let aad = blob_aad(blob_type, id);
+    let estimate = blob_type != BlobType::Tree;
     seal_payload_with_nonce(
         key,
-        &aad,
+        &blob_aad(blob_type, id),
         plaintext,
         level,
-        blob_type == BlobType::Tree,
+        estimate,
         nonce,
     )
 }
@@ -448,14 +442,11 @@ fn seal_payload_with_nonce(
     aad: &[u8],
     plaintext: &[u8],
     level: i32,
-    tree: bool,
+    estimate: bool,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    let payload = if tree {
-        pack_tree_payload(plaintext, level)
-    } else {
-        pack_payload(plaintext, level)
-    };
+    let mut payload = Vec::new();
+    pack_payload_into_with(plaintext, level, estimate, &mut payload);
     seal_with_nonce(&key.encryption, nonce, aad, &payload)
 }
 
@@ -521,7 +512,7 @@ pub fn group_aad() -> [u8; 9] {
 
 /// Seal the concatenated plaintexts of a group's blobs, appended to `out`.
 pub fn seal_group_into(key: &MasterKey, plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
-    seal_payload_into(key, &group_aad(), plaintext, level, false, out);
+    seal_payload_into(key, &group_aad(), plaintext, level, true, out);
 }
 
 /// [`seal_group_into`] with an explicit nonce, for test vectors and reproducible fixtures.
@@ -531,7 +522,7 @@ pub fn seal_group_with_nonce(
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_payload_with_nonce(key, &group_aad(), plaintext, level, false, nonce)
+    seal_payload_with_nonce(key, &group_aad(), plaintext, level, true, nonce)
 }
 
 /// Open a sealed group in place and decompress it (at most [`MAX_GROUP_LEN`] bytes).
