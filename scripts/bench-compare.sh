@@ -28,6 +28,14 @@
 #   --speedup-threads "A B"  thread counts for --data speedup (default "1 2")
 #   --pct P              percent of files touched for the "1 %" backup (default 1)
 #   --no-cp              skip the `cp -a` reference in the restore phase
+#   --zstd-ref "L1 L2"   zstd levels of the first-backup references (default "1 2"; "" = none):
+#                        after both first backups, `tar -cf - DATA | zstd -L -T<threads>`
+#                        is timed (zstd's own tool reading and compressing every byte once as
+#                        one stream, nothing else), its output size beside each tool's
+#                        repository after the first backup; and once per data set zstd's
+#                        in-memory benchmark (`zstd -b`) gives the compression stage alone:
+#                        its speed on one core and the wall time that implies on every core,
+#                        a floor under any backup compressing at that level
 #   --s3                 repositories in the S3 bucket the environment names (AWS_ENDPOINT_URL,
 #                        S3_BUCKET, AWS_* credentials; e.g. eval "$(scripts/s3-server.sh up)"),
 #                        a fresh prefix per tool and repetition; cairn runs with -v and its
@@ -61,6 +69,7 @@ SPEEDUP_THREADS="1 2"
 PCT=1
 SEED=1
 CP_REF=1
+ZREF_LEVELS="1 2"
 BUILD=1
 CAIRN_BIN_SRC=""
 OUT=""
@@ -87,6 +96,7 @@ while [[ $# -gt 0 ]]; do
         --pct) PCT="$2"; shift 2 ;;
         --seed) SEED="$2"; shift 2 ;;
         --no-cp) CP_REF=0; shift ;;
+        --zstd-ref) ZREF_LEVELS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --cairn-bin) CAIRN_BIN_SRC="$2"; BUILD=0; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
@@ -116,6 +126,9 @@ for s in "${SETS[@]}"; do   # fail now, not after hours of the sets before a typ
         die "unknown data set '$s' (real, k3s, incompressible, bigfile, files:N, speedup)"
 done
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "--seed needs a non-negative integer, got '$SEED'"
+for l in $ZREF_LEVELS; do
+    [[ "$l" =~ ^([1-9]|1[0-9])$ ]] || die "--zstd-ref takes zstd levels 1-19, got '$l'"
+done
 
 # ---------------------------------------------------------------- prerequisites
 if [[ ! -x /usr/bin/time ]]; then
@@ -124,6 +137,10 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 command -v restic >/dev/null || die "restic not found"
 command -v python3 >/dev/null || die "python3 not found"
+if [[ -n "$ZREF_LEVELS" ]] && ! command -v zstd >/dev/null; then
+    log "zstd missing (needed for the first-backup references): installing it"
+    apt-get install -y zstd >/dev/null || die "cannot install zstd (apt-get install -y zstd), or pass --zstd-ref ''"
+fi
 
 mkdir -p "$WORK"/{bin,data,repos,restore,results,tmp}
 WORK="$(cd "$WORK" && pwd)"
@@ -183,6 +200,8 @@ if [[ -n "$THREADS" ]]; then
     restic_env+=("GOMAXPROCS=$THREADS")
 fi
 
+ZREF_THREADS="${THREADS:-$(nproc)}"
+
 # ---------------------------------------------------------------- header
 CAIRN_VERSION="$("$CAIRN" --version 2>&1 | head -1)"
 RESTIC_VERSION="$(restic version 2>&1 | head -1)"
@@ -207,6 +226,7 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "- check: \`cairn check\` and \`restic check\` (both without --read-data; restic with its"
     echo "  default fresh temporary cache), after forget+prune"
     [[ "$CP_REF" == 1 ]] && echo "- cp -a: \`cp -a DATA/. EMPTY_DIR\` (same state as the restores), timed after both restores"
+    [[ -n "$ZREF_LEVELS" ]] && echo "- first-backup references: \`tar -cf - -C DATA . | zstd -L -T$ZREF_THREADS -c | wc -c\` for L in $ZREF_LEVELS ($(zstd --version 2>&1 | head -1)), timed after both first backups"
     echo "- restore targets: $([[ "$RESTORE_FS" == loop ]] && echo "a fresh ext4 file system per restore (loop-mounted sparse image, inode tables initialised before timing)" || echo "plain directories, deleted after all restores of a repetition ran")"
     echo "- MB = 10^6 bytes; MiB = 2^20 bytes; RSS = GNU time %M (max resident set); CPU = %U + %S;
   \"cores busy\" = CPU / wall (other load on the machine lowers it for both tools)"
@@ -400,6 +420,37 @@ prep_set() {
 }
 
 # ---------------------------------------------------------------- one comparison
+# The compression stage by itself: zstd's in-memory benchmark (`zstd -b`, one core, 1 MiB
+# blocks) on every byte of the data set, once per level, recorded as tool "zstd-L" with rep 1.
+# With the tar | zstd runs of each repetition it bounds what any zstd-compressing backup
+# can reach here: the data set / (this speed x cores) is the wall time of compressing alone.
+# Skipped when the data set would not fit in memory three times over (zstd holds it whole).
+compression_alone() { # data bytes
+    [[ -n "$ZREF_LEVELS" ]] || return 0
+    local avail
+    avail="$(awk '/MemAvailable/{print $2 * 1024}' /proc/meminfo)"
+    if (( $2 * 7 / 2 > avail )); then
+        log "compression alone: skipped (the data set does not fit in memory three times over)"
+        return 0
+    fi
+    for l in $ZREF_LEVELS; do
+        local out="$RUN_DIR/zstd-bench-$l.txt"
+        printf '%s\t%s\t%s\n' "zstd-$l" "compression alone" "zstd -b$l -B1M -i1 -r $1" >>"$CMDLOG"
+        zstd -b"$l" -B1M -i1 -r "$1" 2>&1 | tr '\r' '\n' | grep 'MB/s, ' | tail -1 >"$out" || true
+        # " 1#71237 files : 2840941909 -> 922446919 (x3.080),  282.8 MB/s,  732.8 MB/s"
+        local speed bytes
+        read -r bytes speed < <(sed -E 's/.*: *([0-9]+) *-> *[0-9]+ *\(x[0-9.]+\), *([0-9.]+) MB\/s.*/\1 \2/' "$out")
+        if [[ "$speed" =~ ^[0-9.]+$ && "$bytes" =~ ^[0-9]+$ ]]; then
+            log "compression alone, zstd -$l: $speed MB/s on one core ($bytes bytes)"
+            record 1 "zstd-$l" "compression alone: MB/s on one core" "$speed"
+            record 1 "zstd-$l" "compression alone: wall s on $ZREF_THREADS cores" \
+                "$(calc 'a[0]/1e6/a[1]/a[2]' "$bytes" "$speed" "$ZREF_THREADS")"
+        else
+            log "WARNING: could not read zstd -b$l's result: $(cat "$out")"
+        fi
+    done
+}
+
 compare() { # set (name in file names: ':' -> '-')
     local name="${1//:/-}"
     prep_set "$1"
@@ -412,6 +463,7 @@ compare() { # set (name in file names: ':' -> '-')
     : >"$CSV"
     warm_cache "$data"
     local t0=$SECONDS
+    compression_alone "$data" "$NBYTES"
     for ((rep = 1; rep <= REPS; rep++)); do
         local order=(cairn restic)
         ((rep % 2 == 0)) && order=(restic cairn)
@@ -433,6 +485,16 @@ compare() { # set (name in file names: ':' -> '-')
             [[ "$S3" == 1 && "$t" == cairn ]] && record "$rep" "$t" "first backup: S3 requests" "$(s3_requests "$RUN_DIR/$name.$rep.$t.backup1.json.err")"
             record "$rep" "$t" "first backup: data_added MB (pre-compression)" \
                 "$(calc 'a[0]/1e6' "$(python3 "$HELPER" data-added "$t" "$RUN_DIR/$name.$rep.$t.backup1.json")")"
+            record "$rep" "$t" "first backup: stored MB" "$(calc 'a[0]/1e6' "$(repo_bytes "${REPO[$t]}")")"
+        done
+        # The references: reading and compressing every byte once, nothing else (see --zstd-ref).
+        for l in $ZREF_LEVELS; do
+            timed "$rep" "zstd-$l" "reference (tar | zstd -$l -T$ZREF_THREADS)" \
+                "$RUN_DIR/$name.$rep.zstd-$l.out" -- bash -c \
+                'set -o pipefail; tar -cf - -C "$1" . | zstd -q -T"$2" -"$3" -c | wc -c' _ "$data" "$ZREF_THREADS" "$l"
+            record "$rep" "zstd-$l" "first backup: wall s" "$T_WALL"
+            record "$rep" "zstd-$l" "first backup: CPU s (user+sys)" "$(calc 'a[0]+a[1]' "$T_USER" "$T_SYS")"
+            record "$rep" "zstd-$l" "first backup: stored MB" "$(calc 'a[0]/1e6' "$(head -1 "$RUN_DIR/$name.$rep.zstd-$l.out")")"
         done
         # 2. unchanged re-backup
         for t in "${order[@]}"; do
@@ -549,6 +611,7 @@ speedup() {
     : >"$CSV"
     warm_cache "$data"
     local t0=$SECONDS
+    compression_alone "$data" "$NBYTES"
     local -a ths
     read -r -a ths <<<"$SPEEDUP_THREADS"
     for ((rep = 1; rep <= REPS; rep++)); do

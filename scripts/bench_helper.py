@@ -446,6 +446,8 @@ def report(csv, out_md, title):
     def runs(meas, tool):
         return " ".join(fmt(v) for v in data.get((meas, tool), [])) or "n/a"
 
+    # Measurements only the first-backup references have go to their own table.
+    order = [m for m in order if any((m, t) in data for t in ("cairn", "restic", "cp-a"))]
     for meas in order:
         c = med(data.get((meas, "cairn"), []))
         r = med(data.get((meas, "restic"), []))
@@ -459,10 +461,56 @@ def report(csv, out_md, title):
         if has_cp:
             row += f" {runs(meas, 'cp-a') if (meas, 'cp-a') in data else ''} |"
         lines.append(row)
+    lines += zstd_reference_table(data)
     text = "\n".join(lines) + "\n"
     with open(out_md, "a") as f:
         f.write(text + "\n")
     print(text)
+
+
+def zstd_reference_table(data):
+    """The first-backup references (tools "zstd-L", see bench-compare.sh --zstd-ref) as a second
+    table: what reading and compressing every byte once costs, beside both tools."""
+    levels = sorted({t for (_, t) in data if t.startswith("zstd-")}, key=lambda t: int(t[5:]))
+    if not levels:
+        return []
+
+    def m(meas, tool):
+        return med(data.get((meas, tool), []))
+
+    def ratio(a, b):
+        return "%.2f" % (a / b) if a is not None and b else "n/a"
+
+    wall, cpu, stored = "first backup: wall s", "first backup: CPU s (user+sys)", "first backup: stored MB"
+    cw, rw, rs = m(wall, "cairn"), m(wall, "restic"), m(stored, "restic")
+    lines = [
+        "",
+        "First-backup references, same run. `tar | zstd -L`: zstd's own tool reads the tree and "
+        "compresses every byte once as one stream on every core, and does nothing else (no "
+        "chunking, hashing, encryption or writing; it does pay for the pipe). Compression alone: "
+        "zstd's in-memory benchmark (`zstd -b -B1M`, one core, measured once) on the same bytes; "
+        "the data set at that speed on every core is the compression stage by itself, a floor "
+        "under any backup that compresses at that level. \"stored\" is the repository after the "
+        "first backup (the zstd output "
+        f"for tar | zstd). cairn first backup {fmt(cw)} s, {fmt(m(stored, 'cairn'))} MB; restic "
+        f"{fmt(rw)} s, {fmt(rs)} MB.",
+        "",
+        "| zstd level | tar \\| zstd: wall s | CPU s | stored MB | stored / restic's | "
+        "cairn wall / tar \\| zstd wall | restic wall / 4 | compression alone: MB/s on one core | "
+        "compression alone: wall s on every core | tar \\| zstd runs (wall s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    alone, alone_wall = "compression alone: MB/s on one core", "compression alone: wall s on"
+    for t in levels:
+        w = m(wall, t)
+        aw = next((med(v) for (mm, tt), v in data.items() if tt == t and mm.startswith(alone_wall)), None)
+        runs = " ".join(fmt(v) for v in data.get((wall, t), []))
+        lines.append(
+            f"| zstd -{t[5:]} | {fmt(w)} | {fmt(m(cpu, t))} | {fmt(m(stored, t))} | "
+            f"{ratio(m(stored, t), rs)} | {ratio(cw, w)} | "
+            f"{fmt(rw / 4) if rw else 'n/a'} | {fmt(m(alone, t))} | {fmt(aw)} | {runs} |"
+        )
+    return lines
 
 
 def speedup_report(csv, out_md, title):
