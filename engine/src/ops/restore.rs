@@ -924,6 +924,18 @@ impl Writer<'_> {
 /// writes each batch while the next is planned. Memory is two batches plus the trees on
 /// the current path (and one entry per hard-link group), not the snapshot's file count.
 pub fn restore(
+    lock: &crate::lock::SharedLock<'_>,
+    ix: &Indexed<'_>,
+    root: &Id,
+    sub: &Path,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreResult> {
+    // Spans and blobs of up to 8 MiB each, allocated and freed per span and per blob.
+    crate::alloc::reusing(|| restore_inner(lock, ix, root, sub, opts, progress))
+}
+
+fn restore_inner(
     _lock: &crate::lock::SharedLock<'_>,
     ix: &Indexed<'_>,
     root: &Id,
