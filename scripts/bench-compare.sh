@@ -443,7 +443,7 @@ compression_alone() { # data bytes
         if [[ "$speed" =~ ^[0-9.]+$ && "$bytes" =~ ^[0-9]+$ ]]; then
             log "compression alone, zstd -$l: $speed MB/s on one core ($bytes bytes)"
             record 1 "zstd-$l" "compression alone: MB/s on one core" "$speed"
-            record 1 "zstd-$l" "compression alone: wall s on $ZREF_THREADS cores" \
+            record 1 "zstd-$l" "compression alone: wall s on every core" \
                 "$(calc 'a[0]/1e6/a[1]/a[2]' "$bytes" "$speed" "$ZREF_THREADS")"
         else
             log "WARNING: could not read zstd -b$l's result: $(cat "$out")"
@@ -611,7 +611,6 @@ speedup() {
     : >"$CSV"
     warm_cache "$data"
     local t0=$SECONDS
-    compression_alone "$data" "$NBYTES"
     local -a ths
     read -r -a ths <<<"$SPEEDUP_THREADS"
     for ((rep = 1; rep <= REPS; rep++)); do
