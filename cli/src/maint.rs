@@ -338,8 +338,13 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
             println!("{} pack(s) not referenced by any index (left by an interrupted backup; `cairn prune` removes them)", r.unreferenced_packs.len());
         }
         if !cli.quiet {
+            let lists = if r.content_lists > 0 {
+                format!(", {} content lists", r.content_lists)
+            } else {
+                String::new()
+            };
             println!(
-                "checked {} snapshots, {} trees, {} pack headers; read {} packs ({} blobs)",
+                "checked {} snapshots, {} trees{lists}, {} pack headers; read {} packs ({} blobs)",
                 r.snapshots, r.trees, r.packs_checked, r.packs_read, r.blobs_read
             );
         }

@@ -42,9 +42,16 @@ enum Kind {
     Node {
         node: Box<Node>,
         children: Option<Arc<BTreeMap<OsString, u64>>>,
-        /// A file's blob offsets (start of each blob), computed at first read.
-        offsets: Option<Arc<Vec<u64>>>,
+        /// A file's data blobs (through its content lists, if it names them) and where each
+        /// starts, found at its first read.
+        offsets: Option<Arc<Blobs>>,
     },
+}
+
+/// A file's data blobs in order, and the offset in the file where each starts.
+struct Blobs {
+    ids: Vec<Id>,
+    starts: Vec<u64>,
 }
 
 struct Inode {
@@ -305,7 +312,7 @@ impl Fs {
     }
 
     fn read_at(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let (content, file_size, offsets) = {
+        let (file_size, blobs) = {
             let mut inodes = self.inodes.lock();
             let i = inodes.get_mut(ino as usize).ok_or(Errno::ENOENT)?;
             let Kind::Node { node, offsets, .. } = &mut i.kind else {
@@ -315,10 +322,15 @@ impl Fs {
                 return Err(Errno::EINVAL);
             }
             if offsets.is_none() {
-                let mut v = Vec::with_capacity(node.content.len());
+                let ids = self
+                    .ix
+                    .file_blobs(&node.content)
+                    .map_err(|_| Errno::EIO)?
+                    .into_owned();
+                let mut starts = Vec::with_capacity(ids.len());
                 let mut at = 0u64;
-                for c in &node.content {
-                    v.push(at);
+                for c in &ids {
+                    starts.push(at);
                     at += self
                         .ix
                         .index()
@@ -326,21 +338,20 @@ impl Fs {
                         .map(|l| u64::from(l.raw_length))
                         .ok_or(Errno::EIO)?;
                 }
-                *offsets = Some(Arc::new(v));
+                *offsets = Some(Arc::new(Blobs { ids, starts }));
             }
-            (
-                node.content.clone(),
-                node.size,
-                offsets.clone().unwrap_or_default(),
-            )
+            (node.size, offsets.clone().ok_or(Errno::EIO)?)
         };
         let end = file_size.min(offset.saturating_add(u64::from(size)));
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         while pos < end {
-            let b = offsets.partition_point(|&o| o <= pos).saturating_sub(1);
-            let data = self.blob(content.get(b).ok_or(Errno::EIO)?)?;
-            let start = (pos - offsets[b]) as usize;
+            let b = blobs
+                .starts
+                .partition_point(|&o| o <= pos)
+                .saturating_sub(1);
+            let data = self.blob(blobs.ids.get(b).ok_or(Errno::EIO)?)?;
+            let start = (pos - blobs.starts.get(b).ok_or(Errno::EIO)?) as usize;
             if start >= data.len() {
                 return Err(Errno::EIO);
             }

@@ -6,13 +6,14 @@
 //! `cargo run --release --example tree-metadata -p cairn-engine -- REPO PASSWORD_FILE`
 //!
 //! Costs count the tree bytes as stored plus [`PER_BLOB`] bytes of index entry and pack
-//! header for every new blob. Groups are modelled as the night's tree plaintexts, in walk
+//! header for every new blob. In a repository of format 4, "stored" includes the content
+//! lists the trees name, and the models start from the trees with those lists resolved. Groups are modelled as the night's tree plaintexts, in walk
 //! order, compressed in 1 MiB pieces at zstd level 3 (what data groups use).
 
 use std::collections::HashSet;
 
 use cairn_engine::{backend, Repository};
-use cairn_format::{Id, NodeKind, Tree};
+use cairn_format::{Content, Id, NodeKind, Tree};
 
 /// Index entry (~35 bytes) plus pack-header entry (~35 bytes) of one blob.
 const PER_BLOB: u64 = 70;
@@ -54,16 +55,28 @@ fn main() -> Result<(), Error> {
                 .index()
                 .get(&id)
                 .ok_or_else(|| format!("tree {id} is not in the index"))?;
-            let tree = indexed.load_tree(&id)?;
-            let plain = tree.encode();
+            let mut tree = indexed.load_tree(&id)?;
             n.trees += 1;
             n.stored += u64::from(location.length);
+            for node in &mut tree.nodes {
+                if let Content::Lists(lists) = &node.content {
+                    for l in lists {
+                        if seen_trees.insert(*l) {
+                            let at = indexed.index().get(l).ok_or("list not indexed")?;
+                            n.stored += u64::from(at.length);
+                            n.stored_lists += 1;
+                        }
+                    }
+                    node.content = Content::Blobs(indexed.file_blobs(&node.content)?.into_owned());
+                }
+            }
+            let plain = tree.encode();
             for (k, level) in LEVELS.iter().enumerate() {
                 n.alone[k] += zstd::bulk::compress(&plain, *level)?.len() as u64;
             }
             plain_all.extend_from_slice(&plain);
             for node in &tree.nodes {
-                n.id_bytes += 32 * node.content.len() as u64;
+                n.id_bytes += 32 * node.content.refs().len() as u64;
                 if node.kind == NodeKind::Dir {
                     stack.extend(node.subtree);
                 }
@@ -93,17 +106,18 @@ fn main() -> Result<(), Error> {
 fn with_sublists(tree: &Tree, avg: u32, seen: &mut HashSet<Id>, new: &mut Lists) -> Tree {
     let mut t = tree.clone();
     for node in &mut t.nodes {
-        if node.content.len() < 2 * avg as usize {
+        let ids = node.content.refs().to_vec();
+        if ids.len() < 2 * avg as usize {
             continue;
         }
         let mut refs = Vec::new();
         let mut start = 0;
-        for (i, id) in node.content.iter().enumerate() {
+        for (i, id) in ids.iter().enumerate() {
             let len = (i + 1 - start) as u32;
             let h = u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
-            if (len >= avg / 4 && h % avg == 0) || len >= 4 * avg || i + 1 == node.content.len() {
+            if (len >= avg / 4 && h % avg == 0) || len >= 4 * avg || i + 1 == ids.len() {
                 let mut hasher = blake3::Hasher::new();
-                for id in &node.content[start..=i] {
+                for id in &ids[start..=i] {
                     hasher.update(&id.0);
                 }
                 let list = Id(*hasher.finalize().as_bytes());
@@ -115,7 +129,7 @@ fn with_sublists(tree: &Tree, avg: u32, seen: &mut HashSet<Id>, new: &mut Lists)
                 start = i + 1;
             }
         }
-        node.content = refs;
+        node.content = Content::Lists(refs);
     }
     t
 }
@@ -137,6 +151,8 @@ struct Lists {
 #[derive(Default)]
 struct Night {
     trees: u64,
+    /// Content lists (format 4) first named this night.
+    stored_lists: u64,
     stored: u64,
     id_bytes: u64,
     alone: [u64; LEVELS.len()],
@@ -148,6 +164,7 @@ struct Night {
 impl Night {
     fn add(&mut self, o: &Night) {
         self.trees += o.trees;
+        self.stored_lists += o.stored_lists;
         self.stored += o.stored;
         self.id_bytes += o.id_bytes;
         self.grouped += o.grouped;
@@ -164,11 +181,12 @@ impl Night {
     fn print(&self, what: &str) {
         let mb = |b: u64| b as f64 / 1e6;
         println!(
-            "{what}: {} new trees, {:.2} MB of ids in them; as stored {:.2} MB (+ index and headers: {:.2} MB)",
+            "{what}: {} new trees and {} new content lists, {:.2} MB of ids in the trees resolved; as stored {:.2} MB (+ index and headers: {:.2} MB)",
             self.trees,
+            self.stored_lists,
             mb(self.id_bytes),
             mb(self.stored),
-            mb(self.stored + PER_BLOB * self.trees)
+            mb(self.stored + PER_BLOB * (self.trees + self.stored_lists))
         );
         let alone: Vec<String> = LEVELS
             .iter()

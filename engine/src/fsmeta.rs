@@ -137,7 +137,7 @@ pub fn node_from_meta(
             Some(p) => p.xattrs.clone(),
             None => read_xattrs(path),
         },
-        content: Vec::new(),
+        content: cairn_format::Content::default(),
         subtree: None,
     })
 }

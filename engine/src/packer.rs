@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cairn_format::{
-    finish_pack, group_entries, preamble_of, seal_blob_into, seal_group_into, BlobType, FileKind,
-    Id, IndexFile, IndexPack, PackEntry, PackHeader,
+    finish_pack, group_entries, preamble_of, seal_blob_into, seal_group_into, BlobType, Content,
+    FileKind, Id, IndexFile, IndexPack, PackEntry, PackHeader,
 };
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
@@ -401,6 +401,27 @@ impl Packer {
     /// The blob id of `data` under the repository key.
     pub fn blob_id(&self, data: &[u8]) -> Id {
         self.shared.repo.key().blob_id(data)
+    }
+
+    /// A file's data blob ids as its node will name them: directly, or in a repository of
+    /// format 4 and for more than `LIST_THRESHOLD` blobs, through content lists, each stored
+    /// as a tree-type blob unless it is known (FORMAT.md §11.1). Every id must be stored or
+    /// known already: a list is only written over blobs the repository holds.
+    pub fn content(&self, ids: Vec<Id>) -> Result<Content> {
+        if self.shared.repo.config().version < cairn_format::CONTENT_LISTS_VERSION {
+            return Ok(Content::Blobs(ids));
+        }
+        let Some(runs) = cairn_format::content_list_runs(&ids) else {
+            return Ok(Content::Blobs(ids));
+        };
+        let mut lists = Vec::with_capacity(runs.len());
+        for run in runs {
+            let bytes = cairn_format::encode_content_list(run);
+            let id = self.blob_id(&bytes);
+            self.add(BlobType::Tree, id, &bytes)?;
+            lists.push(id);
+        }
+        Ok(Content::Lists(lists))
     }
 
     /// Store a blob unless it is already known. Returns whether it was new.

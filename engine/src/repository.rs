@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use cairn_format::{
-    check_preamble, decode_sealed, encode_sealed, open_blob_in_place, BlobType, Config, FileKind,
-    FormatError, Id, IndexFile, KdfParams, KeyFile, MasterKey, Snapshot, Tree, NONCE_LEN,
+    check_preamble, decode_sealed, encode_sealed, open_blob_in_place, BlobType, Config, Content,
+    FileKind, FormatError, Id, IndexFile, KdfParams, KeyFile, MasterKey, Snapshot, Tree, NONCE_LEN,
 };
 use rand::RngCore;
 use rayon::prelude::*;
@@ -754,6 +754,37 @@ impl Repository {
         Tree::decode(&bytes).map_err(|e| Error::Integrity(format!("tree {}: {e}", id.short())))
     }
 
+    /// Read and decode a content list (format 4): the data blob ids it holds.
+    pub(crate) fn load_content_list(&self, index: &MasterIndex, id: &Id) -> Result<Vec<Id>> {
+        let bytes = self.read_blob(index, BlobType::Tree, id)?;
+        cairn_format::decode_content_list(&bytes)
+            .map_err(|e| Error::Integrity(format!("content list {}: {e}", id.short())))
+    }
+
+    /// A file's data blob ids in order: named by its node, or read from the content lists it
+    /// names. At most `MAX_CONTENT_IDS`, whatever the lists claim.
+    pub(crate) fn file_blobs<'c>(
+        &self,
+        index: &MasterIndex,
+        content: &'c Content,
+    ) -> Result<std::borrow::Cow<'c, [Id]>> {
+        let lists = match content {
+            Content::Blobs(ids) => return Ok(std::borrow::Cow::Borrowed(ids)),
+            Content::Lists(lists) => lists,
+        };
+        let mut ids = Vec::new();
+        for list in lists {
+            ids.extend(self.load_content_list(index, list)?);
+            if ids.len() > cairn_format::MAX_CONTENT_IDS {
+                return Err(Error::Integrity(format!(
+                    "a file's content lists name more than {} blobs",
+                    cairn_format::MAX_CONTENT_IDS
+                )));
+            }
+        }
+        Ok(std::borrow::Cow::Owned(ids))
+    }
+
     /// Add a key file for another password.
     pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<Id> {
         add_key_file(self.backend.as_ref(), &self.key, password, kdf)
@@ -852,6 +883,16 @@ impl<'r> Indexed<'r> {
     /// Read, authenticate and verify one blob.
     pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
         self.repo.read_blob(&self.index, blob_type, id)
+    }
+
+    /// Read and decode a content list (format 4).
+    pub fn load_content_list(&self, id: &Id) -> Result<Vec<Id>> {
+        self.repo.load_content_list(&self.index, id)
+    }
+
+    /// A file's data blob ids in order, through its content lists if it names them.
+    pub fn file_blobs<'c>(&self, content: &'c Content) -> Result<std::borrow::Cow<'c, [Id]>> {
+        self.repo.file_blobs(&self.index, content)
     }
 }
 

@@ -116,7 +116,7 @@ pub fn root_node(s: &Snapshot) -> cairn_format::Node {
         links: 2,
         link_target: Vec::new(),
         xattrs: Vec::new(),
-        content: Vec::new(),
+        content: cairn_format::Content::default(),
         subtree: Some(s.tree),
     }
 }

@@ -23,8 +23,9 @@ pub const PREAMBLE_LEN: usize = 8;
 /// Objects carry the version of their own kind's encoding, numbered by the repository
 /// version that introduced it: version 2 changed packs and index files (grouped blobs),
 /// version 3 index files (condemned packs) and locks (modes, start time); the other kinds are
-/// still written as version 1.
-pub const FORMAT_VERSION: u16 = 3;
+/// still written as version 1. Version 4 changed no object's encoding: it lets tree blobs name
+/// content lists (FORMAT.md §11.1), which only a version-4 repository may hold.
+pub const FORMAT_VERSION: u16 = 4;
 
 /// The newest version of `kind`'s encoding this build reads.
 pub fn newest_version(kind: FileKind) -> u16 {

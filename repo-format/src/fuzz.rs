@@ -11,9 +11,9 @@ use crate::{
     blob_in_group, decode_pack_header, decode_sealed, decode_sealed_header,
     encode_sealed_with_nonce, finish_pack_with_nonce, header_span, open_blob, open_group_in_place,
     preamble, preamble_of, seal_blob_with_nonce, seal_group_with_nonce, to_postcard,
-    unpack_payload, BlobType, ChunkerParams, Config, FileKind, FileTime, Id, IndexFile, IndexPack,
-    KdfParams, KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot,
-    SnapshotSummary, Timestamp, Tree, Xattr, NONCE_LEN,
+    unpack_payload, BlobType, ChunkerParams, Config, Content, FileKind, FileTime, Id, IndexFile,
+    IndexPack, KdfParams, KeyFile, Lock, MasterKey, Node, NodeKind, PackEntry, PackHeader,
+    Snapshot, SnapshotSummary, Timestamp, Tree, Xattr, NONCE_LEN,
 };
 
 /// A fixed key, so the fuzzer can also reach past authentication when it learns a valid box.
@@ -30,11 +30,12 @@ pub type Target = fn(&[u8]);
 
 /// Every fuzz target: its name (the file in `fuzz/fuzz_targets/` and the corpus directory)
 /// and its entry point.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("pack_header", pack_header),
     ("blob_group", blob_group),
     ("index", index),
     ("tree", tree),
+    ("content_list", content_list),
     ("snapshot", snapshot),
     ("key", key),
     ("config", config),
@@ -91,6 +92,17 @@ pub fn tree(data: &[u8]) {
         assert!(
             matches!(again, Ok(ref u) if *u == t),
             "decoded tree does not survive re-encoding"
+        );
+    }
+}
+
+/// Content-list decoder (format 4). A list that decodes re-encodes to the same bytes: one
+/// encoding per list, as for trees.
+pub fn content_list(data: &[u8]) {
+    if let Ok(ids) = crate::decode_content_list(data) {
+        assert!(
+            crate::encode_content_list(&ids) == data,
+            "decoded content list does not re-encode to its bytes"
         );
     }
 }
@@ -353,7 +365,7 @@ fn ts(unix_secs: i64, utc_offset_secs: i32) -> Timestamp {
     }
 }
 
-fn sample_node(name: &[u8], kind: NodeKind, content: Vec<Id>, subtree: Option<Id>) -> Node {
+fn sample_node(name: &[u8], kind: NodeKind, content: Content, subtree: Option<Id>) -> Node {
     Node {
         name: name.to_vec(),
         kind,
@@ -404,10 +416,15 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
     let data_id = key.blob_id(&hello);
     let mut tree = Tree {
         nodes: vec![
-            sample_node(b"hello.txt", NodeKind::File, vec![data_id], None),
-            sample_node(b"link", NodeKind::Symlink, Vec::new(), None),
-            sample_node(b"sub", NodeKind::Dir, Vec::new(), Some(Id([3; 32]))),
-            sample_node(b"\xffnot-utf8", NodeKind::Fifo, Vec::new(), None),
+            sample_node(
+                b"hello.txt",
+                NodeKind::File,
+                Content::Blobs(vec![data_id]),
+                None,
+            ),
+            sample_node(b"link", NodeKind::Symlink, Content::default(), None),
+            sample_node(b"sub", NodeKind::Dir, Content::default(), Some(Id([3; 32]))),
+            sample_node(b"\xffnot-utf8", NodeKind::Fifo, Content::default(), None),
         ],
     };
     tree.canonicalize();
@@ -415,6 +432,22 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
     let tree_id = key.blob_id(&tree_bytes);
     out.push(("tree", tree_bytes.clone()));
     out.push(("tree", Tree::default().encode()));
+    // Format 4: a file naming content lists beside one naming its blob, and the lists.
+    let list = crate::encode_content_list(&[data_id, data_id, Id([7; 32])]);
+    let list_id = key.blob_id(&list);
+    let mut v4 = tree.clone();
+    let mut big = sample_node(
+        b"big.db",
+        NodeKind::File,
+        Content::Lists(vec![list_id, list_id]),
+        None,
+    );
+    big.size = 28;
+    v4.nodes.push(big);
+    v4.canonicalize();
+    out.push(("tree", v4.encode()));
+    out.push(("content_list", list));
+    out.push(("content_list", crate::encode_content_list(&[Id([9; 32])])));
 
     let mut pack = preamble(FileKind::Pack).to_vec();
     let mut entries = Vec::new();

@@ -61,6 +61,10 @@ pub use pages::{
     GIT_PACK_CHUNKS, SQLITE_MIN_PIECE, TEXT_CHUNKS,
 };
 pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
-pub use tree::{FileTime, Node, NodeKind, Tree, Xattr};
+pub use tree::{
+    content_list_runs, decode_content_list, encode_content_list, Content, FileTime, Node, NodeKind,
+    Tree, Xattr, CONTENT_LISTS_VERSION, LIST_MAX_RUN, LIST_MIN_RUN, LIST_SPACING, LIST_THRESHOLD,
+    MAX_CONTENT_IDS, MAX_LIST_IDS,
+};
 
 pub mod fuzz;

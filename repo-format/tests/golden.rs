@@ -23,9 +23,9 @@ use cairn_format::{
     encode_sealed_with_nonce, finish_pack_with_nonce, from_postcard, group_aad, group_entries,
     open_blob, open_group_in_place, open_with_key, pack_header_aad, pack_header_aad_of, preamble,
     preamble_of, seal_blob_with_nonce, seal_group_with_nonce, to_postcard, BlobType, ChunkerParams,
-    Config, FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, LockMode,
-    MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree,
-    Xattr, FORMAT_VERSION, NONCE_LEN, PREAMBLE_LEN, TAG_LEN,
+    Config, Content, FileKind, FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock,
+    LockMode, MasterKey, Node, NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary,
+    Timestamp, Tree, Xattr, FORMAT_VERSION, NONCE_LEN, PREAMBLE_LEN, TAG_LEN,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -133,7 +133,7 @@ fn fixture() -> Fx {
                 name: b"user.note".to_vec(),
                 value: b"hi".to_vec(),
             }],
-            content: vec![hello_id],
+            content: Content::Blobs(vec![hello_id]),
             subtree: None,
         }],
     };
@@ -368,6 +368,114 @@ fn fixture_v3(fx: &Fx) -> (Lock, IndexFile) {
         ],
     };
     (lock, index)
+}
+
+const V4: u16 = 4;
+
+/// Version 4's content list and a tree naming it beside the version-1 fixture's file node:
+/// `twice.txt` is `hello world\n` twice, named through one list.
+fn fixture_v4(fx: &Fx) -> (Vec<u8>, Id, Tree) {
+    let list = cairn_format::encode_content_list(&[fx.hello_id, fx.hello_id]);
+    let list_id = fx.key.blob_id(&list);
+    let mut twice = fx.tree.nodes[0].clone();
+    twice.name = b"twice.txt".to_vec();
+    twice.size = 24;
+    twice.inode += 1;
+    twice.xattrs.clear();
+    twice.content = Content::Lists(vec![list_id]);
+    let mut tree = fx.tree.clone();
+    tree.nodes.push(twice);
+    tree.canonicalize();
+    (list, list_id, tree)
+}
+
+/// The vectors of version 4's additions: content lists and the trees that name them.
+fn vectors_v4(fx: &Fx, out: &mut Vec<Vector>) {
+    let (list, list_id, tree) = fixture_v4(fx);
+    assert_eq!(cairn_format::FORMAT_VERSION, V4);
+    let want = vec![fx.hello_id, fx.hello_id];
+    out.push(vector(
+        "content-list-v4",
+        "a content list: 00 'L' 04 00 || postcard(Vec<Id>), the plaintext of a tree-type blob",
+        list.clone(),
+        json_of(&want),
+        Box::new(move |b| same("content list", cairn_format::decode_content_list(b), &want)),
+    ));
+    let key = fx.key.clone();
+    out.push(vector(
+        "blob-id/content-list-v4",
+        "keyed BLAKE3 (id_key) of content-list-v4: the id a tree names it by",
+        list_id.0.to_vec(),
+        None,
+        Box::new(move |b| {
+            if b == key.blob_id(&list).0 {
+                Ok(())
+            } else {
+                Err("content list id differs".into())
+            }
+        }),
+    ));
+    let bytes = tree.encode();
+    let want = tree.clone();
+    out.push(vector(
+        "tree-v4",
+        "a tree naming a content list: 00 'T' 04 00 || postcard(nodes) || postcard(Vec<u32>: \
+         the nodes whose content ids are lists)",
+        bytes.clone(),
+        json_of(&want),
+        Box::new(move |b| same("tree v4", Tree::decode(b), &want)),
+    ));
+    // What version 4 readers refuse.
+    let mut no_lists = bytes[..4].to_vec();
+    no_lists.extend(to_postcard(&(&fx.tree.nodes, Vec::<u32>::new())));
+    out.push(vector(
+        "reject/tree-v4-without-lists",
+        "a version-4 tree naming no content list: refused (such a tree has one encoding, version 1)",
+        no_lists,
+        None,
+        Box::new(|b| refused(Tree::decode(b), |e| matches!(e, FormatError::Malformed { .. }))),
+    ));
+    let mut v5 = bytes.clone();
+    v5[2] = 5;
+    out.push(vector(
+        "reject/tree-v5",
+        "tree-v4 marked version 5: refused as a version this build does not know",
+        v5,
+        None,
+        Box::new(|b| {
+            refused(Tree::decode(b), |e| {
+                matches!(e, FormatError::UnsupportedVersion { version: 5, .. })
+            })
+        }),
+    ));
+    let mut on_dir = bytes[..4].to_vec();
+    let mut dir = fx.tree.nodes[0].clone();
+    dir.kind = NodeKind::Dir;
+    dir.subtree = Some(list_id);
+    dir.content = Content::Blobs(vec![list_id]);
+    on_dir.extend(to_postcard(&(vec![dir], vec![0u32])));
+    out.push(vector(
+        "reject/tree-v4-lists-on-dir",
+        "a version-4 tree whose content-list node is a directory: refused",
+        on_dir,
+        None,
+        Box::new(|b| {
+            refused(Tree::decode(b), |e| {
+                matches!(e, FormatError::Malformed { .. })
+            })
+        }),
+    ));
+    out.push(vector(
+        "reject/content-list-empty",
+        "a content list of no ids: refused",
+        cairn_format::encode_content_list(&[]),
+        None,
+        Box::new(|b| {
+            refused(cairn_format::decode_content_list(b), |e| {
+                matches!(e, FormatError::Malformed { .. })
+            })
+        }),
+    ));
 }
 
 /// The vectors of version 3's additions.
@@ -1328,6 +1436,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
     ));
     vectors_v2(fx, &mut out);
     vectors_v3(fx, &mut out);
+    vectors_v4(fx, &mut out);
     out
 }
 
@@ -1625,9 +1734,13 @@ fn dump_node(d: &mut Dump, n: &Node) {
         d.bytes_field(&format!("xattrs[{i}].name"), &x.name);
         d.bytes_field(&format!("xattrs[{i}].value"), &x.value);
     }
-    d.len("content", n.content.len());
-    for (i, id) in n.content.iter().enumerate() {
-        d.id(&format!("content[{i}]"), id);
+    d.len("content", n.content.refs().len());
+    let what = match n.content {
+        Content::Blobs(_) => "",
+        Content::Lists(_) => " of a content list",
+    };
+    for (i, id) in n.content.refs().iter().enumerate() {
+        d.id(&format!("content[{i}]{what}"), id);
     }
     match &n.subtree {
         None => d.raw("subtree: Option<Id> = None (tag 0)", &[0]),
@@ -1953,6 +2066,32 @@ fn examples(fx: &Fx) -> BTreeMap<&'static str, String> {
         "index-v3-postcard",
         d.checked("index v3", &index3.encode(V3).unwrap()),
     );
+
+    let (list, list_id, tree4) = fixture_v4(fx);
+    let mut d = Dump::default();
+    d.raw("marker: 00 'L', version 4 (u16 LE)", &list[..4])
+        .len("ids", 2)
+        .id("ids[0]", &fx.hello_id)
+        .id("ids[1]", &fx.hello_id);
+    ex.insert(
+        "content-list-v4",
+        format!(
+            "{}
+blob id (keyed BLAKE3): {}",
+            d.checked("content list", &list),
+            list_id.to_hex()
+        ),
+    );
+    let mut d = Dump::default();
+    let bytes4 = tree4.encode();
+    d.raw("marker: 00 'T', version 4 (u16 LE)", &bytes4[..4]);
+    d.len("nodes", tree4.nodes.len());
+    for n in &tree4.nodes {
+        dump_node(&mut d, n);
+    }
+    d.len("indirect", 1)
+        .uint("indirect[0]: node index", "u32", 1);
+    ex.insert("tree-v4", d.checked("tree v4", &bytes4));
 
     let kf = &fx.keyfile;
     let mut d = Dump::default();

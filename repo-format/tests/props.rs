@@ -9,9 +9,10 @@
 
 use cairn_format::{
     decode_pack_header, decode_sealed, encode_sealed, finish_pack, from_postcard, open_blob,
-    preamble, seal_blob, to_postcard, BlobType, ChunkerParams, Config, FileKind, FormatError, Id,
-    IndexFile, IndexPack, KdfParams, KeyFile, Lock, LockMode, MasterKey, Node, NodeKind, PackEntry,
-    PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr, PREAMBLE_LEN,
+    preamble, seal_blob, to_postcard, BlobType, ChunkerParams, Config, Content, FileKind,
+    FormatError, Id, IndexFile, IndexPack, KdfParams, KeyFile, Lock, LockMode, MasterKey, Node,
+    NodeKind, PackEntry, PackHeader, Snapshot, SnapshotSummary, Timestamp, Tree, Xattr,
+    PREAMBLE_LEN,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -300,7 +301,7 @@ fn node() -> impl Strategy<Value = Node> {
                 links,
                 link_target,
                 xattrs,
-                content,
+                content: Content::Blobs(content),
                 subtree,
             },
         )
@@ -308,7 +309,7 @@ fn node() -> impl Strategy<Value = Node> {
 
 /// A node that passes [`Tree::decode`]'s checks (valid name, subtree iff directory).
 fn valid_node() -> impl Strategy<Value = Node> {
-    (node(), vec(any::<u8>(), 1..12), id()).prop_map(|(mut n, name, sub)| {
+    (node(), vec(any::<u8>(), 1..12), id(), any::<bool>()).prop_map(|(mut n, name, sub, lists)| {
         n.name = name
             .into_iter()
             .map(|b| if b == b'/' || b == 0 { b'x' } else { b })
@@ -317,6 +318,10 @@ fn valid_node() -> impl Strategy<Value = Node> {
             n.name.push(b'x');
         }
         n.subtree = (n.kind == NodeKind::Dir).then_some(sub);
+        // Format 4: a file may name content lists instead of blobs.
+        if lists && n.kind == NodeKind::File && !n.content.is_empty() {
+            n.content = Content::Lists(n.content.refs().to_vec());
+        }
         n
     })
 }

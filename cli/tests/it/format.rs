@@ -143,11 +143,11 @@ fn a_version_1_repository_stays_version_1_until_migrated() {
 
     let out = env.ok(&["migrate"]);
     assert!(
-        out.stdout.contains("from format version 1 to 3"),
+        out.stdout.contains("from format version 1 to 4"),
         "{}",
         out.dump()
     );
-    assert_eq!(env.json(&["cat", "config"])["version"], 3);
+    assert_eq!(env.json(&["cat", "config"])["version"], 4);
     let out = env.ok(&["migrate"]);
     assert!(out.stdout.contains("already"), "{}", out.dump());
 
@@ -283,4 +283,92 @@ fn copy_moves_snapshots_between_format_versions() {
         .any(|e| !e["group_offset"].is_null()));
     v2.ok(&["check", "--read-data"]);
     v2.restore_latest_exact(&data, &v2.path("out"), &[]);
+}
+
+/// `ls --json`'s entry for `path` in `snapshot`.
+fn node_of(env: &Env, snapshot: &str, path: &Path) -> Value {
+    let all = env.json(&["ls", snapshot]);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["path"] == s(path))
+        .unwrap_or_else(|| panic!("{} not in {snapshot}", path.display()))
+        .clone()
+}
+
+#[test]
+fn content_lists_come_with_format_4_through_migrate_and_copy() {
+    // A version-3 repository names the blobs of a big file directly.
+    let env = Env::with_init_args(&["--format-version", "3"]);
+    let src = env.path("src");
+    small_files(&src, 20, 9);
+    let db = src.join("db.snap");
+    let mut snap = etcd_snapshot(400, 5);
+    write_file(&db, &snap);
+    env.backup(&[s(&src)]);
+    let direct = node_of(&env, "latest", &db);
+    assert!(direct["content_lists"].is_null(), "{direct}");
+    assert!(direct["content"].as_u64().unwrap() > 64, "{direct}");
+    let newest = |env: &Env| -> String {
+        let mut all = env.snapshots::<&str>(&[]);
+        all.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+        all.last().unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let v3 = newest(&env);
+
+    // After the migration the unchanged file is taken from the parent and named by lists.
+    env.ok(&["migrate"]);
+    env.backup(&[s(&src)]);
+    let listed = node_of(&env, "latest", &db);
+    let lists = listed["content_lists"].as_u64().unwrap();
+    assert!(lists >= 2 && listed["content"].is_null(), "{listed}");
+    let report = env.json(&["check", "--read-data"]);
+    assert_eq!(report["report"]["content_lists"], lists, "{report}");
+    // Named both ways, the data is the same: no content change.
+    let diff = env.run(&["diff", &v3, "latest"]);
+    diff.success();
+    assert!(!diff.stdout.contains("db.snap"), "{}", diff.dump());
+    env.restore_latest_exact(&src, &env.path("out"), &[]);
+    let v4 = newest(&env);
+
+    // A few pages change: the lists around them change, the others are kept.
+    snap[200 * 4096..201 * 4096].copy_from_slice(&random_bytes(4096, 11));
+    write_file(&db, &snap);
+    env.backup(&[s(&src)]);
+    let changed = node_of(&env, "latest", &db);
+    let now = changed["content_lists"].as_u64().unwrap();
+    assert!(now.abs_diff(lists) <= 2, "{changed}");
+    let diff = env.run(&["diff", &v4, "latest"]);
+    assert!(diff.stdout.contains("db.snap"), "{}", diff.dump());
+    env.ok(&["check", "--read-data"]);
+    env.restore_latest_exact(&src, &env.path("out2"), &[]);
+    let mut dump = env.cmd();
+    dump.args(["dump", "latest", s(&db)]);
+    let bytes = dump.output().unwrap();
+    assert!(bytes.status.success());
+    assert!(bytes.stdout == snap, "dump differs from the file");
+
+    // Copied into a version-3 repository that names blobs alike, trees are re-encoded:
+    // the file names its blobs directly there, and restores the same.
+    let old = Env::uninitialized();
+    crate::copy::init_like(&old, &env, &["--format-version", "3"]);
+    let report = crate::copy::copy_report(&crate::copy::copy(&old, &env, &["--json"], None));
+    assert_eq!(report["same_ids"], false, "{report}");
+    let there = node_of(&old, "latest", &db);
+    assert!(there["content_lists"].is_null(), "{there}");
+    old.ok(&["check", "--read-data"]);
+    old.restore_latest_exact(&src, &old.path("out"), &[]);
+    // Into a version-4 one, as they are.
+    let new = Env::uninitialized();
+    crate::copy::init_like(&new, &env, &[]);
+    let report = crate::copy::copy_report(&crate::copy::copy(&new, &env, &["--json"], None));
+    assert_eq!(report["same_ids"], true, "{report}");
+    assert_eq!(node_of(&new, "latest", &db)["content_lists"], now);
+    new.ok(&["check", "--read-data"]);
+
+    // Forget the older snapshots and prune: the lists in use and their blobs stay.
+    env.ok(&["forget", "--keep-last", "1", "--prune", "--max-unused", "0"]);
+    let report = env.json(&["check", "--read-data"]);
+    assert_eq!(report["report"]["content_lists"], now, "{report}");
+    env.restore_latest_exact(&src, &env.path("out3"), &[]);
 }

@@ -135,7 +135,7 @@ fn crafted_twenty_thousand_level_snapshot_restores() {
     let data_id = forger.store(&[(BlobType::Data, leaf_data.clone())])[0];
     let mut leaf = Forger::node(b"leaf", NodeKind::File);
     leaf.size = leaf_data.len() as u64;
-    leaf.content = vec![data_id];
+    leaf.content = cairn_format::Content::Blobs(vec![data_id]);
     // Bottom-up: each level is a tree holding one directory `d` pointing at the one below.
     let mut trees = Vec::new();
     let mut below = cairn_format::to_postcard(&Tree { nodes: vec![leaf] });
@@ -611,7 +611,7 @@ fn claims_beyond_the_format_limits_are_refused_without_allocating() {
     // and no 1 TiB sparse file appears.
     let mut f = Forger::node(b"huge", NodeKind::File);
     f.size = 1 << 40;
-    f.content = forger.store(&[(BlobType::Data, b"12345".to_vec())]);
+    f.content = cairn_format::Content::Blobs(forger.store(&[(BlobType::Data, b"12345".to_vec())]));
     forger.snapshot(vec![f], "liar");
     let target = env.path("restored");
     env.run(&[

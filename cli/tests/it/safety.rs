@@ -165,7 +165,7 @@ fn hostile_repository_cannot_escape_the_target() {
     let file = |name: &[u8]| {
         let mut n = Forger::node(name, NodeKind::File);
         n.size = payload.len() as u64;
-        n.content = vec![data_id];
+        n.content = cairn_format::Content::Blobs(vec![data_id]);
         n
     };
 

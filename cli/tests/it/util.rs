@@ -792,7 +792,7 @@ impl<'a> Forger<'a> {
             links: 1,
             link_target: Vec::new(),
             xattrs: Vec::new(),
-            content: Vec::new(),
+            content: cairn_format::Content::default(),
             subtree: None,
         }
     }

@@ -681,14 +681,17 @@ impl Archiver<'_> {
         node: &mut Node,
     ) -> Result<bool> {
         if let Some(p) = parent {
-            if p.kind == NodeKind::File
+            let unchanged = p.kind == NodeKind::File
                 && p.size == node.size
                 && p.mtime == node.mtime
                 && p.ctime == node.ctime
-                && p.inode == node.inode
-                && p.content.iter().all(|id| self.packer.has(id))
+                && p.inode == node.inode;
+            if let Some(content) = unchanged
+                .then(|| self.reuse(&p.content))
+                .transpose()?
+                .flatten()
             {
-                node.content = p.content.clone();
+                node.content = content;
                 let mut c = self.counts.lock();
                 c.files_unmodified += 1;
                 c.files += 1;
@@ -759,7 +762,7 @@ impl Archiver<'_> {
             ));
         }
         node.size = read;
-        node.content = content;
+        node.content = self.packer.content(content)?;
         let mut c = self.counts.lock();
         if parent.is_some_and(|p| p.kind == NodeKind::File) {
             c.files_changed += 1;
@@ -772,7 +775,6 @@ impl Archiver<'_> {
         Ok(true)
     }
 
-    /// Chunk and store a stream; returns blob ids and bytes read.
     /// Fill `buf` up to the window size or EOF.
     fn fill(
         &self,
@@ -855,6 +857,36 @@ impl Archiver<'_> {
         } else {
             spans.iter().map(store).collect()
         }
+    }
+
+    /// An unchanged file's content as the parent snapshot names it, if every data blob is
+    /// still stored (or queued in this run); `None` to read the file again. Lists are read
+    /// for their blobs: a list in the index does not prove that the blobs it names are, and
+    /// the content is stored again as this repository's format names it (lists after a
+    /// migration to format 4).
+    fn reuse(&self, parent: &cairn_format::Content) -> Result<Option<cairn_format::Content>> {
+        if let cairn_format::Content::Blobs(ids) = parent {
+            if self.repo.config().version < cairn_format::CONTENT_LISTS_VERSION
+                || ids.len() <= cairn_format::LIST_THRESHOLD
+            {
+                return Ok(ids
+                    .iter()
+                    .all(|id| self.packer.has(id))
+                    .then(|| parent.clone()));
+            }
+        }
+        let ids = match self.repo.file_blobs(self.index, parent) {
+            Ok(ids) => ids.into_owned(),
+            Err(e) => {
+                // A damaged parent only costs speed: the file is read again.
+                tracing::warn!("parent content lists: {e}; re-reading");
+                return Ok(None);
+            }
+        };
+        if !ids.iter().all(|id| self.packer.has(id)) {
+            return Ok(None);
+        }
+        self.packer.content(ids).map(Some)
     }
 
     /// Chunk and store a stream; returns blob ids and bytes read.
@@ -1000,7 +1032,7 @@ impl Archiver<'_> {
                 links: 1,
                 link_target: Vec::new(),
                 xattrs: Vec::new(),
-                content,
+                content: self.packer.content(content)?,
                 subtree: None,
             }],
         })

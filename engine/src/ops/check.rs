@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_format::{
-    decode_pack_header, BlobType, FileKind, Id, NodeKind, PackEntry, Snapshot, Tree,
+    decode_pack_header, BlobType, Content, FileKind, Id, NodeKind, PackEntry, Snapshot, Tree,
 };
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -50,6 +50,8 @@ pub struct CheckReport {
     pub blobs_read: u64,
     /// Trees decoded.
     pub trees: u64,
+    /// Content lists (format 4) decoded.
+    pub content_lists: u64,
     /// Temporary files left by killed processes (`prune` removes them).
     pub leftover_temp_files: u64,
     /// Their bytes.
@@ -193,6 +195,25 @@ pub fn check(
     };
     let mut pending: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| first_visit(t)).collect();
     let batch = crate::ops::prune::trees_at_once(repo);
+    // What a data blob adds to its file: its length, or None (reported) when it is missing.
+    let blob_bytes = |c: &Id, whose: &str| -> Option<u64> {
+        match index.get(c) {
+            Some(l) if gone.contains(&l.pack) => {
+                err(format!(
+                    "{whose}: data blob {} is only in pack {}, which a prune deleted",
+                    c.short(),
+                    index.packs()[l.pack as usize].short()
+                ));
+                None
+            }
+            Some(l) if l.blob_type == BlobType::Data => Some(u64::from(l.raw_length)),
+            _ => {
+                err(format!("{whose}: data blob {} is not indexed", c.short()));
+                None
+            }
+        }
+    };
+    let mut lists: HashMap<Id, Option<u64>> = HashMap::new();
     while !pending.is_empty() {
         if interrupted() {
             return Err(Error::Interrupted);
@@ -213,39 +234,63 @@ pub fn check(
                 )
             })
             .collect();
+        // Content lists (format 4) the batch names: each read once, in parallel, and its
+        // blobs checked once; `lists` keeps what they hold (None: damaged, reported).
+        let wanted: HashSet<Id> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|t| &t.nodes)
+            .filter_map(|n| match &n.content {
+                Content::Lists(l) => Some(l),
+                Content::Blobs(_) => None,
+            })
+            .flatten()
+            .filter(|l| !lists.contains_key(*l))
+            .copied()
+            .collect();
+        let loaded: Vec<(Id, Result<Vec<Id>>)> = wanted
+            .into_par_iter()
+            .map(|l| (l, repo.load_content_list(&index, &l)))
+            .collect();
+        for (l, r) in loaded {
+            report.content_lists += 1;
+            let held = match r {
+                Ok(ids) => ids
+                    .iter()
+                    .map(|c| blob_bytes(c, &format!("content list {}", l.short())))
+                    .fold(Some(0), add_held),
+                Err(e) => {
+                    incomplete_snapshots = true;
+                    err(format!("content list {}: {e}", l.short()));
+                    None
+                }
+            };
+            lists.insert(l, held);
+        }
         for (snap, r) in results {
             match r {
                 Ok(tree) => {
                     report.trees += 1;
                     for n in &tree.nodes {
-                        let mut held = Some(0u64);
-                        for c in &n.content {
-                            match index.get(c) {
-                                Some(l) if gone.contains(&l.pack) => {
-                                    held = None;
-                                    incomplete_snapshots = true;
-                                    err(format!(
-                                        "snapshot {}: file {:?}: data blob {} is only in pack {}, which a prune deleted",
-                                        snap.short(),
-                                        String::from_utf8_lossy(&n.name),
-                                        c.short(),
-                                        index.packs()[l.pack as usize].short()
-                                    ));
-                                }
-                                Some(l) if l.blob_type == BlobType::Data => {
-                                    held = held.map(|h| h + u64::from(l.raw_length));
-                                }
-                                _ => {
-                                    held = None;
-                                    incomplete_snapshots = true;
-                                    err(format!(
-                                        "snapshot {}: file {:?}: data blob {} is not indexed",
-                                        snap.short(),
-                                        String::from_utf8_lossy(&n.name),
-                                        c.short()
-                                    ));
-                                }
-                            }
+                        let file = || {
+                            format!(
+                                "snapshot {}: file {:?}",
+                                snap.short(),
+                                String::from_utf8_lossy(&n.name)
+                            )
+                        };
+                        let held: Option<u64> = match &n.content {
+                            Content::Blobs(ids) => ids
+                                .iter()
+                                .map(|c| blob_bytes(c, &file()))
+                                .fold(Some(0), add_held),
+                            Content::Lists(ls) => ls
+                                .iter()
+                                .map(|l| lists.get(l).copied().flatten())
+                                .fold(Some(0), add_held),
+                        };
+                        if held.is_none() {
+                            incomplete_snapshots = true;
                         }
                         // A node's size must be what its blobs hold: restore sizes the file
                         // from it, and a lie would make it create a huge sparse file.
@@ -386,4 +431,10 @@ fn repair_hints(
         out.push("`cairn repair snapshots --forget` removes damaged snapshot files and rewrites the snapshots around data that is lost".to_owned());
     }
     out
+}
+
+/// Sum what a file's blobs hold, every one of them looked at (each missing one is reported),
+/// None if any is missing.
+fn add_held(total: Option<u64>, blob: Option<u64>) -> Option<u64> {
+    Some(total? + blob?)
 }

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cairn_format::{BlobType, FileKind, Id, Node, NodeKind, Snapshot, Tree};
+use cairn_format::{BlobType, Content, FileKind, Id, Node, NodeKind, Snapshot, Tree};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -47,7 +47,9 @@ pub struct CopyReport {
     pub bytes_sent: u64,
     /// Blobs read from the source.
     pub blobs_read: u64,
-    /// The two repositories name blobs alike (`init --copy-chunker-params`).
+    /// The two repositories name blobs alike (`init --copy-chunker-params`), and trees were
+    /// copied as they are (not when the source names content lists, format 4, and the
+    /// destination is older).
     pub same_ids: bool,
 }
 
@@ -123,6 +125,20 @@ impl Copier<'_, '_> {
         Ok(nid)
     }
 
+    /// Copy a content list and its blobs (ids alike in both repositories). A list the
+    /// destination holds does not prove that its blobs are there, so each is looked up.
+    fn list(&self, id: &Id) -> Result<()> {
+        if self.trees_done.lock().contains(id) {
+            return Ok(());
+        }
+        for c in self.src.load_content_list(id)? {
+            self.blob(BlobType::Data, &c)?;
+        }
+        self.blob(BlobType::Tree, id)?;
+        self.trees_done.lock().insert(*id);
+        Ok(())
+    }
+
     /// Copy the tree `id` and everything below; its id in the destination.
     fn tree(&self, id: &Id) -> Result<Id> {
         if interrupted() {
@@ -145,11 +161,31 @@ impl Copier<'_, '_> {
             .map(|mut n| -> Result<Node> {
                 match n.kind {
                     NodeKind::File => {
-                        n.content = n
-                            .content
-                            .iter()
-                            .map(|c| self.blob(BlobType::Data, c))
-                            .collect::<Result<_>>()?;
+                        if self.same_ids {
+                            // The tree is stored as the source has it: its lists too.
+                            match &n.content {
+                                Content::Blobs(ids) => {
+                                    for c in ids {
+                                        self.blob(BlobType::Data, c)?;
+                                    }
+                                }
+                                Content::Lists(lists) => {
+                                    for l in lists {
+                                        self.list(l)?;
+                                    }
+                                }
+                            }
+                        } else {
+                            let ids = self
+                                .src
+                                .file_blobs(&n.content)?
+                                .iter()
+                                .map(|c| self.blob(BlobType::Data, c))
+                                .collect::<Result<_>>()?;
+                            // Named as the destination's format names a file of this many
+                            // blobs: lists where it has them.
+                            n.content = self.packer.content(ids)?;
+                        }
                         Progress::add(&self.progress.files, 1);
                     }
                     NodeKind::Dir => {
@@ -195,7 +231,11 @@ pub fn copy(
             "source and destination are the same repository".into(),
         ));
     }
-    let same_ids = src.repo().key().id_key == dst_repo.key().id_key;
+    // Trees are stored as the source has them only where the destination can read them: a
+    // destination older than content lists gets them re-encoded (and new ids) instead.
+    let lists = cairn_format::CONTENT_LISTS_VERSION;
+    let same_ids = src.repo().key().id_key == dst_repo.key().id_key
+        && (dst_repo.config().version >= lists || src.repo().config().version < lists);
     let existing: HashSet<Identity> = dst_repo
         .load_snapshots()?
         .iter()

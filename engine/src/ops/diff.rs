@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use cairn_format::{Id, Node, NodeKind, Tree};
+use cairn_format::{Content, Id, Node, NodeKind, Tree};
 use serde::Serialize;
 
 use crate::progress::interrupted;
@@ -237,10 +237,15 @@ impl Differ<'_, '_> {
             }
             return Ok(());
         }
-        let content = x.content != y.content
-            || x.size != y.size
-            || x.link_target != y.link_target
-            || x.rdev != y.rdev;
+        // The same file may be named by blobs in one snapshot and by content lists in the
+        // other (across a migration to format 4), or by lists cut otherwise: what counts is
+        // the blobs.
+        let same_data = match (&x.content, &y.content) {
+            (Content::Blobs(a), Content::Blobs(b)) => a == b,
+            (a, b) => a == b || self.ix.file_blobs(a)? == self.ix.file_blobs(b)?,
+        };
+        let content =
+            !same_data || x.size != y.size || x.link_target != y.link_target || x.rdev != y.rdev;
         if content {
             self.emit(p.to_path_buf(), Change::Modified, Some(x), Some(y))?;
         } else if meta && self.metadata {

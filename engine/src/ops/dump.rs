@@ -39,7 +39,7 @@ pub fn dump_file(ix: &Indexed<'_>, node: &Node, out: &mut dyn Write) -> Result<u
         )));
     }
     let mut n = 0u64;
-    for id in &node.content {
+    for id in ix.file_blobs(&node.content)?.iter() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
@@ -145,9 +145,10 @@ impl<W: Write> TarDump<'_, '_, W> {
             NodeKind::File => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(n.size);
+                let ids = self.ix.file_blobs(&n.content)?;
                 let mut r = BlobReader {
                     ix: self.ix,
-                    ids: n.content.iter(),
+                    ids: ids.iter(),
                     buf: Vec::new(),
                     pos: 0,
                     done: 0,

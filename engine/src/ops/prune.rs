@@ -35,7 +35,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use cairn_format::{FileKind, Id, IndexPack, Lock, PackEntry, Snapshot, Timestamp, Tree};
+use cairn_format::{Content, FileKind, Id, IndexPack, Lock, PackEntry, Snapshot, Timestamp, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -83,16 +83,39 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex, roots: &[Id]) -> Resul
             .par_iter()
             .map(|id| repo.load_tree(index, id))
             .collect::<Result<_>>()?;
+        // Content lists (format 4) marked for the first time are read for their blobs, a
+        // bounded batch at a time as trees are.
+        let mut lists: Vec<Id> = Vec::new();
         for t in &trees {
             for n in &t.nodes {
-                for c in &n.content {
-                    mark(&mut used, c)?;
+                match &n.content {
+                    Content::Blobs(ids) => {
+                        for c in ids {
+                            mark(&mut used, c)?;
+                        }
+                    }
+                    Content::Lists(ls) => {
+                        for l in ls {
+                            if mark(&mut used, l)? {
+                                lists.push(*l);
+                            }
+                        }
+                    }
                 }
                 if let Some(s) = n.subtree {
                     if mark(&mut used, &s)? {
                         pending.push(s);
                     }
                 }
+            }
+        }
+        for chunk in lists.chunks(batch.max(1) * 16) {
+            let loaded: Vec<Vec<Id>> = chunk
+                .par_iter()
+                .map(|l| repo.load_content_list(index, l))
+                .collect::<Result<_>>()?;
+            for c in loaded.iter().flatten() {
+                mark(&mut used, c)?;
             }
         }
     }

@@ -324,6 +324,23 @@ impl SnapshotFixer<'_> {
             .then_some(u64::from(loc.raw_length))
     }
 
+    /// A file's data blob ids, or None when a content list it names is lost or damaged.
+    fn file_blobs<'c>(
+        &self,
+        content: &'c cairn_format::Content,
+    ) -> Result<Option<std::borrow::Cow<'c, [Id]>>> {
+        if let cairn_format::Content::Lists(lists) = content {
+            if !lists.iter().all(|l| self.tree_readable(l)) {
+                return Ok(None);
+            }
+        }
+        match self.repo.file_blobs(self.index, content) {
+            Ok(ids) => Ok(Some(ids)),
+            Err(e) if e.is_damage() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn drop_path(&mut self, path: &Path, why: &str) {
         self.report.paths_dropped_total += 1;
         if self.report.paths_dropped.len() < 1000 {
@@ -373,13 +390,12 @@ impl SnapshotFixer<'_> {
                     let p = path.join(std::ffi::OsStr::from_bytes(&n.name));
                     match n.kind {
                         NodeKind::File => {
-                            let mut held = Some(0u64);
-                            for c in &n.content {
-                                held = match (held, self.present(c)) {
-                                    (Some(h), Some(l)) => Some(h + l),
-                                    _ => None,
-                                };
-                            }
+                            let held = match self.file_blobs(&n.content)? {
+                                Some(ids) => {
+                                    ids.iter().try_fold(0u64, |h, c| Some(h + self.present(c)?))
+                                }
+                                None => None,
+                            };
                             match held {
                                 Some(h) if h == n.size => nodes.push(n),
                                 Some(h) => {

@@ -460,10 +460,13 @@ impl Planner<'_> {
         // Where each blob goes, checked against the node's size before the file is created
         // and sized: a node whose size disagrees with its blobs is damaged (and one claiming
         // 1 TiB must not become a 1 TiB sparse file).
-        let mut placed: Vec<(Id, BlobLocation, u64)> = Vec::with_capacity(node.content.len());
+        let (ids, mut bad) = match self.repo.file_blobs(self.index, &node.content) {
+            Ok(ids) => (ids, None),
+            Err(e) => (std::borrow::Cow::Borrowed(&[][..]), Some(e.to_string())),
+        };
+        let mut placed: Vec<(Id, BlobLocation, u64)> = Vec::with_capacity(ids.len());
         let mut off = 0u64;
-        let mut bad = None;
-        for id in &node.content {
+        for id in ids.iter() {
             match self.index.get(id) {
                 Some(loc) if loc.blob_type == BlobType::Data => {
                     placed.push((*id, loc, off));
@@ -478,6 +481,7 @@ impl Planner<'_> {
                 }
             }
         }
+        drop(ids);
         if bad.is_none() && off != node.size {
             bad = Some(format!(
                 "the snapshot says {} bytes but the file's data holds {off}: the snapshot is damaged (see `cairn check`)",
@@ -1182,7 +1186,10 @@ fn verify_file(
     }
     let mut buf = Vec::new();
     let mut off = 0u64;
-    for id in &node.content {
+    let ids = repo
+        .file_blobs(index, &node.content)
+        .map_err(|e| e.to_string())?;
+    for id in ids.iter() {
         let want = index
             .get(id)
             .map(|l| l.raw_length as usize)
