@@ -428,7 +428,10 @@ prep_set() {
 compression_alone() { # data bytes
     [[ -n "$ZREF_LEVELS" ]] || return 0
     local avail
-    avail="$(awk '/MemAvailable/{print $2 * 1024}' /proc/meminfo)"
+    # Multiplied in bash: awk prints a product this large as 2.46e+10 (and mawk's %d stops
+    # at 2^31 - 1).
+    avail="$(awk '/MemAvailable/{print $2}' /proc/meminfo)"
+    avail=$((avail * 1024))
     if (( $2 * 7 / 2 > avail )); then
         log "compression alone: skipped (the data set does not fit in memory three times over)"
         return 0

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use cairn_engine::{backend, Repository};
-use cairn_format::{Content, Id, NodeKind, Tree};
+use cairn_format::{BlobType, Content, Id, NodeKind, Tree};
 
 /// Index entry (~35 bytes) plus pack-header entry (~35 bytes) of one blob.
 const PER_BLOB: u64 = 70;
@@ -45,6 +45,8 @@ fn main() -> Result<(), Error> {
     for (night, (_, snapshot)) in snapshots.iter().enumerate() {
         let mut n = Night::default();
         let mut plain_all = Vec::new();
+        // What this repository stored (trees as they are, lists too), for grouping it.
+        let mut plain_stored = Vec::new();
         let mut plain_with_refs: Vec<Vec<u8>> = vec![Vec::new(); SUBLIST_AVG.len()];
         let mut stack = vec![snapshot.tree];
         while let Some(id) = stack.pop() {
@@ -58,6 +60,7 @@ fn main() -> Result<(), Error> {
             let mut tree = indexed.load_tree(&id)?;
             n.trees += 1;
             n.stored += u64::from(location.length);
+            plain_stored.extend_from_slice(&tree.encode());
             for node in &mut tree.nodes {
                 if let Content::Lists(lists) = &node.content {
                     for l in lists {
@@ -65,6 +68,7 @@ fn main() -> Result<(), Error> {
                             let at = indexed.index().get(l).ok_or("list not indexed")?;
                             n.stored += u64::from(at.length);
                             n.stored_lists += 1;
+                            plain_stored.extend(indexed.read_blob(BlobType::Tree, l)?);
                         }
                     }
                     node.content = Content::Blobs(indexed.file_blobs(&node.content)?.into_owned());
@@ -87,6 +91,7 @@ fn main() -> Result<(), Error> {
             }
         }
         n.grouped = grouped_size(&plain_all)?;
+        n.grouped_stored = grouped_size(&plain_stored)?;
         for (k, p) in plain_with_refs.iter().enumerate() {
             n.grouped_refs[k] = grouped_size(p)?;
         }
@@ -157,6 +162,7 @@ struct Night {
     id_bytes: u64,
     alone: [u64; LEVELS.len()],
     grouped: u64,
+    grouped_stored: u64,
     grouped_refs: [u64; SUBLIST_AVG.len()],
     lists: [Lists; SUBLIST_AVG.len()],
 }
@@ -168,6 +174,7 @@ impl Night {
         self.stored += o.stored;
         self.id_bytes += o.id_bytes;
         self.grouped += o.grouped;
+        self.grouped_stored += o.grouped_stored;
         for k in 0..LEVELS.len() {
             self.alone[k] += o.alone[k];
         }
@@ -194,6 +201,12 @@ impl Night {
             .map(|(l, b)| format!("level {l} {:.2}", mb(b)))
             .collect();
         println!("  trees alone, compressed only: {} MB", alone.join(", "));
+        if self.stored_lists > 0 {
+            println!(
+                "  as stored (trees and content lists) in groups: {:.2} MB",
+                mb(self.grouped_stored + PER_BLOB * (self.trees + self.stored_lists))
+            );
+        }
         println!(
             "  trees in groups: {:.2} MB",
             mb(self.grouped + PER_BLOB * self.trees)

@@ -631,6 +631,67 @@ fn claims_beyond_the_format_limits_are_refused_without_allocating() {
         .assert_reports(13, &["size 1099511627776"]);
 }
 
+/// Content lists (format 4) that lie: a data blob named as a list, a list naming a tree as
+/// data, a list whose blobs hold less than the node claims, a tree-type blob that is not a
+/// list. Each is damage for restore and check (exit 13), never data, and no huge file.
+#[test]
+fn lying_content_lists_are_damage() {
+    use cairn_format::{encode_content_list, Content};
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("f"), b"small");
+    env.backup(&[s(&src)]);
+    let forger = Forger::new(&env);
+    let data = forger.store(&[(BlobType::Data, b"12345".to_vec())])[0];
+    let tree = forger.store(&[(BlobType::Tree, Tree::default().encode())])[0];
+    let lists = forger.store(&[
+        (BlobType::Tree, encode_content_list(&[tree])),
+        (BlobType::Tree, encode_content_list(&[data, data])),
+        (BlobType::Tree, b"\x00L\x04\x00not a list".to_vec()),
+    ]);
+    let file = |name: &[u8], size: u64, content: Content| {
+        let mut n = Forger::node(name, NodeKind::File);
+        n.size = size;
+        n.content = content;
+        n
+    };
+    forger.snapshot(
+        vec![
+            file(b"data-as-list", 5, Content::Lists(vec![data])),
+            file(b"not-a-list", 5, Content::Lists(vec![lists[2]])),
+            file(b"short", 1 << 40, Content::Lists(vec![lists[1]])),
+            file(b"tree-in-list", 1, Content::Lists(vec![lists[0]])),
+        ],
+        "lists",
+    );
+    let target = env.path("restored");
+    env.run(&[
+        "restore",
+        "latest",
+        "--host",
+        "lists",
+        "--target",
+        s(&target),
+    ])
+    .assert_reports(13, &["damaged"]);
+    for name in ["data-as-list", "not-a-list", "short", "tree-in-list"] {
+        let p = target.join("x").join(name);
+        assert!(
+            !p.exists() || fs::metadata(&p).unwrap().len() <= 10,
+            "{name} was restored as data"
+        );
+    }
+    env.run(&["check"]).assert_reports(
+        13,
+        &[
+            "is a Data blob, not Tree",
+            "content list",
+            "size 1099511627776",
+            "is not indexed",
+        ],
+    );
+}
+
 #[test]
 fn restore_refuses_dot_dot_in_the_snapshot_path() {
     let env = Env::new();

@@ -853,7 +853,8 @@ impl<'a> Forger<'a> {
     /// A snapshot whose root tree holds directory `x` with `nodes` (encoded as given, not
     /// canonicalized); file nodes get `content` as their data. Returns the snapshot id.
     pub fn snapshot(&self, nodes: Vec<Node>, hostname: &str) -> String {
-        let inner = to_postcard(&Tree { nodes });
+        // Encoded as a writer would: version 4 where a node names content lists.
+        let inner = Tree { nodes }.encode();
         let inner_id = self.key.blob_id(&inner);
         let mut x = Self::node(b"x", NodeKind::Dir);
         x.subtree = Some(inner_id);

@@ -195,12 +195,14 @@ pub fn check(
     };
     let mut pending: Vec<(Id, Id)> = roots.into_iter().filter(|(_, t)| first_visit(t)).collect();
     let batch = crate::ops::prune::trees_at_once(repo);
-    // What a data blob adds to its file: its length, or None (reported) when it is missing.
-    let blob_bytes = |c: &Id, whose: &str| -> Option<u64> {
+    // What a data blob adds to its file: its length, or None (reported, naming `whose`)
+    // when it is missing.
+    let blob_bytes = |c: &Id, whose: &dyn Fn() -> String| -> Option<u64> {
         match index.get(c) {
             Some(l) if gone.contains(&l.pack) => {
                 err(format!(
-                    "{whose}: data blob {} is only in pack {}, which a prune deleted",
+                    "{}: data blob {} is only in pack {}, which a prune deleted",
+                    whose(),
                     c.short(),
                     index.packs()[l.pack as usize].short()
                 ));
@@ -208,12 +210,20 @@ pub fn check(
             }
             Some(l) if l.blob_type == BlobType::Data => Some(u64::from(l.raw_length)),
             _ => {
-                err(format!("{whose}: data blob {} is not indexed", c.short()));
+                err(format!(
+                    "{}: data blob {} is not indexed",
+                    whose(),
+                    c.short()
+                ));
                 None
             }
         }
     };
     let mut lists: HashMap<Id, Option<u64>> = HashMap::new();
+    // Lists that did not read, reported with the first snapshot naming them that still
+    // exists (a forget and prune beside this check may remove a snapshot and its lists).
+    let mut unread: HashMap<Id, String> = HashMap::new();
+    let mut failed: HashSet<Id> = HashSet::new();
     while !pending.is_empty() {
         if interrupted() {
             return Err(Error::Interrupted);
@@ -257,11 +267,11 @@ pub fn check(
             let held = match r {
                 Ok(ids) => ids
                     .iter()
-                    .map(|c| blob_bytes(c, &format!("content list {}", l.short())))
+                    .map(|c| blob_bytes(c, &|| format!("content list {}", l.short())))
                     .fold(Some(0), add_held),
                 Err(e) => {
-                    incomplete_snapshots = true;
-                    err(format!("content list {}: {e}", l.short()));
+                    failed.insert(l);
+                    unread.insert(l, format!("content list {}: {e}", l.short()));
                     None
                 }
             };
@@ -282,12 +292,28 @@ pub fn check(
                         let held: Option<u64> = match &n.content {
                             Content::Blobs(ids) => ids
                                 .iter()
-                                .map(|c| blob_bytes(c, &file()))
+                                .map(|c| blob_bytes(c, &file))
                                 .fold(Some(0), add_held),
-                            Content::Lists(ls) => ls
-                                .iter()
-                                .map(|l| lists.get(l).copied().flatten())
-                                .fold(Some(0), add_held),
+                            Content::Lists(ls) => {
+                                if ls.iter().any(|l| failed.contains(l)) {
+                                    // Not damage if a forget removed the snapshot meanwhile.
+                                    if repo
+                                        .backend()
+                                        .stat(FileKind::Snapshot, &snap.to_hex())?
+                                        .is_none()
+                                    {
+                                        continue;
+                                    }
+                                    for l in ls {
+                                        if let Some(m) = unread.remove(l) {
+                                            err(format!("{}: {m}", file()));
+                                        }
+                                    }
+                                }
+                                ls.iter()
+                                    .map(|l| lists.get(l).copied().flatten())
+                                    .fold(Some(0), add_held)
+                            }
                         };
                         if held.is_none() {
                             incomplete_snapshots = true;
