@@ -313,10 +313,7 @@ pub(crate) fn node_json(path: &Path, n: &Node) -> Value {
         "mtime": file_time_string(&n.mtime, 0, true),
         "inode": n.inode, "links": n.links,
         "link_target": if n.kind == NodeKind::Symlink { Some(lossy(&n.link_target)) } else { None },
-        "content": n.content.blobs().map(<[_]>::len), "content_lists": match &n.content {
-            cairn_format::Content::Lists(l) => Some(l.len()),
-            cairn_format::Content::Blobs(_) => None,
-        },
+        "content": n.content.blobs().map(<[_]>::len), "content_lists": n.content.lists().map(<[_]>::len),
         "subtree": n.subtree.map(|s| s.to_hex()),
     })
 }

@@ -165,6 +165,14 @@ impl Content {
         }
     }
 
+    /// The content-list ids, when the node names lists.
+    pub fn lists(&self) -> Option<&[Id]> {
+        match self {
+            Content::Lists(v) => Some(v),
+            Content::Blobs(_) => None,
+        }
+    }
+
     /// Whether the node names nothing (an empty file, or not a file).
     pub fn is_empty(&self) -> bool {
         self.refs().is_empty()

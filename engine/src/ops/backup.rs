@@ -865,18 +865,8 @@ impl Archiver<'_> {
     /// the content is stored again as this repository's format names it (lists after a
     /// migration to format 4).
     fn reuse(&self, parent: &cairn_format::Content) -> Result<Option<cairn_format::Content>> {
-        if let cairn_format::Content::Blobs(ids) = parent {
-            if self.repo.config().version < cairn_format::CONTENT_LISTS_VERSION
-                || ids.len() <= cairn_format::LIST_THRESHOLD
-            {
-                return Ok(ids
-                    .iter()
-                    .all(|id| self.packer.has(id))
-                    .then(|| parent.clone()));
-            }
-        }
         let ids = match self.repo.file_blobs(self.index, parent) {
-            Ok(ids) => ids.into_owned(),
+            Ok(ids) => ids,
             Err(e) => {
                 // A damaged parent only costs speed: the file is read again.
                 tracing::warn!("parent content lists: {e}; re-reading");
@@ -886,7 +876,8 @@ impl Archiver<'_> {
         if !ids.iter().all(|id| self.packer.has(id)) {
             return Ok(None);
         }
-        self.packer.content(ids).map(Some)
+        // Named directly again where the repository's format or the file's size says so.
+        self.packer.content(ids.into_owned()).map(Some)
     }
 
     /// Chunk and store a stream; returns blob ids and bytes read.

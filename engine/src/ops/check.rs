@@ -220,10 +220,10 @@ pub fn check(
         }
     };
     let mut lists: HashMap<Id, Option<u64>> = HashMap::new();
-    // Lists that did not read, reported with the first snapshot naming them that still
-    // exists (a forget and prune beside this check may remove a snapshot and its lists).
-    let mut unread: HashMap<Id, String> = HashMap::new();
-    let mut failed: HashSet<Id> = HashSet::new();
+    // Lists that did not read, and why until that is reported: with the first snapshot
+    // naming them that still exists (a forget and prune beside this check may remove a
+    // snapshot and its lists).
+    let mut unread: HashMap<Id, Option<String>> = HashMap::new();
     while !pending.is_empty() {
         if interrupted() {
             return Err(Error::Interrupted);
@@ -250,10 +250,7 @@ pub fn check(
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
             .flat_map(|t| &t.nodes)
-            .filter_map(|n| match &n.content {
-                Content::Lists(l) => Some(l),
-                Content::Blobs(_) => None,
-            })
+            .filter_map(|n| n.content.lists())
             .flatten()
             .filter(|l| !lists.contains_key(*l))
             .copied()
@@ -270,8 +267,7 @@ pub fn check(
                     .map(|c| blob_bytes(c, &|| format!("content list {}", l.short())))
                     .fold(Some(0), add_held),
                 Err(e) => {
-                    failed.insert(l);
-                    unread.insert(l, format!("content list {}: {e}", l.short()));
+                    unread.insert(l, Some(format!("content list {}: {e}", l.short())));
                     None
                 }
             };
@@ -295,7 +291,7 @@ pub fn check(
                                 .map(|c| blob_bytes(c, &file))
                                 .fold(Some(0), add_held),
                             Content::Lists(ls) => {
-                                if ls.iter().any(|l| failed.contains(l)) {
+                                if ls.iter().any(|l| unread.contains_key(l)) {
                                     // Not damage if a forget removed the snapshot meanwhile.
                                     if repo
                                         .backend()
@@ -305,7 +301,7 @@ pub fn check(
                                         continue;
                                     }
                                     for l in ls {
-                                        if let Some(m) = unread.remove(l) {
+                                        if let Some(m) = unread.get_mut(l).and_then(Option::take) {
                                             err(format!("{}: {m}", file()));
                                         }
                                     }
