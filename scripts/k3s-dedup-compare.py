@@ -2,11 +2,13 @@
 """k3s-dedup-compare.py - nightly repository growth of cairn beside restic on a k3s-sim dataset.
 
     scripts/k3s-dedup-compare.py DATASET_DIR [--work DIR] [--cairn PATH] [--restic PATH]
-                                  [--components] [--json OUT]
+                                  [--components] [--in-place] [--json OUT]
 
 DATASET_DIR comes from ../shared/datasets/k3s-sim.py (e.g. `--scale medium --days 7 --seed 1`).
 Like ../shared/datasets/restic-measure.py, each day is copied (hard links) to ONE fixed source
-path, which is backed up as the next snapshot, by cairn and by restic (compression auto)
+path (every inode new each night; with --in-place, refreshed as rsync does it, so that
+unchanged files keep their inodes and ctimes as on a node's own disk), which is backed up as
+the next snapshot, by cairn and by restic (compression auto)
 alternately, each into its own fresh repository. Growth = on-disk repository growth (du).
 With --components, etcd, state.db, pv, nodes and manifests also get repositories of their own
 so that e.g. etcd's own day-over-day dedup is visible. Prints growth over nights 2..N as a
@@ -43,6 +45,60 @@ def refresh(src, dst):
         os.link(src, os.path.join(dst, os.path.basename(src)))
 
 
+def same_file(a, b):
+    """Same size, mtime and bytes (rsync's quick check, then a comparison to be exact)."""
+    sa, sb = os.lstat(a), os.lstat(b)
+    if (sa.st_size, sa.st_mtime_ns) != (sb.st_size, sb.st_mtime_ns):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def refresh_in_place(src, dst):
+    """rsync -a --delete src/ dst/ as rsync does it: an unchanged file keeps its inode and
+    ctime (as on a node's own disk from night to night); a changed or new one is linked anew,
+    a vanished one removed, directories keep their inodes and take src's mode and mtime."""
+    if not os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+        src_dir, names = os.path.dirname(src), [os.path.basename(src)]
+    else:
+        os.makedirs(dst, exist_ok=True)
+        src_dir, names = src, os.listdir(src)
+    for name in os.listdir(dst):
+        if name not in names:
+            p = os.path.join(dst, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+    for name in names:
+        s, d = os.path.join(src_dir, name), os.path.join(dst, name)
+        if os.path.islink(s):
+            if not (os.path.islink(d) and os.readlink(d) == os.readlink(s)):
+                if os.path.lexists(d):
+                    shutil.rmtree(d) if os.path.isdir(d) and not os.path.islink(d) else os.unlink(d)
+                os.symlink(os.readlink(s), d)
+        elif os.path.isdir(s):
+            if os.path.lexists(d) and (os.path.islink(d) or not os.path.isdir(d)):
+                os.unlink(d)
+            refresh_in_place(s, d)
+            ss, sd = os.lstat(s), os.lstat(d)
+            # Like rsync, only when they differ: setting them changes the directory's ctime.
+            if (ss.st_mode, ss.st_mtime_ns) != (sd.st_mode, sd.st_mtime_ns):
+                shutil.copystat(s, d, follow_symlinks=False)
+        else:
+            if os.path.lexists(d):
+                if not os.path.islink(d) and os.path.isfile(d) and same_file(s, d):
+                    continue
+                shutil.rmtree(d) if os.path.isdir(d) and not os.path.islink(d) else os.unlink(d)
+            os.link(s, d)
+
+
 def run(cmd, env):
     t0 = time.time()
     r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -72,7 +128,7 @@ def series(name, days, work, args, env):
     rows = {"cairn": [], "restic": []}
     for i, day in enumerate(days):
         path = COMPONENTS[name](day) if name != "all" else day
-        refresh(path, src)
+        (refresh_in_place if args.in_place else refresh)(path, src)
         raw = du(src)
         # Alternate which tool goes first, so cache warmth favours neither.
         order = ("cairn", "restic") if i % 2 == 0 else ("restic", "cairn")
@@ -115,6 +171,9 @@ def main():
     ap.add_argument("--cairn", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "cairn"))
     ap.add_argument("--restic", default=shutil.which("restic") or "restic")
     ap.add_argument("--components", action="store_true")
+    ap.add_argument("--in-place", action="store_true",
+                    help="refresh the source as rsync does (unchanged files keep their inodes) "
+                    "instead of a fresh copy each night")
     ap.add_argument("--json")
     args = ap.parse_args()
     days = sorted(os.path.join(args.dataset, d) for d in os.listdir(args.dataset) if d.startswith("day-"))

@@ -161,6 +161,66 @@ pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
     out
 }
 
+/// Open a file for reading without updating its access time (`O_NOATIME`).
+///
+/// A backup is not a use of the data: tools that age files out by atime (`systemd-tmpfiles`,
+/// `tmpwatch`) must see the same atimes after it, and the atime a node records would
+/// otherwise be the previous backup's read, so the next night's tree would differ. The kernel
+/// allows the flag to the file's owner and to `CAP_FOWNER`; anyone else gets `EPERM`, and the
+/// file is then opened as usual.
+pub fn open_source(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(path),
+        r => r,
+    }
+}
+
+/// The names in directory `path` (without `.` and `..`), read without updating the
+/// directory's access time (see [`open_source`]; relatime would otherwise refresh it every
+/// night, and the directory's node in its parent's tree with it, so every tree up to the
+/// root would be stored again).
+pub fn list_dir(path: &Path) -> std::io::Result<DirNames> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | flags)
+            .open(path)
+    };
+    let f = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0)?,
+        r => r?,
+    };
+    let dir = nix::dir::Dir::from_fd(f.into()).map_err(std::io::Error::from)?;
+    Ok(DirNames(dir.into_iter()))
+}
+
+/// Iterator over the names [`list_dir`] reads.
+#[derive(Debug)]
+pub struct DirNames(nix::dir::OwningIter);
+
+impl Iterator for DirNames {
+    type Item = std::io::Result<std::ffi::OsString>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let entry = match self.0.next()? {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                return Some(Ok(OsStr::from_bytes(name).to_owned()));
+            }
+        }
+    }
+}
+
 /// Whether this process may chown (root, or CAP_CHOWN).
 pub fn can_chown() -> bool {
     nix::unistd::geteuid().is_root()

@@ -153,3 +153,74 @@ fn incremental_backup_keeps_and_updates_metadata() {
         std::path::Path::new("target-b")
     );
 }
+
+/// A backup reads files and directories without updating their access times (`O_NOATIME`):
+/// tools that expire files by atime must see the same atimes afterwards, and a directory's
+/// atime refreshed by each night's listing would change its node, and so every tree up to the
+/// root, every night.
+#[test]
+fn backup_leaves_access_times_alone() {
+    use std::os::unix::fs::MetadataExt;
+
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("dir/file.txt"), b"read me\n");
+    write_file(&src.join("dir/sub/deeper.txt"), b"and me\n");
+    let control = env.path("control");
+    write_file(&control.join("file.txt"), b"control\n");
+    // Three days ago: relatime (the usual mount option) refreshes an atime older than a day
+    // on the next read.
+    let old = filetime::FileTime::from_unix_time(
+        filetime::FileTime::now().unix_seconds() - 3 * 86_400,
+        0,
+    );
+    let age = |p: &std::path::Path| {
+        let m = fs::metadata(p).unwrap();
+        filetime::set_file_times(p, old, filetime::FileTime::from_last_modification_time(&m))
+            .unwrap();
+    };
+    let atime = |p: &std::path::Path| fs::metadata(p).unwrap().atime();
+    let paths = [
+        src.join("dir/file.txt"),
+        src.join("dir/sub/deeper.txt"),
+        src.join("dir/sub"),
+        src.join("dir"),
+        control.join("file.txt"),
+        control.clone(),
+    ];
+    for p in &paths {
+        age(p);
+    }
+
+    // Does this file system update atimes on reads at all (not with noatime)?
+    fs::read(control.join("file.txt")).unwrap();
+    fs::read_dir(&control).unwrap().for_each(drop);
+    if atime(&control.join("file.txt")) == old.unix_seconds()
+        && atime(&control) == old.unix_seconds()
+    {
+        eprintln!("skipped: this file system does not update atimes on read");
+        return;
+    }
+
+    env.backup(&[s(&src)]);
+    for p in &paths[..4] {
+        assert_eq!(
+            atime(p),
+            old.unix_seconds(),
+            "{} lost its atime",
+            p.display()
+        );
+    }
+    // The incremental run lists every directory again.
+    write_file(&src.join("dir/sub/deeper.txt"), b"changed\n");
+    age(&src.join("dir/sub/deeper.txt"));
+    env.backup(&[s(&src)]);
+    for p in &paths[..4] {
+        assert_eq!(
+            atime(p),
+            old.unix_seconds(),
+            "{} lost its atime",
+            p.display()
+        );
+    }
+}

@@ -95,7 +95,7 @@ fn meta(page: &[u8]) -> std::result::Result<(u32, u64, u64, u64, u64), String> {
 /// Verify the etcd snapshot at `path`, plain or K3s-zipped (see the module documentation).
 /// Reads the file once, streaming; memory is two pages whatever its size.
 pub fn verify_etcd_snapshot(path: &Path) -> Result<EtcdSnapshotInfo> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = crate::fsmeta::open_source(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;

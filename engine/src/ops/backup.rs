@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::chunker::Chunker;
-use crate::fsmeta::{node_from_meta, NameCache};
+use crate::fsmeta::{list_dir, node_from_meta, open_source, NameCache};
 use crate::index::MasterIndex;
 use crate::lock::SharedLock;
 use crate::longpath;
@@ -251,11 +251,10 @@ pub fn scan(
             if one_file_system && dev.is_some_and(|d| d != m.dev()) {
                 continue;
             }
-            let Ok(rd) = longpath::with(&p, |q| fs::read_dir(q)) else {
+            let Ok(rd) = longpath::with(&p, list_dir) else {
                 continue;
             };
-            for e in rd.flatten() {
-                let name = e.file_name();
+            for name in rd.flatten() {
                 let child = p.join(&name);
                 if !excludes.is_empty() && excludes.matches(&child, &name) {
                     continue;
@@ -626,14 +625,11 @@ impl Archiver<'_> {
     }
 
     fn dir_tree(&self, path: &Path, parent: Option<&Tree>, dev: Option<u64>) -> Result<Tree> {
-        let rd = longpath::with(path, |q| fs::read_dir(q)).map_err(|e| Error::io(path, e))?;
+        let rd = longpath::with(path, list_dir).map_err(|e| Error::io(path, e))?;
         let mut entries: Vec<(OsString, PathBuf)> = Vec::new();
         for e in rd {
             match e {
-                Ok(e) => {
-                    let name = e.file_name();
-                    // Not `e.path()`: for a long path the listing was opened through a
-                    // /proc/self/fd name that lives only as long as its anchor.
+                Ok(name) => {
                     let p = path.join(&name);
                     if !self.excludes.is_empty() && self.excludes.matches(&p, &name) {
                         continue;
@@ -701,7 +697,7 @@ impl Archiver<'_> {
                 return Ok(true);
             }
         }
-        let mut f = match longpath::with(path, |q| File::open(q)) {
+        let mut f = match longpath::with(path, open_source) {
             Ok(f) => f,
             Err(e) => {
                 let what = if e.kind() == ErrorKind::NotFound {
