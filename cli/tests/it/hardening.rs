@@ -450,15 +450,21 @@ fn lost_pack_is_repaired_and_new_backups_store_the_data_again() {
             j["length"].as_u64().unwrap(),
         )
     };
-    let (lost_b, off, len) = locate(keep_ids.last().unwrap());
-    // Blobs of both files are packed in parallel: pick a chunk of gone.bin in another pack.
-    let lost_a = gone_ids
+    // Blobs of both files are packed in parallel, and the chunker's seed is random per
+    // repository: find a chunk of each file in two different packs (keep.bin's last
+    // chunk first).
+    let gone_packs: Vec<PathBuf> = gone_ids.iter().map(|id| locate(id).0).collect();
+    let ((lost_b, off, len), lost_a) = keep_ids
         .iter()
-        .map(|id| locate(id).0)
-        .find(|p| *p != lost_b)
-        .expect("gone.bin has a chunk outside keep.bin's last pack");
+        .rev()
+        .map(|id| locate(id))
+        .find_map(|b| {
+            let a = gone_packs.iter().find(|p| **p != b.0)?.clone();
+            Some((b, a))
+        })
+        .expect("keep.bin and gone.bin share every pack");
     fs::remove_file(&lost_a).unwrap();
-    // Damage keep.bin's last chunk itself (its pack's other blobs stay intact).
+    // Damage one of keep.bin's chunks itself (its pack's other blobs stay intact).
     flip_byte(&lost_b, (off + len / 2) as usize);
 
     // check says what happened and what to run.
