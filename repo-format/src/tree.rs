@@ -380,6 +380,15 @@ pub fn decode_content_list(bytes: &[u8]) -> Result<Vec<Id>, FormatError> {
     if ids.is_empty() || ids.len() > MAX_LIST_IDS {
         return Err(malformed("content list", "not 1 to 4096 ids"));
     }
+    // postcard also reads an overlong length varint (`81 00` for 1); refusing it keeps one
+    // encoding, and so one id, per list. Ids have a fixed size, so the body's length tells.
+    let prefix = if ids.len() < 0x80 { 1 } else { 2 };
+    if body.len() != prefix + ids.len() * 32 {
+        return Err(malformed(
+            "content list",
+            "length prefix is not the shortest varint",
+        ));
+    }
     Ok(ids)
 }
 

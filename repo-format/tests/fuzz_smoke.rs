@@ -278,3 +278,15 @@ fn resealed_valid_plaintexts_decode() {
         }
     }
 }
+
+/// Inputs the real fuzzer found, kept so that `cargo test` replays them.
+#[test]
+fn inputs_the_fuzzer_found() {
+    // content_list: a one-id list whose count is the overlong varint `81 00` decoded, and
+    // did not re-encode to its bytes (now refused: one encoding per list).
+    let overlong =
+        hex::decode("004c04008100000000000008ac0000000000000000000000000000000000acacacacacacac42")
+            .unwrap();
+    run_all(&overlong, "fuzz/artifacts/content_list/crash-df3911a8");
+    assert!(cairn_format::decode_content_list(&overlong).is_err());
+}

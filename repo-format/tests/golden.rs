@@ -465,6 +465,21 @@ fn vectors_v4(fx: &Fx, out: &mut Vec<Vector>) {
             })
         }),
     ));
+    // The crash input the content_list fuzz target found: a one-id list whose length is
+    // the overlong varint `81 00`.
+    let mut overlong = cairn_format::encode_content_list(&[list_id]);
+    overlong.splice(4..5, [0x81, 0x00]);
+    out.push(vector(
+        "reject/content-list-overlong-length",
+        "a content list whose id count is an overlong varint (81 00 for 1): refused, one encoding per list",
+        overlong,
+        None,
+        Box::new(|b| {
+            refused(cairn_format::decode_content_list(b), |e| {
+                matches!(e, FormatError::Malformed { .. })
+            })
+        }),
+    ));
     out.push(vector(
         "reject/content-list-empty",
         "a content list of no ids: refused",
