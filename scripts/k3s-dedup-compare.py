@@ -59,29 +59,33 @@ def same_file(a, b):
                 return True
 
 
+def remove(p):
+    """Remove whatever is at `p`: a directory tree, or a file or symlink."""
+    if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p)
+    else:
+        os.unlink(p)
+
+
 def refresh_in_place(src, dst):
     """rsync -a --delete src/ dst/ as rsync does it: an unchanged file keeps its inode and
     ctime (as on a node's own disk from night to night); a changed or new one is linked anew,
     a vanished one removed, directories keep their inodes and take src's mode and mtime."""
-    if not os.path.isdir(src):
-        os.makedirs(dst, exist_ok=True)
-        src_dir, names = os.path.dirname(src), [os.path.basename(src)]
-    else:
-        os.makedirs(dst, exist_ok=True)
+    os.makedirs(dst, exist_ok=True)
+    if os.path.isdir(src):
         src_dir, names = src, os.listdir(src)
+    else:
+        src_dir, names = os.path.dirname(src), [os.path.basename(src)]
+    keep = set(names)
     for name in os.listdir(dst):
-        if name not in names:
-            p = os.path.join(dst, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
+        if name not in keep:
+            remove(os.path.join(dst, name))
     for name in names:
         s, d = os.path.join(src_dir, name), os.path.join(dst, name)
         if os.path.islink(s):
             if not (os.path.islink(d) and os.readlink(d) == os.readlink(s)):
                 if os.path.lexists(d):
-                    shutil.rmtree(d) if os.path.isdir(d) and not os.path.islink(d) else os.unlink(d)
+                    remove(d)
                 os.symlink(os.readlink(s), d)
         elif os.path.isdir(s):
             if os.path.lexists(d) and (os.path.islink(d) or not os.path.isdir(d)):
@@ -95,7 +99,7 @@ def refresh_in_place(src, dst):
             if os.path.lexists(d):
                 if not os.path.islink(d) and os.path.isfile(d) and same_file(s, d):
                     continue
-                shutil.rmtree(d) if os.path.isdir(d) and not os.path.islink(d) else os.unlink(d)
+                remove(d)
             os.link(s, d)
 
 

@@ -169,13 +169,21 @@ pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
 /// allows the flag to the file's owner and to `CAP_FOWNER`; anyone else gets `EPERM`, and the
 /// file is then opened as usual.
 pub fn open_source(path: &Path) -> std::io::Result<std::fs::File> {
+    open_noatime(path, 0)
+}
+
+/// Open `path` read-only with `flags` and `O_NOATIME`, or without `O_NOATIME` where the
+/// kernel refuses it (`EPERM`: neither the owner nor `CAP_FOWNER`).
+fn open_noatime(path: &Path, flags: libc::c_int) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(path),
+    let open = |noatime| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | noatime)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
         r => r,
     }
 }
@@ -185,17 +193,7 @@ pub fn open_source(path: &Path) -> std::io::Result<std::fs::File> {
 /// night, and the directory's node in its parent's tree with it, so every tree up to the
 /// root would be stored again).
 pub fn list_dir(path: &Path) -> std::io::Result<DirNames> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |flags| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | flags)
-            .open(path)
-    };
-    let f = match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0)?,
-        r => r?,
-    };
+    let f = open_noatime(path, libc::O_DIRECTORY)?;
     let dir = nix::dir::Dir::from_fd(f.into()).map_err(std::io::Error::from)?;
     Ok(DirNames(dir.into_iter()))
 }
