@@ -3,7 +3,7 @@
 every kill that nothing was lost.
 
     scripts/crash-campaign.py DATASET_DIR [--trials 300] [--seed 1] [--work DIR] [--cairn PATH]
-                              [--pack-size-mib 1] [--repo URL] [--json OUT]
+                              [--pack-size-mib 1] [--repo URL] [-o KEY=VALUE ...] [--json OUT]
 
 DATASET_DIR is a k3s-sim.py series (day-01, day-02, ...: etcd snapshots, a kine state.db,
 PV trees), so the runs cover what the nightly job stores: page-cut databases in groups,
@@ -28,7 +28,8 @@ After every kill:
 
 --repo puts the repository elsewhere than WORK/repo, e.g. on S3 (`eval "$(scripts/s3-server.sh
 up)"` and `--repo s3:$AWS_ENDPOINT_URL/$S3_BUCKET/crash`): kills then land mid-upload too, and
-in the local cache, which every command uses.
+in the local cache, which every command uses. `-o` passes backend options to every command
+(`-o sftp.command="$CAIRN_TEST_SFTP_COMMAND"` with scripts/sshd-server.sh for `sftp:`).
 
 Exits 1 at the first violation, with the commands' output; prints a summary (and writes it
 as JSON with --json): trials, kills that landed mid-run, snapshots restored and compared.
@@ -100,11 +101,15 @@ class Campaign:
                       "checks": 0, "restores_compared": 0, "by_op": {}}
 
     def cairn(self, *argv, check=True):
-        cmd = [self.args.cairn, "-r", self.repo, "-q", *argv]
+        cmd = [*self.base(), *argv]
         p = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
         if check and p.returncode != 0:
             self.fail(f"`{' '.join(cmd)}` exited {p.returncode}", p.stdout + p.stderr)
         return p
+
+    def base(self):
+        opts = [a for o in self.args.option for a in ("-o", o)]
+        return [self.args.cairn, "-r", self.repo, "-q", *opts]
 
     def fail(self, what, output=""):
         print(f"VIOLATION after {self.stats['trials']} trials: {what}\n{output[-4000:]}", file=sys.stderr)
@@ -177,7 +182,7 @@ class Campaign:
             argv = self.op_argv(op)
         delay = self.rng.uniform(0, 1.2 * self.durations[op])
         before = self.nights()
-        cmd = [self.args.cairn, "-r", self.repo, "-q", *argv]
+        cmd = [*self.base(), *argv]
         started = time.monotonic()
         child = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -257,7 +262,7 @@ class Campaign:
     def run(self):
         shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(self.work)
-        init = [self.args.cairn, "init", "-r", self.repo, "--pack-size-mib", str(self.args.pack_size_mib)]
+        init = [*self.base(), "init", "--pack-size-mib", str(self.args.pack_size_mib)]
         p = subprocess.run(init, env=self.env, capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit(p.stderr)
@@ -285,6 +290,7 @@ def main():
     ap.add_argument("--cairn", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "cairn"))
     ap.add_argument("--pack-size-mib", type=int, default=1)
     ap.add_argument("--repo", help="repository location (default WORK/repo); must not exist yet")
+    ap.add_argument("-o", "--option", action="append", default=[], help="backend option KEY=VALUE (repeatable)")
     ap.add_argument("--json")
     Campaign(ap.parse_args()).run()
 
