@@ -174,11 +174,7 @@ class Campaign:
         op = "backup" if self.night < 2 or r < 0.55 else "forget" if r < 0.8 else "tag" if r < 0.9 else "rewrite"
         argv = self.op_argv(op)
         if op not in self.durations:
-            before = self.nights()
-            t = time.monotonic()
-            self.cairn(*argv)
-            self.durations[op] = time.monotonic() - t
-            self.completed(op, before)
+            self.run_to_end(op, argv, self.nights())
             argv = self.op_argv(op)
         delay = self.rng.uniform(0, 1.2 * self.durations[op])
         before = self.nights()
@@ -216,18 +212,19 @@ class Campaign:
         if not finished:
             if op in ("tag", "rewrite"):
                 # Run again over the whole repository, it also applies to the copies the
-                # killed run made; what must hold is that no night went missing.
+                # killed run made (a night may stay twice until a later forget); what must
+                # hold is that no night went missing, and tag adds no snapshot.
                 before = self.nights()
-            t = time.monotonic()
-            self.cairn(*argv)
-            self.durations[op] = time.monotonic() - t
-            if op == "rewrite":
-                # The killed run's new snapshots are rewritten again (nothing to take out:
-                # skipped), so a night may stay twice until a later forget.
-                before = self.nights()
-            self.completed(op, before)
+            self.run_to_end(op, argv, before)
         if self.stats["trials"] % 10 == 0:
             self.compare_restores()
+
+    def run_to_end(self, op, argv, before):
+        """Run `op` uninterrupted, remember how long it took, and check its result."""
+        t = time.monotonic()
+        self.cairn(*argv)
+        self.durations[op] = time.monotonic() - t
+        self.completed(op, before)
 
     def verify(self):
         p = self.cairn("check", "--read-data", check=False)
