@@ -108,7 +108,7 @@ pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     };
     let parent = match &a.parent {
         Some(p) => {
-            let snaps = repo.load_snapshots()?;
+            let snaps = repo.load_snapshots_choosing(p == "latest")?;
             Some(resolve(&snaps, p, &SnapshotFilter::default())?.0)
         }
         None => None,
@@ -321,8 +321,8 @@ pub(crate) fn node_json(path: &Path, n: &Node) -> Value {
 pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let repo = open(cli)?;
     let ix = repo.indexed()?;
-    let snaps = repo.load_snapshots()?;
     let (spec, path) = split_spec(&a.snapshot);
+    let snaps = repo.load_snapshots_choosing(spec == "latest")?;
     let (_, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
     let (tree, base) = listing(&ix, &snap.tree, &snapshot_subpath(path)?)?;
     let mut out = std::io::stdout().lock();
@@ -382,8 +382,8 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     let sub = snapshot_subpath(path)?;
     let repo = open(cli)?;
     let lock = lock_shared(cli, &repo)?;
-    let ix = repo.indexed()?;
-    let snaps = repo.load_snapshots()?;
+    let ix = repo.indexed_for_reading()?;
+    let snaps = repo.load_snapshots_choosing(spec == "latest")?;
     let (id, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
     let opts = RestoreOptions {
         target: a.target.clone(),
@@ -416,20 +416,25 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
                 "{}",
                 json!({"message_type": "summary", "dry_run": true, "snapshot_id": id.to_hex(), "files_to_restore": res.files,
                        "dirs_to_restore": res.dirs, "others_to_restore": res.others, "bytes_to_restore": res.bytes,
-                       "to_delete": res.deleted})
+                       "files_left_as_they_are": res.skipped, "to_delete": res.deleted})
             );
         } else {
             for p in &res.deleted {
                 println!("would delete {}", p.display());
             }
             println!(
-                "dry run: would restore snapshot {} to {}: {} files, {} dirs, {} other, {}{}",
+                "dry run: would restore snapshot {} to {}: {} files, {} dirs, {} other, {}{}{}",
                 id.short(),
                 a.target.display(),
                 res.files,
                 res.dirs,
                 res.others,
                 human_bytes(res.bytes),
+                if res.skipped > 0 {
+                    format!("; would leave {} as they are", res.skipped)
+                } else {
+                    String::new()
+                },
                 if a.delete {
                     format!("; would delete {} path(s)", res.deleted.len())
                 } else {
@@ -498,7 +503,7 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
     let v: Value = match a.kind.as_str() {
         "config" => serde_json::to_value(repo.config())?,
         "snapshot" => {
-            let snaps = repo.load_snapshots()?;
+            let snaps = repo.load_snapshots_choosing(need_id()? == "latest")?;
             let (id, s) = resolve(&snaps, need_id()?, &SnapshotFilter::default())?;
             snapshot_json(id, s)
         }
@@ -528,8 +533,8 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
             let tree_id = if spec.len() == 64 && !spec.contains(':') {
                 Id::from_hex(spec)?
             } else {
-                let snaps = repo.load_snapshots()?;
                 let (s, p) = split_spec(spec);
+                let snaps = repo.load_snapshots_choosing(s == "latest")?;
                 let (_, snap) = resolve(&snaps, s, &SnapshotFilter::default())?;
                 let path = &snapshot_subpath(p)?;
                 if path.as_os_str().is_empty() {

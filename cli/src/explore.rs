@@ -63,10 +63,10 @@ fn dir_tree(ix: &Indexed<'_>, snap: &Snapshot, path: &str) -> Result<Id> {
 pub fn diff_cmd(cli: &Cli, a: &DiffArgs) -> Result<u8> {
     let repo = open(cli)?;
     let ix = repo.indexed()?;
-    let snaps = repo.load_snapshots()?;
     let f = filter(&a.filter);
     let (sa, pa) = split_spec(&a.first);
     let (sb, pb) = split_spec(&a.second);
+    let snaps = repo.load_snapshots_choosing(sa == "latest" || sb == "latest")?;
     let (ida, snapa) = resolve(&snaps, sa, &f)?;
     let (idb, snapb) = resolve(&snaps, sb, &f)?;
     let (ta, tb) = (dir_tree(&ix, snapa, pa)?, dir_tree(&ix, snapb, pb)?);
@@ -188,8 +188,8 @@ pub fn find_cmd(cli: &Cli, a: &FindArgs) -> Result<u8> {
 
 pub fn dump_cmd(cli: &Cli, a: &DumpArgs) -> Result<u8> {
     let repo = open(cli)?;
-    let ix = repo.indexed()?;
-    let snaps = repo.load_snapshots()?;
+    let ix = repo.indexed_for_reading()?;
+    let snaps = repo.load_snapshots_choosing(a.snapshot == "latest")?;
     let (_, snap) = resolve(&snaps, &a.snapshot, &filter(&a.filter))?;
     let sub = snapshot_subpath(&a.path)?;
     let is_root = sub

@@ -10,9 +10,27 @@ use cairn_engine::{
 
 use crate::{Cli, FilterArgs};
 
-/// A shared lock, waiting as `--retry-lock` says (default: not at all).
+/// A shared lock, waiting as `--retry-lock` says (default: not at all); none with
+/// `--no-lock` (commands that write then refuse to run).
 pub(crate) fn lock_shared<'r>(cli: &Cli, repo: &'r Repository) -> Result<SharedLock<'r>> {
-    Ok(repo.lock_shared(cli.retry_lock.unwrap_or_default())?)
+    if cli.no_lock {
+        return Ok(repo.read_unlocked());
+    }
+    repo.lock_shared(cli.retry_lock.unwrap_or_default())
+        .map_err(suggest_no_lock)
+}
+
+/// A lock that could not be written on read-only storage: say how to read it anyway.
+pub(crate) fn suggest_no_lock(e: cairn_engine::Error) -> anyhow::Error {
+    let read_only = matches!(&e, cairn_engine::Error::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem);
+    if read_only {
+        anyhow::Error::new(e).context(
+            "the repository is on read-only storage: `--no-lock` reads it without a lock (restore, check, ls, dump, find, diff)",
+        )
+    } else {
+        e.into()
+    }
 }
 
 /// A maintenance lock (forget, prune), waiting as `--retry-lock` says (default: not at all).

@@ -65,6 +65,11 @@ pub struct Cli {
     /// `retry-lock`, 1h unless set).
     #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = parse_wait)]
     pub retry_lock: Option<std::time::Duration>,
+    /// Read the repository without taking a lock (restore, check, k3s restore/verify, mount):
+    /// for read-only storage or a full disk. A prune running meanwhile may delete what is
+    /// being read; commands that write refuse it.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub no_lock: bool,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -360,22 +365,22 @@ pub struct ForgetArgs {
     /// Snapshot ids to remove explicitly (no policy needed).
     pub ids: Vec<String>,
     /// Keep the N newest snapshots (`unlimited` for all).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_last: Option<String>,
     /// Keep the newest snapshot of each of the last N hours that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_hourly: Option<String>,
     /// Keep the newest snapshot of each of the last N days that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_daily: Option<String>,
     /// Keep the newest snapshot of each of the last N ISO weeks that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_weekly: Option<String>,
     /// Keep the newest snapshot of each of the last N months that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_monthly: Option<String>,
     /// Keep the newest snapshot of each of the last N years that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_yearly: Option<String>,
     /// Keep snapshots newer than the newest minus DURATION (e.g. 2y5m7d3h).
     #[arg(long, value_name = "DURATION")]

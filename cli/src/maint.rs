@@ -11,6 +11,8 @@ use cairn_engine::retention::{parse_count, parse_keep_tags, Duration, GroupBy, P
 use cairn_engine::util::{format_timestamp, now_timestamp};
 use cairn_engine::Progress;
 use cairn_format::{FileKind, Id};
+
+use crate::UsageError;
 use serde_json::json;
 
 use crate::hiargs::{filter, lock_exclusive, lock_maintenance, lock_shared, open};
@@ -285,24 +287,30 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
             let v: f64 = p
                 .trim()
                 .parse()
-                .map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+                .map_err(|_| UsageError(format!("invalid --read-data-subset {s:?}")))?;
             if !(0.0..=100.0).contains(&v) {
-                bail!("--read-data-subset percentage must be 0-100");
+                return Err(
+                    UsageError("--read-data-subset percentage must be 0-100".into()).into(),
+                );
             }
             ReadData::Fraction(v / 100.0)
         } else if let Some((n, t)) = s.split_once('/') {
             let n: u32 = n
                 .parse()
-                .map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+                .map_err(|_| UsageError(format!("invalid --read-data-subset {s:?}")))?;
             let t: u32 = t
                 .parse()
-                .map_err(|_| anyhow!("invalid --read-data-subset {s:?}"))?;
+                .map_err(|_| UsageError(format!("invalid --read-data-subset {s:?}")))?;
             if t == 0 || n == 0 || n > t || t > 256 {
-                bail!("--read-data-subset n/t needs 1 <= n <= t <= 256");
+                return Err(
+                    UsageError("--read-data-subset n/t needs 1 <= n <= t <= 256".into()).into(),
+                );
             }
             ReadData::Subset(n, t)
         } else {
-            bail!("invalid --read-data-subset {s:?}: use n/t or P%");
+            return Err(
+                UsageError(format!("invalid --read-data-subset {s:?}: use n/t or P%")).into(),
+            );
         }
     } else {
         ReadData::None
@@ -335,7 +343,15 @@ pub fn check_cmd(cli: &Cli, a: &CheckArgs) -> Result<u8> {
             println!("{} pack(s) condemned by prune, deleted by a later prune once nothing that was running may use them", r.condemned_packs);
         }
         if !r.unreferenced_packs.is_empty() && !cli.quiet {
-            println!("{} pack(s) not referenced by any index (left by an interrupted backup; `cairn prune` removes them)", r.unreferenced_packs.len());
+            if r.errors.is_empty() {
+                println!("{} pack(s) not referenced by any index (left by an interrupted backup; `cairn prune` removes them)", r.unreferenced_packs.len());
+            } else {
+                // Beside errors they may be the lost index's packs, not leftovers to delete.
+                println!(
+                    "{} pack(s) not referenced by any index (`cairn repair index` indexes them)",
+                    r.unreferenced_packs.len()
+                );
+            }
         }
         if !cli.quiet {
             let lists = if r.content_lists > 0 {

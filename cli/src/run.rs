@@ -587,9 +587,15 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
         } => {
             if let Some(spec) = snapshot {
                 let (repo, wait) = open_for_k3s(cli, config.as_deref())?;
-                let lock = repo.lock_shared(wait)?;
-                let ix = repo.indexed()?;
-                let (id, snap) = pick_cluster_state(&repo.load_snapshots()?, Some(spec), None)?;
+                let lock = if cli.no_lock {
+                    repo.read_unlocked()
+                } else {
+                    repo.lock_shared(wait)
+                        .map_err(crate::hiargs::suggest_no_lock)?
+                };
+                let ix = repo.indexed_for_reading()?;
+                let snaps = repo.load_snapshots_choosing(spec == "latest")?;
+                let (id, snap) = pick_cluster_state(&snaps, Some(spec), None)?;
                 let tmp = tempfile::Builder::new()
                     .prefix("cairn-k3s-verify-")
                     .tempdir_in(
@@ -626,10 +632,17 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
             snapshot,
         } => {
             let (repo, wait) = open_for_k3s(cli, config.as_deref())?;
-            let lock = repo.lock_shared(wait)?;
-            let ix = repo.indexed()?;
+            let lock = if cli.no_lock {
+                repo.read_unlocked()
+            } else {
+                repo.lock_shared(wait)
+                    .map_err(crate::hiargs::suggest_no_lock)?
+            };
+            let ix = repo.indexed_for_reading()?;
+            // No snapshot named: the source's newest, which a damaged file may hide.
+            let newest = snapshot.as_deref().is_none_or(|s| s == "latest");
             let (id, snap) = pick_cluster_state(
-                &repo.load_snapshots()?,
+                &repo.load_snapshots_choosing(newest)?,
                 snapshot.as_deref(),
                 source.as_deref(),
             )?;

@@ -10,8 +10,8 @@ pub enum Error {
     /// Nothing at the repository location.
     #[error("repository {0} does not exist (create it with `cairn init`)")]
     RepoNotFound(String),
-    /// Something there, but not a cairn repository.
-    #[error("{0} is not a cairn repository (no config file)")]
+    /// Something there, but not a cairn repository (the message says why).
+    #[error("{0}")]
     NotARepository(String),
     /// `init` on an existing repository.
     #[error("repository {0} already exists")]
@@ -111,6 +111,16 @@ impl Error {
     /// being unreachable right now (I/O, network) or a usage problem.
     pub fn is_damage(&self) -> bool {
         self.exit_code() == 13
+    }
+
+    /// Whether the object could not be read at all (I/O, network, access refused), which says
+    /// nothing about what it holds: `check` and `repair index` stop on this rather than
+    /// report the object as damaged.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Backend(_) | Error::Denied(_) | Error::Interrupted
+        )
     }
 
     /// Exit codes, documented in README.md:

@@ -219,6 +219,33 @@ impl Iterator for DirNames {
     }
 }
 
+/// An xattr that could not be restored. The privileged namespaces (`trusted.*`,
+/// `security.*`) refused to an unprivileged restore are skipped, as restic does: the user
+/// cannot have them. Anything else (no room for it, a file system without xattrs, a value
+/// too large) fails the file: a restore that reports success must be faithful.
+fn xattr_not_set(path: &Path, name: &[u8], e: std::io::Error) -> Result<()> {
+    let privileged = name.starts_with(b"trusted.") || name.starts_with(b"security.");
+    let refused = matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+    if privileged && refused {
+        tracing::debug!(
+            "xattr {:?} on {}: {e}",
+            String::from_utf8_lossy(name),
+            path.display()
+        );
+        return Ok(());
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "extended attribute {:?} not restored: {e}",
+                String::from_utf8_lossy(name)
+            ),
+        ),
+    ))
+}
+
 /// Whether this process may chown (root, or CAP_CHOWN).
 pub fn can_chown() -> bool {
     nix::unistd::geteuid().is_root()
@@ -259,9 +286,8 @@ fn apply_metadata_short(path: &Path, node: &Node, chown: bool) -> Result<()> {
     }
     for x in &node.xattrs {
         let name = OsStr::from_bytes(&x.name);
-        // Some namespaces (trusted.*, security.*) need privileges: best effort, like restic.
         if let Err(e) = xattr::set(path, name, &x.value) {
-            tracing::debug!("xattr {:?} on {}: {e}", name, path.display());
+            xattr_not_set(path, &x.name, e)?;
         }
     }
     let mtime = filetime::FileTime::from_unix_time(node.mtime.secs, node.mtime.nanos);
@@ -285,10 +311,33 @@ pub fn apply_metadata_fd(f: &std::fs::File, path: &Path, node: &Node, chown: boo
     for x in &node.xattrs {
         let name = OsStr::from_bytes(&x.name);
         if let Err(e) = xattr::FileExt::set_xattr(f, name, &x.value) {
-            tracing::debug!("xattr {:?} on {}: {e}", name, path.display());
+            xattr_not_set(path, &x.name, e)?;
         }
     }
     let mtime = filetime::FileTime::from_unix_time(node.mtime.secs, node.mtime.nanos);
     let atime = filetime::FileTime::from_unix_time(node.atime.secs, node.atime.nanos);
     filetime::set_file_handle_times(f, Some(atime), Some(mtime)).map_err(io)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_privileged_xattrs_refused_to_a_user_are_skipped() {
+        let p = Path::new("/r/f");
+        let errno = std::io::Error::from_raw_os_error;
+        for name in [&b"trusted.x"[..], b"security.capability"] {
+            for e in [libc::EPERM, libc::EACCES] {
+                assert!(xattr_not_set(p, name, errno(e)).is_ok());
+            }
+            // A file system that cannot hold it loses it: not skipped.
+            assert!(xattr_not_set(p, name, errno(libc::EOPNOTSUPP)).is_err());
+        }
+        for e in [libc::ENOSPC, libc::E2BIG, libc::EOPNOTSUPP, libc::EPERM] {
+            let err = xattr_not_set(p, b"user.big", errno(e)).unwrap_err();
+            assert!(err.to_string().contains("user.big"), "{err}");
+        }
+    }
 }

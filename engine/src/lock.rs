@@ -249,7 +249,8 @@ impl LockGuard {
 #[derive(Debug)]
 pub struct SharedLock<'r> {
     repo: &'r Repository,
-    guard: LockGuard,
+    /// None: reading without a lock ([`Repository::read_unlocked`]).
+    guard: Option<LockGuard>,
 }
 
 /// A maintenance lock on a repository (forget, prune): at most one at a time, beside any
@@ -276,6 +277,9 @@ macro_rules! lock_type {
                 self.repo
             }
         }
+    };
+    ($t:ident, held) => {
+        lock_type!($t);
 
         impl $t<'_> {
             /// The held lock.
@@ -286,8 +290,21 @@ macro_rules! lock_type {
     };
 }
 lock_type!(SharedLock);
-lock_type!(MaintenanceLock);
-lock_type!(ExclusiveLock);
+lock_type!(MaintenanceLock, held);
+lock_type!(ExclusiveLock, held);
+
+impl SharedLock<'_> {
+    /// The held lock, for operations that write (backup, copy): they refuse to run without
+    /// one, so that a prune beside them knows what they use.
+    pub fn guard(&self) -> Result<&LockGuard> {
+        self.guard.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "this command writes to the repository and needs a lock (--no-lock is only for reading)"
+                    .into(),
+            )
+        })
+    }
+}
 
 impl MaintenanceLock<'_> {
     /// Delete a snapshot ([`MaintenanceView::delete_snapshot`]).
@@ -343,8 +360,19 @@ impl Repository {
     pub fn lock_shared(&self, wait: Duration) -> Result<SharedLock<'_>> {
         Ok(SharedLock {
             repo: self,
-            guard: LockGuard::acquire_waiting(self, LockMode::Shared, wait)?,
+            guard: Some(LockGuard::acquire_waiting(self, LockMode::Shared, wait)?),
         })
+    }
+
+    /// Read without taking a lock (`--no-lock`): for a repository on read-only storage (a
+    /// write-protected disk, a read-only export, an immutable bucket) or a full disk, where no
+    /// lock can be written. Nothing tells a prune beside it what it reads, so a prune may
+    /// delete packs it is reading; operations that write refuse such a lock.
+    pub fn read_unlocked(&self) -> SharedLock<'_> {
+        SharedLock {
+            repo: self,
+            guard: None,
+        }
     }
 
     /// Refuse before anything is written when the backend's credential cannot delete: what

@@ -213,7 +213,10 @@ impl Repository {
         let config_bytes = match backend.get(FileKind::Config, "config") {
             Ok(b) => b,
             Err(Error::ObjectNotFound { .. }) => {
-                return Err(Error::NotARepository(backend.location()))
+                return Err(Error::NotARepository(format!(
+                    "{} is not a cairn repository (no config file)",
+                    backend.location()
+                )))
             }
             Err(e) => return Err(e),
         };
@@ -221,7 +224,7 @@ impl Repository {
         let keys = backend.list(FileKind::Key)?;
         if keys.is_empty() {
             return Err(Error::NotARepository(format!(
-                "{} (no key files)",
+                "{} has a config but no key files (keys/ is empty or unreadable): the repository cannot be opened; put back a copy of keys/",
                 backend.location()
             )));
         }
@@ -435,29 +438,64 @@ impl Repository {
         Ok(index)
     }
 
-    /// The index a backup deduplicates against. With a damaged index file, only packs that
-    /// exist count: the damaged file may have been the one superseding older index files,
-    /// which then name packs a prune has deleted, and deduplicating against those would make
-    /// new snapshots that cannot be restored.
+    /// The index a backup deduplicates against: only blobs in packs that exist. A blob whose
+    /// pack is gone (lost from storage, or named by index files that a damaged one should
+    /// have superseded, whose packs a prune deleted) would make a snapshot that cannot be
+    /// restored; stored again, it heals the newest snapshot. The index is loaded before the
+    /// listing, so a pack written meanwhile by another writer is not taken for missing.
     pub(crate) fn load_index_for_writing(&self) -> Result<MasterIndex> {
         let (mut index, damaged) = self.load_index_lenient()?;
-        if damaged.is_empty() {
-            return Ok(index);
-        }
         for (id, e) in &damaged {
             tracing::warn!(
                 "index file {} is damaged ({e}); deduplicating only against packs that exist; run `cairn repair index`",
                 id.short()
             );
         }
-        let stored: std::collections::HashSet<String> = self
+        let missing = self.drop_missing_packs(&mut index, !damaged.is_empty())?;
+        if missing > 0 {
+            tracing::warn!(
+                "{missing} indexed pack(s) are missing from the repository: their blobs are stored again where this run needs them; run `cairn check`"
+            );
+        }
+        Ok(index)
+    }
+
+    /// Leave out of `index` the packs that are missing from storage (one listing), and all
+    /// packs not stored with `always`; returns how many live indexed packs are missing.
+    /// Condemned packs may be gone without harm: a prune deletes them, and writers never
+    /// use them.
+    fn drop_missing_packs(&self, index: &mut MasterIndex, always: bool) -> Result<usize> {
+        let stored: std::collections::HashSet<Id> = self
             .backend
             .list(FileKind::Pack)?
             .into_iter()
-            .map(|o| o.name)
+            .filter_map(|o| Id::from_hex(&o.name).ok())
             .collect();
-        index.retain_packs(|id| stored.contains(&id.to_hex()));
-        Ok(index)
+        let missing = index
+            .packs()
+            .iter()
+            .enumerate()
+            .filter(|(p, id)| index.condemned_at(*p as u32).is_none() && !stored.contains(*id))
+            .count();
+        if always || missing > 0 {
+            index.retain_packs(|id| stored.contains(id));
+        }
+        Ok(missing)
+    }
+
+    /// [`Repository::indexed`] for reading files back (restore): packs missing from storage
+    /// are left out, so that a blob stored again elsewhere (as the next backup after a
+    /// pack's loss does) is read from its other copy instead of failing; a blob with no
+    /// other copy is reported missing. Costs one listing of the packs.
+    pub fn indexed_for_reading(&self) -> Result<Indexed<'_>> {
+        let mut index = self.load_index()?;
+        let missing = self.drop_missing_packs(&mut index, false)?;
+        if missing > 0 {
+            tracing::warn!(
+                "{missing} indexed pack(s) are missing from the repository: blobs that have another copy are read from it; run `cairn check`"
+            );
+        }
+        Ok(Indexed { repo: self, index })
     }
 
     /// The index in force, or an error if any index file is damaged: for operations that
@@ -620,6 +658,28 @@ impl Repository {
         Ok(snaps)
     }
 
+    /// [`Repository::load_snapshots`], to choose one from: by `latest` (`latest` true) or by
+    /// id. With a damaged snapshot file, which snapshot is the latest cannot be known (its
+    /// time does not read, and it may be the newest): rather than quietly take an older one,
+    /// which would restore older data than asked for (or reset a cluster to an older state),
+    /// choosing the latest fails. Ids still resolve.
+    pub fn load_snapshots_choosing(&self, latest: bool) -> Result<Vec<(Id, Snapshot)>> {
+        let (snaps, damaged) = self.load_snapshots_lenient()?;
+        if let (true, Some((id, e))) = (latest, damaged.first()) {
+            return Err(Error::Integrity(format!(
+                "snapshot file {} is damaged ({e}), so which snapshot is the latest cannot be known: name the snapshot by its id (`cairn snapshots` lists the readable ones), or remove the damaged file with `cairn repair snapshots` (or put back an intact copy)",
+                id.short()
+            )));
+        }
+        for (id, e) in &damaged {
+            tracing::warn!(
+                "snapshot {} is damaged and was skipped ({e}); `cairn repair snapshots` removes it",
+                id.short()
+            );
+        }
+        Ok(snaps)
+    }
+
     /// Every snapshot, or an error if any is damaged: for prune, which must not delete the
     /// data of a snapshot it cannot read.
     pub fn load_snapshots_strict(&self) -> Result<Vec<(Id, Snapshot)>> {
@@ -688,11 +748,23 @@ impl Repository {
         }
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
-        let mut sealed = if blob_type == BlobType::Tree {
-            self.backend.get_tree_range(&name, offset, len)?
+        let read = if blob_type == BlobType::Tree {
+            self.backend.get_tree_range(&name, offset, len)
         } else {
-            self.backend.get_range(FileKind::Pack, &name, offset, len)?
+            self.backend.get_range(FileKind::Pack, &name, offset, len)
         };
+        let mut sealed = read.map_err(|e| match e {
+            // A live pack the index names is gone: damage (exit 13), like a blob that does
+            // not open. (A condemned one may have been deleted by a prune: not damage.)
+            Error::ObjectNotFound { .. } if index.condemned_at(loc.pack).is_none() => {
+                Error::Integrity(format!(
+                    "pack {} holding blob {} is indexed but missing from the repository (`cairn check` tells what is damaged)",
+                    pack.short(),
+                    id.short()
+                ))
+            }
+            e => e,
+        })?;
         Ok(self.opener(pack).open(&entry, &mut sealed)?.into_owned())
     }
 

@@ -33,6 +33,12 @@ fn usage_error_exits_2() {
     env.run(&["no-such-command"]).expect_code(2);
     // --stdin and paths conflict.
     env.run(&["backup", "--stdin", "x"]).expect_code(2);
+    for bad in ["0/7", "8/7", "150%", "x"] {
+        env.run(&["check", "--read-data-subset", bad])
+            .assert_error(2, &["--read-data-subset"]);
+    }
+    // restic's spelling of "unlimited" is a value, not a flag.
+    env.ok(&["forget", "--keep-daily", "-1", "--dry-run"]);
 }
 
 #[test]

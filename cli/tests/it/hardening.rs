@@ -399,8 +399,16 @@ fn a_damaged_snapshot_index_or_lock_does_not_block_the_repository() {
     let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{}", out.dump());
     assert!(out.stderr.contains("repair snapshots"), "{}", out.dump());
-    env.backup(&[s(&src)]);
-    env.restore_latest_exact(&src, &env.path("r1"), &[]);
+    let newest = env.backup(&[s(&src)])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // `latest` cannot be known while a snapshot's time does not read; by id it restores.
+    env.run(&["restore", "latest", "--target", s(&env.path("r0"))])
+        .assert_error(13, &["damaged", "latest"]);
+    let spec = format!("{newest}:{}", s(&src));
+    env.ok(&["restore", &spec, "--target", s(&env.path("r1"))]);
+    crate::util::assert_trees_equal(&src, &env.path("r1"), false);
     env.run(&["prune"])
         .assert_reports(13, &["damaged", "repair snapshots"]);
     env.ok(&["repair", "snapshots", "--forget"]);
@@ -499,6 +507,180 @@ fn lost_pack_is_repaired_and_new_backups_store_the_data_again() {
         assert_eq!(fs::read(kept).unwrap(), random_bytes(3 << 20, 10));
     }
     env.ok(&["prune"]);
+}
+
+#[test]
+fn lost_index_file_is_reindexed_not_forgotten() {
+    // One index file lost, every pack intact: the data is all there, only unindexed. check
+    // must lead to `repair index`, and the repairs that assume a loss must refuse, or
+    // following them (repair snapshots --forget, then prune) would delete intact data.
+    let env = Env::with_init_args(&["--pack-size-mib", "1"]);
+    let src = env.path("src");
+    write_file(&src.join("a.bin"), &random_bytes(2 << 20, 20));
+    env.backup(&[s(&src)]);
+    write_file(&src.join("b.bin"), &random_bytes(2 << 20, 21));
+    env.backup(&[s(&src)]);
+    let mut index = env.objects("index");
+    index.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+    fs::remove_file(index.last().unwrap()).unwrap();
+
+    let out = env.run(&["check"]);
+    out.assert_reports(13, &["not in the index", "repair index"]);
+    assert!(
+        !out.stderr.contains("repair snapshots"),
+        "check advises a repair that drops intact data\n{}",
+        out.dump()
+    );
+    env.run(&["repair", "snapshots", "--forget"])
+        .assert_error(13, &["not indexed", "repair index"]);
+    env.run(&["prune"]).expect_code(13);
+    env.ok(&["repair", "index"]);
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+    env.restore_latest_exact(&src, &env.path("r"), &[]);
+}
+
+#[test]
+fn backup_after_a_lost_pack_stores_its_data_again() {
+    // Deduplicating against an index entry whose pack is gone would make every later
+    // snapshot unrestorable while each backup reports success.
+    let env = Env::with_init_args(&["--pack-size-mib", "1"]);
+    let src = env.path("src");
+    write_file(&src.join("a.bin"), &random_bytes(3 << 20, 30));
+    env.backup(&[s(&src)]);
+    let mut packs = env.objects("data");
+    packs.sort();
+    fs::remove_file(&packs[0]).unwrap();
+    let out = env.run(&["backup", s(&src)]);
+    out.assert_reports(0, &["missing from the repository", "cairn check"]);
+    env.restore_latest_exact(&src, &env.path("r"), &[]);
+}
+
+#[test]
+fn damaged_newest_snapshot_is_not_replaced_by_an_older_one() {
+    // The damaged file may be the newest snapshot: `latest` must not quietly mean the one
+    // before it (a restore of older data, a cluster reset to an older state).
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("f"), b"night 1");
+    env.backup(&[s(&src)]);
+    let first = env.snapshots::<&str>(&[])[0]["short_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    write_file(&src.join("f"), b"night 2");
+    env.backup(&[s(&src)]);
+    let newest = env
+        .objects("snapshots")
+        .into_iter()
+        .find(|p| !p.file_name().unwrap().to_str().unwrap().starts_with(&first))
+        .unwrap();
+    let len = fs::metadata(&newest).unwrap().len() as usize;
+    flip_byte(&newest, len / 2);
+    let target = env.path("r");
+    env.run(&["restore", "latest", "--target", s(&target)])
+        .assert_error(13, &["damaged", "latest", "repair snapshots"]);
+    assert!(!target.exists(), "nothing may be restored");
+    env.run(&["ls", "latest"]).assert_error(13, &["damaged"]);
+    // Named by id, the readable snapshot still restores.
+    env.ok(&["restore", &first, "--target", s(&target)]);
+    let f = target.join(src.strip_prefix("/").unwrap()).join("f");
+    assert_eq!(fs::read(f).unwrap(), b"night 1");
+}
+
+#[test]
+fn unreadable_pack_is_an_error_not_damage() {
+    // Permission denied says nothing about a pack's data: check must not prescribe
+    // `repair packs` (which drops its blobs), and `repair index` must not write an index
+    // without it.
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = env.path("src");
+    write_file(&src.join("f.bin"), &random_bytes(1 << 20, 40));
+    env.backup(&[s(&src)]);
+    for e in walkdir::WalkDir::new(&env.repo) {
+        crate::errors::chown_nobody(e.unwrap().path());
+    }
+    let pack = env.objects("data").remove(0);
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o000)).unwrap();
+    let index_before = env.objects("index");
+    for args in [
+        &["check"][..],
+        &["check", "--read-data"],
+        &["repair", "index"],
+    ] {
+        let out = crate::errors::as_nobody(&env, args);
+        out.assert_error(1, &["permission denied"]);
+        assert!(!out.stderr.contains("repair packs"), "{}", out.dump());
+    }
+    assert_eq!(env.objects("index"), index_before);
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o644)).unwrap();
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+}
+
+#[test]
+fn stray_files_in_the_repository_are_ignored() {
+    // A file with a short hex name (or a directory with an id's name) is not an object:
+    // listed as one, it failed to parse and stopped every command, `unlock` included.
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("f"), b"data");
+    env.backup(&[s(&src)]);
+    let id_like = "ab".repeat(32);
+    for stray in [
+        "locks/abcdef",
+        "snapshots/abcdef",
+        "index/ABCDEF",
+        "data/ab/abcdef",
+        "keys/0123",
+    ] {
+        write_file(&env.repo.join(stray), b"x");
+    }
+    fs::create_dir(env.repo.join("locks").join(&id_like)).unwrap();
+    fs::create_dir(env.repo.join("snapshots").join(&id_like)).unwrap();
+    env.backup(&[s(&src)]);
+    assert_eq!(env.snapshots::<&str>(&[]).len(), 2);
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+    env.ok(&["unlock"]);
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    env.restore_latest_exact(&src, &env.path("r"), &[]);
+}
+
+#[test]
+fn no_lock_reads_a_repository_where_no_lock_can_be_written() {
+    // Read-only storage (here: a user who may read but not write the repository) must still
+    // restore and check; what writes must refuse to run unlocked.
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = env.path("src");
+    write_file(&src.join("f.bin"), &random_bytes(100_000, 50));
+    env.backup(&[s(&src)]);
+    for e in walkdir::WalkDir::new(&env.repo) {
+        let p = e.unwrap().into_path();
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let target = env.path("target");
+    fs::create_dir(&target).unwrap();
+    crate::errors::chown_nobody(&target);
+    let spec = format!("latest:{}", s(&src));
+    crate::errors::as_nobody(&env, &["restore", &spec, "--target", s(&target)]).expect_code(1);
+    let out = crate::errors::as_nobody(
+        &env,
+        &["--no-lock", "restore", &spec, "--target", s(&target)],
+    );
+    out.expect_code(0);
+    // (Owners differ: an unprivileged restore cannot give files away.)
+    assert_eq!(
+        fs::read(target.join("f.bin")).unwrap(),
+        random_bytes(100_000, 50)
+    );
+    crate::errors::as_nobody(&env, &["--no-lock", "check", "--read-data"]).expect_code(0);
+    crate::errors::as_nobody(&env, &["--no-lock", "backup", s(&src)])
+        .assert_error(1, &["needs a lock", "--no-lock"]);
+    assert!(env.objects("locks").is_empty());
 }
 
 /// The data blob ids of `file` in the latest snapshot.

@@ -915,6 +915,7 @@ fn a_dry_run_lists_per_source_what_retention_would_remove() {
 
 #[test]
 fn restore_overwrite_modes_and_verify() {
+    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     let src = env.path("pv");
     write_file(&src.join("a"), b"original a");
@@ -939,6 +940,21 @@ fn restore_overwrite_modes_and_verify() {
     assert!(out.stdout.contains("3 left as they were"), "{}", out.dump());
     assert_eq!(std::fs::read(target.join("a")).unwrap(), b"CHANGED! a");
 
+    // A dry run foresees what the overwrite mode leaves.
+    let dry = env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        s(&target),
+        "--overwrite",
+        "if-changed",
+        "--dry-run",
+    ]);
+    assert!(
+        dry.stdout.contains("2 files") && dry.stdout.contains("would leave 1 as they are"),
+        "{}",
+        dry.dump()
+    );
     let out = env.ok(&[
         "restore",
         &spec,
@@ -962,6 +978,8 @@ fn restore_overwrite_modes_and_verify() {
     // if-newer: a file edited after the backup stays; one older than the snapshot's is
     // replaced.
     write_file(&target.join("a"), b"edited later");
+    std::fs::set_permissions(target.join("a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let edited = std::fs::metadata(target.join("a")).unwrap();
     write_file(&target.join("b"), b"stale copy");
     filetime::set_file_mtime(
         target.join("b"),
@@ -977,7 +995,30 @@ fn restore_overwrite_modes_and_verify() {
         "if-newer",
     ]);
     assert_eq!(std::fs::read(target.join("a")).unwrap(), b"edited later");
+    // Kept as the user left it: a newer file given the snapshot's old mtime would look as
+    // old as the copy it replaced.
+    let kept = std::fs::metadata(target.join("a")).unwrap();
+    assert_eq!(kept.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(kept.modified().unwrap(), edited.modified().unwrap());
     assert_eq!(std::fs::read(target.join("b")).unwrap(), b"original b");
+
+    // never: an existing directory keeps its own mode and times too.
+    let whole = env.path("whole");
+    env.ok(&["restore", "latest", "--target", s(&whole)]);
+    let dir = whole.join(src.strip_prefix("/").unwrap());
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let before = std::fs::metadata(&dir).unwrap().modified().unwrap();
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s(&whole),
+        "--overwrite",
+        "never",
+    ]);
+    let after = std::fs::metadata(&dir).unwrap();
+    assert_eq!(after.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(after.modified().unwrap(), before);
 }
 
 #[test]

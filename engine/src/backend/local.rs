@@ -197,6 +197,8 @@ impl Backend for LocalBackend {
                 // Deleted between the listing and this look (a prune or a released lock,
                 // from another process): not an object any more.
                 let size = match e.metadata() {
+                    // A directory is no object, whatever its name (a symlink to a pack is).
+                    Ok(m) if m.is_dir() => continue,
                     Ok(m) => m.len(),
                     Err(err) if err.kind() == ErrorKind::NotFound => continue,
                     Err(err) => return Err(Error::io(e.path(), err)),

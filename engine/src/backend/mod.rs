@@ -158,10 +158,13 @@ pub trait Backend: Send + Sync + Debug {
     }
 }
 
-/// Whether `name` can be a repository object name (hex digits only, so it can never become
-/// a path outside the repository, whatever a user or a listing supplies).
+/// Whether `name` can be a repository object name: 64 lowercase hex digits (FORMAT.md §1).
+/// Hex only, so it can never become a path outside the repository, whatever a user or a
+/// listing supplies; exactly an id's length, so that a stray file (`locks/abcdef`, a
+/// truncated copy's name) is not listed as an object that then fails to parse and stops
+/// every command, `unlock` included.
 pub(crate) fn is_object_name(name: &str) -> bool {
-    name.len() >= 3 && name.bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Where an object lives relative to the repository root, the same on every backend:

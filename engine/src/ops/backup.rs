@@ -394,7 +394,7 @@ fn backup_inner(
     let arch = Archiver {
         repo,
         index: &index,
-        packer: Packer::new(repo, index.clone()).under(lock.guard()),
+        packer: Packer::new(repo, index.clone()).under(lock.guard()?),
         chunker,
         page_rules,
         excludes: Patterns::new(&opts.excludes)?,
@@ -467,7 +467,7 @@ fn backup_inner(
     // prune may delete packs condemned after this backup loaded the index only once this
     // lock is gone or stale, so the snapshot is committed only while the lock is certainly
     // live (FORMAT.md §15).
-    lock.guard().check_held()?;
+    lock.guard()?.check_held()?;
     let id = repo.save(FileKind::Snapshot, &snapshot)?;
     Ok(BackupResult {
         id,

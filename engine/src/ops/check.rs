@@ -135,6 +135,11 @@ pub fn check(
     }
     let deleted_meanwhile =
         |pid: &Id, e: &Error| matches!(e, Error::ObjectNotFound { .. }) && condemned(pid);
+    // A pack that could not be read (permission denied, a network error) says nothing about
+    // its data: reported as damage, it would lead to `repair packs`, which drops its blobs.
+    // The first such error ends the check instead.
+    let unreadable: Mutex<Option<Error>> = Mutex::new(None);
+    let unreachable = Error::is_unreachable;
     // One pack's entries at a time (every copy of each blob), from the merged index.
     index.index_packs().par_bridge().for_each(|p| {
         let (pid, entries) = (&p.id, &p.blobs);
@@ -157,6 +162,9 @@ pub fn check(
                 }
             }
             Err(e) if deleted_meanwhile(pid, &e) => {}
+            Err(e) if unreachable(&e) => {
+                unreadable.lock().get_or_insert(e);
+            }
             Err(e) => {
                 err(format!("pack {}: header: {e}", pid.short()));
                 damaged_packs.lock().push(pid.short());
@@ -197,6 +205,7 @@ pub fn check(
     let batch = crate::ops::prune::trees_at_once(repo);
     // What a data blob adds to its file: its length, or None (reported, naming `whose`)
     // when it is missing.
+    let not_indexed = std::sync::atomic::AtomicBool::new(false);
     let blob_bytes = |c: &Id, whose: &dyn Fn() -> String| -> Option<u64> {
         match index.get(c) {
             Some(l) if gone.contains(&l.pack) => {
@@ -210,6 +219,7 @@ pub fn check(
             }
             Some(l) if l.blob_type == BlobType::Data => Some(u64::from(l.raw_length)),
             _ => {
+                not_indexed.store(true, std::sync::atomic::Ordering::Relaxed);
                 err(format!(
                     "{}: data blob {} is not indexed",
                     whose(),
@@ -235,6 +245,9 @@ pub fn check(
                 (
                     *snap,
                     repo.load_tree(&index, t).map_err(|e| {
+                        if index.get(t).is_none() {
+                            not_indexed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Error::Integrity(format!(
                             "tree {} (snapshot {}): {e}",
                             t.short(),
@@ -398,6 +411,9 @@ pub fn check(
         match res {
             Ok(()) => {}
             Err(e) if deleted_meanwhile(pid, &e) => {}
+            Err(e) if unreachable(&e) => {
+                unreadable.lock().get_or_insert(e);
+            }
             Err(e) => {
                 err(format!("pack {}: {e}", pid.short()));
                 damaged_packs.lock().push(pid.short());
@@ -407,6 +423,9 @@ pub fn check(
     // Reads cut short by Ctrl-C/SIGTERM (a remote backend gives up on them) are not damage.
     if interrupted() {
         return Err(Error::Interrupted);
+    }
+    if let Some(e) = unreadable.into_inner() {
+        return Err(e);
     }
     report.packs_read = selected.len() as u64;
     report.blobs_read = blobs_read.into_inner();
@@ -421,6 +440,7 @@ pub fn check(
     damaged_packs.dedup();
     report.hints = repair_hints(
         damaged_index,
+        not_indexed.into_inner() && !report.unreferenced_packs.is_empty(),
         &damaged_packs,
         damaged_snapshots,
         incomplete_snapshots,
@@ -429,13 +449,27 @@ pub fn check(
 }
 
 /// The commands that repair what `check` found, in the order to run them.
+///
+/// `unindexed_missing`: snapshots name blobs the index lacks while packs that no index names
+/// are stored. Those packs may hold the blobs (an index file was lost, not the data), so the
+/// only safe step is to index them and check again: the repairs that follow a real loss
+/// (`repair snapshots --forget`, and prune after it) would drop data that is still there.
 fn repair_hints(
     damaged_index: bool,
+    unindexed_missing: bool,
     damaged_packs: &[String],
     damaged_snapshots: bool,
     incomplete_snapshots: bool,
 ) -> Vec<String> {
     let mut out = Vec::new();
+    if unindexed_missing {
+        out.push("`cairn repair index` indexes the stored packs that no index names: the blobs reported missing may be in them".to_owned());
+        out.push(
+            "then `cairn check` again, before any other repair (each repair after that assumes what is still missing is lost)"
+                .to_owned(),
+        );
+        return out;
+    }
     if damaged_index {
         out.push("`cairn repair index` rebuilds the index from the pack headers".to_owned());
     }

@@ -250,7 +250,7 @@ pub fn copy(
         // the next prune.
         packer: Packer::new(dst_repo, index)
             .index_every(1)
-            .under(dst.guard()),
+            .under(dst.guard()?),
         same_ids,
         map: Mutex::new(HashMap::new()),
         trees_done: Mutex::new(HashSet::new()),
@@ -280,7 +280,7 @@ pub fn copy(
     c.packer.finish()?;
     for (old, s) in todo {
         // As a backup does: committed only while the lock is certainly live.
-        dst.guard().check_held()?;
+        dst.guard()?.check_held()?;
         let new = dst_repo.save(FileKind::Snapshot, &s)?;
         report.copied.push((old.to_hex(), new.to_hex()));
     }

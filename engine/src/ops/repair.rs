@@ -466,6 +466,20 @@ pub fn repair_snapshots(
         .into_iter()
         .filter_map(|o| Id::from_hex(&o.name).ok())
         .collect();
+    // Packs no index names may hold what the snapshots miss (an index file lost, not its
+    // data): rewriting the snapshots around those blobs would drop them for good, and a
+    // prune after it would delete the packs. Exclusive lock: no backup is writing any now.
+    let unindexed: Vec<&Id> = stored
+        .iter()
+        .filter(|id| index.pack_number(id).is_none())
+        .collect();
+    if let Some(first) = unindexed.iter().min() {
+        return Err(Error::Integrity(format!(
+            "{} stored pack(s) are not indexed (e.g. {}); they may hold the data the snapshots miss: run `cairn repair index` first, then `cairn check`",
+            unindexed.len(),
+            first.short()
+        )));
+    }
     // What the packer may deduplicate against: blobs in packs that exist. A tree the
     // repair writes must not be "found" in a pack that is gone.
     let mut known = index.clone();
@@ -573,6 +587,9 @@ pub fn repair_index(lock: &ExclusiveLock<'_>, progress: &Progress) -> Result<Rep
                     blobs: entries,
                 });
             }
+            // A pack that could not be read (permission denied, a network error) may be
+            // intact: an index without it would make its blobs look lost.
+            Err(e) if e.is_unreachable() => return Err(e),
             Err(e) => report.unreadable_packs.push(format!("{name}: {e}")),
         }
     }

@@ -69,7 +69,8 @@ pub enum Overwrite {
     /// Leave a regular file alone when its size and mtime already match the snapshot's,
     /// and a symlink when its target does (its metadata is still set).
     IfChanged,
-    /// Replace an existing file only when the snapshot's is newer (by mtime).
+    /// Replace an existing file only when the snapshot's is newer (by mtime); a kept one is
+    /// left as it is, metadata included.
     IfNewer,
     /// Leave anything that exists alone, metadata included.
     Never,
@@ -202,6 +203,8 @@ struct Frame {
     whole: bool,
     /// Created (or found) on disk.
     created: bool,
+    /// Found on disk as it was and left so (`--overwrite never` keeps its metadata too).
+    untouched: bool,
     /// With `delete`: the names it keeps.
     keep: Option<HashSet<Vec<u8>>>,
 }
@@ -340,6 +343,7 @@ impl Planner<'_> {
                 snap_len: self.snap.len(),
                 whole: included,
                 created: false,
+                untouched: false,
                 keep,
             });
             return Ok(true);
@@ -378,8 +382,10 @@ impl Planner<'_> {
         let Some(f) = self.stack.pop() else {
             return Ok(());
         };
+        // `never` leaves an existing directory as it is, metadata included.
+        let keep = f.untouched && self.opts.overwrite == Overwrite::Never;
         if let (true, Some(node)) = (f.created, f.node) {
-            if !self.opts.dry_run {
+            if !self.opts.dry_run && !keep {
                 self.batch
                     .dirs_done
                     .push((as_path(&self.path[..f.path_len]).to_path_buf(), node));
@@ -405,7 +411,7 @@ impl Planner<'_> {
             self.result.dirs += 1;
             let path = as_path(&self.path[..self.stack[i].path_len]).to_path_buf();
             if !self.opts.dry_run {
-                ensure_real_dir(&path, self.chown)?;
+                self.stack[i].untouched = ensure_real_dir(&path, self.chown)?;
             }
             self.clean(i, &path);
         }
@@ -436,15 +442,21 @@ impl Planner<'_> {
 
     /// Plan one regular file.
     fn file(&mut self, path: PathBuf, node: Node) -> Result<()> {
-        if !self.opts.dry_run
-            && leave_existing(
+        let leave = if self.opts.dry_run {
+            // What the restore would leave, without touching it.
+            let keep = keep_existing(self.opts.overwrite, &path, &node);
+            self.result.skipped += u64::from(keep);
+            keep
+        } else {
+            leave_existing(
                 self.opts.overwrite,
                 &path,
                 &node,
                 self.chown,
                 &mut self.result,
             )
-        {
+        };
+        if leave {
             return Ok(());
         }
         let group = (node.links > 1 && node.inode != 0).then_some((node.device, node.inode));
@@ -577,10 +589,11 @@ fn create_file(path: &Path) -> Result<File> {
     }
 }
 
-/// A real directory at `path`, ready to be written into. An existing directory that this
-/// user may not write into (a read-only directory restored by an earlier run: its mode is
-/// applied last) gets the owner's rwx bits for now; the metadata pass sets its real mode.
-fn ensure_real_dir(path: &Path, root: bool) -> Result<()> {
+/// A real directory at `path`, ready to be written into; whether it existed and was left as
+/// it was. An existing directory that this user may not write into (a read-only directory
+/// restored by an earlier run: its mode is applied last) gets the owner's rwx bits for now;
+/// the metadata pass sets its real mode.
+fn ensure_real_dir(path: &Path, root: bool) -> Result<bool> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let io = |e| Error::io(path, e);
     match longpath::with(path, |q| fs::symlink_metadata(q)) {
@@ -591,16 +604,21 @@ fn ensure_real_dir(path: &Path, root: bool) -> Result<()> {
                     fs::set_permissions(p, fs::Permissions::from_mode(mode))
                 })
                 .map_err(io)?;
+                return Ok(false);
             }
-            Ok(())
+            Ok(true)
         }
         Ok(_) => {
             // A file or symlink where a directory goes: replace it. Removing a symlink never
             // touches its target.
             longpath::with(path, |q| fs::remove_file(q)).map_err(io)?;
-            longpath::with(path, |q| fs::create_dir(q)).map_err(io)
+            longpath::with(path, |q| fs::create_dir(q)).map_err(io)?;
+            Ok(false)
         }
-        Err(_) => longpath::with(path, |q| fs::create_dir(q)).map_err(io),
+        Err(_) => {
+            longpath::with(path, |q| fs::create_dir(q)).map_err(io)?;
+            Ok(false)
+        }
     }
 }
 
@@ -1044,6 +1062,7 @@ fn restore_inner(
         snap_len: planner.snap.len(),
         whole: above,
         created: true,
+        untouched: false,
         keep,
     });
     planner.clean(0, target);
@@ -1109,7 +1128,10 @@ fn restore_inner(
 }
 
 /// Whether `overwrite` leaves the existing entry at `path` as it is; if so it is counted as
-/// skipped and, unless `Never`, given `node`'s metadata (a failure to is reported).
+/// skipped and, with `IfChanged` (it matches the snapshot's file: a re-run completing a
+/// restore), given `node`'s metadata (a failure to is reported). `IfNewer` keeps a newer
+/// file as the user left it: mode, owner and mtime included, or it would look as old as the
+/// snapshot's copy.
 fn leave_existing(
     overwrite: Overwrite,
     path: &Path,
@@ -1121,7 +1143,7 @@ fn leave_existing(
         return false;
     }
     result.skipped += 1;
-    if overwrite != Overwrite::Never {
+    if overwrite == Overwrite::IfChanged {
         if let Err(err) = apply_metadata(path, node, chown) {
             let msg = format!("metadata: {}", reason(&err));
             result.failed.push((path.to_path_buf(), msg));
@@ -1153,9 +1175,8 @@ fn keep_existing(overwrite: Overwrite, path: &Path, node: &Node) -> bool {
                 .is_ok_and(|t| t.as_os_str().as_bytes() == node.link_target.as_slice()),
             _ => false,
         },
-        // Only an entry of the same type is kept: the metadata pass then sets the
-        // snapshot's mode on it, and that must never reach through a symlink planted where a
-        // file was.
+        // Only an entry of the same type is kept: a newer symlink where the snapshot has a
+        // file is replaced, not taken for the file.
         Overwrite::IfNewer => {
             let same_type = match node.kind {
                 NodeKind::File => m.is_file(),
