@@ -59,7 +59,7 @@ pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
             "{}",
             json!({"message_type": "initialized", "repository": be.location(), "id": hex::encode(repo.config().repo_id)})
         );
-    } else {
+    } else if !cli.quiet {
         println!(
             "created cairn repository {} at {}",
             &hex::encode(repo.config().repo_id)[..10],

@@ -13,11 +13,19 @@ use crate::{Cli, FilterArgs};
 /// A shared lock, waiting as `--retry-lock` says (default: not at all); none with
 /// `--no-lock` (commands that write then refuse to run).
 pub(crate) fn lock_shared<'r>(cli: &Cli, repo: &'r Repository) -> Result<SharedLock<'r>> {
+    lock_shared_waiting(cli, repo, cli.retry_lock.unwrap_or_default())
+}
+
+/// [`lock_shared`], waiting up to `wait` (the job file's `retry-lock` for `k3s`).
+pub(crate) fn lock_shared_waiting<'r>(
+    cli: &Cli,
+    repo: &'r Repository,
+    wait: std::time::Duration,
+) -> Result<SharedLock<'r>> {
     if cli.no_lock {
         return Ok(repo.read_unlocked());
     }
-    repo.lock_shared(cli.retry_lock.unwrap_or_default())
-        .map_err(suggest_no_lock)
+    repo.lock_shared(wait).map_err(suggest_no_lock)
 }
 
 /// A lock that could not be written on read-only storage: say how to read it anyway.

@@ -857,7 +857,9 @@ fn main() -> ExitCode {
     let filter = match cli.verbose {
         // The server's refusals and failed logins are its audit log.
         0 if matches!(cli.command, Command::Serve(_)) => "info",
-        0 => "warn,rustls_platform_verifier=off",
+        // fuser warns about every ioctl it does not implement (isatty probes) and about
+        // an unmount that `umount` already did.
+        0 => "warn,rustls_platform_verifier=off,fuser=error",
         1 => "info",
         _ => "debug",
     };

@@ -587,12 +587,7 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
         } => {
             if let Some(spec) = snapshot {
                 let (repo, wait) = open_for_k3s(cli, config.as_deref())?;
-                let lock = if cli.no_lock {
-                    repo.read_unlocked()
-                } else {
-                    repo.lock_shared(wait)
-                        .map_err(crate::hiargs::suggest_no_lock)?
-                };
+                let lock = crate::hiargs::lock_shared_waiting(cli, &repo, wait)?;
                 let ix = repo.indexed_for_reading()?;
                 let snaps = repo.load_snapshots_choosing(spec == "latest")?;
                 let (id, snap) = pick_cluster_state(&snaps, Some(spec), None)?;
@@ -632,12 +627,7 @@ pub fn k3s(cli: &Cli, k: &K3sCommand) -> Result<u8> {
             snapshot,
         } => {
             let (repo, wait) = open_for_k3s(cli, config.as_deref())?;
-            let lock = if cli.no_lock {
-                repo.read_unlocked()
-            } else {
-                repo.lock_shared(wait)
-                    .map_err(crate::hiargs::suggest_no_lock)?
-            };
+            let lock = crate::hiargs::lock_shared_waiting(cli, &repo, wait)?;
             let ix = repo.indexed_for_reading()?;
             // No snapshot named: the source's newest, which a damaged file may hide.
             let newest = snapshot.as_deref().is_none_or(|s| s == "latest");

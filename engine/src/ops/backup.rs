@@ -751,10 +751,18 @@ impl Archiver<'_> {
             || after.mtime() != meta.mtime()
             || after.mtime_nsec() != meta.mtime_nsec()
         {
+            let what = if more_data || read != meta.len() || after.len() != meta.len() {
+                format!(
+                    "{} bytes before, {read} read, {} after",
+                    meta.len(),
+                    after.len()
+                )
+            } else {
+                "its modification time changed during the read".to_owned()
+            };
             self.warn(format!(
-                "{}: file changed while it was read ({} bytes before, {read} read); stored what was read",
-                path.display(),
-                meta.len()
+                "{}: file changed while it was read ({what}); stored what was read",
+                path.display()
             ));
         }
         node.size = read;
