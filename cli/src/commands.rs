@@ -408,6 +408,13 @@ pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
     };
     let secs = started.elapsed().as_secs_f64();
     for (p, why) in &res.failed {
+        if cli.json {
+            // Each file's reason, not only the count in the summary.
+            println!(
+                "{}",
+                json!({"message_type": "restore_error", "path": p.to_string_lossy(), "error": why})
+            );
+        }
         eprintln!("error: {}: {why}", p.display());
     }
     if a.dry_run {

@@ -340,7 +340,7 @@ fn restore_into_a_regular_file_fails_clearly() {
     let file = env.path("i-am-a-file");
     write_file(&file, b"keep me");
     env.run(&["restore", "latest", "--target", s(&file)])
-        .assert_error(1, &[s(&file)]);
+        .assert_error(1, &[s(&file), "not a directory"]);
     assert_eq!(fs::read(&file).unwrap(), b"keep me");
 }
 

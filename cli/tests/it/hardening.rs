@@ -683,6 +683,30 @@ fn no_lock_reads_a_repository_where_no_lock_can_be_written() {
     assert!(env.objects("locks").is_empty());
 }
 
+#[test]
+fn json_restore_names_each_file_it_could_not_write() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("f"), b"data");
+    write_file(&src.join("g"), b"more");
+    env.backup(&[s(&src)]);
+    let target = env.path("t");
+    fs::create_dir_all(target.join("f").join("in-the-way")).unwrap();
+    let spec = format!("latest:{}", s(&src));
+    let out = env.run(&["--json", "restore", &spec, "--target", s(&target)]);
+    out.expect_code(3);
+    let errors: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message_type"] == "restore_error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.dump());
+    assert_eq!(errors[0]["path"], s(&target.join("f")), "{}", out.dump());
+    assert!(errors[0]["error"].as_str().unwrap().contains("directory"));
+    assert_eq!(fs::read(target.join("g")).unwrap(), b"more");
+}
+
 /// The data blob ids of `file` in the latest snapshot.
 fn content_of(env: &Env, src: &Path, file: &str) -> Vec<String> {
     let dir = format!("latest:{}", s(src));

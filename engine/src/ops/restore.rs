@@ -1019,6 +1019,13 @@ fn restore_inner(
     };
     let target = &opts.target;
     if !opts.dry_run {
+        // A file (or a symlink to one) at the target: say so, not "File exists".
+        if fs::metadata(target).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::Invalid(format!(
+                "the target {} exists and is not a directory",
+                target.display()
+            )));
+        }
         fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
         if !fs::metadata(target)
             .map_err(|e| Error::io(target, e))?
