@@ -528,10 +528,11 @@ fn print_verified(cli: &Cli, file: &Path, r: Result<Verified>) -> bool {
             if cli.json {
                 println!(
                     "{}",
-                    json!({"file": file, "ok": false, "error": e.to_string()})
+                    json!({"file": file, "ok": false, "error": format!("{e:#}")})
                 );
             } else {
-                println!("FAIL {e}");
+                // The whole chain: "reading F: No such file or directory", not "reading F".
+                println!("FAIL {e:#}");
             }
             false
         }

@@ -486,6 +486,14 @@ fn a_bad_etcd_snapshot_fails_its_source_and_never_replaces_a_good_one() {
     flipped[10 * 4096 + 17] ^= 0x40;
     bad("bit-flipped", flipped);
     bad("hash-less", good[..good.len() - 32].to_vec());
+    // A file that cannot be read says why, not only which.
+    let gone = env.path("no-such-snapshot");
+    let v = env.run(&["k3s", "verify", s(&gone)]);
+    assert!(
+        v.code != 0 && v.stdout.contains("FAIL") && v.stdout.contains("No such file"),
+        "{}",
+        v.dump()
+    );
 
     // restore-etcd: the snapshot and the token by content, the command to run, and the
     // restored file verified.
