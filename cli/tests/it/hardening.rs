@@ -705,6 +705,24 @@ fn json_restore_names_each_file_it_could_not_write() {
     assert_eq!(errors[0]["path"], s(&target.join("f")), "{}", out.dump());
     assert!(errors[0]["error"].as_str().unwrap().contains("directory"));
     assert_eq!(fs::read(target.join("g")).unwrap(), b"more");
+    // --delete removes what the snapshot does not have, a directory in a file's place too
+    // (and the dry run says so).
+    let dry = env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        s(&target),
+        "--delete",
+        "--dry-run",
+    ]);
+    assert!(
+        dry.stdout
+            .contains(&format!("would delete {}", s(&target.join("f")))),
+        "{}",
+        dry.dump()
+    );
+    env.ok(&["restore", &spec, "--target", s(&target), "--delete"]);
+    assert_eq!(fs::read(target.join("f")).unwrap(), b"data");
 }
 
 /// The data blob ids of `file` in the latest snapshot.

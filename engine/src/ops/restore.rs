@@ -15,7 +15,7 @@
 //! directory, so no write can follow a link placed by a malicious snapshot out of the
 //! target.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -206,7 +206,7 @@ struct Frame {
     /// Found on disk as it was and left so (`--overwrite never` keeps its metadata too).
     untouched: bool,
     /// With `delete`: the names it keeps.
-    keep: Option<HashSet<Vec<u8>>>,
+    keep: Option<HashMap<Vec<u8>, bool>>,
 }
 
 /// Walks the trees depth-first (explicitly: a crafted 20 000-level tree must not overflow
@@ -251,7 +251,10 @@ impl Planner<'_> {
     }
 
     /// The names `delete` keeps in a directory restored whole: every entry not excluded.
-    fn keep_names(&self, nodes: &[Node]) -> Option<HashSet<Vec<u8>>> {
+    /// With `delete`: the names directory `nodes` keeps, each with whether the snapshot's
+    /// entry is a directory (a directory on disk where the snapshot has a file is in the way,
+    /// and `delete` removes it too).
+    fn keep_names(&self, nodes: &[Node]) -> Option<HashMap<Vec<u8>, bool>> {
         (self.opts.delete).then(|| {
             let mut snap = self.snap.clone();
             let len = snap.len();
@@ -265,7 +268,7 @@ impl Planner<'_> {
                     snap.truncate(len);
                     kept
                 })
-                .map(|n| n.name.clone())
+                .map(|n| (n.name.clone(), n.kind == NodeKind::Dir))
                 .collect()
         })
     }
@@ -1267,7 +1270,7 @@ fn remove_tree(path: &Path, dev: Option<u64>) -> std::io::Result<()> {
 /// a backup with --one-file-system records it as an empty directory).
 fn extraneous(
     dir: &Path,
-    keep: &HashSet<Vec<u8>>,
+    keep: &HashMap<Vec<u8>, bool>,
     excludes: &Patterns,
     snap_dir: &Path,
 ) -> Vec<PathBuf> {
@@ -1281,13 +1284,18 @@ fn extraneous(
     let mut found: Vec<PathBuf> = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name();
-        if keep.contains(name.as_bytes()) {
-            continue;
-        }
         let path = dir.join(&name);
-        match longpath::with(&path, |p| fs::symlink_metadata(p)) {
-            Ok(m) if m.dev() == dir_dev => {}
+        let m = match longpath::with(&path, |p| fs::symlink_metadata(p)) {
+            Ok(m) if m.dev() == dir_dev => m,
             _ => continue,
+        };
+        // Kept, unless it is a directory where the snapshot has something else: the restore
+        // could not put that entry there otherwise ("a directory is in the way").
+        if keep
+            .get(name.as_bytes())
+            .is_some_and(|&snap_dir| snap_dir || !m.is_dir())
+        {
+            continue;
         }
         if !excludes.is_empty() && excludes.matches(&snap_dir.join(&name), &name) {
             continue;
