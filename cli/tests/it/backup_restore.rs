@@ -327,6 +327,38 @@ fn check_sparse_and_links(root: &Path) {
 }
 
 #[test]
+fn hard_linked_fifos_and_symlinks_stay_linked() {
+    // Regular files were restored as hard-link groups; FIFOs and symlinks came back as
+    // separate inodes.
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    fs::hard_link(src.join("fifo"), src.join("fifo2")).unwrap();
+    symlink("somewhere", src.join("link")).unwrap();
+    fs::hard_link(src.join("link"), src.join("link2")).unwrap();
+    env.backup(&[s(&src)]);
+    let target = env.path("r");
+    env.restore_latest_exact(&src, &target, &[]);
+    for (a, b) in [("fifo", "fifo2"), ("link", "link2")] {
+        let (ma, mb) = (
+            fs::symlink_metadata(target.join(a)).unwrap(),
+            fs::symlink_metadata(target.join(b)).unwrap(),
+        );
+        assert_eq!(ma.ino(), mb.ino(), "{a} and {b} are no longer one inode");
+        assert_eq!(ma.nlink(), 2);
+    }
+    assert_eq!(
+        fs::read_link(target.join("link2")).unwrap(),
+        Path::new("somewhere")
+    );
+}
+
+#[test]
 fn stdin_backup_round_trip() {
     let env = Env::new();
     // A few MB of YAML-ish text with random parts.

@@ -177,7 +177,9 @@ struct Batch {
     placements: usize,
     /// (path, node, the first file of its hard-link group).
     links: Vec<(PathBuf, Node, Arc<FileJob>)>,
-    specials: Vec<(PathBuf, Node)>,
+    /// Symlinks, FIFOs and devices; with the first path of their hard-link group when they
+    /// are not its first (they are linked to it, not made again).
+    specials: Vec<(PathBuf, Node, Option<PathBuf>)>,
     dirs_done: Vec<(PathBuf, Node)>,
 }
 
@@ -228,6 +230,8 @@ struct Planner<'a> {
     stack: Vec<Frame>,
     /// The first file of each hard-link group, by (device, inode) as recorded at backup.
     primary: HashMap<(u64, u64), Arc<FileJob>>,
+    /// The same for symlinks, FIFOs and devices: the first path of each hard-link group.
+    special_primary: HashMap<(u64, u64), PathBuf>,
     batch: Batch,
     /// Counts and failures of what the planner did itself.
     result: RestoreResult,
@@ -368,7 +372,19 @@ impl Planner<'_> {
                 if self.opts.dry_run {
                     self.result.others += 1;
                 } else {
-                    self.batch.specials.push((path, node));
+                    let group =
+                        (node.links > 1 && node.inode != 0).then_some((node.device, node.inode));
+                    let first = match group {
+                        Some(k) => match self.special_primary.get(&k) {
+                            Some(first) => Some(first.clone()),
+                            None => {
+                                self.special_primary.insert(k, path.clone());
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    self.batch.specials.push((path, node, first));
                 }
                 Ok(())
             }
@@ -735,8 +751,22 @@ impl Writer<'_> {
                 Err(e) => result.failed.push((path, reason(&e))),
             }
         }
-        for (path, node) in specials {
+        for (path, node, first) in specials {
             if keep(result, &path, &node) {
+                continue;
+            }
+            // A later name of a hard-linked FIFO, device or symlink: the same inode again
+            // (batches are written in walk order, so the first name exists by now). linkat
+            // without AT_SYMLINK_FOLLOW links a symlink itself.
+            if let Some(first) = first {
+                let linked = remove_non_dir(&path).and_then(|()| {
+                    longpath::with(&first, |f| longpath::with(&path, |p| fs::hard_link(f, p)))
+                        .map_err(|e| Error::io(&path, e))
+                });
+                match linked {
+                    Ok(()) => result.others += 1,
+                    Err(err) => result.failed.push((path, reason(&err))),
+                }
                 continue;
             }
             let mode = nix::sys::stat::Mode::from_bits_truncate(node.mode);
@@ -1054,6 +1084,7 @@ fn restore_inner(
         snap: top_snap.as_os_str().as_bytes().to_vec(),
         stack: Vec::new(),
         primary: HashMap::new(),
+        special_primary: HashMap::new(),
         batch: Batch::default(),
         result: RestoreResult::default(),
         any: false,
