@@ -34,7 +34,7 @@ pub(crate) fn suggest_no_lock(e: cairn_engine::Error) -> anyhow::Error {
         if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem);
     if read_only {
         anyhow::Error::new(e).context(
-            "the repository is on read-only storage: `--no-lock` reads it without a lock (restore, check, ls, dump, find, diff)",
+            "the repository is on read-only storage: `--no-lock` reads it without a lock (restore, check, k3s restore/verify, mount)",
         )
     } else {
         e.into()

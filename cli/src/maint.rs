@@ -11,14 +11,12 @@ use cairn_engine::retention::{parse_count, parse_keep_tags, Duration, GroupBy, P
 use cairn_engine::util::{format_timestamp, now_timestamp};
 use cairn_engine::Progress;
 use cairn_format::{FileKind, Id};
-
-use crate::UsageError;
 use serde_json::json;
 
 use crate::hiargs::{filter, lock_exclusive, lock_maintenance, lock_shared, open};
 use crate::ui::snapshot_json;
 use crate::ui::{human_bytes, Reporter};
-use crate::{CheckArgs, Cli, ForgetArgs, PruneOpts};
+use crate::{CheckArgs, Cli, ForgetArgs, PruneOpts, UsageError};
 
 /// Parse `2G`, `500M`, `1.5T`, `1024` (bytes; binary units).
 pub fn parse_size(s: &str) -> Result<u64> {

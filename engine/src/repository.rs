@@ -648,14 +648,7 @@ impl Repository {
     /// Load every readable snapshot, oldest first. Damaged snapshot files are skipped with a
     /// warning that names them: one bad file must not hide the others or stop a backup.
     pub fn load_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let (snaps, damaged) = self.load_snapshots_lenient()?;
-        for (id, e) in &damaged {
-            tracing::warn!(
-                "snapshot {} is damaged and was skipped ({e}); `cairn repair snapshots` removes it",
-                id.short()
-            );
-        }
-        Ok(snaps)
+        self.load_snapshots_choosing(false)
     }
 
     /// [`Repository::load_snapshots`], to choose one from: by `latest` (`latest` true) or by

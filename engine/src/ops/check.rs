@@ -139,7 +139,6 @@ pub fn check(
     // its data: reported as damage, it would lead to `repair packs`, which drops its blobs.
     // The first such error ends the check instead.
     let unreadable: Mutex<Option<Error>> = Mutex::new(None);
-    let unreachable = Error::is_unreachable;
     // One pack's entries at a time (every copy of each blob), from the merged index.
     index.index_packs().par_bridge().for_each(|p| {
         let (pid, entries) = (&p.id, &p.blobs);
@@ -162,7 +161,7 @@ pub fn check(
                 }
             }
             Err(e) if deleted_meanwhile(pid, &e) => {}
-            Err(e) if unreachable(&e) => {
+            Err(e) if e.is_unreachable() => {
                 unreadable.lock().get_or_insert(e);
             }
             Err(e) => {
@@ -411,7 +410,7 @@ pub fn check(
         match res {
             Ok(()) => {}
             Err(e) if deleted_meanwhile(pid, &e) => {}
-            Err(e) if unreachable(&e) => {
+            Err(e) if e.is_unreachable() => {
                 unreadable.lock().get_or_insert(e);
             }
             Err(e) => {

@@ -402,9 +402,9 @@ impl Planner<'_> {
             return Ok(());
         };
         // `never` leaves an existing directory as it is, metadata included.
-        let keep = f.untouched && self.opts.overwrite == Overwrite::Never;
+        let left_alone = f.untouched && self.opts.overwrite == Overwrite::Never;
         if let (true, Some(node)) = (f.created, f.node) {
-            if !self.opts.dry_run && !keep {
+            if !self.opts.dry_run && !left_alone {
                 self.batch
                     .dirs_done
                     .push((as_path(&self.path[..f.path_len]).to_path_buf(), node));
