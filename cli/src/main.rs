@@ -517,10 +517,10 @@ pub struct InitArgs {
     /// Argon2id passes of the first key.
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
-    /// Repository format version: 4 (files of many blobs name them through content lists),
-    /// or 3 / 2 / 1 for a repository that nodes running an older cairn must keep using
+    /// Repository format version: 5 (small trees and content lists compressed in groups), or
+    /// 4 / 3 / 2 / 1 for a repository that nodes running an older cairn must keep using
     /// (`cairn migrate` upgrades it later). 2 adds small blobs compressed in groups, 3 prune
-    /// beside running backups.
+    /// beside running backups, 4 content lists for files of many blobs.
     #[arg(long, default_value_t = cairn_format::FORMAT_VERSION, value_parser = clap::value_parser!(u16).range(1..=i64::from(cairn_format::FORMAT_VERSION)))]
     pub format_version: u16,
     /// Name and cut blobs like the --from-repo repository, so that `copy` from it sends

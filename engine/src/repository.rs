@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::index::{IndexBuilder, MasterIndex};
+use crate::index::{BlobLocation, IndexBuilder, MasterIndex};
 use crate::util::{hostname, now_timestamp, username};
 use crate::{Error, Result};
 
@@ -737,16 +737,29 @@ impl Repository {
         cairn_format::check_entry_limits(&entry, self.config.max_blob_len(blob_type))?;
         let pack = index.pack_id(&loc);
         if entry.grouped() {
-            return self.read_grouped(pack, &entry);
+            return self.read_grouped(index, &loc, pack, &entry);
         }
+        let mut sealed = self.read_box(index, &loc, &pack, id)?;
+        Ok(self.opener(pack).open(&entry, &mut sealed)?.into_owned())
+    }
+
+    /// Read the sealed box (a blob alone or a group) at `loc`, which holds blob `id`.
+    fn read_box(
+        &self,
+        index: &MasterIndex,
+        loc: &BlobLocation,
+        pack: &Id,
+        id: &Id,
+    ) -> Result<Vec<u8>> {
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
-        // Tree packs hold only trees (the packer keeps the types apart): cacheable metadata.
-        let read = if blob_type == BlobType::Tree {
+        // Tree packs hold only tree blobs (the packer keeps the types apart): cacheable
+        // metadata, whether a tree is sealed alone or in a group (format 5).
+        let read = if loc.blob_type == BlobType::Tree {
             self.backend.get_tree_range(&name, offset, len)
         } else {
             self.backend.get_range(FileKind::Pack, &name, offset, len)
         };
-        let mut sealed = read.map_err(|e| match e {
+        read.map_err(|e| match e {
             // A live pack the index names is gone: damage (exit 13), like a blob that does
             // not open. (A condemned one may have been deleted by a prune: not damage.)
             Error::ObjectNotFound { .. } if index.condemned_at(loc.pack).is_none() => {
@@ -757,15 +770,20 @@ impl Repository {
                 ))
             }
             e => e,
-        })?;
-        Ok(self.opener(pack).open(&entry, &mut sealed)?.into_owned())
+        })
     }
 
     /// Read one grouped blob. The groups this thread read last are kept (a few, at most
     /// `MAX_GROUP_LEN` each): readers that go through a file blob by blob (`dump`, `mount`,
     /// `copy`) find its next pages there instead of reading and inflating a group per page,
     /// also when the file's pages were stored in a few groups side by side.
-    fn read_grouped(&self, pack: Id, e: &cairn_format::PackEntry) -> Result<Vec<u8>> {
+    fn read_grouped(
+        &self,
+        index: &MasterIndex,
+        loc: &BlobLocation,
+        pack: Id,
+        e: &cairn_format::PackEntry,
+    ) -> Result<Vec<u8>> {
         type Key = ([u8; 32], Id, u32, u32);
         const KEEP: usize = 4;
         thread_local! {
@@ -785,15 +803,20 @@ impl Repository {
         let group = match cached {
             Some(g) => g,
             None => {
-                let mut sealed = self.backend.get_range(
-                    FileKind::Pack,
-                    &pack.to_hex(),
-                    u64::from(e.offset),
-                    u64::from(e.length),
-                )?;
+                let mut sealed = self.read_box(index, loc, &pack, &e.id)?;
                 let group = Arc::new(
-                    cairn_format::open_group_in_place(&self.key, &mut sealed)
-                        .map_err(|err| damaged_pack(&pack, err))?
+                    cairn_format::open_group_in_place(&self.key, e.blob_type, &mut sealed)
+                        .map_err(|err| {
+                            // The group is shared: name the blob the caller asked for too.
+                            damaged_pack(
+                                &pack,
+                                format!(
+                                    "{err} (the group holding {:?} blob {})",
+                                    e.blob_type,
+                                    e.id.short()
+                                ),
+                            )
+                        })?
                         .into_owned(),
                 );
                 RECENT.with(|r| {
@@ -995,7 +1018,7 @@ impl BlobOpener<'_> {
         }
         let span = (e.offset, e.length);
         if self.group.as_ref().map(|(k, _)| *k) != Some(span) {
-            let opened = cairn_format::open_group_in_place(&self.repo.key, sealed)
+            let opened = cairn_format::open_group_in_place(&self.repo.key, e.blob_type, sealed)
                 .map(std::borrow::Cow::into_owned)
                 .map_err(|err| err.to_string());
             self.group = Some((span, opened));

@@ -1,5 +1,6 @@
 //! The frozen repositories `repo-format/testdata/repo-v1/` (format 1), `repo-v2/` (format
-//! 2: small blobs in groups) and `repo-v3/` (format 3: condemned index records) must stay
+//! 2: small blobs in groups), `repo-v3/` (format 3: condemned index records), `repo-v4/`
+//! (format 4: content lists) and `repo-v5/` (format 5: tree groups) must stay
 //! readable: open each with its password through the engine API, restore its snapshot, and
 //! compare every path with the manifest recorded when it was made. All were made from the
 //! same source tree.
@@ -57,6 +58,12 @@ const V4: Fixture = Fixture {
     version: 4,
     password: "cairn-fixture-v4",
     source_path: "/tmp/cairn-fixture-v4/src",
+};
+
+const V5: Fixture = Fixture {
+    version: 5,
+    password: "cairn-fixture-v5",
+    source_path: "/tmp/cairn-fixture-v5/src",
 };
 
 /// `--host`.
@@ -307,6 +314,7 @@ fn make_fixture_source() {
         Ok("2") => &V2,
         Ok("3") => &V3,
         Ok("4") => &V4,
+        Ok("5") => &V5,
         _ => &V1,
     };
     let src = std::env::var_os("CAIRN_FIXTURE_SRC")
@@ -380,18 +388,33 @@ fn fixture_v4_opens_and_restores_exactly() {
     opens_and_restores_exactly(&V4);
 }
 
+#[test]
+fn fixture_v5_opens_and_restores_exactly() {
+    opens_and_restores_exactly(&V5);
+}
+
 /// Format 4's content lists: the page file names them, check reads them and sums their
 /// blobs, and a prune keeps them and their blobs (nothing else is unused).
 #[test]
 fn fixture_v4_content_lists_are_checked_and_kept_by_prune() {
+    content_lists_are_checked_and_kept_by_prune(&V4);
+}
+
+/// The same in format 5, whose content lists and trees are sealed in tree groups.
+#[test]
+fn fixture_v5_content_lists_are_checked_and_kept_by_prune() {
+    content_lists_are_checked_and_kept_by_prune(&V5);
+}
+
+fn content_lists_are_checked_and_kept_by_prune(f: &Fixture) {
     use cairn_engine::ops::check::{check, ReadData};
     use cairn_engine::ops::prune::{prune, PruneOptions};
     let tmp = tempfile::tempdir().unwrap();
     let repo_dir = tmp.path().join("repo");
-    copy_files(&fixture_dir(&V4), &repo_dir);
+    copy_files(&fixture_dir(f), &repo_dir);
     let repo = Repository::open(
         Arc::new(LocalBackend::new(&repo_dir)),
-        V4.password.as_bytes(),
+        f.password.as_bytes(),
     )
     .unwrap();
     let snaps = repo.load_snapshots().unwrap();
@@ -399,7 +422,7 @@ fn fixture_v4_content_lists_are_checked_and_kept_by_prune() {
     let db = cairn_engine::ops::ls::find_node(
         &ix,
         &snaps[0].1.tree,
-        &Path::new(V4.source_path).join("db/pages.sqlite"),
+        &Path::new(f.source_path).join("db/pages.sqlite"),
     )
     .unwrap()
     .expect("db/pages.sqlite in the snapshot");
@@ -437,7 +460,7 @@ fn fixture_v4_content_lists_are_checked_and_kept_by_prune() {
     assert_eq!(r.packs_deleted, 0, "{r:?}");
     drop(ix);
     drop(repo);
-    opens_and_restores_exactly_in(&V4, tmp.path());
+    opens_and_restores_exactly_in(f, tmp.path());
 }
 
 /// Format 3's condemned records: check accepts them, restore does not need them, and a prune
@@ -542,6 +565,16 @@ fn opens_and_restores_exactly_in(f: &Fixture, dir: &Path) {
     } else {
         assert!(grouped >= 4, "{grouped} grouped blobs");
     }
+    // Version 5 groups its small tree blobs too, earlier versions never.
+    let trees_grouped = index
+        .iter()
+        .filter(|(_, l)| l.group_offset.is_some() && l.blob_type == cairn_format::BlobType::Tree)
+        .count();
+    if f.version >= 5 {
+        assert!(trees_grouped >= 4, "{trees_grouped} grouped tree blobs");
+    } else {
+        assert_eq!(trees_grouped, 0);
+    }
 
     // The big file was cut into several chunks.
     let big = cairn_engine::ops::ls::find_node(
@@ -617,6 +650,11 @@ fn fixture_v4_objects_are_intact() {
     objects_are_intact(&V4);
 }
 
+#[test]
+fn fixture_v5_objects_are_intact() {
+    objects_are_intact(&V5);
+}
+
 fn objects_are_intact(f: &Fixture) {
     // Every object's name is the BLAKE3 of its bytes; the fixture is under 1 MiB.
     let dir = fixture_dir(f);
@@ -660,7 +698,7 @@ fn objects_are_intact(f: &Fixture) {
 fn source_tree_generator_still_matches_the_manifest() {
     // The generator is the documentation of how the fixture's content was made: it must keep
     // producing exactly the manifest (names, modes, sizes, hashes, times).
-    for f in [&V1, &V2, &V3, &V4] {
+    for f in [&V1, &V2, &V3, &V4, &V5] {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         build_source_tree(&src, f.version);

@@ -24,14 +24,15 @@ pub const PREAMBLE_LEN: usize = 8;
 /// version that introduced it: version 2 changed packs and index files (grouped blobs),
 /// version 3 index files (condemned packs) and locks (modes, start time); the other kinds are
 /// still written as version 1. Version 4 changed no object's encoding: it lets tree blobs name
-/// content lists (FORMAT.md §11.1), which only a version-4 repository may hold.
-pub const FORMAT_VERSION: u16 = 4;
+/// content lists (FORMAT.md §11.1), which only a version-4 repository may hold. Version 5
+/// changed packs and index files again: tree blobs may be grouped (FORMAT.md §9.1).
+pub const FORMAT_VERSION: u16 = 5;
 
 /// The newest version of `kind`'s encoding this build reads.
 pub fn newest_version(kind: FileKind) -> u16 {
     match kind {
-        FileKind::Index | FileKind::Lock => 3,
-        FileKind::Pack => 2,
+        FileKind::Index | FileKind::Pack => 5,
+        FileKind::Lock => 3,
         FileKind::Config | FileKind::Key | FileKind::Snapshot => 1,
     }
 }
@@ -41,6 +42,8 @@ pub fn newest_version(kind: FileKind) -> u16 {
 pub fn knows_version(kind: FileKind, version: u16) -> bool {
     match kind {
         FileKind::Lock => matches!(version, 1 | 3),
+        FileKind::Pack => matches!(version, 1 | 2 | 5),
+        FileKind::Index => matches!(version, 1 | 2 | 3 | 5),
         _ => (1..=newest_version(kind)).contains(&version),
     }
 }

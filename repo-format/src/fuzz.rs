@@ -143,13 +143,13 @@ pub fn snapshot(data: &[u8]) {
     roundtrip::<Snapshot>(data, "snapshot");
 }
 
-/// Index file decoder (both versions).
+/// Index file decoder (every version).
 pub fn index(data: &[u8]) {
     let config = fuzz_config();
     if let Ok(f) = IndexFile::decode_sealed(&fuzz_key(), data) {
         index_limits(&f, &config);
     }
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 5] {
         if let Ok(f) = IndexFile::decode(version, data) {
             index_limits(&f, &config);
             let again = f
@@ -238,7 +238,7 @@ pub fn config(data: &[u8]) {
 pub fn pack(data: &[u8]) {
     let key = fuzz_key();
     let _ = decode_pack_header(&key, data);
-    for version in [1, 2] {
+    for version in [1, 2, 5] {
         if let Ok(h) = PackHeader::decode(version, data) {
             let again = h
                 .encode(version)
@@ -250,13 +250,16 @@ pub fn pack(data: &[u8]) {
         }
     }
     let _ = open_blob(&key, BlobType::Data, &Id::default(), data, 1 << 20);
-    let _ = open_group_in_place(&key, &mut data.to_vec());
+    for blob_type in [BlobType::Data, BlobType::Tree] {
+        let _ = open_group_in_place(&key, blob_type, &mut data.to_vec());
+    }
     let _ = unpack_payload(data, 1 << 20, "fuzz");
 }
 
 /// A sealed group and one entry's claims on it: the first 8 bytes are the entry's
-/// `group_offset` and `raw_length` (u32 LE), the rest the sealed box. A group decodes to at
-/// most `MAX_GROUP_LEN` bytes, and a blob taken from it is exactly the bytes claimed.
+/// `group_offset` and `raw_length` (u32 LE), the rest the sealed box (a data group, or a tree
+/// group when that fails to open). A group decodes to at most `MAX_GROUP_LEN` bytes, and a
+/// blob taken from it is exactly the bytes claimed.
 pub fn blob_group(data: &[u8]) {
     let key = fuzz_key();
     let (head, sealed) = data.split_at(data.len().min(8));
@@ -264,16 +267,19 @@ pub fn blob_group(data: &[u8]) {
         head.get(i..i + 4)
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
-    let mut sealed = sealed.to_vec();
     let sealed_len = sealed.len() as u32;
-    if let Ok(group) = open_group_in_place(&key, &mut sealed) {
+    for blob_type in [BlobType::Data, BlobType::Tree] {
+        let mut sealed = sealed.to_vec();
+        let Ok(group) = open_group_in_place(&key, blob_type, &mut sealed) else {
+            continue;
+        };
         assert!(
             group.len() <= crate::MAX_GROUP_LEN as usize,
             "group over the limit"
         );
         let (start, raw) = (word(0), word(4));
         let e = PackEntry {
-            blob_type: BlobType::Data,
+            blob_type,
             id: key.blob_id(group.get(start as usize..).unwrap_or_default()),
             offset: 8,
             length: sealed_len,
@@ -322,7 +328,7 @@ pub fn pack_header(data: &[u8]) {
                         "grouped blob beyond the group limit"
                     );
                     if group.as_ref().is_none_or(|(o, _)| *o != e.offset) {
-                        let opened = open_group_in_place(&key, &mut sealed.to_vec())
+                        let opened = open_group_in_place(&key, e.blob_type, &mut sealed.to_vec())
                             .map(|g| g.into_owned())
                             .unwrap_or_default();
                         group = Some((e.offset, opened));
@@ -334,8 +340,8 @@ pub fn pack_header(data: &[u8]) {
             }
         }
     }
-    // The range-read path: the input taken as a sealed header alone, of either version.
-    for version in [1, 2] {
+    // The range-read path: the input taken as a sealed header alone, of any version.
+    for version in [1, 2, 5] {
         let _ = decode_sealed_header(&key, version, data, data.len() as u64);
     }
 }
@@ -496,8 +502,9 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
     ];
     let mut v2 = preamble_of(FileKind::Pack, 2).to_vec();
     let group: Vec<u8> = pieces.concat();
-    let sealed_group = seal_group_with_nonce(&key, &group, 3, &nonce(0x22));
+    let sealed_group = seal_group_with_nonce(&key, BlobType::Data, &group, 3, &nonce(0x22));
     let mut v2_entries = crate::group_entries(
+        BlobType::Data,
         v2.len() as u32,
         sealed_group.len() as u32,
         pieces.iter().map(|p| (key.blob_id(p), p.len() as u32)),
@@ -573,6 +580,54 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
         out.push(("index", bytes));
     }
     if let Ok(plain) = v3_index.encode(3) {
+        out.push(("index", plain));
+    }
+
+    // Version 5: a group of two tree blobs (the tree above and an empty one), then the v2
+    // pack's data group.
+    let trees = [tree_bytes.clone(), Tree::default().encode()];
+    let tree_group: Vec<u8> = trees.concat();
+    let sealed_trees = seal_group_with_nonce(&key, BlobType::Tree, &tree_group, 3, &nonce(0x34));
+    let mut v5 = preamble_of(FileKind::Pack, 5).to_vec();
+    let mut v5_entries = crate::group_entries(
+        BlobType::Tree,
+        v5.len() as u32,
+        sealed_trees.len() as u32,
+        trees.iter().map(|t| (key.blob_id(t), t.len() as u32)),
+    )
+    .unwrap_or_default();
+    v5.extend_from_slice(&sealed_trees);
+    let mut tree_seed = 0u32.to_le_bytes().to_vec();
+    tree_seed.extend_from_slice(&(trees[0].len() as u32).to_le_bytes());
+    tree_seed.extend_from_slice(&sealed_trees);
+    out.push(("blob_group", tree_seed));
+    v5_entries.extend(
+        crate::group_entries(
+            BlobType::Data,
+            v5.len() as u32,
+            sealed_group.len() as u32,
+            pieces.iter().map(|p| (key.blob_id(p), p.len() as u32)),
+        )
+        .unwrap_or_default(),
+    );
+    v5.extend_from_slice(&sealed_group);
+    let v5_header = PackHeader {
+        entries: v5_entries.clone(),
+    };
+    let _ = finish_pack_with_nonce(&key, 5, &mut v5, &v5_header, &nonce(0x35));
+    let v5_id = Id::of_object(&v5);
+    out.push(("pack_header", v5));
+    if let Ok(plain) = v5_header.encode(5) {
+        out.push(("pack_header", plain));
+    }
+    let v5_index = IndexFile {
+        supersedes: Vec::new(),
+        packs: vec![IndexPack::new(v5_id, v5_entries)],
+    };
+    if let Ok(bytes) = v5_index.encode_sealed_with_nonce(&key, 5, 3, &nonce(0x36)) {
+        out.push(("index", bytes));
+    }
+    if let Ok(plain) = v5_index.encode(5) {
         out.push(("index", plain));
     }
 

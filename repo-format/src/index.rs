@@ -40,11 +40,13 @@ struct WireFile<W> {
     packs: Vec<(Id, Vec<W>)>,
 }
 
-/// A version-3 index file: each pack's id, its condemnation time, then its units.
+/// A version-3 index file: each pack's id, its condemnation time, then its units (version
+/// 5: units that may group tree blobs).
 #[derive(Serialize, Deserialize)]
-struct WireFile3 {
+#[serde(bound = "W: Wire")]
+struct WireFile3<W> {
     supersedes: Vec<Id>,
-    packs: Vec<(Id, Option<Timestamp>, Vec<crate::pack::v2::Unit>)>,
+    packs: Vec<(Id, Option<Timestamp>, Vec<W>)>,
 }
 
 /// An index file.
@@ -81,17 +83,8 @@ impl IndexFile {
         match version {
             1 => encode::<crate::pack::v1::Entry>(self),
             2 => encode::<crate::pack::v2::Unit>(self),
-            3 => {
-                let packs = self
-                    .packs
-                    .iter()
-                    .map(|p| Ok((p.id, p.condemned, crate::pack::v2::Unit::encode(&p.blobs)?)))
-                    .collect::<Result<_, FormatError>>()?;
-                Ok(crate::file::to_postcard(&WireFile3 {
-                    supersedes: self.supersedes.clone(),
-                    packs,
-                }))
-            }
+            3 => encode3::<crate::pack::v2::Unit>(self),
+            5 => encode3::<crate::pack::v2::Unit5>(self),
             v => Err(crate::pack::unknown_version(v)),
         }
     }
@@ -112,32 +105,8 @@ impl IndexFile {
         match version {
             1 => decode::<crate::pack::v1::Entry>(plain),
             2 => decode::<crate::pack::v2::Unit>(plain),
-            3 => {
-                let f: WireFile3 = crate::file::from_postcard(plain, "index")?;
-                Ok(IndexFile {
-                    supersedes: f.supersedes,
-                    packs: f
-                        .packs
-                        .into_iter()
-                        .map(|(id, condemned, units)| {
-                            let blobs = crate::pack::v2::Unit::decode(units)?;
-                            if condemned.is_none() && blobs.is_empty() {
-                                // Only a condemned record may name a pack without its
-                                // blobs; a live one would hide the pack's content.
-                                return Err(FormatError::Malformed {
-                                    what: "index",
-                                    detail: format!("live record of pack {id} lists no blobs"),
-                                });
-                            }
-                            Ok(IndexPack {
-                                id,
-                                blobs,
-                                condemned,
-                            })
-                        })
-                        .collect::<Result<_, FormatError>>()?,
-                })
-            }
+            3 => decode3::<crate::pack::v2::Unit>(plain),
+            5 => decode3::<crate::pack::v2::Unit5>(plain),
             v => Err(crate::pack::unknown_version(v)),
         }
     }
@@ -195,6 +164,47 @@ impl IndexFile {
         }
         Ok(())
     }
+}
+
+/// The encoding of versions 3 and 5 (which differ only in their units).
+fn encode3<W: Wire>(f: &IndexFile) -> Result<Vec<u8>, FormatError> {
+    let packs = f
+        .packs
+        .iter()
+        .map(|p| Ok((p.id, p.condemned, W::encode(&p.blobs)?)))
+        .collect::<Result<_, FormatError>>()?;
+    Ok(crate::file::to_postcard(&WireFile3::<W> {
+        supersedes: f.supersedes.clone(),
+        packs,
+    }))
+}
+
+/// Decode an index file of version 3 or 5.
+fn decode3<W: Wire>(plain: &[u8]) -> Result<IndexFile, FormatError> {
+    let f: WireFile3<W> = crate::file::from_postcard(plain, "index")?;
+    Ok(IndexFile {
+        supersedes: f.supersedes,
+        packs: f
+            .packs
+            .into_iter()
+            .map(|(id, condemned, units)| {
+                let blobs = W::decode(units)?;
+                if condemned.is_none() && blobs.is_empty() {
+                    // Only a condemned record may name a pack without its blobs; a live one
+                    // would hide the pack's content.
+                    return Err(FormatError::Malformed {
+                        what: "index",
+                        detail: format!("live record of pack {id} lists no blobs"),
+                    });
+                }
+                Ok(IndexPack {
+                    id,
+                    blobs,
+                    condemned,
+                })
+            })
+            .collect::<Result<_, FormatError>>()?,
+    })
 }
 
 impl IndexFile {

@@ -156,9 +156,11 @@ pub(crate) mod v1 {
     }
 }
 
-/// The encoding of version 2: a list of sealed boxes ("units"), each a blob alone or a
-/// group of data blobs. A group states its box once and each blob's id and length; where
-/// a blob starts inside the group follows from the lengths before it.
+/// The encoding of versions 2 and 5: a list of sealed boxes ("units"), each a blob alone or
+/// a group. A group states its box once and each blob's id and length; where a blob starts
+/// inside the group follows from the lengths before it. Version 2 groups only data blobs;
+/// version 5 adds groups of tree blobs (a variant of its own, so a version-2 reader refuses
+/// them as malformed instead of taking them for data).
 pub(crate) mod v2 {
     use serde::{Deserialize, Serialize};
 
@@ -176,20 +178,42 @@ pub(crate) mod v2 {
             length: u32,
             blobs: Vec<(Id, u32)>,
         },
+        /// Version 5: tree blobs (trees and content lists) sealed together, as `Group`.
+        TreeGroup {
+            offset: u32,
+            length: u32,
+            blobs: Vec<(Id, u32)>,
+        },
     }
 
     impl super::Wire for Unit {
         fn encode(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
-            units(entries)
+            units(entries, false)
         }
 
         fn decode(list: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
-            entries(list)
+            entries(list, false)
         }
     }
 
-    /// The units of `entries` (which must list each group's blobs together, in order).
-    fn units(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
+    /// The units of version 5, which may group tree blobs.
+    #[derive(Serialize, Deserialize)]
+    #[serde(transparent)]
+    pub(crate) struct Unit5(Unit);
+
+    impl super::Wire for Unit5 {
+        fn encode(entries: &[PackEntry]) -> Result<Vec<Unit5>, FormatError> {
+            Ok(units(entries, true)?.into_iter().map(Unit5).collect())
+        }
+
+        fn decode(list: Vec<Unit5>) -> Result<Vec<PackEntry>, FormatError> {
+            entries(list.into_iter().map(|u| u.0).collect(), true)
+        }
+    }
+
+    /// The units of `entries` (which must list each group's blobs together, in order);
+    /// `trees` says whether tree blobs may be grouped (version 5).
+    fn units(entries: &[PackEntry], trees: bool) -> Result<Vec<Unit>, FormatError> {
         let mut out: Vec<Unit> = Vec::new();
         let mut next = 0u64;
         for e in entries {
@@ -203,30 +227,49 @@ pub(crate) mod v2 {
                     e.id.short()
                 ))
             };
-            if e.blob_type != BlobType::Data {
-                return Err(bad());
+            if e.blob_type == BlobType::Tree && !trees {
+                return Err(FormatError::InvalidParameter(format!(
+                    "tree blob {} is grouped, which needs format version 5",
+                    e.id.short()
+                )));
             }
-            match out.last_mut() {
-                Some(Unit::Group {
-                    offset,
-                    length,
-                    blobs,
-                }) if *offset == e.offset && *length == e.length => {
-                    if u64::from(start) != next {
-                        return Err(bad());
-                    }
+            let continues = match out.last() {
+                Some(
+                    Unit::Group { offset, length, .. } | Unit::TreeGroup { offset, length, .. },
+                ) => *offset == e.offset && *length == e.length,
+                _ => false,
+            };
+            if continues {
+                let same_type = matches!(
+                    (out.last(), e.blob_type),
+                    (Some(Unit::Group { .. }), BlobType::Data)
+                        | (Some(Unit::TreeGroup { .. }), BlobType::Tree)
+                );
+                if u64::from(start) != next || !same_type {
+                    return Err(bad());
+                }
+                if let Some(Unit::Group { blobs, .. } | Unit::TreeGroup { blobs, .. }) =
+                    out.last_mut()
+                {
                     blobs.push((e.id, e.raw_length));
                 }
-                _ => {
-                    if start != 0 {
-                        return Err(bad());
-                    }
-                    out.push(Unit::Group {
-                        offset: e.offset,
-                        length: e.length,
-                        blobs: vec![(e.id, e.raw_length)],
-                    });
+            } else {
+                if start != 0 {
+                    return Err(bad());
                 }
+                let (offset, length, blobs) = (e.offset, e.length, vec![(e.id, e.raw_length)]);
+                out.push(match e.blob_type {
+                    BlobType::Data => Unit::Group {
+                        offset,
+                        length,
+                        blobs,
+                    },
+                    BlobType::Tree => Unit::TreeGroup {
+                        offset,
+                        length,
+                        blobs,
+                    },
+                });
             }
             next = u64::from(start) + u64::from(e.raw_length);
         }
@@ -234,7 +277,7 @@ pub(crate) mod v2 {
     }
 
     /// The entries of `units`, each group's blobs with their place in it.
-    fn entries(units: Vec<Unit>) -> Result<Vec<PackEntry>, FormatError> {
+    fn entries(units: Vec<Unit>, trees: bool) -> Result<Vec<PackEntry>, FormatError> {
         let mut out: Vec<PackEntry> = Vec::with_capacity(units.len());
         for u in units {
             // Two units naming one box would not encode back the same (`units` would see
@@ -244,7 +287,9 @@ pub(crate) mod v2 {
                     let e = PackEntry::from(*e);
                     (e.offset, e.length)
                 }
-                Unit::Group { offset, length, .. } => (*offset, *length),
+                Unit::Group { offset, length, .. } | Unit::TreeGroup { offset, length, .. } => {
+                    (*offset, *length)
+                }
             };
             if out
                 .last()
@@ -255,22 +300,27 @@ pub(crate) mod v2 {
                     detail: format!("two units name the box at offset {offset}"),
                 });
             }
-            match u {
-                Unit::Blob(e) => out.push(PackEntry::from(e)),
-                Unit::Group {
-                    offset,
-                    length,
-                    blobs,
-                } => {
-                    if blobs.is_empty() || blobs.len() > crate::MAX_GROUP_BLOBS {
-                        return Err(FormatError::Malformed {
-                            what: "pack entries",
-                            detail: format!("a group of {} blobs", blobs.len()),
-                        });
-                    }
-                    out.extend(super::group_entries(offset, length, blobs)?);
+            let (blob_type, blobs) = match u {
+                Unit::Blob(e) => {
+                    out.push(PackEntry::from(e));
+                    continue;
                 }
+                Unit::Group { blobs, .. } => (BlobType::Data, blobs),
+                Unit::TreeGroup { .. } if !trees => {
+                    return Err(FormatError::Malformed {
+                        what: "pack entries",
+                        detail: "a group of tree blobs before format version 5".into(),
+                    });
+                }
+                Unit::TreeGroup { blobs, .. } => (BlobType::Tree, blobs),
+            };
+            if blobs.is_empty() || blobs.len() > crate::MAX_GROUP_BLOBS {
+                return Err(FormatError::Malformed {
+                    what: "pack entries",
+                    detail: format!("a group of {} blobs", blobs.len()),
+                });
             }
+            out.extend(super::group_entries(blob_type, offset, length, blobs)?);
         }
         Ok(out)
     }
@@ -289,6 +339,7 @@ pub(crate) trait Wire: Sized + Serialize + serde::de::DeserializeOwned {
 /// `(id, raw_length)` in plaintext order, follow one another: each starts where the previous
 /// one ended. The one place that computes `group_offset`.
 pub fn group_entries(
+    blob_type: BlobType,
     offset: u32,
     length: u32,
     blobs: impl IntoIterator<Item = (Id, u32)>,
@@ -298,7 +349,7 @@ pub fn group_entries(
         .into_iter()
         .map(|(id, raw_length)| {
             let e = PackEntry {
-                blob_type: BlobType::Data,
+                blob_type,
                 id,
                 offset,
                 length,
@@ -324,6 +375,7 @@ fn encode_header(version: u16, header: &PackHeader) -> Result<Vec<u8>, FormatErr
     match version {
         1 => encode::<v1::Entry>(header),
         2 => encode::<v2::Unit>(header),
+        5 => encode::<v2::Unit5>(header),
         v => Err(unknown_version(v)),
     }
 }
@@ -338,6 +390,7 @@ fn decode_header(version: u16, plain: &[u8]) -> Result<PackHeader, FormatError> 
     match version {
         1 => decode::<v1::Entry>(plain),
         2 => decode::<v2::Unit>(plain),
+        5 => decode::<v2::Unit5>(plain),
         v => Err(unknown_version(v)),
     }
 }
@@ -504,33 +557,55 @@ fn check_plaintext(
     Ok(())
 }
 
-/// Associated data of a sealed group (format version 2): `"cairnG" || 02 00 || 'D'`.
-/// Only data blobs are grouped; each blob inside is still verified against its own id.
-pub fn group_aad() -> [u8; 9] {
-    *b"cairnG\x02\x00D"
+/// Associated data of a sealed group: `"cairnG" || 02 00 || type` (`D` since format
+/// version 2, `T` since 5), so a group of one type cannot be opened as the other's. Each
+/// blob inside is still verified against its own id.
+pub fn group_aad(blob_type: BlobType) -> [u8; 9] {
+    let mut aad = *b"cairnG\x02\x00D";
+    aad[8] = blob_type.byte();
+    aad
 }
 
-/// Seal the concatenated plaintexts of a group's blobs, appended to `out`.
-pub fn seal_group_into(key: &MasterKey, plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
-    seal_payload_into(key, &group_aad(), plaintext, level, true, out);
+/// Seal the concatenated plaintexts of a group's blobs, appended to `out`. Data groups
+/// first estimate whether they compress; tree groups (ids and names) always try, as tree
+/// blobs alone do (`pack_payload_into_with`).
+pub fn seal_group_into(
+    key: &MasterKey,
+    blob_type: BlobType,
+    plaintext: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) {
+    let estimate = blob_type == BlobType::Data;
+    seal_payload_into(key, &group_aad(blob_type), plaintext, level, estimate, out);
 }
 
 /// [`seal_group_into`] with an explicit nonce, for test vectors and reproducible fixtures.
 pub fn seal_group_with_nonce(
     key: &MasterKey,
+    blob_type: BlobType,
     plaintext: &[u8],
     level: i32,
     nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    seal_payload_with_nonce(key, &group_aad(), plaintext, level, true, nonce)
+    let estimate = blob_type == BlobType::Data;
+    seal_payload_with_nonce(
+        key,
+        &group_aad(blob_type),
+        plaintext,
+        level,
+        estimate,
+        nonce,
+    )
 }
 
 /// Open a sealed group in place and decompress it (at most [`MAX_GROUP_LEN`] bytes).
 pub fn open_group_in_place<'a>(
     key: &MasterKey,
+    blob_type: BlobType,
     sealed: &'a mut [u8],
 ) -> Result<Cow<'a, [u8]>, FormatError> {
-    let payload = open_in_place(&key.encryption, &group_aad(), sealed, "blob group")?;
+    let payload = open_in_place(&key.encryption, &group_aad(blob_type), sealed, "blob group")?;
     unpack_payload_ref(payload, MAX_GROUP_LEN as usize, "blob group")
 }
 
@@ -576,10 +651,10 @@ pub fn check_entry_limits(e: &PackEntry, max_raw: u32) -> Result<(), FormatError
         });
     }
     if let Some(start) = e.group_offset {
-        // A group's box holds at most MAX_GROUP_LEN plaintext bytes; only data is grouped.
+        // A group's box holds at most MAX_GROUP_LEN plaintext bytes (data groups since format
+        // 2, tree groups since 5; which versions may name them is the decoders' business).
         let end = u64::from(start) + u64::from(e.raw_length);
-        if e.blob_type != BlobType::Data
-            || e.raw_length == 0
+        if e.raw_length == 0
             || end > u64::from(MAX_GROUP_LEN)
             || u64::from(e.length) > u64::from(MAX_GROUP_LEN) + 1 + SEAL_OVERHEAD as u64
             || (e.length as usize) < SEAL_OVERHEAD + 1

@@ -66,6 +66,9 @@ const N_PACK_HEADER_V2: u8 = 0xd3;
 const N_INDEX_V2: u8 = 0xd4;
 const N_LOCK_V3: u8 = 0xe1;
 const N_INDEX_V3: u8 = 0xe2;
+const N_GROUP_V5: u8 = 0xf1;
+const N_PACK_HEADER_V5: u8 = 0xf2;
+const N_INDEX_V5: u8 = 0xf3;
 
 /// 2024-05-01 03:00:00 +02:00.
 fn time() -> Timestamp {
@@ -287,7 +290,13 @@ fn fixture_v2(fx: &Fx) -> FxV2 {
         b"hello again, world\n".to_vec(),
         b"a blob alone\n".to_vec(),
     ];
-    let group = seal_group_with_nonce(key, &pieces[..2].concat(), 0, &nonce(N_GROUP));
+    let group = seal_group_with_nonce(
+        key,
+        BlobType::Data,
+        &pieces[..2].concat(),
+        0,
+        &nonce(N_GROUP),
+    );
     let alone_id = key.blob_id(&pieces[2]);
     let blob = seal_blob_with_nonce(
         key,
@@ -299,6 +308,7 @@ fn fixture_v2(fx: &Fx) -> FxV2 {
     );
     let mut pack = preamble_of(FileKind::Pack, V2).to_vec();
     let mut entries = group_entries(
+        BlobType::Data,
         pack.len() as u32,
         group.len() as u32,
         pieces[..2].iter().map(|p| (key.blob_id(p), p.len() as u32)),
@@ -330,6 +340,184 @@ fn fixture_v2(fx: &Fx) -> FxV2 {
         pack_id,
         index,
     }
+}
+
+const V5: u16 = 5;
+
+/// Version 5's pack: the content list and the tree of version 4 in one tree group (stored
+/// raw, so the bytes show), and an index file listing the pack.
+struct FxV5 {
+    pieces: [Vec<u8>; 2],
+    group: Vec<u8>,
+    header: PackHeader,
+    pack: Vec<u8>,
+    index: IndexFile,
+}
+
+fn fixture_v5(fx: &Fx) -> FxV5 {
+    let key = &fx.key;
+    let (list, _, tree) = fixture_v4(fx);
+    let pieces = [list, tree.encode()];
+    let group = seal_group_with_nonce(key, BlobType::Tree, &pieces.concat(), 0, &nonce(N_GROUP_V5));
+    let mut pack = preamble_of(FileKind::Pack, V5).to_vec();
+    let entries = group_entries(
+        BlobType::Tree,
+        pack.len() as u32,
+        group.len() as u32,
+        pieces.iter().map(|p| (key.blob_id(p), p.len() as u32)),
+    )
+    .unwrap();
+    pack.extend_from_slice(&group);
+    let header = PackHeader { entries };
+    finish_pack_with_nonce(key, V5, &mut pack, &header, &nonce(N_PACK_HEADER_V5)).unwrap();
+    let pack_id = Id::of_object(&pack);
+    let index = IndexFile {
+        supersedes: Vec::new(),
+        packs: vec![IndexPack::new(pack_id, header.entries.clone())],
+    };
+    FxV5 {
+        pieces,
+        group,
+        header,
+        pack,
+        index,
+    }
+}
+
+/// The vectors of version 5's addition: groups of tree blobs.
+fn vectors_v5(fx: &Fx, out: &mut Vec<Vector>) {
+    assert_eq!(cairn_format::FORMAT_VERSION, V5);
+    let v = fixture_v5(fx);
+    for kind in [FileKind::Pack, FileKind::Index] {
+        out.push(vector(
+            if kind == FileKind::Pack {
+                "preamble/pack-v5"
+            } else {
+                "preamble/index-v5"
+            },
+            format!(
+                "\"cairn\" || '{}' || u16 LE version 5",
+                kind.letter() as char
+            ),
+            preamble_of(kind, V5).to_vec(),
+            None,
+            Box::new(move |b| match check_preamble(b, kind) {
+                Ok((5, [])) => Ok(()),
+                other => Err(format!("check_preamble gave {other:?}")),
+            }),
+        ));
+    }
+    out.push(vector(
+        "aad/group-tree",
+        "tree group AAD: \"cairnG\" || 02 00 || 'T'",
+        group_aad(BlobType::Tree).to_vec(),
+        None,
+        Box::new(|b| {
+            if b == group_aad(BlobType::Tree) {
+                Ok(())
+            } else {
+                Err("aad differs".into())
+            }
+        }),
+    ));
+    {
+        let key = fx.key.clone();
+        let header = v.header.clone();
+        let pieces = v.pieces.clone();
+        out.push(vector(
+            "group/trees-v5",
+            format!(
+                "seal(nonce = {N_GROUP_V5:02x}×24, aad = aad/group-tree, 0x00 || content-list-v4 || tree-v4): \
+                 a group of two tree blobs"
+            ),
+            v.group.clone(),
+            None,
+            Box::new(move |b| {
+                let group = open_group_in_place(&key, BlobType::Tree, &mut b.to_vec())
+                    .map_err(|e| e.to_string())?
+                    .into_owned();
+                for (e, want) in header.entries.iter().zip(&pieces) {
+                    same("grouped tree", blob_in_group(&key, e, &group).map(<[u8]>::to_vec), want)?;
+                }
+                if open_group_in_place(&key, BlobType::Data, &mut b.to_vec()).is_ok() {
+                    return Err("a tree group opened as a data group".into());
+                }
+                Ok(())
+            }),
+        ));
+    }
+    let want = v.header.clone();
+    out.push(vector(
+        "postcard/pack_header-v5",
+        "postcard of the v5 pack header: one TreeGroup unit (variant 2: offset, length, blobs as \
+         (id, raw_length))",
+        v.header.encode(V5).unwrap(),
+        json_of(&want),
+        Box::new(move |b| same("postcard/pack_header-v5", PackHeader::decode(V5, b), &want)),
+    ));
+    out.push(vector(
+        "reject/pack_header-v5-as-v2",
+        "postcard/pack_header-v5 read as a version-2 header: refused (no tree groups before 5)",
+        v.header.encode(V5).unwrap(),
+        None,
+        Box::new(|b| {
+            refused(PackHeader::decode(V2, b), |e| {
+                matches!(e, FormatError::Malformed { .. })
+            })
+        }),
+    ));
+    {
+        let key = fx.key.clone();
+        let header = v.header.clone();
+        let pieces = v.pieces.clone();
+        out.push(vector(
+            "pack/trees-v5",
+            format!(
+                "preamble v5 || group/trees-v5 || seal(nonce = {N_PACK_HEADER_V5:02x}×24, aad = \"cairnP\" 05 00 \"header\", \
+                 0x00 || postcard/pack_header-v5) || u32 LE length"
+            ),
+            v.pack.clone(),
+            json_of(&v.header),
+            Box::new(move |b| {
+                same("pack header", decode_pack_header(&key, b), &header)?;
+                let e = &header.entries[0];
+                let sealed = &b[e.offset as usize..(e.offset + e.length) as usize];
+                let group = open_group_in_place(&key, BlobType::Tree, &mut sealed.to_vec())
+                    .map_err(|e| e.to_string())?
+                    .into_owned();
+                for (e, want) in header.entries.iter().zip(&pieces) {
+                    same("pack blob", blob_in_group(&key, e, &group).map(<[u8]>::to_vec), want)?;
+                }
+                Ok(())
+            }),
+        ));
+    }
+    out.push(object_id_vector(
+        "object_id/pack-v5",
+        "unkeyed BLAKE3 of pack/trees-v5".into(),
+        v.pack.clone(),
+    ));
+    let want = v.index.clone();
+    out.push(vector(
+        "postcard/index-v5",
+        "postcard(IndexFile) of version 5 listing pack/trees-v5: as version 3, with version-5 units",
+        v.index.encode(V5).unwrap(),
+        json_of(&want),
+        Box::new(move |b| same("postcard/index-v5", IndexFile::decode(V5, b), &want)),
+    ));
+    let key = fx.key.clone();
+    let want = v.index.clone();
+    out.push(vector(
+        "sealed/index-v5",
+        format!(
+            "preamble index v5 || seal(nonce = {N_INDEX_V5:02x}×24, 0x00 || postcard/index-v5)"
+        ),
+        v.index
+            .encode_sealed_with_nonce(&fx.key, V5, 0, &nonce(N_INDEX_V5))
+            .unwrap(),
+        json_of(&want),
+        Box::new(move |b| same("sealed index v5", IndexFile::decode_sealed(&key, b), &want)),
+    ));
 }
 
 const V3: u16 = 3;
@@ -392,7 +580,7 @@ fn fixture_v4(fx: &Fx) -> (Vec<u8>, Id, Tree) {
 /// The vectors of version 4's additions: content lists and the trees that name them.
 fn vectors_v4(fx: &Fx, out: &mut Vec<Vector>) {
     let (list, list_id, tree) = fixture_v4(fx);
-    assert_eq!(cairn_format::FORMAT_VERSION, V4);
+    const { assert!(cairn_format::FORMAT_VERSION >= V4) };
     let want = vec![fx.hello_id, fx.hello_id];
     out.push(vector(
         "content-list-v4",
@@ -439,7 +627,7 @@ fn vectors_v4(fx: &Fx, out: &mut Vec<Vector>) {
     v5[2] = 5;
     out.push(vector(
         "reject/tree-v5",
-        "tree-v4 marked version 5: refused as a version this build does not know",
+        "tree-v4 marked version 5: refused (tree encodings stop at version 4; version 5 changed packs)",
         v5,
         None,
         Box::new(|b| {
@@ -647,10 +835,10 @@ fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
     out.push(vector(
         "aad/group",
         "group AAD: \"cairnG\" || 02 00 || 'D'",
-        group_aad().to_vec(),
+        group_aad(BlobType::Data).to_vec(),
         None,
         Box::new(|b| {
-            if b == group_aad() {
+            if b == group_aad(BlobType::Data) {
                 Ok(())
             } else {
                 Err("aad differs".into())
@@ -683,7 +871,7 @@ fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
             v.group.clone(),
             None,
             Box::new(move |b| {
-                let group = open_group_in_place(&key, &mut b.to_vec())
+                let group = open_group_in_place(&key, BlobType::Data, &mut b.to_vec())
                     .map_err(|e| e.to_string())?
                     .into_owned();
                 for (e, want) in header.entries.iter().zip(&pieces).take(2) {
@@ -734,7 +922,7 @@ fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
                         Some(_) => {
                             if opened.is_none() {
                                 opened = Some(
-                                    open_group_in_place(&key, &mut sealed.to_vec())
+                                    open_group_in_place(&key, e.blob_type, &mut sealed.to_vec())
                                         .map_err(|e| e.to_string())?
                                         .into_owned(),
                                 );
@@ -1452,6 +1640,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
     vectors_v2(fx, &mut out);
     vectors_v3(fx, &mut out);
     vectors_v4(fx, &mut out);
+    vectors_v5(fx, &mut out);
     out
 }
 
@@ -2009,7 +2198,13 @@ fn examples(fx: &Fx) -> BTreeMap<&'static str, String> {
         ),
         &v.pieces[1],
     );
-    let group_payload = open_with_key(&fx.key.encryption, &group_aad(), &v.group, "g").unwrap();
+    let group_payload = open_with_key(
+        &fx.key.encryption,
+        &group_aad(BlobType::Data),
+        &v.group,
+        "g",
+    )
+    .unwrap();
     ex.insert(
         "pack-v2",
         format!(
@@ -2018,6 +2213,74 @@ fn examples(fx: &Fx) -> BTreeMap<&'static str, String> {
             g.checked("group payload", &group_payload),
             h.checked("pack v2 header payload", &payload),
             v.pack_id,
+        ),
+    );
+
+    let v5 = fixture_v5(fx);
+    let mut d = Dump::default();
+    d.raw("magic \"cairn\"", b"cairn")
+        .raw("kind 'P' (pack)", b"P")
+        .raw("version 5 (u16 LE)", &V5.to_le_bytes());
+    d.sealed_box("tree group (blobs 0 and 1)", &v5.group);
+    let hstart = PREAMBLE_LEN + v5.group.len();
+    let hlen = v5.pack.len() - 4 - hstart;
+    d.sealed_box("header", &v5.pack[hstart..hstart + hlen]);
+    d.raw(
+        format!("header length: u32 LE = {hlen}"),
+        &v5.pack[v5.pack.len() - 4..],
+    );
+    let mut h = Dump::default();
+    h.raw("flag 0x00 (zstd did not shrink it)", &[0]);
+    h.len("units", 1);
+    h.raw("units[0]: Unit variant index 2 = TreeGroup", &[2]);
+    h.uint(
+        "units[0].offset",
+        "u32",
+        u64::from(v5.header.entries[0].offset),
+    );
+    h.uint(
+        "units[0].length",
+        "u32",
+        u64::from(v5.header.entries[0].length),
+    );
+    h.len("units[0].blobs", 2);
+    for (i, e) in v5.header.entries.iter().enumerate() {
+        h.id(&format!("units[0].blobs[{i}].0 (id)"), &e.id);
+        h.uint(
+            &format!("units[0].blobs[{i}].1 (raw_length)"),
+            "u32",
+            u64::from(e.raw_length),
+        );
+    }
+    let payload = open_with_key(
+        &fx.key.encryption,
+        &pack_header_aad_of(V5),
+        &v5.pack[hstart..hstart + hlen],
+        "h",
+    )
+    .unwrap();
+    let mut g = Dump::default();
+    g.raw("flag 0x00: not compressed", &[0]);
+    g.raw("blob 0 at group offset 0: content-list-v4", &v5.pieces[0]);
+    g.raw(
+        format!("blob 1 at group offset {}: tree-v4", v5.pieces[0].len()),
+        &v5.pieces[1],
+    );
+    let group_payload = open_with_key(
+        &fx.key.encryption,
+        &group_aad(BlobType::Tree),
+        &v5.group,
+        "g",
+    )
+    .unwrap();
+    ex.insert(
+        "pack-v5",
+        format!(
+            "{}\nthe group opens (aad = \"cairnG\" 02 00 'T') to:\n\n{}\nthe header opens (aad = \"cairnP\" 05 00 \"header\") to:\n\n{}\npack name: {}\n",
+            d.checked("pack v5", &v5.pack),
+            g.checked("tree group payload", &group_payload),
+            h.checked("pack v5 header payload", &payload),
+            Id::of_object(&v5.pack),
         ),
     );
 

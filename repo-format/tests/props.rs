@@ -484,10 +484,23 @@ fn read_pack(key: &MasterKey, pack: &[u8]) -> Result<Vec<Vec<u8>>, FormatError> 
         .collect()
 }
 
-/// Build a version-2 pack: runs of consecutive blobs with the same tag (and more than one
-/// blob) are sealed as groups, the others alone.
-fn build_pack_v2(key: &MasterKey, blobs: &[(u8, Vec<u8>)], level: i32) -> (Vec<u8>, PackHeader) {
-    let mut pack = cairn_format::preamble_of(FileKind::Pack, 2).to_vec();
+/// Build a pack of `version` (2 or 5): runs of consecutive blobs with the same tag (and more
+/// than one blob) are sealed as groups, the others alone. In version 5, blobs tagged 1 are
+/// tree blobs (so their runs are tree groups).
+fn build_pack_v2(
+    key: &MasterKey,
+    version: u16,
+    blobs: &[(u8, Vec<u8>)],
+    level: i32,
+) -> (Vec<u8>, PackHeader) {
+    let blob_type = |tag: u8| {
+        if version >= 5 && tag == 1 {
+            BlobType::Tree
+        } else {
+            BlobType::Data
+        }
+    };
+    let mut pack = cairn_format::preamble_of(FileKind::Pack, version).to_vec();
     let mut entries = Vec::new();
     let mut i = 0;
     while i < blobs.len() {
@@ -496,12 +509,13 @@ fn build_pack_v2(key: &MasterKey, blobs: &[(u8, Vec<u8>)], level: i32) -> (Vec<u
             j += 1;
         }
         let run = &blobs[i..j];
+        let t = blob_type(run[0].0);
         if run.len() == 1 {
             let plain = &run[0].1;
             let id = key.blob_id(plain);
-            let sealed = seal_blob(key, BlobType::Data, &id, plain, level);
+            let sealed = seal_blob(key, t, &id, plain, level);
             entries.push(PackEntry {
-                blob_type: BlobType::Data,
+                blob_type: t,
                 id,
                 offset: pack.len() as u32,
                 length: sealed.len() as u32,
@@ -512,9 +526,10 @@ fn build_pack_v2(key: &MasterKey, blobs: &[(u8, Vec<u8>)], level: i32) -> (Vec<u
         } else {
             let all: Vec<u8> = run.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let mut sealed = Vec::new();
-            cairn_format::seal_group_into(key, &all, level, &mut sealed);
+            cairn_format::seal_group_into(key, t, &all, level, &mut sealed);
             entries.extend(
                 cairn_format::group_entries(
+                    t,
                     pack.len() as u32,
                     sealed.len() as u32,
                     run.iter().map(|(_, p)| (key.blob_id(p), p.len() as u32)),
@@ -526,7 +541,7 @@ fn build_pack_v2(key: &MasterKey, blobs: &[(u8, Vec<u8>)], level: i32) -> (Vec<u
         i = j;
     }
     let header = PackHeader { entries };
-    finish_pack(key, 2, &mut pack, &header).unwrap();
+    finish_pack(key, version, &mut pack, &header).unwrap();
     (pack, header)
 }
 
@@ -542,7 +557,8 @@ fn read_pack_v2(key: &MasterKey, pack: &[u8]) -> Result<Vec<Vec<u8>>, FormatErro
             Some(_) => {
                 if group.as_ref().is_none_or(|(o, _)| *o != e.offset) {
                     let g =
-                        cairn_format::open_group_in_place(key, &mut sealed.to_vec())?.into_owned();
+                        cairn_format::open_group_in_place(key, e.blob_type, &mut sealed.to_vec())?
+                            .into_owned();
                     group = Some((e.offset, g));
                 }
                 let g = group
@@ -594,8 +610,10 @@ proptest! {
         }
         roundtrip(&h)?;
         // Index files are stored only through their versioned wire forms.
-        let back = IndexFile::decode(3, &i.encode(3).unwrap()).unwrap();
-        prop_assert_eq!(&back, &i);
+        for version in [3, 5] {
+            let back = IndexFile::decode(version, &i.encode(version).unwrap()).unwrap();
+            prop_assert_eq!(&back, &i);
+        }
         roundtrip(&s)?;
         roundtrip(&s.summary)?;
         roundtrip(&n)?;
@@ -765,19 +783,27 @@ proptest! {
         blobs in vec((0u8..3, vec(any::<u8>(), 1..80)), 1..7),
         lvl in level(),
         seed in any::<u64>(),
+        version in prop_oneof![Just(2u16), Just(5u16)],
     ) {
         // Distinct contents: a pack never holds one blob twice.
         let mut blobs = blobs;
         for (i, (_, b)) in blobs.iter_mut().enumerate() {
             b.push(i as u8);
         }
-        let (pack, header) = build_pack_v2(&key, &blobs, lvl);
+        let (pack, header) = build_pack_v2(&key, version, &blobs, lvl);
         let want: Vec<Vec<u8>> = blobs.iter().map(|(_, b)| b.clone()).collect();
         prop_assert_eq!(read_pack_v2(&key, &pack).unwrap(), want);
         // The header's units survive re-encoding, and version 1 cannot express groups.
-        prop_assert_eq!(PackHeader::decode(2, &header.encode(2).unwrap()).unwrap(), header.clone());
+        prop_assert_eq!(PackHeader::decode(version, &header.encode(version).unwrap()).unwrap(), header.clone());
         if header.entries.iter().any(|e| e.group_offset.is_some()) {
             prop_assert!(header.encode(1).is_err());
+        }
+        // Version 2 cannot express a group of trees, and refuses one written by version 5.
+        if header.entries.iter().any(|e| e.group_offset.is_some() && e.blob_type == BlobType::Tree) {
+            prop_assert!(header.encode(2).is_err());
+            prop_assert!(PackHeader::decode(2, &header.encode(5).unwrap()).is_err());
+        } else {
+            prop_assert_eq!(header.encode(2).unwrap(), header.encode(5).unwrap());
         }
         for i in 0..pack.len() {
             let mut bad = pack.clone();

@@ -81,8 +81,16 @@ fn small_blobs_are_grouped_and_survive_prune_and_check() {
         "{grouped} of {} entries grouped",
         entries.len()
     );
-    assert!(versions(&env, "data").iter().all(|&v| v == 2));
-    assert!(versions(&env, "index").iter().all(|&v| v == 3));
+    assert!(versions(&env, "data").iter().all(|&v| v == 5));
+    assert!(versions(&env, "index").iter().all(|&v| v == 5));
+    // Trees are grouped too (format 5): 400 files in 1 directory make one tree, so look for
+    // the root's chain of directories.
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["blob_type"] == "Tree" && !e["group_offset"].is_null()),
+        "no tree blob is grouped"
+    );
     env.ok(&["check", "--read-data"]);
     env.restore_latest_exact(&src, &env.path("out1"), &[]);
 
@@ -143,16 +151,16 @@ fn a_version_1_repository_stays_version_1_until_migrated() {
 
     let out = env.ok(&["migrate"]);
     assert!(
-        out.stdout.contains("from format version 1 to 4"),
+        out.stdout.contains("from format version 1 to 5"),
         "{}",
         out.dump()
     );
-    assert_eq!(env.json(&["cat", "config"])["version"], 4);
+    assert_eq!(env.json(&["cat", "config"])["version"], 5);
     let out = env.ok(&["migrate"]);
     assert!(out.stdout.contains("already"), "{}", out.dump());
 
-    // Old objects stay as they are; new packs are version 2 with groups, new index files
-    // version 3.
+    // Old objects stay as they are; new packs are version 5 with groups (of trees too), new
+    // index files version 5.
     let old_packs = env.objects("data");
     small_files(&src, 120, 4);
     env.backup(&[s(&src)]);
@@ -163,9 +171,9 @@ fn a_version_1_repository_stays_version_1_until_migrated() {
         .collect();
     assert!(!new_packs.is_empty());
     for p in &new_packs {
-        assert_eq!(fs::read(p).unwrap()[6], 2, "{}", p.display());
+        assert_eq!(fs::read(p).unwrap()[6], 5, "{}", p.display());
     }
-    assert!(versions(&env, "index").contains(&3));
+    assert!(versions(&env, "index").contains(&5));
     assert!(index_entries(&env)
         .iter()
         .any(|e| !e["group_offset"].is_null()));
@@ -198,7 +206,7 @@ fn a_pack_listed_by_two_index_files_is_not_damage() {
             .iter()
             .any(|p| p.blobs.iter().any(|e| e.group_offset.is_some()))
         {
-            forger.put("index", &f.encode_sealed(&forger.key, 2, 3).unwrap());
+            forger.put("index", &f.encode_sealed(&forger.key, 5, 3).unwrap());
         }
     }
     env.ok(&["check", "--read-data"]);
