@@ -86,10 +86,36 @@ fn list_file(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The paths a `--files-from` file names, one a line as [`list_file`] reads them, but as raw
+/// bytes: a path need not be UTF-8.
+fn list_paths(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let bytes = if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("reading standard input")?;
+        b
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let blank = |b: &u8| b.is_ascii_whitespace();
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .map(|l| {
+            let end = l.iter().rposition(|b| !blank(b)).map_or(0, |i| i + 1);
+            &l[..end]
+        })
+        .filter(|l| {
+            let start = l.iter().position(|b| !blank(b)).unwrap_or(l.len());
+            start < l.len() && l[start] != b'#'
+        })
+        .map(|l| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(l)))
+        .collect())
+}
+
 pub fn cmd_backup(cli: &Cli, a: &BackupArgs) -> Result<u8> {
     let mut paths = a.paths.clone();
     for f in &a.files_from {
-        paths.extend(list_file(f)?.into_iter().map(std::path::PathBuf::from));
+        paths.extend(list_paths(f)?);
     }
     let mut excludes = a.excludes.clone();
     for f in &a.exclude_files {
@@ -321,7 +347,7 @@ pub(crate) fn node_json(path: &Path, n: &Node) -> Value {
 pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let repo = open(cli)?;
     let ix = repo.indexed()?;
-    let (spec, path) = split_spec(&a.snapshot);
+    let (spec, path) = split_spec(&a.snapshot)?;
     let snaps = repo.load_snapshots_choosing(spec == "latest")?;
     let (_, snap) = resolve(&snaps, spec, &filter(&a.filter))?;
     let (tree, base) = listing(&ix, &snap.tree, &snapshot_subpath(path)?)?;
@@ -329,7 +355,7 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let mut items = Vec::new();
     // As restic: a whole snapshot is listed recursively, a directory named in it only one
     // level deep unless --recursive.
-    let recursive = a.recursive || !a.snapshot.contains(':');
+    let recursive = a.recursive || !a.snapshot.as_bytes().contains(&b':');
     walk(&ix, tree, &base, recursive, &mut |p, n| {
         if cli.json {
             items.push(node_json(p, n));
@@ -378,7 +404,7 @@ pub(crate) fn local_offset() -> i32 {
 }
 
 pub fn cmd_restore(cli: &Cli, a: &RestoreArgs) -> Result<u8> {
-    let (spec, path) = split_spec(&a.snapshot);
+    let (spec, path) = split_spec(&a.snapshot)?;
     let sub = snapshot_subpath(path)?;
     let repo = open(cli)?;
     let lock = lock_shared(cli, &repo)?;
@@ -540,14 +566,14 @@ pub fn cat(cli: &Cli, a: &CatArgs) -> Result<u8> {
             let tree_id = if spec.len() == 64 && !spec.contains(':') {
                 Id::from_hex(spec)?
             } else {
-                let (s, p) = split_spec(spec);
+                let (s, p) = split_spec(std::ffi::OsStr::new(spec))?;
                 let snaps = repo.load_snapshots_choosing(s == "latest")?;
                 let (_, snap) = resolve(&snaps, s, &SnapshotFilter::default())?;
                 let path = &snapshot_subpath(p)?;
                 if path.as_os_str().is_empty() {
                     snap.tree
                 } else {
-                    find_node(&ix, &snap.tree, path)?.and_then(|n| n.subtree).ok_or_else(|| anyhow!("{p} is not a directory in the snapshot"))?
+                    find_node(&ix, &snap.tree, path)?.and_then(|n| n.subtree).ok_or_else(|| anyhow!("{} is not a directory in the snapshot", p.to_string_lossy()))?
                 }
             };
             let t = ix.load_tree(&tree_id)?;

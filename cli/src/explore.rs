@@ -44,7 +44,7 @@ pub(crate) fn select(
 }
 
 /// The tree id `SNAPSHOT[:PATH]` names (a directory).
-fn dir_tree(ix: &Indexed<'_>, snap: &Snapshot, path: &str) -> Result<Id> {
+fn dir_tree(ix: &Indexed<'_>, snap: &Snapshot, path: &std::ffi::OsStr) -> Result<Id> {
     let sub = snapshot_subpath(path)?;
     if sub
         .components()
@@ -53,10 +53,10 @@ fn dir_tree(ix: &Indexed<'_>, snap: &Snapshot, path: &str) -> Result<Id> {
         return Ok(snap.tree);
     }
     let node = find_node(ix, &snap.tree, &sub)?
-        .ok_or_else(|| anyhow!("path {path} not found in snapshot"))?;
+        .ok_or_else(|| anyhow!("path {} not found in snapshot", path.to_string_lossy()))?;
     match (node.kind, node.subtree) {
         (NodeKind::Dir, Some(id)) => Ok(id),
-        _ => bail!("{path} is not a directory"),
+        _ => bail!("{} is not a directory", path.to_string_lossy()),
     }
 }
 
@@ -64,8 +64,8 @@ pub fn diff_cmd(cli: &Cli, a: &DiffArgs) -> Result<u8> {
     let repo = open(cli)?;
     let ix = repo.indexed()?;
     let f = filter(&a.filter);
-    let (sa, pa) = split_spec(&a.first);
-    let (sb, pb) = split_spec(&a.second);
+    let (sa, pa) = split_spec(&a.first)?;
+    let (sb, pb) = split_spec(&a.second)?;
     let snaps = repo.load_snapshots_choosing(sa == "latest" || sb == "latest")?;
     let (ida, snapa) = resolve(&snaps, sa, &f)?;
     let (idb, snapb) = resolve(&snaps, sb, &f)?;
@@ -199,7 +199,7 @@ pub fn dump_cmd(cli: &Cli, a: &DumpArgs) -> Result<u8> {
         cairn_engine::snapshots::root_node(snap)
     } else {
         find_node(&ix, &snap.tree, &sub)?
-            .ok_or_else(|| anyhow!("path {} not found in snapshot", a.path))?
+            .ok_or_else(|| anyhow!("path {} not found in snapshot", a.path.to_string_lossy()))?
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

@@ -11,6 +11,7 @@ mod run;
 mod serve;
 mod ui;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -179,9 +180,9 @@ pub struct SnapshotsArgs {
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
     /// The older side: `SNAPSHOT[:PATH]`.
-    pub first: String,
+    pub first: OsString,
     /// The newer side: `SNAPSHOT[:PATH]`.
-    pub second: String,
+    pub second: OsString,
     /// Also list paths whose metadata alone changed (mode, owner, mtime, xattrs).
     #[arg(long)]
     pub metadata: bool,
@@ -217,7 +218,7 @@ pub struct DumpArgs {
     /// Snapshot id or `latest`.
     pub snapshot: String,
     /// Path in the snapshot (`/` for all of it).
-    pub path: String,
+    pub path: OsString,
     /// Archive format for a directory (or, given, for a file too): `tar` (everything GNU
     /// tar can hold: owners, hardlinks, devices, xattrs) or `zip` (contents, modes, mtimes,
     /// symlinks).
@@ -618,7 +619,7 @@ pub struct BackupArgs {
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// `SNAPSHOT[:PATH]`, e.g. `latest:/var/lib`.
-    pub snapshot: String,
+    pub snapshot: OsString,
     /// Long listing: mode, owner, size, mtime.
     #[arg(short = 'l', long)]
     pub long: bool,
@@ -633,7 +634,7 @@ pub struct LsArgs {
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     /// `SNAPSHOT[:PATH]`: what to restore; a directory's contents go into the target.
-    pub snapshot: String,
+    pub snapshot: OsString,
     /// Directory to restore into.
     #[arg(short, long)]
     pub target: PathBuf,

@@ -72,20 +72,33 @@ pub fn resolve<'a>(
     }
 }
 
-/// Split `ID[:/path]`.
-pub fn split_spec(spec: &str) -> (&str, &str) {
-    match spec.split_once(':') {
-        Some((id, path)) => (id, path),
-        None => (spec, "/"),
-    }
+/// Split `ID[:/path]` at its first `:`. The path is raw bytes (file names need not be
+/// UTF-8, and a restore of one must be possible); the id, a hex prefix or `latest`, must be
+/// UTF-8.
+pub fn split_spec(spec: &std::ffi::OsStr) -> Result<(&str, &std::ffi::OsStr)> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = spec.as_bytes();
+    let (id, path) = match bytes.iter().position(|&b| b == b':') {
+        Some(i) => (&bytes[..i], std::ffi::OsStr::from_bytes(&bytes[i + 1..])),
+        None => (bytes, std::ffi::OsStr::new("/")),
+    };
+    let id = std::str::from_utf8(id).map_err(|_| {
+        Error::Invalid(format!(
+            "{:?} does not start with a snapshot id or `latest`",
+            spec.to_string_lossy()
+        ))
+    })?;
+    Ok((id, path))
 }
+
 /// The path inside a snapshot that `spec` (the part after `SNAPSHOT:`) names, refusing `..`:
 /// silently dropping it would restore or list something other than what was asked for.
-pub fn snapshot_subpath(spec: &str) -> Result<PathBuf> {
+pub fn snapshot_subpath(spec: &std::ffi::OsStr) -> Result<PathBuf> {
     let p = Path::new(spec);
     if p.components().any(|c| c == std::path::Component::ParentDir) {
         return Err(Error::Invalid(format!(
-            "path {spec:?} contains '..': name the path inside the snapshot without it"
+            "path {:?} contains '..': name the path inside the snapshot without it",
+            spec.to_string_lossy()
         )));
     }
     Ok(p.components()
