@@ -5,10 +5,13 @@
 //!
 //! `cargo run --release --example tree-metadata -p cairn-engine -- REPO PASSWORD_FILE`
 //!
-//! Costs count the tree bytes as stored plus [`PER_BLOB`] bytes of index entry and pack
-//! header for every new blob. In a repository of format 4, "stored" includes the content
+//! Costs count the tree bytes as stored (a group's box once) plus [`PER_BLOB`] bytes of index
+//! entry and pack header for every new blob. In a repository of format 4, "stored" includes the content
 //! lists the trees name, and the models start from the trees with those lists resolved. Groups are modelled as the night's tree plaintexts, in walk
-//! order, compressed in 1 MiB pieces at zstd level 3 (what data groups use).
+//! order, compressed in 1 MiB pieces at zstd level 3 (what data groups use). A last model
+//! compresses the stored tree blobs in 256 KiB pieces (format 5's tree groups) at level 9
+//! against a dictionary: the first night's tree blobs, concatenated (what "tree groups
+//! against a dictionary" would store, before the dictionary's own cost).
 
 use std::collections::HashSet;
 
@@ -40,8 +43,13 @@ fn main() -> Result<(), Error> {
     snapshots.sort_by_key(|(_, s)| s.time);
 
     let mut seen_trees: HashSet<Id> = HashSet::new();
+    // Boxes counted so far: a group's box (format 5: tree groups) holds many tree blobs, and
+    // every one of their index entries names the whole box.
+    let mut boxes: HashSet<(u32, u32)> = HashSet::new();
     let mut seen_lists: Vec<HashSet<Id>> = vec![HashSet::new(); SUBLIST_AVG.len()];
     let mut totals = Night::default();
+    // The first night's stored tree blobs, in walk order: the dictionary of the last model.
+    let mut first_night: Vec<u8> = Vec::new();
     for (night, (_, snapshot)) in snapshots.iter().enumerate() {
         let mut n = Night::default();
         let mut plain_all = Vec::new();
@@ -59,14 +67,18 @@ fn main() -> Result<(), Error> {
                 .ok_or_else(|| format!("tree {id} is not in the index"))?;
             let mut tree = indexed.load_tree(&id)?;
             n.trees += 1;
-            n.stored += u64::from(location.length);
+            if boxes.insert((location.pack, location.offset)) {
+                n.stored += u64::from(location.length);
+            }
             plain_stored.extend_from_slice(&tree.encode());
             for node in &mut tree.nodes {
                 if let Content::Lists(lists) = &node.content {
                     for l in lists {
                         if seen_trees.insert(*l) {
                             let at = indexed.index().get(l).ok_or("list not indexed")?;
-                            n.stored += u64::from(at.length);
+                            if boxes.insert((at.pack, at.offset)) {
+                                n.stored += u64::from(at.length);
+                            }
                             n.stored_lists += 1;
                             plain_stored.extend(indexed.read_blob(BlobType::Tree, l)?);
                         }
@@ -92,6 +104,11 @@ fn main() -> Result<(), Error> {
         }
         n.grouped = grouped_size(&plain_all)?;
         n.grouped_stored = grouped_size(&plain_stored)?;
+        if night == 0 {
+            first_night = plain_stored.clone();
+        } else {
+            n.against_first = against_dictionary(&plain_stored, &first_night)?;
+        }
         for (k, p) in plain_with_refs.iter().enumerate() {
             n.grouped_refs[k] = grouped_size(p)?;
         }
@@ -139,6 +156,19 @@ fn with_sublists(tree: &Tree, avg: u32, seen: &mut HashSet<Id>, new: &mut Lists)
     t
 }
 
+/// `plain` in 256 KiB pieces at level 9, each compressed with `dict` as a raw-content
+/// dictionary (its last 8 MiB; the window reaches all of it).
+fn against_dictionary(plain: &[u8], dict: &[u8]) -> Result<u64, Error> {
+    let dict = &dict[dict.len().saturating_sub(8 << 20)..];
+    let mut c = zstd::bulk::Compressor::with_dictionary(9, dict)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(24))?;
+    let mut total = 0;
+    for piece in plain.chunks(256 << 10) {
+        total += c.compress(piece)?.len() as u64;
+    }
+    Ok(total)
+}
+
 fn grouped_size(plain: &[u8]) -> Result<u64, Error> {
     let mut total = 0;
     for piece in plain.chunks(GROUP) {
@@ -163,6 +193,8 @@ struct Night {
     alone: [u64; LEVELS.len()],
     grouped: u64,
     grouped_stored: u64,
+    /// Nights 2..N: the stored tree blobs against the first night's (see the module doc).
+    against_first: u64,
     grouped_refs: [u64; SUBLIST_AVG.len()],
     lists: [Lists; SUBLIST_AVG.len()],
 }
@@ -175,6 +207,7 @@ impl Night {
         self.id_bytes += o.id_bytes;
         self.grouped += o.grouped;
         self.grouped_stored += o.grouped_stored;
+        self.against_first += o.against_first;
         for k in 0..LEVELS.len() {
             self.alone[k] += o.alone[k];
         }
@@ -205,6 +238,13 @@ impl Night {
             println!(
                 "  as stored (trees and content lists) in groups: {:.2} MB",
                 mb(self.grouped_stored + PER_BLOB * (self.trees + self.stored_lists))
+            );
+        }
+        if self.against_first > 0 {
+            println!(
+                "  stored tree blobs in 256 KiB groups at level 9 against the first night's: {:.2} MB (+ index and headers: {:.2} MB)",
+                mb(self.against_first),
+                mb(self.against_first + PER_BLOB * (self.trees + self.stored_lists))
             );
         }
         println!(
