@@ -9,10 +9,12 @@
 //! index entry fails authentication.
 //!
 //! Version 2 adds **groups**: several small data blobs compressed and sealed as one box
-//! (`seal(aad = group_aad(), flag || zstd?(blob_1 || … || blob_k))`), so that a 4 KiB database
+//! (`seal(aad = group_aad(type), flag || zstd?(blob_1 || … || blob_k))`), so that a 4 KiB database
 //! page is compressed with its neighbours as context instead of alone. Each blob keeps its
 //! own id and index entry; its entry names the group's box (`offset`, `length`) and where
-//! the blob starts inside the decoded group (`group_offset`).
+//! the blob starts inside the decoded group (`group_offset`). Version 5 groups small tree
+//! blobs the same way (`group_aad(BlobType::Tree)`, a `TreeGroup` unit), never mixed with
+//! data in one group.
 
 use serde::{Deserialize, Serialize};
 
