@@ -366,13 +366,22 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             } else {
                 String::new()
             };
+            // A device has no size: show its number, as `ls -l` does.
+            let size = match n.kind {
+                NodeKind::CharDevice | NodeKind::BlockDevice => format!(
+                    "{}, {}",
+                    nix::sys::stat::major(n.rdev),
+                    nix::sys::stat::minor(n.rdev)
+                ),
+                _ => n.size.to_string(),
+            };
             crate::output_written(writeln!(
                 out,
                 "{} {:>8} {:>8} {:>12} {} {}{}",
                 mode_string(n),
                 user_or_id(&n.user, n.uid),
                 user_or_id(&n.group, n.gid),
-                n.size,
+                size,
                 t,
                 lossy(p.as_os_str().as_bytes()),
                 target

@@ -319,6 +319,42 @@ fn ls_long_shows_special_mode_bits() {
 }
 
 #[test]
+fn ls_long_shows_device_numbers() {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // As root only (the tests run as root in CI); otherwise there is nothing to list.
+    if mknod(
+        &src.join("chardev"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o620),
+        makedev(1, 3),
+    )
+    .is_err()
+    {
+        return;
+    }
+    mknod(
+        &src.join("blockdev"),
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o660),
+        makedev(7, 200),
+    )
+    .unwrap();
+    env.backup(&[s(&src)]);
+    let long = env.ok(&["ls", "-l", &format!("latest:{}", s(&src))]).stdout;
+    // As ls(1): "major, minor" where a file's size goes.
+    for (name, numbers) in [("chardev", "1, 3 "), ("blockdev", "7, 200 ")] {
+        let line = long
+            .lines()
+            .find(|l| l.ends_with(&format!("/{name}")))
+            .unwrap_or_else(|| panic!("{name} not in:\n{long}"));
+        assert!(line.contains(numbers), "{line}");
+    }
+}
+
+#[test]
 fn backup_excludes() {
     let env = Env::new();
     let src = env.path("src");
