@@ -356,6 +356,27 @@ fn hard_linked_fifos_and_symlinks_stay_linked() {
         fs::read_link(target.join("link2")).unwrap(),
         Path::new("somewhere")
     );
+    // `dump` as tar keeps them linked too: later names are link entries, which tar extracts
+    // as hard links.
+    let tar = env.path("out.tar");
+    let mut c = env.cmd();
+    c.args(["dump", "latest", s(&src)])
+        .stdout(fs::File::create(&tar).unwrap());
+    assert!(c.status().unwrap().success());
+    let out = env.path("extracted");
+    fs::create_dir_all(&out).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["-x", "-f", s(&tar), "-C", s(&out)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (a, b) in [("fifo", "fifo2"), ("link", "link2")] {
+        let (ma, mb) = (
+            fs::symlink_metadata(out.join("src").join(a)).unwrap(),
+            fs::symlink_metadata(out.join("src").join(b)).unwrap(),
+        );
+        assert_eq!(ma.ino(), mb.ino(), "dump: {a} and {b} are not one inode");
+    }
 }
 
 #[test]

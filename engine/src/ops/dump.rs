@@ -131,8 +131,11 @@ impl<W: Write> TarDump<'_, '_, W> {
         self.tar
             .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
             .map_err(out_err)?;
-        let hard = (n.kind == NodeKind::File && n.links > 1 && n.inode != 0)
-            .then_some((n.device, n.inode));
+        // Every kind but directories (and sockets, skipped) can be hard-linked: later names of
+        // an inode become link entries, as GNU tar writes them.
+        let hard =
+            (!matches!(n.kind, NodeKind::Dir | NodeKind::Socket) && n.links > 1 && n.inode != 0)
+                .then_some((n.device, n.inode));
         if let Some(first) = hard.and_then(|k| self.links.get(&k)).cloned() {
             h.set_entry_type(tar::EntryType::Link);
             self.tar
@@ -169,9 +172,6 @@ impl<W: Write> TarDump<'_, '_, W> {
                     )));
                 }
                 self.stats.bytes += n.size;
-                if let Some(k) = hard {
-                    self.links.insert(k, path.to_path_buf());
-                }
             }
             NodeKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -200,6 +200,9 @@ impl<W: Write> TarDump<'_, '_, W> {
             }
             // A socket cannot be recreated from an archive; GNU tar skips them too.
             NodeKind::Socket => return Ok(()),
+        }
+        if let Some(k) = hard {
+            self.links.insert(k, path.to_path_buf());
         }
         self.stats.entries += 1;
         Ok(())
