@@ -70,14 +70,23 @@ pub fn init(cli: &Cli, a: &crate::InitArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// The non-empty, non-comment lines of a `--files-from` / `--exclude-file` file (`-` is
+/// The bytes of a list file, `-` being standard input.
+fn read_list(path: &Path) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("reading standard input")?;
+        Ok(b)
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// The non-empty, non-comment lines of an `--exclude-file` file (`-` is
 /// standard input), as restic reads them.
 fn list_file(path: &Path) -> Result<Vec<String>> {
-    let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-    };
+    let text = String::from_utf8(read_list(path)?)
+        .with_context(|| format!("reading {}: not UTF-8", path.display()))?;
     Ok(text
         .lines()
         .map(str::trim_end)
@@ -89,14 +98,7 @@ fn list_file(path: &Path) -> Result<Vec<String>> {
 /// The paths a `--files-from` file names, one a line as [`list_file`] reads them, but as raw
 /// bytes: a path need not be UTF-8.
 fn list_paths(path: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let bytes = if path == Path::new("-") {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
-            .context("reading standard input")?;
-        b
-    } else {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
-    };
+    let bytes = read_list(path)?;
     let blank = |b: &u8| b.is_ascii_whitespace();
     Ok(bytes
         .split(|&b| b == b'\n')

@@ -82,8 +82,13 @@ thread_local! {
 /// The repository version from which tree blobs are grouped too (FORMAT.md §9.1).
 const TREE_GROUPS_VERSION: u16 = 5;
 
+/// Where per-type state sits in a packer's pairs (`open`, `groups`): data, then trees.
+fn type_slot(blob_type: BlobType) -> usize {
+    usize::from(blob_type == BlobType::Tree)
+}
+
 /// Group slots, or none when groups are not written: a slot per sealing thread, plus a few
-/// for other threads (the tree writer, the caller), each holding up to `GROUP_TARGET` bytes.
+/// for other threads (the tree writer, the caller), each holding up to a group's target.
 fn group_slots(on: bool) -> Vec<Mutex<Group>> {
     if !on {
         return Vec::new();
@@ -283,11 +288,11 @@ pub struct Packer {
     level: i32,
     /// The format version of the packs written.
     version: u16,
-    /// Per-thread groups of small data blobs; empty when the format has no groups or
-    /// compression is off (a group then saves only the per-blob sealing overhead).
-    groups: Vec<Mutex<Group>>,
-    /// The same for tree blobs (trees and content lists), from format 5 on.
-    tree_groups: Vec<Mutex<Group>>,
+    /// Per-thread groups of small blobs, by type (indexed by [`type_slot`], as `open`): data
+    /// from format 2, trees and content lists from format 5; empty when the format has no
+    /// groups of the type or compression is off (a group then saves only the per-blob sealing
+    /// overhead).
+    groups: [Vec<Mutex<Group>>; 2],
 }
 
 impl std::fmt::Debug for Packer {
@@ -384,10 +389,9 @@ impl Packer {
             pack_size: repo.config().pack_size as usize,
             level: repo.config().compression_level,
             version: repo.pack_version(),
-            groups: group_slots(repo.pack_version() >= 2 && repo.config().compression_level != 0),
-            tree_groups: group_slots(
-                repo.pack_version() >= TREE_GROUPS_VERSION && repo.config().compression_level != 0,
-            ),
+            groups: [2, TREE_GROUPS_VERSION].map(|since| {
+                group_slots(repo.pack_version() >= since && repo.config().compression_level != 0)
+            }),
         }
     }
 
@@ -452,10 +456,7 @@ impl Packer {
         if self.known.contains(&id) || !self.seen[id.0[0] as usize % 64].lock().insert(id) {
             return Ok(false);
         }
-        let groups = match blob_type {
-            BlobType::Data => &self.groups,
-            BlobType::Tree => &self.tree_groups,
-        };
+        let groups = &self.groups[type_slot(blob_type)];
         if plaintext.len() <= GROUP_BLOB_MAX && !plaintext.is_empty() && !groups.is_empty() {
             let mut g = groups[group_slot(groups.len())].lock();
             // A group never exceeds the format's limit, whatever the target.
@@ -568,7 +569,7 @@ impl Packer {
         sealed: &[u8],
         entries: impl FnOnce(u32) -> Result<Vec<PackEntry>>,
     ) -> Result<()> {
-        let slot = usize::from(blob_type == BlobType::Tree);
+        let slot = type_slot(blob_type);
         let full = {
             let mut guard = self.open[slot].lock();
             if guard.is_none() {
@@ -643,11 +644,13 @@ impl Packer {
     /// Flush the open packs, wait for every upload, write the last index file.
     /// Returns the packs this run added if the packer is [`Packer::recording`], else none.
     pub fn finish(&self) -> Result<Vec<IndexPack>> {
-        for g in &self.groups {
-            self.seal_group(BlobType::Data, &mut g.lock())?;
-        }
-        for g in &self.tree_groups {
-            self.seal_group(BlobType::Tree, &mut g.lock())?;
+        for (blob_type, groups) in [BlobType::Data, BlobType::Tree]
+            .into_iter()
+            .zip(&self.groups)
+        {
+            for g in groups {
+                self.seal_group(blob_type, &mut g.lock())?;
+            }
         }
         for slot in &self.open {
             let p = slot.lock().take();

@@ -739,18 +739,13 @@ impl Repository {
         if entry.grouped() {
             return self.read_grouped(index, &loc, pack, &entry);
         }
-        let mut sealed = self.read_box(index, &loc, &pack, id)?;
+        let mut sealed = self.read_box(index, &loc, id)?;
         Ok(self.opener(pack).open(&entry, &mut sealed)?.into_owned())
     }
 
     /// Read the sealed box (a blob alone or a group) at `loc`, which holds blob `id`.
-    fn read_box(
-        &self,
-        index: &MasterIndex,
-        loc: &BlobLocation,
-        pack: &Id,
-        id: &Id,
-    ) -> Result<Vec<u8>> {
+    fn read_box(&self, index: &MasterIndex, loc: &BlobLocation, id: &Id) -> Result<Vec<u8>> {
+        let pack = index.pack_id(loc);
         let (name, offset, len) = (pack.to_hex(), u64::from(loc.offset), u64::from(loc.length));
         // Tree packs hold only tree blobs (the packer keeps the types apart): cacheable
         // metadata, whether a tree is sealed alone or in a group (format 5).
@@ -803,7 +798,7 @@ impl Repository {
         let group = match cached {
             Some(g) => g,
             None => {
-                let mut sealed = self.read_box(index, loc, &pack, &e.id)?;
+                let mut sealed = self.read_box(index, loc, &e.id)?;
                 let group = Arc::new(
                     cairn_format::open_group_in_place(&self.key, e.blob_type, &mut sealed)
                         .map_err(|err| {

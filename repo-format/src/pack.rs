@@ -188,6 +188,29 @@ pub(crate) mod v2 {
         },
     }
 
+    /// A group unit seen through [`Unit::group_mut`]: its blob type, its box (offset, length)
+    /// and its blobs.
+    type GroupMut<'a> = (BlobType, (u32, u32), &'a mut Vec<(Id, u32)>);
+
+    impl Unit {
+        /// The group this unit is, if it is one (`None` for a blob alone).
+        fn group_mut(&mut self) -> Option<GroupMut<'_>> {
+            match self {
+                Unit::Blob(_) => None,
+                Unit::Group {
+                    offset,
+                    length,
+                    blobs,
+                } => Some((BlobType::Data, (*offset, *length), blobs)),
+                Unit::TreeGroup {
+                    offset,
+                    length,
+                    blobs,
+                } => Some((BlobType::Tree, (*offset, *length), blobs)),
+            }
+        }
+    }
+
     impl super::Wire for Unit {
         fn encode(entries: &[PackEntry]) -> Result<Vec<Unit>, FormatError> {
             units(entries, false)
@@ -235,43 +258,31 @@ pub(crate) mod v2 {
                     e.id.short()
                 )));
             }
-            let continues = match out.last() {
-                Some(
-                    Unit::Group { offset, length, .. } | Unit::TreeGroup { offset, length, .. },
-                ) => *offset == e.offset && *length == e.length,
-                _ => false,
-            };
-            if continues {
-                let same_type = matches!(
-                    (out.last(), e.blob_type),
-                    (Some(Unit::Group { .. }), BlobType::Data)
-                        | (Some(Unit::TreeGroup { .. }), BlobType::Tree)
-                );
-                if u64::from(start) != next || !same_type {
-                    return Err(bad());
-                }
-                if let Some(Unit::Group { blobs, .. } | Unit::TreeGroup { blobs, .. }) =
-                    out.last_mut()
-                {
+            match out.last_mut().and_then(Unit::group_mut) {
+                Some((blob_type, span, blobs)) if span == (e.offset, e.length) => {
+                    if u64::from(start) != next || blob_type != e.blob_type {
+                        return Err(bad());
+                    }
                     blobs.push((e.id, e.raw_length));
                 }
-            } else {
-                if start != 0 {
-                    return Err(bad());
+                _ => {
+                    if start != 0 {
+                        return Err(bad());
+                    }
+                    let (offset, length, blobs) = (e.offset, e.length, vec![(e.id, e.raw_length)]);
+                    out.push(match e.blob_type {
+                        BlobType::Data => Unit::Group {
+                            offset,
+                            length,
+                            blobs,
+                        },
+                        BlobType::Tree => Unit::TreeGroup {
+                            offset,
+                            length,
+                            blobs,
+                        },
+                    });
                 }
-                let (offset, length, blobs) = (e.offset, e.length, vec![(e.id, e.raw_length)]);
-                out.push(match e.blob_type {
-                    BlobType::Data => Unit::Group {
-                        offset,
-                        length,
-                        blobs,
-                    },
-                    BlobType::Tree => Unit::TreeGroup {
-                        offset,
-                        length,
-                        blobs,
-                    },
-                });
             }
             next = u64::from(start) + u64::from(e.raw_length);
         }

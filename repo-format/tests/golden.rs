@@ -388,37 +388,12 @@ fn fixture_v5(fx: &Fx) -> FxV5 {
 fn vectors_v5(fx: &Fx, out: &mut Vec<Vector>) {
     assert_eq!(cairn_format::FORMAT_VERSION, V5);
     let v = fixture_v5(fx);
-    for kind in [FileKind::Pack, FileKind::Index] {
-        out.push(vector(
-            if kind == FileKind::Pack {
-                "preamble/pack-v5"
-            } else {
-                "preamble/index-v5"
-            },
-            format!(
-                "\"cairn\" || '{}' || u16 LE version 5",
-                kind.letter() as char
-            ),
-            preamble_of(kind, V5).to_vec(),
-            None,
-            Box::new(move |b| match check_preamble(b, kind) {
-                Ok((5, [])) => Ok(()),
-                other => Err(format!("check_preamble gave {other:?}")),
-            }),
-        ));
-    }
-    out.push(vector(
+    out.push(preamble_vector("preamble/pack-v5", FileKind::Pack, V5));
+    out.push(preamble_vector("preamble/index-v5", FileKind::Index, V5));
+    out.push(aad_vector(
         "aad/group-tree",
         "tree group AAD: \"cairnG\" || 02 00 || 'T'",
         group_aad(BlobType::Tree).to_vec(),
-        None,
-        Box::new(|b| {
-            if b == group_aad(BlobType::Tree) {
-                Ok(())
-            } else {
-                Err("aad differs".into())
-            }
-        }),
     ));
     {
         let key = fx.key.clone();
@@ -684,32 +659,8 @@ fn vectors_v4(fx: &Fx, out: &mut Vec<Vector>) {
 /// The vectors of version 3's additions.
 fn vectors_v3(fx: &Fx, out: &mut Vec<Vector>) {
     let (lock, index) = fixture_v3(fx);
-    for kind in [FileKind::Index, FileKind::Lock] {
-        out.push(vector(
-            if kind == FileKind::Lock {
-                "preamble/lock-v3"
-            } else {
-                "preamble/index-v3"
-            },
-            format!(
-                "\"cairn\" || '{}' || u16 LE version 3",
-                kind.letter() as char
-            ),
-            preamble_of(kind, V3).to_vec(),
-            None,
-            Box::new(move |b| {
-                check_preamble(b, kind)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(v, _)| {
-                        if v == V3 {
-                            Ok(())
-                        } else {
-                            Err(format!("version {v}"))
-                        }
-                    })
-            }),
-        ));
-    }
+    out.push(preamble_vector("preamble/index-v3", FileKind::Index, V3));
+    out.push(preamble_vector("preamble/lock-v3", FileKind::Lock, V3));
     {
         let want = lock.clone();
         out.push(vector(
@@ -813,50 +764,17 @@ fn vectors_v3(fx: &Fx, out: &mut Vec<Vector>) {
 /// The vectors of version 2's additions.
 fn vectors_v2(fx: &Fx, out: &mut Vec<Vector>) {
     let v = fixture_v2(fx);
-    for kind in [FileKind::Index, FileKind::Pack] {
-        out.push(vector(
-            if kind == FileKind::Pack {
-                "preamble/pack-v2"
-            } else {
-                "preamble/index-v2"
-            },
-            format!(
-                "\"cairn\" || '{}' || u16 LE version 2",
-                kind.letter() as char
-            ),
-            preamble_of(kind, V2).to_vec(),
-            None,
-            Box::new(move |b| match check_preamble(b, kind) {
-                Ok((2, [])) => Ok(()),
-                other => Err(format!("check_preamble gave {other:?}")),
-            }),
-        ));
-    }
-    out.push(vector(
+    out.push(preamble_vector("preamble/index-v2", FileKind::Index, V2));
+    out.push(preamble_vector("preamble/pack-v2", FileKind::Pack, V2));
+    out.push(aad_vector(
         "aad/group",
         "group AAD: \"cairnG\" || 02 00 || 'D'",
         group_aad(BlobType::Data).to_vec(),
-        None,
-        Box::new(|b| {
-            if b == group_aad(BlobType::Data) {
-                Ok(())
-            } else {
-                Err("aad differs".into())
-            }
-        }),
     ));
-    out.push(vector(
+    out.push(aad_vector(
         "aad/pack-header-v2",
         "pack header AAD of version 2: \"cairnP\" 02 00 \"header\"",
         pack_header_aad_of(V2),
-        None,
-        Box::new(|b| {
-            if b == pack_header_aad_of(V2) {
-                Ok(())
-            } else {
-                Err("aad differs".into())
-            }
-        }),
     ));
     {
         let key = fx.key.clone();
@@ -1037,6 +955,42 @@ fn vector(
     }
 }
 
+/// The preamble of `kind` at `version`, which `check_preamble` must read as exactly that.
+fn preamble_vector(name: &'static str, kind: FileKind, version: u16) -> Vector {
+    vector(
+        name,
+        format!(
+            "\"cairn\" || '{}' || u16 LE version {version}",
+            kind.letter() as char
+        ),
+        preamble_of(kind, version).to_vec(),
+        None,
+        Box::new(move |b| match check_preamble(b, kind) {
+            Ok((v, [])) if v == version => Ok(()),
+            other => Err(format!("check_preamble gave {other:?}")),
+        }),
+    )
+}
+
+/// An associated-data constant: the bytes the format's function builds, checked against
+/// those stored.
+fn aad_vector(name: &'static str, note: &'static str, aad: Vec<u8>) -> Vector {
+    let want = aad.clone();
+    vector(
+        name,
+        note,
+        aad,
+        None,
+        Box::new(move |b| {
+            if b == want {
+                Ok(())
+            } else {
+                Err("aad differs".into())
+            }
+        }),
+    )
+}
+
 /// The vector of an object's name: the unkeyed BLAKE3 of its stored bytes.
 fn object_id_vector(name: &'static str, note: String, object: Vec<u8>) -> Vector {
     let id = Id::of_object(&object);
@@ -1150,19 +1104,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
             FileKind::Index => "preamble/index",
             FileKind::Pack => "preamble/pack",
         };
-        out.push(vector(
-            name,
-            format!(
-                "\"cairn\" || '{}' || u16 LE version {V1}",
-                kind.letter() as char
-            ),
-            preamble(kind).to_vec(),
-            None,
-            Box::new(move |b| match check_preamble(b, kind) {
-                Ok((1, [])) => Ok(()),
-                other => Err(format!("check_preamble gave {other:?}")),
-            }),
-        ));
+        out.push(preamble_vector(name, kind, V1));
     }
 
     let key = fx.key.clone();
@@ -1207,32 +1149,15 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         ));
     }
 
-    let aad_d = blob_aad(BlobType::Data, &fx.hello_id);
-    out.push(vector(
+    out.push(aad_vector(
         "aad/blob-data-hello",
         "blob AAD: \"cairnB\" || u16 LE version || 'D' || blob id",
-        aad_d.to_vec(),
-        None,
-        Box::new(move |b| {
-            if b == aad_d {
-                Ok(())
-            } else {
-                Err("aad differs".into())
-            }
-        }),
+        blob_aad(BlobType::Data, &fx.hello_id).to_vec(),
     ));
-    out.push(vector(
+    out.push(aad_vector(
         "aad/pack-header",
         "pack header AAD: pack preamble || \"header\"",
         pack_header_aad(),
-        None,
-        Box::new(|b| {
-            if b == pack_header_aad() {
-                Ok(())
-            } else {
-                Err("aad differs".into())
-            }
-        }),
     ));
 
     // Plaintext postcard of every stored type.

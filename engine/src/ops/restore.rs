@@ -15,6 +15,7 @@
 //! directory, so no write can follow a link placed by a malicious snapshot out of the
 //! target.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -374,16 +375,14 @@ impl Planner<'_> {
                 } else {
                     let group =
                         (node.links > 1 && node.inode != 0).then_some((node.device, node.inode));
-                    let first = match group {
-                        Some(k) => match self.special_primary.get(&k) {
-                            Some(first) => Some(first.clone()),
-                            None => {
-                                self.special_primary.insert(k, path.clone());
-                                None
-                            }
-                        },
-                        None => None,
-                    };
+                    // The first name of a group is made; later ones link to it.
+                    let first = group.and_then(|k| match self.special_primary.entry(k) {
+                        Entry::Occupied(first) => Some(first.get().clone()),
+                        Entry::Vacant(v) => {
+                            v.insert(path.clone());
+                            None
+                        }
+                    });
                     self.batch.specials.push((path, node, first));
                 }
                 Ok(())
