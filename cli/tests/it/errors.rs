@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::util::{
-    bare_cairn, mtime_ns, random_bytes, run_command, s, write_file, Env, Output, PASSWORD,
+    bare_cairn, content_ids, mtime_ns, random_bytes, run_command, s, write_file, Env, Output,
+    PASSWORD,
 };
 
 #[test]
@@ -97,23 +98,6 @@ fn init_refuses_existing_repository() {
     assert!(out.stderr.contains("already exists"), "{}", out.dump());
     // The repository still opens.
     env.ok(&["snapshots"]);
-}
-
-/// Data blob ids of `file` in the latest snapshot.
-fn content_ids(env: &Env, dir: &Path, file: &str) -> Vec<String> {
-    let tree = env.json(&["cat", "tree", &format!("latest:{}", s(dir))]);
-    let node = tree["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == file)
-        .unwrap_or_else(|| panic!("{file} not in {tree}"));
-    node["content"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[test]

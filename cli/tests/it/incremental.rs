@@ -4,7 +4,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::util::{assert_trees_equal, random_bytes, s, write_file, Env};
+use crate::util::{assert_trees_equal, content_ids, random_bytes, s, write_file, Env};
 
 const FILES: u64 = 6;
 
@@ -223,4 +223,88 @@ fn backup_leaves_access_times_alone() {
             p.display()
         );
     }
+}
+
+/// `n` lines of log text (hex ids, so that it compresses about as a real log does).
+fn log_lines(n: usize, seed: u64) -> Vec<u8> {
+    let ids = random_bytes(n * 16, seed);
+    let mut out = Vec::new();
+    for (i, id) in ids.chunks(16).enumerate() {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        out.extend(
+            format!(
+                "2026-12-07T02:{:02}:00Z level=info msg=\"request {i}\" id={hex}\n",
+                i % 60
+            )
+            .bytes(),
+        );
+    }
+    out
+}
+
+/// A log that grows at its end stores only its new lines: its chunks from the last snapshot
+/// are cut the same way again (content-defined cutting would store its old last chunk again,
+/// as that chunk ended at the old end of the file). A change inside the file ends the guide
+/// and the rest is cut by content; short tail chunks do not pile up without bound.
+#[test]
+fn a_file_that_grows_at_its_end_stores_only_its_new_bytes() {
+    let env = Env::new();
+    let src = env.path("src");
+    let log_path = src.join("app.log");
+    let mut log = log_lines(12_000, 41); // ~1.2 MB: a few text chunks, the last cut at EOF
+    write_file(&log_path, &log);
+    env.backup(&[s(&src)]);
+    let first = content_ids(&env, &src, "app.log");
+    assert!(first.len() >= 2, "{first:?}");
+
+    let appended = log_lines(200, 42);
+    log.extend(&appended);
+    write_file(&log_path, &log);
+    let second = env.backup(&[s(&src)]);
+    let ids = content_ids(&env, &src, "app.log");
+    assert_eq!(
+        ids[..first.len()],
+        first[..],
+        "the old chunks were not kept"
+    );
+    assert_eq!(ids.len(), first.len() + 1, "{ids:?}");
+    assert_eq!(n(&second, "data_blobs"), 1, "{second}");
+    // Bytes of new blobs: the new lines and four small trees, no old byte stored again
+    // (content-defined cutting stores ~0.5 MB here).
+    let added = n(&second, "data_added");
+    assert!(
+        (appended.len() as u64..appended.len() as u64 + 4096).contains(&added),
+        "{} new bytes added {added}: {second}",
+        appended.len()
+    );
+
+    // Many small appends: the short chunks at the end are cut again by content before
+    // they reach a dozen.
+    let mut most = 0;
+    for night in 0..12 {
+        log.extend(log_lines(50, 100 + night));
+        write_file(&log_path, &log);
+        env.backup(&[s(&src)]);
+        most = most.max(content_ids(&env, &src, "app.log").len());
+    }
+    assert!(most <= first.len() + 9, "{most} chunks after 12 appends");
+    assert!(
+        most > first.len() + 2,
+        "appends were not kept as chunks: {most}"
+    );
+
+    // A change near the start: the guide ends there, the file is cut by content again.
+    log[100..110].copy_from_slice(b"CHANGED!!!");
+    write_file(&log_path, &log);
+    let changed = env.backup(&[s(&src)]);
+    let ids = content_ids(&env, &src, "app.log");
+    assert_ne!(ids[0], first[0]);
+    assert!(n(&changed, "data_blobs") >= 1, "{changed}");
+    let out = env.path("out");
+    env.ok(&["restore", "latest", "--target", s(&out)]);
+    assert_eq!(
+        std::fs::read(out.join(s(&log_path).trim_start_matches('/'))).unwrap(),
+        log
+    );
+    env.ok(&["check", "--read-data"]);
 }

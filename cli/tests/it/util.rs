@@ -485,6 +485,23 @@ impl Env {
 }
 
 /// `p` as `&str` (test paths are UTF-8).
+/// Data blob ids of `file` in the latest snapshot.
+pub fn content_ids(env: &Env, dir: &Path, file: &str) -> Vec<String> {
+    let tree = env.json(&["cat", "tree", &format!("latest:{}", s(dir))]);
+    let node = tree["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == file)
+        .unwrap_or_else(|| panic!("{file} not in {tree}"));
+    node["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }

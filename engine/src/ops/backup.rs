@@ -111,6 +111,32 @@ struct Counts {
     bytes: u64,
 }
 
+/// A changed file's chunks as the parent snapshot stored them (id, length), cut the same way
+/// again while they match. A file that grew at its end (a log) then stores only its new
+/// bytes: content-defined cutting would store its old last chunk again, since that chunk ended
+/// at the old end of file, not at a content-defined boundary, and with 512 KiB text chunks
+/// that is about a quarter megabyte a night for every log. Bytes that do not match end the
+/// guide, and the rest of the file is cut by content as always (which finds the old
+/// content-defined boundaries again after the change).
+struct Guide {
+    chunks: Vec<(Id, u32)>,
+    /// The chunk to try next.
+    next: usize,
+}
+
+/// How many chunks below the cutter's minimum may end a guided file before they are cut
+/// again by content: each costs an index entry and one more blob to read back, and cutting
+/// them again costs storing their bytes once more (one night in this many).
+const GUIDE_SHORT_RUN: usize = 8;
+
+/// The chunk ends decided in one read window, and the ids of the first of them, which the
+/// guide hashed already.
+#[derive(Default)]
+struct Cuts {
+    ends: Vec<usize>,
+    known: Vec<Id>,
+}
+
 /// The path recorded in an [`Error::Io`] that came from reading a backup source.
 const SOURCE_READ: &str = "<source read>";
 
@@ -709,7 +735,8 @@ impl Archiver<'_> {
                 return Ok(false);
             }
         };
-        let (content, read) = match self.chunk_stream(&mut f, Some(meta.len())) {
+        let guide = parent.filter(|p| p.kind == NodeKind::File);
+        let (content, read) = match self.chunk_stream(&mut f, Some(meta.len()), guide) {
             Ok(v) => v,
             // Only a failure to read the *source* skips the file; an I/O error writing the
             // repository (a full disk) must abort the backup.
@@ -735,7 +762,7 @@ impl Archiver<'_> {
         };
         if meta.len() == 0 && probed == 1 {
             let mut rest = std::io::Read::chain(&probe[..1], &mut f);
-            (content, read) = match self.chunk_stream(&mut rest, None) {
+            (content, read) = match self.chunk_stream(&mut rest, None, None) {
                 Ok(v) => v,
                 Err(Error::Io { path: p, source }) if p == SOURCE_READ => {
                     self.warn(format!("{}: read error: {source}", path.display()));
@@ -815,6 +842,92 @@ impl Archiver<'_> {
         Ok(())
     }
 
+    /// The parent's chunks of a file cut by `c`, as a [`Guide`]; `None` where they would not
+    /// help or cannot be had (a damaged parent only costs what guiding would have saved).
+    fn guide(&self, parent: &Node, c: &Chunker) -> Option<Guide> {
+        // A parent of one chunk below the minimum is what content-defined cutting would
+        // store again anyway; guiding it would only split small files.
+        if parent.size < c.min_size() as u64 {
+            return None;
+        }
+        let ids = match self.repo.file_blobs(self.index, &parent.content) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("parent content lists: {e}; cutting without them");
+                return None;
+            }
+        };
+        let mut chunks = Vec::with_capacity(ids.len());
+        let mut total = 0u64;
+        for id in ids.iter() {
+            let loc = self.index.get(id)?;
+            if loc.blob_type != BlobType::Data {
+                return None;
+            }
+            total += u64::from(loc.raw_length);
+            chunks.push((*id, loc.raw_length));
+        }
+        if total != parent.size {
+            return None;
+        }
+        // Chunks of another cutter (the file changed format) larger than this one's maximum
+        // could not be decided within a read window.
+        if let Some(i) = chunks.iter().position(|&(_, l)| l as usize > c.max_size()) {
+            chunks.truncate(i);
+        }
+        // Each night's appended tail below the minimum leaves one short chunk; past
+        // `GUIDE_SHORT_RUN` of them, they are cut again by content (once, into chunks of at
+        // least the minimum), so that a file never holds more than that many in a row.
+        let short = chunks
+            .iter()
+            .rev()
+            .take_while(|&&(_, l)| (l as usize) < c.min_size())
+            .count();
+        if short >= GUIDE_SHORT_RUN {
+            chunks.truncate(chunks.len() - short);
+        }
+        (!chunks.is_empty()).then_some(Guide { chunks, next: 0 })
+    }
+
+    /// Chunk ends of `buf` (which starts at a chunk boundary) that are final: the guide's
+    /// while its chunks match, content-defined ones from the first that does not (or once it
+    /// has none left).
+    fn cuts(&self, cut: Cutter<'_>, guide: &mut Option<Guide>, buf: &[u8], eof: bool) -> Cuts {
+        let mut out = Cuts::default();
+        let mut at = 0;
+        if let Some(g) = guide {
+            while let Some(&(id, len)) = g.chunks.get(g.next) {
+                let end = at + len as usize;
+                if end > buf.len() {
+                    if eof {
+                        // The file now ends inside this chunk.
+                        g.next = g.chunks.len();
+                    }
+                    break;
+                }
+                if self.packer.blob_id(&buf[at..end]) != id {
+                    g.next = g.chunks.len();
+                    break;
+                }
+                out.ends.push(end);
+                out.known.push(id);
+                at = end;
+                g.next += 1;
+            }
+            if g.next < g.chunks.len() {
+                // Waiting for the rest of a chunk from the next window.
+                return out;
+            }
+            *guide = None;
+        }
+        out.ends.extend(
+            self.cut_window(cut, &buf[at..], eof)
+                .into_iter()
+                .map(|e| e + at),
+        );
+        out
+    }
+
     /// Chunk ends of `buf` that are final (see [`Chunker::boundaries_window`]).
     fn cut_window(&self, cut: Cutter<'_>, buf: &[u8], eof: bool) -> Vec<usize> {
         match cut {
@@ -842,17 +955,18 @@ impl Archiver<'_> {
         }
     }
 
-    /// Store the chunks of `buf` ending at `ends`.
-    fn seal_window(&self, buf: &[u8], ends: &[usize], parallel: bool) -> Result<Vec<Id>> {
-        let mut spans = Vec::with_capacity(ends.len());
+    /// Store the chunks of `buf` ending at `cuts.ends`; the first `cuts.known.len()` were
+    /// hashed already (by the guide).
+    fn seal_window(&self, buf: &[u8], cuts: &Cuts, parallel: bool) -> Result<Vec<Id>> {
+        let mut spans = Vec::with_capacity(cuts.ends.len());
         let mut s = 0;
-        for &e in ends {
-            spans.push((s, e));
+        for (i, &e) in cuts.ends.iter().enumerate() {
+            spans.push((s, e, cuts.known.get(i).copied()));
             s = e;
         }
-        let store = |&(a, b): &(usize, usize)| -> Result<Id> {
+        let store = |&(a, b, known): &(usize, usize, Option<Id>)| -> Result<Id> {
             let chunk = &buf[a..b];
-            let id = self.packer.blob_id(chunk);
+            let id = known.unwrap_or_else(|| self.packer.blob_id(chunk));
             self.packer.add(BlobType::Data, id, chunk)?;
             Ok(id)
         };
@@ -888,10 +1002,14 @@ impl Archiver<'_> {
     ///
     /// A multi-window file is pipelined: while the chunks of window *k* are sealed on all
     /// cores, window *k + 1* is read and cut.
+    ///
+    /// `parent` is the file's node in the parent snapshot, if it was a file there: its chunks
+    /// guide the cutting (see [`Guide`]).
     fn chunk_stream(
         &self,
         r: &mut (dyn Read + Send),
         size_hint: Option<u64>,
+        parent: Option<&Node>,
     ) -> Result<(Vec<Id>, u64)> {
         let window = self.window;
         let cap = size_hint
@@ -915,20 +1033,24 @@ impl Archiver<'_> {
         let parallel =
             big && self.parallel_files.fetch_add(1, Ordering::AcqRel) < self.max_parallel_files;
         let _slot = SlotGuard(&self.parallel_files, big);
-        let mut ends = self.cut_window(cut, cur.data(), eof);
+        let mut guide = match (cut, parent) {
+            (Cutter::Cdc(c), Some(p)) => self.guide(p, c),
+            _ => None,
+        };
+        let mut cuts = self.cuts(cut, &mut guide, cur.data(), eof);
         loop {
             if interrupted() {
                 return Err(Error::Interrupted);
             }
             // A full window always decides a chunk (it is larger than any maximum chunk);
             // failing that, stop rather than spin on the same bytes.
-            if ends.is_empty() && !eof {
+            if cuts.ends.is_empty() && !eof {
                 return Err(Error::Invalid(format!(
                     "no chunk boundary in a {}-byte read window (window smaller than a chunk?)",
                     cur.len
                 )));
             }
-            let consumed = ends.last().copied().unwrap_or(0);
+            let consumed = cuts.ends.last().copied().unwrap_or(0);
             // Two buffers per file take turns: a fresh 10 MiB allocation per window costs
             // page faults (or, with glibc's dynamic thresholds, memory that stays resident).
             let mut next = spare.take().unwrap_or_default();
@@ -938,27 +1060,27 @@ impl Archiver<'_> {
                 next.extend_from_slice(&cur.data()[consumed..]);
             }
             let done = eof && next.len == 0;
-            let (sealed, next_ends) = if parallel && !done {
-                let (sealed, next_ends) = rayon::join(
-                    || self.seal_window(cur.data(), &ends, true),
-                    || -> Result<Vec<usize>> {
+            let (sealed, next_cuts) = if parallel && !done {
+                let (sealed, next_cuts) = rayon::join(
+                    || self.seal_window(cur.data(), &cuts, true),
+                    || -> Result<Cuts> {
                         self.fill(r, &mut next, window, size_hint, &mut total, &mut eof)?;
-                        Ok(self.cut_window(cut, next.data(), eof))
+                        Ok(self.cuts(cut, &mut guide, next.data(), eof))
                     },
                 );
-                (sealed, Some(next_ends))
+                (sealed, Some(next_cuts))
             } else {
-                (self.seal_window(cur.data(), &ends, parallel), None)
+                (self.seal_window(cur.data(), &cuts, parallel), None)
             };
             ids.extend(sealed?);
             if done {
                 break;
             }
-            ends = match next_ends {
-                Some(e) => e?,
+            cuts = match next_cuts {
+                Some(c) => c?,
                 None => {
                     self.fill(r, &mut next, window, size_hint, &mut total, &mut eof)?;
-                    self.cut_window(cut, next.data(), eof)
+                    self.cuts(cut, &mut guide, next.data(), eof)
                 }
             };
             spare = Some(std::mem::replace(&mut cur, next));
@@ -992,7 +1114,7 @@ impl Archiver<'_> {
     }
 
     fn stdin_tree(&self, name: &str, mut reader: Box<dyn Read + Send>) -> Result<Tree> {
-        let (content, size) = match self.chunk_stream(&mut reader, None) {
+        let (content, size) = match self.chunk_stream(&mut reader, None, None) {
             Ok(v) => v,
             Err(Error::Io { path, source }) if path == SOURCE_READ => {
                 return Err(Error::io("standard input", source))
