@@ -89,6 +89,7 @@ pub(crate) fn open_source(cli: &Cli, from: &crate::FromRepoArgs) -> Result<Repos
     let pw = crate::password::source_password(
         from.from_password_file.as_ref(),
         from.from_password_command.as_deref(),
+        cli.password.password_command_timeout,
     )?;
     finish_open(cli, be, probed, &pw)
 }

@@ -1,11 +1,15 @@
 //! Where passwords come from: `--password-file`, `--password-command`, `CAIRN_PASSWORD`, or a
 //! prompt on the terminal (never echoed), in that order.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 /// Password options shared by all commands.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -28,7 +32,22 @@ pub struct PasswordArgs {
         value_name = "CMD"
     )]
     pub password_command: Option<String>,
+    /// Give up on a password command (and kill it) after this many seconds; 0 waits for ever.
+    /// A command that hangs (a secret store that is down, a prompt nobody answers) would
+    /// otherwise hang a nightly job without a word.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CAIRN_PASSWORD_COMMAND_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = DEFAULT_COMMAND_TIMEOUT
+    )]
+    pub password_command_timeout: u64,
 }
+
+/// Seconds a password command may take by default: long enough to answer a prompt.
+pub const DEFAULT_COMMAND_TIMEOUT: u64 = 300;
 
 fn first_line(mut s: String) -> String {
     if let Some(i) = s.find('\n') {
@@ -40,19 +59,65 @@ fn first_line(mut s: String) -> String {
     s
 }
 
-fn from_command(cmd: &str) -> Result<String> {
-    let out = Command::new("sh")
+/// Run `cmd` through `sh -c` and take the first line of its output; after `timeout_secs`
+/// (0: never) the command and everything it started are killed and it is an error.
+fn from_command(cmd: &str, timeout_secs: u64) -> Result<String> {
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        // Its own process group, so that a timeout kills what the shell started too.
+        .process_group(0)
+        .spawn()
         .with_context(|| format!("running password command {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("password command {cmd:?} failed with {}", out.status);
+    let mut stdout = child.stdout.take().context("password command: no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = tx.send(stdout.read_to_end(&mut out).map(|_| out));
+    });
+    let deadline = (timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(timeout_secs));
+    let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let kill = |child: &mut std::process::Child| {
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+    };
+    let timed_out = || {
+        anyhow::anyhow!(
+            "password command {cmd:?} did not finish within {timeout_secs} s and was killed \
+             (--password-command-timeout)"
+        )
+    };
+    // Its output first (the command may print and then linger), then its exit status.
+    let out = match left() {
+        None => rx.recv().ok(),
+        Some(t) => rx.recv_timeout(t).ok(),
+    };
+    let Some(out) = out else {
+        kill(&mut child);
+        return Err(timed_out());
+    };
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .context("waiting for the password command")?
+        {
+            break status;
+        }
+        if left().is_some_and(|t| t.is_zero()) {
+            kill(&mut child);
+            return Err(timed_out());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = out.context("reading the password command's output")?;
+    if !status.success() {
+        bail!("password command {cmd:?} failed with {status}");
     }
     Ok(first_line(
-        String::from_utf8(out.stdout).context("password command printed non-UTF-8")?,
+        String::from_utf8(out).context("password command printed non-UTF-8")?,
     ))
 }
 
@@ -65,7 +130,7 @@ impl PasswordArgs {
             return Ok(first_line(s));
         }
         if let Some(c) = &self.password_command {
-            return from_command(c);
+            return from_command(c, self.password_command_timeout);
         }
         if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
             return Ok(p);
@@ -107,14 +172,18 @@ pub fn new_password(file: Option<&PathBuf>) -> Result<String> {
 
 /// The password of `copy`'s source repository: `--from-password-file`,
 /// `--from-password-command`, `CAIRN_FROM_PASSWORD`, or a prompt.
-pub fn source_password(file: Option<&PathBuf>, command: Option<&str>) -> Result<String> {
+pub fn source_password(
+    file: Option<&PathBuf>,
+    command: Option<&str>,
+    timeout_secs: u64,
+) -> Result<String> {
     if let Some(f) = file {
         let s = std::fs::read_to_string(f)
             .with_context(|| format!("reading password file {}", f.display()))?;
         return Ok(first_line(s));
     }
     if let Some(c) = command {
-        return from_command(c);
+        return from_command(c, timeout_secs);
     }
     if let Ok(p) = std::env::var("CAIRN_FROM_PASSWORD") {
         return Ok(p);

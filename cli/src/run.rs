@@ -37,6 +37,7 @@ fn open_job_repo(cli: &Cli, cfg: &JobConfig) -> Result<Repository> {
             .password_command
             .clone()
             .or_else(|| cfg.repository.password_command.clone()),
+        password_command_timeout: cli.password.password_command_timeout,
     };
     // Command-line options win over the file's.
     let mut options: Vec<(String, String)> = cfg

@@ -583,3 +583,29 @@ fn closed_output_pipe_exits_quietly() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
     }
 }
+
+/// A password command that hangs is killed, with what it started, after
+/// `--password-command-timeout`: a nightly job gets an error instead of hanging for ever.
+#[test]
+fn a_hanging_password_command_is_killed_after_its_timeout() {
+    let env = Env::new();
+    let with_command = |command: &str, timeout: &str| {
+        let mut cmd = bare_cairn();
+        cmd.args(["-r", s(&env.repo), "--password-command", command])
+            .args(["--password-command-timeout", timeout, "snapshots"]);
+        let start = std::time::Instant::now();
+        (run_command(cmd, None), start.elapsed())
+    };
+    let (out, _) = with_command(&format!("echo '{PASSWORD}'"), "5");
+    assert_eq!(out.code, 0, "{}", out.dump());
+    // Silent for ever; then printing the password but keeping its output open (a child
+    // left behind): both are given up on, and the children do not outlive cairn.
+    for command in ["sleep 600", &format!("echo '{PASSWORD}'; sleep 600")] {
+        let (out, took) = with_command(command, "1");
+        out.assert_error(1, &["did not finish within 1 s"]);
+        assert!(
+            took < std::time::Duration::from_secs(60),
+            "{command}: {took:?}"
+        );
+    }
+}

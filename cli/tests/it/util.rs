@@ -238,6 +238,7 @@ pub fn bare_cairn() -> Command {
         "CAIRN_PASSWORD",
         "CAIRN_PASSWORD_FILE",
         "CAIRN_PASSWORD_COMMAND",
+        "CAIRN_PASSWORD_COMMAND_TIMEOUT",
         "CAIRN_NEW_PASSWORD",
         "CAIRN_LOG",
     ] {
