@@ -56,6 +56,9 @@ struct Blobs {
 
 struct Inode {
     parent: u64,
+    /// The snapshot root this node is under (`0` for the entries made at mount time,
+    /// snapshot roots among them): hard links are one inode within one snapshot.
+    root: u64,
     kind: Kind,
     /// For virtual entries: the time shown (the snapshot's, or the newest below).
     time: FileTime,
@@ -64,6 +67,10 @@ struct Inode {
 struct Fs {
     ix: Indexed<'static>,
     inodes: Mutex<Vec<Inode>>,
+    /// The inode of each hard-link group seen so far, by (snapshot root, device, inode), so
+    /// that every name of a group shows one inode (`rsync -H`, `cp -a` and `du` count on
+    /// that). Locked after `inodes`.
+    links: Mutex<HashMap<(u64, u64, u64), u64>>,
     blobs: Mutex<VecDeque<(Id, Arc<Vec<u8>>)>>,
     uid: u32,
     gid: u32,
@@ -119,6 +126,7 @@ impl Fs {
         for _ in 0..2 {
             inodes.push(Inode {
                 parent: 1,
+                root: 0,
                 kind: Kind::Virtual(Arc::default()),
                 time: zero,
             });
@@ -126,7 +134,12 @@ impl Fs {
         let add =
             |inodes: &mut Vec<Inode>, parent: u64, name: &str, kind: Kind, time: FileTime| -> u64 {
                 let ino = inodes.len() as u64;
-                inodes.push(Inode { parent, kind, time });
+                inodes.push(Inode {
+                    parent,
+                    root: 0,
+                    kind,
+                    time,
+                });
                 if let Kind::Virtual(children) = &mut inodes[parent as usize].kind {
                     Arc::make_mut(children).insert(OsString::from(name), ino);
                 }
@@ -177,6 +190,7 @@ impl Fs {
         Fs {
             ix,
             inodes: Mutex::new(inodes),
+            links: Mutex::new(HashMap::new()),
             blobs: Mutex::new(VecDeque::new()),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
@@ -270,12 +284,29 @@ impl Fs {
         {
             return Ok(c.clone());
         }
+        // Only snapshot roots have no root of their own.
+        let root = match inodes.get(ino as usize).map_or(0, |i| i.root) {
+            0 => ino,
+            r => r,
+        };
+        let mut links = self.links.lock();
         let mut map = BTreeMap::new();
         for n in tree.nodes {
+            let name = OsStr::from_bytes(&n.name).to_owned();
+            let group = (n.kind != NodeKind::Dir && n.links > 1 && n.inode != 0)
+                .then_some((root, n.device, n.inode));
+            if let Some(&first) = group.as_ref().and_then(|g| links.get(g)) {
+                map.insert(name, first);
+                continue;
+            }
             let child = inodes.len() as u64;
-            map.insert(OsStr::from_bytes(&n.name).to_owned(), child);
+            if let Some(g) = group {
+                links.insert(g, child);
+            }
+            map.insert(name, child);
             inodes.push(Inode {
                 parent: ino,
+                root,
                 time: n.mtime,
                 kind: Kind::Node {
                     node: Box::new(n),

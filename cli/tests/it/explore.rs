@@ -478,6 +478,28 @@ fn mount_serves_snapshots_exactly_and_unmounts_on_ctrl_c() {
         xattr::get(snap.join("small.txt"), "user.binary").unwrap(),
         Some(vec![0u8, 1, 2, 0xff, 0])
     );
+    // Every name of a hard-link group is one inode (in any directory), as in the source.
+    let ino = |p: &str| {
+        let m = std::fs::symlink_metadata(snap.join(p)).unwrap();
+        (m.ino(), m.nlink())
+    };
+    let (a, b, c) = (ino("hl3-a"), ino("dir/hl3-b"), ino("dir/a/b/hl3-c"));
+    assert_eq!((a, b), (c, c), "hl3 names");
+    assert_eq!(a.1, 3);
+    assert_eq!(ino("hl2-a"), ino("hl2-b"));
+    assert_ne!(ino("hl2-a").0, a.0);
+    // ...within one tree of the mount: the snapshot listed again under ids/ has its own.
+    let other = mnt
+        .join("ids")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join(s(&src).trim_start_matches('/'));
+    let o = std::fs::symlink_metadata(other.join("hl3-a")).unwrap();
+    assert_ne!(o.ino(), a.0);
     // grep -r reads every file through the mount.
     let g = Command::new("grep")
         .args(["-r", "-l", "deep file"])
