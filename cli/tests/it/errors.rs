@@ -193,6 +193,68 @@ fn corrupt_pack_restores_the_rest_and_names_the_damaged_file() {
 }
 
 #[test]
+fn a_file_restored_in_part_is_moved_off_its_name() {
+    let env = Env::new();
+    let src = env.path("src");
+    let original = random_bytes(6 << 20, 300);
+    write_file(&src.join("big.bin"), &original);
+    write_file(&src.join("small.txt"), b"intact\n");
+    env.backup(&[s(&src)]);
+    let ids = content_ids(&env, &src, "big.bin");
+    assert!(ids.len() >= 3, "{ids:?}");
+    // The second chunk is damaged; the first is restored before and the rest after it.
+    let first = env.json(&["cat", "blob", &ids[0]])["raw_length"]
+        .as_u64()
+        .unwrap() as usize;
+    let blob = env.json(&["cat", "blob", &ids[1]]);
+    let pack = blob["pack"].as_str().unwrap();
+    let pack_path = env.repo.join("data").join(&pack[..2]).join(pack);
+    let mut bytes = fs::read(&pack_path).unwrap();
+    bytes[(blob["offset"].as_u64().unwrap() + 100) as usize] ^= 0x04;
+    fs::write(&pack_path, &bytes).unwrap();
+
+    let target = env.path("restored");
+    let restore = || {
+        env.run(&[
+            "restore",
+            &format!("latest:{}", s(&src)),
+            "--target",
+            s(&target),
+        ])
+    };
+    let out = restore();
+    out.expect_code(13);
+    // Nothing answers to the file's name: a program opening it must not get wrong bytes.
+    assert!(
+        fs::symlink_metadata(target.join("big.bin")).is_err(),
+        "{}",
+        out.dump()
+    );
+    let partial = target.join("big.bin.cairn-partial");
+    let kept = fs::read(&partial).unwrap();
+    assert_eq!(kept.len(), original.len());
+    assert_eq!(
+        kept[..first],
+        original[..first],
+        "the bytes restored are kept"
+    );
+    assert_ne!(kept, original);
+    assert!(
+        out.stderr.contains(s(&partial)) && out.stderr.contains(s(&target.join("big.bin"))),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(fs::read(target.join("small.txt")).unwrap(), b"intact\n");
+    // Again, with that name taken: the other file stays, the partial one goes.
+    fs::write(&partial, b"someone else's").unwrap();
+    let out = restore();
+    out.expect_code(13);
+    assert!(out.stderr.contains("removed"), "{}", out.dump());
+    assert_eq!(fs::read(&partial).unwrap(), b"someone else's");
+    assert!(fs::symlink_metadata(target.join("big.bin")).is_err());
+}
+
+#[test]
 fn corrupt_hardlinked_file_is_not_claimed_good() {
     let env = Env::new();
     let src = env.path("src");

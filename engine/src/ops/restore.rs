@@ -130,6 +130,9 @@ struct FileJob {
     failed: Mutex<Option<String>>,
     /// It failed because the repository's data is damaged or missing (exit 13, not 3).
     integrity: AtomicBool,
+    /// This restore created the file at `path` (so a failed one holds partial content of
+    /// ours, which [`set_aside`] moves off the name).
+    created: AtomicBool,
     /// Its content is right but its metadata could not be set (reported; its hard links
     /// are still made, as they share the content).
     meta_failed: Mutex<Option<String>>,
@@ -533,6 +536,7 @@ impl Planner<'_> {
             node,
             failed: Mutex::new(None),
             integrity: AtomicBool::new(false),
+            created: AtomicBool::new(false),
             meta_failed: Mutex::new(None),
         });
         if let Some(k) = group {
@@ -545,6 +549,7 @@ impl Planner<'_> {
         } else if !job.create {
             // Created and sized here (holes stay holes); an empty file is complete now.
             match create_file(&job.path).and_then(|f| {
+                job.created.store(true, Ordering::Relaxed);
                 f.set_len(size).map_err(|e| Error::io(&job.path, e))?;
                 if size == 0 {
                     if let Err(e) = apply_metadata_fd(&f, &job.path, &job.node, self.chown) {
@@ -648,6 +653,29 @@ fn remove_non_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// What a file whose restore failed part-way is renamed to: `NAME` + this.
+pub const PARTIAL_SUFFIX: &str = ".cairn-partial";
+
+/// Move a file whose content could not all be restored off its name: its bytes are not the
+/// snapshot's, and whatever opens the name next (a database, `k3s server --cluster-reset`)
+/// must not take them for the restored file. The bytes that were restored stay beside it
+/// as `NAME.cairn-partial` (linked there, so another file of that name is never replaced);
+/// failing that, the file is removed. Returns what became of it, for the failure message.
+fn set_aside(path: &Path) -> String {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(PARTIAL_SUFFIX);
+    let partial = path.with_file_name(&name);
+    let kept = longpath::with(path, |p| longpath::with(&partial, |q| fs::hard_link(p, q))).is_ok();
+    match remove_non_dir(path) {
+        Ok(()) if kept => format!(" (the bytes restored are kept as {})", partial.display()),
+        Ok(()) => " (the partial file was removed)".into(),
+        Err(e) => format!(
+            " (the partial file is still there: could not remove it: {})",
+            reason(&e)
+        ),
+    }
+}
+
 /// Writes the batches the planner sends, in order: contents pack by pack in parallel
 /// (each file's metadata set as its last byte lands), then the batch's hard links, special
 /// files and symlinks, and the metadata of the directories completed in it.
@@ -706,9 +734,13 @@ impl Writer<'_> {
         for &fi in &finals {
             let job = &files[fi];
             match job.failed.lock().clone() {
-                Some(msg) => {
+                Some(mut msg) => {
                     if job.integrity.load(Ordering::Relaxed) {
                         result.integrity_failures += 1;
+                    }
+                    // Every write to it is over: its blobs are all in this batch or earlier.
+                    if job.created.load(Ordering::Relaxed) {
+                        msg.push_str(&set_aside(&job.path));
                     }
                     result.failed.push((job.path.clone(), msg));
                 }
@@ -846,7 +878,9 @@ impl Writer<'_> {
                 let f = match handles.entry(fi) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => v.insert(if job.create {
-                        create_file(&job.path).map_err(|e| reason(&e))?
+                        let f = create_file(&job.path).map_err(|e| reason(&e))?;
+                        job.created.store(true, Ordering::Relaxed);
+                        f
                     } else {
                         longpath::with(&job.path, |p| {
                             OpenOptions::new()
