@@ -1189,16 +1189,35 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         "postcard(Config) of the fixed config with Sqlite -> SqliteCells { min_piece: 256 } \
          (PageStrategy variant 2)"
     );
+    // The rules new repositories got while SQLite pieces were 256 B: frozen here, as such
+    // configs exist.
+    let mut text_rules = cairn_format::default_page_rules();
+    for r in &mut text_rules {
+        if let cairn_format::PageStrategy::SqliteCells { min_piece } = &mut r.strategy {
+            *min_piece = 256;
+        }
+    }
     postcard_vector!(
         "postcard/config-text-rules",
+        Config,
+        Config {
+            page_rules: text_rules,
+            ..fx.config.clone()
+        },
+        "postcard(Config) of the fixed config with the page rules new repositories got \
+         before SQLite pieces became 1 KiB: SqliteCells { 256 }, plus GitPack (PageFormat \
+         variant 4) -> Cdc { 16 KiB, 64 KiB, 256 KiB, normalization 1 } and Text (variant 5) \
+         -> Cdc { 128 KiB, 512 KiB, 2 MiB, 1 }"
+    );
+    postcard_vector!(
+        "postcard/config-default-rules",
         Config,
         Config {
             page_rules: cairn_format::default_page_rules(),
             ..fx.config.clone()
         },
-        "postcard(Config) of the fixed config with the page rules new repositories get: \
-         SqliteCells, plus GitPack (PageFormat variant 4) -> Cdc { 16 KiB, 64 KiB, 256 KiB, \
-         normalization 1 } and Text (variant 5) -> Cdc { 128 KiB, 512 KiB, 2 MiB, 1 }"
+        "postcard(Config) of the fixed config with the page rules new repositories get: as \
+         config-text-rules, with SqliteCells { min_piece: 1024 }"
     );
     {
         let want = fx.lock.clone();
