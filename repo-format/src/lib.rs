@@ -58,7 +58,7 @@ pub use pack::{
 };
 pub use pages::{
     default_page_rules, sqlite_cell_cuts, sqlite_window_cuts, PageFormat, PageRule, PageStrategy,
-    GIT_PACK_CHUNKS, SQLITE_MIN_PIECE, TEXT_CHUNKS,
+    BBOLT_CHUNKS, GIT_PACK_CHUNKS, SQLITE_MIN_PIECE, TEXT_CHUNKS,
 };
 pub use snapshot::{Snapshot, SnapshotSummary, Timestamp};
 pub use tree::{

@@ -1189,12 +1189,16 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
         "postcard(Config) of the fixed config with Sqlite -> SqliteCells { min_piece: 256 } \
          (PageStrategy variant 2)"
     );
-    // The rules new repositories got while SQLite pieces were 256 B: frozen here, as such
-    // configs exist.
+    // The rules new repositories got before SQLite pieces of 1 KiB and bbolt chunks of
+    // 4 KiB: frozen here, as such configs exist.
     let mut text_rules = cairn_format::default_page_rules();
     for r in &mut text_rules {
-        if let cairn_format::PageStrategy::SqliteCells { min_piece } = &mut r.strategy {
-            *min_piece = 256;
+        match (&r.format, &mut r.strategy) {
+            (_, cairn_format::PageStrategy::SqliteCells { min_piece }) => *min_piece = 256,
+            (cairn_format::PageFormat::Bbolt, cairn_format::PageStrategy::Cdc(p)) => {
+                (p.min_size, p.avg_size, p.max_size) = (2 << 10, 8 << 10, 32 << 10);
+            }
+            _ => {}
         }
     }
     postcard_vector!(
@@ -1205,7 +1209,7 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
             ..fx.config.clone()
         },
         "postcard(Config) of the fixed config with the page rules new repositories got \
-         before SQLite pieces became 1 KiB: SqliteCells { 256 }, plus GitPack (PageFormat \
+         before SQLite pieces became 1 KiB and bbolt chunks 4 KiB: SqliteCells { 256 }, plus GitPack (PageFormat \
          variant 4) -> Cdc { 16 KiB, 64 KiB, 256 KiB, normalization 1 } and Text (variant 5) \
          -> Cdc { 128 KiB, 512 KiB, 2 MiB, 1 }"
     );
@@ -1217,7 +1221,8 @@ fn vectors(fx: &Fx) -> Vec<Vector> {
             ..fx.config.clone()
         },
         "postcard(Config) of the fixed config with the page rules new repositories get: as \
-         config-text-rules, with SqliteCells { min_piece: 1024 }"
+         config-text-rules, with SqliteCells { min_piece: 1024 } and Bbolt -> Cdc { 1 KiB, 4 KiB, \
+         16 KiB, normalization 1 }"
     );
     {
         let want = fx.lock.clone();
