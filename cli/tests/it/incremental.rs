@@ -251,7 +251,9 @@ fn a_file_that_grows_at_its_end_stores_only_its_new_bytes() {
     let env = Env::new();
     let src = env.path("src");
     let log_path = src.join("app.log");
-    let mut log = log_lines(12_000, 41); // ~1.2 MB: a few text chunks, the last cut at EOF
+    // ~3 MB: more than the 2 MiB largest text chunk, so at least two chunks whatever the
+    // repository's chunker seed, the last cut at EOF.
+    let mut log = log_lines(30_000, 41);
     write_file(&log_path, &log);
     env.backup(&[s(&src)]);
     let first = content_ids(&env, &src, "app.log");
