@@ -196,7 +196,8 @@ fn corrupt_pack_restores_the_rest_and_names_the_damaged_file() {
 fn a_file_restored_in_part_is_moved_off_its_name() {
     let env = Env::new();
     let src = env.path("src");
-    let original = random_bytes(6 << 20, 300);
+    // More than twice the largest chunk (8 MiB): at least three chunks whatever the seed.
+    let original = random_bytes(17 << 20, 300);
     write_file(&src.join("big.bin"), &original);
     write_file(&src.join("small.txt"), b"intact\n");
     env.backup(&[s(&src)]);
