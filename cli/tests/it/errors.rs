@@ -100,6 +100,17 @@ fn init_refuses_existing_repository() {
     env.ok(&["snapshots"]);
 }
 
+/// Flip `mask` in the byte of blob `id`'s sealed box at `at(its sealed length)`, in its pack.
+fn flip_in_blob(env: &Env, id: &str, at: impl Fn(u64) -> u64, mask: u8) {
+    let blob = env.json(&["cat", "blob", id]);
+    let pack = blob["pack"].as_str().unwrap();
+    let pack_path = env.repo.join("data").join(&pack[..2]).join(pack);
+    let mut bytes = fs::read(&pack_path).unwrap();
+    let offset = blob["offset"].as_u64().unwrap() + at(blob["length"].as_u64().unwrap());
+    bytes[offset as usize] ^= mask;
+    fs::write(&pack_path, &bytes).unwrap();
+}
+
 #[test]
 fn corrupt_pack_restores_the_rest_and_names_the_damaged_file() {
     let env = Env::new();
@@ -114,15 +125,7 @@ fn corrupt_pack_restores_the_rest_and_names_the_damaged_file() {
     env.backup(&[s(&src)]);
     let victim_ids = content_ids(&env, &src, "victim.bin");
     assert_eq!(victim_ids.len(), 1);
-    let blob = env.json(&["cat", "blob", &victim_ids[0]]);
-    let pack = blob["pack"].as_str().unwrap();
-    let offset = blob["offset"].as_u64().unwrap();
-    let length = blob["length"].as_u64().unwrap();
-    let pack_path = env.repo.join("data").join(&pack[..2]).join(pack);
-    let mut bytes = fs::read(&pack_path).unwrap();
-    let at = (offset + length / 2) as usize;
-    bytes[at] ^= 0x01;
-    fs::write(&pack_path, &bytes).unwrap();
+    flip_in_blob(&env, &victim_ids[0], |length| length / 2, 0x01);
 
     let target = env.path("restored");
     let out = env.run(&[
@@ -207,12 +210,7 @@ fn a_file_restored_in_part_is_moved_off_its_name() {
     let first = env.json(&["cat", "blob", &ids[0]])["raw_length"]
         .as_u64()
         .unwrap() as usize;
-    let blob = env.json(&["cat", "blob", &ids[1]]);
-    let pack = blob["pack"].as_str().unwrap();
-    let pack_path = env.repo.join("data").join(&pack[..2]).join(pack);
-    let mut bytes = fs::read(&pack_path).unwrap();
-    bytes[(blob["offset"].as_u64().unwrap() + 100) as usize] ^= 0x04;
-    fs::write(&pack_path, &bytes).unwrap();
+    flip_in_blob(&env, &ids[1], |_| 100, 0x04);
 
     let target = env.path("restored");
     let restore = || {
@@ -265,12 +263,7 @@ fn corrupt_hardlinked_file_is_not_claimed_good() {
     env.backup(&[s(&src)]);
     let ids = content_ids(&env, &src, "linked-a.bin");
     assert_eq!(ids, content_ids(&env, &src, "linked-b.bin"));
-    let blob = env.json(&["cat", "blob", &ids[0]]);
-    let pack = blob["pack"].as_str().unwrap();
-    let pack_path = env.repo.join("data").join(&pack[..2]).join(pack);
-    let mut bytes = fs::read(&pack_path).unwrap();
-    bytes[(blob["offset"].as_u64().unwrap() + 100) as usize] ^= 0x80;
-    fs::write(&pack_path, &bytes).unwrap();
+    flip_in_blob(&env, &ids[0], |_| 100, 0x80);
 
     let target = env.path("restored");
     let out = env.run(&[
