@@ -183,6 +183,8 @@ struct Archiver<'a> {
     max_parallel_files: usize,
     /// Read window: [`window_size`] of the largest maximum chunk of any cutter.
     window: usize,
+    /// Read windows of finished files, taken again by the next ones (see [`WindowPool`]).
+    windows: WindowPool,
     one_file_system: bool,
 }
 
@@ -432,6 +434,7 @@ fn backup_inner(
         parallel_files: AtomicUsize::new(0),
         max_parallel_files: rayon::current_num_threads().max(1),
         window,
+        windows: WindowPool::new(2 * window),
         one_file_system: opts.one_file_system,
     };
 
@@ -1015,12 +1018,36 @@ impl Archiver<'_> {
         let cap = size_hint
             .map_or(window, |s| (s as usize).min(window))
             .max(1);
-        let mut ids = Vec::new();
         let mut total = 0u64;
         let mut eof = false;
-        let mut cur = Window::with_capacity(cap);
+        let mut cur = self.windows.take(cap);
         let mut spare: Option<Window> = None;
-        self.fill(r, &mut cur, window, size_hint, &mut total, &mut eof)?;
+        let result = self.chunk_windows(
+            r, size_hint, parent, &mut cur, &mut spare, &mut total, &mut eof,
+        );
+        self.windows.put(cur);
+        if let Some(w) = spare {
+            self.windows.put(w);
+        }
+        result.map(|ids| (ids, total))
+    }
+
+    /// The body of [`Archiver::chunk_stream`], between taking its first window from the pool
+    /// and giving its windows back: `cur` and `spare` are the file's two windows.
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_windows(
+        &self,
+        r: &mut (dyn Read + Send),
+        size_hint: Option<u64>,
+        parent: Option<&Node>,
+        cur: &mut Window,
+        spare: &mut Option<Window>,
+        total: &mut u64,
+        eof: &mut bool,
+    ) -> Result<Vec<Id>> {
+        let window = self.window;
+        let mut ids = Vec::new();
+        self.fill(r, cur, window, size_hint, total, eof)?;
         // The first window decides how the whole file is cut (magic bytes at its start).
         let cut = self.cutter_for(cur.data(), size_hint);
         // Only files with several chunks under their cutter compete for a parallel slot; the
@@ -1037,14 +1064,14 @@ impl Archiver<'_> {
             (Cutter::Cdc(c), Some(p)) => self.guide(p, c),
             _ => None,
         };
-        let mut cuts = self.cuts(cut, &mut guide, cur.data(), eof);
+        let mut cuts = self.cuts(cut, &mut guide, cur.data(), *eof);
         loop {
             if interrupted() {
                 return Err(Error::Interrupted);
             }
             // A full window always decides a chunk (it is larger than any maximum chunk);
             // failing that, stop rather than spin on the same bytes.
-            if cuts.ends.is_empty() && !eof {
+            if cuts.ends.is_empty() && !*eof {
                 return Err(Error::Invalid(format!(
                     "no chunk boundary in a {}-byte read window (window smaller than a chunk?)",
                     cur.len
@@ -1053,19 +1080,27 @@ impl Archiver<'_> {
             let consumed = cuts.ends.last().copied().unwrap_or(0);
             // Two buffers per file take turns: a fresh 10 MiB allocation per window costs
             // page faults (or, with glibc's dynamic thresholds, memory that stays resident).
-            let mut next = spare.take().unwrap_or_default();
+            let need = match (*eof, consumed == cur.len) {
+                (true, true) => 0,
+                (true, false) => cur.len - consumed,
+                (false, _) => window,
+            };
+            let mut next = match spare.take() {
+                Some(w) => w,
+                None => self.windows.take(need),
+            };
             next.len = 0;
-            if !(eof && consumed == cur.len) {
-                next.reserve_exact(if eof { cur.len - consumed } else { window });
+            if need > 0 {
+                next.reserve_exact(need);
                 next.extend_from_slice(&cur.data()[consumed..]);
             }
-            let done = eof && next.len == 0;
+            let done = *eof && next.len == 0;
             let (sealed, next_cuts) = if parallel && !done {
                 let (sealed, next_cuts) = rayon::join(
                     || self.seal_window(cur.data(), &cuts, true),
                     || -> Result<Cuts> {
-                        self.fill(r, &mut next, window, size_hint, &mut total, &mut eof)?;
-                        Ok(self.cuts(cut, &mut guide, next.data(), eof))
+                        self.fill(r, &mut next, window, size_hint, total, eof)?;
+                        Ok(self.cuts(cut, &mut guide, next.data(), *eof))
                     },
                 );
                 (sealed, Some(next_cuts))
@@ -1074,18 +1109,19 @@ impl Archiver<'_> {
             };
             ids.extend(sealed?);
             if done {
+                self.windows.put(next);
                 break;
             }
             cuts = match next_cuts {
                 Some(c) => c?,
                 None => {
-                    self.fill(r, &mut next, window, size_hint, &mut total, &mut eof)?;
-                    self.cuts(cut, &mut guide, next.data(), eof)
+                    self.fill(r, &mut next, window, size_hint, total, eof)?;
+                    self.cuts(cut, &mut guide, next.data(), *eof)
                 }
             };
-            spare = Some(std::mem::replace(&mut cur, next));
+            *spare = Some(std::mem::replace(cur, next));
         }
-        Ok((ids, total))
+        Ok(ids)
     }
 
     /// The cutter for a file whose first bytes are `head`.
@@ -1196,6 +1232,91 @@ impl Window {
     }
 }
 
+/// Read windows of finished files, kept for the next ones, up to a total capacity.
+///
+/// Why: a backup runs with glibc's mmap threshold at 128 KiB ([`crate::alloc::transient`]),
+/// so a window allocated per file (up to 10 MiB) was mapped, faulted in, zero-filled and
+/// unmapped for every file above that size: on the 3 GB real tree a third of the first
+/// backup's page faults. A window taken from the pool is already faulted in, and
+/// [`Window::spare`] zero-fills only bytes it never held. Windows below
+/// [`WindowPool::MIN`] come from the allocator's heap and are not kept.
+///
+/// Memory: the pool holds only windows that were in use at the same time before (every
+/// window it gives out was allocated for a file, and a file takes from the pool before it
+/// allocates), and at most `cap` bytes of them; so it does not raise a backup's peak, only
+/// keeps up to `cap` resident between large files.
+struct WindowPool {
+    free: Mutex<Vec<Window>>,
+    cap: usize,
+}
+
+impl WindowPool {
+    /// Windows smaller than this are allocated from the heap and dropped after use.
+    const MIN: usize = 128 << 10;
+
+    fn new(cap: usize) -> WindowPool {
+        WindowPool {
+            free: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    /// An empty window with room for `want` bytes: the smallest kept one that fits, else the
+    /// largest kept one (it grows), else a new one.
+    fn take(&self, want: usize) -> Window {
+        if want >= Self::MIN {
+            let mut free = self.free.lock();
+            let fit = free
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.buf.capacity() >= want)
+                .min_by_key(|(_, w)| w.buf.capacity())
+                .or_else(|| {
+                    free.iter()
+                        .enumerate()
+                        .max_by_key(|(_, w)| w.buf.capacity())
+                })
+                .map(|(i, _)| i);
+            if let Some(i) = fit {
+                let mut w = free.swap_remove(i);
+                drop(free);
+                w.len = 0;
+                w.reserve_exact(want);
+                return w;
+            }
+        }
+        Window::with_capacity(want)
+    }
+
+    /// Keep `w` for a later file if it is large enough and fits under the cap; when it does
+    /// not fit, smaller kept windows make room for it.
+    fn put(&self, mut w: Window) {
+        let size = w.buf.capacity();
+        if size < Self::MIN || size > self.cap {
+            return;
+        }
+        w.len = 0;
+        let mut free = self.free.lock();
+        let mut held: usize = free.iter().map(|w| w.buf.capacity()).sum();
+        while held + size > self.cap {
+            let Some((i, smallest)) = free
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.buf.capacity())
+                .map(|(i, w)| (i, w.buf.capacity()))
+            else {
+                break;
+            };
+            if smallest >= size {
+                return;
+            }
+            held -= smallest;
+            free.swap_remove(i);
+        }
+        free.push(w);
+    }
+}
+
 struct SlotGuard<'a>(&'a AtomicUsize, bool);
 
 impl Drop for SlotGuard<'_> {
@@ -1203,5 +1324,68 @@ impl Drop for SlotGuard<'_> {
         if self.1 {
             self.0.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Window, WindowPool};
+
+    const MIB: usize = 1 << 20;
+
+    fn held(pool: &WindowPool) -> Vec<usize> {
+        let mut caps: Vec<usize> = pool.free.lock().iter().map(|w| w.buf.capacity()).collect();
+        caps.sort_unstable();
+        caps
+    }
+
+    /// A window filled once and given back is handed out again with its bytes still
+    /// initialized (no zero-fill, no fresh pages), and only as much as the pool's cap is kept.
+    #[test]
+    fn the_window_pool_reuses_windows_within_its_cap() {
+        let pool = WindowPool::new(10 * MIB);
+        let mut a = pool.take(4 * MIB);
+        a.extend_from_slice(&vec![7u8; 4 * MIB]);
+        let a_ptr = a.buf.as_ptr();
+        pool.put(a);
+        assert_eq!(held(&pool), [4 * MIB]);
+
+        // Taken again, for a smaller file: the same buffer, empty, its bytes initialized.
+        let mut b = pool.take(MIB);
+        assert_eq!(b.buf.as_ptr(), a_ptr);
+        assert_eq!(b.len, 0);
+        assert_eq!(b.buf.len(), 4 * MIB);
+        b.spare(MIB).fill(1);
+        assert!(held(&pool).is_empty());
+
+        // A second window while the first is out is new; both come back, within the cap.
+        let c = pool.take(5 * MIB);
+        assert_ne!(c.buf.as_ptr(), a_ptr);
+        pool.put(b);
+        pool.put(c);
+        assert_eq!(held(&pool), [4 * MIB, 5 * MIB]);
+
+        // Over the cap, a larger window replaces smaller ones; a smaller one is dropped.
+        pool.put(Window::with_capacity(6 * MIB));
+        assert_eq!(held(&pool), [6 * MIB]);
+        pool.put(Window::with_capacity(3 * MIB));
+        assert_eq!(held(&pool), [3 * MIB, 6 * MIB]);
+        pool.put(Window::with_capacity(2 * MIB));
+        assert_eq!(held(&pool), [3 * MIB, 6 * MIB]);
+
+        // Small windows and windows over the cap are never kept.
+        pool.put(Window::with_capacity(WindowPool::MIN - 1));
+        pool.put(Window::with_capacity(11 * MIB));
+        assert_eq!(held(&pool), [3 * MIB, 6 * MIB]);
+
+        // The smallest kept window that fits is taken; failing that, the largest, grown.
+        assert_eq!(pool.take(2 * MIB).buf.capacity(), 3 * MIB);
+        let grown = pool.take(8 * MIB);
+        assert!(grown.buf.capacity() >= 8 * MIB);
+        assert!(held(&pool).is_empty());
+        // Below the minimum the pool is not consulted.
+        pool.put(grown);
+        assert!(pool.take(WindowPool::MIN - 1).buf.capacity() < WindowPool::MIN);
+        assert_eq!(held(&pool).len(), 1);
     }
 }
