@@ -85,18 +85,22 @@ pub fn kind_of(meta: &Metadata) -> NodeKind {
 /// unchanged, its xattrs and symlink target are reused instead of read again: setting an
 /// xattr updates the change time, and a symlink's target cannot change in place. That saves
 /// a `listxattr` path walk per entry on an unchanged tree.
+///
+/// `file_xattrs_later`: a regular file whose xattrs cannot be reused gets none here, and the
+/// caller reads them from the file once it has opened it ([`read_file_xattrs`]), which saves
+/// the path walk of a `listxattr` by name for every file a backup reads. Whether they were
+/// left out is [`xattrs_pending`].
 pub fn node_from_meta(
     name: &OsStr,
     path: &Path,
     meta: &Metadata,
     names: &NameCache,
     previous: Option<&Node>,
+    file_xattrs_later: bool,
 ) -> Result<Node> {
     let kind = kind_of(meta);
     let ctime = ft(meta.ctime(), meta.ctime_nsec());
-    let unchanged = previous.filter(|p| {
-        p.kind == kind && p.inode == meta.ino() && p.device == meta.dev() && p.ctime == ctime
-    });
+    let unchanged = previous.filter(|p| same_inode_unchanged(p, kind, meta, ctime));
     let link_target = if let Some(p) = unchanged {
         p.link_target.clone()
     } else if kind == NodeKind::Symlink {
@@ -135,11 +139,51 @@ pub fn node_from_meta(
         link_target,
         xattrs: match unchanged {
             Some(p) => p.xattrs.clone(),
+            None if file_xattrs_later && kind == NodeKind::File => Vec::new(),
             None => read_xattrs(path),
         },
         content: cairn_format::Content::default(),
         subtree: None,
     })
+}
+
+/// Whether `previous` is the same inode as `meta` describes, not changed since (its xattrs and
+/// symlink target still hold).
+fn same_inode_unchanged(previous: &Node, kind: NodeKind, meta: &Metadata, ctime: FileTime) -> bool {
+    previous.kind == kind
+        && previous.inode == meta.ino()
+        && previous.device == meta.dev()
+        && previous.ctime == ctime
+}
+
+/// Whether [`node_from_meta`] with `file_xattrs_later` left a regular file's xattrs for the
+/// caller to read.
+pub fn xattrs_pending(meta: &Metadata, previous: Option<&Node>) -> bool {
+    let kind = kind_of(meta);
+    kind == NodeKind::File
+        && !previous.is_some_and(|p| {
+            same_inode_unchanged(p, kind, meta, ft(meta.ctime(), meta.ctime_nsec()))
+        })
+}
+
+/// Extended attributes of an open file: [`read_xattrs`] without a path walk.
+pub fn read_file_xattrs(file: &std::fs::File) -> Vec<Xattr> {
+    use xattr::FileExt;
+    let read = || -> std::io::Result<Vec<Xattr>> {
+        Ok(file
+            .list_xattr()?
+            .filter_map(|n| {
+                let v = file.get_xattr(&n).ok().flatten()?;
+                Some(Xattr {
+                    name: n.as_bytes().to_vec(),
+                    value: v,
+                })
+            })
+            .collect())
+    };
+    let mut out = read().unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// Extended attributes of `path` itself (not of a symlink's target). File systems without

@@ -35,7 +35,9 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::chunker::Chunker;
-use crate::fsmeta::{list_dir, node_from_meta, open_source, NameCache};
+use crate::fsmeta::{
+    list_dir, node_from_meta, open_source, read_file_xattrs, read_xattrs, xattrs_pending, NameCache,
+};
 use crate::index::MasterIndex;
 use crate::lock::SharedLock;
 use crate::longpath;
@@ -575,7 +577,8 @@ impl Archiver<'_> {
                                 path.display()
                             )));
                         }
-                        let mut node = node_from_meta(name, path, &meta, &self.names, None)?;
+                        let mut node =
+                            node_from_meta(name, path, &meta, &self.names, None, false)?;
                         let sub = self.parent_subtree(pnode);
                         let tree = deeper(|| self.targets_tree(children, sub.as_ref(), dev))?;
                         node.subtree = Some(self.store_tree(tree)?);
@@ -601,7 +604,7 @@ impl Archiver<'_> {
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        let mut node = match node_from_meta(name, path, meta, &self.names, parent) {
+        let mut node = match node_from_meta(name, path, meta, &self.names, parent, true) {
             Ok(n) => n,
             Err(e) => {
                 self.warn(format!("{e}"));
@@ -640,7 +643,8 @@ impl Archiver<'_> {
                 Progress::add(&self.progress.dirs, 1);
             }
             NodeKind::File => {
-                if !self.file_content(path, meta, parent, &mut node)? {
+                let xattrs = xattrs_pending(meta, parent);
+                if !self.file_content(path, meta, parent, &mut node, xattrs)? {
                     return Ok(None);
                 }
             }
@@ -698,12 +702,16 @@ impl Archiver<'_> {
     /// A file is stored as it was up to the size it had when listed; if it changed while it
     /// was read (or holds more than that size), a warning says so and the backup ends with
     /// exit code 3.
+    ///
+    /// `xattrs`: the node's xattrs are still to be read (see [`node_from_meta`]), from the
+    /// open file when it is read.
     fn file_content(
         &self,
         path: &Path,
         meta: &fs::Metadata,
         parent: Option<&Node>,
         node: &mut Node,
+        xattrs: bool,
     ) -> Result<bool> {
         if let Some(p) = parent {
             let unchanged = p.kind == NodeKind::File
@@ -717,6 +725,11 @@ impl Archiver<'_> {
                 .flatten()
             {
                 node.content = content;
+                // Content is reused on other grounds than xattrs (the device number may
+                // differ, after a reboot or on a new mount).
+                if xattrs {
+                    node.xattrs = read_xattrs(path);
+                }
                 let mut c = self.counts.lock();
                 c.files_unmodified += 1;
                 c.files += 1;
@@ -738,6 +751,9 @@ impl Archiver<'_> {
                 return Ok(false);
             }
         };
+        if xattrs {
+            node.xattrs = read_file_xattrs(&f);
+        }
         let guide = parent.filter(|p| p.kind == NodeKind::File);
         let (content, read) = match self.chunk_stream(&mut f, Some(meta.len()), guide) {
             Ok(v) => v,
