@@ -73,19 +73,21 @@ thread_local! {
 fn compress_cached(data: &[u8], level: i32, out: &mut Vec<u8>, room: usize) -> bool {
     COMPRESSOR.with(|slot| {
         let mut slot = slot.borrow_mut();
-        match slot.as_mut() {
-            Some((l, _)) if *l == level => {}
-            Some((l, c)) => {
-                if c.set_compression_level(level).is_err() {
+        if let Some((l, c)) = slot.as_mut() {
+            if *l != level {
+                if c.set_compression_level(level).is_ok() {
+                    *l = level;
+                } else {
+                    // Never store a blob raw for the context's sake: a fresh one below.
                     *slot = None;
-                    return false;
                 }
-                *l = level;
             }
-            None => match zstd::bulk::Compressor::new(level) {
+        }
+        if slot.is_none() {
+            match zstd::bulk::Compressor::new(level) {
                 Ok(c) => *slot = Some((level, c)),
                 Err(_) => return false,
-            },
+            }
         }
         let Some((_, compressor)) = slot.as_mut() else {
             return false;
@@ -100,6 +102,13 @@ fn compress_cached(data: &[u8], level: i32, out: &mut Vec<u8>, room: usize) -> b
             Ok(n) if n <= room => true,
             _ => {
                 out.truncate(pos);
+                // A frame that ran out of room leaves the context mid-frame, where zstd
+                // refuses to change its level ("not authorized at current processing
+                // stage"): without this reset, every later change of level failed, and
+                // the blobs it was for were stored raw (3 % of the real tree's repository).
+                let _ = compressor
+                    .context_mut()
+                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly);
                 false
             }
         }
@@ -291,14 +300,27 @@ mod tests {
 
     /// Contexts reused across levels (a backup alternates chunks, data groups and tree
     /// groups on every thread) must compress exactly as fresh ones do: no parameter or table
-    /// of one level may leak into another's frames.
+    /// of one level may leak into another's frames, and a frame that failed (incompressible
+    /// data) must not keep the next one, at another level, from being compressed.
     #[test]
     fn cached_contexts_compress_as_fresh_ones_whatever_the_order_of_levels(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let text: Vec<u8> = (0..200_000u32)
             .flat_map(|i| format!("line {} of {}\n", i % 977, i / 13).into_bytes())
             .collect();
+        // Random bytes do not fit in their own length: each such frame fails mid-way.
+        let mut noise = vec![0u8; 300_000];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in &mut noise {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
         for &level in &[2, 6, 3, 2, 1, 9, 2, 6, 6, 3, 19, 2] {
+            let mut raw = Vec::new();
+            pack_payload_into_with(&noise, level, false, &mut raw);
+            assert_eq!(raw[0], FLAG_RAW, "level {level}");
             let mut cached = Vec::new();
             pack_payload_into_with(&text, level, false, &mut cached);
             let fresh = zstd::bulk::Compressor::new(level)?.compress(&text)?;
