@@ -577,8 +577,7 @@ impl Archiver<'_> {
                                 path.display()
                             )));
                         }
-                        let mut node =
-                            node_from_meta(name, path, &meta, &self.names, None, false)?;
+                        let mut node = node_from_meta(name, path, &meta, &self.names, None, false)?;
                         let sub = self.parent_subtree(pnode);
                         let tree = deeper(|| self.targets_tree(children, sub.as_ref(), dev))?;
                         node.subtree = Some(self.store_tree(tree)?);
