@@ -569,14 +569,8 @@ fn corrupt_tree_blob_exits_13() {
     env.backup(&[s(&src)]);
     let snaps = env.snapshots::<&str>(&[]);
     let root_tree = snaps[0]["tree"].as_str().unwrap();
-    let blob = env.json(&["cat", "blob", root_tree]);
-    assert_eq!(blob["type"], "Tree");
-    let pack = blob["pack"].as_str().unwrap();
-    let pack_path = env.repo.join("data").join(&pack[..2]).join(pack);
-    let mut bytes = fs::read(&pack_path).unwrap();
-    bytes[(blob["offset"].as_u64().unwrap() + blob["length"].as_u64().unwrap() / 2) as usize] ^=
-        0x10;
-    fs::write(&pack_path, &bytes).unwrap();
+    assert_eq!(env.json(&["cat", "blob", root_tree])["type"], "Tree");
+    flip_in_blob(&env, root_tree, |length| length / 2, 0x10);
     env.run(&["ls", "latest"])
         .assert_error(13, &[&root_tree[..8]]);
     let target = env.path("t");
