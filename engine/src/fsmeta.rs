@@ -169,19 +169,27 @@ pub fn xattrs_pending(meta: &Metadata, previous: Option<&Node>) -> bool {
 /// Extended attributes of an open file: [`read_xattrs`] without a path walk.
 pub fn read_file_xattrs(file: &std::fs::File) -> Vec<Xattr> {
     use xattr::FileExt;
-    let read = || -> std::io::Result<Vec<Xattr>> {
-        Ok(file
-            .list_xattr()?
-            .filter_map(|n| {
-                let v = file.get_xattr(&n).ok().flatten()?;
-                Some(Xattr {
-                    name: n.as_bytes().to_vec(),
-                    value: v,
-                })
-            })
-            .collect())
+    collect_xattrs(file.list_xattr(), |n| file.get_xattr(n))
+}
+
+/// The sorted xattrs whose `names` were listed, each value read with `get`; a name whose value
+/// is gone by then is left out, and a listing that failed (no xattr support) yields none.
+fn collect_xattrs<N: Iterator<Item = std::ffi::OsString>>(
+    names: std::io::Result<N>,
+    get: impl Fn(&OsStr) -> std::io::Result<Option<Vec<u8>>>,
+) -> Vec<Xattr> {
+    let Ok(names) = names else {
+        return Vec::new();
     };
-    let mut out = read().unwrap_or_default();
+    let mut out: Vec<Xattr> = names
+        .filter_map(|n| {
+            let value = get(&n).ok().flatten()?;
+            Some(Xattr {
+                name: n.as_bytes().to_vec(),
+                value,
+            })
+        })
+        .collect();
     out.sort();
     out
 }
@@ -189,20 +197,10 @@ pub fn read_file_xattrs(file: &std::fs::File) -> Vec<Xattr> {
 /// Extended attributes of `path` itself (not of a symlink's target). File systems without
 /// xattr support simply yield none.
 pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let read = |path: &Path| -> std::io::Result<Vec<Xattr>> {
-        Ok(xattr::list(path)?
-            .filter_map(|n| {
-                let v = xattr::get(path, &n).ok().flatten()?;
-                Some(Xattr {
-                    name: n.as_bytes().to_vec(),
-                    value: v,
-                })
-            })
-            .collect())
-    };
-    let mut out = crate::longpath::with(path, read).unwrap_or_default();
-    out.sort();
-    out
+    crate::longpath::with(path, |q| {
+        Ok(collect_xattrs(xattr::list(q), |n| xattr::get(q, n)))
+    })
+    .unwrap_or_default()
 }
 
 /// Open a file for reading without updating its access time (`O_NOATIME`).
