@@ -1033,38 +1033,18 @@ impl Archiver<'_> {
         let cap = size_hint
             .map_or(window, |s| (s as usize).min(window))
             .max(1);
+        let mut ids = Vec::new();
         let mut total = 0u64;
         let mut eof = false;
-        let mut cur = self.windows.take(cap);
-        let mut spare: Option<Window> = None;
-        let result = self.chunk_windows(
-            r, size_hint, parent, &mut cur, &mut spare, &mut total, &mut eof,
-        );
-        self.windows.put(cur);
-        if let Some(w) = spare {
-            self.windows.put(w);
-        }
-        result.map(|ids| (ids, total))
-    }
-
-    /// The body of [`Archiver::chunk_stream`], between taking its first window from the pool
-    /// and giving its windows back: `cur` and `spare` are the file's two windows.
-    #[allow(clippy::too_many_arguments)]
-    fn chunk_windows(
-        &self,
-        r: &mut (dyn Read + Send),
-        size_hint: Option<u64>,
-        parent: Option<&Node>,
-        cur: &mut Window,
-        spare: &mut Option<Window>,
-        total: &mut u64,
-        eof: &mut bool,
-    ) -> Result<Vec<Id>> {
-        let window = self.window;
-        let mut ids = Vec::new();
-        self.fill(r, cur, window, size_hint, total, eof)?;
+        // Given back to the pool however this returns.
+        let mut w = FileWindows {
+            pool: &self.windows,
+            cur: self.windows.take(cap),
+            spare: None,
+        };
+        self.fill(r, &mut w.cur, window, size_hint, &mut total, &mut eof)?;
         // The first window decides how the whole file is cut (magic bytes at its start).
-        let cut = self.cutter_for(cur.data(), size_hint);
+        let cut = self.cutter_for(w.cur.data(), size_hint);
         // Only files with several chunks under their cutter compete for a parallel slot; the
         // slot count is released on every exit path by the guard.
         let max_chunk = match cut {
@@ -1079,64 +1059,64 @@ impl Archiver<'_> {
             (Cutter::Cdc(c), Some(p)) => self.guide(p, c),
             _ => None,
         };
-        let mut cuts = self.cuts(cut, &mut guide, cur.data(), *eof);
+        let mut cuts = self.cuts(cut, &mut guide, w.cur.data(), eof);
         loop {
             if interrupted() {
                 return Err(Error::Interrupted);
             }
             // A full window always decides a chunk (it is larger than any maximum chunk);
             // failing that, stop rather than spin on the same bytes.
-            if cuts.ends.is_empty() && !*eof {
+            if cuts.ends.is_empty() && !eof {
                 return Err(Error::Invalid(format!(
                     "no chunk boundary in a {}-byte read window (window smaller than a chunk?)",
-                    cur.len
+                    w.cur.len
                 )));
             }
             let consumed = cuts.ends.last().copied().unwrap_or(0);
             // Two buffers per file take turns: a fresh 10 MiB allocation per window costs
             // page faults (or, with glibc's dynamic thresholds, memory that stays resident).
-            let need = match (*eof, consumed == cur.len) {
+            let need = match (eof, consumed == w.cur.len) {
                 (true, true) => 0,
-                (true, false) => cur.len - consumed,
+                (true, false) => w.cur.len - consumed,
                 (false, _) => window,
             };
-            let mut next = match spare.take() {
-                Some(w) => w,
+            let mut next = match w.spare.take() {
+                Some(spare) => spare,
                 None => self.windows.take(need),
             };
             next.len = 0;
             if need > 0 {
                 next.reserve_exact(need);
-                next.extend_from_slice(&cur.data()[consumed..]);
+                next.extend_from_slice(&w.cur.data()[consumed..]);
             }
-            let done = *eof && next.len == 0;
+            let done = eof && next.len == 0;
             let (sealed, next_cuts) = if parallel && !done {
                 let (sealed, next_cuts) = rayon::join(
-                    || self.seal_window(cur.data(), &cuts, true),
+                    || self.seal_window(w.cur.data(), &cuts, true),
                     || -> Result<Cuts> {
-                        self.fill(r, &mut next, window, size_hint, total, eof)?;
-                        Ok(self.cuts(cut, &mut guide, next.data(), *eof))
+                        self.fill(r, &mut next, window, size_hint, &mut total, &mut eof)?;
+                        Ok(self.cuts(cut, &mut guide, next.data(), eof))
                     },
                 );
                 (sealed, Some(next_cuts))
             } else {
-                (self.seal_window(cur.data(), &cuts, parallel), None)
+                (self.seal_window(w.cur.data(), &cuts, parallel), None)
             };
             ids.extend(sealed?);
             if done {
-                self.windows.put(next);
+                w.spare = Some(next);
                 break;
             }
             cuts = match next_cuts {
                 Some(c) => c?,
                 None => {
-                    self.fill(r, &mut next, window, size_hint, total, eof)?;
-                    self.cuts(cut, &mut guide, next.data(), *eof)
+                    self.fill(r, &mut next, window, size_hint, &mut total, &mut eof)?;
+                    self.cuts(cut, &mut guide, next.data(), eof)
                 }
             };
-            *spare = Some(std::mem::replace(cur, next));
+            w.spare = Some(std::mem::replace(&mut w.cur, next));
         }
-        Ok(ids)
+        Ok((ids, total))
     }
 
     /// The cutter for a file whose first bytes are `head`.
@@ -1306,12 +1286,11 @@ impl WindowPool {
 
     /// Keep `w` for a later file if it is large enough and fits under the cap; when it does
     /// not fit, smaller kept windows make room for it.
-    fn put(&self, mut w: Window) {
+    fn put(&self, w: Window) {
         let size = w.buf.capacity();
         if size < Self::MIN || size > self.cap {
             return;
         }
-        w.len = 0;
         let mut free = self.free.lock();
         let mut held: usize = free.iter().map(|w| w.buf.capacity()).sum();
         while held + size > self.cap {
@@ -1330,6 +1309,23 @@ impl WindowPool {
             free.swap_remove(i);
         }
         free.push(w);
+    }
+}
+
+/// One file's two read windows ([`Archiver::chunk_stream`]), given back to the pool when the
+/// file is done, on every path out of it.
+struct FileWindows<'p> {
+    pool: &'p WindowPool,
+    cur: Window,
+    spare: Option<Window>,
+}
+
+impl Drop for FileWindows<'_> {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.cur));
+        if let Some(w) = self.spare.take() {
+            self.pool.put(w);
+        }
     }
 }
 
